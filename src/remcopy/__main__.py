@@ -1,0 +1,3 @@
+from remcopy.cli.main import main
+
+main()

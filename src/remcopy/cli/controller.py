@@ -1,0 +1,144 @@
+# `remcopy controller ...`: run, check and ask a controller.
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from remcopy import aio
+from remcopy.cli.output import emit_json, stdout, table
+from remcopy.configfile import format_address, parse_address
+from remcopy.controller.config import load_controller_config
+from remcopy.controller.core import Controller
+from remcopy.controller.server import run_controller
+from remcopy.errors import InputError
+from remcopy.host.channel import Channel
+
+CONFIG = click.Path(dir_okay=False, path_type=Path)
+
+
+@click.group()
+def controller() -> None:
+    """Run a storage controller, check its config, or ask one for its status."""
+
+
+@controller.command()
+@click.argument("config", type=CONFIG)
+def serve(config: Path) -> None:
+    """Serve the controller a CONFIG file describes, until SIGTERM or Ctrl-C.
+
+    Prints one line when ready. Exit code 2 with every problem named if the config is bad,
+    the port is busy or a volume file cannot be opened.
+
+    \b
+    Example:
+      remcopy controller serve site-a/cntl1.toml
+    """
+    ctl = Controller.from_config_file(config)
+    aio.run(run_controller(ctl))
+
+
+@controller.command()
+@click.argument("config", type=CONFIG)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def check(config: Path, as_json: bool) -> None:
+    """Check a controller CONFIG file and change nothing (like `nginx -t`).
+
+    \b
+    Example:
+      remcopy controller check site-a/cntl1.toml
+    """
+    cfg = load_controller_config(config)
+    summary = {
+        "config": str(config),
+        "ok": True,
+        "name": cfg.controller.name,
+        "serial": cfg.controller.serial,
+        "listen": format_address(cfg.controller.listen),
+        "volumes": len(cfg.volumes),
+        "hosts": [h.name for h in cfg.hosts],
+        "peers": [p.name for p in cfg.peers],
+    }
+    if as_json:
+        emit_json(summary)
+    else:
+        stdout.print(
+            f"{config}: ok: controller {cfg.controller.name} serial "
+            f"{cfg.controller.serial}, {len(cfg.volumes)} volumes, "
+            f"{len(cfg.hosts)} hosts, {len(cfg.peers)} peers",
+            highlight=False,
+        )
+
+
+def _address(value: str) -> tuple[str, int]:
+    try:
+        return parse_address(value)
+    except ValueError as exc:
+        raise InputError(f"ADDR: {exc}") from None
+
+
+@controller.command()
+@click.argument("addr")
+@click.option(
+    "--name",
+    envvar="REMCOPY_HOST_NAME",
+    required=True,
+    help="Host name to authenticate as (env REMCOPY_HOST_NAME).",
+)
+@click.option(
+    "--secret",
+    envvar="REMCOPY_SECRET",
+    required=True,
+    help="That host's secret (env REMCOPY_SECRET).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for the controller.",
+)
+def status(addr: str, name: str, secret: str, as_json: bool, timeout_s: float) -> None:
+    """Show a running controller's volumes and counters.
+
+    \b
+    Example:
+      remcopy controller status 127.0.0.1:7401 --name hosta --secret s3cret-hosta
+    """
+    address = _address(addr)
+
+    async def ask() -> dict[str, object]:
+        async with Channel(
+            address, name=name, secret=secret, connect_timeout_s=timeout_s, timeout_s=timeout_s
+        ) as channel:
+            return await channel.status()
+
+    doc = aio.run(ask())
+    if as_json:
+        emit_json(doc)
+        return
+    stdout.print(
+        f"controller {doc['name']} serial {doc['serial']} at {addr}: "
+        f"{doc['volumes']} volumes, up {doc['uptime_s']} s",
+        highlight=False,
+    )
+    devices = doc.get("devices", [])
+    assert isinstance(devices, list)
+    table(
+        None,
+        ["address", "volser", "capacity", "state", "role"],
+        [
+            (d["address"], d["volser"], _size(d["capacity_bytes"]), d["state"], d["role"])
+            for d in devices
+        ],
+    )
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:g} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)

@@ -1,0 +1,87 @@
+# `remcopy volume ...`: make and inspect volume files.
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from remcopy.cli.output import emit_json, stdout
+from remcopy.configfile import parse_size
+from remcopy.controller.volume import TRACK_SIZE_DEFAULT_BYTES, Volume
+from remcopy.errors import InputError
+from remcopy.ids import Volser
+
+
+def _size(what: str, value: str) -> int:
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise InputError(f"{what}: {exc}") from None
+
+
+@click.group()
+def volume() -> None:
+    """Create and inspect volume files."""
+
+
+@volume.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--volser", required=True, help="Volume serial: 1-6 of A-Z 0-9 @ # $.")
+@click.option("--size", required=True, help="Capacity, e.g. 64MiB (a multiple of the track).")
+@click.option(
+    "--track-size",
+    default=str(TRACK_SIZE_DEFAULT_BYTES),
+    show_default=True,
+    help="Track size in bytes or with a unit, e.g. 64KiB.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def create(file: Path, volser: str, size: str, track_size: str, as_json: bool) -> None:
+    """Create a sparse volume FILE with its label. Refuses to overwrite a file.
+
+    \b
+    Example:
+      remcopy volume create data/PAY001.vol --volser PAY001 --size 64MiB
+    """
+    name = Volser.parse(volser)
+    capacity = _size("--size", size)
+    track = _size("--track-size", track_size)
+    if capacity <= 0 or track <= 0 or capacity % track:
+        raise InputError(
+            f"--size: must be a positive multiple of the track size {track} (got {capacity})"
+        )
+    vol = Volume.create(file, volser=name, tracks=capacity // track, track_size_bytes=track)
+    _report(vol, as_json)
+    vol.close()
+
+
+@volume.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def info(file: Path, as_json: bool) -> None:
+    """Show a volume FILE's label.
+
+    \b
+    Example:
+      remcopy volume info data/PAY001.vol
+    """
+    vol = Volume.open(file, read_only=True)
+    _report(vol, as_json)
+    vol.close()
+
+
+def _report(vol: Volume, as_json: bool) -> None:
+    doc = {
+        "file": str(vol.path),
+        "volser": str(vol.volser),
+        "tracks": vol.tracks,
+        "track_size_bytes": vol.track_size_bytes,
+        "capacity_bytes": vol.capacity_bytes,
+    }
+    if as_json:
+        emit_json(doc)
+    else:
+        stdout.print(
+            f"{vol.path}: volser {vol.volser}, {vol.tracks} tracks of "
+            f"{vol.track_size_bytes} bytes ({vol.capacity_bytes} bytes)",
+            highlight=False,
+        )

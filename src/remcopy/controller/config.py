@@ -1,0 +1,212 @@
+# The controller's configuration file: what it is, what it owns, who may talk to it.
+#
+# Why: a controller is started from one TOML file (`remcopy controller serve CONFIG`). The file
+# is checked whole before anything starts — shape and types by pydantic, then the rules that
+# span entries (duplicate CCA, duplicate volser, a volume in an undeclared LSS) — and every
+# problem is reported at once with file, key path and value. `remcopy controller check` runs
+# exactly this and nothing else.
+#
+# Reference: docs/controller-config.md (every key, with an example).
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from remcopy import configfile
+from remcopy.controller.volume import (
+    TRACK_SIZE_DEFAULT_BYTES,
+    TRACK_SIZE_MAX_BYTES,
+    TRACK_SIZE_MIN_BYTES,
+)
+from remcopy.errors import InvalidIdentifier
+from remcopy.ids import Volser, parse_serial
+
+
+def _hex(digits: int, what: str) -> Any:
+    def parse(value: object) -> int:
+        if isinstance(value, str) and len(value) == digits:
+            try:
+                return int(value, 16)
+            except ValueError:
+                pass
+        raise ValueError(f"{what} must be {digits} hex digits (got {value!r})")
+
+    return BeforeValidator(parse)
+
+
+def _volser(value: object) -> str:
+    try:
+        return str(Volser.parse(value))
+    except InvalidIdentifier as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _serial(value: object) -> int:
+    try:
+        return parse_serial(value)
+    except InvalidIdentifier as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _size(value: object) -> int:
+    return configfile.parse_size(value)
+
+
+def _address(value: object) -> tuple[str, int]:
+    return configfile.parse_address(value)
+
+
+def _secret(value: object) -> str:
+    if not isinstance(value, str) or len(value) < 8:
+        raise ValueError("secret must be a string of at least 8 characters")
+    return value
+
+
+Hex2 = Annotated[int, _hex(2, "value")]
+Lss = Annotated[int, _hex(2, "lss")]
+Cca = Annotated[int, _hex(2, "cca")]
+Ssid = Annotated[int, _hex(4, "ssid")]
+VolserText = Annotated[str, BeforeValidator(_volser)]
+Serial = Annotated[int, BeforeValidator(_serial)]
+Size = Annotated[int, BeforeValidator(_size)]
+Address = Annotated[tuple[str, int], BeforeValidator(_address)]
+Secret = Annotated[str, BeforeValidator(_secret)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ControllerSection(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    serial: Serial
+    listen: Address
+    data_dir: Path
+    track_size: Size = TRACK_SIZE_DEFAULT_BYTES
+    format_missing: bool = False
+    """Create a volume file that does not exist yet (never touches an existing one)."""
+    shutdown_grace_s: float = Field(default=10.0, gt=0, le=600)
+
+
+class LssSection(_Strict):
+    id: Lss
+    ssid: Ssid
+
+
+class VolumeSection(_Strict):
+    lss: Lss
+    cca: Cca
+    volser: VolserText
+    size: Size
+    file: Path | None = None
+    """Backing file; relative paths are under data_dir. Default: volumes/VOLSER.vol."""
+
+
+class HostSection(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    secret: Secret
+    lss: list[Lss] | None = None
+    """The LSSs this host may reach; absent means every device of the controller."""
+
+
+class PeerSection(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    serial: Serial
+    address: Address
+    secret: Secret
+
+
+class ControllerConfig(_Strict):
+    controller: ControllerSection
+    lss: list[LssSection] = Field(min_length=1)
+    volumes: list[VolumeSection] = Field(default_factory=list)
+    hosts: list[HostSection] = Field(default_factory=list)
+    peers: list[PeerSection] = Field(default_factory=list)
+
+    def ssid_of(self, lss: int) -> int:
+        for entry in self.lss:
+            if entry.id == lss:
+                return entry.ssid
+        raise KeyError(lss)
+
+    def volume_path(self, volume: VolumeSection) -> Path:
+        path = volume.file if volume.file is not None else Path("volumes") / f"{volume.volser}.vol"
+        return path if path.is_absolute() else self.controller.data_dir / path
+
+
+def _cross_checks(config: ControllerConfig, source: str) -> list[str]:
+    """Rules that span entries; each problem names the key path and the value."""
+    problems: list[str] = []
+    track = config.controller.track_size
+    if not (TRACK_SIZE_MIN_BYTES <= track <= TRACK_SIZE_MAX_BYTES) or track & (track - 1):
+        problems.append(
+            f"{source}: controller.track_size: must be a power of two from "
+            f"{TRACK_SIZE_MIN_BYTES} to {TRACK_SIZE_MAX_BYTES} (got {track})"
+        )
+    lss_seen: dict[int, int] = {}
+    for i, entry in enumerate(config.lss):
+        if entry.id in lss_seen:
+            problems.append(
+                f"{source}: lss[{i}].id: duplicate LSS {entry.id:02X} "
+                f"(also lss[{lss_seen[entry.id]}])"
+            )
+        lss_seen.setdefault(entry.id, i)
+    cca_seen: dict[tuple[int, int], int] = {}
+    volser_seen: dict[str, int] = {}
+    file_seen: dict[Path, int] = {}
+    for i, vol in enumerate(config.volumes):
+        where = f"{source}: volumes[{i}]"
+        if vol.lss not in lss_seen:
+            problems.append(f"{where}.lss: LSS {vol.lss:02X} is not declared in [[lss]]")
+        key = (vol.lss, vol.cca)
+        if key in cca_seen:
+            problems.append(
+                f"{where}.cca: duplicate CCA {vol.cca:02X} in LSS {vol.lss:02X} "
+                f"(also volumes[{cca_seen[key]}])"
+            )
+        cca_seen.setdefault(key, i)
+        if vol.volser in volser_seen:
+            problems.append(
+                f"{where}.volser: duplicate volser {vol.volser!r} "
+                f"(also volumes[{volser_seen[vol.volser]}])"
+            )
+        volser_seen.setdefault(vol.volser, i)
+        if vol.size == 0 or vol.size % track:
+            problems.append(
+                f"{where}.size: must be a positive multiple of the track size "
+                f"{track} (got {vol.size})"
+            )
+        path = config.volume_path(vol)
+        if path in file_seen:
+            problems.append(f"{where}.file: file {str(path)!r} is also volumes[{file_seen[path]}]")
+        file_seen.setdefault(path, i)
+    named: list[tuple[str, list[str]]] = [
+        ("hosts", [h.name for h in config.hosts]),
+        ("peers", [p.name for p in config.peers]),
+    ]
+    for section, entry_names in named:
+        names: dict[str, int] = {}
+        for i, name in enumerate(entry_names):
+            if name in names:
+                problems.append(
+                    f"{source}: {section}[{i}].name: duplicate name {name!r} "
+                    f"(also {section}[{names[name]}])"
+                )
+            names.setdefault(name, i)
+    return problems
+
+
+def load_controller_config(path: Path) -> ControllerConfig:
+    """Read and check a controller config; relative data_dir is taken from the file's folder."""
+    data = configfile.read_toml(path)
+    config = configfile.validate(ControllerConfig, data, source=str(path))
+    data_dir = config.controller.data_dir
+    if not data_dir.is_absolute():
+        section = config.controller.model_copy(update={"data_dir": path.parent / data_dir})
+        config = config.model_copy(update={"controller": section})
+    problems = _cross_checks(config, str(path))
+    if problems:
+        raise configfile.problems_error(str(path), problems)
+    return config

@@ -1,0 +1,410 @@
+# The controller's core: its devices, their volumes and pair states, and the host I/O verbs.
+#
+# Why: the network shell (server.py) only moves bytes; everything a controller *decides* lives
+# here, callable without sockets — which device a key names, whether a host may reach it,
+# whether its state permits a write, what identify and query answer, which state changes are
+# committed and announced.
+#
+# Rules this module keeps:
+# - A device is addressed inside the controller by its key, LSS << 8 | CCA (HardwareAddress
+#   .device_key). Anything that names a device we do not own is DeviceNotFound; a device the
+#   host's entry does not allow is DeviceNotAllowed. Both checks happen before any volume I/O.
+# - Pair states change only through `commit_states`, which computes every new state first
+#   (states.next_state), persists the whole table atomically, and only then makes it visible
+#   and announces one event line per changed device. A refused batch changes nothing.
+# - Host writes to a device whose role is SECONDARY are refused unless it is RECOVERED.
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from remcopy.controller import statefile
+from remcopy.controller.config import ControllerConfig, HostSection, load_controller_config
+from remcopy.controller.volume import Volume
+from remcopy.errors import (
+    ConfigError,
+    DeviceNotAllowed,
+    DeviceNotFound,
+    RemcopyError,
+    WriteProtected,
+)
+from remcopy.ids import HardwareAddress, Volser
+from remcopy.states import CopyMode, PairAction, PairRole, PairState, event_line, next_state
+from remcopy.wire.native import DeviceIdentity, DeviceStatus
+
+log = logging.getLogger("remcopy.controller")
+
+STATE_FILE_NAME = "pairs.json"
+STATE_FORMAT = 1
+
+
+@dataclass(slots=True, kw_only=True)
+class PairInfo:
+    """What a controller persists about one device's pair."""
+
+    state: PairState = PairState.SIMPLEX
+    role: PairRole = PairRole.NONE
+    mode: CopyMode | None = None
+    peer_serial: int = 0
+    peer_device: int = 0
+    suspend_at_ns: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "role": self.role.value,
+            "mode": self.mode.value if self.mode else None,
+            "peer_serial": self.peer_serial,
+            "peer_device": self.peer_device,
+            "suspend_at_ns": self.suspend_at_ns,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> PairInfo:
+        return cls(
+            state=PairState(doc["state"]),
+            role=PairRole(doc["role"]),
+            mode=CopyMode(doc["mode"]) if doc.get("mode") else None,
+            peer_serial=int(doc.get("peer_serial", 0)),
+            peer_device=int(doc.get("peer_device", 0)),
+            suspend_at_ns=int(doc.get("suspend_at_ns", 0)),
+        )
+
+
+@dataclass(slots=True, kw_only=True)
+class Device:
+    address: HardwareAddress
+    volume: Volume
+    pair: PairInfo = field(default_factory=PairInfo)
+
+    @property
+    def key(self) -> int:
+        return self.address.device_key
+
+    def __repr__(self) -> str:
+        return f"<Device {self.address} {self.volume.volser} {self.pair.state.name}>"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostGrant:
+    """What one host may reach on this controller (None: every device)."""
+
+    name: str
+    secret: bytes
+    lss: frozenset[int] | None
+
+    def allows(self, device: int) -> bool:
+        return self.lss is None or (device >> 8) in self.lss
+
+    @classmethod
+    def from_section(cls, section: HostSection) -> HostGrant:
+        return cls(
+            name=section.name,
+            secret=section.secret.encode(),
+            lss=frozenset(section.lss) if section.lss is not None else None,
+        )
+
+
+EventSink = Callable[[str], None]
+
+
+class Controller:
+    """The devices of one controller and the verbs hosts use on them."""
+
+    def __init__(self, config: ControllerConfig, *, config_path: Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.name = config.controller.name
+        self.serial = config.controller.serial
+        self.data_dir = config.controller.data_dir
+        self.devices: dict[int, Device] = {}
+        self.hosts = {h.name: HostGrant.from_section(h) for h in config.hosts}
+        self.peers = {p.name: p for p in config.peers}
+        self._sinks: list[EventSink] = []
+        self.started_ns = time.time_ns()
+        self.counters: dict[str, int] = {
+            "requests": 0,
+            "reads": 0,
+            "writes": 0,
+            "flushes": 0,
+            "identifies": 0,
+            "queries": 0,
+            "errors": 0,
+            "auth_refused": 0,
+            "connections": 0,
+        }
+
+    def __repr__(self) -> str:
+        return f"<Controller {self.name} serial={self.serial} devices={len(self.devices)}>"
+
+    # Opening and closing...
+
+    @classmethod
+    def from_config_file(cls, path: Path) -> Controller:
+        controller = cls(load_controller_config(path), config_path=path)
+        controller.open()
+        return controller
+
+    def open(self) -> None:
+        """Open every volume (formatting missing ones when allowed) and load pair states."""
+        cfg = self.config
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"controller.data_dir: cannot create {self.data_dir}: {exc.strerror}"
+            ) from exc
+        problems: list[str] = []
+        for i, section in enumerate(cfg.volumes):
+            path = cfg.volume_path(section)
+            address = HardwareAddress.of(
+                serial=self.serial, ssid=cfg.ssid_of(section.lss), lss=section.lss, cca=section.cca
+            )
+            try:
+                if not path.exists() and cfg.controller.format_missing:
+                    volume = Volume.create(
+                        path,
+                        volser=Volser.parse(section.volser),
+                        tracks=section.size // cfg.controller.track_size,
+                        track_size_bytes=cfg.controller.track_size,
+                    )
+                    log.info("volume %s formatted file=%s", section.volser, path)
+                else:
+                    volume = Volume.open(path)
+            except RemcopyError as exc:
+                problems.append(f"volumes[{i}].file: {exc}")
+                continue
+            if volume.capacity_bytes < section.size:
+                problems.append(
+                    f"volumes[{i}].size: file {path} holds {volume.capacity_bytes} "
+                    f"bytes, less than the configured {section.size}"
+                )
+            if str(volume.volser) != section.volser:
+                log.warning(
+                    "volume %s: label says %s; the label wins", section.volser, volume.volser
+                )
+            self.devices[address.device_key] = Device(address=address, volume=volume)
+        if problems:
+            self.close()
+            source = str(self.config_path) if self.config_path else "config"
+            raise ConfigError(
+                f"{source}: cannot open volumes" + "".join(f"\n  {p}" for p in problems), problems
+            )
+        self._load_states()
+
+    def close(self) -> None:
+        for device in self.devices.values():
+            device.volume.close()
+
+    @property
+    def state_path(self) -> Path:
+        return self.data_dir / STATE_FILE_NAME
+
+    def _load_states(self) -> None:
+        doc = statefile.read(self.state_path)
+        if doc is None:
+            return
+        for key_text, pair_doc in doc.get("devices", {}).items():
+            device = self.devices.get(int(key_text, 16))
+            if device is None:
+                log.warning("state file names device %s which is no longer configured", key_text)
+                continue
+            device.pair = PairInfo.from_json(pair_doc)
+
+    def _save_states(self, pairs: dict[int, PairInfo]) -> None:
+        doc = {
+            "format": STATE_FORMAT,
+            "serial": self.serial,
+            "devices": {
+                f"{key:04X}": info.to_json()
+                for key, info in sorted(pairs.items())
+                if info.state is not PairState.SIMPLEX or info.role is not PairRole.NONE
+            },
+        }
+        statefile.write_atomic(self.state_path, doc)
+
+    # Events...
+
+    def add_sink(self, sink: EventSink) -> None:
+        self._sinks.append(sink)
+
+    def remove_sink(self, sink: EventSink) -> None:
+        if sink in self._sinks:
+            self._sinks.remove(sink)
+
+    def announce(self, line: str) -> None:
+        log.info("%s", line)
+        for sink in list(self._sinks):
+            sink(line)
+
+    # Committing state changes...
+
+    def commit_states(
+        self,
+        changes: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]],
+        *,
+        cause: str,
+        at_ns: int | None = None,
+        **tags: str,
+    ) -> None:
+        """Apply actions to devices all-or-nothing: compute, validate, persist, then announce.
+
+        Each change is (action, update) where update adjusts the new PairInfo's other fields.
+        Raises IllegalTransition (nothing changed) if any device's state forbids its action.
+        """
+        new_pairs = {key: PairInfo(**_fields(d.pair)) for key, d in self.devices.items()}
+        old_states = {key: d.pair.state for key, d in self.devices.items()}
+        for key, (action, update) in changes.items():
+            device = self.device(key)
+            info = new_pairs[key]
+            info.state = next_state(info.state, action, device=str(device.address))
+            if update is not None:
+                update(info)
+        self._save_states(new_pairs)
+        for key in changes:
+            device = self.devices[key]
+            device.pair = new_pairs[key]
+            if old_states[key] is not device.pair.state:
+                self.announce(
+                    event_line(
+                        str(device.address),
+                        old_states[key],
+                        device.pair.state,
+                        cause=cause,
+                        at_ns=at_ns,
+                        **tags,
+                    )
+                )
+
+    # Looking devices up...
+
+    def device(self, key: int) -> Device:
+        device = self.devices.get(key)
+        if device is None:
+            raise DeviceNotFound(
+                f"controller {self.name} (serial {self.serial}): no device "
+                f"LSS {key >> 8:02X} CCA {key & 0xFF:02X}"
+            )
+        return device
+
+    def device_for_host(self, host: HostGrant, key: int) -> Device:
+        device = self.device(key)
+        if not host.allows(key):
+            raise DeviceNotAllowed(
+                f"host {host.name}: device {device.address} is not in the host's grant on "
+                f"controller {self.name}"
+            )
+        return device
+
+    def host_devices(self, host: HostGrant, keys: Iterable[int]) -> list[int]:
+        """The keys a batch names, or every device the host may reach when it names none."""
+        keys = list(keys)
+        if keys:
+            return keys
+        return [key for key in sorted(self.devices) if host.allows(key)]
+
+    # Host verbs...
+
+    def identify(self, host: HostGrant, keys: Iterable[int]) -> list[DeviceIdentity]:
+        self.counters["identifies"] += 1
+        out = []
+        for key in self.host_devices(host, keys):
+            try:
+                device = self.device_for_host(host, key)
+            except RemcopyError as exc:
+                out.append(DeviceIdentity(device=key, status=exc.code))
+                continue
+            volume, address = device.volume, device.address
+            out.append(
+                DeviceIdentity(
+                    device=key,
+                    ssid=address.ssid,
+                    serial=address.serial,
+                    capacity_bytes=volume.capacity_bytes,
+                    track_size_bytes=volume.track_size_bytes,
+                    state=device.pair.state,
+                    role=device.pair.role,
+                    volser=str(volume.volser),
+                )
+            )
+        return out
+
+    def query(self, host: HostGrant, keys: Iterable[int]) -> list[DeviceStatus]:
+        self.counters["queries"] += 1
+        out = []
+        for key in self.host_devices(host, keys):
+            try:
+                device = self.device_for_host(host, key)
+            except RemcopyError as exc:
+                out.append(DeviceStatus(device=key, status=exc.code))
+                continue
+            pair = device.pair
+            out.append(
+                DeviceStatus(
+                    device=key,
+                    state=pair.state,
+                    role=pair.role,
+                    mode=pair.mode,
+                    suspend_at_ns=pair.suspend_at_ns,
+                    peer_serial=pair.peer_serial,
+                    peer_device=pair.peer_device,
+                )
+            )
+        return out
+
+    def read(self, host: HostGrant, key: int, offset: int, length: int) -> bytes:
+        device = self.device_for_host(host, key)
+        self.counters["reads"] += 1
+        return device.volume.pread(offset, length)
+
+    def check_writable(self, device: Device) -> None:
+        pair = device.pair
+        if pair.role is PairRole.SECONDARY and pair.state is not PairState.RECOVERED:
+            raise WriteProtected(
+                f"cannot write {device.address}: it is the secondary of a pair in "
+                f"{pair.state.name}: host writes need RECOVERED"
+            )
+
+    def write(
+        self, host: HostGrant, key: int, offset: int, data: bytes, *, timestamp_ns: int
+    ) -> Device:
+        """Write locally; returns the device so the caller can flush for FUA."""
+        device = self.device_for_host(host, key)
+        self.check_writable(device)
+        device.volume.pwrite(offset, data)
+        self.counters["writes"] += 1
+        return device
+
+    def flush_targets(self, host: HostGrant, keys: Iterable[int]) -> list[Volume]:
+        return [self.device_for_host(host, key).volume for key in self.host_devices(host, keys)]
+
+    def status(self) -> dict[str, Any]:
+        by_state: dict[str, int] = {}
+        for device in self.devices.values():
+            by_state[device.pair.state.name] = by_state.get(device.pair.state.name, 0) + 1
+        return {
+            "name": self.name,
+            "serial": self.serial,
+            "uptime_s": round((time.time_ns() - self.started_ns) / 1e9, 3),
+            "volumes": len(self.devices),
+            "states": by_state,
+            "counters": dict(self.counters),
+            "devices": [
+                {
+                    "address": str(d.address),
+                    "volser": str(d.volume.volser),
+                    "capacity_bytes": d.volume.capacity_bytes,
+                    "state": d.pair.state.name,
+                    "role": d.pair.role.value,
+                }
+                for d in sorted(self.devices.values(), key=lambda d: d.key)
+            ],
+        }
+
+
+def _fields(info: PairInfo) -> dict[str, Any]:
+    return {name: getattr(info, name) for name in PairInfo.__slots__}

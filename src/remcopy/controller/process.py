@@ -1,0 +1,218 @@
+# Controllers as real processes: write their configs, start them, wait until ready, stop them.
+#
+# Why: the demo, the tests and the benchmarks all run real controller processes on 127.0.0.1
+# (DESIGN.md section 3, "Real parts"). This module is the one way they do it, so readiness is
+# always taken from the controller's ready line (never from a sleep) and every process started
+# is stopped again, also on Ctrl-C.
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from remcopy.configfile import parse_address
+from remcopy.errors import RemcopyError
+
+READY_TIMEOUT_S: Final = 30.0
+_READY = re.compile(r"^remcopy controller (\S+) ready serial=(\d+) listen=(\S+)")
+
+
+@dataclass(kw_only=True)
+class VolumeSpec:
+    lss: int
+    cca: int
+    volser: str
+    size_bytes: int
+
+
+@dataclass(kw_only=True)
+class PeerSpec:
+    name: str
+    serial: int
+    address: str
+    secret: str
+
+
+@dataclass(kw_only=True)
+class ControllerSpec:
+    """Enough to write a controller config file; see docs/controller-config.md."""
+
+    name: str
+    serial: int
+    data_dir: Path
+    lss: dict[int, int]  # LSS -> SSID
+    volumes: list[VolumeSpec] = field(default_factory=list)
+    hosts: dict[str, str] = field(default_factory=dict)  # name -> secret
+    peers: list[PeerSpec] = field(default_factory=list)
+    listen: str = "127.0.0.1:0"
+    track_size_bytes: int = 64 * 1024
+
+    def toml(self) -> str:
+        lines = [
+            "[controller]",
+            f'name = "{self.name}"',
+            f"serial = {self.serial}",
+            f'listen = "{self.listen}"',
+            f'data_dir = "{self.data_dir}"',
+            f"track_size = {self.track_size_bytes}",
+            "format_missing = true",
+            "",
+        ]
+        for lss, ssid in sorted(self.lss.items()):
+            lines += ["[[lss]]", f'id = "{lss:02X}"', f'ssid = "{ssid:04X}"', ""]
+        for vol in self.volumes:
+            lines += [
+                "[[volumes]]",
+                f'lss = "{vol.lss:02X}"',
+                f'cca = "{vol.cca:02X}"',
+                f'volser = "{vol.volser}"',
+                f"size = {vol.size_bytes}",
+                "",
+            ]
+        for name, secret in sorted(self.hosts.items()):
+            lines += ["[[hosts]]", f'name = "{name}"', f'secret = "{secret}"', ""]
+        for peer in self.peers:
+            lines += [
+                "[[peers]]",
+                f'name = "{peer.name}"',
+                f"serial = {peer.serial}",
+                f'address = "{peer.address}"',
+                f'secret = "{peer.secret}"',
+                "",
+            ]
+        return "\n".join(lines)
+
+    def write(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.toml())
+        return path
+
+
+class ControllerStartFailed(RemcopyError):
+    """a controller process did not become ready"""
+
+
+class ControllerProcess:
+    """One `remcopy controller serve` process; stderr goes to LOG next to its config."""
+
+    def __init__(self, config_path: Path, *, log_path: Path | None = None) -> None:
+        self.config_path = config_path
+        self.log_path = log_path or config_path.with_suffix(".log")
+        self.process: asyncio.subprocess.Process | None = None
+        self.name = ""
+        self.serial = 0
+        self.address: tuple[str, int] = ("", 0)
+        self._drain: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        pid = self.process.pid if self.process else None
+        return f"<ControllerProcess {self.name or self.config_path.name} pid={pid} {self.address}>"
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.address[0]}:{self.address[1]}"
+
+    async def start(self, *, extra_env: dict[str, str] | None = None) -> ControllerProcess:
+        """Start the process and wait for its ready line; raises with its log on failure."""
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(extra_env or {}))
+        log = self.log_path.open("ab")
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "remcopy",
+                "controller",
+                "serve",
+                str(self.config_path),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+                stdin=asyncio.subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        assert self.process.stdout is not None
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                while True:
+                    raw = await self.process.stdout.readline()
+                    if not raw:
+                        code = await self.process.wait()
+                        raise ControllerStartFailed(
+                            f"controller {self.config_path} exited with {code} before ready:\n"
+                            f"{self.log_tail()}"
+                        )
+                    match = _READY.match(raw.decode(errors="replace"))
+                    if match:
+                        break
+        except TimeoutError:
+            await self.kill()
+            raise ControllerStartFailed(
+                f"controller {self.config_path} not ready after "
+                f"{READY_TIMEOUT_S} s:\n{self.log_tail()}"
+            ) from None
+        self.name, self.serial = match.group(1), int(match.group(2))
+        self.address = parse_address(match.group(3))
+        self._drain = asyncio.get_running_loop().create_task(self._drain_stdout())
+        return self
+
+    async def _drain_stdout(self) -> None:
+        assert self.process is not None
+        assert self.process.stdout is not None
+        while await self.process.stdout.read(65536):
+            pass
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    async def stop(self, *, timeout_s: float = 20.0) -> int:
+        """SIGTERM, then wait; SIGKILL if it does not exit in time. Returns the exit code."""
+        if self.process is None:
+            return 0
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self.process.wait()
+            except TimeoutError:
+                return await self.kill()
+        await self._finish_drain()
+        return self.process.returncode if self.process.returncode is not None else 0
+
+    async def kill(self) -> int:
+        """SIGKILL: the crash a controller must survive without losing acknowledged writes."""
+        if self.process is None:
+            return 0
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+        code = await self.process.wait()
+        await self._finish_drain()
+        return code
+
+    async def _finish_drain(self) -> None:
+        if self._drain is not None:
+            with contextlib.suppress(Exception):
+                await self._drain
+            self._drain = None

@@ -1,0 +1,379 @@
+# The controller's asyncio shell: accept connections, authenticate, move frames, answer.
+#
+# Why: this is the only place where the controller touches sockets. It reads bytes, feeds the
+# native codec, hands each request to the core (core.py), and writes the codec's answer.
+# Decisions belong to the core; this file decides only *when* things happen.
+#
+# Rules this module keeps:
+# - Nothing is done for a connection before it authenticated: the handshake runs first, under
+#   a deadline, and the codec itself refuses request frames before WELCOME.
+# - One task per connection; every task a connection starts belongs to that connection's
+#   TaskGroup (no fire-and-forget), and the connection's stream is closed in `finally`.
+# - Bounded memory per connection: requests are decoded only after the previous batch was
+#   handled, slow work (flush) is bounded by IN_FLIGHT_MAX, and replies wait for the socket
+#   to drain past WRITE_BUFFER_HIGH_BYTES. A host that sends faster than the disk writes is
+#   slowed by TCP, not buffered.
+# - A refused connection (unknown host, wrong secret, replayed or reflected nonce, version
+#   mismatch, garbage) gets one error frame naming the reason, a log line, and is closed; the
+#   controller goes on serving everyone else.
+# - SIGTERM: stop accepting, stop reading, finish the requests already read, close, flush
+#   every volume. A write is acknowledged only after it is in the volume file, so nothing
+#   half-written is ever acknowledged.
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from remcopy.configfile import format_address
+from remcopy.controller.core import Controller, HostGrant
+from remcopy.controller.volume import Volume
+from remcopy.errors import (
+    AuthenticationFailed,
+    ProtocolError,
+    RemcopyError,
+    RemcopyInternalError,
+    ShuttingDown,
+)
+from remcopy.wire import auth, native
+from remcopy.wire.native import Side
+
+log = logging.getLogger("remcopy.controller")
+
+HANDSHAKE_TIMEOUT_S: Final = 10.0
+# One read takes up to 1 MiB off the socket: sixteen 64 KiB writes per wake-up.
+READ_CHUNK_BYTES: Final = 1024 * 1024
+# Requests that wait on something slower than memory (fdatasync, later a peer) at once.
+IN_FLIGHT_MAX: Final = 64
+# Replies queued for a slow reader beyond this make the connection wait for the socket.
+WRITE_BUFFER_HIGH_BYTES: Final = 4 * 1024 * 1024
+# An event subscriber that falls this far behind is dropped rather than buffered.
+SUBSCRIBER_BUFFER_MAX_BYTES: Final = 8 * 1024 * 1024
+
+
+class _Link:
+    """One accepted connection: its codec, its stream, and who is on the other end."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.codec = native.Connection(Side.SERVER)
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.client = "?"
+
+    def send(self, msg: native.Message) -> None:
+        self.writer.write(self.codec.send(msg))
+
+    async def receive(self) -> native.Message | None:
+        """The next message, or None at end of stream."""
+        while True:
+            event = self.codec.next_event()
+            if isinstance(event, native.Message):
+                return event
+            if event is native.CLOSED:
+                return None
+            data = await self.reader.read(READ_CHUNK_BYTES)
+            self.codec.receive_data(data)
+
+    def stop_reading(self) -> None:
+        """Turn the stream's end into an EOF so the loop ends after what it already read."""
+        transport = self.writer.transport
+        if not transport.is_closing() and isinstance(transport, asyncio.ReadTransport):
+            transport.pause_reading()
+        if not self.reader.at_eof():
+            self.reader.feed_eof()
+
+
+class ControllerServer:
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+        self._links: set[_Link] = set()
+        self._stopping = asyncio.Event()
+        self._server_nonces = auth.NonceLedger()
+        self._client_nonces = auth.NonceLedger()
+        self.address: tuple[str, int] | None = None
+
+    def __repr__(self) -> str:
+        return f"<ControllerServer {self.controller.name} links={len(self._links)}>"
+
+    async def serve(self, *, ready: Callable[[tuple[str, int]], None] | None = None) -> None:
+        """Serve until stop() is called; calls ready(address) once listening."""
+        host, port = self.controller.config.controller.listen
+        try:
+            server = await asyncio.start_server(
+                self._handle, host, port, limit=READ_CHUNK_BYTES, reuse_address=True
+            )
+        except OSError as exc:
+            raise ListenError(
+                f"controller.listen: cannot listen on "
+                f"{format_address((host, port))}: {exc.strerror}"
+            ) from exc
+        sockname = server.sockets[0].getsockname()
+        self.address = (sockname[0], sockname[1])
+        if ready is not None:
+            ready(self.address)
+        async with server:
+            await self._stopping.wait()
+            server.close()
+            for link in list(self._links):
+                link.stop_reading()
+            grace = self.controller.config.controller.shutdown_grace_s
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await server.wait_closed()
+        self._flush_all()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _flush_all(self) -> None:
+        for device in self.controller.devices.values():
+            try:
+                device.volume.flush()
+            except RemcopyError as exc:
+                log.error("shutdown flush failed: %s", exc)
+
+    # Accepting a connection...
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        link = _Link(reader, writer)
+        self._links.add(link)
+        self.controller.counters["connections"] += 1
+        try:
+            if self._stopping.is_set():
+                link.send(
+                    native.ErrorReply(code=ShuttingDown.code, message="controller is shutting down")
+                )
+                return
+            try:
+                async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                    grant = await self._handshake(link)
+            except TimeoutError:
+                self._refuse(
+                    link,
+                    AuthenticationFailed(
+                        f"handshake from {link.peer}: no answer within {HANDSHAKE_TIMEOUT_S} s"
+                    ),
+                )
+                return
+            if grant is None:
+                return
+            await self._serve_requests(link, grant)
+        except ProtocolError as exc:
+            self._refuse(link, exc)
+        except (ConnectionError, OSError):
+            pass  # the peer went away; nothing was half-acknowledged
+        finally:
+            self._links.discard(link)
+            with contextlib.suppress(Exception):
+                writer.close()
+                await writer.wait_closed()
+
+    def _refuse(self, link: _Link, exc: RemcopyError) -> None:
+        self.controller.counters["auth_refused"] += isinstance(exc, AuthenticationFailed)
+        log.warning("refused %s (%s): %s", link.peer, link.client, exc)
+        with contextlib.suppress(Exception):
+            link.send(native.ErrorReply(code=exc.code, message=str(exc)))
+
+    async def _handshake(self, link: _Link) -> HostGrant | None:
+        hello = await link.receive()
+        if hello is None:
+            return None
+        assert isinstance(hello, native.Hello)  # the codec accepts nothing else first
+        link.client = f"{hello.role.name.lower()} {hello.name}"
+        secret = self._secret_for(hello)
+        if secret is None:
+            kind = "host" if hello.role is native.PeerRole.HOST else "peer"
+            raise AuthenticationFailed(
+                f"{kind} {hello.name!r} is not in controller {self.controller.name}'s config"
+            )
+        if hello.nonce in self._server_nonces:
+            raise AuthenticationFailed(f"{link.client}: reflected challenge refused")
+        if hello.nonce in self._client_nonces:
+            raise AuthenticationFailed(f"{link.client}: replayed challenge refused")
+        self._client_nonces.add(hello.nonce)
+        server_nonce = os.urandom(auth.NONCE_SIZE_BYTES)
+        self._server_nonces.add(server_nonce)
+        names = auth.Transcript(
+            role=int(hello.role),
+            client=hello.name,
+            server=self.controller.name,
+            client_nonce=hello.nonce,
+            server_nonce=server_nonce,
+        )
+        link.send(
+            native.Challenge(
+                name=self.controller.name,
+                nonce=server_nonce,
+                proof=auth.server_proof(secret, names),
+            )
+        )
+        proof = await link.receive()
+        if proof is None:
+            return None
+        assert isinstance(proof, native.Proof)
+        if not auth.proofs_equal(proof.proof, auth.client_proof(secret, names)):
+            raise AuthenticationFailed(f"{link.client}: wrong secret")
+        link.send(native.Welcome(serial=self.controller.serial, name=self.controller.name))
+        log.info("authenticated %s from %s", link.client, link.peer)
+        if hello.role is native.PeerRole.HOST:
+            return self.controller.hosts[hello.name]
+        return HostGrant(name=hello.name, secret=secret, lss=None)
+
+    def _secret_for(self, hello: native.Hello) -> bytes | None:
+        if hello.role is native.PeerRole.HOST:
+            grant = self.controller.hosts.get(hello.name)
+            return grant.secret if grant else None
+        peer = self.controller.peers.get(hello.name)
+        return peer.secret.encode() if peer else None
+
+    # Serving requests...
+
+    async def _serve_requests(self, link: _Link, grant: HostGrant) -> None:
+        slots = asyncio.Semaphore(IN_FLIGHT_MAX)
+        transport = link.writer.transport
+        async with asyncio.TaskGroup() as tasks:
+            while True:
+                msg = await link.receive()
+                if msg is None:
+                    return
+                self.controller.counters["requests"] += 1
+                slow = self._answer(link, grant, msg)
+                if slow is not None:
+                    await slots.acquire()
+                    tasks.create_task(self._answer_slow(link, msg, slow, slots))
+                if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH_BYTES:
+                    await link.writer.drain()
+
+    def _answer(
+        self, link: _Link, grant: HostGrant, msg: native.Message
+    ) -> Awaitable[native.Message] | None:
+        """Answer at once, or return the awaitable whose result is the answer."""
+        core = self.controller
+        rid = msg.request_id
+        try:
+            match msg:
+                case native.WriteRequest():
+                    device = core.write(
+                        grant, msg.device, msg.offset, msg.data, timestamp_ns=msg.timestamp_ns
+                    )
+                    if msg.fua:
+                        return _after(
+                            asyncio.to_thread(device.volume.flush),
+                            native.WriteReply(request_id=rid),
+                        )
+                    reply: native.Message = native.WriteReply(request_id=rid)
+                case native.ReadRequest():
+                    reply = native.ReadReply(
+                        request_id=rid, data=core.read(grant, msg.device, msg.offset, msg.length)
+                    )
+                case native.IdentifyRequest():
+                    reply = native.IdentifyReply(
+                        request_id=rid, identities=tuple(core.identify(grant, msg.devices))
+                    )
+                case native.QueryRequest():
+                    reply = native.QueryReply(
+                        request_id=rid, statuses=tuple(core.query(grant, msg.devices))
+                    )
+                case native.FlushRequest():
+                    volumes = core.flush_targets(grant, msg.devices)
+                    core.counters["flushes"] += 1
+                    return _after(
+                        asyncio.to_thread(_flush_volumes, volumes),
+                        native.FlushReply(request_id=rid),
+                    )
+                case native.StatusRequest():
+                    reply = native.StatusReply(request_id=rid, document=core.status())
+                case native.SubscribeRequest():
+                    self._subscribe(link, rid)
+                    return None
+                case _:
+                    raise RemcopyInternalError(f"no handler for {type(msg).__name__}")
+        except RemcopyError as exc:
+            reply = self._error_reply(link, rid, exc)
+        link.send(reply)
+        return None
+
+    async def _answer_slow(
+        self,
+        link: _Link,
+        msg: native.Message,
+        work: Awaitable[native.Message],
+        slots: asyncio.Semaphore,
+    ) -> None:
+        try:
+            reply = await work
+        except RemcopyError as exc:
+            reply = self._error_reply(link, msg.request_id, exc)
+        finally:
+            slots.release()
+        if not link.writer.is_closing():
+            link.send(reply)
+
+    def _error_reply(self, link: _Link, rid: int, exc: RemcopyError) -> native.ErrorReply:
+        self.controller.counters["errors"] += 1
+        if not exc.retryable:
+            log.warning("refused request from %s: %s", link.client, exc)
+        return native.ErrorReply(request_id=rid, code=exc.code, message=str(exc))
+
+    def _subscribe(self, link: _Link, rid: int) -> None:
+        transport = link.writer.transport
+
+        def sink(line: str) -> None:
+            if transport.is_closing():
+                self.controller.remove_sink(sink)
+            elif transport.get_write_buffer_size() > SUBSCRIBER_BUFFER_MAX_BYTES:
+                log.warning("dropped slow event subscriber %s", link.client)
+                self.controller.remove_sink(sink)
+                transport.close()
+            else:
+                link.send(native.EventNotice(request_id=rid, line=line))
+
+        self.controller.add_sink(sink)
+        link.send(native.EventNotice(request_id=rid, line=f"subscribed {self.controller.name}"))
+
+
+class ListenError(RemcopyError):
+    """the controller cannot listen on its configured address"""
+
+    code = 14
+    exit_code = 2
+
+
+async def _after(work: Awaitable[object], reply: native.Message) -> native.Message:
+    await work
+    return reply
+
+
+def _flush_volumes(volumes: list[Volume]) -> None:
+    for volume in volumes:
+        volume.flush()
+
+
+async def run_controller(controller: Controller, *, announce_ready: bool = True) -> None:
+    """Serve a controller until SIGTERM or SIGINT; prints one ready line on stdout."""
+    server = ControllerServer(controller)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, server.stop)
+
+    def ready(address: tuple[str, int]) -> None:
+        if announce_ready:
+            print(
+                f"remcopy controller {controller.name} ready serial={controller.serial} "
+                f"listen={format_address(address)} volumes={len(controller.devices)}",
+                flush=True,
+            )
+
+    try:
+        await server.serve(ready=ready)
+    finally:
+        controller.close()
+        log.info("controller %s stopped", controller.name)
+        sys.stdout.flush()

@@ -1,0 +1,266 @@
+# The names a storage administrator uses for a volume, as value types.
+#
+# Three names point at one volume (DESIGN.md section 1): the hardware address
+# `SERIAL:SSID:LSS:CCA` is what the controller calls it, the device number is what one host
+# calls it, and the volser is the label written on the volume itself. Every map, group and
+# command in remcopy is keyed by these, so they are parsed in exactly one place, here.
+#
+# Rules this module keeps:
+# - Values are frozen, slotted, keyword-only dataclasses: hashable, ordered, and safe to use
+#   as dict keys and set members. `__init__` does no work; text (or loose ints) become values
+#   only through named constructors: `X.parse(text)` and `HardwareAddress.of(...)`.
+# - `str(x)` is the canonical text and `X.parse(str(x)) == x` for every value. Parsing accepts
+#   lower case and surrounding whitespace; printing is always upper case and zero padded.
+# - Input is hostile. Text longer than `_TEXT_MAX_CHARS` is refused before any other work,
+#   characters are checked against explicit ASCII classes (never `str.isdigit`, `int()` or
+#   `str.upper()` on unchecked text: those accept Unicode digits, underscores, `0x`, or turn
+#   'ß' into 'SS'), and the only exception that escapes is `InvalidIdentifier`, whose message
+#   names the bad value and the rule it broke.
+# - No I/O, no clock, no imports beyond the standard library and `remcopy.errors`.
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass
+from typing import Final
+
+from remcopy.errors import InvalidIdentifier
+
+__all__ = [
+    "DeviceNumber",
+    "HardwareAddress",
+    "Volser",
+    "parse_serial",
+    "SERIAL_MIN",
+    "SERIAL_MAX",
+]
+
+# The longest identifier is a hardware address, `999999:FFFF:FF:FF` (17 characters). 64 leaves
+# room for generous whitespace and a device-number range while keeping every parse O(1).
+_TEXT_MAX_CHARS: Final = 64
+# How much of a bad value a message quotes; enough to recognise it, never a megabyte.
+_SHOWN_MAX_CHARS: Final = 32
+
+SERIAL_MIN: Final = 10000
+SERIAL_MAX: Final = 999999
+_SERIAL_RULE: Final = "5-6 decimal digits"
+_VOLSER_RULE: Final = "1-6 characters from A-Z 0-9 @ # $"
+_HARDWARE_ADDRESS_RULE: Final = "SERIAL:SSID:LSS:CCA (e.g. 64015:1A00:0A:3F)"
+
+_SERIAL_RE: Final = re.compile(r"[1-9][0-9]{4,5}")
+_HEX2_RE: Final = re.compile(r"[0-9A-Fa-f]{2}")
+_HEX4_RE: Final = re.compile(r"[0-9A-Fa-f]{4}")
+_VOLSER_CHARS: Final = frozenset(string.ascii_letters + string.digits + "@#$")
+
+
+def _show(text: str) -> str:
+    """Quote a bad value for a message, shortened if it is long."""
+    if len(text) <= _SHOWN_MAX_CHARS:
+        return repr(text)
+    return f"{text[:_SHOWN_MAX_CHARS]!r}... ({len(text)} characters)"
+
+
+def _text_of(value: object, kind: str, rule: str) -> str:
+    """Return `value` stripped, or refuse it if it is not text or is too long to be `kind`."""
+    if not isinstance(value, str):
+        raise InvalidIdentifier(
+            f"{kind} must be text (got a {type(value).__name__}): expected {rule}", kind=kind
+        )
+    if len(value) > _TEXT_MAX_CHARS:
+        raise InvalidIdentifier(
+            f"{_show(value)} is not a {kind}: too long: expected {rule}",
+            kind=kind,
+            text=value[:_SHOWN_MAX_CHARS],
+        )
+    return value.strip()
+
+
+def _int_in_range(value: object, name: str, low: int, high: int, shown_range: str) -> int:
+    """Check a loose int field for `HardwareAddress.of` and `DeviceNumber.of`."""
+    # bool is an int subclass; True is not a serial number.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidIdentifier(
+            f"{name} must be an int in {shown_range} (got a {type(value).__name__})", kind=name
+        )
+    if not low <= value <= high:
+        raise InvalidIdentifier(f"{name} must be in {shown_range} (got {value})", kind=name)
+    return value
+
+
+def parse_serial(value: object) -> int:
+    """Return a controller serial (10000..999999) from its text or an int."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InvalidIdentifier(
+            f"controller serial must be text or an int (got a {type(value).__name__})",
+            kind="controller serial",
+        )
+    if isinstance(value, int):
+        return _int_in_range(value, "serial", SERIAL_MIN, SERIAL_MAX, "10000..999999")
+    text = _text_of(value, "controller serial", _SERIAL_RULE)
+    if _SERIAL_RE.fullmatch(text) is None:
+        raise InvalidIdentifier(
+            f"{_show(text)} is not a controller serial: expected {_SERIAL_RULE} (10000..999999)",
+            kind="controller serial",
+            text=text,
+        )
+    return int(text)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, order=True, repr=False)
+class HardwareAddress:
+    """Where a volume lives: controller serial, subsystem id, logical subsystem, device."""
+
+    serial: int
+    """The controller's serial number, 10000..999999."""
+    ssid: int
+    """The subsystem identifier, 0..0xFFFF (4 hex digits)."""
+    lss: int
+    """The logical subsystem, 0..0xFF (2 hex digits)."""
+    cca: int
+    """The device within the LSS (channel connection address), 0..0xFF (2 hex digits)."""
+
+    @classmethod
+    def parse(cls, text: object) -> HardwareAddress:
+        """Parse `SERIAL:SSID:LSS:CCA`, e.g. `64015:1A00:0A:3F`; hex may be lower case."""
+        kind = "hardware address"
+        stripped = _text_of(text, kind, _HARDWARE_ADDRESS_RULE)
+        parts = stripped.split(":")
+        if len(parts) != 4:
+            raise InvalidIdentifier(
+                f"{_show(stripped)} is not a {kind}: expected {_HARDWARE_ADDRESS_RULE}",
+                kind=kind,
+                text=stripped,
+            )
+        serial_text, ssid_text, lss_text, cca_text = parts
+        for name, field_text, pattern, rule in (
+            ("serial", serial_text, _SERIAL_RE, _SERIAL_RULE),
+            ("ssid", ssid_text, _HEX4_RE, "4 hex digits"),
+            ("lss", lss_text, _HEX2_RE, "2 hex digits"),
+            ("cca", cca_text, _HEX2_RE, "2 hex digits"),
+        ):
+            if pattern.fullmatch(field_text) is None:
+                raise InvalidIdentifier(
+                    f"{_show(stripped)} is not a {kind}: "
+                    f"{name} must be {rule} (got {_show(field_text)})",
+                    kind=kind,
+                    text=stripped,
+                )
+        return cls(
+            serial=int(serial_text),
+            ssid=int(ssid_text, 16),
+            lss=int(lss_text, 16),
+            cca=int(cca_text, 16),
+        )
+
+    @classmethod
+    def of(cls, *, serial: int, ssid: int, lss: int, cca: int) -> HardwareAddress:
+        """Build an address from its four numbers, checking each one's range."""
+        return cls(
+            serial=_int_in_range(serial, "serial", SERIAL_MIN, SERIAL_MAX, "10000..999999"),
+            ssid=_int_in_range(ssid, "ssid", 0, 0xFFFF, "0000..FFFF"),
+            lss=_int_in_range(lss, "lss", 0, 0xFF, "00..FF"),
+            cca=_int_in_range(cca, "cca", 0, 0xFF, "00..FF"),
+        )
+
+    @property
+    def device_key(self) -> int:
+        """The device's address on the wire inside one controller: `lss << 8 | cca`."""
+        return self.lss << 8 | self.cca
+
+    def __str__(self) -> str:
+        return f"{self.serial}:{self.ssid:04X}:{self.lss:02X}:{self.cca:02X}"
+
+    def __repr__(self) -> str:
+        return f"HardwareAddress.parse({str(self)!r})"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, order=True, repr=False)
+class DeviceNumber:
+    """A host's name for a device: 4 hex digits, meaningful only on that host."""
+
+    value: int
+    """0..0xFFFF."""
+
+    @classmethod
+    def parse(cls, text: object) -> DeviceNumber:
+        """Parse 4 hex digits, e.g. `1A3F`; lower case is accepted."""
+        kind = "device number"
+        stripped = _text_of(text, kind, "4 hex digits")
+        if _HEX4_RE.fullmatch(stripped) is None:
+            raise InvalidIdentifier(
+                f"{_show(stripped)} is not a {kind}: expected 4 hex digits",
+                kind=kind,
+                text=stripped,
+            )
+        return cls(value=int(stripped, 16))
+
+    @classmethod
+    def of(cls, value: int) -> DeviceNumber:
+        """Build a device number from an int, checking its range."""
+        return cls(value=_int_in_range(value, "device number", 0, 0xFFFF, "0000..FFFF"))
+
+    @classmethod
+    def range_parse(cls, text: object) -> list[DeviceNumber]:
+        """Parse `1A00-1AFF` (inclusive, start <= end) or a single number, in ascending order."""
+        kind = "device number range"
+        rule = "START-END of 4 hex digits each (e.g. 1A00-1AFF)"
+        stripped = _text_of(text, kind, rule)
+        start_text, dash, end_text = stripped.partition("-")
+        if not dash:
+            return [cls.parse(stripped)]
+        try:
+            start = cls.parse(start_text)
+            end = cls.parse(end_text)
+        except InvalidIdentifier as exc:
+            raise InvalidIdentifier(
+                f"{_show(stripped)} is not a {kind}: {exc.message}", kind=kind, text=stripped
+            ) from None
+        if start > end:
+            raise InvalidIdentifier(
+                f"{_show(stripped)} is not a {kind}: start {start} is after end {end}",
+                kind=kind,
+                text=stripped,
+            )
+        return [cls(value=value) for value in range(start.value, end.value + 1)]
+
+    def __str__(self) -> str:
+        return f"{self.value:04X}"
+
+    def __repr__(self) -> str:
+        return f"DeviceNumber.parse({str(self)!r})"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, order=True, repr=False)
+class Volser:
+    """A volume serial: the label in the volume's label track, 1-6 of `A-Z 0-9 @ # $`."""
+
+    text: str
+    """Upper case, 1-6 characters."""
+
+    @classmethod
+    def parse(cls, text: object) -> Volser:
+        """Parse a volser, upper-casing it: `pay001` becomes `PAY001`."""
+        kind = "volser"
+        stripped = _text_of(text, kind, _VOLSER_RULE)
+        # Check characters before upper-casing: Unicode upper() can change the length.
+        bad = next((char for char in stripped if char not in _VOLSER_CHARS), None)
+        problem = None
+        if not stripped:
+            problem = "it is empty"
+        elif bad is not None:
+            problem = f"{bad!r} is not allowed"
+        elif len(stripped) > 6:
+            problem = f"{len(stripped)} characters is too long"
+        if problem is not None:
+            raise InvalidIdentifier(
+                f"{_show(stripped)} is not a {kind}: {problem}: expected {_VOLSER_RULE}",
+                kind=kind,
+                text=stripped,
+            )
+        return cls(text=stripped.upper())
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"Volser.parse({self.text!r})"

@@ -1,0 +1,778 @@
+# The native protocol between hosts and controllers, and between controllers: a sans-I/O codec.
+#
+# Why it exists: every request a host or a peer controller makes travels as a frame defined
+# here. Keeping the codec free of sockets and asyncio (h11's rule) means it is tested with
+# plain bytes, fuzzed with Hypothesis, and reused by the controller, the host channel and the
+# replication link alike.
+#
+# Theory of operation
+# - A frame is `length u32 | kind u8 | flags u8 | reserved u16 | request_id u64 | body`,
+#   network order; `length` counts everything after itself. `request_id` lets many requests be
+#   in flight on one connection and their answers come back in any order.
+# - A connection starts with the handshake of `wire.auth`: HELLO, CHALLENGE, PROOF, WELCOME.
+#   The HELLO body starts with the protocol version, a layout every future version keeps, so a
+#   peer of another version is told both versions instead of receiving garbage.
+# - `Connection` enforces the phases: before WELCOME nothing but handshake frames is accepted,
+#   so no request is ever acted on for an unauthenticated peer.
+# - Each side accepts only the kinds the other side may send (a host never receives a READ
+#   request, a controller never receives a READ reply).
+#
+# Rules this module keeps:
+# - Never act on a partial frame: a frame is decoded only when all its bytes are here.
+# - Every limit is a named constant; going over it raises RemoteProtocolError.
+# - Hostile bytes produce RemoteProtocolError (or VersionMismatch) and nothing else: every
+#   decode error (struct, unicode, enum, index) is caught at one place, `_decode`.
+# - `LocalProtocolError` means we tried to send something out of phase: our bug.
+from __future__ import annotations
+
+import enum
+import json
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Final
+
+from remcopy.errors import (
+    LocalProtocolError,
+    RemcopyError,
+    RemoteProtocolError,
+    VersionMismatch,
+)
+from remcopy.states import CopyMode, PairRole, PairState
+from remcopy.wire.auth import NONCE_SIZE_BYTES, PROOF_SIZE_BYTES
+
+PROTOCOL_VERSION: Final = 1
+
+# The largest single read or write: 16 MiB is 256 tracks of 64 KiB, far above what a host or a
+# resync batch needs per request, and small enough that a connection's buffer stays bounded.
+IO_SIZE_MAX_BYTES: Final = 16 * 1024 * 1024
+# A frame holds at most one I/O payload plus its fixed fields, or a device batch: 65,536
+# devices (every LSS x CCA of a controller) with 64-byte records is 4 MiB, well below this.
+FRAME_SIZE_MAX_BYTES: Final = IO_SIZE_MAX_BYTES + 4096
+# Names, messages and event lines are short; status documents are small JSON objects.
+NAME_SIZE_MAX_BYTES: Final = 255
+TEXT_SIZE_MAX_BYTES: Final = 64 * 1024
+DEVICES_MAX: Final = 65536
+
+_LENGTH = struct.Struct("!I")
+_HEADER = struct.Struct("!IBBHQ")  # length, kind, flags, reserved, request_id
+_HEADER_AFTER_LENGTH_BYTES: Final = _HEADER.size - _LENGTH.size
+_U16 = struct.Struct("!H")
+_HELLO = struct.Struct(f"!HB{NONCE_SIZE_BYTES}s")  # version, role, nonce; then name
+_CHALLENGE = struct.Struct(f"!H{NONCE_SIZE_BYTES}s{PROOF_SIZE_BYTES}s")  # version, nonce, proof
+_WELCOME = struct.Struct("!I")  # serial; then name
+_ERROR = struct.Struct("!H")  # code; then message
+_READ = struct.Struct("!HQI")  # device, offset, length
+_WRITE = struct.Struct("!HQQ")  # device, offset, timestamp_ns; then data
+# device, status, ssid, serial, capacity_bytes, track_size_bytes, state, role, volser
+_IDENTITY = struct.Struct("!HHHIQIBB6s")
+# device, status, state, role, mode, flags, suspend_at_ns, dirty_tracks, lag_bytes, lag_ns,
+# peer serial, peer device
+_DEVICE_STATUS = struct.Struct("!HHBBBBQQQQIH")
+
+_FLAG_FUA: Final = 0x01
+
+# Wire codes of the enums. Their order is part of the protocol: append only.
+_STATES: Final = tuple(
+    PairState[n]
+    for n in ("SIMPLEX", "PENDING", "DUPLEX", "SUSPENDED", "SUSPENDED_ERROR", "RECOVERED")
+)
+_ROLES: Final = tuple(PairRole[n] for n in ("NONE", "PRIMARY", "SECONDARY"))
+_MODES: Final = (None, *(CopyMode[n] for n in ("SYNC", "ASYNC", "SEMISYNC")))
+
+
+class PeerRole(enum.IntEnum):
+    """Who is connecting: a host doing I/O and management, or a peer controller."""
+
+    HOST = 1
+    PEER = 2
+
+
+class Side(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class Phase(enum.Enum):
+    HELLO = "hello"  # server waits for HELLO / client has not sent it
+    PROOF = "proof"  # challenge sent or received, proof outstanding
+    READY = "ready"  # authenticated: requests flow
+    CLOSED = "closed"
+
+
+class _Sentinel:
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+NEED_DATA: Final = _Sentinel("NEED_DATA")
+CLOSED: Final = _Sentinel("CLOSED")
+
+
+# Messages. Each is a frozen value; `KIND` is its frame kind.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    KIND: ClassVar[int] = 0
+    request_id: int = 0
+    """Matches an answer to its request; 0 during the handshake."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hello(Message):
+    KIND: ClassVar[int] = 1
+    version: int = PROTOCOL_VERSION
+    """The protocol version the client speaks."""
+    role: PeerRole = PeerRole.HOST
+    """Whether the client is a host or a peer controller."""
+    name: str = ""
+    """The client's name, the key of its secret in the server's config."""
+    nonce: bytes = b""
+    """The client's fresh random challenge for the server."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Challenge(Message):
+    KIND: ClassVar[int] = 2
+    version: int = PROTOCOL_VERSION
+    name: str = ""
+    """The server's name (for a controller, its configured name)."""
+    nonce: bytes = b""
+    """The server's fresh random challenge for the client."""
+    proof: bytes = b""
+    """The server's proof that it knows the secret (wire.auth.server_proof)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Proof(Message):
+    KIND: ClassVar[int] = 3
+    proof: bytes = b""
+    """The client's proof that it knows the secret (wire.auth.client_proof)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Welcome(Message):
+    KIND: ClassVar[int] = 4
+    serial: int = 0
+    """The controller's serial number."""
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorReply(Message):
+    KIND: ClassVar[int] = 5
+    code: int = 1
+    """A `remcopy.errors` code; `errors.error_from_wire` rebuilds the class."""
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdentifyRequest(Message):
+    KIND: ClassVar[int] = 10
+    devices: tuple[int, ...] = ()
+    """Device keys (LSS << 8 | CCA); empty means every device the host may reach."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceIdentity:
+    device: int
+    status: int = 0
+    """0 when identified; otherwise the error code (unknown device, not allowed)."""
+    ssid: int = 0
+    serial: int = 0
+    capacity_bytes: int = 0
+    track_size_bytes: int = 0
+    state: PairState = PairState.SIMPLEX
+    role: PairRole = PairRole.NONE
+    volser: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdentifyReply(Message):
+    KIND: ClassVar[int] = 11
+    identities: tuple[DeviceIdentity, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReadRequest(Message):
+    KIND: ClassVar[int] = 12
+    device: int = 0
+    offset: int = 0
+    length: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReadReply(Message):
+    KIND: ClassVar[int] = 13
+    data: bytes = b""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriteRequest(Message):
+    KIND: ClassVar[int] = 14
+    device: int = 0
+    offset: int = 0
+    timestamp_ns: int = 0
+    """The host's issue time (time.time_ns()); orders writes against a suspend time."""
+    fua: bool = False
+    """Force unit access: durable (fdatasync) before the acknowledgement."""
+    data: bytes = b""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriteReply(Message):
+    KIND: ClassVar[int] = 15
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FlushRequest(Message):
+    KIND: ClassVar[int] = 16
+    devices: tuple[int, ...] = ()
+    """Devices to make durable; empty means all the host may reach."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FlushReply(Message):
+    KIND: ClassVar[int] = 17
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueryRequest(Message):
+    KIND: ClassVar[int] = 18
+    devices: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceStatus:
+    device: int
+    status: int = 0
+    state: PairState = PairState.SIMPLEX
+    role: PairRole = PairRole.NONE
+    mode: CopyMode | None = None
+    flags: int = 0
+    suspend_at_ns: int = 0
+    """The suspend time T the device is armed for or suspended at; 0 when none."""
+    dirty_tracks: int = 0
+    """Tracks set in the change map."""
+    lag_bytes: int = 0
+    lag_ns: int = 0
+    peer_serial: int = 0
+    peer_device: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueryReply(Message):
+    KIND: ClassVar[int] = 19
+    statuses: tuple[DeviceStatus, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubscribeRequest(Message):
+    KIND: ClassVar[int] = 20
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventNotice(Message):
+    KIND: ClassVar[int] = 21
+    line: str = ""
+    """One committed state change, e.g. `pair 64015:1A00:0A:3F DUPLEX -> SUSPENDED ...`."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusRequest(Message):
+    KIND: ClassVar[int] = 22
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusReply(Message):
+    KIND: ClassVar[int] = 23
+    document: dict[str, Any] = field(default_factory=dict)
+    """The controller's status as a JSON object (serial, volumes, counters)."""
+
+
+# Encoding and decoding of bodies. One encoder and one decoder per kind, side by side.
+
+
+def _pack_name(text: str, limit: int = NAME_SIZE_MAX_BYTES) -> bytes:
+    raw = text.encode("utf-8")
+    if len(raw) > limit:
+        raise LocalProtocolError(f"cannot send: text longer than {limit} bytes")
+    return _U16.pack(len(raw)) + raw
+
+
+def _unpack_name(body: bytes, at: int, limit: int = NAME_SIZE_MAX_BYTES) -> tuple[str, int]:
+    (size,) = _U16.unpack_from(body, at)
+    at += _U16.size
+    if size > limit:
+        raise RemoteProtocolError(f"text of {size} bytes is over the limit of {limit}")
+    raw = body[at : at + size]
+    if len(raw) != size:
+        raise RemoteProtocolError("text runs past the end of the frame")
+    return raw.decode("utf-8"), at + size
+
+
+def _pack_text(text: str) -> bytes:
+    raw = text.encode("utf-8", errors="replace")[:TEXT_SIZE_MAX_BYTES]
+    return raw
+
+
+def _unpack_text(body: bytes) -> str:
+    if len(body) > TEXT_SIZE_MAX_BYTES:
+        raise RemoteProtocolError(f"text of {len(body)} bytes is over {TEXT_SIZE_MAX_BYTES}")
+    return body.decode("utf-8")
+
+
+def _pack_devices(devices: tuple[int, ...]) -> bytes:
+    if len(devices) > DEVICES_MAX:
+        raise LocalProtocolError(f"cannot send more than {DEVICES_MAX} devices")
+    return struct.pack(f"!{len(devices)}H", *devices)
+
+
+def _unpack_devices(body: bytes) -> tuple[int, ...]:
+    if len(body) % 2:
+        raise RemoteProtocolError("device list has an odd number of bytes")
+    count = len(body) // 2
+    if count > DEVICES_MAX:
+        raise RemoteProtocolError(f"device list of {count} is over {DEVICES_MAX}")
+    return struct.unpack(f"!{count}H", body)
+
+
+def _unpack_records(body: bytes, record: struct.Struct) -> list[tuple[Any, ...]]:
+    if len(body) % record.size:
+        raise RemoteProtocolError("record list is not a whole number of records")
+    return list(record.iter_unpack(body))
+
+
+def _state_code(state: PairState) -> int:
+    return _STATES.index(state)
+
+
+def _mode_code(mode: CopyMode | None) -> int:
+    return _MODES.index(mode)
+
+
+def _encode_body(msg: Message) -> tuple[int, bytes]:
+    """Return (flags, body) for a message."""
+    match msg:
+        case Hello():
+            if len(msg.nonce) != NONCE_SIZE_BYTES:
+                raise LocalProtocolError("hello nonce has the wrong size")
+            return 0, _HELLO.pack(msg.version, msg.role, msg.nonce) + _pack_name(msg.name)
+        case Challenge():
+            return 0, _CHALLENGE.pack(msg.version, msg.nonce, msg.proof) + _pack_name(msg.name)
+        case Proof():
+            return 0, msg.proof
+        case Welcome():
+            return 0, _WELCOME.pack(msg.serial) + _pack_name(msg.name)
+        case ErrorReply():
+            return 0, _ERROR.pack(msg.code) + _pack_text(msg.message)
+        case IdentifyRequest() | FlushRequest() | QueryRequest():
+            return 0, _pack_devices(msg.devices)
+        case IdentifyReply():
+            return 0, b"".join(
+                _IDENTITY.pack(
+                    i.device,
+                    i.status,
+                    i.ssid,
+                    i.serial,
+                    i.capacity_bytes,
+                    i.track_size_bytes,
+                    _state_code(i.state),
+                    _ROLES.index(i.role),
+                    i.volser.encode("ascii"),
+                )
+                for i in msg.identities
+            )
+        case ReadRequest():
+            return 0, _READ.pack(msg.device, msg.offset, msg.length)
+        case ReadReply():
+            return 0, msg.data
+        case WriteRequest():
+            if len(msg.data) > IO_SIZE_MAX_BYTES:
+                raise LocalProtocolError(f"cannot write more than {IO_SIZE_MAX_BYTES} bytes")
+            flags = _FLAG_FUA if msg.fua else 0
+            return flags, _WRITE.pack(msg.device, msg.offset, msg.timestamp_ns) + msg.data
+        case QueryReply():
+            return 0, b"".join(
+                _DEVICE_STATUS.pack(
+                    s.device,
+                    s.status,
+                    _state_code(s.state),
+                    _ROLES.index(s.role),
+                    _mode_code(s.mode),
+                    s.flags,
+                    s.suspend_at_ns,
+                    s.dirty_tracks,
+                    s.lag_bytes,
+                    s.lag_ns,
+                    s.peer_serial,
+                    s.peer_device,
+                )
+                for s in msg.statuses
+            )
+        case EventNotice():
+            return 0, _pack_text(msg.line)
+        case StatusReply():
+            return 0, _pack_text(json.dumps(msg.document, sort_keys=True))
+        case WriteReply() | FlushReply() | SubscribeRequest() | StatusRequest():
+            return 0, b""
+    raise LocalProtocolError(f"cannot encode {type(msg).__name__}")
+
+
+def _decode_hello(rid: int, flags: int, body: bytes) -> Message:
+    (version,) = _U16.unpack_from(body, 0)
+    if version != PROTOCOL_VERSION:
+        raise VersionMismatch(
+            f"protocol version mismatch: peer speaks version {version}, "
+            f"this end speaks version {PROTOCOL_VERSION}"
+        )
+    _version, role, nonce = _HELLO.unpack_from(body, 0)
+    name, end = _unpack_name(body, _HELLO.size)
+    _expect_end(body, end)
+    return Hello(request_id=rid, version=version, role=PeerRole(role), name=name, nonce=nonce)
+
+
+def _decode_challenge(rid: int, flags: int, body: bytes) -> Message:
+    (version,) = _U16.unpack_from(body, 0)
+    if version != PROTOCOL_VERSION:
+        raise VersionMismatch(
+            f"protocol version mismatch: controller speaks version {version}, "
+            f"this end speaks version {PROTOCOL_VERSION}"
+        )
+    _v, nonce, proof = _CHALLENGE.unpack_from(body, 0)
+    name, end = _unpack_name(body, _CHALLENGE.size)
+    _expect_end(body, end)
+    return Challenge(request_id=rid, version=version, name=name, nonce=nonce, proof=proof)
+
+
+def _decode_proof(rid: int, flags: int, body: bytes) -> Message:
+    if len(body) != PROOF_SIZE_BYTES:
+        raise RemoteProtocolError(f"proof must be {PROOF_SIZE_BYTES} bytes (got {len(body)})")
+    return Proof(request_id=rid, proof=body)
+
+
+def _decode_welcome(rid: int, flags: int, body: bytes) -> Message:
+    (serial,) = _WELCOME.unpack_from(body, 0)
+    name, end = _unpack_name(body, _WELCOME.size)
+    _expect_end(body, end)
+    return Welcome(request_id=rid, serial=serial, name=name)
+
+
+def _decode_error(rid: int, flags: int, body: bytes) -> Message:
+    (code,) = _ERROR.unpack_from(body, 0)
+    return ErrorReply(request_id=rid, code=code, message=_unpack_text(body[_ERROR.size :]))
+
+
+def _decode_identify_reply(rid: int, flags: int, body: bytes) -> Message:
+    identities = tuple(
+        DeviceIdentity(
+            device=d,
+            status=st,
+            ssid=ssid,
+            serial=serial,
+            capacity_bytes=cap,
+            track_size_bytes=track,
+            state=_STATES[state],
+            role=_ROLES[role],
+            volser=volser.rstrip(b"\0 ").decode("ascii"),
+        )
+        for d, st, ssid, serial, cap, track, state, role, volser in _unpack_records(body, _IDENTITY)
+    )
+    return IdentifyReply(request_id=rid, identities=identities)
+
+
+def _decode_read(rid: int, flags: int, body: bytes) -> Message:
+    device, offset, length = _READ.unpack(body)
+    if length > IO_SIZE_MAX_BYTES:
+        raise RemoteProtocolError(f"read of {length} bytes is over {IO_SIZE_MAX_BYTES}")
+    return ReadRequest(request_id=rid, device=device, offset=offset, length=length)
+
+
+def _decode_write(rid: int, flags: int, body: bytes) -> Message:
+    device, offset, timestamp_ns = _WRITE.unpack_from(body, 0)
+    data = body[_WRITE.size :]
+    if len(data) > IO_SIZE_MAX_BYTES:
+        raise RemoteProtocolError(f"write of {len(data)} bytes is over {IO_SIZE_MAX_BYTES}")
+    return WriteRequest(
+        request_id=rid,
+        device=device,
+        offset=offset,
+        timestamp_ns=timestamp_ns,
+        fua=bool(flags & _FLAG_FUA),
+        data=data,
+    )
+
+
+def _decode_query_reply(rid: int, flags: int, body: bytes) -> Message:
+    statuses = tuple(
+        DeviceStatus(
+            device=d,
+            status=st,
+            state=_STATES[state],
+            role=_ROLES[role],
+            mode=_MODES[mode],
+            flags=fl,
+            suspend_at_ns=at,
+            dirty_tracks=dirty,
+            lag_bytes=lag_b,
+            lag_ns=lag_ns,
+            peer_serial=ps,
+            peer_device=pd,
+        )
+        for d, st, state, role, mode, fl, at, dirty, lag_b, lag_ns, ps, pd in _unpack_records(
+            body, _DEVICE_STATUS
+        )
+    )
+    return QueryReply(request_id=rid, statuses=statuses)
+
+
+def _decode_status_reply(rid: int, flags: int, body: bytes) -> Message:
+    document = json.loads(_unpack_text(body))
+    if not isinstance(document, dict):
+        raise RemoteProtocolError("status document is not a JSON object")
+    return StatusReply(request_id=rid, document=document)
+
+
+def _empty(cls: type[Message]) -> Callable[[int, int, bytes], Message]:
+    def decode(rid: int, flags: int, body: bytes) -> Message:
+        _expect_end(body, 0)
+        return cls(request_id=rid)
+
+    return decode
+
+
+def _devices(
+    cls: type[IdentifyRequest] | type[FlushRequest] | type[QueryRequest],
+) -> Callable[[int, int, bytes], Message]:
+    def decode(rid: int, flags: int, body: bytes) -> Message:
+        return cls(request_id=rid, devices=_unpack_devices(body))
+
+    return decode
+
+
+def _expect_end(body: bytes, end: int) -> None:
+    if len(body) != end:
+        raise RemoteProtocolError(f"frame has {len(body) - end} unexpected trailing bytes")
+
+
+_Decoder = Callable[[int, int, bytes], Message]
+_DECODERS: Final[dict[int, _Decoder]] = {
+    Hello.KIND: _decode_hello,
+    Challenge.KIND: _decode_challenge,
+    Proof.KIND: _decode_proof,
+    Welcome.KIND: _decode_welcome,
+    ErrorReply.KIND: _decode_error,
+    IdentifyRequest.KIND: _devices(IdentifyRequest),
+    IdentifyReply.KIND: _decode_identify_reply,
+    ReadRequest.KIND: _decode_read,
+    ReadReply.KIND: lambda rid, flags, body: ReadReply(request_id=rid, data=body),
+    WriteRequest.KIND: _decode_write,
+    WriteReply.KIND: _empty(WriteReply),
+    FlushRequest.KIND: _devices(FlushRequest),
+    FlushReply.KIND: _empty(FlushReply),
+    QueryRequest.KIND: _devices(QueryRequest),
+    QueryReply.KIND: _decode_query_reply,
+    SubscribeRequest.KIND: _empty(SubscribeRequest),
+    EventNotice.KIND: lambda rid, flags, body: EventNotice(request_id=rid, line=_unpack_text(body)),
+    StatusRequest.KIND: _empty(StatusRequest),
+    StatusReply.KIND: _decode_status_reply,
+}
+
+_HANDSHAKE_FROM_CLIENT: Final = frozenset({Hello.KIND, Proof.KIND})
+_HANDSHAKE_FROM_SERVER: Final = frozenset({Challenge.KIND, Welcome.KIND, ErrorReply.KIND})
+# What a client (host or peer) may send once authenticated, and what a server may answer.
+REQUEST_KINDS: Final = frozenset(
+    {
+        IdentifyRequest.KIND,
+        ReadRequest.KIND,
+        WriteRequest.KIND,
+        FlushRequest.KIND,
+        QueryRequest.KIND,
+        SubscribeRequest.KIND,
+        StatusRequest.KIND,
+    }
+)
+REPLY_KINDS: Final = frozenset(
+    {
+        ErrorReply.KIND,
+        IdentifyReply.KIND,
+        ReadReply.KIND,
+        WriteReply.KIND,
+        FlushReply.KIND,
+        QueryReply.KIND,
+        EventNotice.KIND,
+        StatusReply.KIND,
+    }
+)
+
+
+def encode(msg: Message) -> bytes:
+    """One whole frame for a message, regardless of phase (for tests and tools)."""
+    flags, body = _encode_body(msg)
+    if _HEADER_AFTER_LENGTH_BYTES + len(body) > FRAME_SIZE_MAX_BYTES:
+        raise LocalProtocolError(f"frame over {FRAME_SIZE_MAX_BYTES} bytes")
+    header = _HEADER.pack(
+        _HEADER_AFTER_LENGTH_BYTES + len(body), msg.KIND, flags, 0, msg.request_id
+    )
+    return header + body
+
+
+def _decode(kind: int, flags: int, request_id: int, body: bytes) -> Message:
+    decoder = _DECODERS.get(kind)
+    if decoder is None:
+        raise RemoteProtocolError(f"unknown frame kind {kind}")
+    try:
+        return decoder(request_id, flags, body)
+    except RemcopyError:
+        raise
+    except (struct.error, UnicodeDecodeError, ValueError, IndexError, TypeError) as exc:
+        raise RemoteProtocolError(f"malformed {kind=} frame: {exc}") from exc
+
+
+class Connection:
+    """One end of a native-protocol connection: bytes in, messages out, messages in, bytes out.
+
+    The server side accepts HELLO, then PROOF, then requests; the client side accepts
+    CHALLENGE, then WELCOME, then replies. Sending WELCOME (server) or receiving it (client)
+    makes the connection READY. Sending or receiving an error during the handshake closes it.
+    """
+
+    def __init__(self, side: Side) -> None:
+        self.side = side
+        self.phase = Phase.HELLO
+        self._buffer = bytearray()
+        self._eof = False
+        self.frames_received = 0
+        self.bytes_received = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<native.Connection {self.side.value} {self.phase.name} "
+            f"frames={self.frames_received} buffered={len(self._buffer)}>"
+        )
+
+    # Receiving...
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the peer; b"" means the peer closed its end."""
+        if not data:
+            self._eof = True
+            return
+        if self._eof:
+            raise LocalProtocolError("received data after end of file")
+        self._buffer += data
+        self.bytes_received += len(data)
+
+    def next_event(self) -> Message | _Sentinel:
+        """The next whole message, NEED_DATA, or CLOSED; raises RemoteProtocolError."""
+        if self.phase is Phase.CLOSED:
+            return CLOSED
+        buffer = self._buffer
+        if len(buffer) < _HEADER.size:
+            return self._need_data_or_closed()
+        length, kind, flags, _reserved, request_id = _HEADER.unpack_from(buffer, 0)
+        if length < _HEADER_AFTER_LENGTH_BYTES or length > FRAME_SIZE_MAX_BYTES:
+            self.phase = Phase.CLOSED
+            raise RemoteProtocolError(
+                f"frame length {length} is outside {_HEADER_AFTER_LENGTH_BYTES}.."
+                f"{FRAME_SIZE_MAX_BYTES}"
+            )
+        total = _LENGTH.size + length
+        if len(buffer) < total:
+            return self._need_data_or_closed()
+        body = bytes(buffer[_HEADER.size : total])
+        del buffer[:total]
+        self.frames_received += 1
+        try:
+            self._check_kind_allowed(kind)
+            msg = _decode(kind, flags, request_id, body)
+        except RemcopyError:
+            self.phase = Phase.CLOSED
+            raise
+        self._advance_on_receive(msg)
+        return msg
+
+    def _need_data_or_closed(self) -> _Sentinel:
+        if not self._eof:
+            return NEED_DATA
+        self.phase = Phase.CLOSED
+        if self._buffer:
+            raise RemoteProtocolError(
+                f"connection closed inside a frame ({len(self._buffer)} bytes left)"
+            )
+        return CLOSED
+
+    def _check_kind_allowed(self, kind: int) -> None:
+        ready = self.phase is Phase.READY
+        if self.side is Side.SERVER:
+            allowed = REQUEST_KINDS if ready else _HANDSHAKE_FROM_CLIENT
+        else:
+            allowed = REPLY_KINDS if ready else _HANDSHAKE_FROM_SERVER
+        if kind in allowed:
+            return
+        if not ready and kind in REQUEST_KINDS:
+            raise RemoteProtocolError(f"request kind {kind} before authentication")
+        raise RemoteProtocolError(
+            f"frame kind {kind} is not allowed from the {self._peer_side()} in phase "
+            f"{self.phase.value}"
+        )
+
+    def _peer_side(self) -> str:
+        return "client" if self.side is Side.SERVER else "server"
+
+    def _advance_on_receive(self, msg: Message) -> None:
+        if self.side is Side.SERVER:
+            if self.phase is Phase.HELLO and not isinstance(msg, Hello):
+                self.phase = Phase.CLOSED
+                raise RemoteProtocolError("expected HELLO first")
+            if self.phase is Phase.PROOF and not isinstance(msg, Proof):
+                self.phase = Phase.CLOSED
+                raise RemoteProtocolError("expected PROOF after the challenge")
+        elif self.phase is not Phase.READY:
+            if isinstance(msg, ErrorReply):
+                self.phase = Phase.CLOSED
+            elif isinstance(msg, Welcome):
+                if self.phase is not Phase.PROOF:
+                    self.phase = Phase.CLOSED
+                    raise RemoteProtocolError("WELCOME before the challenge was answered")
+                self.phase = Phase.READY
+            elif isinstance(msg, Challenge) and self.phase is not Phase.PROOF:
+                self.phase = Phase.CLOSED
+                raise RemoteProtocolError("CHALLENGE before HELLO was sent")
+
+    # Sending...
+
+    def send(self, msg: Message) -> bytes:
+        """The bytes to write for a message; checks it fits this side and phase."""
+        if self.phase is Phase.CLOSED and not isinstance(msg, ErrorReply):
+            raise LocalProtocolError("cannot send on a closed connection")
+        self._advance_on_send(msg)
+        return encode(msg)
+
+    def _advance_on_send(self, msg: Message) -> None:
+        kind = msg.KIND
+        if self.side is Side.CLIENT:
+            if self.phase is Phase.HELLO and isinstance(msg, Hello):
+                self.phase = Phase.PROOF
+            elif self.phase is Phase.PROOF and isinstance(msg, Proof):
+                pass
+            elif not (self.phase is Phase.READY and kind in REQUEST_KINDS):
+                raise LocalProtocolError(
+                    f"client cannot send {type(msg).__name__} in phase {self.phase.value}"
+                )
+            return
+        if isinstance(msg, ErrorReply):
+            if self.phase is not Phase.READY:
+                self.phase = Phase.CLOSED
+        elif self.phase is Phase.HELLO and isinstance(msg, Challenge):
+            self.phase = Phase.PROOF
+        elif self.phase is Phase.PROOF and isinstance(msg, Welcome):
+            self.phase = Phase.READY
+        elif not (self.phase is Phase.READY and kind in REPLY_KINDS):
+            raise LocalProtocolError(
+                f"server cannot send {type(msg).__name__} in phase {self.phase.value}"
+            )

@@ -1,0 +1,342 @@
+# Tests for remcopy.ids: canonical text round trips, the exact wording of every refusal, and
+# hostile input that must never raise anything but InvalidIdentifier.
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from remcopy.errors import InputError, InvalidIdentifier
+from remcopy.ids import DeviceNumber, HardwareAddress, Volser, parse_serial
+from strategies import (
+    VOLSER_ALPHABET,
+    device_numbers,
+    hardware_addresses,
+    loose_texts,
+    serials,
+    volsers,
+)
+
+# Round trips ---------------------------------------------------------------------------------
+
+
+@given(hardware_addresses)
+def test_HardwareAddress_round_trip(address: HardwareAddress) -> None:
+    """Parsing the text of any hardware address gives the same address back."""
+    assert HardwareAddress.parse(str(address)) == address
+
+
+@given(device_numbers)
+def test_DeviceNumber_round_trip(number: DeviceNumber) -> None:
+    """Parsing the text of any device number gives the same device number back."""
+    assert DeviceNumber.parse(str(number)) == number
+
+
+@given(volsers)
+def test_Volser_round_trip(volser: Volser) -> None:
+    """Parsing the text of any volser gives the same volser back."""
+    assert Volser.parse(str(volser)) == volser
+
+
+@given(serials)
+def test_parse_serial_round_trip(serial: int) -> None:
+    """A serial parses from its decimal text and from the int itself."""
+    assert parse_serial(str(serial)) == serial
+    assert parse_serial(serial) == serial
+
+
+@given(st.one_of(loose_texts(hardware_addresses), loose_texts(device_numbers)))
+def test_parse_accepts_lower_case_and_whitespace(case: tuple[str, object]) -> None:
+    """Lower-case hex and surrounding whitespace parse to the canonical value."""
+    text, value = case
+    assert type(value).parse(text) == value  # type: ignore[attr-defined]
+
+
+@given(st.text(alphabet=VOLSER_ALPHABET.lower(), min_size=1, max_size=6))
+def test_Volser_parse_upper_cases(text: str) -> None:
+    """A lower-case volser is upper-cased."""
+    assert str(Volser.parse(f" {text}\t")) == text.upper()
+
+
+# Canonical text and properties ---------------------------------------------------------------
+
+
+def test_HardwareAddress_canonical_text() -> None:
+    """An address prints upper-case hex, zero padded, as SERIAL:SSID:LSS:CCA."""
+    address = HardwareAddress.of(serial=64015, ssid=0x1A00, lss=0x0A, cca=0x3F)
+    assert str(address) == "64015:1A00:0A:3F"
+    assert HardwareAddress.parse(" 64015:1a00:0a:3f\n") == address
+    assert str(HardwareAddress.of(serial=999999, ssid=0, lss=0, cca=0)) == "999999:0000:00:00"
+
+
+def test_HardwareAddress_device_key() -> None:
+    """The device key is lss << 8 | cca."""
+    address = HardwareAddress.parse("64015:1A00:0A:3F")
+    assert address.device_key == 0x0A3F
+    assert HardwareAddress.parse("64015:1A00:FF:FF").device_key == 0xFFFF
+
+
+def test_DeviceNumber_canonical_text() -> None:
+    """A device number prints as 4 upper-case hex digits."""
+    assert str(DeviceNumber.parse("1a3f")) == "1A3F"
+    assert str(DeviceNumber.of(0x0A)) == "000A"
+    assert DeviceNumber.parse("FFFF").value == 0xFFFF
+
+
+def test_values_are_hashable_and_ordered() -> None:
+    """Values are equal by content, hash alike, and sort by their fields."""
+    low = HardwareAddress.parse("64015:1A00:0A:3F")
+    high = HardwareAddress.parse("64015:1A00:0B:00")
+    assert {low, HardwareAddress.parse("64015:1a00:0a:3f")} == {low}
+    assert sorted([high, low]) == [low, high]
+    assert HardwareAddress.parse("10000:FFFF:FF:FF") < low
+    assert sorted([DeviceNumber.parse("1A01"), DeviceNumber.parse("0FFF")])[0].value == 0x0FFF
+    assert Volser.parse("A") < Volser.parse("B")
+
+
+def test_values_are_frozen_and_slotted() -> None:
+    """Values cannot be changed after construction and carry no __dict__."""
+    volser = Volser.parse("PAY001")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        volser.text = "X"  # type: ignore[misc]
+    assert not hasattr(volser, "__dict__")
+
+
+def test_repr_is_the_named_constructor() -> None:
+    """repr shows the canonical text through the parse constructor."""
+    assert repr(HardwareAddress.parse("64015:1a00:0a:3f")) == (
+        "HardwareAddress.parse('64015:1A00:0A:3F')"
+    )
+    assert repr(DeviceNumber.parse("1a3f")) == "DeviceNumber.parse('1A3F')"
+    assert repr(Volser.parse("pay001")) == "Volser.parse('PAY001')"
+
+
+def test_DeviceNumber_range_parse() -> None:
+    """A range is inclusive and ascending; a single number is a range of one."""
+    numbers = DeviceNumber.range_parse("1a00-1AFF")
+    assert len(numbers) == 256
+    assert (str(numbers[0]), str(numbers[-1])) == ("1A00", "1AFF")
+    assert DeviceNumber.range_parse(" 1A00 - 1A01 ") == [
+        DeviceNumber.parse("1A00"),
+        DeviceNumber.parse("1A01"),
+    ]
+    assert DeviceNumber.range_parse("1A3F") == [DeviceNumber.parse("1A3F")]
+    assert DeviceNumber.range_parse("1A3F-1A3F") == [DeviceNumber.parse("1A3F")]
+    assert len(DeviceNumber.range_parse("0000-FFFF")) == 0x10000
+
+
+def test_parse_serial_boundaries() -> None:
+    """Serials run from 10000 to 999999 inclusive."""
+    assert parse_serial("10000") == 10000
+    assert parse_serial(" 999999 ") == 999999
+    for bad in ("9999", "1000000", "010000", 9999, 1000000):
+        with pytest.raises(InvalidIdentifier):
+            parse_serial(bad)
+
+
+# Refusals: the exact words -------------------------------------------------------------------
+
+RULE_HA = "expected SERIAL:SSID:LSS:CCA (e.g. 64015:1A00:0A:3F)"
+RULE_VOLSER = "expected 1-6 characters from A-Z 0-9 @ # $"
+
+MESSAGES = [
+    (DeviceNumber.parse, "1A3G", "'1A3G' is not a device number: expected 4 hex digits"),
+    (DeviceNumber.parse, "", "'' is not a device number: expected 4 hex digits"),
+    (DeviceNumber.parse, "1A3", "'1A3' is not a device number: expected 4 hex digits"),
+    (DeviceNumber.parse, "0x1A", "'0x1A' is not a device number: expected 4 hex digits"),
+    (DeviceNumber.parse, "1_A3", "'1_A3' is not a device number: expected 4 hex digits"),
+    (
+        DeviceNumber.parse,
+        "\u0661\u0662\u0663\u0664",
+        "'\u0661\u0662\u0663\u0664' is not a device number: expected 4 hex digits",
+    ),
+    (
+        DeviceNumber.parse,
+        None,
+        "device number must be text (got a NoneType): expected 4 hex digits",
+    ),
+    (
+        DeviceNumber.range_parse,
+        "1AFF-1A00",
+        "'1AFF-1A00' is not a device number range: start 1AFF is after end 1A00",
+    ),
+    (
+        DeviceNumber.range_parse,
+        "1A00-1AZZ",
+        "'1A00-1AZZ' is not a device number range: "
+        "'1AZZ' is not a device number: expected 4 hex digits",
+    ),
+    (
+        DeviceNumber.range_parse,
+        "1A00-1A01-1A02",
+        "'1A00-1A01-1A02' is not a device number range: "
+        "'1A01-1A02' is not a device number: expected 4 hex digits",
+    ),
+    (
+        HardwareAddress.parse,
+        "64015:1A00:0A",
+        f"'64015:1A00:0A' is not a hardware address: {RULE_HA}",
+    ),
+    (
+        HardwareAddress.parse,
+        "64015:1A00:0A:3F:00",
+        f"'64015:1A00:0A:3F:00' is not a hardware address: {RULE_HA}",
+    ),
+    (
+        HardwareAddress.parse,
+        "64015:1A00:G1:3F",
+        "'64015:1A00:G1:3F' is not a hardware address: lss must be 2 hex digits (got 'G1')",
+    ),
+    (
+        HardwareAddress.parse,
+        "6401:1A00:0A:3F",
+        "'6401:1A00:0A:3F' is not a hardware address: "
+        "serial must be 5-6 decimal digits (got '6401')",
+    ),
+    (
+        HardwareAddress.parse,
+        "64015:1A0:0A:3F",
+        "'64015:1A0:0A:3F' is not a hardware address: ssid must be 4 hex digits (got '1A0')",
+    ),
+    (
+        HardwareAddress.parse,
+        "64015:1A00:0A:3",
+        "'64015:1A00:0A:3' is not a hardware address: cca must be 2 hex digits (got '3')",
+    ),
+    (
+        Volser.parse,
+        "PAY-01",
+        f"'PAY-01' is not a volser: '-' is not allowed: {RULE_VOLSER}",
+    ),
+    (Volser.parse, "  ", f"'' is not a volser: it is empty: {RULE_VOLSER}"),
+    (
+        Volser.parse,
+        "PAYROLL",
+        f"'PAYROLL' is not a volser: 7 characters is too long: {RULE_VOLSER}",
+    ),
+    (
+        Volser.parse,
+        "stra\u00dfe",
+        f"'stra\u00dfe' is not a volser: '\u00df' is not allowed: {RULE_VOLSER}",
+    ),
+    (Volser.parse, "\ufb00", f"'\ufb00' is not a volser: '\ufb00' is not allowed: {RULE_VOLSER}"),
+    (
+        parse_serial,
+        "1234",
+        "'1234' is not a controller serial: expected 5-6 decimal digits (10000..999999)",
+    ),
+    (parse_serial, 9999, "serial must be in 10000..999999 (got 9999)"),
+    (parse_serial, True, "controller serial must be text or an int (got a bool)"),
+    (parse_serial, 1.5, "controller serial must be text or an int (got a float)"),
+    (
+        DeviceNumber.parse,
+        "F" * 100_000,
+        "'FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF'... (100000 characters) is not a device number: "
+        "too long: expected 4 hex digits",
+    ),
+]
+
+
+@pytest.mark.parametrize(("parse", "value", "message"), MESSAGES)
+def test_refusal_message(parse: object, value: object, message: str) -> None:
+    """Each refusal names the bad value and the rule it broke, in these exact words."""
+    with pytest.raises(InvalidIdentifier) as caught:
+        parse(value)  # type: ignore[operator]
+    assert str(caught.value) == message
+    assert isinstance(caught.value, InputError)
+
+
+OF_MESSAGES = [
+    ({"serial": 9999}, "serial must be in 10000..999999 (got 9999)"),
+    ({"ssid": 0x10000}, "ssid must be in 0000..FFFF (got 65536)"),
+    ({"lss": 256}, "lss must be in 00..FF (got 256)"),
+    ({"cca": -1}, "cca must be in 00..FF (got -1)"),
+    ({"lss": "0A"}, "lss must be an int in 00..FF (got a str)"),
+    ({"cca": True}, "cca must be an int in 00..FF (got a bool)"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), OF_MESSAGES)
+def test_HardwareAddress_of_refuses_out_of_range(override: dict[str, object], message: str) -> None:
+    """HardwareAddress.of names the field, its range and the value that arrived."""
+    fields: dict[str, object] = {"serial": 64015, "ssid": 0x1A00, "lss": 0x0A, "cca": 0x3F}
+    fields.update(override)
+    with pytest.raises(InvalidIdentifier) as caught:
+        HardwareAddress.of(**fields)  # type: ignore[arg-type]
+    assert str(caught.value) == message
+
+
+def test_DeviceNumber_of_refuses_out_of_range() -> None:
+    """DeviceNumber.of accepts 0..0xFFFF only."""
+    assert DeviceNumber.of(0xFFFF).value == 0xFFFF
+    with pytest.raises(InvalidIdentifier, match=r"device number must be in 0000\.\.FFFF"):
+        DeviceNumber.of(0x10000)
+
+
+def test_InvalidIdentifier_carries_kind_and_text() -> None:
+    """The error holds the kind of identifier expected and the text that arrived."""
+    with pytest.raises(InvalidIdentifier) as caught:
+        Volser.parse(" PAY-01 ")
+    assert (caught.value.kind, caught.value.text) == ("volser", "PAY-01")
+
+
+# Hostile input -------------------------------------------------------------------------------
+
+PARSERS = [
+    HardwareAddress.parse,
+    DeviceNumber.parse,
+    DeviceNumber.range_parse,
+    Volser.parse,
+    parse_serial,
+]
+PARSER_IDS = [parse.__qualname__ for parse in PARSERS]
+
+# Text near the valid forms reaches deeper into the parsers than uniform random text does.
+near_valid_texts = st.text(alphabet="0123456789abcdefABCDEFG:-@#$ \t\n\x00\u0661\ufb00\u00df")
+anything = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.binary(),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+)
+
+
+@pytest.mark.parametrize("parse", PARSERS, ids=PARSER_IDS)
+@given(text=st.one_of(st.text(), near_valid_texts, anything))
+def test_garbage_raises_only_InvalidIdentifier(parse: object, text: object) -> None:
+    """Any input either parses to a value that round-trips or raises InvalidIdentifier."""
+    try:
+        value = parse(text)  # type: ignore[operator]
+    except InvalidIdentifier:
+        return
+    if isinstance(value, list):
+        assert all(DeviceNumber.parse(str(number)) == number for number in value)
+    elif not isinstance(value, int):
+        assert type(value).parse(str(value)) == value
+
+
+@pytest.mark.parametrize("parse", PARSERS, ids=PARSER_IDS)
+def test_huge_input_is_refused_quickly(parse: object) -> None:
+    """A ten-megabyte string is refused without scanning it, and the message stays short."""
+    huge = " " + "1A00:" * 2_000_000
+    with pytest.raises(InvalidIdentifier) as caught:
+        parse(huge)  # type: ignore[operator]
+    assert len(str(caught.value)) < 200
+
+
+@pytest.mark.parametrize("text", ["\ud800", "1A3F\x00", "\x00", "1A\u20283F", "\u0661\u0662:"])
+@pytest.mark.parametrize("parse", PARSERS, ids=PARSER_IDS)
+def test_odd_characters_are_refused(parse: object, text: str) -> None:
+    """Lone surrogates, NUL and Unicode separators and digits are refused cleanly."""
+    with pytest.raises(InvalidIdentifier):
+        parse(text)  # type: ignore[operator]
+
+
+def test_unicode_whitespace_around_is_stripped() -> None:
+    """Surrounding whitespace of any kind is stripped, as str.strip does."""
+    assert DeviceNumber.parse("\u20281a3f\u3000") == DeviceNumber.parse("1A3F")
