@@ -36,7 +36,8 @@ _UNITS = {
     "t": 1024**4,
     "tib": 1024**4,
 }
-_SIZE = re.compile(r"^\s*(\d{1,20})\s*([a-zA-Z]{0,3})\s*$")
+_SIZE = re.compile(r"^\s*([0-9]{1,20})\s*([a-zA-Z]{0,3})\s*$")
+_PORT = re.compile(r"[0-9]{1,5}")  # ASCII only: str.isdigit() takes "٧٤٠١"
 
 
 def parse_size(value: object) -> int:
@@ -58,7 +59,7 @@ def parse_address(value: object) -> tuple[str, int]:
     """(host, port) from "HOST:PORT"; raises ValueError naming the rule."""
     if isinstance(value, str):
         host, sep, port = value.rpartition(":")
-        if sep and host and port.isdigit() and 0 <= int(port) <= 65535:
+        if sep and host and _PORT.fullmatch(port) and int(port) <= 65535:
             return host.strip("[]"), int(port)
     raise ValueError(f"expected an address HOST:PORT such as 127.0.0.1:7401 (got {value!r})")
 
@@ -109,9 +110,9 @@ def validate(model: type[ModelT], data: dict[str, Any], *, source: str) -> Model
             elif message.startswith("Value error, "):
                 message = message[len("Value error, ") :]
             value = err.get("input")
-            shown = (
-                "" if err["type"] == "missing" or isinstance(value, dict) else f" (got {value!r})"
-            )
+            # A validator's own message may already name what it got (and may hide a secret).
+            named = err["type"] == "missing" or isinstance(value, dict) or "(got " in message
+            shown = "" if named else f" (got {value!r})"
             problems.append(f"{source}: {where}: {message}{shown}")
         raise ConfigError(_summary(source, problems), problems) from None
 

@@ -9,6 +9,7 @@
 # Reference: docs/controller-config.md (every key, with an example).
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,12 +26,12 @@ from remcopy.ids import Volser, parse_serial
 
 
 def _hex(digits: int, what: str) -> Any:
+    # An explicit ASCII class: int(value, 16) alone would take "-1", "+1", " 1" and "١٢".
+    pattern = re.compile(f"[0-9A-Fa-f]{{{digits}}}")
+
     def parse(value: object) -> int:
-        if isinstance(value, str) and len(value) == digits:
-            try:
-                return int(value, 16)
-            except ValueError:
-                pass
+        if isinstance(value, str) and pattern.fullmatch(value):
+            return int(value, 16)
         raise ValueError(f"{what} must be {digits} hex digits (got {value!r})")
 
     return BeforeValidator(parse)
@@ -59,8 +60,13 @@ def _address(value: object) -> tuple[str, int]:
 
 
 def _secret(value: object) -> str:
-    if not isinstance(value, str) or len(value) < 8:
-        raise ValueError("secret must be a string of at least 8 characters")
+    # The value is never echoed: an error message ends up in terminals and logs.
+    if not isinstance(value, str):
+        raise ValueError(f"secret must be a string (got a {type(value).__name__})")
+    if len(value) < 8:
+        raise ValueError(
+            f"secret must be at least 8 characters (got {len(value)} characters, not shown)"
+        )
     return value
 
 

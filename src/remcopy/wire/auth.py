@@ -10,8 +10,10 @@
 #   client -> PROOF     client proof Pc
 #   server -> WELCOME   (or an error frame, then close)
 # with
-#   Ps = HMAC(secret, "remcopy-server" | role | client name | server name | Nc | Ns)
-#   Pc = HMAC(secret, "remcopy-client" | role | client name | server name | Ns | Nc)
+#   Ps = HMAC-SHA256(secret, "remcopy-server" | role | client name | server name | Nc | Ns)
+#   Pc = HMAC-SHA256(secret, "remcopy-client" | role | client name | server name | Ns | Nc)
+# where `|` joins fields each prefixed by its length (u32, network order), role is the
+# decimal text of the role code and names are UTF-8.
 #
 # Rules this module keeps:
 # - Both identities and the role are bound into every MAC, so a proof for one name or role
@@ -38,9 +40,11 @@ _CLIENT_LABEL = b"remcopy-client"
 
 
 def _mac(secret: bytes, label: bytes, role: int, client: str, server: str, *nonces: bytes) -> bytes:
-    msg = b"|".join(
-        [label, str(role).encode(), client.encode("utf-8"), server.encode("utf-8"), *nonces]
-    )
+    # Each field is prefixed by its length (u32, network order), so two different transcripts
+    # never give the same bytes. A bare separator would not do: names may contain it, and
+    # client "a|b" at server "c" would share its proofs with client "a" at server "b|c".
+    fields = [label, str(role).encode(), client.encode("utf-8"), server.encode("utf-8"), *nonces]
+    msg = b"".join(len(f).to_bytes(4, "big") + f for f in fields)
     return hmac.new(secret, msg, hashlib.sha256).digest()
 
 

@@ -316,8 +316,11 @@ def _unpack_name(body: bytes, at: int, limit: int = NAME_SIZE_MAX_BYTES) -> tupl
 
 
 def _pack_text(text: str) -> bytes:
-    raw = text.encode("utf-8", errors="replace")[:TEXT_SIZE_MAX_BYTES]
-    return raw
+    raw = text.encode("utf-8", errors="replace")
+    if len(raw) <= TEXT_SIZE_MAX_BYTES:
+        return raw
+    # Cut on a character boundary: half a UTF-8 sequence would make the peer refuse the frame.
+    return raw[:TEXT_SIZE_MAX_BYTES].decode("utf-8", errors="ignore").encode("utf-8")
 
 
 def _unpack_text(body: bytes) -> str:
@@ -363,8 +366,12 @@ def _encode_body(msg: Message) -> tuple[int, bytes]:
                 raise LocalProtocolError("hello nonce has the wrong size")
             return 0, _HELLO.pack(msg.version, msg.role, msg.nonce) + _pack_name(msg.name)
         case Challenge():
+            if len(msg.nonce) != NONCE_SIZE_BYTES or len(msg.proof) != PROOF_SIZE_BYTES:
+                raise LocalProtocolError("challenge nonce or proof has the wrong size")
             return 0, _CHALLENGE.pack(msg.version, msg.nonce, msg.proof) + _pack_name(msg.name)
         case Proof():
+            if len(msg.proof) != PROOF_SIZE_BYTES:
+                raise LocalProtocolError("proof has the wrong size")
             return 0, msg.proof
         case Welcome():
             return 0, _WELCOME.pack(msg.serial) + _pack_name(msg.name)
@@ -417,7 +424,13 @@ def _encode_body(msg: Message) -> tuple[int, bytes]:
         case EventNotice():
             return 0, _pack_text(msg.line)
         case StatusReply():
-            return 0, _pack_text(json.dumps(msg.document, sort_keys=True))
+            # Never truncated: half a JSON document is no document.
+            raw = json.dumps(msg.document, sort_keys=True).encode("utf-8")
+            if len(raw) > TEXT_SIZE_MAX_BYTES:
+                raise LocalProtocolError(
+                    f"cannot send a status document over {TEXT_SIZE_MAX_BYTES} bytes"
+                )
+            return 0, raw
         case WriteReply() | FlushReply() | SubscribeRequest() | StatusRequest():
             return 0, b""
     raise LocalProtocolError(f"cannot encode {type(msg).__name__}")
@@ -629,7 +642,15 @@ def _decode(kind: int, flags: int, request_id: int, body: bytes) -> Message:
         return decoder(request_id, flags, body)
     except RemcopyError:
         raise
-    except (struct.error, UnicodeDecodeError, ValueError, IndexError, TypeError) as exc:
+    # RecursionError: json.loads on a deeply nested status document.
+    except (
+        struct.error,
+        UnicodeDecodeError,
+        ValueError,
+        IndexError,
+        TypeError,
+        RecursionError,
+    ) as exc:
         raise RemoteProtocolError(f"malformed {kind=} frame: {exc}") from exc
 
 
@@ -646,6 +667,7 @@ class Connection:
         self.phase = Phase.HELLO
         self._buffer = bytearray()
         self._eof = False
+        self._proof_sent = False  # client: WELCOME is accepted only after our PROOF
         self.frames_received = 0
         self.bytes_received = 0
 
@@ -736,7 +758,7 @@ class Connection:
             if isinstance(msg, ErrorReply):
                 self.phase = Phase.CLOSED
             elif isinstance(msg, Welcome):
-                if self.phase is not Phase.PROOF:
+                if self.phase is not Phase.PROOF or not self._proof_sent:
                     self.phase = Phase.CLOSED
                     raise RemoteProtocolError("WELCOME before the challenge was answered")
                 self.phase = Phase.READY
@@ -750,8 +772,9 @@ class Connection:
         """The bytes to write for a message; checks it fits this side and phase."""
         if self.phase is Phase.CLOSED and not isinstance(msg, ErrorReply):
             raise LocalProtocolError("cannot send on a closed connection")
+        data = encode(msg)  # first, so a message that cannot be encoded changes no phase
         self._advance_on_send(msg)
-        return encode(msg)
+        return data
 
     def _advance_on_send(self, msg: Message) -> None:
         kind = msg.KIND
@@ -759,7 +782,7 @@ class Connection:
             if self.phase is Phase.HELLO and isinstance(msg, Hello):
                 self.phase = Phase.PROOF
             elif self.phase is Phase.PROOF and isinstance(msg, Proof):
-                pass
+                self._proof_sent = True
             elif not (self.phase is Phase.READY and kind in REQUEST_KINDS):
                 raise LocalProtocolError(
                     f"client cannot send {type(msg).__name__} in phase {self.phase.value}"

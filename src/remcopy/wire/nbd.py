@@ -621,7 +621,7 @@ class NbdServerConnection:
 
     def _export_name_received(self, data: bytes) -> Event:
         # EXPORT_NAME cannot be answered with an error: a name we cannot use ends the session.
-        name = _decode_string(data, "EXPORT_NAME: export name")
+        name = _decode_string(data, "nbd handshake: EXPORT_NAME: export name")
         info = self._resolve(name)
         if info is None:
             return ConnectionClosed(

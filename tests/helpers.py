@@ -1,0 +1,52 @@
+# Test helpers that speak the native protocol by hand, to do what a well-behaved client never
+# would: replay a nonce, reflect a challenge, skip the handshake, send garbage.
+from __future__ import annotations
+
+import asyncio
+import os
+
+from remcopy.wire import auth, native
+
+
+class RawClient:
+    """A native-protocol client with every step exposed."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.codec = native.Connection(native.Side.CLIENT)
+
+    @classmethod
+    async def open(cls, address: tuple[str, int]) -> RawClient:
+        reader, writer = await asyncio.open_connection(*address)
+        return cls(reader, writer)
+
+    async def receive(self) -> native.Message | None:
+        """The next message from the controller, or None when it closed the connection."""
+        while True:
+            event = self.codec.next_event()
+            if isinstance(event, native.Message):
+                return event
+            if event is native.CLOSED:
+                return None
+            self.codec.receive_data(await self.reader.read(65536))
+
+    async def hello(self, name: str, *, nonce: bytes | None = None,
+                    role: native.PeerRole = native.PeerRole.HOST) -> native.Message | None:
+        self.nonce = nonce if nonce is not None else os.urandom(auth.NONCE_SIZE_BYTES)
+        self.name, self.role = name, role
+        self.writer.write(self.codec.send(native.Hello(name=name, nonce=self.nonce, role=role)))
+        return await self.receive()
+
+    async def prove(self, secret: bytes, challenge: native.Challenge) -> native.Message | None:
+        transcript = auth.Transcript(role=int(self.role), client=self.name, server=challenge.name,
+                                     client_nonce=self.nonce, server_nonce=challenge.nonce)
+        proof = auth.client_proof(secret, transcript)
+        self.writer.write(self.codec.send(native.Proof(proof=proof)))
+        return await self.receive()
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except OSError:
+            pass

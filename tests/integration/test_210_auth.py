@@ -1,0 +1,165 @@
+# Who may talk to a controller: hosts prove they know their secret before anything is done
+# for them, and every refusal is a clear error frame plus a log line, while others go on.
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Awaitable, Callable
+
+import pytest
+from conftest import HOST, SECRET, controller_spec
+from helpers import RawClient
+
+from remcopy.controller.process import ControllerProcess, ControllerSpec
+from remcopy.errors import (
+    AuthenticationFailed,
+    DeviceNotAllowed,
+    RemoteProtocolError,
+    VersionMismatch,
+    error_from_wire,
+)
+from remcopy.host.channel import Channel
+from remcopy.wire import native
+
+Start = Callable[[ControllerSpec], Awaitable[ControllerProcess]]
+
+
+@pytest.fixture
+async def controller(start_controller: Start, tmp_path) -> ControllerProcess:
+    spec = controller_spec(tmp_path, "cntla", 64015,
+                           hosts={HOST: SECRET, "hostb": "hostb-secret-key"})
+    return await start_controller(spec)
+
+
+async def _still_serves(proc: ControllerProcess) -> None:
+    async with Channel(proc.address, name=HOST, secret=SECRET) as channel:
+        assert len(await channel.identify()) == 4
+
+
+def _error(msg: native.Message | None) -> Exception:
+    assert isinstance(msg, native.ErrorReply), msg
+    return error_from_wire(msg.code, msg.message)
+
+
+async def test_unknown_host_is_refused_and_logged(controller: ControllerProcess):
+    """A host missing from the config gets an error naming it, and a log line."""
+    with pytest.raises(AuthenticationFailed, match="host 'intruder' is not in controller cntla"):
+        async with Channel(controller.address, name="intruder", secret="whatever-secret"):
+            pass
+    assert "refused" in controller.log_text()
+    assert "'intruder' is not in controller cntla" in controller.log_text()
+    await _still_serves(controller)
+
+
+async def test_wrong_secret_is_refused_by_both_ends(controller: ControllerProcess):
+    """The client sees the controller cannot prove the secret; the controller logs it too."""
+    with pytest.raises(AuthenticationFailed, match="wrong secret"):
+        async with Channel(controller.address, name=HOST, secret="not-the-secret"):
+            pass
+    # A client that ignores the server's failed proof and answers anyway is refused too.
+    raw = await RawClient.open(controller.address)
+    challenge = await raw.hello(HOST)
+    assert isinstance(challenge, native.Challenge)
+    err = _error(await raw.prove(b"not-the-secret", challenge))
+    assert isinstance(err, AuthenticationFailed)
+    assert "wrong secret" in str(err)
+    assert await raw.receive() is None  # and the connection is closed
+    await raw.close()
+    assert "host hosta: wrong secret" in controller.log_text()
+    await _still_serves(controller)
+
+
+async def test_replayed_challenge_is_refused(controller: ControllerProcess):
+    """A HELLO that reuses a nonce the controller has seen is refused."""
+    first = await RawClient.open(controller.address)
+    challenge = await first.hello(HOST)
+    assert isinstance(challenge, native.Challenge)
+    assert isinstance(await first.prove(SECRET.encode(), challenge), native.Welcome)
+    replay = await RawClient.open(controller.address)
+    err = _error(await replay.hello(HOST, nonce=first.nonce))
+    assert isinstance(err, AuthenticationFailed)
+    assert "replayed challenge" in str(err)
+    await first.close()
+    await replay.close()
+    assert "replayed challenge refused" in controller.log_text()
+
+
+async def test_reflected_challenge_is_refused(controller: ControllerProcess):
+    """A client that sends the controller's own nonce back as its challenge is refused."""
+    first = await RawClient.open(controller.address)
+    challenge = await first.hello(HOST)
+    assert isinstance(challenge, native.Challenge)
+    mirror = await RawClient.open(controller.address)
+    err = _error(await mirror.hello(HOST, nonce=challenge.nonce))
+    assert isinstance(err, AuthenticationFailed)
+    assert "reflected challenge" in str(err)
+    await first.close()
+    await mirror.close()
+    assert "reflected challenge refused" in controller.log_text()
+    await _still_serves(controller)
+
+
+async def test_nothing_is_done_before_authentication(controller: ControllerProcess):
+    """A request sent instead of HELLO is refused and never executed."""
+    reader, writer = await asyncio.open_connection(*controller.address)
+    frame = native.encode(native.WriteRequest(request_id=1, device=0x0A00, offset=0,
+                                              timestamp_ns=1, data=b"\xff" * 512))
+    writer.write(frame)
+    codec = native.Connection(native.Side.CLIENT)
+    codec.send(native.Hello(name="x", nonce=b"\0" * 32))  # expect handshake frames back
+    codec.receive_data(await reader.read(65536))
+    err = _error(codec.next_event())  # type: ignore[arg-type]
+    assert isinstance(err, RemoteProtocolError)
+    assert "before authentication" in str(err)
+    writer.close()
+    async with Channel(controller.address, name=HOST, secret=SECRET) as channel:
+        assert await channel.read(0x0A00, 0, 512) == bytes(512)
+    assert "before authentication" in controller.log_text()
+
+
+async def test_other_protocol_version_is_refused_naming_both(controller: ControllerProcess):
+    """A HELLO of another protocol version is answered with both versions named."""
+    reader, writer = await asyncio.open_connection(*controller.address)
+    body = struct.pack("!HB32s", 7, 1, b"\1" * 32) + struct.pack("!H", 5) + b"hosta"
+    writer.write(struct.pack("!IBBHQ", 12 + len(body), native.Hello.KIND, 0, 0, 0) + body)
+    await writer.drain()
+    raw = RawClient(reader, writer)
+    raw.codec.send(native.Hello(name="x", nonce=b"\0" * 32))
+    err = _error(await raw.receive())
+    assert isinstance(err, VersionMismatch)
+    assert "version 7" in str(err)
+    assert f"version {native.PROTOCOL_VERSION}" in str(err)
+    await raw.close()
+    await _still_serves(controller)
+
+
+async def test_garbage_instead_of_hello_is_refused(controller: ControllerProcess):
+    """Random bytes get a protocol error and a closed connection; others go on."""
+    reader, writer = await asyncio.open_connection(*controller.address)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = await reader.read()  # the controller answers, then closes
+    assert data, "expected an error frame before the close"
+    writer.close()
+    await _still_serves(controller)
+
+
+async def test_host_reaches_only_its_granted_lss(start_controller: Start, tmp_path):
+    """A host whose entry names LSSs is refused devices outside them, with a log line."""
+    spec = controller_spec(tmp_path, "cntla", 64015)
+    spec.lss[0x0B] = 0x1B00
+    config = spec.write(tmp_path / "cntla.toml")
+    text = config.read_text().replace(
+        f'name = "{HOST}"\nsecret = "{SECRET}"\n',
+        f'name = "{HOST}"\nsecret = "{SECRET}"\nlss = ["0B"]\n')
+    assert 'lss = ["0B"]' in text
+    config.write_text(text)
+    proc = ControllerProcess(config)
+    await proc.start()
+    try:
+        async with Channel(proc.address, name=HOST, secret=SECRET) as channel:
+            with pytest.raises(DeviceNotAllowed, match="not in the host's grant"):
+                await channel.read(0x0A00, 0, 1)
+            assert await channel.identify() == ()
+        assert "not in the host's grant" in proc.log_text()
+    finally:
+        await proc.kill()

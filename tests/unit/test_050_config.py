@@ -1,0 +1,321 @@
+# Tests for remcopy.controller.config: a good file loads, and every bad one is refused with one
+# ConfigError naming the file, the key path and the value, listing all problems at once.
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from remcopy.controller.config import ControllerConfig, load_controller_config
+from remcopy.errors import ConfigError
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
+
+GOOD = """\
+[controller]
+name = "cntl1"
+serial = 64015
+listen = "127.0.0.1:7401"
+data_dir = "cntl1-data"
+
+[[lss]]
+id = "0A"
+ssid = "1A00"
+
+[[volumes]]
+lss = "0A"
+cca = "00"
+volser = "PAY001"
+size = "64MiB"
+
+[[volumes]]
+lss = "0A"
+cca = "01"
+volser = "PAY002"
+size = "1MiB"
+
+[[hosts]]
+name = "hosta"
+secret = "s3cret-hosta-key"
+
+[[hosts]]
+name = "hostb"
+secret = "s3cret-hostb-key"
+lss = ["0A"]
+"""
+
+
+def _edited(*edits: tuple[str, str]) -> str:
+    """GOOD with each (old, new) applied; every old text must occur exactly once."""
+    text = GOOD
+    for old, new in edits:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    return text
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cntl.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _refusal(tmp_path: Path, text: str) -> tuple[Path, ConfigError]:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_controller_config(path)
+    return path, info.value
+
+
+# A good file -----------------------------------------------------------------------------------
+
+
+def test_load_controller_config_good_file(tmp_path: Path) -> None:
+    """A good file loads with its defaults filled in and data_dir taken from its folder."""
+    path = _write(tmp_path, GOOD)
+
+    config = load_controller_config(path)
+
+    section = config.controller
+    assert (section.name, section.serial, section.listen) == ("cntl1", 64015, ("127.0.0.1", 7401))
+    assert section.data_dir == tmp_path / "cntl1-data"
+    assert section.track_size == 64 * 1024
+    assert section.format_missing is False
+    assert section.shutdown_grace_s == 10.0
+    assert [(v.lss, v.cca, v.volser, v.size) for v in config.volumes] == [
+        (0x0A, 0x00, "PAY001", 64 * 1024 * 1024),
+        (0x0A, 0x01, "PAY002", 1024 * 1024),
+    ]
+    assert config.ssid_of(0x0A) == 0x1A00
+    assert config.volume_path(config.volumes[0]) == tmp_path / "cntl1-data/volumes/PAY001.vol"
+    assert [(h.name, h.lss) for h in config.hosts] == [("hosta", None), ("hostb", [0x0A])]
+    assert config.peers == []
+    assert sorted(tmp_path.iterdir()) == [path]
+
+
+def test_load_controller_config_boundaries(tmp_path: Path) -> None:
+    """A secret of exactly 8 characters, a one-track volume and lower-case hex all load."""
+    text = _edited(
+        ('secret = "s3cret-hosta-key"', 'secret = "12345678"'),
+        ('size = "1MiB"', "size = 65536"),
+        ('ssid = "1A00"', 'ssid = "1a00"'),
+        ('volser = "PAY002"', 'volser = "pay002"'),
+    )
+
+    config = load_controller_config(_write(tmp_path, text))
+
+    assert config.hosts[0].secret == "12345678"
+    assert config.volumes[1].size == 65536
+    assert config.volumes[1].volser == "PAY002"
+    assert config.ssid_of(0x0A) == 0x1A00
+
+
+@pytest.mark.parametrize("name", ["cntl1.toml", "cntl2.toml"])
+def test_load_controller_config_examples(name: str) -> None:
+    """Each example in docs/examples loads with four volumes, host hosta and one peer."""
+    config = load_controller_config(EXAMPLES / name)
+
+    assert len(config.volumes) == 4
+    assert [h.name for h in config.hosts] == ["hosta"]
+    assert len(config.peers) == 1
+
+
+def test_load_controller_config_examples_name_each_other() -> None:
+    """The two examples name each other as peers with matching serial, address and secret."""
+    one = load_controller_config(EXAMPLES / "cntl1.toml")
+    two = load_controller_config(EXAMPLES / "cntl2.toml")
+
+    def as_peer(config: ControllerConfig) -> tuple[str, int, tuple[str, int]]:
+        return (config.controller.name, config.controller.serial, config.controller.listen)
+
+    assert (one.peers[0].name, one.peers[0].serial, one.peers[0].address) == as_peer(two)
+    assert (two.peers[0].name, two.peers[0].serial, two.peers[0].address) == as_peer(one)
+    assert one.peers[0].secret == two.peers[0].secret
+
+
+# One problem at a time -------------------------------------------------------------------------
+
+# (id, edit of GOOD, key path, text naming the value)
+BAD_CASES = [
+    ("missing required key", ("serial = 64015\n", ""), "controller.serial", "missing required key"),
+    ("wrong type", ('name = "cntl1"', "name = 5"), "controller.name", "(got 5)"),
+    ("wrong type size", ('size = "1MiB"', "size = [1]"), "volumes[1].size", "(got [1])"),
+    (
+        "unknown key",
+        ('data_dir = "cntl1-data"', 'data_dir = "cntl1-data"\ncolour = "blue"'),
+        "controller.colour",
+        "unknown key (got 'blue')",
+    ),
+    ("duplicate cca", ('cca = "01"', 'cca = "00"'), "volumes[1].cca", "duplicate CCA 00 in LSS 0A"),
+    (
+        "duplicate volser",
+        ('volser = "PAY002"', 'volser = "pay001"\nfile = "other.vol"'),
+        "volumes[1].volser",
+        "duplicate volser 'PAY001'",
+    ),
+    (
+        "volser bad character",
+        ('volser = "PAY002"', 'volser = "PAY-02"'),
+        "volumes[1].volser",
+        "'PAY-02' is not a volser: '-' is not allowed",
+    ),
+    (
+        "volume in undeclared lss",
+        ('lss = "0A"\ncca = "01"', 'lss = "0C"\ncca = "01"'),
+        "volumes[1].lss",
+        "LSS 0C is not declared",
+    ),
+    (
+        "size not a multiple of the track size",
+        ('size = "1MiB"', "size = 1000"),
+        "volumes[1].size",
+        "multiple of the track size 65536 (got 1000)",
+    ),
+    ("zero size", ('size = "1MiB"', "size = 0"), "volumes[1].size", "(got 0)"),
+    ("bad hex lss", ('id = "0A"', 'id = "0G"'), "lss[0].id", "(got '0G')"),
+    ("signed hex lss", ('id = "0A"', 'id = "-1"'), "lss[0].id", "(got '-1')"),
+    ("spaced hex lss", ('id = "0A"', 'id = " A"'), "lss[0].id", "(got ' A')"),
+    ("short hex cca", ('cca = "01"', 'cca = "1"'), "volumes[1].cca", "(got '1')"),
+    ("prefixed hex cca", ('cca = "01"', 'cca = "0x"'), "volumes[1].cca", "(got '0x')"),
+    ("bad hex ssid", ('ssid = "1A00"', 'ssid = "1A0"'), "lss[0].ssid", "(got '1A0')"),
+    ("integer host lss", ('lss = ["0A"]', "lss = [10]"), "hosts[1].lss[0]", "(got 10)"),
+    (
+        "listen without port",
+        ('listen = "127.0.0.1:7401"', 'listen = "127.0.0.1"'),
+        "controller.listen",
+        "(got '127.0.0.1')",
+    ),
+    (
+        "listen port out of range",
+        ('listen = "127.0.0.1:7401"', 'listen = "127.0.0.1:65536"'),
+        "controller.listen",
+        "(got '127.0.0.1:65536')",
+    ),
+    (
+        "listen without host",
+        ('listen = "127.0.0.1:7401"', 'listen = ":7401"'),
+        "controller.listen",
+        "(got ':7401')",
+    ),
+    (
+        "listen port in non-ASCII digits",
+        ('listen = "127.0.0.1:7401"', 'listen = "127.0.0.1:\u0667\u0664\u0660\u0661"'),
+        "controller.listen",
+        "(got '127.0.0.1:\u0667\u0664\u0660\u0661')",
+    ),
+    (
+        "size in non-ASCII digits",
+        ('size = "1MiB"', 'size = "\u0661MiB"'),
+        "volumes[1].size",
+        "(got '\u0661MiB')",
+    ),
+    (
+        "short secret",
+        ('secret = "s3cret-hosta-key"', 'secret = "abc1234"'),
+        "hosts[0].secret",
+        "(got 7 characters, not shown)",
+    ),
+    (
+        "duplicate host name",
+        ('name = "hostb"', 'name = "hosta"'),
+        "hosts[1].name",
+        "duplicate name 'hosta' (also hosts[0])",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("edit", "key_path", "value_text"),
+    [
+        pytest.param(edit, key_path, value_text, id=id_)
+        for id_, edit, key_path, value_text in BAD_CASES
+    ],
+)
+def test_load_controller_config_refuses(
+    tmp_path: Path, edit: tuple[str, str], key_path: str, value_text: str
+) -> None:
+    """A file with one bad key is refused with exactly that problem, naming file, key and value."""
+    path, error = _refusal(tmp_path, _edited(edit))
+
+    assert error.problems == [error.problems[0]]
+    problem = error.problems[0]
+    assert problem.startswith(f"{path}: {key_path}: ")
+    assert value_text in problem
+    assert problem.count("(got ") <= 1
+    assert str(error) == f"{path}: 1 problem\n  {problem}"
+    assert error.exit_code == 2
+
+
+def test_load_controller_config_never_shows_a_secret(tmp_path: Path) -> None:
+    """A refused secret is described by its length, never shown."""
+    _, error = _refusal(tmp_path, _edited(('secret = "s3cret-hosta-key"', 'secret = "Zq9-x"')))
+
+    assert "hosts[0].secret" in str(error)
+    assert "5 characters" in str(error)
+    assert "Zq9-x" not in str(error)
+
+
+def test_load_controller_config_invalid_toml(tmp_path: Path) -> None:
+    """Invalid TOML is refused naming the file and the line of the mistake."""
+    path, error = _refusal(tmp_path, _edited(("serial = 64015", "serial = = 64015")))
+
+    assert str(error).startswith(f"{path}: not valid TOML: ")
+    assert "line 3" in str(error)
+
+
+def test_load_controller_config_missing_file(tmp_path: Path) -> None:
+    """A file that does not exist is refused naming the file."""
+    path = tmp_path / "absent.toml"
+
+    with pytest.raises(ConfigError) as info:
+        load_controller_config(path)
+
+    assert str(info.value) == f"{path}: cannot read: No such file or directory"
+
+
+# Every problem at once -------------------------------------------------------------------------
+
+
+def test_load_controller_config_reports_every_shape_problem(tmp_path: Path) -> None:
+    """A file with four malformed keys is refused with all four named."""
+    text = _edited(
+        ('name = "cntl1"', "name = 5"),
+        ('data_dir = "cntl1-data"', 'data_dir = "cntl1-data"\ncolour = "blue"'),
+        ('cca = "01"', 'cca = "1"'),
+        ('secret = "s3cret-hostb-key"', 'secret = "short"'),
+    )
+
+    path, error = _refusal(tmp_path, text)
+
+    assert [p.split(": ")[1] for p in error.problems] == [
+        "controller.name",
+        "controller.colour",
+        "volumes[1].cca",
+        "hosts[1].secret",
+    ]
+    assert all(p.startswith(f"{path}: ") for p in error.problems)
+    assert str(error).startswith(f"{path}: 4 problems\n")
+    assert all(f"\n  {p}" in str(error) for p in error.problems)
+
+
+def test_load_controller_config_reports_every_cross_entry_problem(tmp_path: Path) -> None:
+    """A file breaking six rules across entries is refused with all six named."""
+    text = _edited(
+        ('cca = "01"', 'cca = "00"'),
+        ('volser = "PAY002"', 'volser = "PAY001"'),
+        ('size = "1MiB"', "size = 1000"),
+        ('name = "hostb"', 'name = "hosta"'),
+    ) + ('\n[[volumes]]\nlss = "0C"\ncca = "00"\nvolser = "PAY003"\nsize = "1MiB"\n')
+
+    path, error = _refusal(tmp_path, text)
+
+    assert [p.split(": ")[1] for p in error.problems] == [
+        "volumes[1].cca",
+        "volumes[1].volser",
+        "volumes[1].size",
+        "volumes[1].file",
+        "volumes[2].lss",
+        "hosts[1].name",
+    ]
+    assert all(p.startswith(f"{path}: ") for p in error.problems)
+    assert str(error).startswith(f"{path}: 6 problems\n")
