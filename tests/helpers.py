@@ -30,16 +30,22 @@ class RawClient:
                 return None
             self.codec.receive_data(await self.reader.read(65536))
 
-    async def hello(self, name: str, *, nonce: bytes | None = None,
-                    role: native.PeerRole = native.PeerRole.HOST) -> native.Message | None:
+    async def hello(
+        self, name: str, *, nonce: bytes | None = None, role: native.PeerRole = native.PeerRole.HOST
+    ) -> native.Message | None:
         self.nonce = nonce if nonce is not None else os.urandom(auth.NONCE_SIZE_BYTES)
         self.name, self.role = name, role
         self.writer.write(self.codec.send(native.Hello(name=name, nonce=self.nonce, role=role)))
         return await self.receive()
 
     async def prove(self, secret: bytes, challenge: native.Challenge) -> native.Message | None:
-        transcript = auth.Transcript(role=int(self.role), client=self.name, server=challenge.name,
-                                     client_nonce=self.nonce, server_nonce=challenge.nonce)
+        transcript = auth.Transcript(
+            role=int(self.role),
+            client=self.name,
+            server=challenge.name,
+            client_nonce=self.nonce,
+            server_nonce=challenge.nonce,
+        )
         proof = auth.client_proof(secret, transcript)
         self.writer.write(self.codec.send(native.Proof(proof=proof)))
         return await self.receive()

@@ -7,10 +7,11 @@ import hashlib
 import random
 import struct
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
-from conftest import HOST, SECRET, MiB, controller_spec
 
+from conftest import HOST, SECRET, MiB, controller_spec
 from remcopy.controller.process import ControllerProcess, ControllerSpec
 from remcopy.errors import DeviceNotFound, OutOfRange
 from remcopy.host.channel import Channel
@@ -21,8 +22,10 @@ TRACK = 64 * 1024
 
 async def test_identify_names_every_volume_of_two_controllers(start_controller: Start, tmp_path):
     """Identify returns each volume's hardware address, volser and capacity as configured."""
-    specs = [controller_spec(tmp_path, "cntla", 64015, ssid=0x1A00, lss=0x0A),
-             controller_spec(tmp_path, "cntlb", 64016, ssid=0x2B00, lss=0x0B, volumes=3)]
+    specs = [
+        controller_spec(tmp_path, "cntla", 64015, ssid=0x1A00, lss=0x0A),
+        controller_spec(tmp_path, "cntlb", 64016, ssid=0x2B00, lss=0x0B, volumes=3),
+    ]
     procs = await asyncio.gather(*(start_controller(s) for s in specs))
     for spec, proc in zip(specs, procs, strict=True):
         assert (proc.name, proc.serial) == (spec.name, spec.serial)
@@ -113,14 +116,16 @@ def _slot_pattern(writer: int, seq: int) -> bytes:
 
 
 @pytest.mark.parametrize("stop", ["kill", "term"])
-async def test_stop_during_writes_loses_no_acknowledged_write(start_controller: Start, tmp_path,
-                                                             stop: str):
+async def test_stop_during_writes_loses_no_acknowledged_write(
+    start_controller: Start, tmp_path, stop: str
+):
     """After SIGKILL or SIGTERM mid-load, every slot holds its last acked write or a later one."""
     seed = random.randrange(1 << 32)
     print(f"seed={seed}")
     rng = random.Random(seed)
-    proc = await start_controller(controller_spec(tmp_path, "cntla", 64015, volumes=2,
-                                                  size_bytes=4 * MiB))
+    proc = await start_controller(
+        controller_spec(tmp_path, "cntla", 64015, volumes=2, size_bytes=4 * MiB)
+    )
     writers = 16
     slots_per_writer = 8
     acked: dict[tuple[int, int], int] = {}  # (writer, slot) -> last acknowledged seq
@@ -159,29 +164,33 @@ async def test_stop_during_writes_loses_no_acknowledged_write(start_controller: 
             device = 0x0A00 + (w % 2)
             got = await channel.read(device, (w * slots_per_writer + slot) * SLOT, SLOT)
             # An unacknowledged write may have been in flight on that slot (torn per page).
-            later = {_slot_pattern(w, s)[p : p + PAGE] for s in range(seq, seq + 200)
-                     for p in range(0, SLOT, PAGE)}
+            later = {
+                _slot_pattern(w, s)[p : p + PAGE]
+                for s in range(seq, seq + 200)
+                for p in range(0, SLOT, PAGE)
+            }
             for p in range(0, SLOT, PAGE):
                 assert got[p : p + PAGE] in later, (
                     f"seed={seed}: writer {w} slot {slot}: acknowledged seq {seq} lost at "
-                    f"page {p // PAGE}")
+                    f"page {p // PAGE}"
+                )
             got_writer, got_seq = _SLOT_HEAD.unpack_from(got)
             assert got_writer == w and got_seq >= seq
     assert len(acked) > 0
 
 
 def _peak_rss_bytes(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status").read().splitlines():
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no VmHWM in /proc status")
 
 
-async def test_a_flood_of_writes_does_not_grow_controller_memory(start_controller: Start,
-                                                                 tmp_path):
+async def test_a_flood_of_writes_does_not_grow_controller_memory(start_controller: Start, tmp_path):
     """512 MiB of pipelined writes from one host leave the controller's peak memory bounded."""
-    proc = await start_controller(controller_spec(tmp_path, "cntla", 64015, volumes=1,
-                                                  size_bytes=32 * MiB))
+    proc = await start_controller(
+        controller_spec(tmp_path, "cntla", 64015, volumes=1, size_bytes=32 * MiB)
+    )
     assert proc.process is not None
     before = _peak_rss_bytes(proc.process.pid)
     block = random.randbytes(256 * 1024)

@@ -7,9 +7,9 @@ import struct
 from collections.abc import Awaitable, Callable
 
 import pytest
+
 from conftest import HOST, SECRET, controller_spec
 from helpers import RawClient
-
 from remcopy.controller.process import ControllerProcess, ControllerSpec
 from remcopy.errors import (
     AuthenticationFailed,
@@ -26,8 +26,9 @@ Start = Callable[[ControllerSpec], Awaitable[ControllerProcess]]
 
 @pytest.fixture
 async def controller(start_controller: Start, tmp_path) -> ControllerProcess:
-    spec = controller_spec(tmp_path, "cntla", 64015,
-                           hosts={HOST: SECRET, "hostb": "hostb-secret-key"})
+    spec = controller_spec(
+        tmp_path, "cntla", 64015, hosts={HOST: SECRET, "hostb": "hostb-secret-key"}
+    )
     return await start_controller(spec)
 
 
@@ -102,8 +103,11 @@ async def test_reflected_challenge_is_refused(controller: ControllerProcess):
 async def test_nothing_is_done_before_authentication(controller: ControllerProcess):
     """A request sent instead of HELLO is refused and never executed."""
     reader, writer = await asyncio.open_connection(*controller.address)
-    frame = native.encode(native.WriteRequest(request_id=1, device=0x0A00, offset=0,
-                                              timestamp_ns=1, data=b"\xff" * 512))
+    frame = native.encode(
+        native.WriteRequest(
+            request_id=1, device=0x0A00, offset=0, timestamp_ns=1, data=b"\xff" * 512
+        )
+    )
     writer.write(frame)
     codec = native.Connection(native.Side.CLIENT)
     codec.send(native.Hello(name="x", nonce=b"\0" * 32))  # expect handshake frames back
@@ -150,7 +154,8 @@ async def test_host_reaches_only_its_granted_lss(start_controller: Start, tmp_pa
     config = spec.write(tmp_path / "cntla.toml")
     text = config.read_text().replace(
         f'name = "{HOST}"\nsecret = "{SECRET}"\n',
-        f'name = "{HOST}"\nsecret = "{SECRET}"\nlss = ["0B"]\n')
+        f'name = "{HOST}"\nsecret = "{SECRET}"\nlss = ["0B"]\n',
+    )
     assert 'lss = ["0B"]' in text
     config.write_text(text)
     proc = ControllerProcess(config)

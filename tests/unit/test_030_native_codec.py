@@ -7,6 +7,8 @@ check the codec against the protocol rather than against itself.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import struct
 from typing import Any
@@ -1249,6 +1251,21 @@ def test_auth_proofs_are_sha256_sized_and_deterministic() -> None:
     assert len(auth.client_proof(SECRET, t)) == auth.PROOF_SIZE_BYTES
     assert auth.server_proof(SECRET, t) == auth.server_proof(SECRET, transcript())
     assert auth.NONCE_SIZE_BYTES == NONCE_BYTES
+
+
+def _documented_mac(label: bytes, t: auth.Transcript, *nonces: bytes) -> bytes:
+    fields = [label, str(t.role).encode(), t.client.encode(), t.server.encode(), *nonces]
+    message = b"".join(struct.pack("!I", len(f)) + f for f in fields)
+    return hmac.new(SECRET, message, hashlib.sha256).digest()
+
+
+def test_auth_proofs_follow_the_documented_construction() -> None:
+    """Both proofs are HMAC-SHA256 over length-prefixed label, role, names and nonces."""
+    t = transcript(client="hösta", role=PeerRole.PEER)
+    expected_server = _documented_mac(b"remcopy-server", t, t.client_nonce, t.server_nonce)
+    expected_client = _documented_mac(b"remcopy-client", t, t.server_nonce, t.client_nonce)
+    assert auth.server_proof(SECRET, t) == expected_server
+    assert auth.client_proof(SECRET, t) == expected_client
 
 
 def test_auth_server_proof_reflected_as_client_proof_fails() -> None:

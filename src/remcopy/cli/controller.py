@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from remcopy import aio
-from remcopy.cli.output import emit_json, stdout, table
+from remcopy.cli.output import emit_json, say, table
 from remcopy.configfile import format_address, parse_address
 from remcopy.controller.config import load_controller_config
 from remcopy.controller.core import Controller
@@ -62,11 +62,10 @@ def check(config: Path, as_json: bool) -> None:
     if as_json:
         emit_json(summary)
     else:
-        stdout.print(
+        say(
             f"{config}: ok: controller {cfg.controller.name} serial "
             f"{cfg.controller.serial}, {len(cfg.volumes)} volumes, "
-            f"{len(cfg.hosts)} hosts, {len(cfg.peers)} peers",
-            highlight=False,
+            f"{len(cfg.hosts)} hosts, {len(cfg.peers)} peers"
         )
 
 
@@ -119,10 +118,9 @@ def status(addr: str, name: str, secret: str, as_json: bool, timeout_s: float) -
     if as_json:
         emit_json(doc)
         return
-    stdout.print(
+    say(
         f"controller {doc['name']} serial {doc['serial']} at {addr}: "
-        f"{doc['volumes']} volumes, up {doc['uptime_s']} s",
-        highlight=False,
+        f"{doc['volumes']} volumes, up {doc['uptime_s']} s"
     )
     devices = doc.get("devices", [])
     assert isinstance(devices, list)

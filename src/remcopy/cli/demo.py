@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from remcopy import aio
-from remcopy.cli.output import stdout, table
+from remcopy.cli.output import say, table
 from remcopy.controller.process import ControllerProcess, ControllerSpec, VolumeSpec
 from remcopy.errors import RemcopyError
 from remcopy.host.channel import Channel
@@ -54,10 +54,10 @@ async def _run(root: Path, volumes: int, seed: int) -> list[tuple[str, str, str]
     def step(name: str, started: float, result: str) -> None:
         took = f"{time.perf_counter() - started:.3f}"
         steps.append((name, took, result))
-        stdout.print(f"  {name:<36} {took:>6} s  {result}", highlight=False)
+        say(f"  {name:<36} {took:>6} s  {result}")
 
     rng = random.Random(seed)
-    stdout.print(f"remcopy demo in {root} (seed {seed})", highlight=False)
+    say(f"remcopy demo in {root} (seed {seed})")
     procs = [
         ControllerProcess(spec.write(root / f"{spec.name}.toml")) for spec in _specs(root, volumes)
     ]

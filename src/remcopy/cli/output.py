@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-stdout = Console(soft_wrap=False)
-stderr = Console(stderr=True, soft_wrap=False)
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True, soft_wrap=True)
 
 
 def emit_json(document: Any) -> None:
@@ -29,4 +30,9 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[obj
 
 
 def fail(message: str) -> None:
-    stderr.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    stderr.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
+
+
+def say(text: str) -> None:
+    """One line of plain text on stdout: no markup, no highlighting."""
+    stdout.print(text, markup=False, highlight=False)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from remcopy.cli.output import emit_json, stdout
+from remcopy.cli.output import emit_json, say
 from remcopy.configfile import parse_size
 from remcopy.controller.volume import TRACK_SIZE_DEFAULT_BYTES, Volume
 from remcopy.errors import InputError
@@ -80,8 +80,7 @@ def _report(vol: Volume, as_json: bool) -> None:
     if as_json:
         emit_json(doc)
     else:
-        stdout.print(
+        say(
             f"{vol.path}: volser {vol.volser}, {vol.tracks} tracks of "
-            f"{vol.track_size_bytes} bytes ({vol.capacity_bytes} bytes)",
-            highlight=False,
+            f"{vol.track_size_bytes} bytes ({vol.capacity_bytes} bytes)"
         )

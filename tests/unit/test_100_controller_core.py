@@ -1,0 +1,81 @@
+# The controller core without sockets: state commits are all-or-nothing, durable, and
+# announced once per changed device.
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import controller_spec
+from remcopy.controller.config import load_controller_config
+from remcopy.controller.core import Controller
+from remcopy.errors import DeviceNotFound, IllegalTransition, WriteProtected
+from remcopy.states import PairAction, PairRole, PairState
+
+
+def _controller(tmp_path: Path) -> Controller:
+    spec = controller_spec(tmp_path, "cntla", 64015, volumes=3, size_bytes=1 << 20)
+    controller = Controller(load_controller_config(spec.write(tmp_path / "cntla.toml")))
+    controller.open()
+    return controller
+
+
+def test_Controller_commit_states_persists_and_announces(tmp_path: Path):
+    """A committed change is in the state file and announced as one greppable line."""
+    controller = _controller(tmp_path)
+    lines: list[str] = []
+    controller.add_sink(lines.append)
+
+    def as_primary(info):
+        info.role = PairRole.PRIMARY
+
+    controller.commit_states(
+        {0x0A00: (PairAction.ESTABLISH, as_primary)}, cause="establish", at_ns=123
+    )
+    assert len(lines) == 1
+    assert re.fullmatch(
+        r"pair 64015:1A00:0A:00 SIMPLEX -> PENDING at=123 cause=establish", lines[0]
+    ), lines[0]
+    controller.close()
+    again = _controller(tmp_path)
+    assert again.devices[0x0A00].pair.state is PairState.PENDING
+    assert again.devices[0x0A00].pair.role is PairRole.PRIMARY
+    assert again.devices[0x0A01].pair.state is PairState.SIMPLEX
+    again.close()
+
+
+def test_Controller_commit_states_refuses_a_batch_whole(tmp_path: Path):
+    """One illegal move in a batch changes no device, writes no file, announces nothing."""
+    controller = _controller(tmp_path)
+    lines: list[str] = []
+    controller.add_sink(lines.append)
+    with pytest.raises(IllegalTransition, match="cannot resume 64015:1A00:0A:01: pair is SIMPLEX"):
+        controller.commit_states(
+            {0x0A00: (PairAction.ESTABLISH, None), 0x0A01: (PairAction.RESUME, None)}, cause="test"
+        )
+    assert all(d.pair.state is PairState.SIMPLEX for d in controller.devices.values())
+    assert not controller.state_path.exists()
+    assert lines == []
+    with pytest.raises(DeviceNotFound):
+        controller.commit_states({0x0B00: (PairAction.ESTABLISH, None)}, cause="test")
+    controller.close()
+
+
+def test_Controller_refuses_host_writes_to_a_secondary(tmp_path: Path):
+    """A device that is the secondary of a pair refuses writes until RECOVERED."""
+    controller = _controller(tmp_path)
+    host = controller.hosts["hosta"]
+
+    def as_secondary(info):
+        info.role = PairRole.SECONDARY
+
+    controller.commit_states({0x0A02: (PairAction.ESTABLISH, as_secondary)}, cause="test")
+    with pytest.raises(WriteProtected, match="secondary of a pair in PENDING"):
+        controller.write(host, 0x0A02, 0, b"x", timestamp_ns=1)
+    assert controller.read(host, 0x0A02, 0, 1) == b"\0"
+    controller.commit_states({0x0A02: (PairAction.COPY_DONE, None)}, cause="test")
+    controller.commit_states({0x0A02: (PairAction.RECOVER, None)}, cause="test")
+    controller.write(host, 0x0A02, 0, b"x", timestamp_ns=1)
+    assert controller.read(host, 0x0A02, 0, 1) == b"x"
+    controller.close()
