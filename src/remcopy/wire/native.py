@@ -38,7 +38,7 @@ from remcopy.errors import (
     RemoteProtocolError,
     VersionMismatch,
 )
-from remcopy.states import CopyMode, PairRole, PairState
+from remcopy.states import CopyMode, FencePolicy, PairRole, PairState
 from remcopy.wire.auth import NONCE_SIZE_BYTES, PROOF_SIZE_BYTES
 
 PROTOCOL_VERSION: Final = 1
@@ -53,6 +53,9 @@ FRAME_SIZE_MAX_BYTES: Final = IO_SIZE_MAX_BYTES + 4096
 NAME_SIZE_MAX_BYTES: Final = 255
 TEXT_SIZE_MAX_BYTES: Final = 64 * 1024
 DEVICES_MAX: Final = 65536
+# Status and operation documents (JSON): a controller's status lists every device, about
+# 150 bytes each, so 65,536 devices fit in 10 MiB, under the frame limit.
+DOCUMENT_SIZE_MAX_BYTES: Final = 12 * 1024 * 1024
 
 _LENGTH = struct.Struct("!I")
 _HEADER = struct.Struct("!IBBHQ")  # length, kind, flags, reserved, request_id
@@ -70,6 +73,13 @@ _IDENTITY = struct.Struct("!HHHIQIBB6s")
 # peer serial, peer device
 _DEVICE_STATUS = struct.Struct("!HHBBBBQQQQIH")
 
+_PAIR_ITEM = struct.Struct("!HIHBBBQ")  # device, peer serial, peer device, mode, fence, cg, size
+_PAIR_RESULT = struct.Struct("!HHBBQQ")  # device, code, state, role, at_ns, tracks
+_PAIR_OP = struct.Struct("!BQI")  # op, at_ns, item count
+_COUNTS = struct.Struct("!II")  # record count, JSON length
+_UPDATE = struct.Struct("!HBQQI")  # device, flags, timestamp_ns, offset, length
+_U32 = struct.Struct("!I")
+
 _FLAG_FUA: Final = 0x01
 
 # Wire codes of the enums. Their order is part of the protocol: append only.
@@ -79,6 +89,7 @@ _STATES: Final = tuple(
 )
 _ROLES: Final = tuple(PairRole[n] for n in ("NONE", "PRIMARY", "SECONDARY"))
 _MODES: Final = (None, *(CopyMode[n] for n in ("SYNC", "ASYNC", "SEMISYNC")))
+_FENCES: Final = (FencePolicy.NEVER, FencePolicy.DATA)
 
 
 class PeerRole(enum.IntEnum):
@@ -294,6 +305,102 @@ class StatusReply(Message):
     """The controller's status as a JSON object (serial, volumes, counters)."""
 
 
+class PairOp(enum.IntEnum):
+    """What a PairOpRequest asks for. Host operations, then controller-to-controller ones."""
+
+    ESTABLISH = 1
+    SUSPEND = 2
+    RESUME = 3
+    RECOVER = 4
+    FAILBACK = 5
+    TERMINATE = 6
+    SHADOW = 7
+    # Sent by a primary controller to its secondary's controller (peer role only).
+    PEER_ESTABLISH = 20
+    """Become the secondary of these pairs (checks size and that the device is free)."""
+    PEER_STATE = 21
+    """Follow the primary's state change; options["action"] names the PairAction."""
+    PEER_CHANGEMAP = 22
+    """Answer with the device's change-map bits (for failback)."""
+    PEER_FAILBACK = 23
+    """The old primary becomes the secondary of the reversed pair."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PairItem:
+    device: int
+    """The device this request acts on, on the controller it is sent to."""
+    peer_serial: int = 0
+    """The other side's controller serial (establish)."""
+    peer_device: int = 0
+    """The other side's device key (establish; or the tertiary for a shadow copy)."""
+    mode: CopyMode | None = None
+    fence: FencePolicy = FencePolicy.NEVER
+    consistency_group: bool = False
+    size_bytes: int = 0
+    """The primary's capacity (peer establish: the secondary must be at least this big)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PairOpRequest(Message):
+    KIND: ClassVar[int] = 24
+    op: PairOp = PairOp.ESTABLISH
+    at_ns: int = 0
+    """Suspend time T (SUSPEND), 0 otherwise."""
+    items: tuple[PairItem, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+    """Small operation-wide settings (e.g. hold_s, max_lag_s, action for PEER_STATE)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PairResult:
+    device: int
+    code: int = 0
+    """0 when done; otherwise the error code, and `message` says why."""
+    state: PairState = PairState.SIMPLEX
+    role: PairRole = PairRole.NONE
+    at_ns: int = 0
+    tracks: int = 0
+    """Tracks that this operation will copy (establish, resume, failback, shadow)."""
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PairOpReply(Message):
+    KIND: ClassVar[int] = 25
+    results: tuple[PairResult, ...] = ()
+    document: dict[str, Any] = field(default_factory=dict)
+    """Operation-wide figures (seal time, late writes refused, ...)."""
+    data: bytes = b""
+    """Bulk answer (PEER_CHANGEMAP: the bitmap)."""
+
+
+UPDATE_COPY: Final = 0x01  # a track copy (initial copy, resync), not a host write
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Update:
+    device: int
+    """The secondary device key."""
+    timestamp_ns: int
+    offset: int
+    data: bytes
+    flags: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateBatch(Message):
+    KIND: ClassVar[int] = 26
+    updates: tuple[Update, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateAck(Message):
+    KIND: ClassVar[int] = 27
+    applied: int = 0
+    """How many updates of the batch were written to the secondary volumes."""
+
+
 # Encoding and decoding of bodies. One encoder and one decoder per kind, side by side.
 
 
@@ -425,12 +532,39 @@ def _encode_body(msg: Message) -> tuple[int, bytes]:
             return 0, _pack_text(msg.line)
         case StatusReply():
             # Never truncated: half a JSON document is no document.
-            raw = json.dumps(msg.document, sort_keys=True).encode("utf-8")
-            if len(raw) > TEXT_SIZE_MAX_BYTES:
-                raise LocalProtocolError(
-                    f"cannot send a status document over {TEXT_SIZE_MAX_BYTES} bytes"
+            return 0, _json(msg.document)
+        case PairOpRequest():
+            items = b"".join(
+                _PAIR_ITEM.pack(
+                    i.device,
+                    i.peer_serial,
+                    i.peer_device,
+                    _mode_code(i.mode),
+                    _FENCES.index(i.fence),
+                    int(i.consistency_group),
+                    i.size_bytes,
                 )
-            return 0, raw
+                for i in msg.items
+            )
+            return 0, _PAIR_OP.pack(msg.op, msg.at_ns, len(msg.items)) + items + _json(msg.options)
+        case PairOpReply():
+            messages = {str(r.device): r.message for r in msg.results if r.message}
+            doc = _json({"messages": messages, "document": msg.document})
+            records = b"".join(
+                _PAIR_RESULT.pack(
+                    r.device, r.code, _state_code(r.state), _ROLES.index(r.role), r.at_ns, r.tracks
+                )
+                for r in msg.results
+            )
+            return 0, _COUNTS.pack(len(msg.results), len(doc)) + records + doc + msg.data
+        case UpdateBatch():
+            parts = [_U32.pack(len(msg.updates))]
+            for u in msg.updates:
+                parts.append(_UPDATE.pack(u.device, u.flags, u.timestamp_ns, u.offset, len(u.data)))
+                parts.append(u.data)
+            return 0, b"".join(parts)
+        case UpdateAck():
+            return 0, _U32.pack(msg.applied)
         case WriteReply() | FlushReply() | SubscribeRequest() | StatusRequest():
             return 0, b""
     raise LocalProtocolError(f"cannot encode {type(msg).__name__}")
@@ -544,10 +678,103 @@ def _decode_query_reply(rid: int, flags: int, body: bytes) -> Message:
 
 
 def _decode_status_reply(rid: int, flags: int, body: bytes) -> Message:
-    document = json.loads(_unpack_text(body))
+    return StatusReply(request_id=rid, document=_unjson(body))
+
+
+def _json(document: dict[str, Any]) -> bytes:
+    raw = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    if len(raw) > DOCUMENT_SIZE_MAX_BYTES:
+        raise LocalProtocolError(
+            f"cannot send a JSON document over {DOCUMENT_SIZE_MAX_BYTES} bytes"
+        )
+    return raw
+
+
+def _unjson(raw: bytes) -> dict[str, Any]:
+    if len(raw) > DOCUMENT_SIZE_MAX_BYTES:
+        raise RemoteProtocolError(
+            f"JSON document of {len(raw)} bytes is over {DOCUMENT_SIZE_MAX_BYTES}"
+        )
+    document = json.loads(raw.decode("utf-8")) if raw else {}
     if not isinstance(document, dict):
-        raise RemoteProtocolError("status document is not a JSON object")
-    return StatusReply(request_id=rid, document=document)
+        raise RemoteProtocolError("expected a JSON object")
+    return document
+
+
+def _decode_pair_op(rid: int, flags: int, body: bytes) -> Message:
+    op, at_ns, count = _PAIR_OP.unpack_from(body, 0)
+    if count > DEVICES_MAX:
+        raise RemoteProtocolError(f"pair operation on {count} devices is over {DEVICES_MAX}")
+    end = _PAIR_OP.size + count * _PAIR_ITEM.size
+    items = tuple(
+        PairItem(
+            device=d,
+            peer_serial=ps,
+            peer_device=pd,
+            mode=_MODES[mode],
+            fence=_FENCES[fence],
+            consistency_group=bool(cg),
+            size_bytes=size,
+        )
+        for d, ps, pd, mode, fence, cg, size in _unpack_records(
+            body[_PAIR_OP.size : end], _PAIR_ITEM
+        )
+    )
+    if len(items) != count:
+        raise RemoteProtocolError("pair operation is shorter than its item count")
+    return PairOpRequest(
+        request_id=rid, op=PairOp(op), at_ns=at_ns, items=items, options=_unjson(body[end:])
+    )
+
+
+def _decode_pair_reply(rid: int, flags: int, body: bytes) -> Message:
+    count, doc_size = _COUNTS.unpack_from(body, 0)
+    if count > DEVICES_MAX:
+        raise RemoteProtocolError(f"pair reply for {count} devices is over {DEVICES_MAX}")
+    end = _COUNTS.size + count * _PAIR_RESULT.size
+    records = _unpack_records(body[_COUNTS.size : end], _PAIR_RESULT)
+    if len(records) != count or len(body) < end + doc_size:
+        raise RemoteProtocolError("pair reply is shorter than its counts")
+    doc = _unjson(body[end : end + doc_size])
+    messages = doc.get("messages", {})
+    document = doc.get("document", {})
+    if not isinstance(messages, dict) or not isinstance(document, dict):
+        raise RemoteProtocolError("pair reply document is malformed")
+    results = tuple(
+        PairResult(
+            device=d,
+            code=code,
+            state=_STATES[state],
+            role=_ROLES[role],
+            at_ns=at,
+            tracks=tracks,
+            message=str(messages.get(str(d), "")),
+        )
+        for d, code, state, role, at, tracks in records
+    )
+    return PairOpReply(
+        request_id=rid, results=results, document=document, data=body[end + doc_size :]
+    )
+
+
+def _decode_update_batch(rid: int, flags: int, body: bytes) -> Message:
+    (count,) = _U32.unpack_from(body, 0)
+    at = _U32.size
+    updates = []
+    for _ in range(min(count, DEVICES_MAX * 16)):
+        device, uflags, stamp, offset, length = _UPDATE.unpack_from(body, at)
+        at += _UPDATE.size
+        data = body[at : at + length]
+        if len(data) != length:
+            raise RemoteProtocolError("update runs past the end of the batch")
+        at += length
+        updates.append(
+            Update(device=device, flags=uflags, timestamp_ns=stamp, offset=offset, data=data)
+        )
+    if len(updates) != count:
+        raise RemoteProtocolError(f"update batch of {count} updates is over the limit")
+    _expect_end(body, at)
+    return UpdateBatch(request_id=rid, updates=tuple(updates))
 
 
 def _empty(cls: type[Message]) -> Callable[[int, int, bytes], Message]:
@@ -593,6 +820,12 @@ _DECODERS: Final[dict[int, _Decoder]] = {
     EventNotice.KIND: lambda rid, flags, body: EventNotice(request_id=rid, line=_unpack_text(body)),
     StatusRequest.KIND: _empty(StatusRequest),
     StatusReply.KIND: _decode_status_reply,
+    PairOpRequest.KIND: _decode_pair_op,
+    PairOpReply.KIND: _decode_pair_reply,
+    UpdateBatch.KIND: _decode_update_batch,
+    UpdateAck.KIND: lambda rid, flags, body: UpdateAck(
+        request_id=rid, applied=_U32.unpack(body)[0]
+    ),
 }
 
 _HANDSHAKE_FROM_CLIENT: Final = frozenset({Hello.KIND, Proof.KIND})
