@@ -33,7 +33,15 @@ from remcopy.errors import (
     WriteProtected,
 )
 from remcopy.ids import HardwareAddress, Volser
-from remcopy.states import CopyMode, PairAction, PairRole, PairState, event_line, next_state
+from remcopy.states import (
+    CopyMode,
+    FencePolicy,
+    PairAction,
+    PairRole,
+    PairState,
+    event_line,
+    next_state,
+)
 from remcopy.wire.native import DeviceIdentity, DeviceStatus
 
 log = logging.getLogger("remcopy.controller")
@@ -52,6 +60,9 @@ class PairInfo:
     peer_serial: int = 0
     peer_device: int = 0
     suspend_at_ns: int = 0
+    """Armed suspend time T while DUPLEX/PENDING; the time suspended at once SUSPENDED."""
+    fence: FencePolicy = FencePolicy.NEVER
+    consistency_group: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -61,6 +72,8 @@ class PairInfo:
             "peer_serial": self.peer_serial,
             "peer_device": self.peer_device,
             "suspend_at_ns": self.suspend_at_ns,
+            "fence": self.fence.value,
+            "consistency_group": self.consistency_group,
         }
 
     @classmethod
@@ -72,6 +85,8 @@ class PairInfo:
             peer_serial=int(doc.get("peer_serial", 0)),
             peer_device=int(doc.get("peer_device", 0)),
             suspend_at_ns=int(doc.get("suspend_at_ns", 0)),
+            fence=FencePolicy(doc.get("fence", "never")),
+            consistency_group=bool(doc.get("consistency_group", False)),
         )
 
 
@@ -96,6 +111,9 @@ class HostGrant:
     name: str
     secret: bytes
     lss: frozenset[int] | None
+    is_peer: bool = False
+    """A peer controller (replication link), not a host."""
+    serial: int = 0
 
     def allows(self, device: int) -> bool:
         return self.lss is None or (device >> 8) in self.lss
@@ -279,6 +297,15 @@ class Controller:
                         **tags,
                     )
                 )
+
+    def commit_armed(self, armed: dict[int, int]) -> None:
+        """Persist armed suspend times (device -> T) without a state change."""
+        new_pairs = {key: PairInfo(**_fields(d.pair)) for key, d in self.devices.items()}
+        for key, at_ns in armed.items():
+            new_pairs[key].suspend_at_ns = at_ns
+        self._save_states(new_pairs)
+        for key, at_ns in armed.items():
+            self.devices[key].pair.suspend_at_ns = at_ns
 
     # Looking devices up...
 

@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,14 @@ class ControllerSpec:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.toml())
         return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for configs that name each other)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class ControllerStartFailed(RemcopyError):

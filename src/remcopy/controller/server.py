@@ -28,13 +28,16 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Final
 
 from remcopy.configfile import format_address
 from remcopy.controller.core import Controller, HostGrant
+from remcopy.controller.replication import Replicator
 from remcopy.controller.volume import Volume
 from remcopy.errors import (
     AuthenticationFailed,
+    DeviceNotAllowed,
     ProtocolError,
     RemcopyError,
     RemcopyInternalError,
@@ -98,6 +101,7 @@ class ControllerServer:
         self._server_nonces = auth.NonceLedger()
         self._client_nonces = auth.NonceLedger()
         self.address: tuple[str, int] | None = None
+        self.replicator = Replicator(controller)
 
     def __repr__(self) -> str:
         return f"<ControllerServer {self.controller.name} links={len(self._links)}>"
@@ -118,6 +122,7 @@ class ControllerServer:
         self.address = (sockname[0], sockname[1])
         if ready is not None:
             ready(self.address)
+        replication = asyncio.get_running_loop().create_task(self.replicator.run())
         async with server:
             await self._stopping.wait()
             server.close()
@@ -127,7 +132,11 @@ class ControllerServer:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace):
                     await server.wait_closed()
+        replication.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await replication
         self._flush_all()
+        self.replicator.close()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -224,7 +233,8 @@ class ControllerServer:
         log.info("authenticated %s from %s", link.client, link.peer)
         if hello.role is native.PeerRole.HOST:
             return self.controller.hosts[hello.name]
-        return HostGrant(name=hello.name, secret=secret, lss=None)
+        peer = self.controller.peers[hello.name]
+        return HostGrant(name=hello.name, secret=secret, lss=None, is_peer=True, serial=peer.serial)
 
     def _secret_for(self, hello: native.Hello) -> bytes | None:
         if hello.role is native.PeerRole.HOST:
@@ -260,15 +270,21 @@ class ControllerServer:
         try:
             match msg:
                 case native.WriteRequest():
-                    device = core.write(
-                        grant, msg.device, msg.offset, msg.data, timestamp_ns=msg.timestamp_ns
-                    )
-                    if msg.fua:
-                        return _after(
-                            asyncio.to_thread(device.volume.flush),
-                            native.WriteReply(request_id=rid),
-                        )
+                    pending = self.replicator.host_write(grant, msg)
+                    if pending is not None or msg.fua:
+                        return self._write_done(grant, msg, pending)
                     reply: native.Message = native.WriteReply(request_id=rid)
+                case native.UpdateBatch():
+                    if not grant.is_peer:
+                        raise DeviceNotAllowed(
+                            f"{grant.name}: only peer controllers send replication updates"
+                        )
+                    reply = replace(self.replicator.apply_updates(msg), request_id=rid)
+                case native.PairOpRequest():
+                    if grant.is_peer:
+                        reply = replace(self.replicator.peer_op(grant.serial, msg), request_id=rid)
+                    else:
+                        return _with_rid(self.replicator.pair_op(grant, msg), rid)
                 case native.ReadRequest():
                     reply = native.ReadReply(
                         request_id=rid, data=core.read(grant, msg.device, msg.offset, msg.length)
@@ -278,11 +294,11 @@ class ControllerServer:
                         request_id=rid, identities=tuple(core.identify(grant, msg.devices))
                     )
                 case native.QueryRequest():
-                    reply = native.QueryReply(
-                        request_id=rid, statuses=tuple(core.query(grant, msg.devices))
-                    )
+                    statuses = self.replicator.query(core.query(grant, msg.devices))
+                    reply = native.QueryReply(request_id=rid, statuses=tuple(statuses))
                 case native.FlushRequest():
                     volumes = core.flush_targets(grant, msg.devices)
+                    self.replicator.flush_changemaps(core.host_devices(grant, msg.devices))
                     core.counters["flushes"] += 1
                     return _after(
                         asyncio.to_thread(_flush_volumes, volumes),
@@ -299,6 +315,17 @@ class ControllerServer:
             reply = self._error_reply(link, rid, exc)
         link.send(reply)
         return None
+
+    async def _write_done(
+        self, grant: HostGrant, msg: native.WriteRequest, pending: Awaitable[None] | None
+    ) -> native.Message:
+        if pending is not None:
+            await pending
+        if msg.fua:
+            device = self.controller.device(msg.device)
+            await asyncio.to_thread(device.volume.flush)
+            self.replicator.flush_changemaps([msg.device])
+        return native.WriteReply(request_id=msg.request_id)
 
     async def _answer_slow(
         self,
@@ -344,6 +371,10 @@ class ListenError(RemcopyError):
 
     code = 14
     exit_code = 2
+
+
+async def _with_rid(work: Awaitable[native.PairOpReply], rid: int) -> native.Message:
+    return replace(await work, request_id=rid)
 
 
 async def _after(work: Awaitable[object], reply: native.Message) -> native.Message:

@@ -226,28 +226,57 @@ class Channel:
 
     # Requests...
 
-    async def request(
-        self, msg: native.Message, reply_type: type[ReplyT], *, timeout_s: float | None = None
-    ) -> ReplyT:
-        """Send a request (its request_id is assigned here) and wait for its answer."""
-        if self._writer is None or self._writer.is_closing():
-            await self.connect()
-        assert self._writer is not None
-        assert self._codec is not None
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None and not self._writer.is_closing()
+
+    def send_nowait(self, msg: native.Message) -> asyncio.Future[native.Message]:
+        """Write a request now, in call order, and return the future of its answer.
+
+        The link must be connected. Frames written by successive calls reach the controller in
+        the order of the calls: replication relies on this.
+        """
+        if self._writer is None or self._writer.is_closing() or self._codec is None:
+            raise BrokenResourceError(f"link to {self._where()} is not connected")
         rid = next(self._ids)
         msg = _with_id(msg, rid)
         future: asyncio.Future[native.Message] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
         self._writer.write(self._codec.send(msg))
         self.requests_sent += 1
+        future.add_done_callback(lambda f: self._settled(rid, f))
+        return future
+
+    def _settled(self, rid: int, future: asyncio.Future[native.Message]) -> None:
+        self._pending.pop(rid, None)
+        if not future.cancelled():
+            future.exception()  # retrieved: a caller that gave up must not cause a warning
+
+    async def request(
+        self, msg: native.Message, reply_type: type[ReplyT], *, timeout_s: float | None = None
+    ) -> ReplyT:
+        """Send a request (its request_id is assigned here) and wait for its answer."""
+        if not self.connected:
+            await self.connect()
+        future = self.send_nowait(msg)
+        return await self.wait_reply(future, msg, reply_type, timeout_s=timeout_s)
+
+    async def wait_reply(
+        self,
+        future: asyncio.Future[native.Message],
+        msg: native.Message,
+        reply_type: type[ReplyT],
+        *,
+        timeout_s: float | None = None,
+    ) -> ReplyT:
+        limit = timeout_s if timeout_s is not None else self.timeout_s
         try:
-            async with asyncio.timeout(timeout_s if timeout_s is not None else self.timeout_s):
-                reply = await future
+            async with asyncio.timeout(limit):
+                reply = await asyncio.shield(future)
         except TimeoutError:
-            self._pending.pop(rid, None)
+            future.cancel()
             raise RequestTimeout(
-                f"{type(msg).__name__} to {self._where()}: no answer within "
-                f"{timeout_s or self.timeout_s} s"
+                f"{type(msg).__name__} to {self._where()}: no answer within {limit} s"
             ) from None
         if not isinstance(reply, reply_type):
             raise RemoteProtocolError(
@@ -295,6 +324,19 @@ class Channel:
 
     async def flush(self, devices: tuple[int, ...] = ()) -> None:
         await self.request(native.FlushRequest(devices=tuple(devices)), native.FlushReply)
+
+    async def pair_op(
+        self,
+        op: native.PairOp,
+        items: tuple[native.PairItem, ...],
+        *,
+        at_ns: int = 0,
+        options: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> native.PairOpReply:
+        """One pair operation on a batch of this controller's devices; results per device."""
+        request = native.PairOpRequest(op=op, items=items, at_ns=at_ns, options=options or {})
+        return await self.request(request, native.PairOpReply, timeout_s=timeout_s)
 
     async def status(self) -> dict[str, Any]:
         reply = await self.request(native.StatusRequest(), native.StatusReply)

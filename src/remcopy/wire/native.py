@@ -840,6 +840,8 @@ REQUEST_KINDS: Final = frozenset(
         QueryRequest.KIND,
         SubscribeRequest.KIND,
         StatusRequest.KIND,
+        PairOpRequest.KIND,
+        UpdateBatch.KIND,
     }
 )
 REPLY_KINDS: Final = frozenset(
@@ -852,6 +854,8 @@ REPLY_KINDS: Final = frozenset(
         QueryReply.KIND,
         EventNotice.KIND,
         StatusReply.KIND,
+        PairOpReply.KIND,
+        UpdateAck.KIND,
     }
 )
 

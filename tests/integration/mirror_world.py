@@ -1,0 +1,152 @@
+# A two-site world for remote-copy tests: primary controllers at site A, one secondary
+# controller at site B (with spare tertiary volumes for shadow copies), peered both ways.
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from conftest import HOST, SECRET, MiB
+from remcopy.controller.process import (
+    ControllerProcess,
+    ControllerSpec,
+    PeerSpec,
+    VolumeSpec,
+    free_port,
+)
+from remcopy.host.channel import Channel
+from remcopy.states import CopyMode, FencePolicy
+from remcopy.wire.native import PairItem, PairOp, PairOpReply
+
+LINK_SECRET = "link-secret-a-b"
+SECONDARY_SERIAL = 65000
+SECONDARY_LSS = 0x20
+TERTIARY_LSS = 0x30
+
+
+@dataclass
+class World:
+    root: Path
+    primaries: list[ControllerProcess] = field(default_factory=list)
+    secondary: ControllerProcess | None = None
+    volumes: int = 4
+    size_bytes: int = 4 * MiB
+
+    def pair_items(
+        self,
+        index: int,
+        mode: CopyMode,
+        *,
+        consistency_group: bool = False,
+        fence: FencePolicy = FencePolicy.NEVER,
+    ) -> tuple[PairItem, ...]:
+        """Items pairing primary controller `index`'s volumes with their secondaries."""
+        return tuple(
+            PairItem(
+                device=0x0A00 + cca,
+                peer_serial=SECONDARY_SERIAL,
+                peer_device=self.secondary_device(index, cca),
+                mode=mode,
+                fence=fence,
+                consistency_group=consistency_group,
+            )
+            for cca in range(self.volumes)
+        )
+
+    def secondary_device(self, index: int, cca: int) -> int:
+        return SECONDARY_LSS << 8 | (index * self.volumes + cca)
+
+    def tertiary_device(self, index: int, cca: int) -> int:
+        return TERTIARY_LSS << 8 | (index * self.volumes + cca)
+
+
+def primary_serial(index: int) -> int:
+    return 64015 + index
+
+
+async def build(
+    root: Path, *, primaries: int = 1, volumes: int = 4, size_bytes: int = 4 * MiB
+) -> World:
+    """Write configs with fixed ports, start the secondary, then the primaries."""
+    world = World(root=root, volumes=volumes, size_bytes=size_bytes)
+    ports = [free_port() for _ in range(primaries + 1)]
+    secondary_spec = ControllerSpec(
+        name="cntlb",
+        serial=SECONDARY_SERIAL,
+        data_dir=root / "cntlb",
+        listen=f"127.0.0.1:{ports[-1]}",
+        lss={SECONDARY_LSS: 0x2B00, TERTIARY_LSS: 0x3B00},
+        volumes=[
+            VolumeSpec(lss=lss, cca=i, volser=f"{tag}{i:04X}", size_bytes=size_bytes)
+            for lss, tag in ((SECONDARY_LSS, "SB"), (TERTIARY_LSS, "TB"))
+            for i in range(primaries * volumes)
+        ],
+        hosts={HOST: SECRET},
+        peers=[
+            PeerSpec(
+                name=f"cntla{i}",
+                serial=primary_serial(i),
+                address=f"127.0.0.1:{ports[i]}",
+                secret=LINK_SECRET,
+            )
+            for i in range(primaries)
+        ],
+    )
+    world.secondary = await ControllerProcess(secondary_spec.write(root / "cntlb.toml")).start()
+    for i in range(primaries):
+        spec = ControllerSpec(
+            name=f"cntla{i}",
+            serial=primary_serial(i),
+            data_dir=root / f"cntla{i}",
+            listen=f"127.0.0.1:{ports[i]}",
+            lss={0x0A: 0x1A00},
+            volumes=[
+                VolumeSpec(lss=0x0A, cca=c, volser=f"P{i}{c:04X}", size_bytes=size_bytes)
+                for c in range(volumes)
+            ],
+            hosts={HOST: SECRET},
+            peers=[
+                PeerSpec(
+                    name="cntlb",
+                    serial=SECONDARY_SERIAL,
+                    address=f"127.0.0.1:{ports[-1]}",
+                    secret=LINK_SECRET,
+                )
+            ],
+        )
+        world.primaries.append(await ControllerProcess(spec.write(root / f"cntla{i}.toml")).start())
+    return world
+
+
+async def stop(world: World) -> None:
+    for proc in [*world.primaries, world.secondary]:
+        if proc is not None and proc.running:
+            await proc.kill()
+
+
+def channel(proc: ControllerProcess) -> Channel:
+    return Channel(proc.address, name=HOST, secret=SECRET)
+
+
+def all_ok(reply: PairOpReply) -> None:
+    bad = [r for r in reply.results if r.code]
+    assert not bad, [f"{r.device:04X}: {r.message}" for r in bad]
+
+
+async def digest(ch: Channel, device: int, size: int) -> str:
+    h = hashlib.sha256()
+    step = 1 * MiB
+    for offset in range(0, size, step):
+        h.update(await ch.read(device, offset, min(step, size - offset)))
+    return h.hexdigest()
+
+
+async def establish(world: World, index: int, mode: CopyMode, **kwargs: object) -> None:
+    """Establish every pair of primary `index` and wait until all are DUPLEX."""
+    async with channel(world.primaries[index]) as ch:
+        events = await ch.subscribe()
+        all_ok(await ch.pair_op(PairOp.ESTABLISH, world.pair_items(index, mode, **kwargs)))
+        duplex: set[str] = set()
+        while len(duplex) < world.volumes:
+            line = await events.wait_for(r"-> DUPLEX")
+            duplex.add(line.split()[1])
