@@ -150,3 +150,79 @@ async def establish(world: World, index: int, mode: CopyMode, **kwargs: object) 
         while len(duplex) < world.volumes:
             line = await events.wait_for(r"-> DUPLEX")
             duplex.add(line.split()[1])
+
+
+SLOT_BYTES = 4096
+_RECORD = __import__("struct").Struct("!4sIQQ")  # magic, writer, seq, stamp
+
+
+def record(writer: int, seq: int, stamp: int) -> bytes:
+    head = _RECORD.pack(b"RCW1", writer, seq, stamp)
+    return head + hashlib.shake_128(head).digest(SLOT_BYTES - len(head))
+
+
+@dataclass
+class Written:
+    device: int
+    offset: int
+    stamp: int
+    data: bytes
+    acked: bool = False
+
+
+class SlotLoad:
+    """Writers that each put every write in a fresh 4 KiB slot, so each write is checkable."""
+
+    def __init__(
+        self, ch: Channel, devices: list[int], size_bytes: int, *, writers: int = 8, seed: int = 0
+    ) -> None:
+        import random
+
+        self.ch, self.devices = ch, devices
+        self.slots = size_bytes // SLOT_BYTES
+        self.next_slot = dict.fromkeys(devices, 0)
+        self.writes: list[Written] = []
+        self.rng = random.Random(seed)
+        self.writers = writers
+        self.stop = False
+        self.errors: list[Exception] = []
+        self.acked = 0
+
+    async def _writer(self, w: int) -> None:
+        import time
+
+        from remcopy.errors import LateWrite
+
+        seq = 0
+        while not self.stop:
+            device = self.rng.choice(self.devices)
+            slot = self.next_slot[device]
+            if slot >= self.slots:
+                return
+            self.next_slot[device] = slot + 1
+            seq += 1
+            while True:
+                stamp = time.time_ns()
+                item = Written(
+                    device=device, offset=slot * SLOT_BYTES, stamp=stamp, data=record(w, seq, stamp)
+                )
+                self.writes.append(item)
+                try:
+                    await self.ch.write(device, item.offset, item.data, timestamp_ns=stamp)
+                except LateWrite:
+                    self.writes.remove(item)  # refused, never written: reissue with a new stamp
+                    continue
+                except Exception as exc:
+                    self.errors.append(exc)
+                    return
+                item.acked = True
+                self.acked += 1
+                break
+
+    async def run_until(self, done: asyncio.Event) -> None:
+        import asyncio
+
+        tasks = [asyncio.create_task(self._writer(w)) for w in range(self.writers)]
+        await done.wait()
+        self.stop = True
+        await asyncio.gather(*tasks)

@@ -182,7 +182,8 @@ class PeerLink:
         if not reply.done():
             reply.set_exception(
                 BrokenResourceError(
-                    f"replication link to {self.peer.name}: no confirmation within {ACK_TIMEOUT_S} s"
+                    f"replication link to {self.peer.name}: no confirmation within "
+                    f"{ACK_TIMEOUT_S} s"
                 )
             )
 
@@ -645,7 +646,7 @@ class Replicator:
             accepted[run.device.key] = (PairAction.ESTABLISH, _as_primary(item))
         if accepted:
             self.controller.commit_states(accepted, cause="establish")
-        for item, run in items:
+        for _item, run in items:
             if run.device.key in accepted:
                 run.changemap.mark_all()
                 results.append(_ok(run.device, tracks=run.device.volume.tracks))

@@ -225,6 +225,13 @@ class ControllerServer:
         )
         proof = await link.receive()
         if proof is None:
+            self.controller.counters["auth_refused"] += 1
+            log.warning(
+                "refused %s (%s): it left after the challenge: it could not verify "
+                "this controller's proof: wrong secret on one side",
+                link.peer,
+                link.client,
+            )
             return None
         assert isinstance(proof, native.Proof)
         if not auth.proofs_equal(proof.proof, auth.client_proof(secret, names)):

@@ -1,0 +1,278 @@
+# The remote-copy contract (DESIGN.md section 2) against real controllers: what reaches the
+# secondary, what is recorded, what survives a crash, and what every operation refuses.
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import pytest
+from mirror_world import (
+    SlotLoad,
+    all_ok,
+    build,
+    channel,
+    digest,
+    establish,
+    stop,
+)
+
+from remcopy.errors import SuspendTimeInPast
+from remcopy.states import CopyMode, PairState
+from remcopy.wire.native import PairItem, PairOp
+
+
+@pytest.fixture
+async def world(tmp_path):
+    w = await build(tmp_path)
+    yield w
+    await stop(w)
+
+
+async def _secondary_slot(sec, world, index, write) -> bytes:
+    cca = write.device & 0xFF
+    return await sec.read(world.secondary_device(index, cca), write.offset, len(write.data))
+
+
+async def test_sync_kill_9_of_primary_loses_no_acknowledged_write(world):
+    """Every write acknowledged in sync mode is on the secondary after the primary dies."""
+    await establish(world, 0, CopyMode.SYNC)
+    primary = world.primaries[0]
+    enough = asyncio.Event()
+    async with channel(primary) as ch:
+        load = SlotLoad(
+            ch,
+            [0x0A00 + c for c in range(world.volumes)],
+            world.size_bytes,
+            seed=random.randrange(1 << 32),
+        )
+        runner = asyncio.create_task(load.run_until(enough))
+        while load.acked < random.randint(100, 600):
+            await asyncio.sleep(0)  # yield to the writers; progress is counted, not timed
+        await primary.kill()
+        enough.set()
+        await runner
+    acked = [w for w in load.writes if w.acked]
+    assert acked
+    async with channel(world.secondary) as sec:
+        for write in acked:
+            assert await _secondary_slot(sec, world, 0, write) == write.data, (
+                f"acknowledged write at {write.device:04X}+{write.offset} is missing"
+            )
+
+
+async def test_prospective_suspend_across_three_controllers_splits_at_T(tmp_path):
+    """Writes stamped < T are on the secondary, none stamped >= T; every device reports T."""
+    world = await build(tmp_path, primaries=3, volumes=2)
+    try:
+        for i in range(3):
+            await establish(world, i, CopyMode.SYNC)
+        channels = [channel(p) for p in world.primaries]
+        for ch in channels:
+            await ch.connect()
+        stop_load = asyncio.Event()
+        loads = [
+            SlotLoad(ch, [0x0A00, 0x0A01], world.size_bytes, writers=4, seed=i)
+            for i, ch in enumerate(channels)
+        ]
+        runners = [asyncio.create_task(load.run_until(stop_load)) for load in loads]
+        while min(load.acked for load in loads) < 30:
+            await asyncio.sleep(0)
+        at_ns = time.time_ns() + 80_000_000
+        replies = await asyncio.gather(
+            *(
+                ch.pair_op(PairOp.SUSPEND, world.pair_items(i, CopyMode.SYNC), at_ns=at_ns)
+                for i, ch in enumerate(channels)
+            )
+        )
+        stop_load.set()
+        await asyncio.gather(*runners)
+        for reply in replies:
+            all_ok(reply)
+            assert {r.state for r in reply.results} == {PairState.SUSPENDED}
+            assert {r.at_ns for r in reply.results} == {at_ns}
+        before = after = 0
+        async with channel(world.secondary) as sec:
+            for i, load in enumerate(loads):
+                assert not load.errors, load.errors
+                for write in load.writes:
+                    on_secondary = await _secondary_slot(sec, world, i, write)
+                    if write.stamp < at_ns and write.acked:
+                        assert on_secondary == write.data, f"write stamped {write.stamp} < T lost"
+                        before += 1
+                    elif write.stamp >= at_ns:
+                        assert on_secondary == bytes(len(write.data)), (
+                            f"write stamped {write.stamp} >= T={at_ns} reached the secondary"
+                        )
+                        after += 1
+        assert before > 0
+        assert after > 0
+        for ch in channels:
+            await ch.close()
+    finally:
+        await stop(world)
+
+
+async def test_suspend_with_T_in_the_past_is_refused_and_changes_nothing(world):
+    """A suspend whose time has passed is refused whole; every pair stays DUPLEX."""
+    await establish(world, 0, CopyMode.SYNC)
+    async with channel(world.primaries[0]) as ch:
+        with pytest.raises(SuspendTimeInPast, match="has passed"):
+            await ch.pair_op(
+                PairOp.SUSPEND, world.pair_items(0, CopyMode.SYNC), at_ns=time.time_ns() - 1_000_000
+            )
+        assert {s.state for s in await ch.query()} == {PairState.DUPLEX}
+        assert {s.suspend_at_ns for s in await ch.query()} == {0}
+
+
+async def test_changes_while_suspended_survive_kill_9_and_resume_copies_only_them(world):
+    """Change-map bits survive kill -9; resume copies about the changed share, then identical."""
+    await establish(world, 0, CopyMode.SYNC)
+    primary = world.primaries[0]
+    items = world.pair_items(0, CopyMode.SYNC)
+    tracks = world.size_bytes // 65536
+    async with channel(primary) as ch:
+        all_ok(await ch.pair_op(PairOp.SUSPEND, items, at_ns=time.time_ns() + 20_000_000))
+        rng = random.Random(7)
+        changed = rng.sample(range(tracks), max(1, tracks // 10))
+        for track in changed:
+            await ch.write(0x0A00, track * 65536 + 100, rng.randbytes(1000))
+        before = (await ch.status())["counters"]["bytes_copied"]
+    await primary.kill()
+    await primary.start()
+    async with channel(primary) as ch:
+        statuses = {s.device: s for s in await ch.query()}
+        assert statuses[0x0A00].state is PairState.SUSPENDED
+        assert statuses[0x0A00].dirty_tracks == len(changed)
+        events = await ch.subscribe()
+        all_ok(await ch.pair_op(PairOp.RESUME, items))
+        duplex = set()
+        while len(duplex) < world.volumes:
+            duplex.add((await events.wait_for(r"-> DUPLEX")).split()[1])
+        copied = (await ch.status())["counters"]["bytes_copied"]
+        assert copied == len(changed) * 65536, "resume copied more than the changed tracks"
+        del before
+        all_ok(await ch.pair_op(PairOp.SUSPEND, items, at_ns=time.time_ns() + 20_000_000))
+        primary_digest = await digest(ch, 0x0A00, world.size_bytes)
+    async with channel(world.secondary) as sec:
+        assert await digest(sec, world.secondary_device(0, 0), world.size_bytes) == primary_digest
+
+
+async def test_link_loss_suspends_with_error_and_resume_repairs(world):
+    """Stopping the secondary makes pairs SUSPENDED_ERROR; writes go on; resume makes them equal."""
+    await establish(world, 0, CopyMode.SYNC)
+    primary = world.primaries[0]
+    items = world.pair_items(0, CopyMode.SYNC)
+    async with channel(primary) as ch:
+        events = await ch.subscribe()
+        await world.secondary.kill()
+        await ch.write(0x0A00, 0, b"A" * 70000)  # fails to mirror: acknowledged, recorded
+        await events.wait_for(r"0A:00 DUPLEX -> SUSPENDED_ERROR")
+        await ch.write(0x0A00, 200000, b"B" * 5000)  # change-recorded directly
+        status = {s.device: s for s in await ch.query()}
+        assert status[0x0A00].state is PairState.SUSPENDED_ERROR
+        assert status[0x0A00].dirty_tracks >= 3
+        await world.secondary.start()
+        reply = await ch.pair_op(PairOp.RESUME, (items[0],))
+        all_ok(reply)
+        await events.wait_for(r"0A:00 PENDING -> DUPLEX")
+        all_ok(await ch.pair_op(PairOp.SUSPEND, (items[0],), at_ns=time.time_ns() + 20_000_000))
+        primary_digest = await digest(ch, 0x0A00, world.size_bytes)
+    async with channel(world.secondary) as sec:
+        assert await digest(sec, world.secondary_device(0, 0), world.size_bytes) == primary_digest
+
+
+async def test_consistency_group_device_holds_writes_during_the_error(world):
+    """A consistency-group device holds a write after a link error until the hold expires."""
+    await establish(world, 0, CopyMode.SYNC, consistency_group=True)
+    async with channel(world.primaries[0]) as ch:
+        events = await ch.subscribe()
+        await world.secondary.kill()
+        first = asyncio.create_task(ch.write(0x0A00, 0, b"x" * 100))
+        await events.wait_for(r"^hold 65015|^hold \S+:1A00:0A:00")
+        held = asyncio.create_task(ch.write(0x0A01, 0, b"y" * 100))
+        status = {s.device: s for s in await ch.query((0x0A01,))}
+        assert status[0x0A01].flags & 2, "device should report held"
+        assert status[0x0A01].state is PairState.DUPLEX
+        # Events and replies share one connection, so this order is the controller's order.
+        await events.wait_for(r"0A:01 DUPLEX -> SUSPENDED_ERROR")
+        assert not held.done(), "the held write was answered before the hold ended"
+        await first
+        await held
+
+
+async def test_recover_then_failback_copies_only_changed_tracks(world):
+    """Recover the secondary, write there, fail back: equal volumes, changed tracks copied."""
+    await establish(world, 0, CopyMode.SYNC)
+    primary, secondary = world.primaries[0], world.secondary
+    sdev = world.secondary_device(0, 0)
+    await primary.kill()  # the primary site is lost
+    async with channel(secondary) as sec:
+        events = await sec.subscribe()
+        all_ok(await sec.pair_op(PairOp.RECOVER, (PairItem(device=sdev),)))
+        assert (await sec.query((sdev,)))[0].state is PairState.RECOVERED
+        for track in (3, 9, 20):
+            await sec.write(sdev, track * 65536, b"R" * 65536)
+        await primary.start()
+        reply = await sec.pair_op(PairOp.FAILBACK, (PairItem(device=sdev),))
+        all_ok(reply)
+        assert reply.results[0].tracks == 3
+        await events.wait_for(r"PENDING -> DUPLEX")
+        recovered_digest = await digest(sec, sdev, world.size_bytes)
+        copied = (await sec.status())["counters"]["bytes_copied"]
+        assert copied == 3 * 65536
+    async with channel(primary) as ch:
+        assert await digest(ch, 0x0A00, world.size_bytes) == recovered_digest
+        assert (await ch.query((0x0A00,)))[0].state is PairState.DUPLEX
+
+
+async def test_shadow_copy_equals_the_suspended_secondary_and_blocks_resume(tmp_path):
+    """A shadow copy equals the secondary as of the suspend; resume waits for it."""
+    world = await build(tmp_path, volumes=1, size_bytes=64 * 1024 * 1024)
+    try:
+        await establish(world, 0, CopyMode.SYNC)
+        items = world.pair_items(0, CopyMode.SYNC)
+        async with channel(world.primaries[0]) as ch, channel(world.secondary) as sec:
+            await ch.write(0x0A00, 12345, b"before-T" * 1000)
+            all_ok(await ch.pair_op(PairOp.SUSPEND, items, at_ns=time.time_ns() + 20_000_000))
+            await ch.write(0x0A00, 12345, b"after--T" * 1000)
+            events = await sec.subscribe()
+            sdev, tdev = world.secondary_device(0, 0), world.tertiary_device(0, 0)
+            all_ok(await sec.pair_op(PairOp.SHADOW, (PairItem(device=sdev, peer_device=tdev),)))
+            refused = await ch.pair_op(PairOp.RESUME, items)
+            assert refused.results[0].code != 0
+            assert "shadow copy" in refused.results[0].message
+            assert (await ch.query((0x0A00,)))[0].state is PairState.SUSPENDED
+            await events.wait_for(r"^shadow .* done")
+            assert await digest(sec, tdev, world.size_bytes) == await digest(
+                sec, sdev, world.size_bytes
+            )
+            assert await sec.read(tdev, 12345, 8) == b"before-T"
+            all_ok(await ch.pair_op(PairOp.RESUME, items))
+    finally:
+        await stop(world)
+
+
+async def test_secondary_refuses_host_writes_and_wrong_peer_secret(world, tmp_path):
+    """A secondary takes host writes only once RECOVERED; a peer with a bad secret is refused."""
+    from remcopy.errors import AuthenticationFailed, WriteProtected
+    from remcopy.host.channel import Channel
+    from remcopy.wire.native import PeerRole
+
+    await establish(world, 0, CopyMode.SYNC)
+    async with channel(world.secondary) as sec:
+        with pytest.raises(WriteProtected):
+            await sec.write(world.secondary_device(0, 1), 0, b"no")
+    with pytest.raises(AuthenticationFailed):
+        async with Channel(
+            world.secondary.address, name="cntla0", secret="wrong-link-secret", role=PeerRole.PEER
+        ):
+            pass
+    async with channel(world.secondary) as sec:
+        # The controller notices the peer left when it reads the end of that connection:
+        # wait for its counter (a state), not for a time.
+        async with asyncio.timeout(10):
+            while (await sec.status())["counters"]["auth_refused"] < 1:
+                pass
+    assert "(peer cntla0): it left after the challenge" in world.secondary.log_text()
+    assert "wrong secret" in world.secondary.log_text()
