@@ -19,10 +19,13 @@
 #   ceiling the protocol's Python code sets before any socket or disk;
 # - all of it twice: uvloop on both ends (the default), then plain asyncio on both ends
 #   (REMCOPY_LOOP=asyncio for the controller), to show what the event loop is worth.
-# Sequential passes run ROUNDS times, local and controller alternating, and the best round
-# counts: the machines are shared, and the best round is the least disturbed one on either
-# side. The main figures (the RESULT keys DESIGN.md section 7 names) come from the uvloop run;
-# a ratio is controller MiB/s (best queue depth, named in the table) over the local limit.
+# Sequential passes run 3 rounds (2 with --quick), local and controller alternating, and the
+# best round counts: the machines are shared and page-cache writes to fresh files vary a lot
+# here (a first pass after a large flush can be 2-4x slower, local or not), so the best round
+# is the least disturbed one on either side; the worst is shown next to it. The load average
+# before and after is printed. The main figures (the RESULT keys DESIGN.md section 7 names)
+# come from the uvloop run; a ratio is controller MiB/s (best queue depth, named in the
+# table) over the local limit.
 #
 # Run: .venv/bin/python bench/io.py [--quick] [--seed N]. The last line is `RESULT {json}`.
 from __future__ import annotations
@@ -55,7 +58,8 @@ BLOCK_SEQ_BYTES: Final = 64 * KIB
 BLOCK_RAND_BYTES: Final = 4 * KIB
 SEQ_QDS: Final = (16, 1)
 RAND_QDS: Final = (1, 32)
-ROUNDS: Final = 2
+ROUNDS_FULL: Final = 3
+ROUNDS_QUICK: Final = 2
 # 1 GiB is well past every buffer on the path (1 MiB socket reads, 4 MiB write buffers) and
 # fits the page cache of these machines many times; --quick keeps the whole run under a minute.
 VOLUME_BYTES_FULL: Final = 1 * GIB
@@ -96,6 +100,7 @@ class Plan:
     quick: bool
     seed: int
     volume_bytes: int
+    rounds: int
     rand_ops: dict[int, int]
     codec_frames: int
 
@@ -247,7 +252,7 @@ def measure_codec(frames: int, block: bytes) -> float:
 
 def _spec(data_dir: Path, plan: Plan) -> ControllerSpec:
     sizes = {CCA_WARMUP: WARMUP_BYTES, CCA_RAND: RAND_REGION_BYTES}
-    for round_ in range(ROUNDS):
+    for round_ in range(plan.rounds):
         for qd in SEQ_QDS:
             sizes[_cca_seq(qd, round_)] = plan.volume_bytes
     return ControllerSpec(
@@ -366,8 +371,9 @@ class LoopBench:
         for qd in SEQ_QDS:
             await _pipelined(qd, range(0, WARMUP_BYTES, step), _writer(ch, warm, block))
             await _pipelined(qd, range(0, WARMUP_BYTES, step), _reader(ch, warm, step))
+        await ch.flush((warm,))
         local_seq_round(self.root / "local-warmup.img", WARMUP_BYTES, block)
-        for round_ in range(ROUNDS):
+        for round_ in range(self.plan.rounds):
             write, read = local_seq_round(
                 self.root / "local-seq.img", self.plan.volume_bytes, block
             )
@@ -496,7 +502,7 @@ def _table(plan: Plan, results: dict[str, LoopResult], codec_mib_s: float, load:
             f"  volume {plan.volume_bytes // MIB} MiB, fresh sparse files both sides, page cache, "
             f"no flush in the timed part; {os.cpu_count()} CPUs, Python "
             f"{platform.python_version()}, load average {load}",
-            f"  column: event loop of host and controller; MiB/s as best (worst) of {ROUNDS} "
+            f"  column: event loop of host and controller; MiB/s as best (worst) of {plan.rounds} "
             f"rounds; main figures from {runs[0].loop}",
             "",
             " " * width + "".join(f"{r.loop:>{col}}" for r in runs),
@@ -562,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         quick=args.quick,
         seed=args.seed,
         volume_bytes=VOLUME_BYTES_QUICK if args.quick else VOLUME_BYTES_FULL,
+        rounds=ROUNDS_QUICK if args.quick else ROUNDS_FULL,
         rand_ops=dict(RAND_OPS_QUICK if args.quick else RAND_OPS_FULL),
         codec_frames=CODEC_FRAMES_QUICK if args.quick else CODEC_FRAMES_FULL,
     )

@@ -2,7 +2,11 @@
 # controller at site B (with spare tertiary volumes for shadow copies), peered both ways.
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import random
+import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +18,7 @@ from remcopy.controller.process import (
     VolumeSpec,
     free_port,
 )
+from remcopy.errors import LateWrite
 from remcopy.host.channel import Channel
 from remcopy.states import CopyMode, FencePolicy
 from remcopy.wire.native import PairItem, PairOp, PairOpReply
@@ -153,7 +158,7 @@ async def establish(world: World, index: int, mode: CopyMode, **kwargs: object) 
 
 
 SLOT_BYTES = 4096
-_RECORD = __import__("struct").Struct("!4sIQQ")  # magic, writer, seq, stamp
+_RECORD = struct.Struct("!4sIQQ")  # magic, writer, seq, stamp
 
 
 def record(writer: int, seq: int, stamp: int) -> bytes:
@@ -176,8 +181,6 @@ class SlotLoad:
     def __init__(
         self, ch: Channel, devices: list[int], size_bytes: int, *, writers: int = 8, seed: int = 0
     ) -> None:
-        import random
-
         self.ch, self.devices = ch, devices
         self.slots = size_bytes // SLOT_BYTES
         self.next_slot = dict.fromkeys(devices, 0)
@@ -187,12 +190,15 @@ class SlotLoad:
         self.stop = False
         self.errors: list[Exception] = []
         self.acked = 0
+        self._progress = asyncio.Event()
+
+    async def wait_acked(self, count: int) -> None:
+        """Wait until `count` writes were acknowledged (or the writers stopped)."""
+        while self.acked < count and not self.errors:
+            self._progress.clear()
+            await self._progress.wait()
 
     async def _writer(self, w: int) -> None:
-        import time
-
-        from remcopy.errors import LateWrite
-
         seq = 0
         while not self.stop:
             device = self.rng.choice(self.devices)
@@ -214,9 +220,11 @@ class SlotLoad:
                     continue
                 except Exception as exc:
                     self.errors.append(exc)
+                    self._progress.set()
                     return
                 item.acked = True
                 self.acked += 1
+                self._progress.set()
                 break
 
     async def run_until(self, done: asyncio.Event) -> None:

@@ -47,8 +47,7 @@ async def test_sync_kill_9_of_primary_loses_no_acknowledged_write(world):
             seed=random.randrange(1 << 32),
         )
         runner = asyncio.create_task(load.run_until(enough))
-        while load.acked < random.randint(100, 600):
-            await asyncio.sleep(0)  # yield to the writers; progress is counted, not timed
+        await load.wait_acked(random.randint(100, 600))
         await primary.kill()
         enough.set()
         await runner
@@ -76,8 +75,8 @@ async def test_prospective_suspend_across_three_controllers_splits_at_T(tmp_path
             for i, ch in enumerate(channels)
         ]
         runners = [asyncio.create_task(load.run_until(stop_load)) for load in loads]
-        while min(load.acked for load in loads) < 30:
-            await asyncio.sleep(0)
+        for load in loads:
+            await load.wait_acked(30)
         at_ns = time.time_ns() + 80_000_000
         replies = await asyncio.gather(
             *(

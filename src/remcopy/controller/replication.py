@@ -211,6 +211,10 @@ class PeerLink:
         for f in futures:
             if not f.done():
                 f.set_exception(exc)
+        self.mark_broken(exc)
+
+    def mark_broken(self, exc: RemcopyError) -> None:
+        """Record the link as failed and tell the replicator, once per failure."""
         if self.broken is None:
             self.broken = exc
             log.warning("replication link to %s failed: %s", self.peer.name, exc)
@@ -440,7 +444,7 @@ class Replicator:
         try:
             await link.ensure_connected()
         except RemcopyError as exc:
-            link.broken = exc
+            link.mark_broken(exc)
         follow = self._push(run, link, msg)
         if follow is not None:
             await follow
