@@ -37,6 +37,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -572,9 +573,15 @@ def main(argv: list[str] | None = None) -> int:
         rand_ops=dict(RAND_OPS_QUICK if args.quick else RAND_OPS_FULL),
         codec_frames=CODEC_FRAMES_QUICK if args.quick else CODEC_FRAMES_FULL,
     )
+    # SIGTERM takes the Ctrl-C path, so the controller is stopped and the folder removed.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     print(f"seed {plan.seed}", flush=True)
     load_start = os.getloadavg()[0]
-    results, codec_mib_s = run(plan)
+    try:
+        results, codec_mib_s = run(plan)
+    except KeyboardInterrupt:
+        print("interrupted: controller stopped, temp folder removed", file=sys.stderr)
+        return 130
     load = [round(load_start, 2), round(os.getloadavg()[0], 2)]
     print(_table(plan, results, codec_mib_s, f"{load[0]:.2f} -> {load[1]:.2f}"))
     print("RESULT " + json.dumps(_result_json(plan, results, codec_mib_s, load), sort_keys=True))

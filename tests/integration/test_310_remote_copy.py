@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 
 import pytest
@@ -275,3 +276,39 @@ async def test_secondary_refuses_host_writes_and_wrong_peer_secret(world, tmp_pa
                 pass
     assert "(peer cntla0): it left after the challenge" in world.secondary.log_text()
     assert "wrong secret" in world.secondary.log_text()
+
+
+async def test_async_kill_9_of_primary_ships_the_journal_after_restart(world):
+    """Async writes acknowledged before kill -9 reach the secondary once the primary restarts."""
+    await establish(world, 0, CopyMode.ASYNC)
+    primary = world.primaries[0]
+    enough = asyncio.Event()
+    async with channel(primary) as ch:
+        load = SlotLoad(
+            ch,
+            [0x0A00 + c for c in range(world.volumes)],
+            world.size_bytes,
+            seed=random.randrange(1 << 32),
+        )
+        runner = asyncio.create_task(load.run_until(enough))
+        await load.wait_acked(random.randint(50, 300))
+        world.secondary.pause()  # updates pile up unconfirmed in the primary's journal
+        await load.wait_acked(load.acked + 200)
+        await primary.kill()
+        world.secondary.unpause()
+        enough.set()
+        await runner
+    await primary.start()
+    async with channel(primary) as ch:
+        # A suspend at T drains every update stamped before T, replayed ones included.
+        reply = await ch.pair_op(
+            PairOp.SUSPEND, world.pair_items(0, CopyMode.ASYNC), at_ns=time.time_ns() + 50_000_000
+        )
+        all_ok(reply)
+    acked = [w for w in load.writes if w.acked]
+    async with channel(world.secondary) as sec:
+        for write in acked:
+            assert await _secondary_slot(sec, world, 0, write) == write.data, (
+                f"acknowledged async write at {write.device:04X}+{write.offset} is missing"
+            )
+    assert re.search(r"replayed [1-9]\d* journaled updates", primary.log_text())

@@ -1,6 +1,7 @@
 # `remcopy controller ...`: run, check and ask a controller.
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
@@ -34,6 +35,8 @@ def serve(config: Path) -> None:
     Example:
       remcopy controller serve site-a/cntl1.toml
     """
+    if logging.getLogger().level > logging.INFO:
+        logging.getLogger().setLevel(logging.INFO)  # a daemon logs its state changes
     ctl = Controller.from_config_file(config)
     aio.run(run_controller(ctl))
 

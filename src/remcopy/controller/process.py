@@ -209,6 +209,15 @@ class ControllerProcess:
         await self._finish_drain()
         return self.process.returncode if self.process.returncode is not None else 0
 
+    def pause(self) -> None:
+        """SIGSTOP: the controller stops answering without closing its connections."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def unpause(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGCONT)
+
     async def kill(self) -> int:
         """SIGKILL: the crash a controller must survive without losing acknowledged writes."""
         if self.process is None:

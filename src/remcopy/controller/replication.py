@@ -42,6 +42,7 @@ from typing import Any, Final
 from remcopy.controller.changemap import ChangeMap
 from remcopy.controller.config import PeerSection
 from remcopy.controller.core import Controller, Device, HostGrant, PairInfo
+from remcopy.controller.journal import Journal
 from remcopy.errors import (
     BrokenResourceError,
     DeviceBusy,
@@ -96,6 +97,7 @@ class DeviceRun:
     shadow_done: int = 0
     shadow_total: int = 0
     bytes_sent: int = 0
+    lag_bytes: int = 0
 
 
 class PeerLink:
@@ -106,9 +108,13 @@ class PeerLink:
         peer: PeerSection,
         *,
         local_name: str,
+        journal: Journal,
         on_broken: Callable[[PeerLink, RemcopyError], None],
     ) -> None:
         self.peer = peer
+        self.journal = journal
+        self.replayed = asyncio.Event()
+        self.replayed.set()
         self.serial = peer.serial
         self.channel = Channel(
             peer.address,
@@ -230,6 +236,7 @@ class PeerLink:
 
     async def close(self) -> None:
         await self.channel.close()
+        self.journal.close()
 
 
 def _ok(device: Device, *, at_ns: int = 0, tracks: int = 0) -> PairResult:
@@ -297,7 +304,44 @@ class Replicator:
         assert self._tasks is not None, "replicator not running"
         return self._tasks.create_task(coro, name=name)  # type: ignore[arg-type]
 
+    def _replay_journals(self) -> None:
+        """Ship again what async pairs acknowledged before a crash, before any new write."""
+        for peer in self.controller.peers.values():
+            path = self.controller.data_dir / "journal" / f"{peer.serial}.jnl"
+            if not path.exists() or path.stat().st_size == 0:
+                continue
+            link = self.link(peer.serial)
+            updates = link.journal.replay()
+            if updates:
+                link.replayed.clear()
+                self._spawn(self._replay(link, updates), name=f"replay {peer.name}")
+
+    async def _replay(self, link: PeerLink, updates: list[native.Update]) -> None:
+        targets = {
+            (r.device.pair.peer_serial, r.device.pair.peer_device): r
+            for r in self.runs.values()
+            if r.device.pair.role is PairRole.PRIMARY
+        }
+        try:
+            await link.ensure_connected()
+        except RemcopyError as exc:
+            link.mark_broken(exc)
+        for update in updates:
+            run = targets.get((link.serial, update.device))
+            if run is None:
+                link.journal.settled()
+                continue
+            if run.device.pair.state not in (PairState.DUPLEX, PairState.PENDING):
+                run.changemap.mark(update.offset, len(update.data))
+                link.journal.settled()
+                continue
+            confirmed = link.push(update)
+            self._track(run, link, confirmed, update.offset, len(update.data), journaled=True)
+        log.info("replayed %d journaled updates to %s", len(updates), link.peer.name)
+        link.replayed.set()
+
     def _resume_after_restart(self) -> None:
+        self._replay_journals()
         now = time.time_ns()
         for run in self.runs.values():
             pair = run.device.pair
@@ -323,7 +367,13 @@ class Replicator:
                     f"controller {self.controller.name}: no peer with serial "
                     f"{serial} in its config ([[peers]])"
                 )
-            link = PeerLink(peer, local_name=self.controller.name, on_broken=self._link_broken)
+            journal = Journal(self.controller.data_dir / "journal" / f"{serial}.jnl")
+            link = PeerLink(
+                peer,
+                local_name=self.controller.name,
+                journal=journal,
+                on_broken=self._link_broken,
+            )
             self.links[serial] = link
         return link
 
@@ -434,17 +484,19 @@ class Replicator:
         device, pair = run.device, run.device.pair
         self._write_local(device, msg)
         link = self.link(pair.peer_serial)
-        if not link.channel.connected and link.broken is None:
+        if (not link.channel.connected and link.broken is None) or not link.replayed.is_set():
             return self._connect_then_push(run, link, msg)
         return self._push(run, link, msg)
 
     async def _connect_then_push(
         self, run: DeviceRun, link: PeerLink, msg: native.WriteRequest
     ) -> None:
-        try:
-            await link.ensure_connected()
-        except RemcopyError as exc:
-            link.mark_broken(exc)
+        await link.replayed.wait()
+        if not link.channel.connected:
+            try:
+                await link.ensure_connected()
+            except RemcopyError as exc:
+                link.mark_broken(exc)
         follow = self._push(run, link, msg)
         if follow is not None:
             await follow
@@ -456,23 +508,47 @@ class Replicator:
         update = native.Update(
             device=pair.peer_device, timestamp_ns=msg.timestamp_ns, offset=msg.offset, data=msg.data
         )
+        if pair.mode is CopyMode.ASYNC:
+            link.journal.append(update)  # in the file before the host is acknowledged
         confirmed = link.push(update)
         self.counters["updates_sent"] += 1
-        run.in_flight.add(confirmed)
-        confirmed.add_done_callback(lambda f: self._update_done(run, msg, f))
+        self._track(
+            run, link, confirmed, msg.offset, len(msg.data), journaled=pair.mode is CopyMode.ASYNC
+        )
         if pair.mode is CopyMode.SYNC:
             return self._confirmed_or_recorded(run, confirmed)
         run.last_update = confirmed
         return None
 
+    def _track(
+        self,
+        run: DeviceRun,
+        link: PeerLink,
+        confirmed: asyncio.Future[None],
+        offset: int,
+        length: int,
+        *,
+        journaled: bool,
+    ) -> None:
+        run.in_flight.add(confirmed)
+        run.lag_bytes += length
+
+        def done(future: asyncio.Future[None]) -> None:
+            run.lag_bytes -= length
+            if journaled:
+                link.journal.settled()
+            self._update_done(run, offset, length, future)
+
+        confirmed.add_done_callback(done)
+
     def _update_done(
-        self, run: DeviceRun, msg: native.WriteRequest, future: asyncio.Future[None]
+        self, run: DeviceRun, offset: int, length: int, future: asyncio.Future[None]
     ) -> None:
         run.in_flight.discard(future)
         if future.cancelled() or future.exception() is not None:
             # Never confirmed: the tracks may differ. Record them before anyone reports the
             # device failed (write-intent, after the fact but before any resume can run).
-            run.changemap.mark(msg.offset, len(msg.data))
+            run.changemap.mark(offset, length)
             exc = future.exception() if not future.cancelled() else None
             self._device_failed(
                 run,
@@ -1131,12 +1207,11 @@ class Replicator:
             if run is None or status.status:
                 out.append(status)
                 continue
-            lag = sum(1 for f in run.in_flight if not f.done())
             out.append(
                 replace(
                     status,
                     dirty_tracks=run.changemap.count(),
-                    lag_bytes=lag,
+                    lag_bytes=run.lag_bytes,
                     flags=int(run.shadow_running) | (int(run.held is not None) << 1),
                 )
             )
@@ -1147,6 +1222,8 @@ class Replicator:
             run = self.runs.get(key)
             if run is not None:
                 run.changemap.flush()
+        for link in self.links.values():
+            link.journal.flush()
 
 
 def _as_primary(item: PairItem) -> Callable[[PairInfo], None]:
