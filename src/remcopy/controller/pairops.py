@@ -1,0 +1,656 @@
+# Pair operations: establish, suspend at T, resume, recover, failback, shadow, terminate —
+# on the primary from hosts, and their counterparts on the secondary from the peer link.
+#
+# Why: each operation takes a batch of devices in one request and answers per device (a
+# refused device never fails the others, and is left exactly as it was). The decisions about
+# which state may do what come from states.py; this module sequences the two sides: ask the
+# secondary first when it must agree (establish, resume), commit locally, start the copies.
+#
+# Rules this module keeps:
+# - A device named twice in one request, unknown, not allowed, or armed for a pending suspend
+#   is refused before anything changes.
+# - The prospective suspend is refused whole if T has passed on this controller's clock.
+# - The seal waits for every update stamped < T before committing SUSPENDED at T.
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Final
+
+from remcopy.controller.core import Device, HostGrant, PairInfo
+from remcopy.errors import (
+    BrokenResourceError,
+    DeviceBusy,
+    IllegalTransition,
+    InputError,
+    RemcopyError,
+    SuspendTimeInPast,
+    WriteProtected,
+)
+from remcopy.states import OPERATION_PERMITTED, PairAction, PairRole, PairState, next_state
+from remcopy.wire import native
+from remcopy.wire.native import PairItem, PairOp, PairOpReply, PairOpRequest, PairResult
+
+if TYPE_CHECKING:
+    from remcopy.controller.replication import DeviceRun, Replicator
+
+log = logging.getLogger("remcopy.replication")
+
+Changes = dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]]
+
+
+def _ok(device: Device, *, at_ns: int = 0, tracks: int = 0) -> PairResult:
+    return PairResult(
+        device=device.key,
+        state=device.pair.state,
+        role=device.pair.role,
+        at_ns=at_ns or device.pair.suspend_at_ns,
+        tracks=tracks,
+    )
+
+
+def _refused(key: int, exc: RemcopyError, device: Device | None = None) -> PairResult:
+    pair = device.pair if device is not None else PairInfo()
+    return PairResult(device=key, code=exc.code, state=pair.state, role=pair.role, message=str(exc))
+
+
+class PairOperations:
+    """The pair operations of one controller's replicator."""
+
+    def __init__(self, rep: Replicator) -> None:
+        self.rep = rep
+
+    # Pair operations from hosts (one request carries a batch of devices)...
+
+    async def pair_op(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
+        op = request.op
+        if op is PairOp.ESTABLISH:
+            return await self._establish(grant, request)
+        if op is PairOp.SUSPEND:
+            return await self._suspend(grant, request)
+        if op is PairOp.RESUME:
+            return await self._resume(grant, request)
+        if op is PairOp.RECOVER:
+            return self._recover(grant, request)
+        if op is PairOp.FAILBACK:
+            return await self._failback(grant, request)
+        if op is PairOp.TERMINATE:
+            return await self._terminate(grant, request)
+        if op is PairOp.SHADOW:
+            return self._shadow(grant, request)
+        raise InputError(f"pair operation {op.name} is for controllers, not hosts")
+
+    def _devices(
+        self, grant: HostGrant, request: PairOpRequest
+    ) -> tuple[list[tuple[PairItem, DeviceRun]], list[PairResult]]:
+        """Resolve the items; unknown, not allowed and armed devices are refused here."""
+        good: list[tuple[PairItem, DeviceRun]] = []
+        refused: list[PairResult] = []
+        seen: set[int] = set()
+        for item in request.items:
+            try:
+                if item.device in seen:
+                    raise InputError(f"device {item.device:04X} is named twice in one request")
+                seen.add(item.device)
+                device = self.rep.controller.device_for_host(grant, item.device)
+                run = self.rep.runs[device.key]
+                armed = device.pair.suspend_at_ns
+                if armed and device.pair.state in (PairState.DUPLEX, PairState.PENDING):
+                    raise DeviceBusy(
+                        f"{device.address}: a suspend is armed for {armed}: other "
+                        "state changes wait until it has passed"
+                    )
+            except RemcopyError as exc:
+                known = self.rep.controller.devices.get(item.device)
+                refused.append(_refused(item.device, exc, known))
+                continue
+            good.append((item, run))
+        return good, refused
+
+    def _check(self, run: DeviceRun, action: PairAction) -> None:
+        next_state(run.device.pair.state, action, device=str(run.device.address))
+
+    async def _establish(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
+        good, results = self._devices(grant, request)
+        by_peer: dict[int, list[tuple[PairItem, DeviceRun]]] = {}
+        secondaries: set[tuple[int, int]] = set()
+        for item, run in good:
+            try:
+                self._check(run, PairAction.ESTABLISH)
+                if (item.peer_serial, item.peer_device) in secondaries:
+                    raise InputError(
+                        f"establish {run.device.address}: secondary "
+                        f"{item.peer_serial}:{item.peer_device:04X} is named by "
+                        "another pair of this request"
+                    )
+                secondaries.add((item.peer_serial, item.peer_device))
+                if item.mode is None:
+                    raise InputError(
+                        f"establish {run.device.address}: a mode is required "
+                        "(sync, async or semisync)"
+                    )
+                if item.peer_serial == self.rep.controller.serial:
+                    raise InputError(
+                        f"establish {run.device.address}: primary and secondary "
+                        "are on the same controller"
+                    )
+                self.rep.link(item.peer_serial)
+            except RemcopyError as exc:
+                results.append(_refused(item.device, exc, run.device))
+                continue
+            by_peer.setdefault(item.peer_serial, []).append((item, run))
+        for serial, items in by_peer.items():
+            results.extend(await self._establish_on(serial, items))
+        return PairOpReply(results=tuple(sorted(results, key=lambda r: r.device)))
+
+    async def _establish_on(
+        self, serial: int, items: list[tuple[PairItem, DeviceRun]]
+    ) -> list[PairResult]:
+        link = self.rep.link(serial)
+        peer_items = tuple(
+            PairItem(
+                device=item.peer_device,
+                peer_serial=self.rep.controller.serial,
+                peer_device=run.device.key,
+                mode=item.mode,
+                fence=item.fence,
+                consistency_group=item.consistency_group,
+                size_bytes=run.device.volume.capacity_bytes,
+            )
+            for item, run in items
+        )
+        try:
+            reply = await link.operate(PairOpRequest(op=PairOp.PEER_ESTABLISH, items=peer_items))
+        except RemcopyError as exc:
+            return [_refused(item.device, exc, run.device) for item, run in items]
+        answers = {r.device: r for r in reply.results}
+        results = []
+        accepted: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]] = {}
+        for item, run in items:
+            answer = answers.get(item.peer_device)
+            if answer is None or answer.code:
+                reason = answer.message if answer else "the secondary did not answer for it"
+                results.append(
+                    PairResult(
+                        device=item.device,
+                        code=answer.code if answer else 1,
+                        state=run.device.pair.state,
+                        role=run.device.pair.role,
+                        message=f"secondary {serial}:{item.peer_device:04X}: {reason}",
+                    )
+                )
+                continue
+            accepted[run.device.key] = (PairAction.ESTABLISH, _as_primary(item))
+        if accepted:
+            self.rep.controller.commit_states(accepted, cause="establish")
+        for _item, run in items:
+            if run.device.key in accepted:
+                run.changemap.mark_all()
+                results.append(_ok(run.device, tracks=run.device.volume.tracks))
+                self.rep.start_copier(run)
+        return results
+
+    async def _suspend(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
+        at_ns = request.at_ns
+        now = time.time_ns()
+        if at_ns <= now:
+            raise SuspendTimeInPast(
+                f"suspend at {at_ns}: that time has passed on controller "
+                f"{self.rep.controller.name} "
+                f"(now {now}, {(now - at_ns) / 1e6:.3f} ms late): choose a later time or a "
+                "larger margin"
+            )
+        good, results = self._devices(grant, request)
+        armed: list[DeviceRun] = []
+        for item, run in good:
+            try:
+                self._check(run, PairAction.SUSPEND)
+                if run.device.pair.role is not PairRole.PRIMARY:
+                    raise IllegalTransition(
+                        f"cannot suspend {run.device.address}: it is not "
+                        "the primary of a pair: suspend at the primary"
+                    )
+            except RemcopyError as exc:
+                results.append(_refused(item.device, exc, run.device))
+                continue
+            armed.append(run)
+        if not armed:
+            return PairOpReply(results=tuple(sorted(results, key=lambda r: r.device)))
+        # Arm: persisted, so a restart before T still suspends at T.
+        self.rep.controller.commit_armed({r.device.key: at_ns for r in armed})
+        self.rep.controller.announce(f"armed suspend at={at_ns} devices={len(armed)}")
+        sealed = self._arm_timer(armed, at_ns)
+        document = await sealed
+        for run in armed:
+            pair = run.device.pair
+            if pair.state is PairState.SUSPENDED and pair.suspend_at_ns == at_ns:
+                results.append(_ok(run.device, at_ns=at_ns))
+            else:
+                results.append(
+                    PairResult(
+                        device=run.device.key,
+                        code=IllegalTransition.code,
+                        state=pair.state,
+                        role=pair.role,
+                        message=f"{run.device.address} did not suspend at T: it is "
+                        f"{pair.state.name}",
+                    )
+                )
+        return PairOpReply(
+            results=tuple(sorted(results, key=lambda r: r.device)), document=document
+        )
+
+    def _arm_timer(self, runs: list[DeviceRun], at_ns: int) -> asyncio.Future[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[dict[str, Any]] = loop.create_future()
+        delay_s = max(0.0, (at_ns - time.time_ns()) / 1e9)
+
+        def fire() -> None:
+            self.rep.spawn(self._seal(runs, at_ns, done), name=f"seal {at_ns}")
+
+        self.rep.timers.append(loop.call_later(delay_s, fire))
+        return done
+
+    async def _seal(
+        self, runs: list[DeviceRun], at_ns: int, done: asyncio.Future[dict[str, Any]]
+    ) -> None:
+        """At T: refuse late writes, wait for updates stamped < T, then commit SUSPENDED."""
+        sealed_ns = time.time_ns()
+        late_before = self.rep.counters["late_writes"]
+        for run in runs:
+            run.sealed_at_ns = sealed_ns
+        pending = [f for run in runs for f in run.in_flight]
+        if pending:
+            await asyncio.gather(*(asyncio.shield(f) for f in pending), return_exceptions=True)
+        drained_ns = time.time_ns()
+        by_peer: dict[int, list[DeviceRun]] = {}
+        changes: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]] = {}
+        for run in runs:
+            run.sealed_at_ns = 0
+            if run.device.pair.state in (PairState.DUPLEX, PairState.PENDING):
+                if run.copier is not None:
+                    run.copier.cancel()
+                changes[run.device.key] = (PairAction.SUSPEND, None)
+                by_peer.setdefault(run.device.pair.peer_serial, []).append(run)
+        if changes:
+            self.rep.controller.commit_states(changes, cause="suspend", at_ns=at_ns)
+        for serial, peer_runs in by_peer.items():
+            await self._tell_peer(serial, peer_runs, "suspend", at_ns=at_ns)
+        if not done.done():
+            done.set_result(
+                {
+                    "at_ns": at_ns,
+                    "sealed_ns": sealed_ns,
+                    "drained_ns": drained_ns,
+                    "late_writes": self.rep.counters["late_writes"] - late_before,
+                    "in_flight_at_seal": len(pending),
+                }
+            )
+
+    async def _tell_peer(
+        self, serial: int, runs: list[DeviceRun], action: str, *, at_ns: int = 0
+    ) -> list[PairResult]:
+        """Make the secondaries follow a state change; a dead link is logged, not fatal."""
+        items = tuple(PairItem(device=r.device.pair.peer_device) for r in runs)
+        try:
+            reply = await self.rep.link(serial).operate(
+                PairOpRequest(
+                    op=PairOp.PEER_STATE, at_ns=at_ns, items=items, options={"action": action}
+                )
+            )
+        except RemcopyError as exc:
+            log.warning("could not tell peer %s to %s: %s", serial, action, exc)
+            return [_refused(r.device.pair.peer_device, exc) for r in runs]
+        return list(reply.results)
+
+    async def _resume(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
+        good, results = self._devices(grant, request)
+        by_peer: dict[int, list[DeviceRun]] = {}
+        for item, run in good:
+            try:
+                self._check(run, PairAction.RESUME)
+                if run.device.pair.role is not PairRole.PRIMARY:
+                    raise IllegalTransition(
+                        f"cannot resume {run.device.address}: it is not the "
+                        "primary of a pair: resume at the primary"
+                    )
+            except RemcopyError as exc:
+                results.append(_refused(item.device, exc, run.device))
+                continue
+            by_peer.setdefault(run.device.pair.peer_serial, []).append(run)
+        for serial, runs in by_peer.items():
+            answers = {r.device: r for r in await self._tell_peer(serial, runs, "resume")}
+            changes: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]] = {}
+            for run in runs:
+                answer = answers.get(run.device.pair.peer_device)
+                if answer is None or answer.code:
+                    reason = answer.message if answer else "no answer"
+                    results.append(
+                        PairResult(
+                            device=run.device.key,
+                            code=answer.code if answer else 1,
+                            state=run.device.pair.state,
+                            role=run.device.pair.role,
+                            message=f"cannot resume {run.device.address}: secondary refused: "
+                            f"{reason}",
+                        )
+                    )
+                    continue
+                changes[run.device.key] = (PairAction.RESUME, _clear_armed)
+            if changes:
+                self.rep.controller.commit_states(changes, cause="resume")
+            for run in runs:
+                if run.device.key in changes:
+                    results.append(_ok(run.device, tracks=run.changemap.count()))
+                    self.rep.start_copier(run)
+        return PairOpReply(results=tuple(sorted(results, key=lambda r: r.device)))
+
+    def _recover(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
+        good, results = self._devices(grant, request)
+        changes: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]] = {}
+        for item, run in good:
+            try:
+                if run.device.pair.role is not PairRole.SECONDARY:
+                    raise IllegalTransition(
+                        f"cannot recover {run.device.address}: it is not the "
+                        "secondary of a pair: recover at the secondary"
+                    )
+                self._check(run, PairAction.RECOVER)
+            except RemcopyError as exc:
+                results.append(_refused(item.device, exc, run.device))
+                continue
+            changes[run.device.key] = (PairAction.RECOVER, None)
+        if changes:
+            for key in changes:
+                self.rep.runs[key].changemap.clear_all()
+            self.rep.controller.commit_states(changes, cause="recover")
+        results.extend(_ok(self.rep.runs[key].device) for key in changes)
+        return PairOpReply(results=tuple(sorted(results, key=lambda r: r.device)))
+
+    async def _failback(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
+        """On the recovered secondary: reverse the pair, copy tracks changed on either side."""
+        good, results = self._devices(grant, request)
+        for item, run in good:
+            pair = run.device.pair
+            try:
+                self._check(run, PairAction.FAILBACK)
+                link = self.rep.link(pair.peer_serial)
+                bits = await link.operate(
+                    PairOpRequest(
+                        op=PairOp.PEER_CHANGEMAP, items=(PairItem(device=pair.peer_device),)
+                    )
+                )
+                answer = bits.results[0] if bits.results else None
+                if answer is None or answer.code:
+                    raise BrokenResourceError(
+                        f"old primary refused: {answer.message if answer else 'no answer'}"
+                    )
+                run.changemap.merge(bits.data)
+                reverse = await link.operate(
+                    PairOpRequest(
+                        op=PairOp.PEER_FAILBACK,
+                        items=(
+                            PairItem(
+                                device=pair.peer_device,
+                                peer_serial=self.rep.controller.serial,
+                                peer_device=run.device.key,
+                                size_bytes=run.device.volume.capacity_bytes,
+                            ),
+                        ),
+                    )
+                )
+                answer = reverse.results[0] if reverse.results else None
+                if answer is None or answer.code:
+                    raise BrokenResourceError(
+                        f"old primary refused to become the secondary: "
+                        f"{answer.message if answer else 'no answer'}"
+                    )
+            except RemcopyError as exc:
+                results.append(_refused(item.device, exc, run.device))
+                continue
+            self.rep.commit(run, PairAction.FAILBACK, cause="failback", update=_swap_to_primary)
+            results.append(_ok(run.device, tracks=run.changemap.count()))
+            self.rep.start_copier(run)
+        return PairOpReply(results=tuple(sorted(results, key=lambda r: r.device)))
+
+    async def _terminate(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
+        good, results = self._devices(grant, request)
+        by_peer: dict[int, list[DeviceRun]] = {}
+        changes: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]] = {}
+        for item, run in good:
+            try:
+                self._check(run, PairAction.TERMINATE)
+            except RemcopyError as exc:
+                results.append(_refused(item.device, exc, run.device))
+                continue
+            changes[run.device.key] = (PairAction.TERMINATE, _to_simplex)
+            if run.device.pair.role is PairRole.PRIMARY:
+                by_peer.setdefault(run.device.pair.peer_serial, []).append(run)
+        for serial, runs in by_peer.items():
+            await self._tell_peer(serial, runs, "terminate")
+        for key in changes:
+            run = self.rep.runs[key]
+            if run.copier is not None:
+                run.copier.cancel()
+            run.changemap.clear_all()
+        if changes:
+            self.rep.controller.commit_states(changes, cause="terminate")
+        results.extend(_ok(self.rep.runs[key].device) for key in changes)
+        return PairOpReply(results=tuple(sorted(results, key=lambda r: r.device)))
+
+    def _shadow(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
+        """On the secondary's controller: copy a SUSPENDED secondary onto a tertiary volume."""
+        good, results = self._devices(grant, request)
+        for item, run in good:
+            try:
+                pair = run.device.pair
+                if (
+                    pair.role is not PairRole.SECONDARY
+                    or pair.state not in OPERATION_PERMITTED["shadow"]
+                ):
+                    raise IllegalTransition(
+                        f"cannot shadow {run.device.address}: pair is {pair.state.name} "
+                        f"({pair.role.value}): a shadow copy needs a SUSPENDED secondary"
+                    )
+                if run.shadow_running:
+                    raise DeviceBusy(f"{run.device.address}: a shadow copy is already running")
+                target = self.rep.controller.device_for_host(grant, item.peer_device)
+                if target.pair.role is not PairRole.NONE or target.key == run.device.key:
+                    raise InputError(
+                        f"shadow target {target.address} is in a pair: the "
+                        "tertiary must be a simplex volume"
+                    )
+                if target.volume.capacity_bytes < run.device.volume.capacity_bytes:
+                    raise InputError(
+                        f"shadow target {target.address} is smaller than {run.device.address}"
+                    )
+            except RemcopyError as exc:
+                results.append(_refused(item.device, exc, run.device))
+                continue
+            run.shadow_running = True
+            run.shadow_done, run.shadow_total = 0, run.device.volume.tracks
+            self.rep.spawn(self._shadow_copy(run, target), name=f"shadow {run.device.address}")
+            results.append(_ok(run.device, tracks=run.shadow_total))
+        return PairOpReply(results=tuple(sorted(results, key=lambda r: r.device)))
+
+    async def _shadow_copy(self, run: DeviceRun, target: Device) -> None:
+        source = run.device.volume
+        self.rep.controller.announce(
+            f"shadow {run.device.address} -> {target.address} started tracks={source.tracks}"
+        )
+        try:
+            for track in range(source.tracks):
+                data = await asyncio.to_thread(source.read_track, track)
+                if any(data):
+                    target.volume.pwrite(track * source.track_size_bytes, data)
+                elif track * source.track_size_bytes < target.volume.capacity_bytes:
+                    target.volume.zero(track * source.track_size_bytes, len(data))
+                run.shadow_done = track + 1
+            await asyncio.to_thread(target.volume.flush)
+        finally:
+            run.shadow_running = False
+        self.rep.controller.announce(
+            f"shadow {run.device.address} -> {target.address} done tracks={source.tracks}"
+        )
+
+    # The secondary side: peer operations and updates...
+
+    def apply_updates(self, batch: native.UpdateBatch) -> native.UpdateAck:
+        """Write a batch of updates to secondary volumes, all checked before any is written."""
+        targets = []
+        for update in batch.updates:
+            device = self.rep.controller.device(update.device)
+            pair = device.pair
+            if pair.role is not PairRole.SECONDARY or pair.state not in (
+                PairState.PENDING,
+                PairState.DUPLEX,
+            ):
+                raise WriteProtected(
+                    f"update for {device.address} refused: it is {pair.state.name} "
+                    f"({pair.role.value}): only a PENDING or DUPLEX secondary takes updates"
+                )
+            device.volume.check_range("update", update.offset, len(update.data))
+            targets.append(device)
+        for device, update in zip(targets, batch.updates, strict=True):
+            device.volume.pwrite(update.offset, update.data)
+        self.rep.counters["updates_applied"] += len(batch.updates)
+        return native.UpdateAck(applied=len(batch.updates))
+
+    def peer_op(self, peer_serial: int, request: PairOpRequest) -> PairOpReply:
+        results: list[PairResult] = []
+        data = b""
+        changes: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]] = {}
+        cause = request.op.name.lower()
+        seen: set[int] = set()
+        for item in request.items:
+            try:
+                if item.device in seen:
+                    raise InputError(f"device {item.device:04X} is named twice in one request")
+                seen.add(item.device)
+                device = self.rep.controller.device(item.device)
+                run = self.rep.runs[device.key]
+                if request.op is PairOp.PEER_ESTABLISH:
+                    self._check(run, PairAction.ESTABLISH)
+                    if device.volume.capacity_bytes < item.size_bytes:
+                        raise InputError(
+                            f"{device.address} holds {device.volume.capacity_bytes} bytes: the "
+                            f"primary has {item.size_bytes}: the secondary must be as large"
+                        )
+                    changes[device.key] = (PairAction.ESTABLISH, _as_secondary(item))
+                elif request.op is PairOp.PEER_STATE:
+                    action = str(request.options.get("action", ""))
+                    if action == "resume" and run.shadow_running:
+                        raise DeviceBusy(
+                            f"{device.address}: a shadow copy of this secondary is "
+                            f"running ({run.shadow_done}/{run.shadow_total} "
+                            "tracks): resume after it completes"
+                        )
+                    for step in _follow(device.pair.state, action):
+                        next_state(device.pair.state, step, device=str(device.address))
+                        at = request.at_ns if step is PairAction.SUSPEND else None
+                        update = (
+                            _to_simplex
+                            if step is PairAction.TERMINATE
+                            else (
+                                _suspended_at(request.at_ns) if step is PairAction.SUSPEND else None
+                            )
+                        )
+                        self.rep.controller.commit_states(
+                            {device.key: (step, update)}, cause=action, at_ns=at
+                        )
+                elif request.op is PairOp.PEER_CHANGEMAP:
+                    data = run.changemap.to_bytes()
+                elif request.op is PairOp.PEER_FAILBACK:
+                    for step in _follow(device.pair.state, "resume"):
+                        swap = _swap_to_secondary(item) if step is PairAction.RESUME else None
+                        self.rep.controller.commit_states(
+                            {device.key: (step, swap)}, cause="failback"
+                        )
+                    run.changemap.clear_all()
+                else:
+                    raise InputError(f"pair operation {request.op.name} is for hosts")
+            except RemcopyError as exc:
+                known = self.rep.controller.devices.get(item.device)
+                results.append(_refused(item.device, exc, known))
+                continue
+            results.append(_ok(device))
+        if changes:
+            self.rep.controller.commit_states(changes, cause=cause)
+            results = [
+                replace(
+                    r,
+                    state=self.rep.controller.devices[r.device].pair.state,
+                    role=self.rep.controller.devices[r.device].pair.role,
+                )
+                if r.code == 0
+                else r
+                for r in results
+            ]
+        return PairOpReply(results=tuple(results), data=data)
+
+
+def _as_primary(item: PairItem) -> Callable[[PairInfo], None]:
+    def update(info: PairInfo) -> None:
+        info.role, info.mode, info.fence = PairRole.PRIMARY, item.mode, item.fence
+        info.peer_serial, info.peer_device = item.peer_serial, item.peer_device
+        info.consistency_group, info.suspend_at_ns = item.consistency_group, 0
+
+    return update
+
+
+def _as_secondary(item: PairItem) -> Callable[[PairInfo], None]:
+    def update(info: PairInfo) -> None:
+        info.role, info.mode, info.fence = PairRole.SECONDARY, item.mode, item.fence
+        info.peer_serial, info.peer_device = item.peer_serial, item.peer_device
+        info.consistency_group, info.suspend_at_ns = item.consistency_group, 0
+
+    return update
+
+
+def _swap_to_primary(info: PairInfo) -> None:
+    info.role, info.suspend_at_ns = PairRole.PRIMARY, 0
+
+
+def _swap_to_secondary(item: PairItem) -> Callable[[PairInfo], None]:
+    def update(info: PairInfo) -> None:
+        info.role, info.suspend_at_ns = PairRole.SECONDARY, 0
+        info.peer_serial, info.peer_device = item.peer_serial, item.peer_device
+
+    return update
+
+
+def _to_simplex(info: PairInfo) -> None:
+    info.role, info.mode, info.peer_serial, info.peer_device = PairRole.NONE, None, 0, 0
+    info.suspend_at_ns, info.consistency_group = 0, False
+
+
+def _clear_armed(info: PairInfo) -> None:
+    info.suspend_at_ns = 0
+
+
+def _suspended_at(at_ns: int) -> Callable[[PairInfo], None]:
+    def update(info: PairInfo) -> None:
+        info.suspend_at_ns = at_ns
+
+    return update
+
+
+def _follow(state: PairState, action: str) -> list[PairAction]:
+    """The steps a secondary takes to follow its primary's action from its own state."""
+    try:
+        wanted = PairAction(action)
+    except ValueError:
+        raise InputError(f"unknown peer action {action!r}") from None
+    if (state, wanted) in _FOLLOW_VIA:
+        return _FOLLOW_VIA[(state, wanted)]
+    return [wanted]
+
+
+# A secondary may not have seen the error that suspended its primary: it follows via FAIL.
+_FOLLOW_VIA: Final[dict[tuple[PairState, PairAction], list[PairAction]]] = {
+    (PairState.DUPLEX, PairAction.RESUME): [PairAction.FAIL, PairAction.RESUME],
+    (PairState.PENDING, PairAction.RESUME): [PairAction.FAIL, PairAction.RESUME],
+}

@@ -1,0 +1,172 @@
+# The replication link from a primary controller to one peer (secondary) controller.
+#
+# Why: updates must reach the secondary in the order the primary produced them, because
+# order is what makes the copy correct (a track copy read before a host write to that track
+# must also arrive before the write's update). One authenticated channel in the peer role,
+# one TCP connection, frames written in call order and applied by the secondary in that order.
+#
+# Rules this module keeps:
+# - `push` never blocks: updates queued in one loop step travel as one UpdateBatch frame.
+# - Every update's future is settled exactly once: confirmed, or failed with the link's error.
+# - A failure (link lost, negative acknowledgement, no confirmation within ACK_TIMEOUT_S) is
+#   reported to the replicator once, through `mark_broken`.
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Final
+
+from remcopy.controller.config import PeerSection
+from remcopy.controller.journal import Journal
+from remcopy.errors import BrokenResourceError, RemcopyError
+from remcopy.host.channel import Channel
+from remcopy.wire import native
+from remcopy.wire.native import PairOpReply, PairOpRequest
+
+log = logging.getLogger("remcopy.replication")
+
+# Updates waiting for one batch frame; more are sent in the next batch.
+BATCH_UPDATES_MAX: Final = 256
+BATCH_BYTES_MAX: Final = 4 * 1024 * 1024
+# Confirmation deadline for an update batch; past it the link counts as failed.
+ACK_TIMEOUT_S: Final = 10.0
+
+
+class PeerLink:
+    """The ordered, batched replication link from this controller to one peer controller."""
+
+    def __init__(
+        self,
+        peer: PeerSection,
+        *,
+        local_name: str,
+        journal: Journal,
+        on_broken: Callable[[PeerLink, RemcopyError], None],
+    ) -> None:
+        self.peer = peer
+        self.journal = journal
+        self.replayed = asyncio.Event()
+        self.replayed.set()
+        self.serial = peer.serial
+        self.channel = Channel(
+            peer.address,
+            name=local_name,
+            secret=peer.secret,
+            role=native.PeerRole.PEER,
+            timeout_s=ACK_TIMEOUT_S,
+        )
+        self._on_broken = on_broken
+        self._queue: list[tuple[native.Update, asyncio.Future[None]]] = []
+        self._flush_scheduled = False
+        self._connecting: asyncio.Lock = asyncio.Lock()
+        self.broken: RemcopyError | None = None
+        self.batches_sent = 0
+        self.bytes_sent = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<PeerLink {self.peer.name} serial={self.serial} queued={len(self._queue)} "
+            f"batches={self.batches_sent} broken={self.broken is not None}>"
+        )
+
+    async def ensure_connected(self) -> None:
+        async with self._connecting:
+            if self.channel.connected:
+                return
+            await self.channel.connect()
+            self.broken = None
+
+    # Updates...
+
+    def push(self, update: native.Update) -> asyncio.Future[None]:
+        """Queue an update for the next batch, in call order; the future is its confirmation."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.broken is not None or not self.channel.connected:
+            future.set_exception(
+                self.broken
+                or BrokenResourceError(f"replication link to {self.peer.name} is not connected")
+            )
+            return future
+        self._queue.append((update, future))
+        self.bytes_sent += len(update.data)
+        if len(self._queue) >= BATCH_UPDATES_MAX:
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        while self._queue:
+            batch: list[tuple[native.Update, asyncio.Future[None]]] = []
+            size = 0
+            while self._queue and len(batch) < BATCH_UPDATES_MAX and size < BATCH_BYTES_MAX:
+                item = self._queue.pop(0)
+                batch.append(item)
+                size += len(item[0].data)
+            msg = native.UpdateBatch(updates=tuple(u for u, _ in batch))
+            try:
+                reply = self.channel.send_nowait(msg)
+            except RemcopyError as exc:
+                self._fail([f for _, f in batch], exc)
+                continue
+            self.batches_sent += 1
+            futures = [f for _, f in batch]
+            reply.add_done_callback(lambda r, fs=futures: self._acked(r, fs))  # type: ignore[misc]
+            asyncio.get_running_loop().call_later(ACK_TIMEOUT_S, self._check_timeout, reply)
+
+    def _check_timeout(self, reply: asyncio.Future[native.Message]) -> None:
+        if not reply.done():
+            reply.set_exception(
+                BrokenResourceError(
+                    f"replication link to {self.peer.name}: no confirmation within "
+                    f"{ACK_TIMEOUT_S} s"
+                )
+            )
+
+    def _acked(
+        self, reply: asyncio.Future[native.Message], futures: list[asyncio.Future[None]]
+    ) -> None:
+        exc: RemcopyError | None = None
+        if reply.cancelled():
+            exc = BrokenResourceError(f"replication link to {self.peer.name} was closed")
+        elif reply.exception() is not None:
+            err = reply.exception()
+            exc = err if isinstance(err, RemcopyError) else BrokenResourceError(str(err))
+        elif not isinstance(reply.result(), native.UpdateAck):
+            exc = BrokenResourceError(
+                f"{self.peer.name} answered an update batch with {type(reply.result()).__name__}"
+            )
+        if exc is None:
+            for f in futures:
+                if not f.done():
+                    f.set_result(None)
+            return
+        self._fail(futures, exc)
+
+    def _fail(self, futures: list[asyncio.Future[None]], exc: RemcopyError) -> None:
+        for f in futures:
+            if not f.done():
+                f.set_exception(exc)
+        self.mark_broken(exc)
+
+    def mark_broken(self, exc: RemcopyError) -> None:
+        """Record the link as failed and tell the replicator, once per failure."""
+        if self.broken is None:
+            self.broken = exc
+            log.warning("replication link to %s failed: %s", self.peer.name, exc)
+            self._on_broken(self, exc)
+
+    # Peer operations (ordered with the updates)...
+
+    async def operate(self, request: PairOpRequest) -> PairOpReply:
+        await self.ensure_connected()
+        self._flush()
+        future = self.channel.send_nowait(request)
+        return await self.channel.wait_reply(future, request, PairOpReply)
+
+    async def close(self) -> None:
+        await self.channel.close()
+        self.journal.close()
