@@ -9,6 +9,7 @@
 # Reference: docs/controller-config.md (every key, with an example).
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -70,6 +71,25 @@ def _secret(value: object) -> str:
     return value
 
 
+# --- NBD export (docs/nbd.md) ---
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+NBD_ALLOW_DEFAULT: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+
+
+def _network(value: object) -> IpNetwork:
+    # "10.0.0.0/8", "192.0.2.7" (one address), "::1"; host bits set is a mistake worth naming.
+    if not isinstance(value, str):
+        raise ValueError(f"expected an address or network such as '10.0.0.0/8' (got {value!r})")
+    try:
+        return ipaddress.ip_network(value.strip(), strict=True)
+    except ValueError as exc:
+        raise ValueError(
+            f"expected an address or network such as '10.0.0.0/8': {exc} (got {value!r})"
+        ) from None
+
+
+# --- end NBD export ---
+
 Hex2 = Annotated[int, _hex(2, "value")]
 Lss = Annotated[int, _hex(2, "lss")]
 Cca = Annotated[int, _hex(2, "cca")]
@@ -79,6 +99,7 @@ Serial = Annotated[int, BeforeValidator(_serial)]
 Size = Annotated[int, BeforeValidator(_size)]
 Address = Annotated[tuple[str, int], BeforeValidator(_address)]
 Secret = Annotated[str, BeforeValidator(_secret)]
+Network = Annotated[IpNetwork, BeforeValidator(_network)]  # NBD export
 
 
 class _Strict(BaseModel):
@@ -94,6 +115,16 @@ class ControllerSection(_Strict):
     format_missing: bool = False
     """Create a volume file that does not exist yet (never touches an existing one)."""
     shutdown_grace_s: float = Field(default=10.0, gt=0, le=600)
+    identify_delay_s: float = Field(default=0.0, ge=0, le=60)
+    """Testing aid: answer every identify this much later (a slow controller)."""
+    # --- NBD export (docs/nbd.md) ---
+    nbd_listen: Address | None = None
+    """Serve every volume over NBD here (export name = volser); absent: no NBD port."""
+    nbd_allow: list[Network] = Field(
+        default_factory=lambda: [ipaddress.ip_network(n) for n in NBD_ALLOW_DEFAULT]
+    )
+    """Client addresses (CIDR) that may connect to nbd_listen; NBD has no authentication."""
+    # --- end NBD export ---
 
 
 class LssSection(_Strict):

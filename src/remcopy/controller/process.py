@@ -22,6 +22,7 @@ from remcopy.errors import RemcopyError
 
 READY_TIMEOUT_S: Final = 30.0
 _READY = re.compile(r"^remcopy controller (\S+) ready serial=(\d+) listen=(\S+)")
+_READY_NBD = re.compile(r" nbd=(\S+)")  # NBD export address, when nbd_listen is configured
 
 
 @dataclass(kw_only=True)
@@ -53,6 +54,11 @@ class ControllerSpec:
     peers: list[PeerSpec] = field(default_factory=list)
     listen: str = "127.0.0.1:0"
     track_size_bytes: int = 64 * 1024
+    identify_delay_s: float = 0.0
+    nbd_listen: str | None = None
+    """Serve every volume over NBD here (e.g. "127.0.0.1:0"); None: no NBD port."""
+    nbd_allow: list[str] | None = None
+    """Client networks allowed on the NBD port; None: the default (127.0.0.1 and ::1)."""
 
     def toml(self) -> str:
         lines = [
@@ -63,8 +69,14 @@ class ControllerSpec:
             f'data_dir = "{self.data_dir}"',
             f"track_size = {self.track_size_bytes}",
             "format_missing = true",
-            "",
         ]
+        if self.identify_delay_s:
+            lines.append(f"identify_delay_s = {self.identify_delay_s}")
+        if self.nbd_listen is not None:
+            lines.append(f'nbd_listen = "{self.nbd_listen}"')
+        if self.nbd_allow is not None:
+            lines.append("nbd_allow = [" + ", ".join(f'"{n}"' for n in self.nbd_allow) + "]")
+        lines.append("")
         for lss, ssid in sorted(self.lss.items()):
             lines += ["[[lss]]", f'id = "{lss:02X}"', f'ssid = "{ssid:04X}"', ""]
         for vol in self.volumes:
@@ -117,6 +129,8 @@ class ControllerProcess:
         self.name = ""
         self.serial = 0
         self.address: tuple[str, int] = ("", 0)
+        self.nbd_address: tuple[str, int] | None = None
+        """The NBD export address from the ready line; None when NBD is not configured."""
         self._drain: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -169,6 +183,8 @@ class ControllerProcess:
             ) from None
         self.name, self.serial = match.group(1), int(match.group(2))
         self.address = parse_address(match.group(3))
+        nbd = _READY_NBD.search(raw.decode(errors="replace"))
+        self.nbd_address = parse_address(nbd.group(1)) if nbd else None
         self._drain = asyncio.get_running_loop().create_task(self._drain_stdout())
         return self
 

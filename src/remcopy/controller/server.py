@@ -297,6 +297,8 @@ class ControllerServer:
                         request_id=rid, data=core.read(grant, msg.device, msg.offset, msg.length)
                     )
                 case native.IdentifyRequest():
+                    if core.config.controller.identify_delay_s:
+                        return self._identify_slowly(grant, msg)
                     reply = native.IdentifyReply(
                         request_id=rid, identities=tuple(core.identify(grant, msg.devices))
                     )
@@ -322,6 +324,20 @@ class ControllerServer:
             reply = self._error_reply(link, rid, exc)
         link.send(reply)
         return None
+
+    async def _identify_slowly(self, grant: HostGrant, msg: native.IdentifyRequest
+                               ) -> native.Message:
+        """The slow-controller testing aid; counts how many identifies overlap."""
+        counters = self.controller.counters
+        counters["identify_in_flight"] = counters.get("identify_in_flight", 0) + 1
+        counters["identify_in_flight_peak"] = max(counters.get("identify_in_flight_peak", 0),
+                                                  counters["identify_in_flight"])
+        try:
+            await asyncio.sleep(self.controller.config.controller.identify_delay_s)
+            identities = tuple(self.controller.identify(grant, msg.devices))
+        finally:
+            counters["identify_in_flight"] -= 1
+        return native.IdentifyReply(request_id=msg.request_id, identities=identities)
 
     async def _write_done(
         self, grant: HostGrant, msg: native.WriteRequest, pending: Awaitable[None] | None
