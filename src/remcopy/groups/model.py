@@ -1,0 +1,48 @@
+# Copy groups as values: a named set of pairs and the options every pair of it shares.
+#
+# Why: a group operation acts on thousands of pairs with one command. Everything it needs to
+# know about a pair is here, resolved once (load) from the device maps: both hardware
+# addresses, the volser, and which controller of the acting host reaches each side.
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from remcopy.ids import HardwareAddress
+from remcopy.states import CopyMode, FencePolicy
+
+MARGIN_S_DEFAULT = 0.05
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupOptions:
+    mode: CopyMode = CopyMode.SYNC
+    consistency_group: bool = True
+    fence: FencePolicy = FencePolicy.NEVER
+    margin_s: float = MARGIN_S_DEFAULT
+    """The least time between choosing a suspend time T and T itself."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupPair:
+    """One pair of a group, as a host reaches it."""
+
+    volser: str
+    primary: HardwareAddress
+    secondary: HardwareAddress
+    primary_controller: str = ""
+    """The acting host's name for the primary's controller ("" when it cannot reach it)."""
+    secondary_controller: str = ""
+    primary_number: int | None = None
+    """The acting host's device number for the primary, if it has one."""
+    secondary_number: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.volser or str(self.primary)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Group:
+    name: str
+    options: GroupOptions = field(default_factory=GroupOptions)
+    pairs: tuple[GroupPair, ...] = ()

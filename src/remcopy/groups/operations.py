@@ -1,0 +1,288 @@
+# Group operations: one command, every pair of a group, one request per controller.
+#
+# Why: the reason the system exists (seed sections F and G). The old way changed one pair at a
+# time, ~10 s each; a group of thousands took an hour. Here a group operation is one parent
+# function (STYLE.md section 7):
+#   1. resolve the pairs (the group, as the acting host reaches it);
+#   2. plan the per-controller batches with pure functions (`plan`);
+#   3. validate everything (a pair no controller of this host reaches is refused up front);
+#   4. send the batches concurrently through the I/O engine, one request per controller;
+#   5. collect per-pair results into one report.
+#
+# The suspend is the one that must be right: T = now + margin, where the margin is at least
+# the configured floor and at least a few times the measured round trip to the slowest
+# primary controller, so every controller receives the suspend before T. The group is reported
+# **consistent at T** only when every pair answers SUSPENDED at that same T.
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from remcopy.errors import InputError
+from remcopy.groups.model import Group, GroupPair
+from remcopy.host.channel import Channel
+from remcopy.host.engine import Job, JobResult
+from remcopy.host.session import HostSession
+from remcopy.states import PairState
+from remcopy.wire.native import PairItem, PairOp, PairOpReply, PairResult
+
+# A suspend margin is never below this many measured round trips to the slowest controller.
+MARGIN_ROUND_TRIPS_MIN = 4
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Batch:
+    """One request: every device of one controller that an operation acts on."""
+
+    controller: str
+    items: tuple[PairItem, ...]
+    pairs: tuple[GroupPair, ...]
+
+
+@dataclass(slots=True, kw_only=True)
+class PairOutcome:
+    pair: GroupPair
+    ok: bool
+    state: PairState
+    at_ns: int = 0
+    tracks: int = 0
+    message: str = ""
+
+
+@dataclass(slots=True, kw_only=True)
+class GroupReport:
+    """What a group operation did, per pair and per controller; printed with --json."""
+
+    group: str
+    op: str
+    pairs: list[PairOutcome] = field(default_factory=list)
+    requests: dict[str, int] = field(default_factory=dict)
+    """Requests sent per controller (a group operation sends exactly one to each)."""
+    elapsed_s: float = 0.0
+    at_ns: int = 0
+    margin_s: float = 0.0
+    round_trip_s: float = 0.0
+    seal: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per controller: seal and drain times, late writes refused, updates in flight at T."""
+    consistent: bool = False
+    dry_run: bool = False
+
+    @property
+    def failed(self) -> list[PairOutcome]:
+        return [p for p in self.pairs if not p.ok]
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for outcome in self.pairs:
+            out[outcome.state.name] = out.get(outcome.state.name, 0) + 1
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "group": self.group,
+            "op": self.op,
+            "elapsed_s": round(self.elapsed_s, 6),
+            "pairs": len(self.pairs),
+            "failed": len(self.failed),
+            "counts": self.counts(),
+            "requests_per_controller": self.requests,
+            "dry_run": self.dry_run,
+            "at_ns": self.at_ns,
+            "margin_s": self.margin_s,
+            "round_trip_s": self.round_trip_s,
+            "consistent": self.consistent,
+            "seal": self.seal,
+            "failures": [
+                {
+                    "pair": p.pair.name,
+                    "primary": str(p.pair.primary),
+                    "state": p.state.name,
+                    "message": p.message,
+                }
+                for p in self.failed
+            ],
+        }
+
+
+# Planning (pure)...
+
+_AT_PRIMARY = {PairOp.ESTABLISH, PairOp.SUSPEND, PairOp.RESUME, PairOp.TERMINATE}
+_AT_SECONDARY = {PairOp.RECOVER, PairOp.FAILBACK}
+
+
+def plan(group: Group, op: PairOp) -> tuple[list[Batch], list[PairOutcome]]:
+    """Split a group's pairs into one batch per controller; refuse pairs no path reaches."""
+    at_primary = op in _AT_PRIMARY
+    batches: dict[str, list[tuple[PairItem, GroupPair]]] = {}
+    refused: list[PairOutcome] = []
+    options = group.options
+    for pair in group.pairs:
+        controller = pair.primary_controller if at_primary else pair.secondary_controller
+        if not controller:
+            side = "primary" if at_primary else "secondary"
+            refused.append(
+                PairOutcome(
+                    pair=pair,
+                    ok=False,
+                    state=PairState.SIMPLEX,
+                    message=f"{pair.name}: this host has no path to the {side} "
+                    f"{pair.primary if at_primary else pair.secondary}",
+                )
+            )
+            continue
+        if at_primary:
+            item = PairItem(
+                device=pair.primary.device_key,
+                peer_serial=pair.secondary.serial,
+                peer_device=pair.secondary.device_key,
+                mode=options.mode,
+                fence=options.fence,
+                consistency_group=options.consistency_group,
+            )
+        else:
+            item = PairItem(device=pair.secondary.device_key)
+        batches.setdefault(controller, []).append((item, pair))
+    return [
+        Batch(controller=c, items=tuple(i for i, _ in rows), pairs=tuple(p for _, p in rows))
+        for c, rows in sorted(batches.items())
+    ], refused
+
+
+def _outcomes(batch: Batch, reply: PairOpReply) -> list[PairOutcome]:
+    results: dict[int, PairResult] = {r.device: r for r in reply.results}
+    out = []
+    for item, pair in zip(batch.items, batch.pairs, strict=True):
+        result = results.get(item.device)
+        if result is None:
+            out.append(
+                PairOutcome(
+                    pair=pair,
+                    ok=False,
+                    state=PairState.SIMPLEX,
+                    message=f"{pair.name}: the controller did not answer for it",
+                )
+            )
+            continue
+        out.append(
+            PairOutcome(
+                pair=pair,
+                ok=result.code == 0,
+                state=result.state,
+                at_ns=result.at_ns,
+                tracks=result.tracks,
+                message=result.message,
+            )
+        )
+    return out
+
+
+# Running...
+
+
+async def run_operation(
+    session: HostSession,
+    group: Group,
+    op: PairOp,
+    *,
+    at_ns: int = 0,
+    dry_run: bool = False,
+    options: dict[str, Any] | None = None,
+) -> GroupReport:
+    """Plan, then send one request per controller, all at once; results per pair."""
+    started = time.perf_counter()
+    report = GroupReport(group=group.name, op=op.name.lower(), dry_run=dry_run, at_ns=at_ns)
+    batches, refused = plan(group, op)
+    report.pairs.extend(refused)
+    if dry_run:
+        report.requests = {b.controller: 0 for b in batches}
+        report.elapsed_s = time.perf_counter() - started
+        return report
+    jobs = [
+        Job(controller=b.controller, tag=b, run=_send(op, b, at_ns, options or {})) for b in batches
+    ]
+    for result in await session.engine.run_all(jobs):
+        _collect(report, result)
+    report.elapsed_s = time.perf_counter() - started
+    return report
+
+
+def _send(
+    op: PairOp, batch: Batch, at_ns: int, options: dict[str, Any]
+) -> Callable[[Channel], Awaitable[PairOpReply]]:
+    async def send(channel: Channel) -> PairOpReply:
+        return await channel.pair_op(op, batch.items, at_ns=at_ns, options=options)
+
+    return send
+
+
+def _collect(report: GroupReport, result: JobResult[PairOpReply]) -> None:
+    batch: Batch = result.job.tag
+    report.requests[batch.controller] = result.attempts
+    if result.error is not None or result.value is None:
+        report.pairs.extend(
+            PairOutcome(
+                pair=p, ok=False, state=PairState.SIMPLEX, message=f"{p.name}: {result.error}"
+            )
+            for p in batch.pairs
+        )
+        return
+    report.pairs.extend(_outcomes(batch, result.value))
+    if result.value.document:
+        report.seal[batch.controller] = result.value.document
+
+
+async def measure_round_trip(session: HostSession, controllers: list[str]) -> float:
+    """The slowest controller's round trip for a small request, in seconds."""
+
+    async def one(name: str) -> float:
+        channel = session.channels[name]
+        if not channel.connected:
+            await channel.connect()
+        started = time.perf_counter()
+        await channel.query((0,))
+        return time.perf_counter() - started
+
+    times = await asyncio.gather(*(one(c) for c in controllers))
+    return max(times, default=0.0)
+
+
+async def suspend(
+    session: HostSession,
+    group: Group,
+    *,
+    at_ns: int | None = None,
+    margin_s: float | None = None,
+    dry_run: bool = False,
+) -> GroupReport:
+    """Suspend every pair at one prospective T; consistent only if all report SUSPENDED at T."""
+    batches, _refused = plan(group, PairOp.SUSPEND)
+    controllers = [b.controller for b in batches]
+    round_trip_s = await measure_round_trip(session, controllers)
+    floor_s = group.options.margin_s if margin_s is None else margin_s
+    if floor_s < 0:
+        raise InputError(f"suspend margin must be >= 0 s (got {floor_s})")
+    margin = max(floor_s, MARGIN_ROUND_TRIPS_MIN * round_trip_s)
+    now = time.time_ns()
+    if at_ns is None:
+        at_ns = now + int(margin * 1e9)
+    elif at_ns - now < int(MARGIN_ROUND_TRIPS_MIN * round_trip_s * 1e9):
+        raise InputError(
+            f"suspend time {at_ns} is {(at_ns - now) / 1e6:.3f} ms away: less than "
+            f"{MARGIN_ROUND_TRIPS_MIN} round trips ({round_trip_s * 1e3:.3f} ms each) to the "
+            "slowest controller: choose a later time"
+        )
+    report = await run_operation(session, group, PairOp.SUSPEND, at_ns=at_ns, dry_run=dry_run)
+    report.margin_s = (at_ns - now) / 1e9
+    report.round_trip_s = round_trip_s
+    report.consistent = (
+        bool(report.pairs)
+        and not dry_run
+        and all(p.ok and p.state is PairState.SUSPENDED and p.at_ns == at_ns for p in report.pairs)
+    )
+    return report
+
+
+__all__ = ["Batch", "GroupReport", "PairOutcome", "plan", "run_operation", "suspend"]
