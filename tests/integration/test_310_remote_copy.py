@@ -312,3 +312,20 @@ async def test_async_kill_9_of_primary_ships_the_journal_after_restart(world):
                 f"acknowledged async write at {write.device:04X}+{write.offset} is missing"
             )
     assert re.search(r"replayed [1-9]\d* journaled updates", primary.log_text())
+
+
+async def test_a_write_stamped_before_T_after_the_seal_is_refused_and_changes_nothing(world):
+    """Once sealed at T, a write stamped < T is refused (retryable) and not written anywhere."""
+    from remcopy.errors import LateWrite
+
+    await establish(world, 0, CopyMode.SYNC)
+    async with channel(world.primaries[0]) as ch:
+        at_ns = time.time_ns() + 20_000_000
+        all_ok(await ch.pair_op(PairOp.SUSPEND, world.pair_items(0, CopyMode.SYNC), at_ns=at_ns))
+        with pytest.raises(LateWrite, match="before the suspend time") as caught:
+            await ch.write(0x0A00, 0, b"late" * 100, timestamp_ns=at_ns - 1)
+        assert caught.value.retryable
+        assert await ch.read(0x0A00, 0, 400) == bytes(400)
+        assert (await ch.query((0x0A00,)))[0].dirty_tracks == 0
+        await ch.write(0x0A00, 0, b"new!" * 100)  # reissued with a fresh stamp: recorded
+        assert (await ch.query((0x0A00,)))[0].dirty_tracks == 1

@@ -249,6 +249,12 @@ class PairOperations:
         delay_s = max(0.0, (at_ns - time.time_ns()) / 1e9)
 
         def fire() -> None:
+            # Event-loop timers may fire a little early (uvloop rounds to milliseconds):
+            # never seal before T on this controller's clock.
+            early_s = (at_ns - time.time_ns()) / 1e9
+            if early_s > 0:
+                self.rep.timers.append(loop.call_later(early_s, fire))
+                return
             self.rep.spawn(self._seal(runs, at_ns, done), name=f"seal {at_ns}")
 
         self.rep.timers.append(loop.call_later(delay_s, fire))
@@ -523,6 +529,10 @@ class PairOperations:
         results: list[PairResult] = []
         data = b""
         changes: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]] = {}
+        # Following the primary may take two steps (DUPLEX -fail-> -resume->): every device's
+        # first step is committed together, then every second step: one write each, however
+        # many devices (a group of thousands must not cost thousands of fsyncs).
+        phases: list[dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]]] = []
         cause = request.op.name.lower()
         seen: set[int] = set()
         for item in request.items:
@@ -548,9 +558,9 @@ class PairOperations:
                             f"running ({run.shadow_done}/{run.shadow_total} "
                             "tracks): resume after it completes"
                         )
-                    for step in _follow(device.pair.state, action):
-                        next_state(device.pair.state, step, device=str(device.address))
-                        at = request.at_ns if step is PairAction.SUSPEND else None
+                    state = device.pair.state
+                    for phase, step in enumerate(_follow(state, action)):
+                        state = next_state(state, step, device=str(device.address))
                         update = (
                             _to_simplex
                             if step is PairAction.TERMINATE
@@ -558,9 +568,9 @@ class PairOperations:
                                 _suspended_at(request.at_ns) if step is PairAction.SUSPEND else None
                             )
                         )
-                        self.rep.controller.commit_states(
-                            {device.key: (step, update)}, cause=action, at_ns=at
-                        )
+                        while len(phases) <= phase:
+                            phases.append({})
+                        phases[phase][device.key] = (step, update)
                 elif request.op is PairOp.PEER_CHANGEMAP:
                     data = run.changemap.to_bytes()
                 elif request.op is PairOp.PEER_FAILBACK:
@@ -578,7 +588,12 @@ class PairOperations:
                 continue
             results.append(_ok(device))
         if changes:
-            self.rep.controller.commit_states(changes, cause=cause)
+            phases.insert(0, changes)
+        action = str(request.options.get("action", cause))
+        at = request.at_ns if action == "suspend" else None
+        for phase_changes in phases:
+            self.rep.controller.commit_states(phase_changes, cause=action, at_ns=at)
+        if phases:
             results = [
                 replace(
                     r,

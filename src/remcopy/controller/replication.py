@@ -288,6 +288,14 @@ class Replicator:
         if run.held is not None:
             return self._held_write(run, grant, msg)
         if pair.state in (PairState.SUSPENDED, PairState.SUSPENDED_ERROR):
+            if pair.state is PairState.SUSPENDED and msg.timestamp_ns < pair.suspend_at_ns:
+                # It belongs before T, but the image at the secondary is frozen at T: neither
+                # mirroring nor recording it is right. The host reissues it with a new stamp.
+                self.counters["late_writes"] += 1
+                raise LateWrite(
+                    f"write to {device.address} stamped {msg.timestamp_ns} is before the "
+                    f"suspend time {pair.suspend_at_ns} the pair is suspended at: reissue it"
+                )
             self._change_recorded(run, msg)
             return None
         # DUPLEX or PENDING: mirror, unless an armed suspend says otherwise.
