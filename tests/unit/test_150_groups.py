@@ -1,0 +1,167 @@
+# Group definitions resolved through device maps, group maps per host, and lookup by any of
+# the five keys: pure code over hand-made maps.
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from remcopy.errors import ConfigError, InvalidIdentifier
+from remcopy.groups.definition import MapIndex, load_group_definition, resolve
+from remcopy.groups.load import group_map, lookup, unseen
+from remcopy.ids import HardwareAddress
+from remcopy.states import CopyMode
+
+
+@dataclass(frozen=True)
+class Entry:
+    device_number: str
+    hardware_address: str
+    volser: str
+    capacity_bytes: int
+    controller: str
+
+
+def _maps() -> dict[str, list[Entry]]:
+    """Host A sees primaries at 1A0x and secondaries at 2B0x; host B primaries at 3C0x."""
+    a, b = [], []
+    for i in range(4):
+        p = f"64015:1A00:0A:{i:02X}"
+        s = f"65000:2B00:20:{i:02X}"
+        a.append(Entry(f"1A{i:02X}", p, f"PAY{i:03}", 1 << 20, "cntla"))
+        a.append(Entry(f"2B{i:02X}", s, f"SEC{i:03}", 1 << 20, "cntlb"))
+        b.append(Entry(f"3C{i:02X}", p, f"PAY{i:03}", 1 << 20, "cntla-b"))
+    a.append(Entry("1A10", "64015:1A00:0A:10", "SMALL", 1 << 19, "cntla"))
+    a.append(Entry("2B10", "65000:2B00:20:10", "SMALL2", 1 << 19, "cntlb"))
+    return {"hosta": a, "hostb": b}
+
+
+def _write(tmp_path: Path, body: str, csv: str | None = None) -> Path:
+    path = tmp_path / "group.toml"
+    path.write_text('[group]\nname = "PAYROLL"\nmode = "async"\n' + body)
+    if csv is not None:
+        (tmp_path / "pairs.csv").write_text(csv)
+    return path
+
+
+def test_resolve_accepts_every_kind_of_key(tmp_path: Path):
+    """Volser, device numbers on a host (a range), addresses and CSV all resolve alike."""
+    path = _write(
+        tmp_path,
+        """
+[[pairs]]
+volser = "PAY000"
+secondary_volser = "SEC000"
+[[pairs]]
+host = "hosta"
+devices = "1A01-1A02"
+secondary_devices = "2B01-2B02"
+[[pairs]]
+primary = "64015:1A00:0A:03"
+secondary = "65000:2B00:20:03"
+""",
+    )
+    definition = load_group_definition(path)
+    assert definition.options.mode is CopyMode.ASYNC
+    pairs = resolve(definition, MapIndex(_maps()))
+    assert [str(p.primary) for p in pairs] == [f"64015:1A00:0A:{i:02X}" for i in range(4)]
+    assert [p.volser for p in pairs] == ["PAY000", "PAY001", "PAY002", "PAY003"]
+    csv_path = _write(
+        tmp_path,
+        'csv = "pairs.csv"\n',
+        csv="# primary,secondary\nPAY000,SEC000\nhosta:1A01,65000:2B00:20:01\n",
+    )
+    assert len(resolve(load_group_definition(csv_path), MapIndex(_maps()))) == 2
+
+
+def test_resolve_rejects_the_whole_definition_naming_every_bad_line(tmp_path: Path):
+    """Unknown, ambiguous-free duplicates, same controller, size and other group: all named."""
+    path = _write(
+        tmp_path,
+        """
+[[pairs]]
+volser = "NOSUCH"
+secondary_volser = "SEC000"
+[[pairs]]
+volser = "PAY001"
+secondary_volser = "PAY002"
+[[pairs]]
+volser = "PAY003"
+secondary_volser = "SMALL2"
+[[pairs]]
+volser = "PAY000"
+secondary_volser = "SEC000"
+[[pairs]]
+volser = "PAY000"
+secondary_volser = "SEC001"
+[[pairs]]
+host = "hosta"
+devices = "1A02"
+secondary_devices = "2B02"
+""",
+    )
+    with pytest.raises(ConfigError) as caught:
+        resolve(
+            load_group_definition(path), MapIndex(_maps()), taken={"65000:2B00:20:02": "BILLING"}
+        )
+    problems = caught.value.problems
+    assert any("pairs[0]" in p and "NOSUCH: unknown volser" in p for p in problems)
+    assert any("pairs[1]" in p and "same controller" in p for p in problems)
+    assert any("pairs[2]" in p and "less than the primary" in p for p in problems)
+    assert any("pairs[4]" in p and "duplicate: 64015:1A00:0A:00" in p for p in problems)
+    assert any("pairs[5]" in p and "already in group BILLING" in p for p in problems)
+    assert len(problems) == 5
+
+
+def test_ambiguous_volser_names_its_addresses(tmp_path: Path):
+    """A volser at two addresses is refused with both named."""
+    maps = _maps()
+    maps["hosta"].append(Entry("1A20", "64016:1A00:0A:00", "PAY000", 1 << 20, "cntlc"))
+    path = _write(tmp_path, '[[pairs]]\nvolser = "PAY000"\nsecondary_volser = "SEC000"\n')
+    with pytest.raises(
+        ConfigError, match="ambiguous volser: it is at 64015:1A00:0A:00, 64016:1A00:0A:00"
+    ):
+        resolve(load_group_definition(path), MapIndex(maps))
+
+
+def test_group_maps_differ_per_host_and_lookup_takes_five_keys(tmp_path: Path):
+    """Host maps give each host's device numbers; every key finds the same pair."""
+    path = _write(
+        tmp_path,
+        '[[pairs]]\nhost = "hosta"\ndevices = "1A00-1A03"\nsecondary_devices = "2B00-2B03"\n',
+    )
+    index = MapIndex(_maps())
+    pairs = resolve(load_group_definition(path), index)
+    map_a, map_b = group_map("hosta", pairs, index), group_map("hostb", pairs, index)
+    assert [p.primary_number for p in map_a] == [0x1A00, 0x1A01, 0x1A02, 0x1A03]
+    assert [p.primary_number for p in map_b] == [0x3C00, 0x3C01, 0x3C02, 0x3C03]
+    assert map_b[0].secondary_number is None
+    assert len(unseen(map_b)) == 4
+    assert map_a[2].primary_controller == "cntla"
+    target = map_a[2]
+    for key in ("PAY002", "1A02", "2B02", "64015:1A00:0A:02", "65000:2B00:20:02"):
+        assert lookup(map_a, key) == target
+    assert lookup(map_b, "3C02").primary == HardwareAddress.parse("64015:1A00:0A:02")
+    with pytest.raises(InvalidIdentifier, match="no pair of the group"):
+        lookup(map_a, "9999")
+
+
+def test_definition_shape_errors_are_all_reported(tmp_path: Path):
+    """Half-given pairs and unequal ranges are each named, at once."""
+    path = _write(
+        tmp_path,
+        """
+[[pairs]]
+volser = "PAY000"
+[[pairs]]
+host = "hosta"
+devices = "1A00-1A03"
+secondary_devices = "2B00-2B01"
+[[pairs]]
+devices = "1A00"
+""",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_group_definition(path)
+    assert len(caught.value.problems) == 3
