@@ -329,3 +329,20 @@ async def test_a_write_stamped_before_T_after_the_seal_is_refused_and_changes_no
         assert (await ch.query((0x0A00,)))[0].dirty_tracks == 0
         await ch.write(0x0A00, 0, b"new!" * 100)  # reissued with a fresh stamp: recorded
         assert (await ch.query((0x0A00,)))[0].dirty_tracks == 1
+
+
+async def test_fence_data_refuses_host_writes_while_the_secondary_cannot_be_updated(world):
+    """With fence data, writes are refused once the link is lost, and none is written after."""
+    from remcopy.errors import WriteProtected
+    from remcopy.states import FencePolicy
+
+    await establish(world, 0, CopyMode.SYNC, fence=FencePolicy.DATA)
+    async with channel(world.primaries[0]) as ch:
+        events = await ch.subscribe()
+        await world.secondary.kill()
+        with pytest.raises(WriteProtected, match="fence is data"):
+            await ch.write(0x0A00, 0, b"1" * 100)  # never acknowledged
+        await events.wait_for(r"0A:00 DUPLEX -> SUSPENDED_ERROR")
+        with pytest.raises(WriteProtected, match="fence is data"):
+            await ch.write(0x0A00, 4096, b"2" * 100)
+        assert await ch.read(0x0A00, 4096, 100) == bytes(100)  # refused before writing

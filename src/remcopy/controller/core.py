@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -263,7 +263,7 @@ class Controller:
 
     def commit_states(
         self,
-        changes: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]],
+        changes: Mapping[int, tuple[PairAction, Callable[[PairInfo], None] | None]],
         *,
         cause: str,
         at_ns: int | None = None,

@@ -227,7 +227,9 @@ class PairOperations:
         for run in armed:
             pair = run.device.pair
             if pair.state is PairState.SUSPENDED and pair.suspend_at_ns == at_ns:
-                results.append(_ok(run.device, at_ns=at_ns))
+                # tracks > 0: the copy had not finished, so this secondary is not consistent.
+                left = run.changemap.count() if run.copy_unfinished else 0
+                results.append(_ok(run.device, at_ns=at_ns, tracks=left))
             else:
                 results.append(
                     PairResult(
@@ -264,6 +266,8 @@ class PairOperations:
         self, runs: list[DeviceRun], at_ns: int, done: asyncio.Future[dict[str, Any]]
     ) -> None:
         """At T: refuse late writes, wait for updates stamped < T, then commit SUSPENDED."""
+        for serial in {run.device.pair.peer_serial for run in runs}:
+            await self.rep.link(serial).replayed.wait()
         sealed_ns = time.time_ns()
         late_before = self.rep.counters["late_writes"]
         for run in runs:
@@ -279,6 +283,7 @@ class PairOperations:
             if run.device.pair.state in (PairState.DUPLEX, PairState.PENDING):
                 if run.copier is not None:
                     run.copier.cancel()
+                run.copy_unfinished = run.device.pair.state is PairState.PENDING
                 changes[run.device.key] = (PairAction.SUSPEND, None)
                 by_peer.setdefault(run.device.pair.peer_serial, []).append(run)
         if changes:
@@ -504,12 +509,17 @@ class PairOperations:
 
     # The secondary side: peer operations and updates...
 
-    def apply_updates(self, batch: native.UpdateBatch) -> native.UpdateAck:
+    def apply_updates(self, peer_serial: int, batch: native.UpdateBatch) -> native.UpdateAck:
         """Write a batch of updates to secondary volumes, all checked before any is written."""
         targets = []
         for update in batch.updates:
             device = self.rep.controller.device(update.device)
             pair = device.pair
+            if pair.peer_serial != peer_serial:
+                raise WriteProtected(
+                    f"update for {device.address} refused: its primary is controller "
+                    f"{pair.peer_serial}, not {peer_serial}"
+                )
             if pair.role is not PairRole.SECONDARY or pair.state not in (
                 PairState.PENDING,
                 PairState.DUPLEX,
@@ -550,6 +560,11 @@ class PairOperations:
                             f"primary has {item.size_bytes}: the secondary must be as large"
                         )
                     changes[device.key] = (PairAction.ESTABLISH, _as_secondary(item))
+                elif device.pair.peer_serial != peer_serial:
+                    raise WriteProtected(
+                        f"{device.address}: its pair's other side is controller "
+                        f"{device.pair.peer_serial}, not {peer_serial}"
+                    )
                 elif request.op is PairOp.PEER_STATE:
                     action = str(request.options.get("action", ""))
                     if action == "resume" and run.shadow_running:

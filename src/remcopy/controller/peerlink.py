@@ -71,9 +71,13 @@ class PeerLink:
         )
 
     async def ensure_connected(self) -> None:
+        """Connect if needed; a link that failed while its TCP connection stayed up (ack
+        timeout, negative acknowledgement) is dropped and opened afresh."""
         async with self._connecting:
-            if self.channel.connected:
+            if self.channel.connected and self.broken is None:
                 return
+            if self.channel.connected:
+                await self.channel.disconnect(f"after a failure: {self.broken}")
             await self.channel.connect()
             self.broken = None
 
@@ -102,7 +106,10 @@ class PeerLink:
         while self._queue:
             batch: list[tuple[native.Update, asyncio.Future[None]]] = []
             size = 0
-            while self._queue and len(batch) < BATCH_UPDATES_MAX and size < BATCH_BYTES_MAX:
+            while self._queue and len(batch) < BATCH_UPDATES_MAX:
+                # A batch never passes BATCH_BYTES_MAX, so a frame never passes its limit.
+                if batch and size + len(self._queue[0][0].data) > BATCH_BYTES_MAX:
+                    break
                 item = self._queue.pop(0)
                 batch.append(item)
                 size += len(item[0].data)

@@ -54,6 +54,7 @@ from remcopy.errors import (
 )
 from remcopy.states import (
     CopyMode,
+    FencePolicy,
     PairAction,
     PairRole,
     PairState,
@@ -90,6 +91,8 @@ class DeviceRun:
     shadow_total: int = 0
     bytes_sent: int = 0
     lag_bytes: int = 0
+    copy_unfinished: bool = False
+    """Suspended while PENDING: the secondary is not a consistent image."""
 
 
 class Replicator:
@@ -140,8 +143,24 @@ class Replicator:
                     await link.close()
 
     def spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
+        """Start a background task owned by the replicator. A task that fails is logged and
+        ends alone: one bad volume must not stop replication for every other pair."""
         assert self._tasks is not None, "replicator not running"
-        return self._tasks.create_task(coro, name=name)  # type: ignore[arg-type]
+        return self._tasks.create_task(self._guarded(coro, name), name=name)
+
+    async def _guarded(self, coro: Awaitable[None], name: str) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # logged, never silent: this is a failure of `name` alone
+            self.counters["task_failures"] = self.counters.get("task_failures", 0) + 1
+            log.error(
+                "background task %s failed: %s",
+                name,
+                exc,
+                exc_info=not isinstance(exc, RemcopyError),
+            )
 
     def _replay_journals(self) -> None:
         """Ship again what async pairs acknowledged before a crash, before any new write."""
@@ -187,11 +206,10 @@ class Replicator:
             if pair.role is not PairRole.PRIMARY:
                 continue
             if pair.state in (PairState.DUPLEX, PairState.PENDING) and pair.suspend_at_ns:
-                if pair.suspend_at_ns <= now:
-                    # T passed while we were down: nothing was written after T, seal now.
-                    self.commit(run, PairAction.SUSPEND, cause="suspend", at_ns=pair.suspend_at_ns)
-                else:
-                    self.ops._arm_timer([run], pair.suspend_at_ns)
+                # If T passed while we were down the timer fires at once; the seal still waits
+                # for the journal replay, so every update stamped < T reaches the secondary.
+                self.ops._arm_timer([run], pair.suspend_at_ns)
+                del now
             if pair.state is PairState.PENDING:
                 self.start_copier(run)
 
@@ -218,14 +236,17 @@ class Replicator:
 
     def _link_broken(self, link: PeerLink, exc: RemcopyError) -> None:
         self.counters["link_errors"] += 1
-        for run in self.runs.values():
-            pair = run.device.pair
-            if (
-                pair.role is PairRole.PRIMARY
-                and pair.peer_serial == link.serial
-                and pair.state in (PairState.DUPLEX, PairState.PENDING)
-            ):
-                self._device_failed(run, exc)
+        failed = [
+            run
+            for run in self.runs.values()
+            if run.device.pair.role is PairRole.PRIMARY
+            and run.device.pair.peer_serial == link.serial
+            and run.device.pair.state in (PairState.DUPLEX, PairState.PENDING)
+        ]
+        held = [run for run in failed if run.device.pair.consistency_group]
+        for run in held:
+            self._device_failed(run, exc)
+        self._to_error_all([run for run in failed if not run.device.pair.consistency_group])
 
     def _device_failed(self, run: DeviceRun, exc: RemcopyError) -> None:
         """A replication error: hold (consistency group) or go SUSPENDED_ERROR at once."""
@@ -250,13 +271,23 @@ class Replicator:
             self._to_error(run, exc)
 
     def _to_error(self, run: DeviceRun, exc: RemcopyError) -> None:
-        if run.device.pair.state in (PairState.DUPLEX, PairState.PENDING):
-            self.commit(run, PairAction.FAIL, cause="replication-error")
-        if run.held is not None:
-            run.held.set()
-            run.held = None
-        if run.copier is not None:
-            run.copier.cancel()
+        self._to_error_all([run])
+
+    def _to_error_all(self, runs: list[DeviceRun]) -> None:
+        """SUSPENDED_ERROR for every device given, in one commit (one state-file write)."""
+        changes = {
+            run.device.key: (PairAction.FAIL, None)
+            for run in runs
+            if run.device.pair.state in (PairState.DUPLEX, PairState.PENDING)
+        }
+        if changes:
+            self.controller.commit_states(changes, cause="replication-error", at_ns=time.time_ns())
+        for run in runs:
+            if run.held is not None:
+                run.held.set()
+                run.held = None
+            if run.copier is not None:
+                run.copier.cancel()
 
     def commit(
         self,
@@ -287,6 +318,11 @@ class Replicator:
             return None
         if run.held is not None:
             return self._held_write(run, grant, msg)
+        if pair.state is PairState.SUSPENDED_ERROR and pair.fence is FencePolicy.DATA:
+            raise WriteProtected(
+                f"write to {device.address} refused: the secondary cannot be updated "
+                f"(SUSPENDED_ERROR) and the pair's fence is data: resume the pair first"
+            )
         if pair.state in (PairState.SUSPENDED, PairState.SUSPENDED_ERROR):
             if pair.state is PairState.SUSPENDED and msg.timestamp_ns < pair.suspend_at_ns:
                 # It belongs before T, but the image at the secondary is frozen at T: neither
@@ -555,8 +591,8 @@ class Replicator:
     def peer_op(self, peer_serial: int, request: PairOpRequest) -> PairOpReply:
         return self.ops.peer_op(peer_serial, request)
 
-    def apply_updates(self, batch: native.UpdateBatch) -> native.UpdateAck:
-        return self.ops.apply_updates(batch)
+    def apply_updates(self, peer_serial: int, batch: native.UpdateBatch) -> native.UpdateAck:
+        return self.ops.apply_updates(peer_serial, batch)
 
 
 __all__ = ["DeviceRun", "PeerLink", "Replicator"]

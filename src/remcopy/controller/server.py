@@ -33,6 +33,7 @@ from typing import Final
 
 from remcopy.configfile import format_address
 from remcopy.controller.core import Controller, HostGrant
+from remcopy.controller.nbd_server import NbdServer
 from remcopy.controller.replication import Replicator
 from remcopy.controller.volume import Volume
 from remcopy.errors import (
@@ -102,6 +103,8 @@ class ControllerServer:
         self._client_nonces = auth.NonceLedger()
         self.address: tuple[str, int] | None = None
         self.replicator = Replicator(controller)
+        self.nbd: NbdServer | None = None  # the NBD export, when nbd_listen is configured
+        self.nbd_address: tuple[str, int] | None = None
 
     def __repr__(self) -> str:
         return f"<ControllerServer {self.controller.name} links={len(self._links)}>"
@@ -120,18 +123,33 @@ class ControllerServer:
             ) from exc
         sockname = server.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
+        try:
+            await self._start_nbd()  # --- NBD export ---
+        except ListenError:
+            server.close()
+            raise
         if ready is not None:
             ready(self.address)
         replication = asyncio.get_running_loop().create_task(self.replicator.run())
+        # --- NBD export: served next to the native server, stopped with it ---
+        nbd_serving = (
+            asyncio.get_running_loop().create_task(self.nbd.serve())
+            if self.nbd is not None
+            else None
+        )
         async with server:
             await self._stopping.wait()
             server.close()
+            if self.nbd is not None:
+                self.nbd.stop()
             for link in list(self._links):
                 link.stop_reading()
             grace = self.controller.config.controller.shutdown_grace_s
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace):
                     await server.wait_closed()
+        if nbd_serving is not None:
+            await nbd_serving  # bounded by its own grace; before the replicator stops
         replication.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await replication
@@ -140,6 +158,26 @@ class ControllerServer:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    async def _start_nbd(self) -> None:
+        # --- NBD export (controller/nbd_server.py, docs/nbd.md) ---
+        section = self.controller.config.controller
+        if section.nbd_listen is None:
+            return
+        self.nbd = NbdServer(
+            self.controller,
+            self.replicator,
+            listen=section.nbd_listen,
+            allow=section.nbd_allow,
+            grace_s=section.shutdown_grace_s,
+        )
+        try:
+            self.nbd_address = await self.nbd.start()
+        except OSError as exc:
+            raise ListenError(
+                f"controller.nbd_listen: cannot listen on "
+                f"{format_address(section.nbd_listen)}: {exc.strerror}"
+            ) from exc
 
     def _flush_all(self) -> None:
         for device in self.controller.devices.values():
@@ -277,6 +315,10 @@ class ControllerServer:
         try:
             match msg:
                 case native.WriteRequest():
+                    if grant.is_peer:
+                        raise DeviceNotAllowed(
+                            f"{grant.name}: a peer controller sends updates, not host writes"
+                        )
                     pending = self.replicator.host_write(grant, msg)
                     if pending is not None or msg.fua:
                         return self._write_done(grant, msg, pending)
@@ -286,7 +328,9 @@ class ControllerServer:
                         raise DeviceNotAllowed(
                             f"{grant.name}: only peer controllers send replication updates"
                         )
-                    reply = replace(self.replicator.apply_updates(msg), request_id=rid)
+                    reply = replace(
+                        self.replicator.apply_updates(grant.serial, msg), request_id=rid
+                    )
                 case native.PairOpRequest():
                     if grant.is_peer:
                         reply = replace(self.replicator.peer_op(grant.serial, msg), request_id=rid)
@@ -325,13 +369,15 @@ class ControllerServer:
         link.send(reply)
         return None
 
-    async def _identify_slowly(self, grant: HostGrant, msg: native.IdentifyRequest
-                               ) -> native.Message:
+    async def _identify_slowly(
+        self, grant: HostGrant, msg: native.IdentifyRequest
+    ) -> native.Message:
         """The slow-controller testing aid; counts how many identifies overlap."""
         counters = self.controller.counters
         counters["identify_in_flight"] = counters.get("identify_in_flight", 0) + 1
-        counters["identify_in_flight_peak"] = max(counters.get("identify_in_flight_peak", 0),
-                                                  counters["identify_in_flight"])
+        counters["identify_in_flight_peak"] = max(
+            counters.get("identify_in_flight_peak", 0), counters["identify_in_flight"]
+        )
         try:
             await asyncio.sleep(self.controller.config.controller.identify_delay_s)
             identities = tuple(self.controller.identify(grant, msg.devices))
@@ -419,9 +465,10 @@ async def run_controller(controller: Controller, *, announce_ready: bool = True)
 
     def ready(address: tuple[str, int]) -> None:
         if announce_ready:
+            nbd = f" nbd={format_address(server.nbd_address)}" if server.nbd_address else ""
             print(
                 f"remcopy controller {controller.name} ready serial={controller.serial} "
-                f"listen={format_address(address)} volumes={len(controller.devices)}",
+                f"listen={format_address(address)} volumes={len(controller.devices)}{nbd}",
                 flush=True,
             )
 

@@ -277,10 +277,14 @@ async def suspend(
     report = await run_operation(session, group, PairOp.SUSPEND, at_ns=at_ns, dry_run=dry_run)
     report.margin_s = (at_ns - now) / 1e9
     report.round_trip_s = round_trip_s
+    # A pair suspended while its copy was still running (tracks left) is not consistent.
     report.consistent = (
         bool(report.pairs)
         and not dry_run
-        and all(p.ok and p.state is PairState.SUSPENDED and p.at_ns == at_ns for p in report.pairs)
+        and all(
+            p.ok and p.state is PairState.SUSPENDED and p.at_ns == at_ns and p.tracks == 0
+            for p in report.pairs
+        )
     )
     return report
 

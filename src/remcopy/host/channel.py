@@ -155,6 +155,10 @@ class Channel:
         self._closed = True
         await self._drop(ClosedResourceError(f"channel to {self._where()} was closed"))
 
+    async def disconnect(self, reason: str) -> None:
+        """Drop the connection (pending requests fail); the next request reconnects."""
+        await self._drop(BrokenResourceError(f"link to {self._where()} dropped: {reason}"))
+
     async def _drop(self, exc: RemcopyError) -> None:
         writer, task = self._writer, self._reader_task
         self._writer, self._codec, self._reader_task = None, None, None

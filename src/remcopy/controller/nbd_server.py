@@ -1,0 +1,654 @@
+# The controller's NBD export: an asyncio shell around the sans-I/O codec in wire/nbd.py.
+#
+# Why: storage administrators test and use volumes with standard tools (qemu-img, qemu-io,
+# nbdcopy, nbdinfo, fio). Every volume of the controller is exported on `nbd_listen` under
+# its volser. The codec speaks the protocol; this file moves bytes and does the I/O, and
+# nothing else (docs/nbd.md).
+#
+# Theory of operation
+# - One asyncio Protocol per connection. `data_received` feeds the codec and drains its
+#   events at once: reads, and writes the replicator finishes on the spot (SIMPLEX, suspended,
+#   async mirroring), are answered in the same loop step. Work that waits (sync mirroring, a
+#   held write, fdatasync for FLUSH and FUA) becomes a task in the connection's TaskGroup, so
+#   requests are pipelined and replies may leave out of order, as NBD allows.
+# - Writes take THE write path: `Replicator.host_write` with a native WriteRequest stamped
+#   by the controller at arrival (`time.time_ns()`), so an NBD write is mirrored per the
+#   pair's mode, change-recorded when suspended, held or refused exactly like a native one.
+#   WRITE_ZEROES goes the same way (a zero write is mirrored too); TRIM is a hint and changes
+#   nothing.
+# - A secondary's export is advertised read-only at GO unless it is RECOVERED; if its state
+#   changes afterwards, host_write still refuses the write (EPERM), so the check is made
+#   again on every write.
+# - Who may connect: NBD has no authentication here. A connection from an address outside
+#   `nbd_allow` (CIDR list, default 127.0.0.1 and ::1) is closed before the greeting, and
+#   logged. This is weaker than the native protocol's HMAC: anyone who can connect from an
+#   allowed address may read and write every volume that is not write-protected.
+#
+# Rules this module keeps:
+# - Bounded per connection: at most IN_FLIGHT_MAX requests wait on slow work; past that, or
+#   when replies pile up past WRITE_BUFFER_HIGH_BYTES, the socket is not read (TCP slows the
+#   client). The codec holds at most one read chunk plus one request.
+# - No fire-and-forget: connection drivers belong to the server's TaskGroup, request tasks to
+#   their connection's; a connection's transport is closed in `finally`.
+# - A write is acknowledged only after host_write's acknowledgement condition (and fdatasync
+#   for FUA); on shutdown or a client that vanishes, in-flight requests still finish.
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import time
+import urllib.parse
+from collections.abc import Awaitable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Final, cast
+
+from remcopy.configfile import format_address
+from remcopy.controller.config import ControllerConfig, IpNetwork
+from remcopy.controller.core import Controller, Device, HostGrant
+from remcopy.controller.replication import Replicator
+from remcopy.errors import (
+    InputError,
+    LateWrite,
+    OutOfRange,
+    RemcopyError,
+    ShuttingDown,
+    WriteProtected,
+)
+from remcopy.ids import Volser
+from remcopy.states import PairRole, PairState
+from remcopy.wire import native
+from remcopy.wire.nbd import (
+    NEED_DATA,
+    ConnectionClosed,
+    Disconnect,
+    Event,
+    ExportChosen,
+    ExportInfo,
+    FlushRequest,
+    NbdServerConnection,
+    ReadRequest,
+    RequestRejected,
+    TrimRequest,
+    WriteRequest,
+    WriteZeroesRequest,
+)
+
+log = logging.getLogger("remcopy.nbd")
+
+# Requests per connection whose answer waits on something slower than memory (a sync
+# mirror's confirmation, fdatasync). nbdcopy keeps 64 requests in flight per connection and
+# qemu 16; 64 lets a sync-mirrored stream fill the link without queueing in the codec.
+IN_FLIGHT_MAX: Final = 64
+# Replies queued for a slow reader beyond this stop reading requests (8 x 256 KiB nbdcopy
+# reads, 2 x 2 MiB qemu-img reads); the low mark resumes it.
+WRITE_BUFFER_HIGH_BYTES: Final = 4 * 1024 * 1024
+WRITE_BUFFER_LOW_BYTES: Final = 1024 * 1024
+# An NBD write may be 32 MiB; the replication link batches up to 4 MiB of updates per frame
+# and a frame holds at most 16 MiB (wire/native.py). Pieces of 4 MiB keep every batch under
+# 8 MiB. Write-zeroes ranges (no payload, any length) go in the same pieces, one at a time,
+# so zeroing a whole volume never queues more than one piece on the link.
+WRITE_PIECE_MAX_BYTES: Final = 4 * 1024 * 1024
+_ZEROES: Final = bytes(WRITE_PIECE_MAX_BYTES)
+# A write refused as late (stamped before a suspend time the controller sealed while the write
+# was held) is stamped again and reissued: it was never acknowledged, so no write depends on
+# it. Twice is enough: a fresh stamp is after T.
+LATE_WRITE_RETRY_MAX: Final = 2
+# FLUSH and FUA are fdatasync of the one file every connection writes through, so a flush on
+# any connection covers writes completed on all of them: multi-conn is safe. Measured with
+# nbdcopy (bench/nbd.py, docs/nbd.md), it does not cut throughput.
+MULTI_CONN: Final = True
+
+
+def export_uri(address: tuple[str, int], volser: str) -> str:
+    """The nbd:// URI of export `volser` at `address` (libnbd and qemu read it).
+
+    '#' is percent-encoded (it would start a URI fragment); '@' and '$' may stay.
+    """
+    return f"nbd://{format_address(address)}/{urllib.parse.quote(volser, safe='@$')}"
+
+
+def configured_export_uri(
+    config: ControllerConfig, volser: str, *, source: str, host: str | None = None
+) -> tuple[str, tuple[str, int]]:
+    """The URI (and address) of a volume as the controller a config describes exports it.
+
+    `host` replaces the configured host, which must be given when nbd_listen is a wildcard
+    address (0.0.0.0, ::): the URI must name an address clients can reach.
+    """
+    name = str(Volser.parse(volser))
+    section = config.controller
+    if section.nbd_listen is None:
+        raise InputError(
+            f"{source}: controller.nbd_listen is not set: this controller exports no volume "
+            f'over NBD: hint: add nbd_listen = "127.0.0.1:10809" to [controller]'
+        )
+    known = [v.volser for v in config.volumes]
+    if name not in known:
+        raise InputError(
+            f"{source}: no volume {name} in [[volumes]]: volsers={','.join(known) or 'none'}"
+        )
+    listen_host, port = section.nbd_listen
+    if port == 0:
+        raise InputError(
+            f"{source}: controller.nbd_listen port is 0: the port is chosen when the "
+            f"controller starts and shown in its ready line as nbd=HOST:PORT: hint: set a "
+            f"fixed port to have a stable URI"
+        )
+    if host is None:
+        if listen_host in ("", "0.0.0.0", "::"):
+            raise InputError(
+                f"{source}: controller.nbd_listen is the wildcard address {listen_host!r}: "
+                f"hint: pass --host with the name or address clients use"
+            )
+        host = listen_host
+    address = (host, port)
+    return export_uri(address, name), address
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NbdServerStatistics:
+    """A snapshot of the NBD server's counters."""
+
+    connections: int
+    """Connections open now."""
+    accepted_total: int
+    """Connections accepted from allowed addresses."""
+    refused_total: int
+    """Connections closed because the address is not in nbd_allow."""
+    requests_total: int
+    """Requests handed to the volume or the replicator."""
+    errors_total: int
+    """Requests answered with an error (by the codec or by us)."""
+
+
+class NbdServer:
+    """Serves every volume of a controller over NBD; export name = volser."""
+
+    def __init__(
+        self,
+        controller: Controller,
+        replicator: Replicator,
+        *,
+        listen: tuple[str, int],
+        allow: list[IpNetwork],
+        grace_s: float,
+    ) -> None:
+        self.controller = controller
+        self.replicator = replicator
+        self.listen = listen
+        self.allow = tuple(allow)
+        self.grace_s = grace_s
+        self.address: tuple[str, int] | None = None
+        self._server: asyncio.Server | None = None
+        self._tasks: asyncio.TaskGroup | None = None
+        self._connections: set[_NbdConnection] = set()
+        self._drivers: set[asyncio.Task[None]] = set()
+        self._early: list[_NbdConnection] = []  # accepted before serve() owned a TaskGroup
+        self._stopping = asyncio.Event()
+        self._by_volser: dict[str, Device] = {}
+        self.accepted_total = 0
+        self.refused_total = 0
+        self.requests_total = 0
+        self.errors_total = 0
+
+    def __repr__(self) -> str:
+        where = format_address(self.address) if self.address else "not listening"
+        return (
+            f"<NbdServer {self.controller.name} {where} connections={len(self._connections)} "
+            f"requests={self.requests_total}>"
+        )
+
+    def statistics(self) -> NbdServerStatistics:
+        return NbdServerStatistics(
+            connections=len(self._connections),
+            accepted_total=self.accepted_total,
+            refused_total=self.refused_total,
+            requests_total=self.requests_total,
+            errors_total=self.errors_total,
+        )
+
+    # Listening...
+
+    async def start(self) -> tuple[str, int]:
+        """Listen (OSError if it cannot) and return the address. Clients that connect before
+        serve() runs wait for it (the listen backlog, then the queue of accepted ones)."""
+        host, port = self.listen
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _NbdConnection(self), host, port, reuse_address=True
+        )
+        sockname = self._server.sockets[0].getsockname()
+        self.address = (sockname[0], sockname[1])
+        return self.address
+
+    async def serve(self) -> None:
+        """Accept until stop(); then finish the requests already read, within grace_s."""
+        assert self._server is not None, "start() first"
+        server = self._server
+        async with asyncio.TaskGroup() as tasks:
+            self._tasks = tasks
+            early, self._early = self._early, []
+            for connection in early:
+                self._drive(connection)
+            log.info(
+                "nbd: serving %d volumes on %s to %s",
+                len(self.controller.devices),
+                format_address(self.address or self.listen),
+                ", ".join(str(n) for n in self.allow) or "nobody",
+            )
+            await self._stopping.wait()
+            server.close()
+            for connection in list(self._connections):
+                connection.shut_down()
+            drivers = list(self._drivers)
+            if drivers:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.grace_s):
+                        await asyncio.wait(drivers)
+            for driver in self._drivers:
+                driver.cancel()
+        self._tasks = None
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    # What the codec asks...
+
+    def allowed(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.allow)
+
+    def device_for(self, volser: str) -> Device | None:
+        device = self._by_volser.get(volser)
+        if device is None or str(device.volume.volser) != volser:
+            self._by_volser = {str(d.volume.volser): d for d in self.controller.devices.values()}
+            device = self._by_volser.get(volser)
+        return device
+
+    def export_info(self, volser: str) -> ExportInfo | None:
+        device = self.device_for(volser)
+        if device is None:
+            return None
+        pair = device.pair
+        protected = pair.role is PairRole.SECONDARY and pair.state is not PairState.RECOVERED
+        role = f"{pair.role.value} " if pair.role is not PairRole.NONE else ""
+        return ExportInfo(
+            name=volser,
+            size_bytes=device.volume.capacity_bytes,
+            read_only=protected or device.volume.read_only,
+            description=f"remcopy volume {volser} at {device.address}, {role}{pair.state.name}",
+            can_flush=True,
+            can_fua=True,
+            can_trim=True,
+            can_zero=True,
+            can_multi_conn=MULTI_CONN,
+        )
+
+    def export_names(self) -> list[str]:
+        return sorted(str(d.volume.volser) for d in self.controller.devices.values())
+
+    # Connections...
+
+    def _accepted(self, connection: _NbdConnection) -> None:
+        self.accepted_total += 1
+        self._connections.add(connection)
+        if self._tasks is None:
+            self._early.append(connection)
+        else:
+            self._drive(connection)
+
+    def _drive(self, connection: _NbdConnection) -> None:
+        assert self._tasks is not None
+        driver = self._tasks.create_task(connection.run(), name=f"nbd {connection.peer}")
+        self._drivers.add(driver)
+        driver.add_done_callback(self._drivers.discard)
+
+    def _refused(self, peer: str) -> None:
+        self.refused_total += 1
+        log.warning(
+            "nbd: refused %s: not in controller.nbd_allow (%s)",
+            peer,
+            ", ".join(str(n) for n in self.allow) or "empty",
+        )
+
+    def _closed(self, connection: _NbdConnection) -> None:
+        self._connections.discard(connection)
+
+
+class _NbdConnection(asyncio.Protocol):
+    """One client: its codec, its transport, and the requests waiting on slow work."""
+
+    def __init__(self, server: NbdServer) -> None:
+        self.server = server
+        self.codec = NbdServerConnection(
+            lookup=server.export_info, list_exports=server.export_names
+        )
+        self.peer = "?"
+        self.grant = HostGrant(name="nbd", secret=b"", lss=None)
+        self._transport: asyncio.Transport | None = None
+        self._device: Device | None = None
+        self._tasks: asyncio.TaskGroup | None = None
+        self._lost = asyncio.get_running_loop().create_future()
+        self._waiting = 0  # request tasks not finished
+        self._ending = False  # Disconnect, ConnectionClosed or shutdown: read no more requests
+        self._reading_paused = False
+        self._writing_paused = False
+
+    def __repr__(self) -> str:
+        return f"<_NbdConnection {self.peer} waiting={self._waiting} {self.codec!r}>"
+
+    # Protocol callbacks...
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        host = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        self.peer = format_address((host, peer[1])) if isinstance(peer, tuple) else str(peer)
+        self.grant = HostGrant(name=f"nbd {self.peer}", secret=b"", lss=None)
+        if not self.server.allowed(host):
+            self.server._refused(self.peer)
+            self._ending = True
+            transport.abort()
+            return
+        if self.server._stopping.is_set():
+            self._ending = True
+            transport.close()
+            return
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_BYTES, low=WRITE_BUFFER_LOW_BYTES)
+        self.server._accepted(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._ending:
+            return
+        self.codec.receive_data(data)
+        self._process()
+
+    def eof_received(self) -> bool:
+        if not self._ending:
+            self.codec.receive_data(b"")
+            self._process()
+        return True  # we close, after answering what is in flight
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ending = True
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._update_reading()
+        self._process()
+
+    # Driving...
+
+    async def run(self) -> None:
+        """Own the connection's request tasks until it is closed and they are done."""
+        assert self._transport is not None
+        transport = self._transport
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                self._send()  # the greeting
+                self._process()  # bytes that came with the connection
+                await self._lost
+        except Exception:
+            log.exception("nbd %s: internal error, this should never happen", self.peer)
+        finally:
+            self._tasks = None
+            self.server._closed(self)
+            if not transport.is_closing():
+                transport.abort()
+
+    def shut_down(self) -> None:
+        """Stop reading requests; close once those already read are answered."""
+        self._ending = True
+        self._update_reading()
+        self._close_when_idle()
+
+    def _process(self) -> None:
+        """Turn buffered bytes into requests and act on them, within the in-flight bound."""
+        if self._tasks is None:
+            return  # not driven yet (run() processes on start) or already over
+        codec = self.codec
+        try:
+            while not self._ending and self._waiting < IN_FLIGHT_MAX and not self._writing_paused:
+                event = codec.next_event()
+                if event is NEED_DATA:
+                    break
+                self._dispatch(event)
+        except Exception:
+            # Our bug (the codec turns every peer mistake into an event): drop this client only.
+            log.exception("nbd %s: internal error, this should never happen", self.peer)
+            self._ending = True
+            if self._transport is not None:
+                self._transport.abort()
+            return
+        self._send()
+        self._update_reading()
+        self._close_when_idle()
+
+    def _update_reading(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        pause = self._ending or self._writing_paused or self._waiting >= IN_FLIGHT_MAX
+        if pause and not self._reading_paused:
+            transport.pause_reading()
+            self._reading_paused = True
+        elif not pause and self._reading_paused:
+            transport.resume_reading()
+            self._reading_paused = False
+
+    def _send(self) -> None:
+        data = self.codec.data_to_send()
+        transport = self._transport
+        if data and transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def _close_when_idle(self) -> None:
+        transport = self._transport
+        if self._ending and not self._waiting and transport is not None:
+            self._send()
+            if not transport.is_closing():
+                transport.close()  # sends what is buffered first
+
+    # Acting on events...
+
+    def _dispatch(self, event: Event) -> None:
+        codec = self.codec
+        match event:
+            case ReadRequest(handle=handle, offset=offset, length=length):
+                device = self._chosen()
+                self.server.requests_total += 1
+                try:
+                    data = self.server.controller.read(self.grant, device.key, offset, length)
+                except RemcopyError as exc:
+                    self._reply_error(handle, exc)
+                else:
+                    codec.reply_read(handle, data)
+            case WriteRequest():
+                self.server.requests_total += 1
+                self._write(event)
+            case WriteZeroesRequest(handle=handle):
+                self.server.requests_total += 1
+                self._spawn(handle, self._zeroed(event))
+            case FlushRequest(handle=handle):
+                self.server.requests_total += 1
+                self._spawn(handle, self._flushed())
+            case TrimRequest(handle=handle, fua=fua):
+                # A hint: the data may stay. Refused like a write where writes are refused.
+                self.server.requests_total += 1
+                try:
+                    self.server.controller.check_writable(self._chosen())
+                except RemcopyError as exc:
+                    self._reply_error(handle, exc)
+                    return
+                if fua:
+                    self._spawn(handle, self._flushed())
+                else:
+                    codec.reply_ok(handle)
+            case ExportChosen(info=info):
+                self._device = self.server.device_for(info.name)
+                log.info(
+                    "nbd %s: export %s%s",
+                    self.peer,
+                    info.name,
+                    " (read-only)" if info.read_only else "",
+                )
+            case RequestRejected(message=message):
+                self.server.errors_total += 1
+                log.info("nbd %s: %s", self.peer, message)
+            case Disconnect():
+                self._ending = True
+            case ConnectionClosed(reason=reason, error=error):
+                self._ending = True
+                if error is not None:
+                    log.warning("nbd %s: closed: %s", self.peer, reason)
+                else:
+                    log.info("nbd %s: %s", self.peer, reason)
+            case _:
+                raise AssertionError(f"unknown nbd event {event!r}")
+
+    def _chosen(self) -> Device:
+        assert self._device is not None, "a request before ExportChosen"
+        return self._device
+
+    def _write(self, event: WriteRequest) -> None:
+        device = self._chosen()
+        try:
+            pending = self._host_write(device, event.offset, event.data, fua=event.fua)
+        except LateWrite:
+            pending = self._rewrite(device, event.offset, event.data, fua=event.fua)
+        except RemcopyError as exc:
+            self._reply_error(event.handle, exc)
+            return
+        if pending is None and not event.fua:
+            self.codec.reply_ok(event.handle)
+            return
+        self._spawn(event.handle, self._written(device, event, pending))
+
+    def _host_write(
+        self, device: Device, offset: int, data: bytes, *, fua: bool
+    ) -> Awaitable[None] | None:
+        """Stamp now and write through the replicator, in pieces the link can carry."""
+        stamp = time.time_ns()
+        if len(data) <= WRITE_PIECE_MAX_BYTES:
+            return self.server.replicator.host_write(
+                self.grant,
+                native.WriteRequest(
+                    device=device.key, offset=offset, timestamp_ns=stamp, fua=fua, data=data
+                ),
+            )
+        # Every piece in this loop step, with one stamp: all on the same side of a suspend T.
+        waits: list[Awaitable[None]] = []
+        view = memoryview(data)
+        for start in range(0, len(data), WRITE_PIECE_MAX_BYTES):
+            piece = bytes(view[start : start + WRITE_PIECE_MAX_BYTES])
+            follow = self.server.replicator.host_write(
+                self.grant,
+                native.WriteRequest(
+                    device=device.key, offset=offset + start, timestamp_ns=stamp, data=piece
+                ),
+            )
+            if follow is not None:
+                waits.append(follow)
+        return _all(waits) if waits else None
+
+    async def _rewrite(self, device: Device, offset: int, data: bytes, *, fua: bool) -> None:
+        """Reissue a write refused as late, stamped again (never acknowledged before)."""
+        for attempt in range(LATE_WRITE_RETRY_MAX):
+            try:
+                pending = self._host_write(device, offset, data, fua=fua)
+                if pending is not None:
+                    await pending
+                return
+            except LateWrite:
+                if attempt + 1 == LATE_WRITE_RETRY_MAX:
+                    raise
+
+    async def _written(
+        self, device: Device, event: WriteRequest, pending: Awaitable[None] | None
+    ) -> None:
+        if pending is not None:
+            try:
+                await pending
+            except LateWrite:
+                await self._rewrite(device, event.offset, event.data, fua=event.fua)
+        if event.fua:
+            await self._durable(device)
+
+    async def _zeroed(self, event: WriteZeroesRequest) -> None:
+        # Zeroes are data: they go through host_write like any write, so a mirror sees them.
+        device = self._chosen()
+        done = 0
+        while done < event.length:
+            step = min(WRITE_PIECE_MAX_BYTES, event.length - done)
+            piece = _ZEROES if step == WRITE_PIECE_MAX_BYTES else _ZEROES[:step]
+            try:
+                pending = self._host_write(device, event.offset + done, piece, fua=False)
+                if pending is not None:
+                    await pending
+            except LateWrite:
+                await self._rewrite(device, event.offset + done, piece, fua=False)
+            done += step
+        if event.fua:
+            await self._durable(device)
+
+    async def _flushed(self) -> None:
+        await self._durable(self._chosen())
+
+    async def _durable(self, device: Device) -> None:
+        # Change-map bits (write intent) and the async journal first, then the data.
+        self.server.replicator.flush_changemaps([device.key])
+        await asyncio.to_thread(device.volume.flush)
+        self.server.controller.counters["flushes"] += 1
+
+    def _spawn(self, handle: int, work: Coroutine[Any, Any, None]) -> None:
+        assert self._tasks is not None
+        self._waiting += 1
+        self._tasks.create_task(self._answer(handle, work))
+
+    async def _answer(self, handle: int, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except RemcopyError as exc:
+            self._reply_error(handle, exc)
+        else:
+            self.codec.reply_ok(handle)
+        finally:
+            self._waiting -= 1
+        self._process()
+
+    def _reply_error(self, handle: int, exc: RemcopyError) -> None:
+        self.server.errors_total += 1
+        if not exc.retryable:
+            log.warning("nbd %s: refused request: %s", self.peer, exc)
+        self.codec.reply_error(handle, _errno_for(exc), str(exc))
+
+
+def _errno_for(exc: RemcopyError) -> str:
+    """The errno an NBD client gets for a refused request (the codec maps EROFS to EPERM)."""
+    if isinstance(exc, WriteProtected):
+        return "EROFS"
+    if isinstance(exc, OutOfRange):
+        return "EINVAL"
+    if isinstance(exc, ShuttingDown):
+        return "ESHUTDOWN"
+    return "EIO"
+
+
+async def _all(waits: list[Awaitable[None]]) -> None:
+    for wait in waits:
+        await wait
