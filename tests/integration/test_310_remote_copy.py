@@ -346,3 +346,40 @@ async def test_fence_data_refuses_host_writes_while_the_secondary_cannot_be_upda
         with pytest.raises(WriteProtected, match="fence is data"):
             await ch.write(0x0A00, 4096, b"2" * 100)
         assert await ch.read(0x0A00, 4096, 100) == bytes(100)  # refused before writing
+
+
+async def test_sync_primary_restarted_after_kill_9_resyncs_to_identical_volumes(world):
+    """Updates in flight at kill -9 left their bits: the restarted primary resyncs them."""
+    await establish(world, 0, CopyMode.SYNC)
+    primary = world.primaries[0]
+    enough = asyncio.Event()
+    devices = [0x0A00 + c for c in range(world.volumes)]
+    async with channel(primary) as ch:
+        load = SlotLoad(ch, devices, world.size_bytes, seed=random.randrange(1 << 32))
+        runner = asyncio.create_task(load.run_until(enough))
+        await load.wait_acked(random.randint(100, 400))
+        await primary.kill()
+        enough.set()
+        await runner
+    await primary.start()
+    async with channel(primary) as ch:
+        events = await ch.subscribe()
+        states = {s.device: s.state for s in await ch.query(tuple(devices))}
+        waiting = [d for d, st in states.items() if st is not PairState.DUPLEX]
+        for _ in waiting:
+            await events.wait_for(r"PENDING -> DUPLEX")
+        assert {s.state for s in await ch.query(tuple(devices))} == {PairState.DUPLEX}
+        all_ok(
+            await ch.pair_op(
+                PairOp.SUSPEND,
+                world.pair_items(0, CopyMode.SYNC),
+                at_ns=time.time_ns() + 30_000_000,
+            )
+        )
+        primary_digests = [await digest(ch, d, world.size_bytes) for d in devices]
+    async with channel(world.secondary) as sec:
+        secondary_digests = [
+            await digest(sec, world.secondary_device(0, c), world.size_bytes)
+            for c in range(world.volumes)
+        ]
+    assert primary_digests == secondary_digests

@@ -66,6 +66,9 @@ class ChangeMap:
         # Generation per marked track since the copier read it: see clear_if.
         self._marks = 0
         self._marked_at: dict[int, int] = {}
+        # Outstanding write-intents per track, and the tracks they alone made dirty.
+        self._intents: dict[int, int] = {}
+        self._intent_only: dict[int, int] = {}
 
     def __repr__(self) -> str:
         return f"<ChangeMap {self.path.name} tracks={self.tracks} dirty={self.count()}>"
@@ -95,6 +98,37 @@ class ChangeMap:
                 self._marked_at[track] = self._marks
         assert self._invariants()
 
+    def mark_intent(self, offset: int, length: int) -> list[int]:
+        """Set the bits of a range before a mirrored write (write-intent) and return its
+        tracks, to hand back to `release` once the secondary confirmed the update.
+
+        A track that was clean before its first outstanding intent is cleared again when the
+        last intent on it is released, unless a real change (`mark`) came in between; a track
+        that was already marked stays marked: it still needs its copy."""
+        first = offset // self.track_size_bytes
+        last = (offset + max(length, 1) - 1) // self.track_size_bytes
+        tracks = list(range(first, last + 1))
+        bits = self._bits
+        for track in tracks:
+            count = self._intents.get(track, 0)
+            if count == 0 and not bits[track]:
+                self._intent_only[track] = self._marks
+                bits[track] = 1
+            self._intents[track] = count + 1
+        return tracks
+
+    def release(self, tracks: list[int]) -> None:
+        """The write of an intent is on the secondary."""
+        for track in tracks:
+            count = self._intents.get(track, 0) - 1
+            if count > 0:
+                self._intents[track] = count
+                continue
+            self._intents.pop(track, None)
+            since = self._intent_only.pop(track, None)
+            if since is not None and self._marked_at.get(track, 0) <= since:
+                self._bits[track] = 0
+
     def mark_all(self) -> None:
         self._bits[0 : self.tracks] = 1
         self._marks += 1
@@ -106,8 +140,8 @@ class ChangeMap:
 
     def clear_if(self, track: int, generation: int) -> bool:
         """Clear a track copied at `generation`, unless a write marked it again since."""
-        if self._marked_at.get(track, 0) > generation:
-            return False
+        if self._marked_at.get(track, 0) > generation or self._intents.get(track):
+            return False  # re-marked since the copy was read, or a write to it is in flight
         self._bits[track] = 0
         self._marked_at.pop(track, None)
         return True
@@ -115,6 +149,7 @@ class ChangeMap:
     def clear_all(self) -> None:
         self._bits.setall(0)
         self._marked_at.clear()
+        self._intent_only.clear()
 
     def merge(self, other_bits: bytes) -> None:
         """OR in another map's bits (failback: tracks changed on either side)."""

@@ -68,6 +68,14 @@ class Journal:
         self.unconfirmed = len(updates)
         return updates
 
+    def check_room(self) -> None:
+        """Refuse (busy) before a write is done locally if its update could not be journaled."""
+        if self.size_bytes >= JOURNAL_SIZE_MAX_BYTES:
+            raise DeviceBusy(
+                f"journal {self.path.name} holds {self.size_bytes} bytes of unconfirmed "
+                "updates: the secondary is too far behind: retry"
+            )
+
     def append(self, update: Update) -> None:
         if self.size_bytes >= JOURNAL_SIZE_MAX_BYTES:
             raise DeviceBusy(

@@ -212,6 +212,41 @@ class Replicator:
                 del now
             if pair.state is PairState.PENDING:
                 self.start_copier(run)
+        crashed = [
+            run
+            for run in self.runs.values()
+            if run.device.pair.role is PairRole.PRIMARY
+            and run.device.pair.state is PairState.DUPLEX
+            and not run.device.pair.suspend_at_ns
+            and run.changemap.count()
+        ]
+        by_peer: dict[int, list[DeviceRun]] = {}
+        for run in crashed:
+            by_peer.setdefault(run.device.pair.peer_serial, []).append(run)
+        for serial, runs in by_peer.items():
+            self.spawn(self._resync_after_crash(serial, runs), name=f"resync {serial}")
+
+    async def _resync_after_crash(self, serial: int, runs: list[DeviceRun]) -> None:
+        """Updates were in flight when we stopped: copy the marked tracks again, then DUPLEX."""
+        link = self.link(serial)
+        await link.replayed.wait()
+        log.warning(
+            "%d pairs to %s have tracks that may differ after a restart: resync",
+            len(runs),
+            link.peer.name,
+        )
+        self._to_error_all(runs)  # DUPLEX -> SUSPENDED_ERROR: the truth until copied
+        answers = {r.device: r for r in await self.ops._tell_peer(serial, runs, "resume")}
+        changes = {}
+        for run in runs:
+            answer = answers.get(run.device.pair.peer_device)
+            if answer is not None and answer.code == 0:
+                changes[run.device.key] = (PairAction.RESUME, None)
+        if changes:
+            self.controller.commit_states(changes, cause="resync-after-restart")
+        for run in runs:
+            if run.device.key in changes:
+                self.start_copier(run)
 
     # Links...
 
@@ -365,14 +400,23 @@ class Replicator:
 
     def _mirror(self, run: DeviceRun, msg: native.WriteRequest) -> Awaitable[None] | None:
         device, pair = run.device, run.device.pair
-        self._write_local(device, msg)
         link = self.link(pair.peer_serial)
+        if pair.mode is CopyMode.ASYNC:
+            link.journal.check_room()  # refuse before anything is written
+        # Write-intent: the bits are set before the local write and cleared when the secondary
+        # confirmed, so after a crash every track that may differ is in the map.
+        intent = run.changemap.mark_intent(msg.offset, len(msg.data))
+        self._write_local(device, msg)
         if (not link.channel.connected and link.broken is None) or not link.replayed.is_set():
-            return self._connect_then_push(run, link, msg)
-        return self._push(run, link, msg)
+            return self._connect_then_push(run, link, msg, intent)
+        return self._push(run, link, msg, intent)
 
     async def _connect_then_push(
-        self, run: DeviceRun, link: PeerLink, msg: native.WriteRequest
+        self,
+        run: DeviceRun,
+        link: PeerLink,
+        msg: native.WriteRequest,
+        intent: list[int],
     ) -> None:
         await link.replayed.wait()
         if not link.channel.connected:
@@ -380,12 +424,16 @@ class Replicator:
                 await link.ensure_connected()
             except RemcopyError as exc:
                 link.mark_broken(exc)
-        follow = self._push(run, link, msg)
+        follow = self._push(run, link, msg, intent)
         if follow is not None:
             await follow
 
     def _push(
-        self, run: DeviceRun, link: PeerLink, msg: native.WriteRequest
+        self,
+        run: DeviceRun,
+        link: PeerLink,
+        msg: native.WriteRequest,
+        intent: list[int],
     ) -> Awaitable[None] | None:
         pair = run.device.pair
         update = native.Update(
@@ -396,7 +444,13 @@ class Replicator:
         confirmed = link.push(update)
         self.counters["updates_sent"] += 1
         self._track(
-            run, link, confirmed, msg.offset, len(msg.data), journaled=pair.mode is CopyMode.ASYNC
+            run,
+            link,
+            confirmed,
+            msg.offset,
+            len(msg.data),
+            journaled=pair.mode is CopyMode.ASYNC,
+            intent=intent,
         )
         if pair.mode is CopyMode.SYNC:
             return self._confirmed_or_recorded(run, confirmed)
@@ -412,6 +466,7 @@ class Replicator:
         length: int,
         *,
         journaled: bool,
+        intent: list[int] | None = None,
     ) -> None:
         run.in_flight.add(confirmed)
         run.lag_bytes += length
@@ -420,7 +475,10 @@ class Replicator:
             run.lag_bytes -= length
             if journaled:
                 link.journal.settled()
+
             self._update_done(run, offset, length, future)
+            if intent is not None:
+                run.changemap.release(intent)  # after a failure, _update_done marked it
 
         confirmed.add_done_callback(done)
 
