@@ -1,0 +1,139 @@
+# Migrations: applied from empty they give exactly the schema the tables in schema.py describe.
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Select, create_engine, inspect
+
+from remcopy.catalog import (
+    Catalog,
+    Group,
+    GroupMap,
+    GroupMapRow,
+    Host,
+    MapEntry,
+    Operation,
+    Pair,
+    Scan,
+    ScanFailure,
+)
+from remcopy.catalog import queries as q
+from remcopy.catalog.migrate import MIGRATIONS_DIR, alembic_config, head_revision
+from remcopy.catalog.schema import metadata
+
+
+def _schema(url: str) -> dict[str, dict[str, Any]]:
+    # Everything the inspector can tell about the catalog's tables, in a comparable form.
+    engine = create_engine(url)
+    try:
+        seen = inspect(engine)
+        out: dict[str, dict[str, Any]] = {}
+        for table in sorted(seen.get_table_names()):
+            if table == "alembic_version":
+                continue
+            pk = seen.get_pk_constraint(table)
+            out[table] = {
+                "columns": [
+                    (c["name"], str(c["type"]), c["nullable"]) for c in seen.get_columns(table)
+                ],
+                "primary_key": (pk["name"], tuple(pk["constrained_columns"])),
+                "foreign_keys": sorted(
+                    (
+                        fk["name"],
+                        tuple(fk["constrained_columns"]),
+                        fk["referred_table"],
+                        tuple(fk["referred_columns"]),
+                        (fk.get("options") or {}).get("ondelete"),
+                    )
+                    for fk in seen.get_foreign_keys(table)
+                ),
+                "indexes": sorted(
+                    (ix["name"], tuple(ix["column_names"]), ix["unique"])
+                    for ix in seen.get_indexes(table)
+                ),
+                "unique": sorted(
+                    (uq["name"], tuple(uq["column_names"]))
+                    for uq in seen.get_unique_constraints(table)
+                ),
+                "checks": sorted(
+                    (ck["name"], re.sub(r"[\s()]", "", ck["sqltext"]))
+                    for ck in seen.get_check_constraints(table)
+                ),
+            }
+        return out
+    finally:
+        engine.dispose()
+
+
+def test_migrations_from_empty_match_the_schema(new_database: Callable[[], str]) -> None:
+    """Migrating an empty database gives the same tables, keys and indexes as creating them."""
+    migrated, created = new_database(), new_database()
+    Catalog.open(migrated).close()
+    engine = create_engine(created)
+    try:
+        metadata.create_all(engine)
+    finally:
+        engine.dispose()
+    got, want = _schema(migrated), _schema(created)
+    assert set(got) == set(metadata.tables)
+    assert got == want
+    assert all(table["columns"] for table in got.values())
+
+
+def test_migrations_leave_nothing_for_autogenerate(catalog_url: str) -> None:
+    """Alembic's own comparison finds no difference between the migrated database and the models."""
+    Catalog.open(catalog_url).close()
+    engine = create_engine(catalog_url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            differences = compare_metadata(context, metadata)
+            revision = context.get_current_revision()
+    finally:
+        engine.dispose()
+    assert differences == []
+    assert revision == head_revision()
+
+
+def test_migrations_are_numbered_in_one_line() -> None:
+    """Revisions are 0001, 0002, ... each revising the one before, in files named by number."""
+    scripts = ScriptDirectory.from_config(alembic_config())
+    revisions = sorted(scripts.walk_revisions(), key=lambda script: script.revision)
+    assert revisions, "there must be at least the initial migration"
+    for number, script in enumerate(revisions, start=1):
+        assert script.revision == f"{number:04d}"
+        assert script.down_revision == (None if number == 1 else f"{number - 1:04d}")
+        assert Path(script.path).name.startswith(f"{number:04d}_")
+        assert Path(script.path).parent == MIGRATIONS_DIR / "versions"
+    assert head_revision() == revisions[-1].revision
+
+
+@pytest.mark.parametrize(
+    ("query", "record"),
+    [
+        (q.HOST_ONE, Host),
+        (q.HOSTS_ALL, Host),
+        (q.SCAN_ONE, Scan),
+        (q.SCANS_ALL, Scan),
+        (q.MAP_ALL, MapEntry),
+        (q.map_find(1, volser="V", device="D", address="A"), MapEntry),
+        (q.FAILURES_ALL, ScanFailure),
+        (q.OPERATION_ONE, Operation),
+        (q.operations_recent(limit=1, target="t", op="o"), Operation),
+        (q.GROUP_ONE, Group),
+        (q.GROUPS_ALL, Group),
+        (q.PAIRS_ALL, Pair),
+        (q.GROUP_MAP_ROWS_ALL, GroupMapRow),
+        (q.GROUP_MAPS_ALL, GroupMap),
+    ],
+)
+def test_record_queries_select_the_record_fields_in_order(query: Select[Any], record: type) -> None:
+    """Each query a record is built from selects exactly that record's fields, in order."""
+    assert tuple(column.key for column in query.selected_columns) == record.columns()  # type: ignore[attr-defined]
