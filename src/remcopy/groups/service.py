@@ -1,0 +1,150 @@
+# Group services over the catalog and a host's session: define, load, operate, report.
+#
+# Why: the CLI and the TUI call these; they hold the sequence (read the catalog, act through
+# one host's paths, log the operation with its timing and result) so both front ends behave
+# the same, and every operation is in the operation log for an auditor.
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from remcopy.catalog import Catalog, GroupMapRow, Pair
+from remcopy.groups.definition import (
+    MapIndex,
+    definition_document,
+    load_group_definition,
+    resolve,
+)
+from remcopy.groups.load import group_map, unseen
+from remcopy.groups.model import Group, GroupOptions, GroupPair
+from remcopy.groups.operations import GroupReport, run_operation, suspend
+from remcopy.host.engine import EngineLimits
+from remcopy.host.service import host_definition
+from remcopy.host.session import HostSession
+from remcopy.ids import HardwareAddress
+from remcopy.states import CopyMode, FencePolicy
+from remcopy.wire.native import PairOp
+
+
+def map_index(catalog: Catalog) -> MapIndex:
+    return MapIndex({host.name: catalog.map_all(host.name) for host in catalog.hosts_all()})
+
+
+def _taken(catalog: Catalog) -> dict[str, str]:
+    out = {}
+    for group in catalog.groups_all():
+        for pair in catalog.pairs_all(group.name):
+            out[pair.primary_address] = group.name
+            out[pair.secondary_address] = group.name
+    return out
+
+
+def define_group(catalog: Catalog, path: Path, *, replace: bool = False) -> int:
+    """Resolve a definition through every host's map and store it whole; returns pairs."""
+    definition = load_group_definition(path)
+    pairs = resolve(definition, map_index(catalog), taken=_taken(catalog))
+    catalog.put_group(
+        definition.name,
+        definition_document(definition),
+        [
+            Pair(
+                primary_address=str(p.primary),
+                secondary_address=str(p.secondary),
+                volser=p.volser,
+                mode=definition.options.mode.value,
+            )
+            for p in pairs
+        ],
+        replace=replace,
+    )
+    return len(pairs)
+
+
+def options_from(document: dict[str, Any]) -> GroupOptions:
+    return GroupOptions(
+        mode=CopyMode(document.get("mode", "sync")),
+        consistency_group=bool(document.get("consistency_group", True)),
+        fence=FencePolicy(document.get("fence", "never")),
+        margin_s=float(document.get("margin_s", 0.05)),
+    )
+
+
+def group_for_host(catalog: Catalog, name: str, host: str) -> Group:
+    """The group's pairs as `host` reaches them (its device numbers and controllers)."""
+    stored = catalog.group_one(name)
+    index = MapIndex({host: catalog.map_all(host)})
+    from remcopy.groups.definition import ResolvedPair
+
+    resolved = [
+        ResolvedPair(
+            primary=HardwareAddress.parse(p.primary_address),
+            secondary=HardwareAddress.parse(p.secondary_address),
+            volser=p.volser or "",
+            where=name,
+        )
+        for p in catalog.pairs_all(name)
+    ]
+    return Group(
+        name=name,
+        options=options_from(dict(stored.options)),
+        pairs=tuple(group_map(host, resolved, index)),
+    )
+
+
+def load_group(catalog: Catalog, name: str, host: str) -> tuple[Group, list[str]]:
+    """Build and store the group map for a host; returns it and what the host cannot see."""
+    group = group_for_host(catalog, name, host)
+    rows = [
+        GroupMapRow(
+            primary_address=str(p.primary),
+            secondary_address=str(p.secondary),
+            volser=p.volser or None,
+            primary_device=_hex(p.primary_number),
+            secondary_device=_hex(p.secondary_number),
+        )
+        for p in group.pairs
+    ]
+    catalog.store_group_map(name, host, rows, loaded_at_ns=time.time_ns())
+    return group, unseen(group.pairs)
+
+
+def _hex(number: int | None) -> str | None:
+    return None if number is None else f"{number:04X}"
+
+
+async def operate(
+    catalog: Catalog,
+    name: str,
+    host: str,
+    op: PairOp,
+    *,
+    who: str = "remcopy",
+    dry_run: bool = False,
+    at_ns: int | None = None,
+    margin_s: float | None = None,
+    limits: EngineLimits | None = None,
+    pairs: Sequence[GroupPair] | None = None,
+) -> GroupReport:
+    """Run one group operation as `host` and record it in the operation log."""
+    group = group_for_host(catalog, name, host)
+    if pairs is not None:
+        group = Group(name=group.name, options=group.options, pairs=tuple(pairs))
+    started_ns = time.time_ns()
+    async with HostSession(host_definition(catalog, host), limits=limits) as session:
+        if op is PairOp.SUSPEND:
+            report = await suspend(session, group, at_ns=at_ns, margin_s=margin_s, dry_run=dry_run)
+        else:
+            report = await run_operation(session, group, op, dry_run=dry_run)
+    if not dry_run:
+        catalog.log_operation(
+            who=who,
+            op=f"group {report.op}",
+            target=name,
+            started_ns=started_ns,
+            duration_s=report.elapsed_s,
+            result="failed" if report.failed else "ok",
+            details=report.to_json(),
+        )
+    return report
