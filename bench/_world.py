@@ -184,7 +184,7 @@ async def establish(
 
 async def wait_duplex(events: Subscription, count: int) -> list[str]:
     """The next `count` '-> DUPLEX' lines of the primary's event stream."""
-    lines = []
+    lines: list[str] = []
     deadline = time.monotonic() + DUPLEX_TIMEOUT_S
     while len(lines) < count:
         left = max(0.1, deadline - time.monotonic())
@@ -258,14 +258,31 @@ class CpuMeter:
 def main_guard(prefix: str, body: Callable[[Path], Coroutine[Any, Any, T]]) -> T:
     """Run body(temp folder) on the project's event loop; always clean up.
 
-    SIGTERM takes the Ctrl-C path, so the `finally` blocks of `two_sites` stop the controllers;
-    any controller still alive afterwards (the loop was torn down first) is killed here by its
-    pid, and the temp folder under /tmp is removed.
+    Ctrl-C (the runner's own handler) and SIGTERM (ours) cancel the main task, so the
+    `finally` blocks of `two_sites` stop the controllers; any controller still alive
+    afterwards is killed here by its pid, and the temp folder under /tmp is removed. An
+    interrupted run exits with 130 (Ctrl-C) or 143 (SIGTERM) and prints no table.
     """
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    terminated = False
+
+    async def guarded() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_term() -> None:
+            nonlocal terminated
+            terminated = True
+            task.cancel()
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_term)
+        return await body(root)
+
     try:
-        return aio.run(body(root))
+        return aio.run(guarded())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("interrupted: controllers stopped, temp folder removed", file=sys.stderr)
+        raise SystemExit(143 if terminated else 130) from None
     finally:
         for proc in _STARTED:
             process = proc.process

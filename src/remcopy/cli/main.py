@@ -14,6 +14,8 @@ import click
 from remcopy import __version__
 from remcopy.cli.controller import controller
 from remcopy.cli.demo import demo
+from remcopy.cli.group import group
+from remcopy.cli.host import host, map_group, scan
 from remcopy.cli.output import fail
 from remcopy.cli.states import states
 from remcopy.cli.volume import volume
@@ -43,6 +45,10 @@ cli.add_command(controller)
 cli.add_command(volume)
 cli.add_command(states)
 cli.add_command(demo)
+cli.add_command(host)
+cli.add_command(scan)
+cli.add_command(map_group)
+cli.add_command(group)
 
 
 def main() -> None:

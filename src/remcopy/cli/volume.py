@@ -7,6 +7,8 @@ import click
 
 from remcopy.cli.output import emit_json, say
 from remcopy.configfile import parse_size
+from remcopy.controller.config import load_controller_config
+from remcopy.controller.nbd_server import configured_export_uri
 from remcopy.controller.volume import TRACK_SIZE_DEFAULT_BYTES, Volume
 from remcopy.errors import InputError
 from remcopy.ids import Volser
@@ -84,3 +86,41 @@ def _report(vol: Volume, as_json: bool) -> None:
             f"{vol.path}: volser {vol.volser}, {vol.tracks} tracks of "
             f"{vol.track_size_bytes} bytes ({vol.capacity_bytes} bytes)"
         )
+
+
+# --- NBD export (docs/nbd.md) ---
+
+
+@volume.command("export-uri")
+@click.argument("volser")
+@click.option(
+    "--config",
+    "config",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The config file of the controller that holds the volume.",
+)
+@click.option(
+    "--host",
+    default=None,
+    help="Host name or address clients reach the controller at (default: from nbd_listen).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def export_uri(volser: str, config: Path, host: str | None, as_json: bool) -> None:
+    """Print the nbd:// URI under which the controller CONFIG exports volume VOLSER.
+
+    The URI is built from the config's controller.nbd_listen (which must name a fixed port)
+    and works with nbdinfo, nbdcopy, qemu-img and qemu-io. The controller need not be running.
+
+    \b
+    Example:
+      remcopy volume export-uri PAY001 --config site-a/cntl1.toml
+      qemu-img info "$(remcopy volume export-uri PAY001 --config site-a/cntl1.toml)"
+    """
+    cfg = load_controller_config(config)
+    uri, (uri_host, port) = configured_export_uri(cfg, volser, source=str(config), host=host)
+    if as_json:
+        name = str(Volser.parse(volser))
+        emit_json({"volser": name, "uri": uri, "host": uri_host, "port": port})
+    else:
+        say(uri)

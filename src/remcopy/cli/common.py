@@ -1,0 +1,69 @@
+# What several commands share: the catalog option, the --json flag, progress on stderr.
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from remcopy.catalog import Catalog
+from remcopy.cli.output import stderr
+
+CATALOG_DEFAULT = "remcopy.db"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def catalog_option(f: F) -> F:
+    return click.option(
+        "--catalog",
+        "catalog_location",
+        envvar="REMCOPY_CATALOG",
+        default=CATALOG_DEFAULT,
+        show_default=True,
+        help="Catalog: an SQLite file or a postgresql:// URL (env REMCOPY_CATALOG).",
+    )(f)
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")(f)
+
+
+@contextmanager
+def open_catalog(location: str) -> Iterator[Catalog]:
+    catalog = Catalog.open(location)
+    try:
+        yield catalog
+    finally:
+        catalog.close()
+
+
+class ControllerProgress:
+    """One progress bar per controller on stderr (only on a terminal)."""
+
+    def __init__(self) -> None:
+        self._progress = Progress(
+            TextColumn("{task.description:<12}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=stderr,
+            transient=True,
+            disable=not stderr.is_terminal or bool(os.environ.get("CI")),
+        )
+        self._tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> ControllerProgress:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.__exit__(None, None, None)
+
+    def update(self, controller: str, done: int, total: int) -> None:
+        task = self._tasks.get(controller)
+        if task is None:
+            task = self._tasks[controller] = self._progress.add_task(controller, total=total)
+        self._progress.update(task, completed=done, total=total)

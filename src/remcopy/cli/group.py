@@ -1,0 +1,292 @@
+# `remcopy group ...`: define, load and operate copy groups.
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from remcopy import aio
+from remcopy.cli.common import catalog_option, json_option, open_catalog
+from remcopy.cli.output import emit_json, say, table
+from remcopy.errors import InputError, RemcopyError
+from remcopy.groups.load import lookup
+from remcopy.groups.operations import GroupReport
+from remcopy.groups.service import define_group, group_for_host, load_group, operate
+from remcopy.wire.native import PairOp
+
+
+class GroupOperationFailed(RemcopyError):
+    """a group operation did not reach its expected state on every pair"""
+
+
+@click.group()
+def group() -> None:
+    """Copy groups: define them, load them for a host, and run operations on all pairs."""
+
+
+@group.command("define")
+@click.argument("definition", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--replace", is_flag=True, help="Replace a group of the same name.")
+@catalog_option
+@json_option
+def group_define(definition: Path, replace: bool, catalog_location: str, as_json: bool) -> None:
+    """Resolve a group DEFINITION through the device maps and store it (all or nothing).
+
+    Every bad pair is named; if any is bad nothing is stored (exit 2).
+
+    \b
+    Example:
+      remcopy group define groups/payroll.toml
+    """
+    with open_catalog(catalog_location) as catalog:
+        count = define_group(catalog, definition, replace=replace)
+        name = catalog.groups_all()[-1].name if not as_json else None
+        del name
+    if as_json:
+        emit_json({"definition": str(definition), "pairs": count})
+    else:
+        say(f"{definition}: {count} pairs stored")
+
+
+@group.command("load")
+@click.argument("name")
+@click.option("--host", "host_name", required=True, help="The host to build the map for.")
+@catalog_option
+@json_option
+def group_load(name: str, host_name: str, catalog_location: str, as_json: bool) -> None:
+    """Build and store group NAME's map for a host: each pair's device numbers there.
+
+    \b
+    Example:
+      remcopy group load PAYROLL --host hosta
+    """
+    with open_catalog(catalog_location) as catalog:
+        loaded, missing = load_group(catalog, name, host_name)
+    if as_json:
+        emit_json(
+            {"group": name, "host": host_name, "pairs": len(loaded.pairs), "not_visible": missing}
+        )
+        return
+    say(
+        f"group {name} loaded for {host_name}: {len(loaded.pairs)} pairs"
+        + (f", {len(missing)} devices this host cannot see" if missing else "")
+    )
+    for line in missing[:20]:
+        say(f"  {line}")
+
+
+@group.command("list")
+@catalog_option
+@json_option
+def group_list(catalog_location: str, as_json: bool) -> None:
+    """List the groups in the catalog.
+
+    \b
+    Example:
+      remcopy group list
+    """
+    with open_catalog(catalog_location) as catalog:
+        groups = catalog.groups_all()
+    rows = [{"group": g.name, "pairs": g.pair_count, **dict(g.options)} for g in groups]
+    if as_json:
+        emit_json(rows)
+        return
+    table(
+        None,
+        ["group", "pairs", "mode", "consistency group"],
+        [(r["group"], r["pairs"], r.get("mode", ""), r.get("consistency_group", "")) for r in rows],
+    )
+
+
+@group.command("show")
+@click.argument("name")
+@click.option("--host", "host_name", required=True, help="Show device numbers of this host.")
+@click.option("--pair", "key", help="One pair, by volser, device number or address.")
+@catalog_option
+@json_option
+def group_show(
+    name: str, host_name: str, key: str | None, catalog_location: str, as_json: bool
+) -> None:
+    """Show group NAME's pairs as a host sees them; --pair finds one by any of five keys.
+
+    \b
+    Example:
+      remcopy group show PAYROLL --host hosta --pair 1A07
+    """
+    with open_catalog(catalog_location) as catalog:
+        loaded = group_for_host(catalog, name, host_name)
+    pairs = [lookup(loaded.pairs, key)] if key else list(loaded.pairs)
+
+    def num(n: int | None) -> str:
+        return "-" if n is None else f"{n:04X}"
+
+    if as_json:
+        emit_json(
+            [
+                {
+                    "volser": p.volser,
+                    "primary": str(p.primary),
+                    "secondary": str(p.secondary),
+                    "primary_device": num(p.primary_number),
+                    "secondary_device": num(p.secondary_number),
+                }
+                for p in pairs
+            ]
+        )
+        return
+    table(
+        f"group {name} on {host_name}",
+        ["volser", "pri dev", "primary", "sec dev", "secondary"],
+        [
+            (
+                p.volser,
+                num(p.primary_number),
+                str(p.primary),
+                num(p.secondary_number),
+                str(p.secondary),
+            )
+            for p in pairs
+        ],
+    )
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s)\s*$")
+
+
+def _at_ns(at: str | None, within: str | None) -> int | None:
+    if at and within:
+        raise InputError("suspend: give --at or --in, not both")
+    if within:
+        match = _DURATION.match(within)
+        if not match:
+            raise InputError(f"--in: expected a duration such as 50ms or 2s (got {within!r})")
+        value = float(match.group(1)) * (1e-3 if match.group(2) == "ms" else 1.0)
+        return time.time_ns() + int(value * 1e9)
+    if at:
+        if at.isdigit():
+            return int(at)
+        try:
+            return int(datetime.fromisoformat(at).timestamp() * 1e9)
+        except ValueError:
+            raise InputError(
+                f"--at: expected an ISO time or nanoseconds since the epoch (got {at!r})"
+            ) from None
+    return None
+
+
+def _report(report: GroupReport, as_json: bool, expected: str) -> None:
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(report.counts().items()))
+        requests = sum(report.requests.values())
+        say(
+            f"group {report.group}: {report.op} on {len(report.pairs)} pairs in "
+            f"{report.elapsed_s * 1e3:.1f} ms, {requests} requests to "
+            f"{len(report.requests)} controllers: {counts or 'nothing'}"
+            + (" (dry run: nothing sent)" if report.dry_run else "")
+        )
+        if report.op == "suspend" and not report.dry_run:
+            if report.consistent:
+                say(
+                    f"consistent at T={report.at_ns} "
+                    f"({datetime.fromtimestamp(report.at_ns / 1e9).isoformat()}), margin "
+                    f"{report.margin_s * 1e3:.1f} ms"
+                )
+            else:
+                say("NOT consistent: some pairs did not suspend at T")
+        if report.failed:
+            table(
+                "pairs not in the expected state",
+                ["pair", "state", "why"],
+                [(p.pair.name, p.state.name, p.message) for p in report.failed[:50]],
+            )
+    if report.failed or (report.op == "suspend" and not report.consistent and not report.dry_run):
+        raise GroupOperationFailed(
+            f"group {report.group}: {report.op}: {len(report.failed)} pairs not {expected}"
+        )
+
+
+def _op_command(op: PairOp, expected: str, doc: str) -> click.Command:
+    @click.command(op.name.lower(), help=doc)
+    @click.argument("name")
+    @click.option("--host", "host_name", required=True, help="Act as this host.")
+    @click.option("--dry-run", is_flag=True, help="Plan and show; send nothing.")
+    @catalog_option
+    @json_option
+    def command(
+        name: str, host_name: str, dry_run: bool, catalog_location: str, as_json: bool, **extra: Any
+    ) -> None:
+        at = _at_ns(extra.get("at"), extra.get("within")) if op is PairOp.SUSPEND else None
+        margin = extra.get("margin_ms")
+        with open_catalog(catalog_location) as catalog:
+            report = aio.run(
+                operate(
+                    catalog,
+                    name,
+                    host_name,
+                    op,
+                    dry_run=dry_run,
+                    at_ns=at,
+                    margin_s=None if margin is None else margin / 1000,
+                )
+            )
+        _report(report, as_json, expected)
+
+    if op is PairOp.SUSPEND:
+        command = click.option("--at", help="Suspend time: ISO time or ns since the epoch.")(
+            command
+        )
+        command = click.option("--in", "within", help="Suspend this long from now, e.g. 50ms.")(
+            command
+        )
+        command = click.option(
+            "--margin-ms", type=float, help="Least time from now to T when choosing it."
+        )(command)
+    return command
+
+
+for _op, _expected, _doc in (
+    (
+        PairOp.ESTABLISH,
+        "PENDING or DUPLEX",
+        "Establish every pair of group NAME.\n\n"
+        "\b\nExample:\n  remcopy group establish PAYROLL --host hosta",
+    ),
+    (
+        PairOp.SUSPEND,
+        "SUSPENDED at T",
+        "Suspend every pair of group NAME at one prospective "
+        "time T; reports 'consistent at T'.\n\n\b\nExample:\n  remcopy group suspend PAYROLL "
+        "--host hosta --in 50ms",
+    ),
+    (
+        PairOp.RESUME,
+        "resumed",
+        "Resume every pair: copy only the changed tracks.\n\n\b\n"
+        "Example:\n  remcopy group resume PAYROLL --host hosta",
+    ),
+    (
+        PairOp.RECOVER,
+        "RECOVERED",
+        "Take the secondaries over (disaster): writable at the "
+        "secondary site.\n\n\b\nExample:\n  remcopy group recover PAYROLL --host hostb",
+    ),
+    (
+        PairOp.FAILBACK,
+        "failed back",
+        "Reverse the pairs and copy back what changed on either "
+        "side.\n\n\b\nExample:\n  remcopy group failback PAYROLL --host hostb",
+    ),
+    (
+        PairOp.TERMINATE,
+        "SIMPLEX",
+        "End every pair of group NAME (both sides SIMPLEX).\n\n\b\n"
+        "Example:\n  remcopy group terminate PAYROLL --host hosta",
+    ),
+):
+    group.add_command(_op_command(_op, _expected, _doc))
