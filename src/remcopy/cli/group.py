@@ -15,7 +15,13 @@ from remcopy.cli.output import emit_json, say, table
 from remcopy.errors import InputError, RemcopyError
 from remcopy.groups.load import lookup
 from remcopy.groups.operations import GroupReport
-from remcopy.groups.service import define_group, group_for_host, load_group, operate
+from remcopy.groups.service import (
+    define_group,
+    group_for_host,
+    group_status,
+    load_group,
+    operate,
+)
 from remcopy.wire.native import PairOp
 
 
@@ -152,6 +158,61 @@ def group_show(
             for p in pairs
         ],
     )
+
+
+@group.command("status")
+@click.argument("name")
+@click.option("--host", "host_name", required=True, help="Ask as this host.")
+@click.option(
+    "--expect",
+    type=click.Choice(["DUPLEX", "SUSPENDED", "PENDING", "RECOVERED", "SIMPLEX"]),
+    help="Exit 1 unless every pair is in this state.",
+)
+@catalog_option
+@json_option
+def group_status_command(
+    name: str, host_name: str, expect: str | None, catalog_location: str, as_json: bool
+) -> None:
+    """Group NAME's pairs by state, the pairs not as expected, lag, last suspend time.
+
+    \b
+    Example:
+      remcopy group status PAYROLL --host hosta --expect DUPLEX
+    """
+    with open_catalog(catalog_location) as catalog:
+        statuses = aio.run(group_status(catalog, name, host_name))
+    counts: dict[str, int] = {}
+    for s in statuses:
+        counts[s.state.name] = counts.get(s.state.name, 0) + 1
+    odd = [s for s in statuses if s.error or (expect and s.state.name != expect)]
+    suspended_at = sorted({s.suspend_at_ns for s in statuses if s.suspend_at_ns})
+    doc = {
+        "group": name,
+        "pairs": len(statuses),
+        "counts": counts,
+        "lag_bytes": sum(s.lag_bytes for s in statuses),
+        "dirty_tracks": sum(s.dirty_tracks for s in statuses),
+        "suspend_at_ns": suspended_at[-1] if suspended_at else None,
+        "not_expected": [
+            {"pair": s.pair.name, "state": s.state.name, "error": s.error} for s in odd
+        ],
+    }
+    if as_json:
+        emit_json(doc)
+    else:
+        say(
+            f"group {name}: {len(statuses)} pairs: "
+            + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+            + f"; lag {doc['lag_bytes']} bytes; {doc['dirty_tracks']} changed tracks"
+        )
+        if odd:
+            table(
+                "pairs not as expected",
+                ["pair", "state", "error"],
+                [(s.pair.name, s.state.name, s.error) for s in odd[:50]],
+            )
+    if odd:
+        raise GroupOperationFailed(f"group {name}: {len(odd)} pairs not as expected")
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s)\s*$")

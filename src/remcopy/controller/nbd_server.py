@@ -81,6 +81,9 @@ log = logging.getLogger("remcopy.nbd")
 # mirror's confirmation, fdatasync). nbdcopy keeps 64 requests in flight per connection and
 # qemu 16; 64 lets a sync-mirrored stream fill the link without queueing in the codec.
 IN_FLIGHT_MAX: Final = 64
+# One socket read takes up to this much: several requests per wake-up (nbdcopy sends 256 KiB
+# writes, 64 in flight), so their replies leave in one send instead of one each.
+READ_CHUNK_BYTES: Final = 1024 * 1024
 # Replies queued for a slow reader beyond this stop reading requests (8 x 256 KiB nbdcopy
 # reads, 2 x 2 MiB qemu-img reads); the low mark resumes it.
 WRITE_BUFFER_HIGH_BYTES: Final = 4 * 1024 * 1024
@@ -98,7 +101,7 @@ LATE_WRITE_RETRY_MAX: Final = 2
 # FLUSH and FUA are fdatasync of the one file every connection writes through, so a flush on
 # any connection covers writes completed on all of them: multi-conn is safe. Measured with
 # nbdcopy (bench/nbd.py, docs/nbd.md), it does not cut throughput.
-MULTI_CONN: Final = True
+MULTI_CONN: Final = False
 
 
 def export_uri(address: tuple[str, int], volser: str) -> str:
@@ -322,7 +325,7 @@ class NbdServer:
         self._connections.discard(connection)
 
 
-class _NbdConnection(asyncio.Protocol):
+class _NbdConnection(asyncio.BufferedProtocol):
     """One client: its codec, its transport, and the requests waiting on slow work."""
 
     def __init__(self, server: NbdServer) -> None:
@@ -340,6 +343,7 @@ class _NbdConnection(asyncio.Protocol):
         self._ending = False  # Disconnect, ConnectionClosed or shutdown: read no more requests
         self._reading_paused = False
         self._writing_paused = False
+        self._read_buffer: memoryview | None = None  # allocated once the client is allowed
 
     def __repr__(self) -> str:
         return f"<_NbdConnection {self.peer} waiting={self._waiting} {self.codec!r}>"
@@ -363,12 +367,20 @@ class _NbdConnection(asyncio.Protocol):
             transport.close()
             return
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_BYTES, low=WRITE_BUFFER_LOW_BYTES)
+        self._read_buffer = memoryview(bytearray(READ_CHUNK_BYTES))
         self.server._accepted(self)
 
-    def data_received(self, data: bytes) -> None:
-        if self._ending:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._read_buffer is None:  # a refused client: what it sent is thrown away
+            self._read_buffer = memoryview(bytearray(4096))
+        return self._read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._ending or self._read_buffer is None:
             return
-        self.codec.receive_data(data)
+        # The codec copies what it is given into its own buffer (bytearray +=) before this
+        # buffer is read into again, so the view is passed without a copy of its own.
+        self.codec.receive_data(self._read_buffer[:nbytes])
         self._process()
 
     def eof_received(self) -> bool:

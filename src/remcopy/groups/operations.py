@@ -290,3 +290,55 @@ async def suspend(
 
 
 __all__ = ["Batch", "GroupReport", "PairOutcome", "plan", "run_operation", "suspend"]
+
+
+@dataclass(slots=True, kw_only=True)
+class PairStatus:
+    pair: GroupPair
+    state: PairState
+    suspend_at_ns: int = 0
+    dirty_tracks: int = 0
+    lag_bytes: int = 0
+    error: str = ""
+
+
+async def status(session: HostSession, group: Group) -> list[PairStatus]:
+    """Every pair's state at its primary: one query per controller, all at once."""
+    batches, refused = plan(group, PairOp.SUSPEND)
+    out = [PairStatus(pair=r.pair, state=PairState.SIMPLEX, error=r.message) for r in refused]
+
+    def query(batch: Batch) -> Callable[[Channel], Awaitable[Any]]:
+        async def run(channel: Channel) -> Any:
+            return await channel.query(tuple(i.device for i in batch.items))
+
+        return run
+
+    jobs = [Job(controller=b.controller, tag=b, run=query(b)) for b in batches]
+    for result in await session.engine.run_all(jobs):
+        batch = result.job.tag
+        if result.error is not None:
+            out.extend(
+                PairStatus(pair=p, state=PairState.SIMPLEX, error=str(result.error))
+                for p in batch.pairs
+            )
+            continue
+        by_device = {s.device: s for s in result.value or ()}
+        for item, pair in zip(batch.items, batch.pairs, strict=True):
+            s = by_device.get(item.device)
+            if s is None or s.status:
+                out.append(
+                    PairStatus(
+                        pair=pair, state=PairState.SIMPLEX, error="the controller did not report it"
+                    )
+                )
+                continue
+            out.append(
+                PairStatus(
+                    pair=pair,
+                    state=s.state,
+                    suspend_at_ns=s.suspend_at_ns,
+                    dirty_tracks=s.dirty_tracks,
+                    lag_bytes=s.lag_bytes,
+                )
+            )
+    return out

@@ -19,7 +19,7 @@ from remcopy.groups.definition import (
 )
 from remcopy.groups.load import group_map, unseen
 from remcopy.groups.model import Group, GroupOptions, GroupPair
-from remcopy.groups.operations import GroupReport, run_operation, suspend
+from remcopy.groups.operations import GroupReport, PairStatus, run_operation, status, suspend
 from remcopy.host.engine import EngineLimits
 from remcopy.host.service import host_definition
 from remcopy.host.session import HostSession
@@ -148,3 +148,9 @@ async def operate(
             details=report.to_json(),
         )
     return report
+
+
+async def group_status(catalog: Catalog, name: str, host: str) -> list[PairStatus]:
+    group = group_for_host(catalog, name, host)
+    async with HostSession(host_definition(catalog, host)) as session:
+        return await status(session, group)

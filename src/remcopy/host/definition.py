@@ -33,6 +33,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from remcopy import configfile
+from remcopy.configfile import format_address
 from remcopy.controller.config import Address, Cca, Lss, Secret, Ssid
 from remcopy.errors import InvalidIdentifier
 from remcopy.ids import DeviceNumber
@@ -106,8 +107,25 @@ class HostDefinition(_Strict):
         return sorted(out, key=lambda d: d.number)
 
     def to_document(self) -> dict[str, Any]:
-        """The definition as plain JSON-able data (for the catalog)."""
-        return self.model_dump(mode="json")
+        """The definition as the file spells it (JSON-able), so it parses back the same."""
+        return {
+            "host": {"name": self.host.name, "secret": self.host.secret},
+            "controllers": [
+                {"name": c.name, "address": format_address(c.address), "timeout_s": c.timeout_s}
+                for c in self.controllers
+            ],
+            "paths": [
+                {
+                    "devices": f"{p.devices[0]:04X}-{p.devices[1]:04X}",
+                    "controller": p.controller,
+                    "ssid": f"{p.ssid:04X}",
+                    "lss": f"{p.lss:02X}",
+                    "cca": f"{p.cca:02X}",
+                    "online": p.online,
+                }
+                for p in self.paths
+            ],
+        }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,0 +1,222 @@
+# The operator's flow through the CLI, as real processes: define a host, scan, define a group
+# by three kinds of keys, load, establish, wait for DUPLEX, suspend consistent at T.
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mirror_world import build, stop
+
+from conftest import HOST, SECRET
+
+
+def cli(*args: str, catalog: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, REMCOPY_CATALOG=str(catalog))
+    run = subprocess.run(
+        [sys.executable, "-m", "remcopy", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert "Traceback" not in run.stderr, run.stderr
+    if check:
+        assert run.returncode == 0, (args, run.stdout, run.stderr)
+    return run
+
+
+def _host_file(tmp_path: Path, world) -> Path:
+    p0, p1 = world.primaries
+    text = f"""
+[host]
+name = "{HOST}"
+secret = "{SECRET}"
+
+[[controllers]]
+name = "{p0.name}"
+address = "{p0.endpoint}"
+[[controllers]]
+name = "{p1.name}"
+address = "{p1.endpoint}"
+[[controllers]]
+name = "cntlb"
+address = "{world.secondary.endpoint}"
+
+[[paths]]
+devices = "1A00-1A03"
+controller = "{p0.name}"
+ssid = "1A00"
+lss = "0A"
+cca = "00"
+[[paths]]
+devices = "1B00-1B03"
+controller = "{p1.name}"
+ssid = "1A00"
+lss = "0A"
+cca = "00"
+[[paths]]
+devices = "2B00-2B07"
+controller = "cntlb"
+ssid = "2B00"
+lss = "20"
+cca = "00"
+online = false
+"""
+    path = tmp_path / "hosta.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+async def world(tmp_path):
+    w = await build(tmp_path, primaries=2, volumes=4)
+    yield w
+    await stop(w)
+
+
+async def test_operator_flow_from_host_to_consistent_suspend(world, tmp_path):
+    """Every step works through the CLI and the suspend says consistent at T."""
+    catalog = tmp_path / "catalog.db"
+    host_file = _host_file(tmp_path, world)
+    out = json.loads(cli("host", "add", str(host_file), "--json", catalog=catalog).stdout)
+    assert out == {"host": HOST, "devices": 16}
+    scan = json.loads(cli("scan", HOST, "--json", catalog=catalog).stdout)
+    assert scan["devices"] == 16
+    assert scan["requests"] == 3
+    assert scan["stored"]
+    found = json.loads(
+        cli("map", "show", HOST, "--volser", "P10002", "--json", catalog=catalog).stdout
+    )
+    assert [(e["device"], e["address"]) for e in found] == [("1B02", "64016:1A00:0A:02")]
+    group = tmp_path / "payroll.toml"
+    group.write_text("""
+[group]
+name = "PAYROLL"
+mode = "sync"
+[[pairs]]
+volser = "P00000"
+secondary_volser = "SB0000"
+[[pairs]]
+primary = "64015:1A00:0A:01"
+secondary = "65000:2B00:20:01"
+[[pairs]]
+host = "hosta"
+devices = "1A02-1A03"
+secondary_devices = "2B02-2B03"
+[[pairs]]
+host = "hosta"
+devices = "1B00-1B03"
+secondary_devices = "2B04-2B07"
+""")
+    assert (
+        json.loads(cli("group", "define", str(group), "--json", catalog=catalog).stdout)["pairs"]
+        == 8
+    )
+    loaded = json.loads(
+        cli("group", "load", "PAYROLL", "--host", HOST, "--json", catalog=catalog).stdout
+    )
+    assert loaded["pairs"] == 8
+    assert loaded["not_visible"] == []
+    dry = json.loads(
+        cli(
+            "group", "establish", "PAYROLL", "--host", HOST, "--dry-run", "--json", catalog=catalog
+        ).stdout
+    )
+    assert dry["requests_per_controller"] == {"cntla0": 0, "cntla1": 0}
+    status = json.loads(
+        cli("group", "status", "PAYROLL", "--host", HOST, "--json", catalog=catalog).stdout
+    )
+    assert status["counts"] == {"SIMPLEX": 8}, "the dry run changed something"
+    est = json.loads(
+        cli("group", "establish", "PAYROLL", "--host", HOST, "--json", catalog=catalog).stdout
+    )
+    assert est["requests_per_controller"] == {"cntla0": 1, "cntla1": 1}
+    assert est["failed"] == 0
+    for _ in range(600):  # wait on the state (bounded), each check a real query
+        run = cli(
+            "group",
+            "status",
+            "PAYROLL",
+            "--host",
+            HOST,
+            "--expect",
+            "DUPLEX",
+            "--json",
+            catalog=catalog,
+            check=False,
+        )
+        if run.returncode == 0:
+            break
+    assert json.loads(run.stdout)["counts"] == {"DUPLEX": 8}
+    susp = cli("group", "suspend", "PAYROLL", "--host", HOST, "--in", "80ms", catalog=catalog)
+    assert "consistent at T=" in susp.stdout
+    record = json.loads(
+        cli(
+            "group",
+            "suspend",
+            "PAYROLL",
+            "--host",
+            HOST,
+            "--in",
+            "80ms",
+            "--json",
+            catalog=catalog,
+            check=False,
+        ).stdout
+    )
+    assert record["consistent"] is False  # already suspended: every pair refused, exit 1
+    assert record["failed"] == 8
+    shown = json.loads(
+        cli(
+            "group", "show", "PAYROLL", "--host", HOST, "--pair", "2B05", "--json", catalog=catalog
+        ).stdout
+    )
+    assert shown[0]["primary"] == "64016:1A00:0A:01"
+
+
+async def test_bad_host_definitions_exit_2_naming_every_line(world, tmp_path):
+    """Overlaps, bad hex, unknown controller and a range past CCA FF are all named at once."""
+    catalog = tmp_path / "catalog.db"
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f"""
+[host]
+name = "hostx"
+secret = "{SECRET}"
+[[controllers]]
+name = "c1"
+address = "127.0.0.1:1"
+[[paths]]
+devices = "1A00-1A0F"
+controller = "c1"
+ssid = "1A00"
+lss = "0A"
+cca = "00"
+[[paths]]
+devices = "1A08-1A10"
+controller = "nosuch"
+ssid = "1A00"
+lss = "0B"
+cca = "FA"
+[[paths]]
+devices = "1G00"
+controller = "c1"
+ssid = "1A00"
+lss = "0A"
+cca = "20"
+""")
+    run = cli("host", "add", str(bad), catalog=catalog, check=False)
+    assert run.returncode == 2
+    assert "paths[2].devices" in run.stderr and "1G00" in run.stderr
+    run2 = bad.read_text().replace('devices = "1G00"', 'devices = "1C00"')
+    bad.write_text(run2)
+    run = cli("host", "add", str(bad), catalog=catalog, check=False)
+    assert run.returncode == 2
+    assert "unknown controller 'nosuch'" in run.stderr
+    assert "overlaps paths[0]" in run.stderr
+    assert "run past CCA FF" in run.stderr
+    listed = json.loads(cli("host", "list", "--json", catalog=catalog).stdout)
+    assert listed == []
