@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conftest import HOST, SECRET, MiB
+from common import HOST, SECRET, MiB
 from remcopy.controller.process import (
     ControllerProcess,
     ControllerSpec,

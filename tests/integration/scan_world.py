@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import SECRET, controller_spec
+from common import SECRET, controller_spec
 from remcopy.controller.process import ControllerProcess, free_port
 from remcopy.host.definition import HostDefinition, load_host_definition
 

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from conftest import HOST, SECRET, controller_spec
+from common import HOST, SECRET, controller_spec
 from remcopy.controller.process import ControllerProcess, ControllerSpec
 from remcopy.states import PairAction, PairState
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HOST, SECRET, MiB, controller_spec
+from common import HOST, SECRET, MiB, controller_spec
 from remcopy.controller.process import ControllerProcess, ControllerSpec
 from remcopy.errors import DeviceNotFound, OutOfRange
 from remcopy.host.channel import Channel

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from conftest import HOST, SECRET, controller_spec
+from common import HOST, SECRET, controller_spec
 from helpers import RawClient
 from remcopy.controller.process import ControllerProcess, ControllerSpec
 from remcopy.errors import (

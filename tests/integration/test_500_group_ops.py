@@ -7,7 +7,7 @@ import random
 
 from mirror_world import SECONDARY_LSS, SECONDARY_SERIAL, SlotLoad, build, primary_serial, stop
 
-from conftest import HOST, SECRET
+from common import HOST, SECRET
 from remcopy.groups import Group, GroupOptions, GroupPair, run_operation, suspend
 from remcopy.host.definition import parse_host_definition
 from remcopy.host.session import HostSession

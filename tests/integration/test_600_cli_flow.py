@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mirror_world import build, stop
 
-from conftest import HOST, SECRET
+from common import HOST, SECRET
 
 
 def cli(*args: str, catalog: Path, check: bool = True) -> subprocess.CompletedProcess[str]:

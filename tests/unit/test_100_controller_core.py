@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import controller_spec
+from common import controller_spec
 from remcopy.controller.config import load_controller_config
 from remcopy.controller.core import Controller
 from remcopy.errors import DeviceNotFound, IllegalTransition, WriteProtected

@@ -1,0 +1,37 @@
+# Values and builders shared by the test suites (imported as `common`; conftest.py keeps
+# only fixtures, so test folders with their own conftest never shadow these names).
+from __future__ import annotations
+
+from pathlib import Path
+
+from remcopy.controller.process import ControllerSpec, VolumeSpec
+
+HOST = "hosta"
+SECRET = "s3cret-hosta-key"
+MiB = 1024 * 1024
+
+
+def controller_spec(
+    root: Path,
+    name: str,
+    serial: int,
+    *,
+    ssid: int = 0x1A00,
+    lss: int = 0x0A,
+    volumes: int = 4,
+    size_bytes: int = 4 * MiB,
+    prefix: str | None = None,
+    hosts: dict[str, str] | None = None,
+) -> ControllerSpec:
+    prefix = prefix or name[:2].upper()
+    return ControllerSpec(
+        name=name,
+        serial=serial,
+        data_dir=root / name,
+        lss={lss: ssid},
+        volumes=[
+            VolumeSpec(lss=lss, cca=c, volser=f"{prefix}{c:04X}", size_bytes=size_bytes)
+            for c in range(volumes)
+        ],
+        hosts=hosts if hosts is not None else {HOST: SECRET},
+    )
