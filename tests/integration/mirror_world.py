@@ -70,7 +70,13 @@ def primary_serial(index: int) -> int:
 
 
 async def build(
-    root: Path, *, primaries: int = 1, volumes: int = 4, size_bytes: int = 4 * MiB
+    root: Path,
+    *,
+    primaries: int = 1,
+    volumes: int = 4,
+    size_bytes: int = 4 * MiB,
+    peer_address: dict[int, str] | None = None,
+    primary_settings: dict[str, float] | None = None,
 ) -> World:
     """Write configs with fixed ports, start the secondary, then the primaries."""
     world = World(root=root, volumes=volumes, size_bytes=size_bytes)
@@ -104,6 +110,7 @@ async def build(
             serial=primary_serial(i),
             data_dir=root / f"cntla{i}",
             listen=f"127.0.0.1:{ports[i]}",
+            settings=dict(primary_settings or {}),
             lss={0x0A: 0x1A00},
             volumes=[
                 VolumeSpec(lss=0x0A, cca=c, volser=f"P{i}{c:04X}", size_bytes=size_bytes)
@@ -114,7 +121,7 @@ async def build(
                 PeerSpec(
                     name="cntlb",
                     serial=SECONDARY_SERIAL,
-                    address=f"127.0.0.1:{ports[-1]}",
+                    address=(peer_address or {}).get(i, f"127.0.0.1:{ports[-1]}"),
                     secret=LINK_SECRET,
                 )
             ],

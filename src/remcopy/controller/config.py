@@ -115,6 +115,10 @@ class ControllerSection(_Strict):
     format_missing: bool = False
     """Create a volume file that does not exist yet (never touches an existing one)."""
     shutdown_grace_s: float = Field(default=10.0, gt=0, le=600)
+    ack_timeout_s: float = Field(default=5.0, gt=0, le=600)
+    """A replication batch not confirmed this long counts as a link failure."""
+    hold_s: float = Field(default=2.0, ge=0, le=600)
+    """How long a consistency-group device holds host writes after a replication error."""
     identify_delay_s: float = Field(default=0.0, ge=0, le=60)
     """Testing aid: answer every identify this much later (a slow controller)."""
     # --- NBD export (docs/nbd.md) ---

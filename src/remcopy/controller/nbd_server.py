@@ -81,9 +81,15 @@ log = logging.getLogger("remcopy.nbd")
 # mirror's confirmation, fdatasync). nbdcopy keeps 64 requests in flight per connection and
 # qemu 16; 64 lets a sync-mirrored stream fill the link without queueing in the codec.
 IN_FLIGHT_MAX: Final = 64
+# ...and the write payload they may hold (a sync mirror keeps it until the secondary confirms):
+# 64 nbdcopy writes of 256 KiB, or two 32 MiB writes.
+IN_FLIGHT_BYTES_MAX: Final = 64 * 1024 * 1024
+# Connections at once; more are closed at accept and logged. nbdcopy opens 4, qemu-img and
+# qemu-io 1 (up to 16 with multi-conn); each costs a read buffer plus at most one request.
+CONNECTIONS_MAX: Final = 32
 # One socket read takes up to this much: several requests per wake-up (nbdcopy sends 256 KiB
 # writes, 64 in flight), so their replies leave in one send instead of one each.
-READ_CHUNK_BYTES: Final = 1024 * 1024
+READ_CHUNK_BYTES: Final = 4 * 1024 * 1024
 # Replies queued for a slow reader beyond this stop reading requests (8 x 256 KiB nbdcopy
 # reads, 2 x 2 MiB qemu-img reads); the low mark resumes it.
 WRITE_BUFFER_HIGH_BYTES: Final = 4 * 1024 * 1024
@@ -101,7 +107,7 @@ LATE_WRITE_RETRY_MAX: Final = 2
 # FLUSH and FUA are fdatasync of the one file every connection writes through, so a flush on
 # any connection covers writes completed on all of them: multi-conn is safe. Measured with
 # nbdcopy (bench/nbd.py, docs/nbd.md), it does not cut throughput.
-MULTI_CONN: Final = False
+MULTI_CONN: Final = True
 
 
 def export_uri(address: tuple[str, int], volser: str) -> str:
@@ -313,13 +319,12 @@ class NbdServer:
         self._drivers.add(driver)
         driver.add_done_callback(self._drivers.discard)
 
-    def _refused(self, peer: str) -> None:
+    def _refused(self, peer: str, reason: str | None) -> None:
         self.refused_total += 1
-        log.warning(
-            "nbd: refused %s: not in controller.nbd_allow (%s)",
-            peer,
-            ", ".join(str(n) for n in self.allow) or "empty",
-        )
+        if reason is None:
+            allowed = ", ".join(str(n) for n in self.allow) or "empty"
+            reason = f"not in controller.nbd_allow ({allowed})"
+        log.warning("nbd: refused %s: %s", peer, reason)
 
     def _closed(self, connection: _NbdConnection) -> None:
         self._connections.discard(connection)
@@ -340,13 +345,18 @@ class _NbdConnection(asyncio.BufferedProtocol):
         self._tasks: asyncio.TaskGroup | None = None
         self._lost = asyncio.get_running_loop().create_future()
         self._waiting = 0  # request tasks not finished
+        self._waiting_bytes = 0  # write payload those tasks hold
         self._ending = False  # Disconnect, ConnectionClosed or shutdown: read no more requests
         self._reading_paused = False
         self._writing_paused = False
         self._read_buffer: memoryview | None = None  # allocated once the client is allowed
+        self._unsent_bytes = 0  # read data answered since the last _send
 
     def __repr__(self) -> str:
-        return f"<_NbdConnection {self.peer} waiting={self._waiting} {self.codec!r}>"
+        return (
+            f"<_NbdConnection {self.peer} waiting={self._waiting} "
+            f"waiting_bytes={self._waiting_bytes} {self.codec!r}>"
+        )
 
     # Protocol callbacks...
 
@@ -358,13 +368,18 @@ class _NbdConnection(asyncio.BufferedProtocol):
         self.peer = format_address((host, peer[1])) if isinstance(peer, tuple) else str(peer)
         self.grant = HostGrant(name=f"nbd {self.peer}", secret=b"", lss=None)
         if not self.server.allowed(host):
-            self.server._refused(self.peer)
+            self.server._refused(self.peer, None)
             self._ending = True
             transport.abort()
             return
         if self.server._stopping.is_set():
             self._ending = True
             transport.close()
+            return
+        if len(self.server._connections) >= CONNECTIONS_MAX:
+            self.server._refused(self.peer, f"already {CONNECTIONS_MAX} connections (the limit)")
+            self._ending = True
+            transport.abort()
             return
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_BYTES, low=WRITE_BUFFER_LOW_BYTES)
         self._read_buffer = memoryview(bytearray(READ_CHUNK_BYTES))
@@ -380,7 +395,7 @@ class _NbdConnection(asyncio.BufferedProtocol):
             return
         # The codec copies what it is given into its own buffer (bytearray +=) before this
         # buffer is read into again, so the view is passed without a copy of its own.
-        self.codec.receive_data(self._read_buffer[:nbytes])
+        self.codec.receive_data(cast(bytes, self._read_buffer[:nbytes]))
         self._process()
 
     def eof_received(self) -> bool:
@@ -435,11 +450,15 @@ class _NbdConnection(asyncio.BufferedProtocol):
             return  # not driven yet (run() processes on start) or already over
         codec = self.codec
         try:
-            while not self._ending and self._waiting < IN_FLIGHT_MAX and not self._writing_paused:
+            while not self._ending and not self._busy():
                 event = codec.next_event()
                 if event is NEED_DATA:
                     break
                 self._dispatch(event)
+                if self._unsent_bytes >= WRITE_BUFFER_HIGH_BYTES:
+                    # Reads are answered at once: hand them to the transport now, so a client
+                    # that pipelines reads and does not take the replies meets pause_writing.
+                    self._send()
         except Exception:
             # Our bug (the codec turns every peer mistake into an event): drop this client only.
             log.exception("nbd %s: internal error, this should never happen", self.peer)
@@ -451,11 +470,19 @@ class _NbdConnection(asyncio.BufferedProtocol):
         self._update_reading()
         self._close_when_idle()
 
+    def _busy(self) -> bool:
+        """Back-pressure: take no more requests until replies drain or slow work finishes."""
+        return (
+            self._writing_paused
+            or self._waiting >= IN_FLIGHT_MAX
+            or self._waiting_bytes >= IN_FLIGHT_BYTES_MAX
+        )
+
     def _update_reading(self) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        pause = self._ending or self._writing_paused or self._waiting >= IN_FLIGHT_MAX
+        pause = self._ending or self._busy()
         if pause and not self._reading_paused:
             transport.pause_reading()
             self._reading_paused = True
@@ -464,6 +491,7 @@ class _NbdConnection(asyncio.BufferedProtocol):
             self._reading_paused = False
 
     def _send(self) -> None:
+        self._unsent_bytes = 0
         data = self.codec.data_to_send()
         transport = self._transport
         if data and transport is not None and not transport.is_closing():
@@ -490,6 +518,7 @@ class _NbdConnection(asyncio.BufferedProtocol):
                     self._reply_error(handle, exc)
                 else:
                     codec.reply_read(handle, data)
+                    self._unsent_bytes += length
             case WriteRequest():
                 self.server.requests_total += 1
                 self._write(event)
@@ -549,7 +578,7 @@ class _NbdConnection(asyncio.BufferedProtocol):
         if pending is None and not event.fua:
             self.codec.reply_ok(event.handle)
             return
-        self._spawn(event.handle, self._written(device, event, pending))
+        self._spawn(event.handle, self._written(device, event, pending), len(event.data))
 
     def _host_write(
         self, device: Device, offset: int, data: bytes, *, fua: bool
@@ -627,12 +656,13 @@ class _NbdConnection(asyncio.BufferedProtocol):
         await asyncio.to_thread(device.volume.flush)
         self.server.controller.counters["flushes"] += 1
 
-    def _spawn(self, handle: int, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, handle: int, work: Coroutine[Any, Any, None], size_bytes: int = 0) -> None:
         assert self._tasks is not None
         self._waiting += 1
-        self._tasks.create_task(self._answer(handle, work))
+        self._waiting_bytes += size_bytes
+        self._tasks.create_task(self._answer(handle, work, size_bytes))
 
-    async def _answer(self, handle: int, work: Coroutine[Any, Any, None]) -> None:
+    async def _answer(self, handle: int, work: Coroutine[Any, Any, None], size_bytes: int) -> None:
         try:
             await work
         except RemcopyError as exc:
@@ -641,6 +671,7 @@ class _NbdConnection(asyncio.BufferedProtocol):
             self.codec.reply_ok(handle)
         finally:
             self._waiting -= 1
+            self._waiting_bytes -= size_bytes
         self._process()
 
     def _reply_error(self, handle: int, exc: RemcopyError) -> None:

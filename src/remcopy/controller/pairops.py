@@ -226,7 +226,18 @@ class PairOperations:
         document = await sealed
         for run in armed:
             pair = run.device.pair
-            if pair.state is PairState.SUSPENDED and pair.suspend_at_ns == at_ns:
+            if run.frozen_at_ns == at_ns and pair.state is PairState.SUSPENDED_ERROR:
+                results.append(
+                    PairResult(
+                        device=run.device.key,
+                        state=pair.state,
+                        role=pair.role,
+                        at_ns=at_ns,
+                        message="frozen: its replication failed before T; host writes were held "
+                        "until this freeze, so nothing that depends on them was mirrored",
+                    )
+                )
+            elif pair.state is PairState.SUSPENDED and pair.suspend_at_ns == at_ns:
                 # tracks > 0: the copy had not finished, so this secondary is not consistent.
                 left = run.changemap.count() if run.copy_unfinished else 0
                 results.append(_ok(run.device, at_ns=at_ns, tracks=left))
@@ -278,8 +289,16 @@ class PairOperations:
         drained_ns = time.time_ns()
         by_peer: dict[int, list[DeviceRun]] = {}
         changes: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]] = {}
+        frozen: list[DeviceRun] = []
         for run in runs:
             run.sealed_at_ns = 0
+            if run.held is not None:
+                # Its replication failed before T and its host writes were held since: its
+                # secondary stopped at the failure, before anything that depends on it. The
+                # freeze ends the hold with SUSPENDED_ERROR (the held writes are recorded).
+                frozen.append(run)
+                run.frozen_at_ns = at_ns
+                continue
             if run.device.pair.state in (PairState.DUPLEX, PairState.PENDING):
                 if run.copier is not None:
                     run.copier.cancel()
@@ -288,6 +307,8 @@ class PairOperations:
                 by_peer.setdefault(run.device.pair.peer_serial, []).append(run)
         if changes:
             self.rep.controller.commit_states(changes, cause="suspend", at_ns=at_ns)
+        if frozen:
+            self.rep.to_error_all(frozen)
         for serial, peer_runs in by_peer.items():
             await self._tell_peer(serial, peer_runs, "suspend", at_ns=at_ns)
         if not done.done():
@@ -298,6 +319,7 @@ class PairOperations:
                     "drained_ns": drained_ns,
                     "late_writes": self.rep.counters["late_writes"] - late_before,
                     "in_flight_at_seal": len(pending),
+                    "frozen_in_error": len(frozen),
                 }
             )
 

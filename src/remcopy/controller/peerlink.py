@@ -8,7 +8,7 @@
 # Rules this module keeps:
 # - `push` never blocks: updates queued in one loop step travel as one UpdateBatch frame.
 # - Every update's future is settled exactly once: confirmed, or failed with the link's error.
-# - A failure (link lost, negative acknowledgement, no confirmation within ACK_TIMEOUT_S) is
+# - A failure (link lost, negative acknowledgement, no confirmation within ack_timeout_s) is
 #   reported to the replicator once, through `mark_broken`.
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ log = logging.getLogger("remcopy.replication")
 BATCH_UPDATES_MAX: Final = 256
 BATCH_BYTES_MAX: Final = 4 * 1024 * 1024
 # Confirmation deadline for an update batch; past it the link counts as failed.
-ACK_TIMEOUT_S: Final = 10.0
+ACK_TIMEOUT_S_DEFAULT: Final = 5.0
 
 
 class PeerLink:
@@ -43,7 +43,9 @@ class PeerLink:
         local_name: str,
         journal: Journal,
         on_broken: Callable[[PeerLink, RemcopyError], None],
+        ack_timeout_s: float = ACK_TIMEOUT_S_DEFAULT,
     ) -> None:
+        self.ack_timeout_s = ack_timeout_s
         self.peer = peer
         self.journal = journal
         self.replayed = asyncio.Event()
@@ -54,7 +56,7 @@ class PeerLink:
             name=local_name,
             secret=peer.secret,
             role=native.PeerRole.PEER,
-            timeout_s=ACK_TIMEOUT_S,
+            timeout_s=ack_timeout_s,
         )
         self._on_broken = on_broken
         self._queue: list[tuple[native.Update, asyncio.Future[None]]] = []
@@ -122,14 +124,14 @@ class PeerLink:
             self.batches_sent += 1
             futures = [f for _, f in batch]
             reply.add_done_callback(lambda r, fs=futures: self._acked(r, fs))  # type: ignore[misc]
-            asyncio.get_running_loop().call_later(ACK_TIMEOUT_S, self._check_timeout, reply)
+            asyncio.get_running_loop().call_later(self.ack_timeout_s, self._check_timeout, reply)
 
     def _check_timeout(self, reply: asyncio.Future[native.Message]) -> None:
         if not reply.done():
             reply.set_exception(
                 BrokenResourceError(
                     f"replication link to {self.peer.name}: no confirmation within "
-                    f"{ACK_TIMEOUT_S} s"
+                    f"{self.ack_timeout_s} s"
                 )
             )
 

@@ -55,6 +55,8 @@ class ControllerSpec:
     listen: str = "127.0.0.1:0"
     track_size_bytes: int = 64 * 1024
     identify_delay_s: float = 0.0
+    settings: dict[str, float] = field(default_factory=dict)
+    """More [controller] keys, e.g. {"ack_timeout_s": 1.0}."""
     nbd_listen: str | None = None
     """Serve every volume over NBD here (e.g. "127.0.0.1:0"); None: no NBD port."""
     nbd_allow: list[str] | None = None
@@ -72,6 +74,7 @@ class ControllerSpec:
         ]
         if self.identify_delay_s:
             lines.append(f"identify_delay_s = {self.identify_delay_s}")
+        lines += [f"{key} = {value}" for key, value in sorted(self.settings.items())]
         if self.nbd_listen is not None:
             lines.append(f'nbd_listen = "{self.nbd_listen}"')
         if self.nbd_allow is not None:

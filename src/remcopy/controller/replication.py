@@ -68,8 +68,8 @@ log = logging.getLogger("remcopy.replication")
 # Track copies in flight per device and per controller.
 COPY_IN_FLIGHT_PER_DEVICE: Final = 8
 COPY_IN_FLIGHT_MAX: Final = 64
-# How long a consistency-group device holds host writes after a replication error.
-HOLD_S_DEFAULT: Final = 2.0
+# How long a consistency-group device holds host writes after a replication error: config
+# key controller.hold_s (default 2 s).
 # How long a semisync write waits for its predecessor's confirmation before answering busy.
 SEMISYNC_WAIT_S: Final = 10.0
 
@@ -91,6 +91,8 @@ class DeviceRun:
     shadow_total: int = 0
     bytes_sent: int = 0
     lag_bytes: int = 0
+    frozen_at_ns: int = 0
+    """Set when a freeze at T ended this device's hold (it is SUSPENDED_ERROR at T)."""
     copy_unfinished: bool = False
     """Suspended while PENDING: the secondary is not a consistent image."""
 
@@ -108,6 +110,8 @@ class Replicator:
                 device=device, changemap=ChangeMap(path, volume.tracks, volume.track_size_bytes)
             )
         self.links: dict[int, PeerLink] = {}
+        self.hold_s = controller.config.controller.hold_s
+        self.ack_timeout_s = controller.config.controller.ack_timeout_s
         self.ops = PairOperations(self)
         self._tasks: asyncio.TaskGroup | None = None
         self._copy_slots = asyncio.Semaphore(COPY_IN_FLIGHT_MAX)
@@ -235,7 +239,7 @@ class Replicator:
             len(runs),
             link.peer.name,
         )
-        self._to_error_all(runs)  # DUPLEX -> SUSPENDED_ERROR: the truth until copied
+        self.to_error_all(runs)  # DUPLEX -> SUSPENDED_ERROR: the truth until copied
         answers = {r.device: r for r in await self.ops._tell_peer(serial, runs, "resume")}
         changes = {}
         for run in runs:
@@ -265,6 +269,7 @@ class Replicator:
                 local_name=self.controller.name,
                 journal=journal,
                 on_broken=self._link_broken,
+                ack_timeout_s=self.ack_timeout_s,
             )
             self.links[serial] = link
         return link
@@ -281,7 +286,7 @@ class Replicator:
         held = [run for run in failed if run.device.pair.consistency_group]
         for run in held:
             self._device_failed(run, exc)
-        self._to_error_all([run for run in failed if not run.device.pair.consistency_group])
+        self.to_error_all([run for run in failed if not run.device.pair.consistency_group])
 
     def _device_failed(self, run: DeviceRun, exc: RemcopyError) -> None:
         """A replication error: hold (consistency group) or go SUSPENDED_ERROR at once."""
@@ -292,10 +297,10 @@ class Replicator:
             run.held = asyncio.Event()
             self.controller.announce(
                 f"hold {run.device.address} cause=replication-error "
-                f'hold_s={HOLD_S_DEFAULT} error="{exc}"'
+                f'hold_s={self.hold_s} error="{exc}"'
             )
             handle = asyncio.get_running_loop().call_later(
-                HOLD_S_DEFAULT, self._hold_expired, run, exc
+                self.hold_s, self._hold_expired, run, exc
             )
             self.timers.append(handle)
             return
@@ -306,9 +311,9 @@ class Replicator:
             self._to_error(run, exc)
 
     def _to_error(self, run: DeviceRun, exc: RemcopyError) -> None:
-        self._to_error_all([run])
+        self.to_error_all([run])
 
-    def _to_error_all(self, runs: list[DeviceRun]) -> None:
+    def to_error_all(self, runs: list[DeviceRun]) -> None:
         """SUSPENDED_ERROR for every device given, in one commit (one state-file write)."""
         changes = {
             run.device.key: (PairAction.FAIL, None)
@@ -340,6 +345,7 @@ class Replicator:
     def host_write(self, grant: HostGrant, msg: native.WriteRequest) -> Awaitable[None] | None:
         """Do a host write; returns what the acknowledgement must wait for, or None."""
         device = self.controller.device_for_host(grant, msg.device)
+        device.volume.check_range("write", msg.offset, len(msg.data))  # before any bit is set
         run = self.runs[device.key]
         pair = device.pair
         if pair.role is PairRole.NONE:

@@ -366,6 +366,16 @@ class ControllerServer:
                     raise RemcopyInternalError(f"no handler for {type(msg).__name__}")
         except RemcopyError as exc:
             reply = self._error_reply(link, rid, exc)
+        except Exception as exc:  # our bug: answer it, log it, keep serving everyone
+            log.exception("internal error answering %s from %s", type(msg).__name__, link.client)
+            reply = self._error_reply(
+                link,
+                rid,
+                RemcopyInternalError(
+                    f"internal error: this should never happen; please report it: "
+                    f"{type(exc).__name__}: {exc}"
+                ),
+            )
         link.send(reply)
         return None
 
@@ -407,6 +417,16 @@ class ControllerServer:
             reply = await work
         except RemcopyError as exc:
             reply = self._error_reply(link, msg.request_id, exc)
+        except Exception as exc:  # our bug: answer it, log it, keep serving everyone
+            log.exception("internal error answering %s from %s", type(msg).__name__, link.client)
+            reply = self._error_reply(
+                link,
+                msg.request_id,
+                RemcopyInternalError(
+                    f"internal error: this should never happen; please report it: "
+                    f"{type(exc).__name__}: {exc}"
+                ),
+            )
         finally:
             slots.release()
         if not link.writer.is_closing():

@@ -282,7 +282,12 @@ async def suspend(
         bool(report.pairs)
         and not dry_run
         and all(
-            p.ok and p.state is PairState.SUSPENDED and p.at_ns == at_ns and p.tracks == 0
+            # SUSPENDED at T, or frozen at T: a consistency-group pair whose link failed
+            # before T and whose writes were held until the freeze.
+            p.ok
+            and p.state in (PairState.SUSPENDED, PairState.SUSPENDED_ERROR)
+            and p.at_ns == at_ns
+            and p.tracks == 0
             for p in report.pairs
         )
     )

@@ -62,7 +62,7 @@ class HostSection(_Strict):
 class ControllerEntry(_Strict):
     name: str = Field(min_length=1, max_length=64)
     address: Address
-    timeout_s: float = Field(default=10.0, gt=0, le=600)
+    timeout_s: float = Field(default=30.0, gt=0, le=600)
 
 
 class PathEntry(_Strict):
