@@ -76,7 +76,7 @@ async def build(
     volumes: int = 4,
     size_bytes: int = 4 * MiB,
     peer_address: dict[int, str] | None = None,
-    primary_settings: dict[str, float] | None = None,
+    primary_settings: dict[str, object] | None = None,
 ) -> World:
     """Write configs with fixed ports, start the secondary, then the primaries."""
     world = World(root=root, volumes=volumes, size_bytes=size_bytes)

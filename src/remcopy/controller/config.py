@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -119,6 +119,12 @@ class ControllerSection(_Strict):
     """A replication batch not confirmed this long counts as a link failure."""
     hold_s: float = Field(default=2.0, ge=0, le=600)
     """How long a consistency-group device holds host writes after a replication error."""
+    planted_bugs: list[
+        Literal["mirror_late_write", "drop_update", "skip_changemap_bit", "early_sync_ack"]
+    ] = Field(default_factory=list)
+    """TESTING ONLY: known bugs the fault campaigns must catch (docs/consistency.md)."""
+    planted_bug_every: int = Field(default=50, ge=1, le=1_000_000)
+    """A planted bug fires on every n-th eligible event."""
     identify_delay_s: float = Field(default=0.0, ge=0, le=60)
     """Testing aid: answer every identify this much later (a slow controller)."""
     # --- NBD export (docs/nbd.md) ---

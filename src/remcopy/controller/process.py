@@ -55,7 +55,7 @@ class ControllerSpec:
     listen: str = "127.0.0.1:0"
     track_size_bytes: int = 64 * 1024
     identify_delay_s: float = 0.0
-    settings: dict[str, float] = field(default_factory=dict)
+    settings: dict[str, object] = field(default_factory=dict)
     """More [controller] keys, e.g. {"ack_timeout_s": 1.0}."""
     nbd_listen: str | None = None
     """Serve every volume over NBD here (e.g. "127.0.0.1:0"); None: no NBD port."""
@@ -74,7 +74,7 @@ class ControllerSpec:
         ]
         if self.identify_delay_s:
             lines.append(f"identify_delay_s = {self.identify_delay_s}")
-        lines += [f"{key} = {value}" for key, value in sorted(self.settings.items())]
+        lines += [f"{key} = {_toml_value(value)}" for key, value in sorted(self.settings.items())]
         if self.nbd_listen is not None:
             lines.append(f'nbd_listen = "{self.nbd_listen}"')
         if self.nbd_allow is not None:
@@ -108,6 +108,18 @@ class ControllerSpec:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.toml())
         return path
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
 
 
 def free_port() -> int:

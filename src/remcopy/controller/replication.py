@@ -111,6 +111,15 @@ class Replicator:
             )
         self.links: dict[int, PeerLink] = {}
         self.hold_s = controller.config.controller.hold_s
+        self.planted_bugs = frozenset(controller.config.controller.planted_bugs)
+        self.planted_bug_every = controller.config.controller.planted_bug_every
+        self._planted_counts: dict[str, int] = {}
+        if self.planted_bugs:
+            log.warning(
+                "TESTING ONLY: planted bugs active: %s (every %d)",
+                ", ".join(sorted(self.planted_bugs)),
+                self.planted_bug_every,
+            )
         self.ack_timeout_s = controller.config.controller.ack_timeout_s
         self.ops = PairOperations(self)
         self._tasks: asyncio.TaskGroup | None = None
@@ -379,6 +388,8 @@ class Replicator:
         armed_at = pair.suspend_at_ns
         if armed_at:
             if msg.timestamp_ns >= armed_at:
+                if self._planted("mirror_late_write"):
+                    return self._mirror(run, msg)  # PLANTED BUG: a write stamped >= T mirrored
                 self._change_recorded(run, msg)
                 return None
             if run.sealed_at_ns:
@@ -400,7 +411,8 @@ class Replicator:
         self.counters["writes"] += 1
 
     def _change_recorded(self, run: DeviceRun, msg: native.WriteRequest) -> None:
-        run.changemap.mark(msg.offset, len(msg.data))  # write-intent: the bit first
+        if not self._planted("skip_changemap_bit"):  # PLANTED BUG when set: the bit is lost
+            run.changemap.mark(msg.offset, len(msg.data))  # write-intent: the bit first
         self._write_local(run.device, msg)
         self.counters["change_recorded"] += 1
 
@@ -447,7 +459,11 @@ class Replicator:
         )
         if pair.mode is CopyMode.ASYNC:
             link.journal.append(update)  # in the file before the host is acknowledged
-        confirmed = link.push(update)
+        if self._planted("drop_update"):  # PLANTED BUG: confirmed without being sent
+            confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            confirmed.set_result(None)
+        else:
+            confirmed = link.push(update)
         self.counters["updates_sent"] += 1
         self._track(
             run,
@@ -459,9 +475,21 @@ class Replicator:
             intent=intent,
         )
         if pair.mode is CopyMode.SYNC:
+            if self._planted("early_sync_ack"):
+                return None  # PLANTED BUG: the host is acknowledged before the secondary
             return self._confirmed_or_recorded(run, confirmed)
         run.last_update = confirmed
         return None
+
+    # Planted bugs (testing only): the fault campaigns must catch each one.
+
+    def _planted(self, bug: str) -> bool:
+        """Whether a planted bug fires now: every `planted_bug_every`-th eligible event."""
+        if bug not in self.planted_bugs:
+            return False
+        count = self._planted_counts.get(bug, 0) + 1
+        self._planted_counts[bug] = count
+        return count % self.planted_bug_every == 0
 
     def _track(
         self,
