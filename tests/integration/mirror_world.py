@@ -241,3 +241,16 @@ class SlotLoad:
         await done.wait()
         self.stop = True
         await asyncio.gather(*tasks)
+
+
+async def wait_settled(ch: Channel, devices: tuple[int, ...], *, limit: int = 5000) -> None:
+    """Wait until every device is DUPLEX with no marked track (a restart's resync is done).
+
+    Each round is a real query: this waits on the controller's state, not on a clock."""
+    from remcopy.states import PairState
+
+    for _ in range(limit):
+        statuses = await ch.query(devices)
+        if all(s.state is PairState.DUPLEX and s.dirty_tracks == 0 for s in statuses):
+            return
+    raise AssertionError(f"devices did not settle: {statuses}")

@@ -16,6 +16,7 @@ from mirror_world import (
     digest,
     establish,
     stop,
+    wait_settled,
 )
 
 from remcopy.errors import SuspendTimeInPast
@@ -300,6 +301,7 @@ async def test_async_kill_9_of_primary_ships_the_journal_after_restart(world):
         await runner
     await primary.start()
     async with channel(primary) as ch:
+        await wait_settled(ch, tuple(0x0A00 + c for c in range(world.volumes)))
         # A suspend at T drains every update stamped before T, replayed ones included.
         reply = await ch.pair_op(
             PairOp.SUSPEND, world.pair_items(0, CopyMode.ASYNC), at_ns=time.time_ns() + 50_000_000

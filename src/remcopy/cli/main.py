@@ -19,6 +19,7 @@ from remcopy.cli.host import host, map_group, scan
 from remcopy.cli.output import fail
 from remcopy.cli.states import states
 from remcopy.cli.volume import volume
+from remcopy.cli.workload import verify, workload
 from remcopy.errors import ConfigError, RemcopyError
 
 
@@ -49,6 +50,8 @@ cli.add_command(host)
 cli.add_command(scan)
 cli.add_command(map_group)
 cli.add_command(group)
+cli.add_command(workload)
+cli.add_command(verify)
 
 
 def main() -> None:

@@ -550,10 +550,13 @@ class PairOperations:
                     f"update for {device.address} refused: it is {pair.state.name} "
                     f"({pair.role.value}): only a PENDING or DUPLEX secondary takes updates"
                 )
-            device.volume.check_range("update", update.offset, len(update.data))
+            device.volume.check_range("update", update.offset, native.update_length(update))
             targets.append(device)
         for device, update in zip(targets, batch.updates, strict=True):
-            device.volume.pwrite(update.offset, update.data)
+            if update.flags & native.UPDATE_ZERO:
+                device.volume.zero(update.offset, native.update_length(update))
+            else:
+                device.volume.pwrite(update.offset, update.data)
         self.rep.counters["updates_applied"] += len(batch.updates)
         return native.UpdateAck(applied=len(batch.updates))
 

@@ -111,6 +111,7 @@ class Replicator:
             )
         self.links: dict[int, PeerLink] = {}
         self.hold_s = controller.config.controller.hold_s
+        self._zeros: dict[int, bytes] = {}
         self.planted_bugs = frozenset(controller.config.controller.planted_bugs)
         self.planted_bug_every = controller.config.controller.planted_bug_every
         self._planted_counts: dict[str, int] = {}
@@ -132,6 +133,7 @@ class Replicator:
             "late_writes",
             "change_recorded",
             "tracks_copied",
+            "zero_tracks_copied",
             "bytes_copied",
             "link_errors",
             "held_writes",
@@ -243,6 +245,14 @@ class Replicator:
         """Updates were in flight when we stopped: copy the marked tracks again, then DUPLEX."""
         link = self.link(serial)
         await link.replayed.wait()
+        # Only pairs still as found at start: an operator may have acted meanwhile.
+        runs = [
+            r
+            for r in runs
+            if r.device.pair.state is PairState.DUPLEX and not r.device.pair.suspend_at_ns
+        ]
+        if not runs:
+            return
         log.warning(
             "%d pairs to %s have tracks that may differ after a restart: resync",
             len(runs),
@@ -405,6 +415,12 @@ class Replicator:
         ):
             return self._semisync_after(run, grant, msg, run.last_update)
         return self._mirror(run, msg)
+
+    def _zero_track(self, size: int) -> bytes:
+        zero = self._zeros.get(size)
+        if zero is None:
+            zero = self._zeros[size] = bytes(size)
+        return zero
 
     def _write_local(self, device: Device, msg: native.WriteRequest) -> None:
         device.volume.pwrite(msg.offset, msg.data)
@@ -625,17 +641,27 @@ class Replicator:
                 # Read and push in one loop step: no host write can come between them.
                 generation = run.changemap.generation()
                 data = volume.read_track(track)
-                confirmed = link.push(
-                    native.Update(
+                offset = track * volume.track_size_bytes
+                if data == self._zero_track(len(data)):
+                    # A zero track travels as its length only (fresh volumes are mostly zeros).
+                    update = native.zero_update(
                         device=pair.peer_device,
                         timestamp_ns=time.time_ns(),
-                        offset=track * volume.track_size_bytes,
+                        offset=offset,
+                        length=len(data),
+                    )
+                    self.counters["zero_tracks_copied"] += 1
+                else:
+                    update = native.Update(
+                        device=pair.peer_device,
+                        timestamp_ns=time.time_ns(),
+                        offset=offset,
                         data=data,
                         flags=native.UPDATE_COPY,
                     )
-                )
-                self.counters["bytes_copied"] += len(data)
-                run.bytes_sent += len(data)
+                    self.counters["bytes_copied"] += len(data)
+                    run.bytes_sent += len(data)
+                confirmed = link.push(update)
                 task = asyncio.get_running_loop().create_task(one(track, confirmed, generation))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)

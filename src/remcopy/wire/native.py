@@ -376,6 +376,29 @@ class PairOpReply(Message):
 
 
 UPDATE_COPY: Final = 0x01  # a track copy (initial copy, resync), not a host write
+UPDATE_ZERO: Final = 0x02  # the range is all zeros: `data` is only its length (u32)
+_ZERO_LENGTH = struct.Struct("!I")
+
+
+def zero_update(*, device: int, timestamp_ns: int, offset: int, length: int) -> Update:
+    """An update that says "these bytes are zeros" without carrying them."""
+    return Update(
+        device=device,
+        timestamp_ns=timestamp_ns,
+        offset=offset,
+        data=_ZERO_LENGTH.pack(length),
+        flags=UPDATE_COPY | UPDATE_ZERO,
+    )
+
+
+def update_length(update: Update) -> int:
+    """How many bytes of the volume an update covers."""
+    if update.flags & UPDATE_ZERO:
+        if len(update.data) != _ZERO_LENGTH.size:
+            raise RemoteProtocolError("zero update must carry exactly its length")
+        length: int = _ZERO_LENGTH.unpack(update.data)[0]
+        return length
+    return len(update.data)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
