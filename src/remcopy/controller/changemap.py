@@ -182,6 +182,14 @@ class ChangeMap:
             yield track
             position = track + 1
 
+    def copy_tracks(self) -> list[int]:
+        """Tracks a copy must send: set, and not only marked by a write still in flight (that
+        write's own update carries it, and its bit clears when the update is confirmed)."""
+        return [t for t in self.dirty_tracks() if t not in self._intent_only]
+
+    def copy_count(self) -> int:
+        return self.count() - sum(1 for t in self._intent_only if self._bits[t])
+
     def to_bytes(self) -> bytes:
         return self._bits.tobytes()
 

@@ -98,7 +98,11 @@ class PairOperations:
                 device = self.rep.controller.device_for_host(grant, item.device)
                 run = self.rep.runs[device.key]
                 armed = device.pair.suspend_at_ns
-                if armed and device.pair.state in (PairState.DUPLEX, PairState.PENDING):
+                if (
+                    armed
+                    and device.pair.role is PairRole.PRIMARY
+                    and device.pair.state in (PairState.DUPLEX, PairState.PENDING)
+                ):
                     raise DeviceBusy(
                         f"{device.address}: a suspend is armed for {armed}: other "
                         "state changes wait until it has passed"
@@ -404,50 +408,95 @@ class PairOperations:
         return PairOpReply(results=tuple(sorted(results, key=lambda r: r.device)))
 
     async def _failback(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
-        """On the recovered secondary: reverse the pair, copy tracks changed on either side."""
+        """On the recovered secondary: reverse the pairs, copy tracks changed on either side.
+        Two requests per old primary controller, whatever the number of pairs."""
         good, results = self._devices(grant, request)
+        by_peer: dict[int, list[DeviceRun]] = {}
         for item, run in good:
-            pair = run.device.pair
             try:
                 self._check(run, PairAction.FAILBACK)
-                link = self.rep.link(pair.peer_serial)
-                bits = await link.operate(
-                    PairOpRequest(
-                        op=PairOp.PEER_CHANGEMAP, items=(PairItem(device=pair.peer_device),)
-                    )
-                )
-                answer = bits.results[0] if bits.results else None
-                if answer is None or answer.code:
-                    raise BrokenResourceError(
-                        f"old primary refused: {answer.message if answer else 'no answer'}"
-                    )
-                run.changemap.merge(bits.data)
-                reverse = await link.operate(
-                    PairOpRequest(
-                        op=PairOp.PEER_FAILBACK,
-                        items=(
-                            PairItem(
-                                device=pair.peer_device,
-                                peer_serial=self.rep.controller.serial,
-                                peer_device=run.device.key,
-                                size_bytes=run.device.volume.capacity_bytes,
-                            ),
-                        ),
-                    )
-                )
-                answer = reverse.results[0] if reverse.results else None
-                if answer is None or answer.code:
-                    raise BrokenResourceError(
-                        f"old primary refused to become the secondary: "
-                        f"{answer.message if answer else 'no answer'}"
-                    )
+                self.rep.link(run.device.pair.peer_serial)
             except RemcopyError as exc:
                 results.append(_refused(item.device, exc, run.device))
                 continue
-            self.rep.commit(run, PairAction.FAILBACK, cause="failback", update=_swap_to_primary)
-            results.append(_ok(run.device, tracks=run.changemap.count()))
-            self.rep.start_copier(run)
+            by_peer.setdefault(run.device.pair.peer_serial, []).append(run)
+        for serial, runs in by_peer.items():
+            results.extend(await self._failback_on(serial, runs))
         return PairOpReply(results=tuple(sorted(results, key=lambda r: r.device)))
+
+    async def _failback_on(self, serial: int, runs: list[DeviceRun]) -> list[PairResult]:
+        link = self.rep.link(serial)
+        results: list[PairResult] = []
+        try:
+            bits = await link.operate(
+                PairOpRequest(
+                    op=PairOp.PEER_CHANGEMAP,
+                    items=tuple(PairItem(device=r.device.pair.peer_device) for r in runs),
+                )
+            )
+        except RemcopyError as exc:
+            return [_refused(r.device.key, exc, r.device) for r in runs]
+        # The old primary's maps come back concatenated, each result saying its length.
+        merged: list[DeviceRun] = []
+        at = 0
+        for run, answer in zip(runs, bits.results, strict=False):
+            size = answer.tracks if answer.code == 0 else 0
+            chunk = bits.data[at : at + size]
+            at += size
+            if answer.code:
+                results.append(
+                    _refused(
+                        run.device.key,
+                        BrokenResourceError(f"old primary refused: {answer.message}"),
+                        run.device,
+                    )
+                )
+                continue
+            run.changemap.merge(chunk)
+            merged.append(run)
+        if not merged:
+            return results
+        try:
+            reverse = await link.operate(
+                PairOpRequest(
+                    op=PairOp.PEER_FAILBACK,
+                    items=tuple(
+                        PairItem(
+                            device=r.device.pair.peer_device,
+                            peer_serial=self.rep.controller.serial,
+                            peer_device=r.device.key,
+                            size_bytes=r.device.volume.capacity_bytes,
+                        )
+                        for r in merged
+                    ),
+                )
+            )
+        except RemcopyError as exc:
+            return results + [_refused(r.device.key, exc, r.device) for r in merged]
+        by_device = {r.device: r for r in reverse.results}
+        changes: Changes = {}
+        for run in merged:
+            reply = by_device.get(run.device.pair.peer_device)
+            if reply is None or reply.code:
+                results.append(
+                    _refused(
+                        run.device.key,
+                        BrokenResourceError(
+                            "old primary refused to become the secondary: "
+                            f"{reply.message if reply else 'no answer'}"
+                        ),
+                        run.device,
+                    )
+                )
+                continue
+            changes[run.device.key] = (PairAction.FAILBACK, _swap_to_primary)
+        if changes:
+            self.rep.controller.commit_states(changes, cause="failback")
+        for run in merged:
+            if run.device.key in changes:
+                results.append(_ok(run.device, tracks=run.changemap.count()))
+                self.rep.start_copier(run)
+        return results
 
     async def _terminate(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
         good, results = self._devices(grant, request)
@@ -562,7 +611,7 @@ class PairOperations:
 
     def peer_op(self, peer_serial: int, request: PairOpRequest) -> PairOpReply:
         results: list[PairResult] = []
-        data = b""
+        chunks: list[bytes] = []  # PEER_CHANGEMAP: each device's bitmap, in item order
         changes: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]] = {}
         # Following the primary may take two steps (DUPLEX -fail-> -resume->): every device's
         # first step is committed together, then every second step: one write each, however
@@ -601,18 +650,15 @@ class PairOperations:
                     state = device.pair.state
                     for phase, step in enumerate(_follow(state, action)):
                         state = next_state(state, step, device=str(device.address))
-                        update = (
-                            _to_simplex
-                            if step is PairAction.TERMINATE
-                            else (
-                                _suspended_at(request.at_ns) if step is PairAction.SUSPEND else None
-                            )
-                        )
+                        update = _follow_update(step, request.at_ns)
                         while len(phases) <= phase:
                             phases.append({})
                         phases[phase][device.key] = (step, update)
                 elif request.op is PairOp.PEER_CHANGEMAP:
-                    data = run.changemap.to_bytes()
+                    bitmap = run.changemap.to_bytes()
+                    chunks.append(bitmap)
+                    results.append(replace(_ok(device), tracks=len(bitmap)))
+                    continue
                 elif request.op is PairOp.PEER_FAILBACK:
                     for step in _follow(device.pair.state, "resume"):
                         swap = _swap_to_secondary(item) if step is PairAction.RESUME else None
@@ -644,7 +690,7 @@ class PairOperations:
                 else r
                 for r in results
             ]
-        return PairOpReply(results=tuple(results), data=data)
+        return PairOpReply(results=tuple(results), data=b"".join(chunks))
 
 
 def _as_primary(item: PairItem) -> Callable[[PairInfo], None]:
@@ -693,6 +739,18 @@ def _suspended_at(at_ns: int) -> Callable[[PairInfo], None]:
     return update
 
 
+def _follow_update(step: PairAction, at_ns: int) -> Callable[[PairInfo], None] | None:
+    """What else changes on a secondary following its primary: T when suspended; T cleared
+    when mirroring starts again; everything cleared when terminated."""
+    if step is PairAction.TERMINATE:
+        return _to_simplex
+    if step is PairAction.SUSPEND:
+        return _suspended_at(at_ns)
+    if step in (PairAction.RESUME, PairAction.COPY_DONE):
+        return _clear_armed
+    return None
+
+
 def _follow(state: PairState, action: str) -> list[PairAction]:
     """The steps a secondary takes to follow its primary's action from its own state."""
     try:
@@ -708,4 +766,6 @@ def _follow(state: PairState, action: str) -> list[PairAction]:
 _FOLLOW_VIA: Final[dict[tuple[PairState, PairAction], list[PairAction]]] = {
     (PairState.DUPLEX, PairAction.RESUME): [PairAction.FAIL, PairAction.RESUME],
     (PairState.PENDING, PairAction.RESUME): [PairAction.FAIL, PairAction.RESUME],
+    # The primary tells the end of a copy first and may tell it again after more tracks.
+    (PairState.DUPLEX, PairAction.COPY_DONE): [],
 }

@@ -627,52 +627,68 @@ class Replicator:
                 window.release()
                 self._copy_slots.release()
 
-        while not failed and device.pair.state is PairState.PENDING:
-            tracks = list(run.changemap.dirty_tracks())
-            if not tracks:
-                break
-            for track in tracks:
-                await window.acquire()
-                await self._copy_slots.acquire()
-                if failed or device.pair.state is not PairState.PENDING:
-                    window.release()
-                    self._copy_slots.release()
+        while True:
+            while not failed and device.pair.state is PairState.PENDING:
+                tracks = run.changemap.copy_tracks()
+                if not tracks:
                     break
-                # Read and push in one loop step: no host write can come between them.
-                generation = run.changemap.generation()
-                data = volume.read_track(track)
-                offset = track * volume.track_size_bytes
-                if data == self._zero_track(len(data)):
-                    # A zero track travels as its length only (fresh volumes are mostly zeros).
-                    update = native.zero_update(
-                        device=pair.peer_device,
-                        timestamp_ns=time.time_ns(),
-                        offset=offset,
-                        length=len(data),
+                for track in tracks:
+                    await window.acquire()
+                    await self._copy_slots.acquire()
+                    if failed or device.pair.state is not PairState.PENDING:
+                        window.release()
+                        self._copy_slots.release()
+                        break
+                    # Read and push in one loop step: no host write can come between them.
+                    generation = run.changemap.generation()
+                    data = volume.read_track(track)
+                    offset = track * volume.track_size_bytes
+                    if data == self._zero_track(len(data)):
+                        # A zero track travels as its length only (fresh volumes are mostly zeros).
+                        update = native.zero_update(
+                            device=pair.peer_device,
+                            timestamp_ns=time.time_ns(),
+                            offset=offset,
+                            length=len(data),
+                        )
+                        self.counters["zero_tracks_copied"] += 1
+                    else:
+                        update = native.Update(
+                            device=pair.peer_device,
+                            timestamp_ns=time.time_ns(),
+                            offset=offset,
+                            data=data,
+                            flags=native.UPDATE_COPY,
+                        )
+                        self.counters["bytes_copied"] += len(data)
+                        run.bytes_sent += len(data)
+                    confirmed = link.push(update)
+                    task = asyncio.get_running_loop().create_task(one(track, confirmed, generation))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                if in_flight:
+                    await asyncio.gather(*in_flight)
+            if failed:
+                self._device_failed(run, failed[0])
+                return
+            if device.pair.state is PairState.PENDING and run.changemap.copy_count() == 0:
+                # The secondary first: once the primary says DUPLEX, the secondary does too, so a
+                # site lost right after finds a secondary that can be recovered.
+                answer = await self.ops._tell_peer(pair.peer_serial, [run], "copy_done")
+                if not answer or answer[0].code:
+                    self._device_failed(
+                        run,
+                        BrokenResourceError(
+                            f"secondary did not confirm the end of the copy: "
+                            f"{answer[0].message if answer else 'no answer'}"
+                        ),
                     )
-                    self.counters["zero_tracks_copied"] += 1
-                else:
-                    update = native.Update(
-                        device=pair.peer_device,
-                        timestamp_ns=time.time_ns(),
-                        offset=offset,
-                        data=data,
-                        flags=native.UPDATE_COPY,
-                    )
-                    self.counters["bytes_copied"] += len(data)
-                    run.bytes_sent += len(data)
-                confirmed = link.push(update)
-                task = asyncio.get_running_loop().create_task(one(track, confirmed, generation))
-                in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
-            if in_flight:
-                await asyncio.gather(*in_flight)
-        if failed:
-            self._device_failed(run, failed[0])
+                    return
+                if device.pair.state is PairState.PENDING and run.changemap.copy_count() == 0:
+                    self.commit(run, PairAction.COPY_DONE, cause="copy-done")
+                    return
+                continue  # tracks were marked meanwhile: copy them too
             return
-        if device.pair.state is PairState.PENDING and run.changemap.count() == 0:
-            self.commit(run, PairAction.COPY_DONE, cause="copy-done")
-            await self.ops._tell_peer(pair.peer_serial, [run], "copy_done")
 
     # Status...
 

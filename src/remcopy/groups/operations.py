@@ -26,6 +26,7 @@ from remcopy.groups.model import Group, GroupPair
 from remcopy.host.channel import Channel
 from remcopy.host.engine import Job, JobResult
 from remcopy.host.session import HostSession
+from remcopy.ids import HardwareAddress
 from remcopy.states import PairState
 from remcopy.wire.native import PairItem, PairOp, PairOpReply, PairResult
 
@@ -347,3 +348,38 @@ async def status(session: HostSession, group: Group) -> list[PairStatus]:
                 )
             )
     return out
+
+
+async def shadow(
+    session: HostSession, group: Group, tertiaries: dict[str, HardwareAddress]
+) -> GroupReport:
+    """Start a shadow copy of every suspended secondary onto its tertiary (secondary address
+    -> tertiary address, on the same controller): one request per secondary controller."""
+    started = time.perf_counter()
+    report = GroupReport(group=group.name, op="shadow")
+    batches: dict[str, list[tuple[PairItem, GroupPair]]] = {}
+    for pair in group.pairs:
+        tertiary = tertiaries.get(str(pair.secondary))
+        if not pair.secondary_controller or tertiary is None:
+            report.pairs.append(
+                PairOutcome(
+                    pair=pair,
+                    ok=False,
+                    state=PairState.SIMPLEX,
+                    message=f"{pair.name}: no path to secondary {pair.secondary} or no tertiary",
+                )
+            )
+            continue
+        item = PairItem(device=pair.secondary.device_key, peer_device=tertiary.device_key)
+        batches.setdefault(pair.secondary_controller, []).append((item, pair))
+    planned = [
+        Batch(controller=c, items=tuple(i for i, _ in rows), pairs=tuple(p for _, p in rows))
+        for c, rows in sorted(batches.items())
+    ]
+    jobs = [
+        Job(controller=b.controller, tag=b, run=_send(PairOp.SHADOW, b, 0, {})) for b in planned
+    ]
+    for result in await session.engine.run_all(jobs):
+        _collect(report, result)
+    report.elapsed_s = time.perf_counter() - started
+    return report

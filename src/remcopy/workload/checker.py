@@ -376,11 +376,16 @@ class _ChainJudge:
             else:
                 target = (volume, self._slot_of(names.offset))
                 data = self.accepted.get(target)
-                if data is not None and data.kind is RecordKind.DATA:
-                    if data.seq > names.seq:
-                        continue  # overwritten later by the chain itself: the prefix has both
-                    if data.seq == names.seq and data.checksum == names.checksum:
-                        continue
+                if data is not None and data.seq > names.seq:
+                    continue  # overwritten later by the chain itself (data or index): the
+                    # prefix has both, so the data record was there before it was replaced
+                if (
+                    data is not None
+                    and data.kind is RecordKind.DATA
+                    and data.seq == names.seq
+                    and data.checksum == names.checksum
+                ):
+                    continue
                 slot = self.here[target]
                 torn = slot.state in (SlotState.CORRUPT, SlotState.DAMAGED) and slot.ours
                 if in_flight is not None and target == in_flight.location and torn:

@@ -43,8 +43,9 @@ from remcopy.workload.record import RecordKind
 
 LOG_NAME: Final = "remcopy-workload"
 LOG_VERSION: Final = 1
-# A log line is a few hundred bytes; anything longer is not ours.
-LINE_MAX_CHARS: Final = 64 * 1024
+# A write line is a few hundred bytes; the header lists every volume of the run (about 100
+# bytes each, so 4,096 volumes is 400 KiB). Anything past 16 MiB is not ours.
+LINE_MAX_CHARS: Final = 16 * 1024 * 1024
 
 
 class WorkloadLogError(InputError):
