@@ -168,10 +168,16 @@ def group_show(
     type=click.Choice(["DUPLEX", "SUSPENDED", "PENDING", "RECOVERED", "SIMPLEX"]),
     help="Exit 1 unless every pair is in this state.",
 )
+@click.option("--reverse", is_flag=True, help="Ask the secondaries (after a failback).")
 @catalog_option
 @json_option
 def group_status_command(
-    name: str, host_name: str, expect: str | None, catalog_location: str, as_json: bool
+    name: str,
+    host_name: str,
+    expect: str | None,
+    reverse: bool,
+    catalog_location: str,
+    as_json: bool,
 ) -> None:
     """Group NAME's pairs by state, the pairs not as expected, lag, last suspend time.
 
@@ -180,7 +186,7 @@ def group_status_command(
       remcopy group status PAYROLL --host hosta --expect DUPLEX
     """
     with open_catalog(catalog_location) as catalog:
-        statuses = aio.run(group_status(catalog, name, host_name))
+        statuses = aio.run(group_status(catalog, name, host_name, reverse=reverse))
     counts: dict[str, int] = {}
     for s in statuses:
         counts[s.state.name] = counts.get(s.state.name, 0) + 1

@@ -373,6 +373,12 @@ async def _operate(
         _report_ok(PairState.DUPLEX),
         pairs=n,
     )
+    await d.step(
+        "return the primary role to site A",
+        _return_home(d, a, group_a),
+        _report_ok(PairState.DUPLEX),
+        pairs=n,
+    )
     primary = ImageReader(a, group_a, Image.PRIMARY)
     await d.step(
         "verify the primary site after failback",
@@ -468,6 +474,18 @@ async def _disaster(d: Drill, workload: asyncio.Future[WorkloadStats]) -> Worklo
     primaries = [p for name, p in d.procs.items() if name.startswith("cntla")]
     await asyncio.gather(*(p.kill() for p in primaries))
     return await workload
+
+
+async def _return_home(d: Drill, a: HostSession, group: Group) -> GroupReport:
+    """After failback site B is primary: recover at site A and fail back once more."""
+    reverse = group.reversed()
+    report = await run_operation(a, reverse, PairOp.RECOVER)
+    if report.failed:
+        return report
+    report = await run_operation(a, reverse, PairOp.FAILBACK)
+    if not report.failed:
+        await _wait_state(d, a, group, PairState.DUPLEX, "home")
+    return report
 
 
 async def _failback(

@@ -40,9 +40,27 @@ class GroupPair:
     def name(self) -> str:
         return self.volser or str(self.primary)
 
+    def reversed(self) -> GroupPair:
+        """The same pair with the copy direction reversed (after a failback)."""
+        return GroupPair(
+            volser=self.volser,
+            primary=self.secondary,
+            secondary=self.primary,
+            primary_controller=self.secondary_controller,
+            secondary_controller=self.primary_controller,
+            primary_number=self.secondary_number,
+            secondary_number=self.primary_number,
+        )
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Group:
     name: str
     options: GroupOptions = field(default_factory=GroupOptions)
     pairs: tuple[GroupPair, ...] = ()
+
+    def reversed(self) -> Group:
+        """The group as it is after a failback: the secondaries are the primaries."""
+        return Group(
+            name=self.name, options=self.options, pairs=tuple(p.reversed() for p in self.pairs)
+        )

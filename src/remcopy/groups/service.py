@@ -150,7 +150,11 @@ async def operate(
     return report
 
 
-async def group_status(catalog: Catalog, name: str, host: str) -> list[PairStatus]:
+async def group_status(
+    catalog: Catalog, name: str, host: str, *, reverse: bool = False
+) -> list[PairStatus]:
     group = group_for_host(catalog, name, host)
+    if reverse:
+        group = group.reversed()
     async with HostSession(host_definition(catalog, host)) as session:
         return await status(session, group)
