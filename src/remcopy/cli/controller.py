@@ -41,6 +41,40 @@ def serve(config: Path) -> None:
     aio.run(run_controller(ctl))
 
 
+@controller.command("start")
+@click.argument("configs", type=CONFIG, nargs=-1, required=True)
+def start_command(configs: tuple[Path, ...]) -> None:
+    """Start controllers in the background and wait until each is ready.
+
+    Each logs to DATA_DIR/controller.log; its pid is in DATA_DIR/controller.pid.
+
+    \b
+    Example:
+      remcopy controller start controllers/*.toml
+    """
+    from remcopy.controller import daemon
+
+    for config in configs:
+        pid, line = daemon.start(config)
+        say(f"{config}: pid {pid}: {line}")
+
+
+@controller.command("stop")
+@click.argument("configs", type=CONFIG, nargs=-1, required=True)
+def stop_command(configs: tuple[Path, ...]) -> None:
+    """Stop controllers started with `remcopy controller start` (SIGTERM, then wait).
+
+    \b
+    Example:
+      remcopy controller stop controllers/*.toml
+    """
+    from remcopy.controller import daemon
+
+    for config in configs:
+        pid = daemon.stop(config)
+        say(f"{config}: " + (f"pid {pid} stopped" if pid else "not running"))
+
+
 @controller.command()
 @click.argument("config", type=CONFIG)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")

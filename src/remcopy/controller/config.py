@@ -14,13 +14,14 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from remcopy import configfile
 from remcopy.controller.volume import (
     TRACK_SIZE_DEFAULT_BYTES,
     TRACK_SIZE_MAX_BYTES,
     TRACK_SIZE_MIN_BYTES,
+    arm_volume_faults,
 )
 from remcopy.errors import InvalidIdentifier
 from remcopy.ids import Volser, parse_serial
@@ -127,6 +128,15 @@ class ControllerSection(_Strict):
     """A planted bug fires on every n-th eligible event."""
     identify_delay_s: float = Field(default=0.0, ge=0, le=60)
     """Testing aid: answer every identify this much later (a slow controller)."""
+    volume_faults: dict[VolserText, str] = Field(default_factory=dict)
+    """TESTING ONLY: {VOLSER = "eio_after:N" | "enospc_after:N"}: writes after the n-th fail."""
+
+    @field_validator("volume_faults")
+    @classmethod
+    def _volume_faults_armed(cls, faults: dict[str, str]) -> dict[str, str]:
+        arm_volume_faults(faults)  # TESTING ONLY: checks every spec, arms the volumes opened next
+        return faults
+
     # --- NBD export (docs/nbd.md) ---
     nbd_listen: Address | None = None
     """Serve every volume over NBD here (export name = volser); absent: no NBD port."""
@@ -134,6 +144,8 @@ class ControllerSection(_Strict):
         default_factory=lambda: [ipaddress.ip_network(n) for n in NBD_ALLOW_DEFAULT]
     )
     """Client addresses (CIDR) that may connect to nbd_listen; NBD has no authentication."""
+    nbd_multi_conn: bool = True
+    """Advertise NBD multi-conn (safe: flush is fdatasync of the one shared file)."""
     # --- end NBD export ---
 
 

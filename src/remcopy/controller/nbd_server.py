@@ -6,9 +6,10 @@
 # nothing else (docs/nbd.md).
 #
 # Theory of operation
-# - One asyncio Protocol per connection. `data_received` feeds the codec and drains its
-#   events at once: reads, and writes the replicator finishes on the spot (SIMPLEX, suspended,
-#   async mirroring), are answered in the same loop step. Work that waits (sync mirroring, a
+# - One asyncio BufferedProtocol per connection. Each socket read (up to READ_CHUNK_BYTES)
+#   is fed to the codec and its events are drained at once: reads, and writes the replicator
+#   finishes on the spot (SIMPLEX, suspended, async mirroring), are answered in the same loop
+#   step, and their replies leave in one send. Work that waits (sync mirroring, a
 #   held write, fdatasync for FLUSH and FUA) becomes a task in the connection's TaskGroup, so
 #   requests are pipelined and replies may leave out of order, as NBD allows.
 # - Writes take THE write path: `Replicator.host_write` with a native WriteRequest stamped
@@ -25,9 +26,10 @@
 #   allowed address may read and write every volume that is not write-protected.
 #
 # Rules this module keeps:
-# - Bounded per connection: at most IN_FLIGHT_MAX requests wait on slow work; past that, or
-#   when replies pile up past WRITE_BUFFER_HIGH_BYTES, the socket is not read (TCP slows the
-#   client). The codec holds at most one read chunk plus one request.
+# - Bounded per connection: at most IN_FLIGHT_MAX requests (IN_FLIGHT_BYTES_MAX of payload)
+#   wait on slow work; past that, or when replies pile up past WRITE_BUFFER_HIGH_BYTES, no
+#   request is decoded and the socket is not read (TCP slows the client). The codec holds at
+#   most one read chunk plus one request. At most CONNECTIONS_MAX connections.
 # - No fire-and-forget: connection drivers belong to the server's TaskGroup, request tasks to
 #   their connection's; a connection's transport is closed in `finally`.
 # - A write is acknowledged only after host_write's acknowledgement condition (and fdatasync
@@ -94,20 +96,16 @@ READ_CHUNK_BYTES: Final = 4 * 1024 * 1024
 # reads, 2 x 2 MiB qemu-img reads); the low mark resumes it.
 WRITE_BUFFER_HIGH_BYTES: Final = 4 * 1024 * 1024
 WRITE_BUFFER_LOW_BYTES: Final = 1024 * 1024
-# An NBD write may be 32 MiB; the replication link batches up to 4 MiB of updates per frame
-# and a frame holds at most 16 MiB (wire/native.py). Pieces of 4 MiB keep every batch under
-# 8 MiB. Write-zeroes ranges (no payload, any length) go in the same pieces, one at a time,
-# so zeroing a whole volume never queues more than one piece on the link.
+# An NBD write may be 32 MiB, but a replication frame holds at most 16 MiB (wire/native.py)
+# and the link batches up to 4 MiB of updates per frame (peerlink.BATCH_BYTES_MAX): pieces of
+# 4 MiB fit any batch. Write-zeroes ranges (no payload, any length) go in the same pieces,
+# one at a time, so zeroing a whole volume never queues more than one piece on the link.
 WRITE_PIECE_MAX_BYTES: Final = 4 * 1024 * 1024
 _ZEROES: Final = bytes(WRITE_PIECE_MAX_BYTES)
 # A write refused as late (stamped before a suspend time the controller sealed while the write
 # was held) is stamped again and reissued: it was never acknowledged, so no write depends on
 # it. Twice is enough: a fresh stamp is after T.
 LATE_WRITE_RETRY_MAX: Final = 2
-# FLUSH and FUA are fdatasync of the one file every connection writes through, so a flush on
-# any connection covers writes completed on all of them: multi-conn is safe. Measured with
-# nbdcopy (bench/nbd.py, docs/nbd.md), it does not cut throughput.
-MULTI_CONN: Final = True
 
 
 def export_uri(address: tuple[str, int], volser: str) -> str:
@@ -182,12 +180,17 @@ class NbdServer:
         *,
         listen: tuple[str, int],
         allow: list[IpNetwork],
+        multi_conn: bool,
         grace_s: float,
     ) -> None:
         self.controller = controller
         self.replicator = replicator
         self.listen = listen
         self.allow = tuple(allow)
+        # Multi-conn is safe: FLUSH and FUA are fdatasync of the one file every connection
+        # writes through (plus the change maps and journal), so a flush on any connection
+        # covers writes completed on all. Whether it pays is measured by bench/nbd.py.
+        self.multi_conn = multi_conn
         self.grace_s = grace_s
         self.address: tuple[str, int] | None = None
         self._server: asyncio.Server | None = None
@@ -297,7 +300,7 @@ class NbdServer:
             can_fua=True,
             can_trim=True,
             can_zero=True,
-            can_multi_conn=MULTI_CONN,
+            can_multi_conn=self.multi_conn,
         )
 
     def export_names(self) -> list[str]:

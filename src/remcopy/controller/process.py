@@ -61,6 +61,8 @@ class ControllerSpec:
     """Serve every volume over NBD here (e.g. "127.0.0.1:0"); None: no NBD port."""
     nbd_allow: list[str] | None = None
     """Client networks allowed on the NBD port; None: the default (127.0.0.1 and ::1)."""
+    nbd_multi_conn: bool | None = None
+    """Advertise NBD multi-conn on every export; None: the config default (yes)."""
 
     def toml(self) -> str:
         lines = [
@@ -79,6 +81,8 @@ class ControllerSpec:
             lines.append(f'nbd_listen = "{self.nbd_listen}"')
         if self.nbd_allow is not None:
             lines.append("nbd_allow = [" + ", ".join(f'"{n}"' for n in self.nbd_allow) + "]")
+        if self.nbd_multi_conn is not None:
+            lines.append(f"nbd_multi_conn = {'true' if self.nbd_multi_conn else 'false'}")
         lines.append("")
         for lss, ssid in sorted(self.lss.items()):
             lines += ["[[lss]]", f'id = "{lss:02X}"', f'ssid = "{ssid:04X}"', ""]

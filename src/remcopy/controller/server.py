@@ -72,6 +72,10 @@ class _Link:
         self.client = "?"
 
     def send(self, msg: native.Message) -> None:
+        if self.codec.phase is native.Phase.CLOSED and msg.KIND in native.REPLY_KINDS:
+            # The peer sent EOF (or garbage) after requests we already read: still answer them.
+            self.writer.write(native.encode(msg))
+            return
         self.writer.write(self.codec.send(msg))
 
     async def receive(self) -> native.Message | None:
@@ -169,6 +173,7 @@ class ControllerServer:
             self.replicator,
             listen=section.nbd_listen,
             allow=section.nbd_allow,
+            multi_conn=section.nbd_multi_conn,
             grace_s=section.shutdown_grace_s,
         )
         try:
@@ -293,9 +298,14 @@ class ControllerServer:
     async def _serve_requests(self, link: _Link, grant: HostGrant) -> None:
         slots = asyncio.Semaphore(IN_FLIGHT_MAX)
         transport = link.writer.transport
+        failure: Exception | None = None  # raised bare, after the TaskGroup: not in a group
         async with asyncio.TaskGroup() as tasks:
             while True:
-                msg = await link.receive()
+                try:
+                    msg = await link.receive()
+                except (ProtocolError, ConnectionError, OSError) as exc:
+                    failure = exc
+                    break
                 if msg is None:
                     return
                 self.controller.counters["requests"] += 1
@@ -305,6 +315,8 @@ class ControllerServer:
                     tasks.create_task(self._answer_slow(link, msg, slow, slots))
                 if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH_BYTES:
                     await link.writer.drain()
+        if failure is not None:
+            raise failure  # _handle answers a protocol error with an error frame
 
     def _answer(
         self, link: _Link, grant: HostGrant, msg: native.Message
