@@ -86,3 +86,71 @@ async def test_engine_never_exceeds_its_bound_and_a_slow_controller_delays_only_
     fast_done = [i for i, (ctl, d, t) in enumerate(finished) if ctl != "cntl3" and d == t]
     assert len(fast_done) == 2
     assert max(fast_done) < first_slow
+
+
+async def test_rescan_after_relabel_reports_exactly_that_change(start_controller, tmp_path):
+    """Relabel one volume, restart, rescan: the map diff names that device and nothing else."""
+    from remcopy.catalog import Catalog
+    from remcopy.controller.volume import Volume
+    from remcopy.host.service import add_host, scan_host
+    from remcopy.ids import Volser
+
+    world = await build(tmp_path, start_controller, volumes=4)
+    catalog = Catalog.open(tmp_path / "catalog.db")
+    try:
+        add_host(catalog, world.host_a)
+        _, first = await scan_host(catalog, "hosta")
+        assert first is not None
+        proc = world.procs["cntl2"]
+        assert await proc.stop() == 0
+        path = tmp_path / "cntl2" / "volumes" / "V20002.vol"
+        volume = Volume.open(path)
+        volume.relabel(Volser.parse("NEW002"))
+        volume.close()
+        await proc.start()
+        _, second = await scan_host(catalog, "hosta")
+        assert second is not None
+        diff = catalog.map_diff("hosta")
+        assert [(c.device_number, c.old, c.new) for c in diff.volser_changed] == [
+            ("1B02", "V20002", "NEW002")
+        ]
+        assert not diff.new and not diff.gone and not diff.address_changed
+    finally:
+        catalog.close()
+
+
+async def test_scan_cli_with_a_dead_controller_exits_1_and_stores_nothing(
+    start_controller, tmp_path
+):
+    """`remcopy scan` lists dead devices, exits 1, stores nothing; --partial stores the rest."""
+    import json
+    import subprocess
+    import sys
+
+    world = await build(tmp_path, start_controller, volumes=4)
+    catalog = tmp_path / "catalog.db"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "remcopy", *args, "--catalog", str(catalog)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    assert cli("host", "add", str(world.host_a)).returncode == 0
+    await world.procs["cntl3"].kill()
+    run = cli("scan", "hosta", "--json")
+    assert run.returncode == 1, run.stderr
+    doc = json.loads(run.stdout)
+    assert doc["stored"] is False
+    assert sorted(f["device"] for f in doc["failures"]) == ["1C00", "1C01", "1C02", "1C03"]
+    assert "nothing stored" in run.stderr
+    assert "Traceback" not in run.stderr
+    nothing = cli("map", "show", "hosta", "--json")
+    assert nothing.returncode == 2
+    assert "no scan stored" in nothing.stderr
+    partial = cli("scan", "hosta", "--partial", "--json")
+    assert partial.returncode == 1
+    assert json.loads(partial.stdout)["stored"] is True
+    assert len(json.loads(cli("map", "show", "hosta", "--json").stdout)) == 8

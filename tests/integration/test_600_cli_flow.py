@@ -220,3 +220,90 @@ cca = "20"
     assert "run past CCA FF" in run.stderr
     listed = json.loads(cli("host", "list", "--json", catalog=catalog).stdout)
     assert listed == []
+
+
+async def test_group_edits_are_all_or_nothing_and_operations_are_logged(world, tmp_path):
+    """A bad pair leaves the group as it was; good edits store; the operation log records."""
+    from remcopy.catalog import Catalog
+
+    catalog = tmp_path / "catalog.db"
+    cli("host", "add", str(_host_file(tmp_path, world)), catalog=catalog)
+    cli("scan", HOST, catalog=catalog)
+    group = tmp_path / "small.toml"
+    group.write_text(
+        '[group]\nname = "SMALL"\n[[pairs]]\nvolser = "P00000"\nsecondary_volser = "SB0000"\n'
+    )
+    cli("group", "define", str(group), catalog=catalog)
+    bad = cli(
+        "group",
+        "add",
+        "SMALL",
+        "--pair",
+        "P00001,SB0001",
+        "--pair",
+        "NOSUCH,SB0002",
+        "--pair",
+        "P00003,P10003",
+        catalog=catalog,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert "NOSUCH: unknown volser" in bad.stderr
+    assert "same controller" not in bad.stderr  # different serials: 64015 vs 64016
+    listed = json.loads(cli("group", "list", "--json", catalog=catalog).stdout)
+    assert [(g["group"], g["pairs"]) for g in listed] == [("SMALL", 1)]
+    cli(
+        "group",
+        "add",
+        "SMALL",
+        "--pair",
+        "P00001,SB0001",
+        "--pair",
+        "hosta:1A02,hosta:2B02",
+        catalog=catalog,
+    )
+    assert json.loads(cli("group", "list", "--json", catalog=catalog).stdout)[0]["pairs"] == 3
+    cli("group", "remove-pair", "SMALL", "1A02", "--host", HOST, catalog=catalog)
+    assert json.loads(cli("group", "list", "--json", catalog=catalog).stdout)[0]["pairs"] == 2
+    cli("group", "load", "SMALL", "--host", HOST, catalog=catalog)
+    cli("group", "establish", "SMALL", "--host", HOST, catalog=catalog)
+    for _ in range(600):
+        if (
+            cli(
+                "group",
+                "status",
+                "SMALL",
+                "--host",
+                HOST,
+                "--expect",
+                "DUPLEX",
+                catalog=catalog,
+                check=False,
+            ).returncode
+            == 0
+        ):
+            break
+    cli("group", "suspend", "SMALL", "--host", HOST, catalog=catalog)
+    shadow_map = tmp_path / "shadow.map"
+    shadow_map.write_text("65000:2B00:20:00 65000:3B00:30:00\n65000:2B00:20:01 65000:3B00:30:01\n")
+    out = json.loads(
+        cli(
+            "group",
+            "shadow",
+            "SMALL",
+            "--host",
+            HOST,
+            "--to",
+            str(shadow_map),
+            "--json",
+            catalog=catalog,
+        ).stdout
+    )
+    assert out["requests_per_controller"] == {"cntlb": 1}
+    with Catalog.open(catalog) as opened:
+        log = opened.operations_all(limit=10, target="SMALL")
+    assert [op.op for op in log] == ["group shadow", "group suspend", "group establish"]
+    assert all(op.result == "ok" for op in log)
+    suspend_record = log[1].details
+    assert suspend_record["consistent"] is True
+    assert suspend_record["at_ns"] > 0

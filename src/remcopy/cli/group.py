@@ -16,11 +16,14 @@ from remcopy.errors import InputError, RemcopyError
 from remcopy.groups.load import lookup
 from remcopy.groups.operations import GroupReport
 from remcopy.groups.service import (
+    add_pairs,
     define_group,
     group_for_host,
     group_status,
     load_group,
     operate,
+    remove_pairs,
+    shadow_group,
 )
 from remcopy.wire.native import PairOp
 
@@ -56,6 +59,98 @@ def group_define(definition: Path, replace: bool, catalog_location: str, as_json
         emit_json({"definition": str(definition), "pairs": count})
     else:
         say(f"{definition}: {count} pairs stored")
+
+
+@group.command("add")
+@click.argument("name")
+@click.option(
+    "--pair",
+    "pairs",
+    multiple=True,
+    required=True,
+    metavar="PRIMARY,SECONDARY",
+    help="A pair, each side a volser, HOST:DEVNUM or hardware address (repeatable).",
+)
+@catalog_option
+@json_option
+def group_add(name: str, pairs: tuple[str, ...], catalog_location: str, as_json: bool) -> None:
+    """Add pairs to group NAME; all or nothing, every bad pair named.
+
+    \b
+    Example:
+      remcopy group add PAYROLL --pair PAY009,PAYB09 --pair hosta:1A0A,hosta:2B0A
+    """
+    parsed = []
+    for text in pairs:
+        primary, sep, secondary = text.partition(",")
+        if not sep or not primary.strip() or not secondary.strip():
+            raise InputError(f"--pair: expected PRIMARY,SECONDARY (got {text!r})")
+        parsed.append((primary.strip(), secondary.strip()))
+    with open_catalog(catalog_location) as catalog:
+        count = add_pairs(catalog, name, parsed)
+    if as_json:
+        emit_json({"group": name, "pairs": count})
+    else:
+        say(f"group {name}: {len(parsed)} pairs added, {count} pairs in all")
+
+
+@group.command("remove-pair")
+@click.argument("name")
+@click.argument("keys", nargs=-1, required=True)
+@click.option("--host", "host_name", required=True, help="Device numbers are this host's.")
+@catalog_option
+@json_option
+def group_remove_pair(
+    name: str, keys: tuple[str, ...], host_name: str, catalog_location: str, as_json: bool
+) -> None:
+    """Remove the pairs KEYS name (volser, device number, or address) from group NAME.
+
+    \b
+    Example:
+      remcopy group remove-pair PAYROLL PAY009 1A0A --host hosta
+    """
+    with open_catalog(catalog_location) as catalog:
+        count = remove_pairs(catalog, name, host_name, keys)
+    if as_json:
+        emit_json({"group": name, "pairs": count})
+    else:
+        say(f"group {name}: {len(keys)} pairs removed, {count} pairs left")
+
+
+@group.command("shadow")
+@click.argument("name")
+@click.option(
+    "--host",
+    "host_name",
+    required=True,
+    help="Act as this host (it must reach the secondary controllers).",
+)
+@click.option(
+    "--to",
+    "map_file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A file of `SECONDARY TERTIARY` address lines: where each copy goes.",
+)
+@catalog_option
+@json_option
+def group_shadow(
+    name: str, host_name: str, map_file: Path, catalog_location: str, as_json: bool
+) -> None:
+    """Start a point-in-time shadow copy of every suspended secondary of group NAME.
+
+    The copies run on the secondaries' controllers; resume waits until they are done.
+
+    \b
+    Example:
+      remcopy group shadow PAYROLL --host hostb --to payroll-shadow.map
+    """
+    from remcopy.workload.image import parse_shadow_map
+
+    tertiaries = {str(s): t for s, t in parse_shadow_map(map_file).items()}
+    with open_catalog(catalog_location) as catalog:
+        report = aio.run(shadow_group(catalog, name, host_name, tertiaries))
+    _report(report, as_json, "shadowing")
 
 
 @group.command("load")

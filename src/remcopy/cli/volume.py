@@ -58,6 +58,26 @@ def create(file: Path, volser: str, size: str, track_size: str, as_json: bool) -
 
 @volume.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--volser", required=True, help="The new volume serial.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def relabel(file: Path, volser: str, as_json: bool) -> None:
+    """Write a new volser into a volume FILE's label (stop its controller first).
+
+    \b
+    Example:
+      remcopy volume relabel data/PAY001.vol --volser PAY101
+    """
+    name = Volser.parse(volser)
+    vol = Volume.open(file)
+    try:
+        vol.relabel(name)
+        _report(vol, as_json)
+    finally:
+        vol.close()
+
+
+@volume.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 def info(file: Path, as_json: bool) -> None:
     """Show a volume FILE's label.

@@ -91,6 +91,8 @@ class DeviceRun:
     shadow_total: int = 0
     bytes_sent: int = 0
     lag_bytes: int = 0
+    pending_since: dict[asyncio.Future[None], int] = field(default_factory=dict)
+    """When each unconfirmed update was pushed: the async lag in time is the oldest."""
     frozen_at_ns: int = 0
     """Set when a freeze at T ended this device's hold (it is SUSPENDED_ERROR at T)."""
     copy_unfinished: bool = False
@@ -520,9 +522,11 @@ class Replicator:
     ) -> None:
         run.in_flight.add(confirmed)
         run.lag_bytes += length
+        run.pending_since[confirmed] = time.time_ns()
 
         def done(future: asyncio.Future[None]) -> None:
             run.lag_bytes -= length
+            run.pending_since.pop(future, None)
             if journaled:
                 link.journal.settled()
 
@@ -704,6 +708,9 @@ class Replicator:
                     status,
                     dirty_tracks=run.changemap.count(),
                     lag_bytes=run.lag_bytes,
+                    lag_ns=time.time_ns() - min(run.pending_since.values())
+                    if run.pending_since
+                    else 0,
                     flags=int(run.shadow_running) | (int(run.held is not None) << 1),
                 )
             )

@@ -12,14 +12,23 @@ from typing import Any
 
 from remcopy.catalog import Catalog, GroupMapRow, Pair
 from remcopy.groups.definition import (
+    GroupDefinition,
     MapIndex,
+    PairKey,
     definition_document,
     load_group_definition,
     resolve,
 )
-from remcopy.groups.load import group_map, unseen
+from remcopy.groups.load import group_map, lookup, unseen
 from remcopy.groups.model import Group, GroupOptions, GroupPair
-from remcopy.groups.operations import GroupReport, PairStatus, run_operation, status, suspend
+from remcopy.groups.operations import (
+    GroupReport,
+    PairStatus,
+    run_operation,
+    shadow,
+    status,
+    suspend,
+)
 from remcopy.host.engine import EngineLimits
 from remcopy.host.service import host_definition
 from remcopy.host.session import HostSession
@@ -33,6 +42,8 @@ def map_index(catalog: Catalog) -> MapIndex:
 
 
 def _taken(catalog: Catalog) -> dict[str, str]:
+    """Every address already in a group, and which group (a group's own pairs count as its
+    own, so re-storing a group does not refuse its pairs)."""
     out = {}
     for group in catalog.groups_all():
         for pair in catalog.pairs_all(group.name):
@@ -158,3 +169,79 @@ async def group_status(
         group = group.reversed()
     async with HostSession(host_definition(catalog, host)) as session:
         return await status(session, group)
+
+
+def _stored_keys(catalog: Catalog, name: str) -> list[tuple[PairKey, PairKey]]:
+    return [
+        (
+            PairKey(text=p.primary_address, where=f"group {name}"),
+            PairKey(text=p.secondary_address, where=f"group {name}"),
+        )
+        for p in catalog.pairs_all(name)
+    ]
+
+
+def _store(catalog: Catalog, name: str, keys: list[tuple[PairKey, PairKey]]) -> int:
+    """Resolve a group's whole new pair list and store it, all or nothing."""
+    stored = catalog.group_one(name)
+    options = options_from(dict(stored.options))
+    definition = GroupDefinition(name=name, options=options, keys=tuple(keys))
+    pairs = resolve(definition, map_index(catalog), taken=_taken(catalog))
+    catalog.put_group(
+        name,
+        dict(stored.options),
+        [
+            Pair(
+                primary_address=str(p.primary),
+                secondary_address=str(p.secondary),
+                volser=p.volser,
+                mode=options.mode.value,
+            )
+            for p in pairs
+        ],
+        replace=True,
+    )
+    return len(pairs)
+
+
+def add_pairs(catalog: Catalog, name: str, pairs: Sequence[tuple[str, str]]) -> int:
+    """Add pairs, each side given by any key (volser, HOST:DEVNUM, address); all or nothing.
+    Returns the group's new pair count."""
+    new = [
+        (PairKey(text=a, where=f"--pair {a},{b}"), PairKey(text=b, where=f"--pair {a},{b}"))
+        for a, b in pairs
+    ]
+    return _store(catalog, name, _stored_keys(catalog, name) + new)
+
+
+def remove_pairs(catalog: Catalog, name: str, host: str, keys: Sequence[str]) -> int:
+    """Remove the pairs that keys name (any of the five keys, as `host` sees them)."""
+    group = group_for_host(catalog, name, host)
+    doomed = {str(lookup(group.pairs, key).primary) for key in keys}
+    kept = [k for k in _stored_keys(catalog, name) if k[0].text not in doomed]
+    return _store(catalog, name, kept)
+
+
+async def shadow_group(
+    catalog: Catalog,
+    name: str,
+    host: str,
+    tertiaries: dict[str, HardwareAddress],
+    *,
+    who: str = "remcopy",
+) -> GroupReport:
+    """Start the shadow copies of a suspended group (secondary -> tertiary), as `host`."""
+    group = group_for_host(catalog, name, host)
+    started_ns = time.time_ns()
+    async with HostSession(host_definition(catalog, host)) as session:
+        report = await shadow(session, group, tertiaries)
+    catalog.log_operation(
+        who=who,
+        op="group shadow",
+        target=name,
+        started_ns=started_ns,
+        duration_s=report.elapsed_s,
+        result="failed" if report.failed else "ok",
+        details=report.to_json(),
+    )
+    return report
