@@ -1,0 +1,115 @@
+# A look over the whole CLI as a new user would: every command has --help with an example,
+# and every command given bad input exits 2 (or 1) with a message and no traceback.
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import pytest
+
+from remcopy.cli.main import cli, main
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = []
+    for name, command in sorted(group.commands.items()):
+        path = (*prefix, name)
+        if isinstance(command, click.Group):
+            out.extend(_commands(command, path))
+        else:
+            out.append(path)
+    return out
+
+
+COMMANDS = _commands(cli)
+
+
+def run(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str
+) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["remcopy", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    out, err = capsys.readouterr()
+    return int(exited.value.code or 0), out, err
+
+
+def test_every_command_is_covered():
+    """The sweep sees every command the CLI has (so a new one cannot slip past it)."""
+    assert len(COMMANDS) >= 30
+    assert ("group", "suspend") in COMMANDS
+    assert ("controller", "serve") in COMMANDS
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=" ".join)
+def test_help_has_an_example(path, capsys, monkeypatch):
+    """`--help` exits 0 and shows an example of the command."""
+    code, out, _err = run(capsys, monkeypatch, *path, "--help")
+    assert code == 0
+    assert "Example:" in out
+    assert f"remcopy {' '.join(path)}" in out
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=" ".join)
+def test_unknown_option_is_a_usage_error(path, capsys, monkeypatch):
+    """An unknown option exits 2, names the option, and prints no traceback."""
+    code, _out, err = run(capsys, monkeypatch, *path, "--no-such-option")
+    assert code == 2
+    assert "no-such-option" in err
+    assert "Traceback" not in err
+
+
+def _bad_inputs(tmp: Path) -> list[tuple[tuple[str, ...], int, str]]:
+    missing = str(tmp / "missing.toml")
+    catalog = ("--catalog", str(tmp / "c.db"))
+    junk = tmp / "junk.toml"
+    junk.write_text("this is = = not toml")
+    return [
+        (("controller", "check", missing), 2, "cannot read"),
+        (("controller", "check", str(junk)), 2, "not valid TOML"),
+        (("controller", "serve", missing), 2, "cannot read"),
+        (
+            ("controller", "status", "nohost", "--name", "h", "--secret", "s3cret-xx"),
+            2,
+            "HOST:PORT",
+        ),
+        (("controller", "start", missing), 2, "cannot read"),
+        (
+            ("volume", "create", str(tmp / "v"), "--volser", "bad-one", "--size", "1MiB"),
+            2,
+            "is not a volser",
+        ),
+        (("volume", "info", missing), 1, "cannot open"),
+        (("volume", "relabel", missing, "--volser", "OK1"), 1, "cannot open"),
+        (("volume", "export-uri", "PAY001", "--config", missing), 2, "cannot read"),
+        (("host", "add", missing, *catalog), 2, "cannot read"),
+        (("host", "show", "nohost", *catalog), 2, "no such host"),
+        (("scan", "nohost", *catalog), 2, "no such host"),
+        (("scan", "nohost", "--range", "1G00", *catalog), 2, "1G00"),
+        (("map", "show", "nohost", "--volser", "bad-1", *catalog), 2, "is not a volser"),
+        (("map", "diff", "nohost", *catalog), 2, "no such host"),
+        (("group", "define", missing, *catalog), 2, "cannot read"),
+        (("group", "show", "NOGROUP", "--host", "h", *catalog), 2, "no such group"),
+        (("group", "load", "NOGROUP", "--host", "h", *catalog), 2, "no such group"),
+        (("group", "suspend", "NOGROUP", "--host", "h", "--in", "soon", *catalog), 2, "--in"),
+        (("group", "suspend", "NOGROUP", "--host", "h", *catalog), 2, "no such group"),
+        (("group", "add", "NOGROUP", "--pair", "A", *catalog), 2, "PRIMARY,SECONDARY"),
+        (("group", "status", "NOGROUP", "--host", "h", *catalog), 2, "no such group"),
+        (
+            ("workload", "run", "--group", "G", "--host", "h", "--log", str(tmp / "l"), *catalog),
+            2,
+            "",
+        ),
+        (("verify", "--group", "G", "--host", "h", "--log", missing, *catalog), 2, ""),
+        (("demo", "--pairs", "0"), 2, "0"),
+    ]
+
+
+def test_bad_input_gets_a_message_not_a_traceback(tmp_path, capsys, monkeypatch):
+    """Each command given bad input exits with its code and says what is wrong."""
+    for args, expected_code, expected_text in _bad_inputs(tmp_path):
+        code, _out, err = run(capsys, monkeypatch, *args)
+        assert code == expected_code, (args, code, err)
+        assert expected_text in err, (args, err)
+        assert "Traceback" not in err, (args, err)
