@@ -18,6 +18,7 @@ from remcopy.cli.group import group
 from remcopy.cli.host import host, map_group, scan
 from remcopy.cli.output import fail
 from remcopy.cli.states import states
+from remcopy.cli.tui import tui
 from remcopy.cli.volume import volume
 from remcopy.cli.workload import verify, workload
 from remcopy.errors import ConfigError, RemcopyError
@@ -52,6 +53,7 @@ cli.add_command(map_group)
 cli.add_command(group)
 cli.add_command(workload)
 cli.add_command(verify)
+cli.add_command(tui)
 
 
 def main() -> None:

@@ -1,0 +1,107 @@
+# The lower half of panel 5E: how a group operation ended, and every pair's state after it.
+#
+# Why: the result of a group operation is its GroupReport, the same one `remcopy group <op>`
+# prints: counts by state, requests per controller, for a suspend whether the group is
+# "consistent at T", and the pairs not in the expected state with the controller's reason.
+# After it, the operator watches the pairs settle (an establish copies before DUPLEX): each
+# pair's state and lag are asked again every second (`service.group_status`) in a worker,
+# while the panel shows.
+#
+# Data flow: the panel sets `report`, `host` and `live`; nothing goes up.
+from __future__ import annotations
+
+from datetime import datetime
+
+from textual import work
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.reactive import reactive
+from textual.widgets import DataTable
+
+from remcopy.catalog import Catalog
+from remcopy.groups.operations import GroupReport
+from remcopy.groups.service import group_status
+from remcopy.tui.common import SHOWN_ERRORS, Notice, state_name
+
+STATUS_EVERY_S = 1.0
+
+
+def report_lines(report: GroupReport) -> list[str]:
+    """The report in the words `remcopy group <op>` uses, each line short enough for 80 columns."""
+    counts = ", ".join(f"{n} {state_name(s)}" for s, n in sorted(report.counts().items()))
+    lines = [
+        f"{report.op} {report.group}: {len(report.pairs)} pairs, {report.elapsed_s * 1e3:.1f} ms, "
+        f"{sum(report.requests.values())} requests to {len(report.requests)} controllers: "
+        f"{counts or 'nothing'}"
+    ]
+    if report.op == "suspend":
+        when = datetime.fromtimestamp(report.at_ns / 1e9).strftime("%H:%M:%S.%f")
+        lines.append(
+            f"consistent at T={report.at_ns} ({when}), margin {report.margin_s * 1e3:.1f} ms"
+            if report.consistent
+            else "NOT consistent: some pairs did not suspend at T"
+        )
+    if report.failed:
+        lines.append(f"{len(report.failed)} pairs not in the expected state (marked !)")
+    return lines
+
+
+class OperationWatch(Vertical):
+    """The last operation's result, and each of its pairs' state now, asked live."""
+
+    report: reactive[GroupReport | None] = reactive(None, always_update=True)
+    host: reactive[str] = reactive("")
+    """The host the operation acted as; the live state is asked as it too."""
+    live: reactive[bool] = reactive(False)
+    """Whether the panel shows; the state is asked only then."""
+
+    def __init__(self, catalog: Catalog, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.catalog = catalog
+
+    def compose(self) -> ComposeResult:
+        yield Notice(id="result")
+        yield DataTable(id="outcomes", cursor_type="row", zebra_stripes=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#outcomes", DataTable).add_columns("pair", "result", "state now", "lag")
+        self.set_interval(STATUS_EVERY_S, self.refresh_status)
+
+    def say(self, text: str, *, error: bool = False) -> None:
+        self.query_one("#result", Notice).say(text, error=error)
+
+    def watch_report(self, report: GroupReport | None) -> None:
+        if report is None:
+            return
+        bad = bool(report.failed) or (report.op == "suspend" and not report.consistent)
+        self.say("\n".join(report_lines(report)), error=bad)
+        table = self.query_one("#outcomes", DataTable)
+        table.clear()
+        for p in report.pairs:
+            outcome = state_name(p.state) if p.ok else f"! {p.message}"
+            table.add_row(p.pair.name, outcome, "", "", key=str(p.pair.primary))
+        self.refresh_status()
+
+    def watch_live(self) -> None:
+        self.refresh_status()
+
+    # Live state: a worker, so a slow controller never freezes the screen.
+
+    def refresh_status(self) -> None:
+        if self.live and self.report is not None and self.host:
+            self.ask_status(self.report.group, self.host)
+
+    @work(exclusive=True, group="status")
+    async def ask_status(self, group: str, host: str) -> None:
+        try:
+            statuses = await group_status(self.catalog, group, host)
+        except SHOWN_ERRORS:
+            return  # the result stays; the next tick asks again
+        table = self.query_one("#outcomes", DataTable)
+        state_column, lag_column = table.ordered_columns[2].key, table.ordered_columns[3].key
+        for s in statuses:
+            key = str(s.pair.primary)
+            if key in table.rows:
+                state = f"! {s.error}" if s.error else state_name(s.state)
+                table.update_cell(key, state_column, state)
+                table.update_cell(key, lag_column, str(s.lag_bytes))

@@ -1,0 +1,106 @@
+# Panel 5E driven headless against real controllers: the per-controller plan, establish and
+# watch the pairs reach DUPLEX, suspend "consistent at T", and a destructive operation that
+# asks first, naming the group and its number of pairs.
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from textual.widgets import Label, Select
+from tui_world import click, define_payroll, rows, said, shot, wait_until
+
+from common import HOST
+from remcopy.catalog import Catalog
+from remcopy.groups.service import group_status
+from remcopy.host.service import scan_host
+from remcopy.states import PairState
+from remcopy.tui import RemcopyApp
+from remcopy.tui.common import ConfirmScreen
+from remcopy.tui.operations_panel import OPERATIONS
+
+
+async def pick_operation(pilot: Any, value: str) -> None:
+    """Open the operation list with the mouse and choose `value` with the keyboard."""
+    select = pilot.app.query_one("#op", Select)
+    steps = OPERATIONS.index(value) - OPERATIONS.index(str(select.value))
+    await click(pilot, "#op")
+    await pilot.press(*(["down"] * steps if steps >= 0 else ["up"] * -steps), "enter")
+    await wait_until(pilot, lambda: select.value == value, f"operation {value}")
+
+
+async def test_plan_establish_suspend_consistent_and_confirmed_terminate(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    """The plan shows one request per controller; suspend is consistent at T; terminate asks."""
+    await scan_host(catalog, HOST)
+    define_payroll(catalog, tmp_path, pairs=8)
+    app = RemcopyApp(catalog)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until(pilot, lambda: app.host == HOST, "the first host picked")
+        await pilot.press("5")
+        plan = "#plan"
+        await wait_until(pilot, lambda: len(rows(app, plan)) == 2, "the plan")
+        assert rows(app, plan) == [
+            ["cntla0", "4", "P00000", "P00003"],
+            ["cntla1", "4", "P10000", "P10003"],
+        ]
+        assert said(app, "#plan-title") == (
+            "plan: establish 8 pairs of PAYROLL as hosta, 2 requests, one per controller"
+        )
+
+        await click(pilot, "#run")
+        await wait_until(
+            pilot, lambda: "establish PAYROLL: 8 pairs" in said(app, "#result"), "establish"
+        )
+        assert "2 requests to 2 controllers: 8 pending" in said(app, "#result")
+        outcomes = "#outcomes"
+        await wait_until(
+            pilot,
+            lambda: [r[2] for r in rows(app, outcomes)] == ["duplex"] * 8,
+            "every pair DUPLEX, as the live state column shows",
+        )
+
+        await pick_operation(pilot, "suspend")
+        assert said(app, "#plan-title").startswith("plan: suspend 8 pairs of PAYROLL")
+        await click(pilot, "#run")
+        await wait_until(
+            pilot, lambda: "suspend PAYROLL: 8 pairs" in said(app, "#result"), "suspend"
+        )
+        result = said(app, "#result")
+        assert "8 suspended" in result
+        assert "\nconsistent at T=" in result, result
+        at_ns = int(result.split("consistent at T=")[1].split(" ")[0])
+        statuses = await group_status(catalog, "PAYROLL", HOST)
+        assert {(s.state, s.suspend_at_ns) for s in statuses} == {(PairState.SUSPENDED, at_ns)}
+        await wait_until(
+            pilot,
+            lambda: [r[2] for r in rows(app, outcomes)] == ["suspended"] * 8,
+            "every pair SUSPENDED in the live column",
+        )
+        shot(app, "5e-group-operations")
+
+        await click(pilot, "#run")  # again: every pair refuses, already SUSPENDED
+        await wait_until(pilot, lambda: "NOT consistent" in said(app, "#result"), "the refusal")
+        assert "8 pairs not in the expected state (marked !)" in said(app, "#result")
+        assert all(r[1].startswith("! cannot suspend") for r in rows(app, outcomes))
+
+        await pick_operation(pilot, "terminate")
+        await click(pilot, "#run")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the question")
+        question = str(app.screen.query_one("#question", Label).content)
+        assert question == "terminate group PAYROLL: 8 pairs, acting as hosta?"
+        shot(app, "5e-confirm-terminate")
+        await click(pilot, "#no")
+        assert said(app, "#result") == "terminate PAYROLL: cancelled, nothing sent"
+        statuses = await group_status(catalog, "PAYROLL", HOST)
+        assert {s.state for s in statuses} == {PairState.SUSPENDED}
+
+        await click(pilot, "#run")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the question")
+        await click(pilot, "#yes")
+        await wait_until(
+            pilot, lambda: "terminate PAYROLL: 8 pairs" in said(app, "#result"), "terminate"
+        )
+        assert "8 simplex" in said(app, "#result")
+        statuses = await group_status(catalog, "PAYROLL", HOST)
+        assert {s.state for s in statuses} == {PairState.SIMPLEX}
