@@ -19,12 +19,17 @@
 #   OSError, so one bad volume cannot take down a controller.
 # - The verbs are nbdkit's small set (pread, pwrite, flush, zero) so the native protocol and
 #   NBD share one backend.
+# - TESTING ONLY: a volume named in the config key controller.volume_faults fails its writes
+#   after the n-th one (the fault campaigns' full disk and bad disk; docs/consistency.md).
 from __future__ import annotations
 
+import errno
 import os
+import re
 import struct
 import time
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
@@ -42,6 +47,33 @@ _MAGIC: Final = b"RMCPYVOL"
 _LABEL = struct.Struct("!8sHIQ6sQ")
 _CRC = struct.Struct("!I")
 _ZERO_CHUNK_BYTES: Final = 1024 * 1024
+
+
+# --- TESTING ONLY: the in-process I/O fault layer (config controller.volume_faults) ---
+# {VOLSER = "eio_after:N" | "enospc_after:N"}: after N writes to that volume, every later write
+# fails with EIO (a bad disk) or ENOSPC (a full one) until the controller restarts. Armed by
+# loading a config that names it; the volumes of a config without the key never fail this way.
+_VOLUME_FAULT = re.compile(r"(eio|enospc)_after:(\d{1,9})")
+_FAULT_ERRNOS: Final = {"eio": errno.EIO, "enospc": errno.ENOSPC}
+_armed_faults: dict[str, tuple[int, int]] = {}  # volser -> (errno, writes that still succeed)
+
+
+def parse_volume_fault(spec: object) -> tuple[int, int]:
+    """TESTING ONLY: (errno, writes before the fault) of "eio_after:N" or "enospc_after:N"."""
+    match = _VOLUME_FAULT.fullmatch(spec) if isinstance(spec, str) else None
+    if match is None:
+        raise ValueError(f"volume fault must be 'eio_after:N' or 'enospc_after:N' (got {spec!r})")
+    return _FAULT_ERRNOS[match.group(1)], int(match.group(2))
+
+
+def arm_volume_faults(faults: Mapping[str, str]) -> None:
+    """TESTING ONLY: the faults of the volumes opened from now on, by volser (replaces all)."""
+    armed = {volser: parse_volume_fault(spec) for volser, spec in faults.items()}
+    _armed_faults.clear()
+    _armed_faults.update(armed)
+
+
+# --- end TESTING ONLY ---
 
 
 class BadVolumeFile(InputError):
@@ -92,6 +124,8 @@ class Volume:
         self._base = track_size_bytes
         self.bytes_written = 0
         self.bytes_read = 0
+        self._fault = _armed_faults.get(str(volser))  # TESTING ONLY: volume_faults
+        self._fault_writes = 0
 
     def __repr__(self) -> str:
         return (
@@ -233,6 +267,8 @@ class Volume:
         length = len(data)
         self.check_range("write", offset, length)
         try:
+            if self._fault is not None:
+                self._fault_due()
             done = os.pwrite(self._fd, data, self._base + offset)
             while done < length:  # short writes happen on signals and full disks
                 step = os.pwrite(self._fd, data[done:], self._base + offset + done)
@@ -242,6 +278,14 @@ class Volume:
         except OSError as exc:
             raise self._io_error("write", exc) from exc
         self.bytes_written += length
+
+    def _fault_due(self) -> None:
+        """TESTING ONLY (volume_faults): refuse this write once the armed fault is due."""
+        assert self._fault is not None
+        code, writes_ok = self._fault
+        self._fault_writes += 1
+        if self._fault_writes > writes_ok:
+            raise OSError(code, os.strerror(code))
 
     def zero(self, offset: int, length: int) -> None:
         self.check_range("zero", offset, length)
