@@ -1,0 +1,489 @@
+# Shared parts of the fleet benchmarks (bench/scan.py, bench/groups.py).
+#
+# What it gives: many real controller processes on 127.0.0.1, each with its share of a
+# large number of small sparse volumes spread over several LSSs (one LSS holds 256 CCAs),
+# optionally peered one-to-one with a secondary controller; one host definition that reaches
+# every volume of every controller (as a TOML file for `host add`, or parsed); the small tools
+# both benchmarks time with (median, percentiles, a table printer, process memory); and
+# `guard`, which makes sure every controller process started is stopped and the temp folder
+# removed, also on an error, Ctrl-C or SIGTERM.
+#
+# Numbering (the same in every benchmark, so a device number tells where it is):
+#   controller index c (0..15), volume k (0..count-1) on it:
+#     LSS          = 0x10 + k // 256, CCA = k % 256
+#     SSID         = 0x1000 + c * 0x10 + k // 256
+#     device number on the host = (c * 8 + k // 256) << 8 | CCA   (c <= 15, k < 2048)
+#
+# The ideas follow bench/_world.py (two sites, one volume each side); this module scales the
+# same approach to thousands of volumes per controller and does not import from tests/.
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from remcopy import aio
+from remcopy.controller.process import (
+    ControllerProcess,
+    ControllerSpec,
+    PeerSpec,
+    VolumeSpec,
+    free_port,
+)
+from remcopy.host.definition import HostDefinition, parse_host_definition
+
+T = TypeVar("T")
+
+KIB: Final = 1024
+MIB: Final = 1024 * KIB
+HOST: Final = "benchhost"
+HOST_SECRET: Final = "bench-fleet-host-secret"
+LINK_SECRET: Final = "bench-fleet-link-secret"
+CCAS_PER_LSS: Final = 256
+LSS_BASE: Final = 0x10
+LSS_PER_CONTROLLER_MAX: Final = 8  # device numbers leave room for 8 LSSs per controller
+SERIAL_BASE: Final = 64000
+CONTROLLERS_MAX: Final = 16
+# Controllers started at once: each spends about a second of CPU formatting its volumes.
+START_PARALLEL: Final = 4
+REMOVE_THREADS: Final = 16
+
+# Every controller process started by this process, so `guard` can kill what an
+# interrupted event loop could not stop.
+_STARTED: list[ControllerProcess] = []
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """One controller of a fleet: its place in the numbering and its volumes."""
+
+    index: int
+    name: str
+    volumes: int
+    volser_prefix: str
+    """Two characters; the volser is prefix + 4 hex digits of the volume number."""
+    size_bytes: int
+    peer: int | None = None
+    """Index of the peer controller (replication link both ways), if any."""
+
+    @property
+    def serial(self) -> int:
+        return SERIAL_BASE + self.index
+
+    @property
+    def lss_count(self) -> int:
+        return (self.volumes + CCAS_PER_LSS - 1) // CCAS_PER_LSS
+
+    def volser(self, k: int) -> str:
+        return f"{self.volser_prefix}{k:04X}"
+
+
+def lss_of(k: int) -> int:
+    return LSS_BASE + k // CCAS_PER_LSS
+
+
+def cca_of(k: int) -> int:
+    return k % CCAS_PER_LSS
+
+
+def device_key(k: int) -> int:
+    """The volume's key on its controller (LSS << 8 | CCA)."""
+    return lss_of(k) << 8 | cca_of(k)
+
+
+def ssid_of(index: int, k: int) -> int:
+    return 0x1000 + index * 0x10 + k // CCAS_PER_LSS
+
+
+def volume_of(lss: int, cca: int) -> int:
+    """The volume number k behind an LSS and CCA (the inverse of lss_of, cca_of)."""
+    return (lss - LSS_BASE) * CCAS_PER_LSS + cca
+
+
+def device_number(index: int, k: int) -> int:
+    """The host's device number for volume k of controller `index`."""
+    return (index * LSS_PER_CONTROLLER_MAX + k // CCAS_PER_LSS) << 8 | cca_of(k)
+
+
+def check_plans(plans: Sequence[Plan]) -> None:
+    if len(plans) > CONTROLLERS_MAX:
+        raise ValueError(f"at most {CONTROLLERS_MAX} controllers (got {len(plans)})")
+    for plan in plans:
+        if plan.lss_count > LSS_PER_CONTROLLER_MAX:
+            raise ValueError(
+                f"{plan.name}: {plan.volumes} volumes need {plan.lss_count} LSSs; "
+                f"at most {LSS_PER_CONTROLLER_MAX}"
+            )
+
+
+def spec_of(
+    plan: Plan,
+    root: Path,
+    ports: dict[int, int],
+    by_index: dict[int, Plan],
+    *,
+    track_size_bytes: int,
+    settings: dict[str, float] | None = None,
+) -> ControllerSpec:
+    peers = []
+    if plan.peer is not None:
+        other = by_index[plan.peer]
+        peers.append(
+            PeerSpec(
+                name=other.name,
+                serial=other.serial,
+                address=f"127.0.0.1:{ports[other.index]}",
+                secret=LINK_SECRET,
+            )
+        )
+    return ControllerSpec(
+        name=plan.name,
+        serial=plan.serial,
+        data_dir=root / plan.name,
+        listen=f"127.0.0.1:{ports[plan.index]}",
+        lss={LSS_BASE + j: ssid_of(plan.index, j * CCAS_PER_LSS) for j in range(plan.lss_count)},
+        volumes=[
+            VolumeSpec(
+                lss=lss_of(k), cca=cca_of(k), volser=plan.volser(k), size_bytes=plan.size_bytes
+            )
+            for k in range(plan.volumes)
+        ],
+        hosts={HOST: HOST_SECRET},
+        peers=peers,
+        track_size_bytes=track_size_bytes,
+        settings=dict(settings or {}),
+    )
+
+
+@dataclass
+class Fleet:
+    root: Path
+    plans: list[Plan]
+    procs: dict[int, ControllerProcess]
+    start_s: float = 0.0
+
+    def proc(self, index: int) -> ControllerProcess:
+        return self.procs[index]
+
+    def pids(self) -> list[int]:
+        return [p.process.pid for p in self.procs.values() if p.process is not None]
+
+    def rss_mib(self) -> float:
+        """Resident memory of every controller process, in MiB."""
+        return sum(rss_kib(pid) for pid in self.pids()) / 1024
+
+
+async def start_fleet(
+    root: Path,
+    plans: Sequence[Plan],
+    *,
+    track_size_bytes: int = 64 * KIB,
+    settings: dict[str, float] | None = None,
+) -> Fleet:
+    """Write every config (ports fixed first, so peers can name each other), then start them,
+    a few at a time; the fleet's processes are registered for `guard` before they start."""
+    check_plans(plans)
+    ports = {plan.index: free_port() for plan in plans}
+    by_index = {plan.index: plan for plan in plans}
+    procs: dict[int, ControllerProcess] = {}
+    for plan in plans:
+        spec = spec_of(
+            plan, root, ports, by_index, track_size_bytes=track_size_bytes, settings=settings
+        )
+        proc = ControllerProcess(spec.write(root / f"{plan.name}.toml"))
+        procs[plan.index] = proc
+        _STARTED.append(proc)
+    fleet = Fleet(root=root, plans=list(plans), procs=procs)
+    fleet.start_s = await _start_all(fleet)
+    return fleet
+
+
+async def _start_all(fleet: Fleet) -> float:
+    """Start every process of the fleet, a few at a time, secondaries (the controllers the
+    others connect to) before primaries: a primary that restarts with tracks to resync asks
+    its secondary at once, and leaves the pair SUSPENDED_ERROR if it is not up yet. Seconds
+    taken. On a failure the ones started are stopped again."""
+    started = time.perf_counter()
+    slots = asyncio.Semaphore(START_PARALLEL)
+
+    async def one(proc: ControllerProcess) -> None:
+        async with slots:
+            await proc.start()
+
+    try:
+        for primaries in (False, True):
+            await asyncio.gather(
+                *(
+                    one(fleet.procs[plan.index])
+                    for plan in fleet.plans
+                    if _is_primary(plan) is primaries
+                )
+            )
+    except BaseException:
+        await stop_fleet(fleet)
+        raise
+    return time.perf_counter() - started
+
+
+async def restart_fleet(fleet: Fleet, between: Callable[[], None] | None = None) -> float:
+    """Stop every controller, run `between` (e.g. rewrite state files), start them again
+    from the same configs (same ports); seconds for the whole restart."""
+    started = time.perf_counter()
+    await stop_fleet(fleet)
+    if between is not None:
+        between()
+    for index, old in list(fleet.procs.items()):
+        proc = ControllerProcess(old.config_path, log_path=old.log_path)
+        fleet.procs[index] = proc
+        _STARTED.append(proc)
+    await _start_all(fleet)
+    return time.perf_counter() - started
+
+
+async def stop_fleet(fleet: Fleet) -> None:
+    """SIGTERM every controller (primaries, those with a peer and a lower index, first)."""
+    first = [fleet.procs[plan.index] for plan in fleet.plans if _is_primary(plan)]
+    rest = [fleet.procs[plan.index] for plan in fleet.plans if not _is_primary(plan)]
+    for group in (first, rest):
+        group = [p for p in group if p.process is not None]
+        codes = await asyncio.gather(*(p.stop() for p in group), return_exceptions=True)
+        for proc, code in zip(group, codes, strict=True):
+            if code != 0:
+                print(
+                    f"warning: controller {proc.name or proc.config_path.name} exited with "
+                    f"{code}:\n{proc.log_tail()}",
+                    file=sys.stderr,
+                )
+
+
+def _is_primary(plan: Plan) -> bool:
+    return plan.peer is not None and plan.index < plan.peer
+
+
+@contextlib.asynccontextmanager
+async def fleet_running(
+    root: Path,
+    plans: Sequence[Plan],
+    *,
+    track_size_bytes: int = 64 * KIB,
+    settings: dict[str, float] | None = None,
+) -> AsyncIterator[Fleet]:
+    fleet: Fleet | None = None
+    try:
+        fleet = await start_fleet(root, plans, track_size_bytes=track_size_bytes, settings=settings)
+        yield fleet
+    finally:
+        if fleet is not None:
+            await stop_fleet(fleet)
+
+
+# The host: one definition that reaches every volume of every controller...
+
+
+def host_document(fleet: Fleet, *, timeout_s: float = 120.0) -> dict[str, Any]:
+    controllers = [
+        {"name": plan.name, "address": fleet.procs[plan.index].endpoint, "timeout_s": timeout_s}
+        for plan in fleet.plans
+    ]
+    paths = []
+    for plan in fleet.plans:
+        for j in range(plan.lss_count):
+            first_k = j * CCAS_PER_LSS
+            count = min(CCAS_PER_LSS, plan.volumes - first_k)
+            first = device_number(plan.index, first_k)
+            paths.append(
+                {
+                    "devices": f"{first:04X}-{first + count - 1:04X}",
+                    "controller": plan.name,
+                    "ssid": f"{ssid_of(plan.index, first_k):04X}",
+                    "lss": f"{lss_of(first_k):02X}",
+                    "cca": "00",
+                    "online": True,
+                }
+            )
+    return {
+        "host": {"name": HOST, "secret": HOST_SECRET},
+        "controllers": controllers,
+        "paths": paths,
+    }
+
+
+def host_definition(fleet: Fleet) -> HostDefinition:
+    return parse_host_definition(host_document(fleet), source="bench fleet")
+
+
+def host_toml(document: dict[str, Any]) -> str:
+    """The host document as the TOML `remcopy host add` reads (strings, numbers, booleans)."""
+
+    def value(v: object) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return str(v)
+        return f'"{v}"'
+
+    lines = ["[host]"]
+    lines += [f"{k} = {value(v)}" for k, v in document["host"].items()]
+    for section in ("controllers", "paths"):
+        for entry in document[section]:
+            lines += ["", f"[[{section}]]"]
+            lines += [f"{k} = {value(v)}" for k, v in entry.items()]
+    return "\n".join(lines) + "\n"
+
+
+# Measuring...
+
+
+def median(samples: Sequence[float]) -> float:
+    if not samples:
+        return 0.0
+    ordered = sorted(samples)
+    mid = len(ordered) // 2
+    if len(ordered) % 2:
+        return float(ordered[mid])
+    return (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def percentile(samples: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile (0 for no samples)."""
+    if not samples:
+        return 0.0
+    ordered = sorted(samples)
+    return float(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))])
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return 0
+    return 0
+
+
+def available_mib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def spread(counts: dict[int, int], total: int) -> dict[int, int]:
+    """`total` split as evenly as possible over the keys of `counts` (capped by each)."""
+    keys = sorted(counts)
+    out = dict.fromkeys(keys, 0)
+    left = total
+    while left > 0:
+        progress = False
+        for key in keys:
+            if left and out[key] < counts[key]:
+                out[key] += 1
+                left -= 1
+                progress = True
+        if not progress:
+            raise ValueError(f"cannot place {total} devices: only {sum(counts.values())}")
+    return out
+
+
+def table(title: str, headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers]] + [[_cell(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    out = [title]
+    for n, row in enumerate(cells):
+        out.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        if abs(value) >= 1:
+            return f"{value:.2f}"
+        return f"{value:.4f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+# Running: always stop what was started and remove the temp folder...
+
+
+def guard(prefix: str, body: Callable[[Path], Coroutine[Any, Any, T]]) -> T:
+    """Run body(temp folder) on the project's event loop; always clean up.
+
+    Ctrl-C and SIGTERM cancel the main task, so the `finally` blocks of `fleet_running` stop
+    the controllers; any controller still alive afterwards is killed here by its pid, and the
+    temp folder under /tmp is removed. An interrupted run exits with 130 (Ctrl-C) or 143
+    (SIGTERM) and prints no RESULT line.
+    """
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    terminated = False
+
+    async def guarded() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_term() -> None:
+            nonlocal terminated
+            terminated = True
+            task.cancel()
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_term)
+        return await body(root)
+
+    try:
+        return aio.run(guarded())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("interrupted: controllers stopped, temp folder removed", file=sys.stderr)
+        raise SystemExit(143 if terminated else 130) from None
+    finally:
+        for proc in _STARTED:
+            process = proc.process
+            if process is not None and process.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(process.pid, signal.SIGKILL)
+        remove_tree(root)
+
+
+def remove_tree(root: Path) -> None:
+    """Remove a folder of many files: unlinks in parallel threads, then the folders.
+
+    On a file system mounted with `discard` (this machine's /), each unlink of a file with
+    data blocks waits for a TRIM (~1.4 ms); 16 threads at once take ~0.1 ms per file.
+    """
+    files = [Path(folder) / name for folder, _dirs, names in os.walk(root) for name in names]
+    with ThreadPoolExecutor(REMOVE_THREADS) as pool:
+        list(pool.map(_unlink_quietly, files))
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
