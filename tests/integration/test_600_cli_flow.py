@@ -152,7 +152,7 @@ secondary_devices = "2B04-2B07"
         if run.returncode == 0:
             break
     assert json.loads(run.stdout)["counts"] == {"DUPLEX": 8}
-    susp = cli("group", "suspend", "PAYROLL", "--host", HOST, "--in", "80ms", catalog=catalog)
+    susp = cli("group", "suspend", "PAYROLL", "--host", HOST, "--in", "2s", catalog=catalog)
     assert "consistent at T=" in susp.stdout
     record = json.loads(
         cli(

@@ -15,6 +15,7 @@ from datetime import datetime
 from textual import work
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.css.query import NoMatches
 from textual.reactive import reactive
 from textual.widgets import DataTable
 
@@ -97,7 +98,12 @@ class OperationWatch(Vertical):
             statuses = await group_status(self.catalog, group, host)
         except SHOWN_ERRORS:
             return  # the result stays; the next tick asks again
-        table = self.query_one("#outcomes", DataTable)
+        if not self.is_attached:
+            return  # the screen went away while the controllers answered
+        try:
+            table = self.query_one("#outcomes", DataTable)
+        except NoMatches:
+            return
         state_column, lag_column = table.ordered_columns[2].key, table.ordered_columns[3].key
         for s in statuses:
             key = str(s.pair.primary)
