@@ -23,7 +23,7 @@ from remcopy.errors import (
     RemoteProtocolError,
     VersionMismatch,
 )
-from remcopy.states import CopyMode, PairRole, PairState
+from remcopy.states import CopyMode, FencePolicy, PairRole, PairState
 from remcopy.wire import auth
 from remcopy.wire.native import (
     CLOSED,
@@ -34,6 +34,8 @@ from remcopy.wire.native import (
     NAME_SIZE_MAX_BYTES,
     NEED_DATA,
     PROTOCOL_VERSION,
+    RECEIVE_BUFFER_BYTES,
+    RECEIVE_ROOM_MIN_BYTES,
     TEXT_SIZE_MAX_BYTES,
     Challenge,
     Connection,
@@ -47,6 +49,11 @@ from remcopy.wire.native import (
     IdentifyReply,
     IdentifyRequest,
     Message,
+    PairItem,
+    PairOp,
+    PairOpReply,
+    PairOpRequest,
+    PairResult,
     PeerRole,
     Phase,
     Proof,
@@ -58,6 +65,9 @@ from remcopy.wire.native import (
     StatusReply,
     StatusRequest,
     SubscribeRequest,
+    Update,
+    UpdateAck,
+    UpdateBatch,
     Welcome,
     WriteReply,
     WriteRequest,
@@ -1240,6 +1250,254 @@ def test_Connection_survives_garbage(side: Side, step: int, chunks: list[bytes])
             assert isinstance(event, Message)
         else:
             raise AssertionError(f"next_event did not settle within {len(chunk) + 2} calls")
+
+
+# Receiving in place (get_buffer / buffer_updated) and sending in parts (send_parts).
+
+
+def read_into(conn: Connection, data: bytes, *, read_max: int | None = None) -> list[Message]:
+    """Feed `data` as a BufferedProtocol transport does: each read fills get_buffer's view."""
+    messages: list[Message] = []
+    at = 0
+    while at < len(data):
+        view = conn.get_buffer(-1)
+        assert len(view) >= RECEIVE_ROOM_MIN_BYTES
+        size = min(len(view), len(data) - at, read_max or len(view))
+        view[:size] = data[at : at + size]
+        conn.buffer_updated(size)
+        at += size
+        messages += drain(conn)
+    return messages
+
+
+@given(stream=streams(), read_max=st.integers(min_value=1, max_value=3000))
+def test_Connection_decodes_a_stream_read_into_its_buffer(
+    stream: tuple[Side, list[Message], bytes, list[int]], read_max: int
+) -> None:
+    """A valid byte stream read in place, in reads of any size, yields the same messages."""
+    side, items, data, _cuts = stream
+    conn = connection_at(side, 2)
+    assert read_into(conn, data, read_max=read_max) == items
+    conn.receive_data(b"")
+    assert conn.next_event() is CLOSED
+
+
+def test_Connection_get_buffer_has_room_for_the_rest_of_a_large_frame() -> None:
+    """Once a header is in, the next read can take all of its frame, however large."""
+    conn = connection_at(Side.SERVER, 2)
+    msg = WriteRequest(request_id=1, device=1, data=bytes(range(256)) * (16 * 1024))  # 4 MiB
+    data = encode(msg)
+    assert read_into(conn, data[:HEADER_BYTES]) == []
+    view = conn.get_buffer()
+    assert len(view) >= len(data) - HEADER_BYTES
+    view[: len(data) - HEADER_BYTES] = data[HEADER_BYTES:]
+    conn.buffer_updated(len(data) - HEADER_BYTES)
+    assert drain(conn) == [msg]
+
+
+def test_Connection_buffer_stays_bounded_in_a_stream_of_writes() -> None:
+    """Reads that fill the buffer grow it to RECEIVE_BUFFER_BYTES and no further."""
+    conn = connection_at(Side.SERVER, 2)
+    msg = WriteRequest(request_id=1, device=1, data=b"w" * 65536)
+    data = encode(msg) * 100
+    capacities: list[int] = []
+    received: list[Message] = []
+    at = 0
+    while at < len(data):
+        view = conn.get_buffer()
+        capacities.append(len(view) + conn.buffered_bytes)
+        size = min(len(view), len(data) - at)
+        view[:size] = data[at : at + size]
+        conn.buffer_updated(size)
+        at += size
+        received += drain(conn)
+    assert received == [msg] * 100
+    assert max(capacities) == RECEIVE_BUFFER_BYTES
+
+
+def test_Connection_decoded_payloads_are_bytes_of_their_own() -> None:
+    """Payloads are copied out of the receive buffer: reusing the buffer changes none."""
+    server = connection_at(Side.SERVER, 2)
+    write = WriteRequest(request_id=1, device=1, data=b"a" * 70000)
+    batch = UpdateBatch(
+        request_id=2,
+        updates=(
+            Update(device=1, timestamp_ns=1, offset=0, data=b"b" * 5000),
+            Update(device=2, timestamp_ns=2, offset=8, data=b"c" * 10),
+        ),
+    )
+    kept = read_into(server, encode(write) + encode(batch))
+    client = connection_at(Side.CLIENT, 2)
+    read = ReadReply(request_id=3, data=b"d" * 70000)
+    pair_reply = PairOpReply(request_id=4, results=(PairResult(device=1),), data=b"e" * 3000)
+    kept += read_into(client, encode(read) + encode(pair_reply))
+    # Enough other bytes through both buffers to overwrite every byte they held.
+    other = WriteRequest(request_id=5, device=1, data=b"z" * 70000)
+    assert read_into(server, encode(other) * 40) == [other] * 40
+    other_read = ReadReply(request_id=6, data=b"y" * 70000)
+    assert read_into(client, encode(other_read) * 40) == [other_read] * 40
+    assert kept == [write, batch, read, pair_reply]
+    payloads = [write.data, *(u.data for u in batch.updates), read.data, pair_reply.data]
+    kept_write, kept_batch, kept_read, kept_reply = kept
+    assert isinstance(kept_write, WriteRequest)
+    assert isinstance(kept_batch, UpdateBatch)
+    assert isinstance(kept_read, ReadReply)
+    assert isinstance(kept_reply, PairOpReply)
+    decoded = [kept_write.data, *(u.data for u in kept_batch.updates), kept_read.data]
+    decoded.append(kept_reply.data)
+    assert decoded == payloads
+    assert all(type(data) is bytes for data in decoded)
+
+
+def test_Connection_receive_data_and_reads_in_place_mix() -> None:
+    """Bytes handed over and bytes read in place join into one stream."""
+    conn = connection_at(Side.SERVER, 2)
+    first, second = StatusRequest(request_id=1), WriteRequest(request_id=2, data=b"x" * 100)
+    data = encode(first) + encode(second)
+    conn.receive_data(data[:20])
+    assert read_into(conn, data[20:]) == [first, second]
+
+
+def test_Connection_buffer_misuse_is_our_bug() -> None:
+    """Reporting more bytes than were offered, or reading after EOF, is a LocalProtocolError."""
+    conn = Connection(Side.SERVER)
+    with pytest.raises(LocalProtocolError, match="outside the 0 bytes offered"):
+        conn.buffer_updated(1)
+    view = conn.get_buffer()
+    with pytest.raises(LocalProtocolError, match="buffer_updated"):
+        conn.buffer_updated(len(view) + 1)
+    conn.buffer_updated(0)  # a read that found nothing
+    assert conn.next_event() is NEED_DATA
+    conn.receive_data(b"")
+    with pytest.raises(LocalProtocolError, match="after end of file"):
+        conn.get_buffer()
+    assert conn.next_event() is CLOSED
+
+
+def test_send_parts_joins_to_the_frame_and_leaves_payloads_uncopied() -> None:
+    """A write is its header and fields in one part and its data, the same object, in another."""
+    pair = ready_pair()
+    data = bytes(range(256)) * 256
+    msg = WriteRequest(request_id=1, device=1, offset=4096, timestamp_ns=7, data=data)
+    parts = pair.client.send_parts(msg)
+    assert b"".join(parts) == encode(msg)
+    assert len(parts) == 2
+    assert parts[1] is data
+    assert parts[0] == encode(msg)[: HEADER_BYTES + 18]
+    reply = ReadReply(request_id=2, data=data)
+    assert pair.server.send_parts(reply) == [encode(reply)[:HEADER_BYTES], data]
+    assert pair.server.send_parts(reply)[1] is data
+
+
+def test_send_parts_joins_small_frames_into_one_part() -> None:
+    """A frame without a large payload is one part, byte for byte the frame."""
+    pair = ready_pair()
+    assert pair.client.send_parts(StatusRequest(request_id=2)) == [frame(KIND_STATUS, request_id=2)]
+    small = WriteRequest(request_id=3, device=1, data=b"s" * 100)
+    assert pair.client.send_parts(small) == [encode(small)]
+
+
+def test_send_parts_of_an_update_batch_keep_each_large_payload_apart() -> None:
+    """Large update payloads are parts of their own; small ones join the fields around them."""
+    pair = ready_pair()
+    big, small, bigger = b"B" * 4096, b"s" * 10, b"G" * 65536
+    batch = UpdateBatch(
+        request_id=4,
+        updates=(
+            Update(device=1, timestamp_ns=1, offset=0, data=big),
+            Update(device=1, timestamp_ns=2, offset=0, data=small),
+            Update(device=1, timestamp_ns=3, offset=0, data=bigger),
+        ),
+    )
+    parts = pair.client.send_parts(batch)
+    assert b"".join(parts) == encode(batch)
+    assert len(parts) == 4
+    assert parts[1] is big
+    assert parts[3] is bigger
+    assert small in parts[2]
+
+
+def test_send_parts_copies_a_payload_that_is_not_bytes() -> None:
+    """A transport may hold a part until the socket takes it: a mutable payload is copied."""
+    pair = ready_pair()
+    data = bytearray(b"m" * 4096)
+    parts = pair.client.send_parts(WriteRequest(request_id=1, data=data))  # type: ignore[arg-type]
+    data[0:1] = b"X"
+    assert type(parts[1]) is bytes
+    assert parts[1] == b"m" * 4096
+
+
+def test_send_parts_checks_the_phase_like_send() -> None:
+    """send_parts refuses out of phase, and changes the phase as send does."""
+    conn = Connection(Side.CLIENT)
+    with pytest.raises(LocalProtocolError):
+        conn.send_parts(StatusRequest(request_id=1))
+    assert conn.phase is Phase.HELLO
+    conn.send_parts(Hello(name=CLIENT_NAME, nonce=CLIENT_NONCE))
+    assert conn.phase is Phase.PROOF
+
+
+updates = st.builds(
+    Update,
+    device=u16s,
+    timestamp_ns=u64s,
+    offset=u64s,
+    data=st.binary(max_size=5000),
+    flags=u8s,
+)
+update_batches = st.builds(
+    UpdateBatch, request_id=request_ids, updates=st.lists(updates, max_size=6).map(tuple)
+)
+pair_items = st.builds(
+    PairItem,
+    device=u16s,
+    peer_serial=u32s,
+    peer_device=u16s,
+    mode=st.sampled_from([None, *CopyMode]),
+    fence=st.sampled_from(FencePolicy),
+    consistency_group=st.booleans(),
+    size_bytes=u64s,
+)
+pair_op_requests = st.builds(
+    PairOpRequest,
+    request_id=request_ids,
+    op=st.sampled_from(PairOp),
+    at_ns=u64s,
+    items=st.lists(pair_items, max_size=4).map(tuple),
+    options=st.dictionaries(st.text(max_size=10), json_values, max_size=3),
+)
+pair_results = st.builds(
+    PairResult,
+    device=u16s,
+    code=u16s,
+    state=st.sampled_from(PairState),
+    role=st.sampled_from(PairRole),
+    at_ns=u64s,
+    tracks=u64s,
+    message=texts,
+)
+pair_op_replies = st.builds(
+    PairOpReply,
+    request_id=request_ids,
+    results=st.lists(pair_results, max_size=4, unique_by=lambda r: r.device).map(tuple),
+    document=st.dictionaries(st.text(max_size=10), json_values, max_size=3),
+    data=st.binary(max_size=5000),
+)
+update_acks = st.builds(UpdateAck, request_id=request_ids, applied=u32s)
+
+
+@given(msg=st.one_of(update_batches, pair_op_requests))
+def test_replication_requests_round_trip_in_parts(msg: Message) -> None:
+    """Update batches and pair operations, sent in parts and read in place, decode unchanged."""
+    parts = connection_at(Side.CLIENT, 2).send_parts(msg)
+    assert read_into(connection_at(Side.SERVER, 2), b"".join(parts)) == [msg]
+
+
+@given(msg=st.one_of(pair_op_replies, update_acks))
+def test_replication_replies_round_trip_in_parts(msg: Message) -> None:
+    """Pair operation replies and update acknowledgements round trip the same way."""
+    parts = connection_at(Side.SERVER, 2).send_parts(msg)
+    assert read_into(connection_at(Side.CLIENT, 2), b"".join(parts)) == [msg]
 
 
 # wire.auth.

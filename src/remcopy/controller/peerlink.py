@@ -105,26 +105,33 @@ class PeerLink:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        while self._queue:
-            batch: list[tuple[native.Update, asyncio.Future[None]]] = []
-            size = 0
-            while self._queue and len(batch) < BATCH_UPDATES_MAX:
-                # A batch never passes BATCH_BYTES_MAX, so a frame never passes its limit.
-                if batch and size + len(self._queue[0][0].data) > BATCH_BYTES_MAX:
+        queue, self._queue = self._queue, []
+        at = 0
+        while at < len(queue):
+            # A batch never passes BATCH_BYTES_MAX, so a frame never passes its limit.
+            end, size = at, 0
+            while end < len(queue) and end - at < BATCH_UPDATES_MAX:
+                length = len(queue[end][0].data)
+                if end > at and size + length > BATCH_BYTES_MAX:
                     break
-                item = self._queue.pop(0)
-                batch.append(item)
-                size += len(item[0].data)
+                size += length
+                end += 1
+            batch, at = queue[at:end], end
+            futures = [f for _, f in batch]
             msg = native.UpdateBatch(updates=tuple(u for u, _ in batch))
             try:
+                # One writelines: the frame's fields, and each update's data as it is.
                 reply = self.channel.send_nowait(msg)
             except RemcopyError as exc:
-                self._fail([f for _, f in batch], exc)
+                self._fail(futures, exc)
                 continue
             self.batches_sent += 1
-            futures = [f for _, f in batch]
-            reply.add_done_callback(lambda r, fs=futures: self._acked(r, fs))  # type: ignore[misc]
-            asyncio.get_running_loop().call_later(self.ack_timeout_s, self._check_timeout, reply)
+            timer = asyncio.get_running_loop().call_later(
+                self.ack_timeout_s, self._check_timeout, reply
+            )
+            reply.add_done_callback(
+                lambda r, fs=futures, t=timer: self._acked(r, fs, t)  # type: ignore[misc]
+            )
 
     def _check_timeout(self, reply: asyncio.Future[native.Message]) -> None:
         if not reply.done():
@@ -136,8 +143,12 @@ class PeerLink:
             )
 
     def _acked(
-        self, reply: asyncio.Future[native.Message], futures: list[asyncio.Future[None]]
+        self,
+        reply: asyncio.Future[native.Message],
+        futures: list[asyncio.Future[None]],
+        timer: asyncio.TimerHandle,
     ) -> None:
+        timer.cancel()
         exc: RemcopyError | None = None
         if reply.cancelled():
             exc = BrokenResourceError(f"replication link to {self.peer.name} was closed")

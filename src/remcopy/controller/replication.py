@@ -321,14 +321,14 @@ class Replicator:
                 f'hold_s={self.hold_s} error="{exc}"'
             )
             handle = asyncio.get_running_loop().call_later(
-                self.hold_s, self._hold_expired, run, exc
+                self.hold_s, self._hold_expired, run, run.held, exc
             )
             self.timers.append(handle)
             return
         self._to_error(run, exc)
 
-    def _hold_expired(self, run: DeviceRun, exc: RemcopyError) -> None:
-        if run.held is not None:
+    def _hold_expired(self, run: DeviceRun, held: asyncio.Event, exc: RemcopyError) -> None:
+        if run.held is held:  # this timer's hold, not a later one (that has its own timer)
             self._to_error(run, exc)
 
     def _to_error(self, run: DeviceRun, exc: RemcopyError) -> None:

@@ -4,15 +4,28 @@
 # native codec, hands each request to the core (core.py), and writes the codec's answer.
 # Decisions belong to the core; this file decides only *when* things happen.
 #
+# Theory of operation
+# - One asyncio BufferedProtocol per connection (`_Link`), as the NBD export does. The socket
+#   is read straight into the codec's receive buffer (no bytes object per read), and the
+#   frames of each read are decoded and acted on at once, in the transport's callback:
+#   requests the core answers on the spot (local writes, reads, replication updates) are
+#   answered in the same loop step. Work that waits (sync mirroring, fdatasync, pair
+#   operations) becomes a task in the connection's TaskGroup; its reply leaves when it is done.
+# - Replies are queued, not written one by one: everything queued in one loop step leaves in
+#   one `transport.writelines`, payloads (read data) as parts of their own, never copied.
+# - The handshake runs on the same path, under a deadline timer armed at accept.
+#
 # Rules this module keeps:
 # - Nothing is done for a connection before it authenticated: the handshake runs first, under
 #   a deadline, and the codec itself refuses request frames before WELCOME.
-# - One task per connection; every task a connection starts belongs to that connection's
-#   TaskGroup (no fire-and-forget), and the connection's stream is closed in `finally`.
-# - Bounded memory per connection: requests are decoded only after the previous batch was
-#   handled, slow work (flush) is bounded by IN_FLIGHT_MAX, and replies wait for the socket
-#   to drain past WRITE_BUFFER_HIGH_BYTES. A host that sends faster than the disk writes is
-#   slowed by TCP, not buffered.
+# - Every connection is driven by a task of the server's TaskGroup, and every task a
+#   connection starts belongs to that connection's TaskGroup (no fire-and-forget); the
+#   connection's transport is closed in `finally`.
+# - Bounded memory per connection: requests are decoded only while fewer than IN_FLIGHT_MAX
+#   wait on slow work and the replies not yet taken by the socket stay under
+#   WRITE_BUFFER_HIGH_BYTES; otherwise the socket is not read, and the codec holds at most one
+#   read plus one frame. A host that sends faster than the disk writes is slowed by TCP, not
+#   buffered.
 # - A refused connection (unknown host, wrong secret, replayed or reflected nonce, version
 #   mismatch, garbage) gets one error frame naming the reason, a log line, and is closed; the
 #   controller goes on serving everyone else.
@@ -27,9 +40,9 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
-from typing import Final
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, replace
+from typing import Any, Final, cast
 
 from remcopy.configfile import format_address
 from remcopy.controller.core import Controller, HostGrant
@@ -50,58 +63,264 @@ from remcopy.wire.native import Side
 log = logging.getLogger("remcopy.controller")
 
 HANDSHAKE_TIMEOUT_S: Final = 10.0
-# One read takes up to 1 MiB off the socket: sixteen 64 KiB writes per wake-up.
-READ_CHUNK_BYTES: Final = 1024 * 1024
-# Requests that wait on something slower than memory (fdatasync, later a peer) at once.
+# Requests that wait on something slower than memory (fdatasync, a peer) at once.
 IN_FLIGHT_MAX: Final = 64
-# Replies queued for a slow reader beyond this make the connection wait for the socket.
+# Replies queued for a slow reader beyond this make the connection stop taking requests until
+# the socket drained; it is the transport's high-water mark (the low one is a quarter).
 WRITE_BUFFER_HIGH_BYTES: Final = 4 * 1024 * 1024
 # An event subscriber that falls this far behind is dropped rather than buffered.
 SUBSCRIBER_BUFFER_MAX_BYTES: Final = 8 * 1024 * 1024
 
 
-class _Link:
-    """One accepted connection: its codec, its stream, and who is on the other end."""
+@dataclass(slots=True)
+class _Handshake:
+    """What a connection between CHALLENGE and PROOF remembers."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+    hello: native.Hello
+    secret: bytes
+    names: auth.Transcript
+
+
+class _Link(asyncio.BufferedProtocol):
+    """One accepted connection: its codec, its transport, and who is on the other end."""
+
+    def __init__(self, server: ControllerServer) -> None:
+        self.server = server
         self.codec = native.Connection(Side.SERVER)
-        peer = writer.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.peer = "?"
         self.client = "?"
+        self.grant: HostGrant | None = None  # set once authenticated
+        self.handshake: _Handshake | None = None  # set while a challenge is outstanding
+        self.transport: asyncio.Transport | None = None
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tasks: asyncio.TaskGroup | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._out: list[bytes] = []  # frames queued for the next writelines
+        self._out_bytes = 0
+        self._flush_scheduled = False
+        self._waiting = 0  # requests whose answer is a task that has not finished
+        self._reading_stopped = False  # EOF, or shutdown: the socket is read no more
+        self._ending = False  # no more requests: close once the waiting ones are answered
+        self._reading_paused = False
+        self._writing_paused = False
+        self._scratch: memoryview | None = None  # reads after the end land here, unused
+
+    def __repr__(self) -> str:
+        return (
+            f"<_Link {self.peer} {self.client} waiting={self._waiting} "
+            f"ending={self._ending} {self.codec!r}>"
+        )
+
+    # Protocol callbacks...
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_BYTES)
+        self.server._accepted(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._reading_stopped:  # cannot happen while paused; thrown away if it does
+            if self._scratch is None:
+                self._scratch = memoryview(bytearray(4096))
+            return self._scratch
+        return self.codec.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._reading_stopped:
+            return
+        self.codec.buffer_updated(nbytes)
+        self.process()
+
+    def eof_received(self) -> bool:
+        self._stop_reading()
+        self.process()
+        return True  # keep writing: requests already read are still answered
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._reading_stopped = self._ending = True
+        self._writing_paused = False
+        if self._deadline is not None:
+            self._deadline.cancel()
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self.process()
+
+    # Driving...
+
+    async def run(self) -> None:
+        """Own the connection's request tasks until it is closed and they are finished."""
+        assert self.transport is not None
+        transport = self.transport
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                self._deadline = asyncio.get_running_loop().call_later(
+                    HANDSHAKE_TIMEOUT_S, self._handshake_expired
+                )
+                self.process()  # bytes that came before this task ran
+                await self.lost
+        except Exception:
+            log.exception("internal error on the connection from %s (%s)", self.peer, self.client)
+        finally:
+            self._tasks = None
+            self.server._closed(self)
+            if not transport.is_closing():
+                transport.abort()
+
+    def process(self) -> None:
+        """Decode the buffered frames and act on them, within the bounds; then write."""
+        if self._tasks is None:
+            return  # not driven yet (run() processes on start) or already over
+        codec = self.codec
+        scheduled, self._flush_scheduled = self._flush_scheduled, True  # flushed below
+        try:
+            while not self._ending and not self._busy():
+                try:
+                    event = codec.next_event()
+                except ProtocolError as exc:
+                    self.server._refuse(self, exc)
+                    break
+                if event is native.NEED_DATA:
+                    break
+                if isinstance(event, native.Message):
+                    self.server._on_message(self, event)
+                    if self._out_bytes >= WRITE_BUFFER_HIGH_BYTES:
+                        self.flush()  # a client that pipelines reads meets pause_writing
+                    continue
+                self._ending = True  # CLOSED: the peer finished sending
+                self.server._on_closed(self)
+        except ProtocolError as exc:  # a reply we cannot encode: our bug, told to the peer
+            self.server._refuse(self, exc)
+        except Exception:
+            # Our bug (the core answers its own errors in a reply): drop this client only.
+            log.exception("internal error on the connection from %s (%s)", self.peer, self.client)
+            self.abort()
+            return
+        finally:
+            self._flush_scheduled = scheduled
+        self.flush()
+        self._update_reading()
+        self._close_when_idle()
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Answer a request from a task of this connection; it counts as waiting until done."""
+        assert self._tasks is not None
+        self._waiting += 1
+        self._tasks.create_task(work)
+
+    def settled(self) -> None:
+        """A spawned answer finished (its reply is queued)."""
+        busy = self._busy()
+        self._waiting -= 1
+        if busy and not self._busy():
+            self.process()  # takes requests again
+        else:
+            self._close_when_idle()
 
     def send(self, msg: native.Message) -> None:
+        """Queue a frame; what one loop step queues leaves in one writelines."""
         if self.codec.phase is native.Phase.CLOSED and msg.KIND in native.REPLY_KINDS:
             # The peer sent EOF (or garbage) after requests we already read: still answer them.
-            self.writer.write(native.encode(msg))
+            parts = [native.encode(msg)]
+        else:
+            parts = self.codec.send_parts(msg)
+        self._out += parts
+        self._out_bytes += sum(len(part) for part in parts)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush_scheduled = False
+        self.flush()
+
+    def flush(self) -> None:
+        if not self._out:
             return
-        self.writer.write(self.codec.send(msg))
+        out, self._out, self._out_bytes = self._out, [], 0
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.writelines(out)
 
-    async def receive(self) -> native.Message | None:
-        """The next message, or None at end of stream."""
-        while True:
-            event = self.codec.next_event()
-            if isinstance(event, native.Message):
-                return event
-            if event is native.CLOSED:
-                return None
-            data = await self.reader.read(READ_CHUNK_BYTES)
-            self.codec.receive_data(data)
+    def end(self) -> None:
+        """Take no more requests; close once those already taken are answered."""
+        self._ending = True
+        self._update_reading()
 
-    def stop_reading(self) -> None:
-        """Turn the stream's end into an EOF so the loop ends after what it already read."""
-        transport = self.writer.transport
-        if not transport.is_closing() and isinstance(transport, asyncio.ReadTransport):
+    def shut_down(self) -> None:
+        """SIGTERM: read no more; answer the requests already read, then close."""
+        self._stop_reading()
+        self._update_reading()
+        self.process()
+
+    def abort(self) -> None:
+        self._reading_stopped = self._ending = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _stop_reading(self) -> None:
+        if not self._reading_stopped:
+            self._reading_stopped = True
+            self.codec.receive_data(b"")  # an EOF: decoding ends after what is buffered
+
+    def _busy(self) -> bool:
+        """Back-pressure: take no more requests until replies drain or slow work finishes."""
+        return self._writing_paused or self._waiting >= IN_FLIGHT_MAX
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        pause = self._reading_stopped or self._ending or self._busy()
+        if pause and not self._reading_paused:
             transport.pause_reading()
-        if not self.reader.at_eof():
-            self.reader.feed_eof()
+            self._reading_paused = True
+        elif not pause and self._reading_paused:
+            transport.resume_reading()
+            self._reading_paused = False
+
+    def _close_when_idle(self) -> None:
+        transport = self.transport
+        if self._ending and not self._waiting and transport is not None:
+            self.flush()
+            if not transport.is_closing():
+                transport.close()  # sends what is buffered first
+
+    def _handshake_expired(self) -> None:
+        self._deadline = None
+        if self.grant is None and not self._ending:
+            self.server._refuse(
+                self,
+                AuthenticationFailed(
+                    f"handshake from {self.peer}: no answer within {HANDSHAKE_TIMEOUT_S} s"
+                ),
+            )
+            self._close_when_idle()
+
+    def authenticated(self, grant: HostGrant) -> None:
+        self.grant, self.handshake = grant, None
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
 
 class ControllerServer:
     def __init__(self, controller: Controller) -> None:
         self.controller = controller
         self._links: set[_Link] = set()
+        self._drivers: set[asyncio.Task[None]] = set()
+        self._early: list[_Link] = []  # accepted before serve() owned a TaskGroup
+        self._tasks: asyncio.TaskGroup | None = None
         self._stopping = asyncio.Event()
         self._server_nonces = auth.NonceLedger()
         self._client_nonces = auth.NonceLedger()
@@ -116,10 +335,9 @@ class ControllerServer:
     async def serve(self, *, ready: Callable[[tuple[str, int]], None] | None = None) -> None:
         """Serve until stop() is called; calls ready(address) once listening."""
         host, port = self.controller.config.controller.listen
+        loop = asyncio.get_running_loop()
         try:
-            server = await asyncio.start_server(
-                self._handle, host, port, limit=READ_CHUNK_BYTES, reuse_address=True
-            )
+            server = await loop.create_server(lambda: _Link(self), host, port, reuse_address=True)
         except OSError as exc:
             raise ListenError(
                 f"controller.listen: cannot listen on "
@@ -134,24 +352,33 @@ class ControllerServer:
             raise
         if ready is not None:
             ready(self.address)
-        replication = asyncio.get_running_loop().create_task(self.replicator.run())
+        replication = loop.create_task(self.replicator.run())
         # --- NBD export: served next to the native server, stopped with it ---
-        nbd_serving = (
-            asyncio.get_running_loop().create_task(self.nbd.serve())
-            if self.nbd is not None
-            else None
-        )
+        nbd_serving = loop.create_task(self.nbd.serve()) if self.nbd is not None else None
         async with server:
-            await self._stopping.wait()
-            server.close()
-            if self.nbd is not None:
-                self.nbd.stop()
-            for link in list(self._links):
-                link.stop_reading()
-            grace = self.controller.config.controller.shutdown_grace_s
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace):
-                    await server.wait_closed()
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                early, self._early = self._early, []
+                for link in early:
+                    self._drive(link)
+                await self._stopping.wait()
+                server.close()
+                if self.nbd is not None:
+                    self.nbd.stop()
+                for link in list(self._links):
+                    link.shut_down()
+                drivers = list(self._drivers)
+                if drivers:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(
+                            self.controller.config.controller.shutdown_grace_s
+                        ):
+                            await asyncio.wait(drivers)
+                for link in list(self._links):  # past the grace: what is left is dropped
+                    link.abort()
+                for driver in self._drivers:
+                    driver.cancel()
+            self._tasks = None
         if nbd_serving is not None:
             await nbd_serving  # bounded by its own grace; before the replicator stops
         replication.cancel()
@@ -193,51 +420,70 @@ class ControllerServer:
 
     # Accepting a connection...
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        link = _Link(reader, writer)
-        self._links.add(link)
+    def _accepted(self, link: _Link) -> None:
         self.controller.counters["connections"] += 1
-        try:
-            if self._stopping.is_set():
-                link.send(
-                    native.ErrorReply(code=ShuttingDown.code, message="controller is shutting down")
-                )
-                return
-            try:
-                async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
-                    grant = await self._handshake(link)
-            except TimeoutError:
-                self._refuse(
-                    link,
-                    AuthenticationFailed(
-                        f"handshake from {link.peer}: no answer within {HANDSHAKE_TIMEOUT_S} s"
-                    ),
-                )
-                return
-            if grant is None:
-                return
-            await self._serve_requests(link, grant)
-        except ProtocolError as exc:
-            self._refuse(link, exc)
-        except (ConnectionError, OSError):
-            pass  # the peer went away; nothing was half-acknowledged
-        finally:
-            self._links.discard(link)
-            with contextlib.suppress(Exception):
-                writer.close()
-                await writer.wait_closed()
+        if self._stopping.is_set():
+            link.send(
+                native.ErrorReply(code=ShuttingDown.code, message="controller is shutting down")
+            )
+            link.end()
+            link.flush()
+            if link.transport is not None:
+                link.transport.close()
+            return
+        self._links.add(link)
+        if self._tasks is None:
+            self._early.append(link)
+        else:
+            self._drive(link)
+
+    def _drive(self, link: _Link) -> None:
+        assert self._tasks is not None
+        driver = self._tasks.create_task(link.run(), name=f"native {link.peer}")
+        self._drivers.add(driver)
+        driver.add_done_callback(self._drivers.discard)
+
+    def _closed(self, link: _Link) -> None:
+        self._links.discard(link)
 
     def _refuse(self, link: _Link, exc: RemcopyError) -> None:
         self.controller.counters["auth_refused"] += isinstance(exc, AuthenticationFailed)
         log.warning("refused %s (%s): %s", link.peer, link.client, exc)
         with contextlib.suppress(Exception):
             link.send(native.ErrorReply(code=exc.code, message=str(exc)))
+        link.end()
 
-    async def _handshake(self, link: _Link) -> HostGrant | None:
-        hello = await link.receive()
-        if hello is None:
-            return None
-        assert isinstance(hello, native.Hello)  # the codec accepts nothing else first
+    def _on_message(self, link: _Link, msg: native.Message) -> None:
+        grant = link.grant
+        if grant is not None:
+            self.controller.counters["requests"] += 1
+            slow = self._answer(link, grant, msg)
+            if slow is not None:
+                link.spawn(self._answer_slow(link, msg, slow))
+            return
+        # The handshake: the codec lets nothing but HELLO, then PROOF, through before WELCOME.
+        try:
+            if isinstance(msg, native.Hello):
+                self._on_hello(link, msg)
+            else:
+                assert isinstance(msg, native.Proof)
+                self._on_proof(link, msg)
+        except ProtocolError as exc:
+            self._refuse(link, exc)
+
+    def _on_closed(self, link: _Link) -> None:
+        """The peer finished sending (EOF on a frame boundary)."""
+        if link.handshake is None:
+            return
+        self.controller.counters["auth_refused"] += 1
+        log.warning(
+            "refused %s (%s): it left after the challenge: it could not verify "
+            "this controller's proof: wrong secret on one side",
+            link.peer,
+            link.client,
+        )
+
+    def _on_hello(self, link: _Link, hello: native.Hello) -> None:
         link.client = f"{hello.role.name.lower()} {hello.name}"
         secret = self._secret_for(hello)
         if secret is None:
@@ -259,6 +505,7 @@ class ControllerServer:
             client_nonce=hello.nonce,
             server_nonce=server_nonce,
         )
+        link.handshake = _Handshake(hello=hello, secret=secret, names=names)
         link.send(
             native.Challenge(
                 name=self.controller.name,
@@ -266,25 +513,25 @@ class ControllerServer:
                 proof=auth.server_proof(secret, names),
             )
         )
-        proof = await link.receive()
-        if proof is None:
-            self.controller.counters["auth_refused"] += 1
-            log.warning(
-                "refused %s (%s): it left after the challenge: it could not verify "
-                "this controller's proof: wrong secret on one side",
-                link.peer,
-                link.client,
-            )
-            return None
-        assert isinstance(proof, native.Proof)
-        if not auth.proofs_equal(proof.proof, auth.client_proof(secret, names)):
+
+    def _on_proof(self, link: _Link, proof: native.Proof) -> None:
+        handshake = link.handshake
+        assert handshake is not None  # the codec accepts PROOF only after our CHALLENGE
+        link.handshake = None
+        hello = handshake.hello
+        if not auth.proofs_equal(proof.proof, auth.client_proof(handshake.secret, handshake.names)):
             raise AuthenticationFailed(f"{link.client}: wrong secret")
         link.send(native.Welcome(serial=self.controller.serial, name=self.controller.name))
         log.info("authenticated %s from %s", link.client, link.peer)
         if hello.role is native.PeerRole.HOST:
-            return self.controller.hosts[hello.name]
+            link.authenticated(self.controller.hosts[hello.name])
+            return
         peer = self.controller.peers[hello.name]
-        return HostGrant(name=hello.name, secret=secret, lss=None, is_peer=True, serial=peer.serial)
+        link.authenticated(
+            HostGrant(
+                name=hello.name, secret=handshake.secret, lss=None, is_peer=True, serial=peer.serial
+            )
+        )
 
     def _secret_for(self, hello: native.Hello) -> bytes | None:
         if hello.role is native.PeerRole.HOST:
@@ -294,29 +541,6 @@ class ControllerServer:
         return peer.secret.encode() if peer else None
 
     # Serving requests...
-
-    async def _serve_requests(self, link: _Link, grant: HostGrant) -> None:
-        slots = asyncio.Semaphore(IN_FLIGHT_MAX)
-        transport = link.writer.transport
-        failure: Exception | None = None  # raised bare, after the TaskGroup: not in a group
-        async with asyncio.TaskGroup() as tasks:
-            while True:
-                try:
-                    msg = await link.receive()
-                except (ProtocolError, ConnectionError, OSError) as exc:
-                    failure = exc
-                    break
-                if msg is None:
-                    return
-                self.controller.counters["requests"] += 1
-                slow = self._answer(link, grant, msg)
-                if slow is not None:
-                    await slots.acquire()
-                    tasks.create_task(self._answer_slow(link, msg, slow, slots))
-                if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH_BYTES:
-                    await link.writer.drain()
-        if failure is not None:
-            raise failure  # _handle answers a protocol error with an error frame
 
     def _answer(
         self, link: _Link, grant: HostGrant, msg: native.Message
@@ -419,30 +643,28 @@ class ControllerServer:
         return native.WriteReply(request_id=msg.request_id)
 
     async def _answer_slow(
-        self,
-        link: _Link,
-        msg: native.Message,
-        work: Awaitable[native.Message],
-        slots: asyncio.Semaphore,
+        self, link: _Link, msg: native.Message, work: Awaitable[native.Message]
     ) -> None:
         try:
-            reply = await work
-        except RemcopyError as exc:
-            reply = self._error_reply(link, msg.request_id, exc)
-        except Exception as exc:  # our bug: answer it, log it, keep serving everyone
-            log.exception("internal error answering %s from %s", type(msg).__name__, link.client)
-            reply = self._error_reply(
-                link,
-                msg.request_id,
-                RemcopyInternalError(
-                    f"internal error: this should never happen; please report it: "
-                    f"{type(exc).__name__}: {exc}"
-                ),
-            )
-        finally:
-            slots.release()
-        if not link.writer.is_closing():
+            try:
+                reply = await work
+            except RemcopyError as exc:
+                reply = self._error_reply(link, msg.request_id, exc)
+            except Exception as exc:  # our bug: answer it, log it, keep serving everyone
+                log.exception(
+                    "internal error answering %s from %s", type(msg).__name__, link.client
+                )
+                reply = self._error_reply(
+                    link,
+                    msg.request_id,
+                    RemcopyInternalError(
+                        f"internal error: this should never happen; please report it: "
+                        f"{type(exc).__name__}: {exc}"
+                    ),
+                )
             link.send(reply)
+        finally:
+            link.settled()  # after the reply is queued: settling may close an ending link
 
     def _error_reply(self, link: _Link, rid: int, exc: RemcopyError) -> native.ErrorReply:
         self.controller.counters["errors"] += 1
@@ -451,7 +673,8 @@ class ControllerServer:
         return native.ErrorReply(request_id=rid, code=exc.code, message=str(exc))
 
     def _subscribe(self, link: _Link, rid: int) -> None:
-        transport = link.writer.transport
+        transport = link.transport
+        assert transport is not None
 
         def sink(line: str) -> None:
             if transport.is_closing():

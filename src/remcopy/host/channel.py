@@ -10,7 +10,11 @@
 #   a request with no answer in time fails with RequestTimeout. The channel never retries by
 #   itself: retrying a write is a decision for the I/O engine, which knows the ordering rules.
 # - Error frames become the same typed error on this side (errors.error_from_wire).
-# - The channel owns its reader task; `close()` (or leaving `async with`) ends it.
+# - Receiving copies as little as it can: an asyncio BufferedProtocol reads the socket straight
+#   into the codec's buffer and settles each reply's future in the transport's callback (no
+#   reader task, no bytes object per read). Sending writes a frame's parts with writelines, so
+#   a payload (write data, update data) is never copied on its way to the socket.
+# - `close()` (or leaving `async with`) closes the transport; nothing runs after it.
 from __future__ import annotations
 
 import asyncio
@@ -19,8 +23,8 @@ import itertools
 import os
 import re
 import time
-from collections.abc import AsyncIterator
-from typing import Any, Final, TypeVar
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final, TypeVar, cast
 
 from remcopy.errors import (
     AuthenticationFailed,
@@ -35,8 +39,10 @@ from remcopy.wire import auth, native
 
 CONNECT_TIMEOUT_S_DEFAULT: Final = 5.0
 REQUEST_TIMEOUT_S_DEFAULT: Final = 30.0
-READ_CHUNK_BYTES: Final = 1024 * 1024
 EVENT_QUEUE_MAX: Final = 100_000
+# Requests queued for a controller that does not take them beyond this make the next caller
+# wait for the socket (the transport's high-water mark; the low one is a quarter).
+WRITE_BUFFER_HIGH_BYTES: Final = 4 * 1024 * 1024
 
 ReplyT = TypeVar("ReplyT", bound=native.Message)
 
@@ -65,9 +71,9 @@ class Channel:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[native.Message]] = {}
         self._events: dict[int, asyncio.Queue[str | None]] = {}
-        self._writer: asyncio.StreamWriter | None = None
+        self._transport: asyncio.Transport | None = None
+        self._protocol: _ChannelProtocol | None = None
         self._codec: native.Connection | None = None
-        self._reader_task: asyncio.Task[None] | None = None
         self._connecting: asyncio.Lock | None = None
         self._closed = False
         self.requests_sent = 0
@@ -75,7 +81,7 @@ class Channel:
 
     def __repr__(self) -> str:
         host, port = self.address
-        state = "closed" if self._closed else ("open" if self._writer else "idle")
+        state = "closed" if self._closed else ("open" if self._transport else "idle")
         return (
             f"<Channel {self.name}->{self.controller_name or '?'} {host}:{port} {state} "
             f"in_flight={len(self._pending)} sent={self.requests_sent}>"
@@ -97,9 +103,9 @@ class Channel:
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
-            if self._writer is not None and not self._writer.is_closing():
+            if self.connected:
                 return
-            if self._writer is not None:
+            if self._transport is not None:
                 self.reconnects += 1
             try:
                 async with asyncio.timeout(self.connect_timeout_s):
@@ -114,12 +120,16 @@ class Channel:
                 ) from exc
 
     async def _open(self) -> None:
-        reader, writer = await asyncio.open_connection(*self.address, limit=READ_CHUNK_BYTES)
         codec = native.Connection(native.Side.CLIENT)
+        transport, protocol = await asyncio.get_running_loop().create_connection(
+            lambda: _ChannelProtocol(codec), *self.address
+        )
         try:
             nonce = os.urandom(auth.NONCE_SIZE_BYTES)
-            writer.write(codec.send(native.Hello(role=self.role, name=self.name, nonce=nonce)))
-            challenge = await _receive(codec, reader)
+            transport.writelines(
+                codec.send_parts(native.Hello(role=self.role, name=self.name, nonce=nonce))
+            )
+            challenge = await protocol.receive()
             if isinstance(challenge, native.ErrorReply):
                 raise error_from_wire(challenge.code, challenge.message)
             if not isinstance(challenge, native.Challenge):
@@ -136,20 +146,20 @@ class Channel:
                     f"controller at {self._where()} could not prove it "
                     "knows the secret: wrong secret on one side"
                 )
-            writer.write(codec.send(native.Proof(proof=auth.client_proof(self._secret, names))))
-            welcome = await _receive(codec, reader)
+            transport.writelines(
+                codec.send_parts(native.Proof(proof=auth.client_proof(self._secret, names)))
+            )
+            welcome = await protocol.receive()
             if isinstance(welcome, native.ErrorReply):
                 raise error_from_wire(welcome.code, welcome.message)
             if not isinstance(welcome, native.Welcome):
                 raise RemoteProtocolError(f"{self._where()}: expected WELCOME")
         except BaseException:
-            writer.close()
+            transport.close()
             raise
         self.controller_name, self.controller_serial = welcome.name, welcome.serial
-        self._writer, self._codec = writer, codec
-        self._reader_task = asyncio.get_running_loop().create_task(
-            self._read_loop(reader, codec), name=f"channel-reader {self._where()}"
-        )
+        self._transport, self._protocol, self._codec = transport, protocol, codec
+        protocol.attach(self._dispatch, lambda cause: self._broken(protocol, cause))
 
     async def close(self) -> None:
         self._closed = True
@@ -160,17 +170,25 @@ class Channel:
         await self._drop(BrokenResourceError(f"link to {self._where()} dropped: {reason}"))
 
     async def _drop(self, exc: RemcopyError) -> None:
-        writer, task = self._writer, self._reader_task
-        self._writer, self._codec, self._reader_task = None, None, None
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        transport, protocol = self._transport, self._protocol
+        self._transport, self._protocol, self._codec = None, None, None
         self._fail_pending(exc)
-        if writer is not None:
-            writer.close()
+        if transport is not None and protocol is not None:
+            transport.close()
             with contextlib.suppress(Exception):
-                await writer.wait_closed()
+                await protocol.wait_closed()
+
+    def _broken(self, protocol: _ChannelProtocol, cause: BaseException) -> None:
+        """The link failed under us (EOF, reset, garbage): fail what waits on it."""
+        if self._protocol is not protocol:
+            return  # dropped on purpose already
+        err = BrokenResourceError(f"link to {self._where()} broke: {cause}")
+        err.__cause__ = cause
+        transport = self._transport
+        self._transport, self._protocol, self._codec = None, None, None
+        if transport is not None:
+            transport.close()
+        self._fail_pending(err)
 
     def _fail_pending(self, exc: RemcopyError) -> None:
         pending, self._pending = self._pending, {}
@@ -187,31 +205,6 @@ class Channel:
         return f"{self.controller_name or 'controller'} {host}:{port}"
 
     # Receiving...
-
-    async def _read_loop(self, reader: asyncio.StreamReader, codec: native.Connection) -> None:
-        cause: BaseException | None = None
-        try:
-            while True:
-                data = await reader.read(READ_CHUNK_BYTES)
-                codec.receive_data(data)
-                while True:
-                    event = codec.next_event()
-                    if event is native.NEED_DATA:
-                        break
-                    if event is native.CLOSED:
-                        raise ConnectionResetError("controller closed the connection")
-                    assert isinstance(event, native.Message)
-                    self._dispatch(event)
-        except asyncio.CancelledError:
-            raise
-        except (OSError, RemcopyError) as exc:
-            cause = exc
-        err = BrokenResourceError(f"link to {self._where()} broke: {cause}")
-        err.__cause__ = cause
-        if self._writer is not None:
-            self._writer.close()
-        self._writer, self._codec, self._reader_task = None, None, None
-        self._fail_pending(err)
 
     def _dispatch(self, msg: native.Message) -> None:
         if isinstance(msg, native.EventNotice):
@@ -232,7 +225,7 @@ class Channel:
 
     @property
     def connected(self) -> bool:
-        return self._writer is not None and not self._writer.is_closing()
+        return self._transport is not None and not self._transport.is_closing()
 
     def send_nowait(self, msg: native.Message) -> asyncio.Future[native.Message]:
         """Write a request now, in call order, and return the future of its answer.
@@ -240,13 +233,15 @@ class Channel:
         The link must be connected. Frames written by successive calls reach the controller in
         the order of the calls: replication relies on this.
         """
-        if self._writer is None or self._writer.is_closing() or self._codec is None:
+        transport, codec = self._transport, self._codec
+        if transport is None or transport.is_closing() or codec is None:
             raise BrokenResourceError(f"link to {self._where()} is not connected")
         rid = next(self._ids)
         msg = _with_id(msg, rid)
+        parts = codec.send_parts(msg)  # first: a message that cannot be encoded waits for nothing
         future: asyncio.Future[native.Message] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
-        self._writer.write(self._codec.send(msg))
+        transport.writelines(parts)
         self.requests_sent += 1
         future.add_done_callback(lambda f: self._settled(rid, f))
         return future
@@ -286,9 +281,9 @@ class Channel:
             raise RemoteProtocolError(
                 f"{self._where()}: answered {type(reply).__name__} to {type(msg).__name__}"
             )
-        writer = self._writer
-        if writer is not None and writer.transport.get_write_buffer_size() > 4 * 1024 * 1024:
-            await writer.drain()
+        protocol = self._protocol
+        if protocol is not None:
+            await protocol.wait_writable()
         return reply
 
     async def identify(self, devices: tuple[int, ...] = ()) -> tuple[native.DeviceIdentity, ...]:
@@ -348,14 +343,14 @@ class Channel:
 
     async def subscribe(self) -> Subscription:
         """Subscribe to the controller's state-change lines; live when this returns."""
-        if self._writer is None or self._writer.is_closing():
+        if not self.connected:
             await self.connect()
-        assert self._writer is not None
+        assert self._transport is not None
         assert self._codec is not None
         rid = next(self._ids)
         queue: asyncio.Queue[str | None] = asyncio.Queue(EVENT_QUEUE_MAX)
         self._events[rid] = queue
-        self._writer.write(self._codec.send(native.SubscribeRequest(request_id=rid)))
+        self._transport.writelines(self._codec.send_parts(native.SubscribeRequest(request_id=rid)))
         async with asyncio.timeout(self.timeout_s):
             first = await queue.get()  # "subscribed NAME": the stream is live from here on
         if first is None:
@@ -397,11 +392,133 @@ def _with_id(msg: native.Message, rid: int) -> native.Message:
     return replace(msg, request_id=rid)
 
 
-async def _receive(codec: native.Connection, reader: asyncio.StreamReader) -> native.Message:
-    while True:
-        event = codec.next_event()
-        if isinstance(event, native.Message):
-            return event
-        if event is native.CLOSED:
-            raise BrokenResourceError("controller closed the connection during the handshake")
-        codec.receive_data(await reader.read(READ_CHUNK_BYTES))
+class _ChannelProtocol(asyncio.BufferedProtocol):
+    """The transport's side of a channel: reads into the codec, hands out whole messages.
+
+    During the handshake, messages wait in an inbox for `receive`; after it (`attach`), each
+    is dispatched in the transport's callback, and the first failure is reported once.
+    """
+
+    def __init__(self, codec: native.Connection) -> None:
+        self.codec = codec
+        self.transport: asyncio.Transport | None = None
+        self._inbox: list[native.Message] = []
+        self._arrived: asyncio.Future[None] | None = None  # receive() waits on it
+        self._dispatch: Callable[[native.Message], None] | None = None
+        self._on_broken: Callable[[BaseException], None] | None = None
+        self._failure: BaseException | None = None
+        self._peer_closed = False  # the failure is the controller's EOF on a frame boundary
+        self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._writing_paused = False
+        self._writable: asyncio.Future[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<_ChannelProtocol failed={self._failure is not None} {self.codec!r}>"
+
+    # Protocol callbacks...
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_BYTES)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.codec.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.codec.buffer_updated(nbytes)
+        self._drain_codec()
+
+    def eof_received(self) -> bool:
+        self.codec.receive_data(b"")
+        self._drain_codec()
+        return False  # the controller is done with us: close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ConnectionResetError("connection lost"))
+        self._set_writable()
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._set_writable()
+
+    # For the channel...
+
+    async def receive(self) -> native.Message:
+        """The next message during the handshake."""
+        while not self._inbox:
+            if self._failure is not None:
+                if self._peer_closed:
+                    raise BrokenResourceError(
+                        "controller closed the connection during the handshake"
+                    )
+                raise self._failure  # a protocol error, or an OSError connect() translates
+            self._arrived = asyncio.get_running_loop().create_future()
+            try:
+                await self._arrived
+            finally:
+                self._arrived = None
+        return self._inbox.pop(0)
+
+    def attach(
+        self,
+        dispatch: Callable[[native.Message], None],
+        on_broken: Callable[[BaseException], None],
+    ) -> None:
+        """From now on, dispatch every message at once and report the first failure."""
+        self._dispatch, self._on_broken = dispatch, on_broken
+        inbox, self._inbox = self._inbox, []
+        for msg in inbox:
+            dispatch(msg)
+        if self._failure is not None:
+            on_broken(self._failure)
+
+    async def wait_writable(self) -> None:
+        """Wait while the transport holds more than WRITE_BUFFER_HIGH_BYTES unsent."""
+        while self._writing_paused and self._failure is None:
+            if self._writable is None or self._writable.done():  # one future for all waiters
+                self._writable = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._writable)
+
+    async def wait_closed(self) -> None:
+        await self._closed
+
+    def _drain_codec(self) -> None:
+        while self._failure is None:
+            try:
+                event = self.codec.next_event()
+            except RemcopyError as exc:
+                self._fail(exc)
+                return
+            if event is native.NEED_DATA:
+                return
+            if event is native.CLOSED:
+                self._peer_closed = True
+                self._fail(ConnectionResetError("controller closed the connection"))
+                return
+            assert isinstance(event, native.Message)
+            if self._dispatch is not None:
+                self._dispatch(event)
+            else:
+                self._inbox.append(event)
+                if self._arrived is not None and not self._arrived.done():
+                    self._arrived.set_result(None)
+
+    def _fail(self, cause: BaseException) -> None:
+        if self._failure is not None:
+            return
+        self._failure = cause
+        if self._arrived is not None and not self._arrived.done():
+            self._arrived.set_result(None)
+        if self._on_broken is not None:
+            self._on_broken(cause)
+        elif self.transport is not None:
+            self.transport.close()
+
+    def _set_writable(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)

@@ -16,6 +16,17 @@
 #   so no request is ever acted on for an unauthenticated peer.
 # - Each side accepts only the kinds the other side may send (a host never receives a READ
 #   request, a controller never receives a READ reply).
+# - Receiving copies as little as it can. A shell either reads straight into the codec's buffer
+#   (`get_buffer` / `buffer_updated`, the shape of asyncio.BufferedProtocol) or hands it bytes
+#   (`receive_data`). Frames are decoded in place from a memoryview of that buffer, which is
+#   consumed by advancing an offset; unread bytes move to its front only when a read needs the
+#   room. Each payload (WriteRequest.data, ReadReply.data, Update.data, PairOpReply.data) is
+#   copied exactly once, out of the buffer, into a bytes object the message owns: messages
+#   never hold a view of the buffer, so they stay valid however long they are kept (an async
+#   journal or a replication queue keeps them well past the next read).
+# - Sending copies nothing big. `send_parts` returns the frame as a list of bytes, the header
+#   and fixed fields joined and each payload as its own part, for `transport.writelines`;
+#   `send` and `encode` join them for callers that want one bytes object.
 #
 # Rules this module keeps:
 # - Never act on a partial frame: a frame is decoded only when all its bytes are here.
@@ -56,6 +67,18 @@ DEVICES_MAX: Final = 65536
 # Status and operation documents (JSON): a controller's status lists every device, about
 # 150 bytes each, so 65,536 devices fit in 10 MiB, under the frame limit.
 DOCUMENT_SIZE_MAX_BYTES: Final = 12 * 1024 * 1024
+# The receive buffer starts at RECEIVE_BUFFER_START_BYTES (most connections carry small
+# requests) and doubles while reads fill it, up to RECEIVE_BUFFER_BYTES: 1 MiB is sixteen 64 KiB
+# writes per read, past which the per-read cost no longer shows. A frame larger than the buffer
+# grows it to fit that frame. A shell that stops reading once RECEIVE_BUFFER_BYTES are buffered
+# therefore holds at most that plus one frame per connection.
+RECEIVE_BUFFER_START_BYTES: Final = 256 * 1024
+RECEIVE_BUFFER_BYTES: Final = 1024 * 1024
+# No read is offered less room than this: a 64 KiB write and its header arrive in two reads.
+RECEIVE_ROOM_MIN_BYTES: Final = 64 * 1024
+# In send_parts, a payload this big or bigger is its own part (writelines sends it without a
+# copy); smaller ones are joined with the fields around them (fewer, larger iovecs).
+_GATHER_MIN_BYTES: Final = 2048
 
 _LENGTH = struct.Struct("!I")
 _HEADER = struct.Struct("!IBBHQ")  # length, kind, flags, reserved, request_id
@@ -434,7 +457,7 @@ def _pack_name(text: str, limit: int = NAME_SIZE_MAX_BYTES) -> bytes:
     return _U16.pack(len(raw)) + raw
 
 
-def _unpack_name(body: bytes, at: int, limit: int = NAME_SIZE_MAX_BYTES) -> tuple[str, int]:
+def _unpack_name(body: memoryview, at: int, limit: int = NAME_SIZE_MAX_BYTES) -> tuple[str, int]:
     (size,) = _U16.unpack_from(body, at)
     at += _U16.size
     if size > limit:
@@ -442,7 +465,7 @@ def _unpack_name(body: bytes, at: int, limit: int = NAME_SIZE_MAX_BYTES) -> tupl
     raw = body[at : at + size]
     if len(raw) != size:
         raise RemoteProtocolError("text runs past the end of the frame")
-    return raw.decode("utf-8"), at + size
+    return str(raw, "utf-8"), at + size
 
 
 def _pack_text(text: str) -> bytes:
@@ -453,10 +476,10 @@ def _pack_text(text: str) -> bytes:
     return raw[:TEXT_SIZE_MAX_BYTES].decode("utf-8", errors="ignore").encode("utf-8")
 
 
-def _unpack_text(body: bytes) -> str:
+def _unpack_text(body: memoryview) -> str:
     if len(body) > TEXT_SIZE_MAX_BYTES:
         raise RemoteProtocolError(f"text of {len(body)} bytes is over {TEXT_SIZE_MAX_BYTES}")
-    return body.decode("utf-8")
+    return str(body, "utf-8")
 
 
 def _pack_devices(devices: tuple[int, ...]) -> bytes:
@@ -465,7 +488,7 @@ def _pack_devices(devices: tuple[int, ...]) -> bytes:
     return struct.pack(f"!{len(devices)}H", *devices)
 
 
-def _unpack_devices(body: bytes) -> tuple[int, ...]:
+def _unpack_devices(body: memoryview) -> tuple[int, ...]:
     if len(body) % 2:
         raise RemoteProtocolError("device list has an odd number of bytes")
     count = len(body) // 2
@@ -474,7 +497,7 @@ def _unpack_devices(body: bytes) -> tuple[int, ...]:
     return struct.unpack(f"!{count}H", body)
 
 
-def _unpack_records(body: bytes, record: struct.Struct) -> list[tuple[Any, ...]]:
+def _unpack_records(body: memoryview, record: struct.Struct) -> list[tuple[Any, ...]]:
     if len(body) % record.size:
         raise RemoteProtocolError("record list is not a whole number of records")
     return list(record.iter_unpack(body))
@@ -488,29 +511,33 @@ def _mode_code(mode: CopyMode | None) -> int:
     return _MODES.index(mode)
 
 
-def _encode_body(msg: Message) -> tuple[int, bytes]:
-    """Return (flags, body) for a message."""
+def _encode_body(msg: Message) -> tuple[int, list[bytes]]:
+    """Return (flags, pieces) for a message: its body is the pieces end to end.
+
+    Payloads are pieces of their own, never concatenated here, so `_frame_parts` can hand them
+    to the transport as they are.
+    """
     match msg:
         case Hello():
             if len(msg.nonce) != NONCE_SIZE_BYTES:
                 raise LocalProtocolError("hello nonce has the wrong size")
-            return 0, _HELLO.pack(msg.version, msg.role, msg.nonce) + _pack_name(msg.name)
+            return 0, [_HELLO.pack(msg.version, msg.role, msg.nonce) + _pack_name(msg.name)]
         case Challenge():
             if len(msg.nonce) != NONCE_SIZE_BYTES or len(msg.proof) != PROOF_SIZE_BYTES:
                 raise LocalProtocolError("challenge nonce or proof has the wrong size")
-            return 0, _CHALLENGE.pack(msg.version, msg.nonce, msg.proof) + _pack_name(msg.name)
+            return 0, [_CHALLENGE.pack(msg.version, msg.nonce, msg.proof) + _pack_name(msg.name)]
         case Proof():
             if len(msg.proof) != PROOF_SIZE_BYTES:
                 raise LocalProtocolError("proof has the wrong size")
-            return 0, msg.proof
+            return 0, [msg.proof]
         case Welcome():
-            return 0, _WELCOME.pack(msg.serial) + _pack_name(msg.name)
+            return 0, [_WELCOME.pack(msg.serial) + _pack_name(msg.name)]
         case ErrorReply():
-            return 0, _ERROR.pack(msg.code) + _pack_text(msg.message)
+            return 0, [_ERROR.pack(msg.code) + _pack_text(msg.message)]
         case IdentifyRequest() | FlushRequest() | QueryRequest():
-            return 0, _pack_devices(msg.devices)
+            return 0, [_pack_devices(msg.devices)]
         case IdentifyReply():
-            return 0, b"".join(
+            return 0, [
                 _IDENTITY.pack(
                     i.device,
                     i.status,
@@ -523,18 +550,18 @@ def _encode_body(msg: Message) -> tuple[int, bytes]:
                     i.volser.encode("ascii"),
                 )
                 for i in msg.identities
-            )
+            ]
         case ReadRequest():
-            return 0, _READ.pack(msg.device, msg.offset, msg.length)
+            return 0, [_READ.pack(msg.device, msg.offset, msg.length)]
         case ReadReply():
-            return 0, msg.data
+            return 0, [msg.data]
         case WriteRequest():
             if len(msg.data) > IO_SIZE_MAX_BYTES:
                 raise LocalProtocolError(f"cannot write more than {IO_SIZE_MAX_BYTES} bytes")
             flags = _FLAG_FUA if msg.fua else 0
-            return flags, _WRITE.pack(msg.device, msg.offset, msg.timestamp_ns) + msg.data
+            return flags, [_WRITE.pack(msg.device, msg.offset, msg.timestamp_ns), msg.data]
         case QueryReply():
-            return 0, b"".join(
+            return 0, [
                 _DEVICE_STATUS.pack(
                     s.device,
                     s.status,
@@ -550,12 +577,12 @@ def _encode_body(msg: Message) -> tuple[int, bytes]:
                     s.peer_device,
                 )
                 for s in msg.statuses
-            )
+            ]
         case EventNotice():
-            return 0, _pack_text(msg.line)
+            return 0, [_pack_text(msg.line)]
         case StatusReply():
             # Never truncated: half a JSON document is no document.
-            return 0, _json(msg.document)
+            return 0, [_json(msg.document)]
         case PairOpRequest():
             items = b"".join(
                 _PAIR_ITEM.pack(
@@ -569,7 +596,7 @@ def _encode_body(msg: Message) -> tuple[int, bytes]:
                 )
                 for i in msg.items
             )
-            return 0, _PAIR_OP.pack(msg.op, msg.at_ns, len(msg.items)) + items + _json(msg.options)
+            return 0, [_PAIR_OP.pack(msg.op, msg.at_ns, len(msg.items)), items, _json(msg.options)]
         case PairOpReply():
             messages = {str(r.device): r.message for r in msg.results if r.message}
             doc = _json({"messages": messages, "document": msg.document})
@@ -579,21 +606,23 @@ def _encode_body(msg: Message) -> tuple[int, bytes]:
                 )
                 for r in msg.results
             )
-            return 0, _COUNTS.pack(len(msg.results), len(doc)) + records + doc + msg.data
+            return 0, [_COUNTS.pack(len(msg.results), len(doc)), records, doc, msg.data]
         case UpdateBatch():
-            parts = [_U32.pack(len(msg.updates))]
+            pieces = [_U32.pack(len(msg.updates))]
             for u in msg.updates:
-                parts.append(_UPDATE.pack(u.device, u.flags, u.timestamp_ns, u.offset, len(u.data)))
-                parts.append(u.data)
-            return 0, b"".join(parts)
+                pieces.append(
+                    _UPDATE.pack(u.device, u.flags, u.timestamp_ns, u.offset, len(u.data))
+                )
+                pieces.append(u.data)
+            return 0, pieces
         case UpdateAck():
-            return 0, _U32.pack(msg.applied)
+            return 0, [_U32.pack(msg.applied)]
         case WriteReply() | FlushReply() | SubscribeRequest() | StatusRequest():
-            return 0, b""
+            return 0, []
     raise LocalProtocolError(f"cannot encode {type(msg).__name__}")
 
 
-def _decode_hello(rid: int, flags: int, body: bytes) -> Message:
+def _decode_hello(rid: int, flags: int, body: memoryview) -> Message:
     (version,) = _U16.unpack_from(body, 0)
     if version != PROTOCOL_VERSION:
         raise VersionMismatch(
@@ -606,7 +635,7 @@ def _decode_hello(rid: int, flags: int, body: bytes) -> Message:
     return Hello(request_id=rid, version=version, role=PeerRole(role), name=name, nonce=nonce)
 
 
-def _decode_challenge(rid: int, flags: int, body: bytes) -> Message:
+def _decode_challenge(rid: int, flags: int, body: memoryview) -> Message:
     (version,) = _U16.unpack_from(body, 0)
     if version != PROTOCOL_VERSION:
         raise VersionMismatch(
@@ -619,25 +648,25 @@ def _decode_challenge(rid: int, flags: int, body: bytes) -> Message:
     return Challenge(request_id=rid, version=version, name=name, nonce=nonce, proof=proof)
 
 
-def _decode_proof(rid: int, flags: int, body: bytes) -> Message:
+def _decode_proof(rid: int, flags: int, body: memoryview) -> Message:
     if len(body) != PROOF_SIZE_BYTES:
         raise RemoteProtocolError(f"proof must be {PROOF_SIZE_BYTES} bytes (got {len(body)})")
-    return Proof(request_id=rid, proof=body)
+    return Proof(request_id=rid, proof=bytes(body))
 
 
-def _decode_welcome(rid: int, flags: int, body: bytes) -> Message:
+def _decode_welcome(rid: int, flags: int, body: memoryview) -> Message:
     (serial,) = _WELCOME.unpack_from(body, 0)
     name, end = _unpack_name(body, _WELCOME.size)
     _expect_end(body, end)
     return Welcome(request_id=rid, serial=serial, name=name)
 
 
-def _decode_error(rid: int, flags: int, body: bytes) -> Message:
+def _decode_error(rid: int, flags: int, body: memoryview) -> Message:
     (code,) = _ERROR.unpack_from(body, 0)
     return ErrorReply(request_id=rid, code=code, message=_unpack_text(body[_ERROR.size :]))
 
 
-def _decode_identify_reply(rid: int, flags: int, body: bytes) -> Message:
+def _decode_identify_reply(rid: int, flags: int, body: memoryview) -> Message:
     identities = tuple(
         DeviceIdentity(
             device=d,
@@ -655,29 +684,29 @@ def _decode_identify_reply(rid: int, flags: int, body: bytes) -> Message:
     return IdentifyReply(request_id=rid, identities=identities)
 
 
-def _decode_read(rid: int, flags: int, body: bytes) -> Message:
+def _decode_read(rid: int, flags: int, body: memoryview) -> Message:
     device, offset, length = _READ.unpack(body)
     if length > IO_SIZE_MAX_BYTES:
         raise RemoteProtocolError(f"read of {length} bytes is over {IO_SIZE_MAX_BYTES}")
     return ReadRequest(request_id=rid, device=device, offset=offset, length=length)
 
 
-def _decode_write(rid: int, flags: int, body: bytes) -> Message:
+def _decode_write(rid: int, flags: int, body: memoryview) -> Message:
     device, offset, timestamp_ns = _WRITE.unpack_from(body, 0)
-    data = body[_WRITE.size :]
-    if len(data) > IO_SIZE_MAX_BYTES:
-        raise RemoteProtocolError(f"write of {len(data)} bytes is over {IO_SIZE_MAX_BYTES}")
+    size = len(body) - _WRITE.size
+    if size > IO_SIZE_MAX_BYTES:
+        raise RemoteProtocolError(f"write of {size} bytes is over {IO_SIZE_MAX_BYTES}")
     return WriteRequest(
         request_id=rid,
         device=device,
         offset=offset,
         timestamp_ns=timestamp_ns,
         fua=bool(flags & _FLAG_FUA),
-        data=data,
+        data=bytes(body[_WRITE.size :]),  # the payload's one copy
     )
 
 
-def _decode_query_reply(rid: int, flags: int, body: bytes) -> Message:
+def _decode_query_reply(rid: int, flags: int, body: memoryview) -> Message:
     statuses = tuple(
         DeviceStatus(
             device=d,
@@ -700,7 +729,7 @@ def _decode_query_reply(rid: int, flags: int, body: bytes) -> Message:
     return QueryReply(request_id=rid, statuses=statuses)
 
 
-def _decode_status_reply(rid: int, flags: int, body: bytes) -> Message:
+def _decode_status_reply(rid: int, flags: int, body: memoryview) -> Message:
     return StatusReply(request_id=rid, document=_unjson(body))
 
 
@@ -713,18 +742,18 @@ def _json(document: dict[str, Any]) -> bytes:
     return raw
 
 
-def _unjson(raw: bytes) -> dict[str, Any]:
+def _unjson(raw: memoryview) -> dict[str, Any]:
     if len(raw) > DOCUMENT_SIZE_MAX_BYTES:
         raise RemoteProtocolError(
             f"JSON document of {len(raw)} bytes is over {DOCUMENT_SIZE_MAX_BYTES}"
         )
-    document = json.loads(raw.decode("utf-8")) if raw else {}
+    document = json.loads(str(raw, "utf-8")) if raw else {}
     if not isinstance(document, dict):
         raise RemoteProtocolError("expected a JSON object")
     return document
 
 
-def _decode_pair_op(rid: int, flags: int, body: bytes) -> Message:
+def _decode_pair_op(rid: int, flags: int, body: memoryview) -> Message:
     op, at_ns, count = _PAIR_OP.unpack_from(body, 0)
     if count > DEVICES_MAX:
         raise RemoteProtocolError(f"pair operation on {count} devices is over {DEVICES_MAX}")
@@ -750,7 +779,7 @@ def _decode_pair_op(rid: int, flags: int, body: bytes) -> Message:
     )
 
 
-def _decode_pair_reply(rid: int, flags: int, body: bytes) -> Message:
+def _decode_pair_reply(rid: int, flags: int, body: memoryview) -> Message:
     count, doc_size = _COUNTS.unpack_from(body, 0)
     if count > DEVICES_MAX:
         raise RemoteProtocolError(f"pair reply for {count} devices is over {DEVICES_MAX}")
@@ -776,20 +805,20 @@ def _decode_pair_reply(rid: int, flags: int, body: bytes) -> Message:
         for d, code, state, role, at, tracks in records
     )
     return PairOpReply(
-        request_id=rid, results=results, document=document, data=body[end + doc_size :]
+        request_id=rid, results=results, document=document, data=bytes(body[end + doc_size :])
     )
 
 
-def _decode_update_batch(rid: int, flags: int, body: bytes) -> Message:
+def _decode_update_batch(rid: int, flags: int, body: memoryview) -> Message:
     (count,) = _U32.unpack_from(body, 0)
     at = _U32.size
     updates = []
     for _ in range(min(count, DEVICES_MAX * 16)):
         device, uflags, stamp, offset, length = _UPDATE.unpack_from(body, at)
         at += _UPDATE.size
-        data = body[at : at + length]
-        if len(data) != length:
+        if at + length > len(body):
             raise RemoteProtocolError("update runs past the end of the batch")
+        data = bytes(body[at : at + length])  # the payload's one copy
         at += length
         updates.append(
             Update(device=device, flags=uflags, timestamp_ns=stamp, offset=offset, data=data)
@@ -800,8 +829,8 @@ def _decode_update_batch(rid: int, flags: int, body: bytes) -> Message:
     return UpdateBatch(request_id=rid, updates=tuple(updates))
 
 
-def _empty(cls: type[Message]) -> Callable[[int, int, bytes], Message]:
-    def decode(rid: int, flags: int, body: bytes) -> Message:
+def _empty(cls: type[Message]) -> Callable[[int, int, memoryview], Message]:
+    def decode(rid: int, flags: int, body: memoryview) -> Message:
         _expect_end(body, 0)
         return cls(request_id=rid)
 
@@ -810,19 +839,19 @@ def _empty(cls: type[Message]) -> Callable[[int, int, bytes], Message]:
 
 def _devices(
     cls: type[IdentifyRequest] | type[FlushRequest] | type[QueryRequest],
-) -> Callable[[int, int, bytes], Message]:
-    def decode(rid: int, flags: int, body: bytes) -> Message:
+) -> Callable[[int, int, memoryview], Message]:
+    def decode(rid: int, flags: int, body: memoryview) -> Message:
         return cls(request_id=rid, devices=_unpack_devices(body))
 
     return decode
 
 
-def _expect_end(body: bytes, end: int) -> None:
+def _expect_end(body: memoryview, end: int) -> None:
     if len(body) != end:
         raise RemoteProtocolError(f"frame has {len(body) - end} unexpected trailing bytes")
 
 
-_Decoder = Callable[[int, int, bytes], Message]
+_Decoder = Callable[[int, int, memoryview], Message]
 _DECODERS: Final[dict[int, _Decoder]] = {
     Hello.KIND: _decode_hello,
     Challenge.KIND: _decode_challenge,
@@ -832,7 +861,7 @@ _DECODERS: Final[dict[int, _Decoder]] = {
     IdentifyRequest.KIND: _devices(IdentifyRequest),
     IdentifyReply.KIND: _decode_identify_reply,
     ReadRequest.KIND: _decode_read,
-    ReadReply.KIND: lambda rid, flags, body: ReadReply(request_id=rid, data=body),
+    ReadReply.KIND: lambda rid, flags, body: ReadReply(request_id=rid, data=bytes(body)),
     WriteRequest.KIND: _decode_write,
     WriteReply.KIND: _empty(WriteReply),
     FlushRequest.KIND: _devices(FlushRequest),
@@ -885,16 +914,34 @@ REPLY_KINDS: Final = frozenset(
 
 def encode(msg: Message) -> bytes:
     """One whole frame for a message, regardless of phase (for tests and tools)."""
-    flags, body = _encode_body(msg)
-    if _HEADER_AFTER_LENGTH_BYTES + len(body) > FRAME_SIZE_MAX_BYTES:
+    return b"".join(_frame_parts(msg))
+
+
+def _frame_parts(msg: Message) -> list[bytes]:
+    """A whole frame as parts to write in order: the header joined with the small pieces
+    that follow it, and each payload of _GATHER_MIN_BYTES or more as a part of its own."""
+    flags, pieces = _encode_body(msg)
+    length = _HEADER_AFTER_LENGTH_BYTES + sum(len(piece) for piece in pieces)
+    if length > FRAME_SIZE_MAX_BYTES:
         raise LocalProtocolError(f"frame over {FRAME_SIZE_MAX_BYTES} bytes")
-    header = _HEADER.pack(
-        _HEADER_AFTER_LENGTH_BYTES + len(body), msg.KIND, flags, 0, msg.request_id
-    )
-    return header + body
+    parts: list[bytes] = []
+    small = [_HEADER.pack(length, msg.KIND, flags, 0, msg.request_id)]
+    for piece in pieces:
+        if len(piece) < _GATHER_MIN_BYTES:
+            small.append(piece)
+            continue
+        if small:
+            parts.append(b"".join(small))
+            small = []
+        # A transport may hold a part until the socket takes it: only an immutable bytes object
+        # is handed over as it is, anything else a caller passed is copied first.
+        parts.append(piece if type(piece) is bytes else bytes(piece))
+    if small:
+        parts.append(b"".join(small))
+    return parts
 
 
-def _decode(kind: int, flags: int, request_id: int, body: bytes) -> Message:
+def _decode(kind: int, flags: int, request_id: int, body: memoryview) -> Message:
     decoder = _DECODERS.get(kind)
     if decoder is None:
         raise RemoteProtocolError(f"unknown frame kind {kind}")
@@ -925,7 +972,15 @@ class Connection:
     def __init__(self, side: Side) -> None:
         self.side = side
         self.phase = Phase.HELLO
+        # The receive buffer: bytes [_start, _end) are received and not yet decoded. It is
+        # never resized in place (a view of it may be alive while a frame decodes): growing
+        # replaces it, and the old one lives on only as long as such a view.
         self._buffer = bytearray()
+        self._view = memoryview(self._buffer)
+        self._start = 0
+        self._end = 0
+        self._offered_bytes = 0  # room the last get_buffer offered; 0 when none is out
+        self._read_filled = False  # the last read filled all the room it was offered
         self._eof = False
         self._proof_sent = False  # client: WELCOME is accepted only after our PROOF
         self.frames_received = 0
@@ -934,29 +989,97 @@ class Connection:
     def __repr__(self) -> str:
         return (
             f"<native.Connection {self.side.value} {self.phase.name} "
-            f"frames={self.frames_received} buffered={len(self._buffer)}>"
+            f"frames={self.frames_received} buffered={self.buffered_bytes}>"
         )
+
+    def _invariants(self) -> None:
+        assert 0 <= self._start <= self._end <= len(self._buffer), (self._start, self._end)
+        assert self._view.obj is self._buffer
+        assert self._offered_bytes <= len(self._buffer) - self._end
 
     # Receiving...
 
-    def receive_data(self, data: bytes) -> None:
-        """Feed bytes from the peer; b"" means the peer closed its end."""
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes received and not yet decoded: a shell stops reading when this is too much."""
+        return self._end - self._start
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed bytes from the peer (copied into the buffer); b"" means the peer closed its end."""
         if not data:
             self._eof = True
             return
         if self._eof:
             raise LocalProtocolError("received data after end of file")
-        self._buffer += data
-        self.bytes_received += len(data)
+        size = len(data)
+        self._offered_bytes = 0
+        self._reserve(size)
+        self._view[self._end : self._end + size] = data
+        self._end += size
+        self.bytes_received += size
+        self._invariants()
+
+    def get_buffer(self, size_hint: int = -1) -> memoryview:
+        """Free room at the end of the receive buffer, for the next read to fill in place.
+
+        The shape of asyncio.BufferedProtocol.get_buffer: read into the view, then report how
+        many bytes arrived with `buffer_updated`, before any other call on this connection.
+        The room is at least RECEIVE_ROOM_MIN_BYTES, and enough for the rest of the frame
+        whose header is here; `size_hint` is ignored.
+        """
+        if self._eof:
+            raise LocalProtocolError("get_buffer after end of file")
+        buffered = self._end - self._start
+        room = RECEIVE_ROOM_MIN_BYTES
+        if buffered >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(self._buffer, self._start)
+            frame = _LENGTH.size + min(length, FRAME_SIZE_MAX_BYTES)
+            room = max(room, frame - buffered)
+        capacity = len(self._buffer)
+        if self._read_filled and capacity < RECEIVE_BUFFER_BYTES:
+            room = max(room, min(2 * capacity, RECEIVE_BUFFER_BYTES) - buffered)
+        self._reserve(room)
+        self._offered_bytes = len(self._buffer) - self._end
+        self._invariants()
+        return self._view[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """`nbytes` were read into the view the last get_buffer returned."""
+        if not 0 <= nbytes <= self._offered_bytes:
+            raise LocalProtocolError(
+                f"buffer_updated({nbytes}) outside the {self._offered_bytes} bytes offered"
+            )
+        self._read_filled = nbytes == self._offered_bytes
+        self._offered_bytes = 0
+        self._end += nbytes
+        self.bytes_received += nbytes
+        self._invariants()
+
+    def _reserve(self, room: int) -> None:
+        """Make `room` bytes free after the buffered ones: rewind, compact, or grow."""
+        buffered = self._end - self._start
+        if buffered == 0:
+            self._start = self._end = 0
+        if len(self._buffer) - self._end >= room:
+            return
+        if len(self._buffer) - buffered >= room:
+            # Only the start of a frame moves: everything before it was decoded.
+            self._view[:buffered] = self._view[self._start : self._end]
+        else:
+            grown = bytearray(max(buffered + room, RECEIVE_BUFFER_START_BYTES))
+            grown[:buffered] = self._view[self._start : self._end]
+            self._buffer, self._view = grown, memoryview(grown)
+        self._start, self._end = 0, buffered
 
     def next_event(self) -> Message | _Sentinel:
         """The next whole message, NEED_DATA, or CLOSED; raises RemoteProtocolError."""
         if self.phase is Phase.CLOSED:
             return CLOSED
-        buffer = self._buffer
-        if len(buffer) < _HEADER.size:
+        start = self._start
+        buffered = self._end - start
+        if buffered < _HEADER.size:
             return self._need_data_or_closed()
-        length, kind, flags, _reserved, request_id = _HEADER.unpack_from(buffer, 0)
+        length, kind, flags, _reserved, request_id = _HEADER.unpack_from(self._buffer, start)
         if length < _HEADER_AFTER_LENGTH_BYTES or length > FRAME_SIZE_MAX_BYTES:
             self.phase = Phase.CLOSED
             raise RemoteProtocolError(
@@ -964,10 +1087,11 @@ class Connection:
                 f"{FRAME_SIZE_MAX_BYTES}"
             )
         total = _LENGTH.size + length
-        if len(buffer) < total:
+        if buffered < total:
             return self._need_data_or_closed()
-        body = bytes(buffer[_HEADER.size : total])
-        del buffer[:total]
+        # Decoded in place: the decoders copy what they keep, so the view dies with this call.
+        body = self._view[start + _HEADER.size : start + total]
+        self._start = start + total
         self.frames_received += 1
         try:
             self._check_kind_allowed(kind)
@@ -982,9 +1106,9 @@ class Connection:
         if not self._eof:
             return NEED_DATA
         self.phase = Phase.CLOSED
-        if self._buffer:
+        if self._end > self._start:
             raise RemoteProtocolError(
-                f"connection closed inside a frame ({len(self._buffer)} bytes left)"
+                f"connection closed inside a frame ({self._end - self._start} bytes left)"
             )
         return CLOSED
 
@@ -1030,11 +1154,16 @@ class Connection:
 
     def send(self, msg: Message) -> bytes:
         """The bytes to write for a message; checks it fits this side and phase."""
+        return b"".join(self.send_parts(msg))
+
+    def send_parts(self, msg: Message) -> list[bytes]:
+        """`send` as parts for `transport.writelines`: header and small fields joined, each
+        payload a part of its own and not copied. The parts are immutable bytes."""
         if self.phase is Phase.CLOSED and not isinstance(msg, ErrorReply):
             raise LocalProtocolError("cannot send on a closed connection")
-        data = encode(msg)  # first, so a message that cannot be encoded changes no phase
+        parts = _frame_parts(msg)  # first, so a message that cannot be encoded changes no phase
         self._advance_on_send(msg)
-        return data
+        return parts
 
     def _advance_on_send(self, msg: Message) -> None:
         kind = msg.KIND
