@@ -3,11 +3,12 @@
 # asks first, naming the group and its number of pairs.
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
-from textual.widgets import Label, Select
-from tui_world import click, define_payroll, rows, said, shot, wait_until
+from textual.widgets import Input, Label, Select
+from tui_world import click, define_payroll, fill, rows, said, shot, wait_until
 
 from common import HOST
 from remcopy.catalog import Catalog
@@ -28,18 +29,29 @@ async def pick_operation(pilot: Any, value: str) -> None:
     await wait_until(pilot, lambda: select.value == value, f"operation {value}")
 
 
+async def payroll_app(catalog: Catalog, root: Path) -> RemcopyApp:
+    """The app over a scanned host and group PAYROLL of eight pairs on two controllers."""
+    await scan_host(catalog, HOST)
+    define_payroll(catalog, root, pairs=8)
+    return RemcopyApp(catalog)
+
+
+async def show_plan(pilot: Any) -> None:
+    """Show panel 5E once the first host is picked, and wait for its two-request plan."""
+    app = pilot.app
+    await wait_until(pilot, lambda: app.host == HOST, "the first host picked")
+    await pilot.press("5")
+    await wait_until(pilot, lambda: len(rows(app, "#plan")) == 2, "the plan")
+
+
 async def test_plan_establish_suspend_consistent_and_confirmed_terminate(
     catalog: Catalog, tmp_path: Path
 ) -> None:
     """The plan shows one request per controller; suspend is consistent at T; terminate asks."""
-    await scan_host(catalog, HOST)
-    define_payroll(catalog, tmp_path, pairs=8)
-    app = RemcopyApp(catalog)
+    app = await payroll_app(catalog, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_until(pilot, lambda: app.host == HOST, "the first host picked")
-        await pilot.press("5")
+        await show_plan(pilot)
         plan = "#plan"
-        await wait_until(pilot, lambda: len(rows(app, plan)) == 2, "the plan")
         assert rows(app, plan) == [
             ["cntla0", "4", "P00000", "P00003"],
             ["cntla1", "4", "P10000", "P10003"],
@@ -104,3 +116,73 @@ async def test_plan_establish_suspend_consistent_and_confirmed_terminate(
         assert "8 simplex" in said(app, "#result")
         statuses = await group_status(catalog, "PAYROLL", HOST)
         assert {s.state for s in statuses} == {PairState.SIMPLEX}
+
+
+async def test_suspend_at_an_absolute_time_then_shadow_copy(
+    catalog: Catalog, world: Any, tmp_path: Path
+) -> None:
+    """T typed as a time is the T every pair suspends at; bad T or no shadow map sends nothing;
+    the shadow copy goes to the tertiaries the map names and equals the secondaries."""
+    from datetime import datetime
+
+    from mirror_world import channel, digest
+    from tui_world import type_into
+
+    from remcopy.groups.when import parse_at
+
+    app = await payroll_app(catalog, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await show_plan(pilot)
+        await click(pilot, "#run")
+        await wait_until(
+            pilot,
+            lambda: [r[2] for r in rows(app, "#outcomes")] == ["duplex"] * 8,
+            "every pair DUPLEX",
+        )
+
+        await pick_operation(pilot, "suspend")
+        await type_into(pilot, "#arg", "soon")
+        assert not app.query_one("#arg", Input).is_valid  # refused as typed
+        await click(pilot, "#run")
+        assert said(app, "#result").startswith("--at: expected an ISO date and time")
+        statuses = await group_status(catalog, "PAYROLL", HOST)
+        assert {s.state for s in statuses} == {PairState.DUPLEX}  # nothing was sent
+
+        when = datetime.fromtimestamp(time.time() + 3).isoformat(timespec="microseconds")
+        await type_into(pilot, "#arg", when)
+        assert app.query_one("#arg", Input).is_valid
+        await click(pilot, "#run")
+        await wait_until(
+            pilot, lambda: "suspend PAYROLL: 8 pairs" in said(app, "#result"), "suspend"
+        )
+        at_ns = parse_at(when)
+        assert f"\nconsistent at T={at_ns} " in said(app, "#result"), said(app, "#result")
+        statuses = await group_status(catalog, "PAYROLL", HOST)
+        assert {(s.state, s.suspend_at_ns) for s in statuses} == {(PairState.SUSPENDED, at_ns)}
+
+        await pick_operation(pilot, "shadow")
+        assert str(app.query_one("#arg-label", Label).content) == "to"
+        await click(pilot, "#run")
+        assert said(app, "#result") == "shadow: give the SECONDARY TERTIARY map file to copy to"
+        shadow_map = tmp_path / "shadow.map"
+        shadow_map.write_text(
+            "".join(f"65000:2B00:20:{i:02X} 65000:3B00:30:{i:02X}\n" for i in range(8))
+        )
+        async with channel(world.secondary) as sec:
+            events = await sec.subscribe()
+            await fill(pilot, "#arg", str(shadow_map))
+            await click(pilot, "#run")
+            await wait_until(
+                pilot, lambda: "shadow PAYROLL: 8 pairs" in said(app, "#result"), "shadow"
+            )
+            assert "not in the expected state" not in said(app, "#result"), said(app, "#result")
+            for _ in range(8):
+                await events.wait_for(r"^shadow .* done")
+            for i in range(8):
+                sdev, tdev = (
+                    world.secondary_device(i // 4, i % 4),
+                    world.tertiary_device(i // 4, i % 4),
+                )
+                assert await digest(sec, tdev, world.size_bytes) == await digest(
+                    sec, sdev, world.size_bytes
+                )

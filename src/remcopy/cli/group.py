@@ -1,8 +1,6 @@
 # `remcopy group ...`: define, load and operate copy groups.
 from __future__ import annotations
 
-import re
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from remcopy.groups.service import (
     remove_pairs,
     shadow_group,
 )
+from remcopy.groups.when import suspend_at_ns
 from remcopy.wire.native import PairOp
 
 
@@ -316,30 +315,6 @@ def group_status_command(
         raise GroupOperationFailed(f"group {name}: {len(odd)} pairs not as expected")
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s)\s*$")
-
-
-def _at_ns(at: str | None, within: str | None) -> int | None:
-    if at and within:
-        raise InputError("suspend: give --at or --in, not both")
-    if within:
-        match = _DURATION.match(within)
-        if not match:
-            raise InputError(f"--in: expected a duration such as 50ms or 2s (got {within!r})")
-        value = float(match.group(1)) * (1e-3 if match.group(2) == "ms" else 1.0)
-        return time.time_ns() + int(value * 1e9)
-    if at:
-        if at.isdigit():
-            return int(at)
-        try:
-            return int(datetime.fromisoformat(at).timestamp() * 1e9)
-        except ValueError:
-            raise InputError(
-                f"--at: expected an ISO time or nanoseconds since the epoch (got {at!r})"
-            ) from None
-    return None
-
-
 def _report(report: GroupReport, as_json: bool, expected: str) -> None:
     if as_json:
         emit_json(report.to_json())
@@ -383,7 +358,7 @@ def _op_command(op: PairOp, expected: str, doc: str) -> click.Command:
     def command(
         name: str, host_name: str, dry_run: bool, catalog_location: str, as_json: bool, **extra: Any
     ) -> None:
-        at = _at_ns(extra.get("at"), extra.get("within")) if op is PairOp.SUSPEND else None
+        at = suspend_at_ns(extra.get("at"), extra.get("within")) if op is PairOp.SUSPEND else None
         margin = extra.get("margin_ms")
         with open_catalog(catalog_location) as catalog:
             report = aio.run(
@@ -400,9 +375,10 @@ def _op_command(op: PairOp, expected: str, doc: str) -> click.Command:
         _report(report, as_json, expected)
 
     if op is PairOp.SUSPEND:
-        command = click.option("--at", help="Suspend time: ISO time or ns since the epoch.")(
-            command
-        )
+        command = click.option(
+            "--at",
+            help="Suspend time: ISO date and time, a time of day today (14:05:00.250), or ns since the epoch.",
+        )(command)
         command = click.option("--in", "within", help="Suspend this long from now, e.g. 50ms.")(
             command
         )

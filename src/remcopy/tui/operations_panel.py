@@ -1,5 +1,8 @@
 # Panel 5E, group operations (the seed's Fig. 5E): pick a group, the host to act as and an
-# operation; see the plan; confirm; watch it run and every pair's state after it.
+# operation; see the plan; confirm; watch it run and every pair's state after it. A suspend
+# takes T in the argument field as the CLI's `--in`/`--at` do (blank: now + the group's
+# margin; `50ms`; `14:05:00.250`), a shadow copy the file of SECONDARY TERTIARY lines its
+# `--to` takes.
 #
 # Why: a group operation acts on thousands of pairs with one command, so the operator sees
 # what it will send before sending it: the per-controller plan is `operations.plan` on the
@@ -13,6 +16,7 @@
 # to OperationWatch; nothing goes up.
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 from textual import work
@@ -20,18 +24,60 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
-from textual.validation import Number
+from textual.validation import ValidationResult, Validator
 from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Select
 
 from remcopy.catalog import Catalog
+from remcopy.errors import InputError
 from remcopy.groups.operations import plan
-from remcopy.groups.service import group_for_host, operate
+from remcopy.groups.service import group_for_host, operate, shadow_group
+from remcopy.groups.when import parse_at, parse_within
+from remcopy.ids import HardwareAddress
 from remcopy.tui.common import SHOWN_ERRORS, ConfirmScreen, Notice
 from remcopy.tui.operation_watch import OperationWatch
 from remcopy.wire.native import PairOp
+from remcopy.workload.image import parse_shadow_map
 
-OPERATIONS = ("establish", "suspend", "resume", "recover", "failback", "terminate")
+OPERATIONS = ("establish", "suspend", "resume", "shadow", "recover", "failback", "terminate")
 DESTRUCTIVE = {PairOp.RECOVER, PairOp.FAILBACK, PairOp.TERMINATE}
+ARG_HINTS = {
+    "suspend": "margin, or 50ms, or 14:05:00.250",
+    "shadow": "SECONDARY TERTIARY map file",
+}
+Argument = int | None | dict[str, HardwareAddress]
+"""What an operation needs besides the group: T for a suspend (None: now + the group's
+margin), the secondary -> tertiary map for a shadow copy."""
+
+
+def operation_argument(op: PairOp, text: str) -> Argument:
+    """The argument field's text, read as the CLI reads `--in`/`--at` and `shadow --to`."""
+    raw = text.strip()
+    if op is PairOp.SUSPEND:
+        if not raw:
+            return None
+        return parse_within(raw) if raw[-1] == "s" else parse_at(raw)
+    if op is PairOp.SHADOW:
+        if not raw:
+            raise InputError("shadow: give the SECONDARY TERTIARY map file to copy to")
+        return {str(s): t for s, t in parse_shadow_map(Path(raw)).items()}
+    return None
+
+
+class ArgValidator(Validator):
+    """Checks the argument field as it is typed (a map file is read only on Run)."""
+
+    def __init__(self, panel: OperationsPanel) -> None:
+        super().__init__()
+        self.panel = panel
+
+    def validate(self, value: str) -> ValidationResult:
+        if self.panel.op != "suspend":
+            return self.success()
+        try:
+            operation_argument(PairOp.SUSPEND, value)
+        except InputError as exc:
+            return self.failure(str(exc))
+        return self.success()
 
 
 class OperationsPanel(Vertical):
@@ -67,11 +113,11 @@ class OperationsPanel(Vertical):
                 allow_blank=False,
                 compact=True,
             )
-            yield Label("T in", classes="field")
+            yield Label("T", id="arg-label", classes="field")
             yield Input(
-                placeholder="ms (group's margin)",
-                id="margin",
-                validators=[Number(minimum=0)],
+                placeholder="",
+                id="arg",
+                validators=[ArgValidator(self)],
                 compact=True,
                 disabled=True,
             )
@@ -147,7 +193,11 @@ class OperationsPanel(Vertical):
             self.acting_host = event.value
         else:
             self.op = event.value
-            self.query_one("#margin", Input).disabled = self.op != "suspend"
+            arg = self.query_one("#arg", Input)
+            arg.disabled = self.op not in ("suspend", "shadow")
+            arg.placeholder = ARG_HINTS.get(self.op, "")
+            arg.clear()
+            self.query_one("#arg-label", Label).update("to" if self.op == "shadow" else "T")
         self._plan()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
@@ -159,19 +209,16 @@ class OperationsPanel(Vertical):
     def action_run(self) -> None:
         if self.running or not (self.group and self.acting_host):
             return
-        margin = self.query_one("#margin", Input)
-        if margin.value.strip() and not margin.is_valid:
-            self.query_one(OperationWatch).say(
-                f"margin: expected milliseconds >= 0 (got {margin.value!r})", error=True
-            )
+        op = PairOp[self.op.upper()]
+        try:
+            when = operation_argument(op, self.query_one("#arg", Input).value)
+        except InputError as exc:
+            self.query_one(OperationWatch).say(str(exc), error=True)
             return
-        margin_s = float(margin.value) / 1000 if margin.value.strip() else None
-        self.run_operation(self.group, self.acting_host, PairOp[self.op.upper()], margin_s)
+        self.run_operation(self.group, self.acting_host, op, when)
 
     @work(exclusive=True, group="operation")
-    async def run_operation(
-        self, group: str, host: str, op: PairOp, margin_s: float | None
-    ) -> None:
+    async def run_operation(self, group: str, host: str, op: PairOp, argument: Argument) -> None:
         watch = self.query_one(OperationWatch)
         name = op.name.lower()
         if op in DESTRUCTIVE:
@@ -184,7 +231,12 @@ class OperationsPanel(Vertical):
         self.running = True
         watch.say(f"{name} {group} as {host}: sending...")
         try:
-            report = await operate(self.catalog, group, host, op, margin_s=margin_s)
+            if op is PairOp.SHADOW:
+                assert isinstance(argument, dict)
+                report = await shadow_group(self.catalog, group, host, argument)
+            else:
+                assert not isinstance(argument, dict)
+                report = await operate(self.catalog, group, host, op, at_ns=argument)
         except SHOWN_ERRORS as exc:
             watch.say(f"{name} {group}: {exc}", error=True)
             return
