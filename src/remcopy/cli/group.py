@@ -428,9 +428,11 @@ _PAIR_ROWS_MAX = 50
 def _print_plan(report: GroupReport) -> None:
     """A dry run: per controller, the moves, the tracks to copy and the refusals; per pair
     the tracks a copy would move."""
+    controllers = len(report.requests)
     say(
         f"group {report.group}: {report.op} on {len(report.pairs)} pairs (dry run: no pair "
-        f"operation sent; {len(report.requests)} controllers would get one request each)"
+        f"operation sent; {controllers} controller{'s' if controllers != 1 else ''} would get "
+        "one request each)"
     )
     if report.op == "suspend":
         say(
@@ -453,8 +455,8 @@ def _print_plan(report: GroupReport) -> None:
             for controller, entry in plan_summary(report.plan).items()
         ],
     )
-    if copies:
-        rows = [row for row in report.plan if not row.refused]
+    rows = [row for row in report.plan if not row.refused]
+    if copies and rows:
         table(
             "tracks each pair would copy",
             ["pair", "device", "move", "tracks"],
