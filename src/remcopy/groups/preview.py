@@ -183,16 +183,18 @@ async def preview(
             device = pair.primary if at_primary else pair.secondary
             sizes.append((acting, device.device_key))
     statuses, identities = await _read(session, wanted, sizes=sizes)
-    return [_plan_pair(pair, op, statuses, identities, tertiaries or {}) for pair in group.pairs]
+    return [plan_pair(pair, op, statuses, identities, tertiaries or {}) for pair in group.pairs]
 
 
-def _plan_pair(
+def plan_pair(
     pair: GroupPair,
     op: PairOp,
     statuses: dict[Key, DeviceStatus | str],
     identities: dict[Key, DeviceIdentity],
     tertiaries: dict[str, HardwareAddress],
 ) -> PlannedPair:
+    """What `op` would do to one pair, given what the controllers answered (pure).
+    `statuses` maps (controller, device key) to the device's status or the error text."""
     at_primary = op in AT_PRIMARY
     controller = pair.primary_controller if at_primary else pair.secondary_controller
     device = pair.primary if at_primary else pair.secondary
@@ -233,11 +235,7 @@ def _plan_pair(
     if op is PairOp.SHADOW:
         return _plan_shadow(pair, controller, status, statuses, identities, tertiaries)
     action = _ACTIONS[op]
-    role_needed = {
-        PairOp.SUSPEND: PairRole.PRIMARY,
-        PairOp.RESUME: PairRole.PRIMARY,
-        PairOp.RECOVER: PairRole.SECONDARY,
-    }.get(op)
+    role_needed = {PairOp.SUSPEND: PairRole.PRIMARY, PairOp.RESUME: PairRole.PRIMARY}.get(op)
     try:
         if op is PairOp.RECOVER and status.role is not PairRole.SECONDARY:
             raise IllegalTransition(
@@ -344,4 +342,4 @@ def plan_summary(planned: list[PlannedPair]) -> dict[str, dict[str, Any]]:
     return dict(sorted(out.items()))
 
 
-__all__ = ["AT_PRIMARY", "PlannedPair", "plan_summary", "preview"]
+__all__ = ["AT_PRIMARY", "PlannedPair", "plan_pair", "plan_summary", "preview"]
