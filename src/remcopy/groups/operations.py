@@ -217,11 +217,14 @@ async def run_operation(
     at_ns: int = 0,
     dry_run: bool = False,
     options: dict[str, Any] | None = None,
+    planned: tuple[list[Batch], list[PairOutcome]] | None = None,
 ) -> GroupReport:
-    """Plan, then send one request per controller, all at once; results per pair."""
+    """Plan, then send one request per controller, all at once; results per pair.
+    `planned` is `plan(group, op)` made earlier (a suspend plans before it chooses T, so
+    planning does not eat into the margin)."""
     started = time.perf_counter()
     report = GroupReport(group=group.name, op=op.name.lower(), dry_run=dry_run, at_ns=at_ns)
-    batches, refused = plan(group, op)
+    batches, refused = planned if planned is not None else plan(group, op)
     if dry_run:
         await _dry_run(session, report, group, op)
         report.elapsed_s = time.perf_counter() - started
@@ -307,8 +310,8 @@ async def suspend(
     dry_run: bool = False,
 ) -> GroupReport:
     """Suspend every pair at one prospective T; consistent only if all report SUSPENDED at T."""
-    batches, _refused = plan(group, PairOp.SUSPEND)
-    controllers = [b.controller for b in batches]
+    planned = plan(group, PairOp.SUSPEND)
+    controllers = [b.controller for b in planned[0]]
     round_trip_s = await measure_round_trip(session, controllers)
     floor_s = group.options.margin_s if margin_s is None else margin_s
     if floor_s < 0:
@@ -323,7 +326,9 @@ async def suspend(
             f"{MARGIN_ROUND_TRIPS_MIN} round trips ({round_trip_s * 1e3:.3f} ms each) to the "
             "slowest controller: choose a later time"
         )
-    report = await run_operation(session, group, PairOp.SUSPEND, at_ns=at_ns, dry_run=dry_run)
+    report = await run_operation(
+        session, group, PairOp.SUSPEND, at_ns=at_ns, dry_run=dry_run, planned=planned
+    )
     report.margin_s = (at_ns - now) / 1e9
     report.round_trip_s = round_trip_s
     # A pair suspended while its copy was still running (tracks left) is not consistent.
