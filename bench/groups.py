@@ -23,12 +23,20 @@
 #       resume     the API call with no changed tracks; the time until DUPLEX again apart.
 #       terminate  the API call (resets the pairs for the next size; not a target).
 #     per pair = time / pairs (for suspend: beyond_margin / pairs); requests per controller
-#     from GroupReport.requests (must be exactly 1 everywhere).
+#     from the controllers' own counters (pair operations received, read before and after
+#     each call; must be exactly 1 everywhere).
+#     If a suspend is not consistent at T (with the group's default 50 ms margin a
+#     controller may receive its request after T and refuse it: measured, see the attempts
+#     printed), the pairs are made DUPLEX again (restart, below) when any got suspended, and
+#     the suspend is retried with a larger margin (250 ms, 500 ms, 1 s, 2 s); every attempt
+#     is printed, the figures are the consistent one's.
 #   - Host write stall: on the 10,000-pair group, a separate process (the "application
-#     host") runs a QD1 writer of 4 KiB on one pair per primary controller while a suspend
-#     runs; stall = latency of every write that overlaps the suspend call's window; p99
-#     reported (and the same writers' p99 before the suspend, as the baseline). A write
-#     refused as late (LateWrite) is reissued and counted as one write with its whole latency.
+#     host") runs a QD1 writer of 4 KiB (at most one write per 2 ms) on one pair per primary
+#     controller while a suspend runs; stall = latency of every write that overlaps the
+#     suspend call; its p99 is the figure; also shown: p99 of the writes overlapping [T, end
+#     of the call] (the seal and commits, without the quiet margin), the max, and the same
+#     writers' p99 before the suspend. A write refused as late (LateWrite) is reissued and
+#     counted as one write with its whole latency.
 #   - The naive way, side by side in the same run: 100 spare pairs suspended one request per
 #     pair, one at a time (`Channel.pair_op(SUSPEND, (item,), at_ns=T)`), each with its own
 #     T = now + max(4 round trips, 2 ms): a controller refuses a T in the past and a suspend
@@ -37,16 +45,19 @@
 #     suspend's whole call (margin included on both sides).
 #   - The whole `python -m remcopy group suspend BENCH --host ... --json` timed from the
 #     shell (process start, imports, catalog, the suspend, the operation log) on the
-#     10,000-pair group; also `python -m remcopy --help` alone, for the process-start share.
+#     10,000-pair group, default margin first; also `python -m remcopy --help` alone.
 #   Getting 10,000 pairs back to DUPLEX takes minutes with this controller (every pair's
-#   copy completion is its own state-file commit on both sides; see the notes printed), so
-#   before the shell suspend, and in --quick for every 10,000-pair figure, the controllers
-#   are (re)started with their pair tables written as DUPLEX (fresh zeroed volumes on both
-#   sides are identical, so that is a true state: as if established before a restart).
-#   --quick: no establish/resume/terminate sizes; one 10,000-pair suspend with the writers
-#   running gives the API and stall figures; then a restart and the shell suspend.
+#   copy completion is its own state-file commit on both sides), so before the shell
+#   suspend, after a suspend that was not consistent, and in --quick for everything, the
+#   controllers are (re)started with their pair tables written as DUPLEX (fresh zeroed
+#   volumes are identical on both sides, so that is a true state, as if established before
+#   a restart; a pair written since has change-map bits and the primary resyncs it).
+#   Secondaries start before primaries (a primary resyncs at once after a restart).
+#   --quick (under a minute): no establish/resume/terminate sizes; naive on 25 pairs; one
+#   10,000-pair suspend, the shell's (--margin-ms 500), with the writers running, gives the
+#   suspend figures (from its JSON report), the stall and the shell time.
 #   Every controller runs with ack_timeout_s = 600: with the default 5 s, establishing 1,250
-#   pairs per controller at once fails the replication links (measured; see the notes).
+#   pairs per controller at once fails the replication links (measured).
 # Why: a group suspend of thousands of pairs in well under a second is the reason the system
 # exists; the seed did one pair at a time, ~10 s each.
 #
@@ -128,7 +139,7 @@ BIG: Final = CONTROLLERS * GROUP_VOLUMES
 NAIVE_PAIRS_FULL: Final = 100
 NAIVE_PAIRS_QUICK: Final = 25
 NAIVE_MARGIN_MIN_S: Final = 0.002
-QUICK_MARGIN_S: Final = 0.3
+QUICK_MARGIN_S: Final = 0.5
 RETRY_MARGINS_S: Final = (0.25, 0.5, 1.0, 2.0)
 STALL_BASELINE_S: Final = 0.5
 STALL_AFTER_S: Final = 0.2
@@ -213,11 +224,15 @@ def writer_entry(spec: str) -> None:
     doc = json.loads(spec)
     targets = [WriterTarget(endpoint=t["endpoint"], device=t["device"]) for t in doc["targets"]]
     result = aio.run(_writer_main(targets, int(doc["seed"])))
-    sys.stdout.write(json.dumps(result) + "\n")
+    # A file, not stdout: a large write to the pipe at exit came out truncated.
+    Path(doc["out"]).write_text(json.dumps(result))
 
 
 @dataclass(slots=True, kw_only=True)
 class Stall:
+    p99_from_t_ms: float
+    """Only the writes that overlap [T, the call's end]: seal, commit, answer."""
+    samples_from_t: int
     p99_ms: float
     p50_ms: float
     max_ms: float
@@ -230,12 +245,14 @@ class Stall:
 class Writers:
     """The writer process: started before the suspend, stopped (stdin closed) after it."""
 
-    def __init__(self, targets: list[WriterTarget], seed: int) -> None:
+    def __init__(self, targets: list[WriterTarget], seed: int, folder: Path) -> None:
         self.targets = targets
+        self.out = folder / f"writers-{seed}-{time.time_ns()}.json"
         self.spec = json.dumps(
             {
                 "targets": [{"endpoint": t.endpoint, "device": t.device} for t in targets],
                 "seed": seed,
+                "out": str(self.out),
             }
         )
         self.process: asyncio.subprocess.Process | None = None
@@ -255,23 +272,27 @@ class Writers:
             raise RuntimeError(f"writer process did not start: {line!r}")
         await asyncio.sleep(STALL_BASELINE_S)
 
-    async def stop(self, window: tuple[int, int]) -> Stall:
-        """Stop the writers; the stall over the window (start ns, end ns, wall clock)."""
+    async def stop(self, window: tuple[int, int, int]) -> Stall:
+        """Stop the writers; the stall over the window (call start, T, call end: wall-clock
+        ns): every write that overlaps the call, and apart those that overlap [T, end]."""
         await asyncio.sleep(STALL_AFTER_S)
         assert self.process is not None
         assert self.process.stdin is not None
         self.process.stdin.close()
-        out, _ = await asyncio.wait_for(self.process.communicate(), 60)
+        await asyncio.wait_for(self.process.communicate(), 60)
         if self.process.returncode != 0:
             raise RuntimeError(f"writer process exited with {self.process.returncode}")
-        result = json.loads(out.decode().strip().splitlines()[-1])
+        result = json.loads(self.out.read_text())
         if result["errors"]:
             raise RuntimeError(f"writers failed: {result['errors'][:3]}")
         samples = [(int(a), int(b), int(c)) for a, b, c in result["samples"]]
-        start, end = window
+        start, at_ns, end = window
         during = [(b - a) / 1e6 for a, b, _ in samples if a < end and b > start]
+        from_t = [(b - a) / 1e6 for a, b, _ in samples if a < end and b > at_ns]
         before = [(b - a) / 1e6 for a, b, _ in samples if b <= start]
         return Stall(
+            p99_from_t_ms=percentile(from_t, 0.99),
+            samples_from_t=len(from_t),
             p99_ms=percentile(during, 0.99),
             p50_ms=percentile(during, 0.50),
             max_ms=max(during, default=0.0),
@@ -479,8 +500,26 @@ def checked(report: GroupReport, what: str) -> GroupReport:
     return report
 
 
-def requests_of(report: GroupReport) -> list[int]:
-    return sorted(report.requests.values())
+async def pair_ops(session: HostSession, controllers: list[str]) -> dict[str, int]:
+    """Each controller's count of pair operations received from hosts (its own counter)."""
+    docs = await asyncio.gather(*(session.channels[c].status() for c in controllers))
+    return {c: int(d["counters"]["pair_ops"]) for c, d in zip(controllers, docs, strict=True)}
+
+
+async def counted_since(world: World, before: dict[str, int]) -> list[int]:
+    """Pair operations each controller of `before` counted since then."""
+    after = await pair_ops(world.session, sorted(before))
+    return sorted(after[c] - before[c] for c in before)
+
+
+def primaries_of(group: Group) -> list[str]:
+    return sorted({p.primary_controller for p in group.pairs})
+
+
+def held_ms(seal: dict[str, dict[str, Any]]) -> float:
+    """The longest a controller held (refused as late, or held for a freeze) host writes
+    around its seal, from the suspend record."""
+    return max((float(d.get("host_io_held_ms", 0.0)) for d in seal.values()), default=0.0)
 
 
 async def secondary_states(session: HostSession, group: Group) -> dict[str, int]:
@@ -582,6 +621,8 @@ class Suspended:
     elapsed_s: float
     attempts: list[Attempt]
     stall: Stall | None = None
+    counted: list[int] = field(default_factory=list)
+    """Pair operations each primary controller counted during the suspend call."""
 
 
 async def suspend_consistent(
@@ -598,13 +639,15 @@ async def suspend_consistent(
     margins = [first_margin_s, *(m for m in RETRY_MARGINS_S if m > (first_margin_s or 0.05))]
     attempts: list[Attempt] = []
     for margin_s in margins:
-        load = Writers(writers, seed) if writers else None
+        load = Writers(writers, seed, world.root) if writers else None
         try:
             if load is not None:
                 await load.start()
+            before = await pair_ops(world.session, primaries_of(group))
             window_start = time.time_ns()
             report, elapsed = await timed(suspend(world.session, group, margin_s=margin_s))
-            window = (window_start, time.time_ns())
+            window = (window_start, report.at_ns, time.time_ns())
+            after = await pair_ops(world.session, primaries_of(group))
             stall = await load.stop(window) if load is not None else None
         finally:
             if load is not None:
@@ -617,7 +660,13 @@ async def suspend_consistent(
         attempts.append(attempt)
         log_line(f"suspend of {len(group.pairs)}: {attempt.describe()} ({elapsed:.3f} s)")
         if report.consistent:
-            return Suspended(report=report, elapsed_s=elapsed, attempts=attempts, stall=stall)
+            return Suspended(
+                report=report,
+                elapsed_s=elapsed,
+                attempts=attempts,
+                stall=stall,
+                counted=sorted(after[c] - before[c] for c in after),
+            )
         if attempt.suspended or attempt.refused != len(group.pairs):
             await world.reset(duplex_after_reset)
     raise RuntimeError(f"suspend of {len(group.pairs)} never consistent: {attempts}")
@@ -637,7 +686,7 @@ class SizeResult:
     terminate_s: float = 0.0
     attempts: list[Attempt] = field(default_factory=list)
     requests: dict[str, list[int]] = field(default_factory=dict)
-    """Operation -> the requests per controller its report gives."""
+    """Operation -> the pair operations each primary controller counted during it."""
 
     @property
     def beyond_margin_s(self) -> float:
@@ -648,8 +697,10 @@ async def one_size(world: World, group: Group, spares: Group, *, last: bool) -> 
     """Establish, status, suspend, resume (and terminate unless `last`) on fresh pairs."""
     n = len(group.pairs)
     out = SizeResult(pairs=n)
+    before = await pair_ops(world.session, primaries_of(group))
     report, out.establish_s = await timed(run_operation(world.session, group, PairOp.ESTABLISH))
-    out.requests["establish"] = requests_of(checked(report, f"establish of {n}"))
+    checked(report, f"establish of {n}")
+    out.requests["establish"] = await counted_since(world, before)
     out.to_duplex_s = await wait_duplex(world.session, group)
     log_line(f"{n}: establish {out.establish_s:.3f} s, DUPLEX after {out.to_duplex_s:.1f} s")
     out.status_s = await status_median(world.session, group)
@@ -658,19 +709,23 @@ async def one_size(world: World, group: Group, spares: Group, *, last: bool) -> 
     )
     out.suspend_s, out.margin_s, out.attempts = done.elapsed_s, done.report.margin_s, done.attempts
     out.seal_lag_ms = seal_lag_ms(done.report.seal)
-    out.requests["suspend"] = requests_of(done.report)
+    out.requests["suspend"] = done.counted
     if any(s.dirty_tracks for s in await status(world.session, group)):
         raise RuntimeError("changed tracks after a quiet suspend")
+    before = await pair_ops(world.session, primaries_of(group))
     report, out.resume_s = await timed(run_operation(world.session, group, PairOp.RESUME))
-    out.requests["resume"] = requests_of(checked(report, f"resume of {n}"))
+    checked(report, f"resume of {n}")
+    out.requests["resume"] = await counted_since(world, before)
     out.resume_to_duplex_s = await wait_duplex(world.session, group)
     log_line(
         f"{n}: suspend {out.suspend_s:.3f} s (margin {out.margin_s:.3f}), resume "
         f"{out.resume_s:.3f} s, DUPLEX after {out.resume_to_duplex_s:.1f} s"
     )
     if not last:
+        before = await pair_ops(world.session, primaries_of(group))
         report, out.terminate_s = await timed(run_operation(world.session, group, PairOp.TERMINATE))
-        out.requests["terminate"] = requests_of(checked(report, f"terminate of {n}"))
+        checked(report, f"terminate of {n}")
+        out.requests["terminate"] = await counted_since(world, before)
     return out
 
 
@@ -728,7 +783,10 @@ class Cli:
     startup_s: float
     attempts: list[Attempt]
     seal_lag_ms: float = 0.0
+    held_ms: float = 0.0
     stall: Stall | None = None
+    counted: list[int] = field(default_factory=list)
+    """Pair operations each primary controller counted during the command."""
 
     @property
     def beyond_margin_s(self) -> float:
@@ -768,16 +826,18 @@ async def cli_round(
     for margin_s in margins:
         args = ["group", "suspend", GROUP, "--host", HOST, "--catalog", str(catalog_path)]
         args += ["--json"] + ([] if margin_s is None else ["--margin-ms", f"{margin_s * 1e3:g}"])
-        load = Writers(writer_targets(world, group), seed) if writers else None
+        load = Writers(writer_targets(world, group), seed, world.root) if writers else None
         try:
             if load is not None:
                 await load.start()
+            before = await pair_ops(world.session, primaries_of(group))
             wall, code, out, err = await run_cli(*args)
+            after = await pair_ops(world.session, primaries_of(group))
             doc = json.loads(out) if out.strip().startswith("{") else None
             if doc is None:
                 raise RuntimeError(f"remcopy group suspend exited {code}: {err[-2000:]}")
             chosen_ns = int(doc["at_ns"] - doc["margin_s"] * 1e9)
-            window = (chosen_ns, chosen_ns + int(doc["elapsed_s"] * 1e9))
+            window = (chosen_ns, int(doc["at_ns"]), chosen_ns + int(doc["elapsed_s"] * 1e9))
             stall = await load.stop(window) if load is not None else None
         finally:
             if load is not None:
@@ -796,7 +856,9 @@ async def cli_round(
                 startup_s=median(startups),
                 attempts=attempts,
                 seal_lag_ms=seal_lag_ms(doc["seal"]),
+                held_ms=held_ms(doc["seal"]),
                 stall=stall,
+                counted=sorted(after[c] - before[c] for c in after),
             )
         if attempt.suspended or attempt.refused != BIG:
             await world.reset([group])
@@ -965,7 +1027,7 @@ def report(
                 f"{BIG} suspend with {stall.writers} writers",
                 a.elapsed_s * 1e3,
                 a.elapsed_s / BIG * 1e6,
-                ",".join(map(str, sorted(set(requests_of(a.report))))),
+                ",".join(map(str, sorted(set(a.counted)))) + " (controller counters)",
             ),
             (f"{BIG}   ... margin", a.report.margin_s * 1e3, "", ""),
             (
@@ -981,7 +1043,7 @@ def report(
             f"{BIG} suspend from the shell: its report",
             cli.reported_s * 1e3,
             cli.reported_s / BIG * 1e6,
-            ",".join(map(str, sorted(set(cli.requests)))),
+            ",".join(map(str, sorted(set(cli.counted)))) + " (controller counters)",
         ),
         (f"{BIG}   ... margin", cli.margin_s * 1e3, "", ""),
         (
@@ -991,6 +1053,7 @@ def report(
             "",
         ),
         (f"{BIG}   ... slowest seal after T", cli.seal_lag_ms, "", ""),
+        (f"{BIG}   ... host I/O held (most of a controller)", cli.held_ms, "", ""),
     ]
     print(
         table(
@@ -1041,6 +1104,11 @@ def report(
                     f"{stall.samples} writes by {stall.writers} QD1 writers",
                 ),
                 (
+                    "host writes from T to the end of the call",
+                    stall.p99_from_t_ms,
+                    f"p99 ms over {stall.samples_from_t} writes",
+                ),
+                (
                     "host writes before the suspend",
                     stall.baseline_p99_ms,
                     f"p99 ms; {stall.late_refusals} late refusals reissued",
@@ -1051,8 +1119,8 @@ def report(
     every = [*out.sizes]
     requests = sorted(
         {v for r in every for vs in r.requests.values() for v in vs}
-        | set(cli.requests)
-        | (set(requests_of(out.api.report)) if out.api is not None else set())
+        | set(cli.counted)
+        | (set(out.api.counted) if out.api is not None else set())
     )
     per_pair_us = big_beyond_s / BIG * 1e6
     print()
@@ -1130,10 +1198,13 @@ def report(
         "cli_default_margin_consistent": default_ok,
         "cli_beyond_margin_s": round(cli.beyond_margin_s, 6),
         "cli_seal_lag_ms": round(cli.seal_lag_ms, 3),
+        "cli_host_io_held_ms": round(cli.held_ms, 3),
         "cli_startup_s": round(cli.startup_s, 4),
         "naive_pairs": naive.pairs,
         "naive_per_pair_ms": round(naive.per_pair_s * 1e3, 3),
         "stall_samples": stall.samples,
+        "stall_max_ms": round(stall.max_ms, 3),
+        "stall_p99_from_t_ms": round(stall.p99_from_t_ms, 3),
         "stall_baseline_p99_ms": round(stall.baseline_p99_ms, 3),
         "fleet_start_s": round(out.start_s, 2),
         "restarts_s": [round(s, 2) for s in out.restarts],

@@ -132,28 +132,51 @@ secondary_devices = "2B04-2B07"
     )
     assert status["counts"] == {"SIMPLEX": 8}, "the dry run changed something"
     est = json.loads(
-        cli("group", "establish", "PAYROLL", "--host", HOST, "--json", catalog=catalog).stdout
+        cli(
+            "group", "establish", "PAYROLL", "--host", HOST, "--wait", "--json", catalog=catalog
+        ).stdout
     )
     assert est["requests_per_controller"] == {"cntla0": 1, "cntla1": 1}
     assert est["failed"] == 0
-    for _ in range(600):  # wait on the state (bounded), each check a real query
-        run = cli(
-            "group",
-            "status",
-            "PAYROLL",
-            "--host",
-            HOST,
-            "--expect",
-            "DUPLEX",
-            "--json",
-            catalog=catalog,
-            check=False,
-        )
-        if run.returncode == 0:
-            break
+    assert est["counts"] == {"DUPLEX": 8}, "--wait returns once every copy is done"
+    run = cli(
+        "group",
+        "status",
+        "PAYROLL",
+        "--host",
+        HOST,
+        "--expect",
+        "DUPLEX",
+        "--json",
+        catalog=catalog,
+    )
     assert json.loads(run.stdout)["counts"] == {"DUPLEX": 8}
+    plan = cli("group", "suspend", "PAYROLL", "--host", HOST, "--dry-run", catalog=catalog)
+    assert "8 DUPLEX -> SUSPENDED" not in plan.stdout  # per controller: 4 each
+    assert plan.stdout.count("4 DUPLEX -> SUSPENDED") == 2
+    assert "it would suspend at T=" in plan.stdout
     susp = cli("group", "suspend", "PAYROLL", "--host", HOST, "--in", "2s", catalog=catalog)
     assert "consistent at T=" in susp.stdout
+    assert "late writes refused" in susp.stdout and "host I/O held ms" in susp.stdout
+    from remcopy.catalog import Catalog
+
+    with Catalog.open(catalog) as opened:
+        logged = opened.operations_all(limit=1, target="PAYROLL")[0].details
+    assert logged["consistent"] is True
+    volsers = [f"P{c}{k:04X}" for c in range(2) for k in range(4)]
+    assert logged["pair_states"] == dict.fromkeys(volsers, "SUSPENDED")
+    assert sorted(logged["seal"]) == ["cntla0", "cntla1"]
+    for seal in logged["seal"].values():
+        assert seal["at_ns"] == logged["at_ns"] <= seal["sealed_ns"] <= seal["drained_ns"]
+        assert seal["late_writes"] == 0
+        assert seal["host_io_held_ms"] == round((seal["drained_ns"] - seal["sealed_ns"]) / 1e6, 3)
+    resume_plan = json.loads(
+        cli(
+            "group", "resume", "PAYROLL", "--host", HOST, "--dry-run", "--json", catalog=catalog
+        ).stdout
+    )
+    assert resume_plan["plan"]["controllers"]["cntla0"]["moves"] == {"SUSPENDED -> PENDING": 4}
+    assert [p["tracks"] for p in resume_plan["plan"]["pairs"]] == [0] * 8
     record = json.loads(
         cli(
             "group",
@@ -266,40 +289,21 @@ async def test_group_edits_are_all_or_nothing_and_operations_are_logged(world, t
     cli("group", "remove-pair", "SMALL", "1A02", "--host", HOST, catalog=catalog)
     assert json.loads(cli("group", "list", "--json", catalog=catalog).stdout)[0]["pairs"] == 2
     cli("group", "load", "SMALL", "--host", HOST, catalog=catalog)
-    cli("group", "establish", "SMALL", "--host", HOST, catalog=catalog)
-    for _ in range(600):
-        if (
-            cli(
-                "group",
-                "status",
-                "SMALL",
-                "--host",
-                HOST,
-                "--expect",
-                "DUPLEX",
-                catalog=catalog,
-                check=False,
-            ).returncode
-            == 0
-        ):
-            break
+    cli("group", "establish", "SMALL", "--host", HOST, "--wait", catalog=catalog)
+    cli("group", "status", "SMALL", "--host", HOST, "--expect", "DUPLEX", catalog=catalog)
     cli("group", "suspend", "SMALL", "--host", HOST, catalog=catalog)
     shadow_map = tmp_path / "shadow.map"
     shadow_map.write_text("65000:2B00:20:00 65000:3B00:30:00\n65000:2B00:20:01 65000:3B00:30:01\n")
-    out = json.loads(
-        cli(
-            "group",
-            "shadow",
-            "SMALL",
-            "--host",
-            HOST,
-            "--to",
-            str(shadow_map),
-            "--json",
-            catalog=catalog,
-        ).stdout
-    )
+    shadow = ["group", "shadow", "SMALL", "--host", HOST, "--to", str(shadow_map), "--json"]
+    planned = json.loads(cli(*shadow, "--dry-run", catalog=catalog).stdout)
+    assert planned["plan"]["controllers"] == {
+        "cntlb": {"pairs": 2, "moves": {"SUSPENDED -> SUSPENDED": 2}, "tracks": 128, "refused": 0}
+    }
+    out = json.loads(cli(*shadow, "--wait", catalog=catalog).stdout)
     assert out["requests_per_controller"] == {"cntlb": 1}
+    assert out["copy_s"] > 0
+    again = json.loads(cli(*shadow, "--dry-run", catalog=catalog, check=False).stdout)
+    assert again["failed"] == 0, "the copies are done: a new shadow copy may start"
     with Catalog.open(catalog) as opened:
         log = opened.operations_all(limit=10, target="SMALL")
     assert [op.op for op in log] == ["group shadow", "group suspend", "group establish"]

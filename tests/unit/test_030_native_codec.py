@@ -307,9 +307,10 @@ STATUS = DeviceStatus(
     lag_ns=2_000_000,
     peer_serial=64016,
     peer_device=0x0A40,
+    copy_left_tracks=37,
 )
 STATUS_BYTES = struct.pack(
-    "!HHBBBBQQQQIH",
+    "!HHBBBBQQQQIHQ",
     0x0A3F,
     0,
     3,
@@ -322,6 +323,7 @@ STATUS_BYTES = struct.pack(
     2_000_000,
     64016,
     0x0A40,
+    37,
 )
 
 CASES: list[tuple[Message, bytes]] = [
@@ -401,7 +403,7 @@ CASES: list[tuple[Message, bytes]] = [
     ),
     (
         QueryReply(request_id=11, statuses=(DeviceStatus(device=2),)),
-        frame(KIND_QUERY_REPLY, b"\x00\x02" + b"\0" * 44, request_id=11),
+        frame(KIND_QUERY_REPLY, b"\x00\x02" + b"\0" * 52, request_id=11),
     ),
     (SubscribeRequest(request_id=12), frame(KIND_SUBSCRIBE, request_id=12)),
     (
@@ -448,7 +450,7 @@ def test_cases_cover_every_message_kind() -> None:
 def test_PairState_wire_codes(state: PairState, code: int) -> None:
     """Each pair state travels as its fixed one-byte code."""
     msg = QueryReply(statuses=(DeviceStatus(device=1, state=state),))
-    data = frame(KIND_QUERY_REPLY, struct.pack("!HHBBBBQQQQIH", 1, 0, code, *[0] * 9))
+    data = frame(KIND_QUERY_REPLY, struct.pack("!HHBBBBQQQQIHQ", 1, 0, code, *[0] * 10))
     assert encode(msg) == data
     assert decode(msg, data) == msg
 
@@ -466,7 +468,7 @@ def test_PairRole_wire_codes(role: PairRole, code: int) -> None:
 def test_CopyMode_wire_codes(mode: CopyMode | None, code: int) -> None:
     """Each copy mode, and no mode, travels as its fixed one-byte code."""
     msg = QueryReply(statuses=(DeviceStatus(device=1, mode=mode),))
-    data = frame(KIND_QUERY_REPLY, struct.pack("!HHBBBBQQQQIH", 1, 0, 0, 0, code, *[0] * 7))
+    data = frame(KIND_QUERY_REPLY, struct.pack("!HHBBBBQQQQIHQ", 1, 0, 0, 0, code, *[0] * 8))
     assert encode(msg) == data
     assert decode(msg, data) == msg
 
@@ -1077,6 +1079,7 @@ device_statuses = st.builds(
     lag_ns=u64s,
     peer_serial=u32s,
     peer_device=u16s,
+    copy_left_tracks=u64s,
 )
 
 hellos = st.builds(

@@ -10,8 +10,11 @@ import pytest
 from remcopy.errors import ConfigError, InvalidIdentifier
 from remcopy.groups.definition import MapIndex, load_group_definition, resolve
 from remcopy.groups.load import group_map, lookup, unseen
+from remcopy.groups.model import GroupPair
+from remcopy.groups.preview import plan_pair
 from remcopy.ids import HardwareAddress
-from remcopy.states import CopyMode
+from remcopy.states import CopyMode, PairRole, PairState
+from remcopy.wire.native import DeviceStatus, PairOp
 
 
 @dataclass(frozen=True)
@@ -165,3 +168,103 @@ devices = "1A00"
     with pytest.raises(ConfigError) as caught:
         load_group_definition(path)
     assert len(caught.value.problems) == 3
+
+
+# Dry-run decisions (groups.preview.plan_pair): pure, over hand-made controller answers.
+
+_P = HardwareAddress.parse("64015:1A00:0A:00")
+_S = HardwareAddress.parse("65000:2B00:20:00")
+_T = HardwareAddress.parse("65000:3B00:30:00")
+_PAIR = GroupPair(
+    volser="PAY000", primary=_P, secondary=_S, primary_controller="a", secondary_controller="b"
+)
+
+
+def _answers(primary: DeviceStatus, secondary: DeviceStatus, tertiary: DeviceStatus | None = None):
+    out = {("a", _P.device_key): primary, ("b", _S.device_key): secondary}
+    if tertiary is not None:
+        out[("b", _T.device_key)] = tertiary
+    return out
+
+
+def _status(state: PairState, role: PairRole, **kw) -> DeviceStatus:
+    return DeviceStatus(device=0, state=state, role=role, **kw)
+
+
+def test_plan_pair_refuses_any_change_while_a_suspend_is_armed():
+    """A DUPLEX primary armed for T is refused for every operation, naming T."""
+    answers = _answers(
+        _status(PairState.DUPLEX, PairRole.PRIMARY, suspend_at_ns=123),
+        _status(PairState.DUPLEX, PairRole.SECONDARY),
+    )
+    row = plan_pair(_PAIR, PairOp.TERMINATE, answers, {}, {})
+    assert row.refused and "a suspend is armed for 123" in row.reason
+
+
+def test_plan_pair_refuses_establish_onto_a_secondary_in_a_pair():
+    """Establish needs a SIMPLEX primary and a SIMPLEX secondary in no pair."""
+    answers = _answers(
+        _status(PairState.SIMPLEX, PairRole.NONE), _status(PairState.DUPLEX, PairRole.SECONDARY)
+    )
+    row = plan_pair(_PAIR, PairOp.ESTABLISH, answers, {}, {})
+    assert row.refused and "secondary 65000:2B00:20:00 is DUPLEX (secondary)" in row.reason
+
+
+def test_plan_pair_refuses_suspend_where_the_device_is_a_secondary():
+    """A SUSPENDED-able state is not enough: suspend acts at the primary."""
+    answers = _answers(
+        _status(PairState.DUPLEX, PairRole.SECONDARY), _status(PairState.DUPLEX, PairRole.PRIMARY)
+    )
+    row = plan_pair(_PAIR, PairOp.SUSPEND, answers, {}, {})
+    assert row.refused and "it is not the primary of a pair" in row.reason
+
+
+def test_plan_pair_notes_a_suspend_of_a_pending_pair():
+    """Suspending a PENDING pair is permitted, with the table's note that it is inconsistent."""
+    answers = _answers(
+        _status(PairState.PENDING, PairRole.PRIMARY), _status(PairState.PENDING, PairRole.SECONDARY)
+    )
+    row = plan_pair(_PAIR, PairOp.SUSPEND, answers, {}, {})
+    assert row.move() == "PENDING -> SUSPENDED"
+    assert "the secondary is inconsistent" in row.reason
+
+
+def test_plan_pair_failback_counts_both_sides_and_says_when_it_is_a_bound():
+    """Failback tracks are the sum of both change maps, exact only when one side has none."""
+    recovered = _status(PairState.RECOVERED, PairRole.SECONDARY, dirty_tracks=5)
+    for there, tracks, exact in ((0, 5, True), (2, 7, False)):
+        primary = _status(PairState.SUSPENDED, PairRole.PRIMARY, dirty_tracks=there)
+        row = plan_pair(_PAIR, PairOp.FAILBACK, _answers(primary, recovered), {}, {})
+        assert (row.move(), row.tracks, row.tracks_exact) == ("RECOVERED -> PENDING", tracks, exact)
+    unreachable = GroupPair(volser="PAY000", primary=_P, secondary=_S, secondary_controller="b")
+    row = plan_pair(unreachable, PairOp.FAILBACK, _answers(primary, recovered), {}, {})
+    assert (row.tracks, row.tracks_exact) == (5, False)
+
+
+def test_plan_pair_refuses_a_pair_without_path_or_answer():
+    """No path to the acting side, or no answer for the device, is a refusal that says so."""
+    lost = GroupPair(volser="PAY000", primary=_P, secondary=_S, primary_controller="a")
+    assert "no path to the secondary" in plan_pair(lost, PairOp.RECOVER, {}, {}, {}).reason
+    assert "did not report device 0A00" in plan_pair(_PAIR, PairOp.RESUME, {}, {}, {}).reason
+    failed = {("a", _P.device_key): "controller a: connection refused"}
+    assert "connection refused" in plan_pair(_PAIR, PairOp.RESUME, failed, {}, {}).reason
+
+
+def test_plan_pair_shadow_needs_a_suspended_secondary_and_a_free_tertiary():
+    """A shadow copy changes no state; it is refused while one runs or onto a paired tertiary."""
+    suspended = _status(PairState.SUSPENDED, PairRole.SECONDARY)
+    primary = _status(PairState.SUSPENDED, PairRole.PRIMARY)
+    free = _status(PairState.SIMPLEX, PairRole.NONE)
+    tertiaries = {str(_S): _T}
+    ok = plan_pair(_PAIR, PairOp.SHADOW, _answers(primary, suspended, free), {}, tertiaries)
+    assert ok.move() == "SUSPENDED -> SUSPENDED" and not ok.refused
+    running = _status(PairState.SUSPENDED, PairRole.SECONDARY, flags=1)
+    row = plan_pair(_PAIR, PairOp.SHADOW, _answers(primary, running, free), {}, tertiaries)
+    assert "already running" in row.reason
+    paired = _status(PairState.DUPLEX, PairRole.SECONDARY)
+    row = plan_pair(_PAIR, PairOp.SHADOW, _answers(primary, suspended, paired), {}, tertiaries)
+    assert "the tertiary must be a simplex volume" in row.reason
+    assert (
+        "no tertiary given"
+        in plan_pair(_PAIR, PairOp.SHADOW, _answers(primary, suspended), {}, {}).reason
+    )

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 
 from remcopy.catalog import Catalog
 from remcopy.cli.output import stderr
+from remcopy.groups.progress import OperationProgress
 
 CATALOG_DEFAULT = "remcopy.db"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -67,3 +68,49 @@ class ControllerProgress:
         if task is None:
             task = self._tasks[controller] = self._progress.add_task(controller, total=total)
         self._progress.update(task, completed=done, total=total)
+
+
+class CopyProgress:
+    """Copy progress of a group operation on stderr (only on a terminal): one bar for all
+    tracks, and one per pair for the first few pairs still copying."""
+
+    PAIR_BARS_MAX = 8
+
+    def __init__(self) -> None:
+        self._progress = Progress(
+            TextColumn("{task.description:<14}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} tracks"),
+            TimeElapsedColumn(),
+            console=stderr,
+            transient=True,
+            disable=not stderr.is_terminal or bool(os.environ.get("CI")),
+        )
+        self._total: TaskID | None = None
+        self._pairs: dict[str, TaskID] = {}
+
+    def __enter__(self) -> CopyProgress:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.__exit__(None, None, None)
+
+    def __call__(self, progress: OperationProgress) -> None:
+        if self._total is None:
+            self._total = self._progress.add_task(f"{progress.op} (all)", total=0)
+        self._progress.update(
+            self._total, completed=progress.copied_tracks, total=progress.total_tracks
+        )
+        for pair in progress.pairs:
+            task = self._pairs.get(pair.pair.name)
+            if task is None:
+                if pair.done or len(self._pairs) >= self.PAIR_BARS_MAX:
+                    continue
+                task = self._pairs[pair.pair.name] = self._progress.add_task(
+                    pair.pair.name, total=pair.total_tracks
+                )
+            self._progress.update(task, completed=pair.copied_tracks, total=pair.total_tracks)
+            if pair.done:
+                self._progress.remove_task(task)
+                del self._pairs[pair.pair.name]

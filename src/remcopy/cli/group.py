@@ -8,11 +8,13 @@ from typing import Any
 import click
 
 from remcopy import aio
-from remcopy.cli.common import catalog_option, json_option, open_catalog
-from remcopy.cli.output import emit_json, say, table
+from remcopy.cli.common import CopyProgress, catalog_option, json_option, open_catalog
+from remcopy.cli.output import emit_json, say, stderr, table
 from remcopy.errors import InputError, RemcopyError
 from remcopy.groups.load import lookup
 from remcopy.groups.operations import GroupReport
+from remcopy.groups.preview import plan_summary
+from remcopy.groups.progress import ProgressCallback
 from remcopy.groups.service import (
     add_pairs,
     define_group,
@@ -29,6 +31,22 @@ from remcopy.wire.native import PairOp
 
 class GroupOperationFailed(RemcopyError):
     """a group operation did not reach its expected state on every pair"""
+
+
+def _wait_option(f: Any) -> Any:
+    return click.option(
+        "--wait/--no-wait",
+        default=None,
+        help="Wait until the copies are done (default: on a terminal, with a progress bar).",
+    )(f)
+
+
+def _progress(bars: CopyProgress, wait: bool | None, as_json: bool) -> ProgressCallback | None:
+    """The progress callback when the command waits for its copies: asked for, or by default
+    on a terminal without --json."""
+    if wait is None:
+        wait = stderr.is_terminal and not as_json
+    return bars if wait else None
 
 
 @click.group()
@@ -131,14 +149,24 @@ def group_remove_pair(
     type=click.Path(dir_okay=False, path_type=Path),
     help="A file of `SECONDARY TERTIARY` address lines: where each copy goes.",
 )
+@click.option("--dry-run", is_flag=True, help="Plan and show; send no pair operation.")
+@_wait_option
 @catalog_option
 @json_option
 def group_shadow(
-    name: str, host_name: str, map_file: Path, catalog_location: str, as_json: bool
+    name: str,
+    host_name: str,
+    map_file: Path,
+    dry_run: bool,
+    wait: bool | None,
+    catalog_location: str,
+    as_json: bool,
 ) -> None:
     """Start a point-in-time shadow copy of every suspended secondary of group NAME.
 
     The copies run on the secondaries' controllers; resume waits until they are done.
+    On a terminal the command waits for the copies with a progress bar (--no-wait: return
+    once they started).
 
     \b
     Example:
@@ -147,8 +175,17 @@ def group_shadow(
     from remcopy.workload.image import parse_shadow_map
 
     tertiaries = {str(s): t for s, t in parse_shadow_map(map_file).items()}
-    with open_catalog(catalog_location) as catalog:
-        report = aio.run(shadow_group(catalog, name, host_name, tertiaries))
+    with open_catalog(catalog_location) as catalog, CopyProgress() as bars:
+        report = aio.run(
+            shadow_group(
+                catalog,
+                name,
+                host_name,
+                tertiaries,
+                dry_run=dry_run,
+                progress=_progress(bars, wait, as_json),
+            )
+        )
     _report(report, as_json, "shadowing")
 
 
@@ -321,12 +358,17 @@ def _report(report: GroupReport, as_json: bool, expected: str) -> None:
     else:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(report.counts().items()))
         requests = sum(report.requests.values())
-        say(
-            f"group {report.group}: {report.op} on {len(report.pairs)} pairs in "
-            f"{report.elapsed_s * 1e3:.1f} ms, {requests} requests to "
-            f"{len(report.requests)} controllers: {counts or 'nothing'}"
-            + (" (dry run: nothing sent)" if report.dry_run else "")
-        )
+        if report.dry_run:
+            _print_plan(report)
+        else:
+            say(
+                f"group {report.group}: {report.op} on {len(report.pairs)} pairs in "
+                f"{report.elapsed_s * 1e3:.1f} ms, {requests} requests to "
+                f"{len(report.requests)} controllers: {counts or 'nothing'}"
+                + (f"; copies done in {report.copy_s:.1f} s" if report.copy_s else "")
+            )
+        if report.op == "suspend" and report.seal:
+            _print_seal(report)
         if report.op == "suspend" and not report.dry_run:
             if report.consistent:
                 say(
@@ -338,21 +380,107 @@ def _report(report: GroupReport, as_json: bool, expected: str) -> None:
                 say("NOT consistent: some pairs did not suspend at T")
         if report.failed:
             table(
-                "pairs not in the expected state",
+                "pairs that would be refused"
+                if report.dry_run
+                else "pairs not in the expected state",
                 ["pair", "state", "why"],
                 [(p.pair.name, p.state.name, p.message) for p in report.failed[:50]],
             )
+    if report.dry_run and report.failed:
+        raise GroupOperationFailed(
+            f"group {report.group}: {report.op} (dry run): {len(report.failed)} pairs would be "
+            "refused"
+        )
     if report.failed or (report.op == "suspend" and not report.consistent and not report.dry_run):
         raise GroupOperationFailed(
             f"group {report.group}: {report.op}: {len(report.failed)} pairs not {expected}"
         )
 
 
+_PAIR_ROWS_MAX = 50
+
+
+def _print_plan(report: GroupReport) -> None:
+    """A dry run: per controller, the moves, the tracks to copy and the refusals; per pair
+    the tracks a copy would move."""
+    controllers = len(report.requests)
+    say(
+        f"group {report.group}: {report.op} on {len(report.pairs)} pairs (dry run: no pair "
+        f"operation sent; {controllers} controller{'s' if controllers != 1 else ''} would get "
+        "one request each)"
+    )
+    if report.op == "suspend":
+        say(
+            f"it would suspend at T={report.at_ns} "
+            f"({datetime.fromtimestamp(report.at_ns / 1e9).isoformat()}), margin "
+            f"{report.margin_s * 1e3:.1f} ms"
+        )
+    copies = report.op in ("establish", "resume", "failback", "shadow")
+    table(
+        "plan per controller",
+        ["controller", "pairs", "moves", *(["tracks to copy"] if copies else []), "refused"],
+        [
+            (
+                controller,
+                entry["pairs"],
+                ", ".join(f"{n} {move}" for move, n in sorted(entry["moves"].items())),
+                *([entry["tracks"]] if copies else []),
+                entry["refused"],
+            )
+            for controller, entry in plan_summary(report.plan).items()
+        ],
+    )
+    rows = [row for row in report.plan if not row.refused]
+    if copies and rows:
+        table(
+            "tracks each pair would copy",
+            ["pair", "device", "move", "tracks"],
+            [
+                (
+                    row.pair.name,
+                    str(row.device),
+                    row.move(),
+                    f"{row.tracks}" if row.tracks_exact else f"<= {row.tracks}",
+                )
+                for row in rows[:_PAIR_ROWS_MAX]
+            ],
+        )
+        if len(rows) > _PAIR_ROWS_MAX:
+            say(f"... and {len(rows) - _PAIR_ROWS_MAX} more pairs (--json lists them all)")
+
+
+def _print_seal(report: GroupReport) -> None:
+    """The suspend record per controller: when it sealed T, late writes refused, host I/O
+    held."""
+    rows = []
+    for controller, doc in sorted(report.seal.items()):
+        if "sealed_ns" not in doc:
+            continue
+        rows.append(
+            (
+                controller,
+                f"{(doc['sealed_ns'] - report.at_ns) / 1e6:.3f}",
+                f"{(doc['drained_ns'] - report.at_ns) / 1e6:.3f}",
+                doc.get("late_writes", 0),
+                doc.get("in_flight_at_seal", 0),
+                doc.get("host_io_held_ms", 0.0),
+            )
+        )
+    table(
+        "seal per controller (ms after T)",
+        ["controller", "sealed", "drained", "late writes refused", "in flight", "host I/O held ms"],
+        rows,
+    )
+
+
+_COPYING = (PairOp.ESTABLISH, PairOp.RESUME, PairOp.FAILBACK)
+
+
 def _op_command(op: PairOp, expected: str, doc: str) -> click.Command:
     @click.command(op.name.lower(), help=doc)
     @click.argument("name")
     @click.option("--host", "host_name", required=True, help="Act as this host.")
-    @click.option("--dry-run", is_flag=True, help="Plan and show; send nothing.")
+    @click.option("--dry-run", is_flag=True, help="Plan and show; send no pair operation.")
     @catalog_option
     @json_option
     def command(
@@ -360,7 +488,7 @@ def _op_command(op: PairOp, expected: str, doc: str) -> click.Command:
     ) -> None:
         at = suspend_at_ns(extra.get("at"), extra.get("within")) if op is PairOp.SUSPEND else None
         margin = extra.get("margin_ms")
-        with open_catalog(catalog_location) as catalog:
+        with open_catalog(catalog_location) as catalog, CopyProgress() as bars:
             report = aio.run(
                 operate(
                     catalog,
@@ -370,9 +498,15 @@ def _op_command(op: PairOp, expected: str, doc: str) -> click.Command:
                     dry_run=dry_run,
                     at_ns=at,
                     margin_s=None if margin is None else margin / 1000,
+                    progress=_progress(bars, extra.get("wait"), as_json)
+                    if op in _COPYING
+                    else None,
                 )
             )
         _report(report, as_json, expected)
+
+    if op in _COPYING:
+        command = _wait_option(command)
 
     if op is PairOp.SUSPEND:
         command = click.option(

@@ -151,6 +151,7 @@ class Controller:
             "flushes": 0,
             "identifies": 0,
             "queries": 0,
+            "pair_ops": 0,
             "errors": 0,
             "auth_refused": 0,
             "connections": 0,

@@ -294,9 +294,11 @@ class PairOperations:
         by_peer: dict[int, list[DeviceRun]] = {}
         changes: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]] = {}
         frozen: list[DeviceRun] = []
+        held_ns = 0
         for run in runs:
             run.sealed_at_ns = 0
             if run.held is not None:
+                held_ns = max(held_ns, time.time_ns() - run.held_since_ns)
                 # Its replication failed before T and its host writes were held since: its
                 # secondary stopped at the failure, before anything that depends on it. The
                 # freeze ends the hold with SUSPENDED_ERROR (the held writes are recorded).
@@ -324,6 +326,11 @@ class PairOperations:
                     "late_writes": self.rep.counters["late_writes"] - late_before,
                     "in_flight_at_seal": len(pending),
                     "frozen_in_error": len(frozen),
+                    # How long host writes to these devices could not complete as issued:
+                    # from the seal until the updates stamped < T were confirmed, a write
+                    # stamped < T is refused (the host reissues it); and a frozen device held
+                    # its writes from its replication error until this freeze ended the hold.
+                    "host_io_held_ms": round(max(drained_ns - sealed_ns, held_ns) / 1e6, 3),
                 }
             )
 

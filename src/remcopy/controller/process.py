@@ -160,8 +160,15 @@ class ControllerProcess:
     def endpoint(self) -> str:
         return f"{self.address[0]}:{self.address[1]}"
 
-    async def start(self, *, extra_env: dict[str, str] | None = None) -> ControllerProcess:
-        """Start the process and wait for its ready line; raises with its log on failure."""
+    async def start(
+        self,
+        *,
+        extra_env: dict[str, str] | None = None,
+        ready_timeout_s: float = READY_TIMEOUT_S,
+    ) -> ControllerProcess:
+        """Start the process and wait for its ready line; raises with its log on failure.
+        `ready_timeout_s` bounds the wait (raise it for controllers with thousands of
+        volumes on a loaded machine)."""
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(extra_env or {}))
         log = self.log_path.open("ab")
         try:
@@ -182,7 +189,7 @@ class ControllerProcess:
             log.close()
         assert self.process.stdout is not None
         try:
-            async with asyncio.timeout(READY_TIMEOUT_S):
+            async with asyncio.timeout(ready_timeout_s):
                 while True:
                     raw = await self.process.stdout.readline()
                     if not raw:
@@ -198,7 +205,7 @@ class ControllerProcess:
             await self.kill()
             raise ControllerStartFailed(
                 f"controller {self.config_path} not ready after "
-                f"{READY_TIMEOUT_S} s:\n{self.log_tail()}"
+                f"{ready_timeout_s} s:\n{self.log_tail()}"
             ) from None
         self.name, self.serial = match.group(1), int(match.group(2))
         self.address = parse_address(match.group(3))

@@ -86,6 +86,8 @@ class DeviceRun:
     tracks_copied: int = 0
     last_update: asyncio.Future[None] | None = None
     held: asyncio.Event | None = None
+    held_since_ns: int = 0
+    """When the current hold of host writes began (wall clock), 0 when none."""
     shadow_running: bool = False
     shadow_done: int = 0
     shadow_total: int = 0
@@ -316,6 +318,7 @@ class Replicator:
             return
         if pair.consistency_group:
             run.held = asyncio.Event()
+            run.held_since_ns = time.time_ns()
             self.controller.announce(
                 f"hold {run.device.address} cause=replication-error "
                 f'hold_s={self.hold_s} error="{exc}"'
@@ -712,9 +715,20 @@ class Replicator:
                     if run.pending_since
                     else 0,
                     flags=int(run.shadow_running) | (int(run.held is not None) << 1),
+                    copy_left_tracks=self._copy_left(run),
                 )
             )
         return out
+
+    @staticmethod
+    def _copy_left(run: DeviceRun) -> int:
+        """Tracks the copy running on this device still has to send (0 when none runs)."""
+        if run.shadow_running:
+            return max(0, run.shadow_total - run.shadow_done)
+        pair = run.device.pair
+        if pair.role is PairRole.PRIMARY and pair.state is PairState.PENDING:
+            return run.changemap.copy_count()
+        return 0
 
     def flush_changemaps(self, keys: list[int]) -> None:
         for key in keys:

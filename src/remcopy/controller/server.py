@@ -571,6 +571,7 @@ class ControllerServer:
                     if grant.is_peer:
                         reply = replace(self.replicator.peer_op(grant.serial, msg), request_id=rid)
                     else:
+                        core.counters["pair_ops"] += 1
                         return _with_rid(self.replicator.pair_op(grant, msg), rid)
                 case native.ReadRequest():
                     reply = native.ReadReply(

@@ -144,8 +144,12 @@ class Volume:
         tracks: int,
         track_size_bytes: int = TRACK_SIZE_DEFAULT_BYTES,
         overwrite: bool = False,
+        durable: bool = True,
     ) -> Volume:
-        """Make a new sparse volume file with its label, durable before returning."""
+        """Make a new sparse volume file with its label, durable before returning.
+
+        `durable=False` skips the fsyncs: for tools that create many scratch volumes at once
+        (benchmarks), where a crash only means creating them again."""
         _check_track_size(track_size_bytes)
         if not 1 <= tracks <= TRACKS_MAX:
             raise InputError(f"tracks must be from 1 to {TRACKS_MAX} (got {tracks})")
@@ -164,8 +168,9 @@ class Volume:
             label = _label_bytes(volser, tracks, track_size_bytes, created_ns)
             os.ftruncate(fd, track_size_bytes * (tracks + 1))
             os.pwrite(fd, label, 0)
-            os.fsync(fd)
-            _fsync_dir(path.parent)
+            if durable:
+                os.fsync(fd)
+                _fsync_dir(path.parent)
         except OSError as exc:
             os.close(fd)
             raise VolumeIOError(f"volume file {path}: cannot create: {exc.strerror}") from exc

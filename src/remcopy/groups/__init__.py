@@ -2,14 +2,27 @@
 
 from remcopy.groups.model import Group, GroupOptions, GroupPair
 from remcopy.groups.operations import GroupReport, PairOutcome, plan, run_operation, suspend
+from remcopy.groups.preview import PlannedPair, preview
+from remcopy.groups.progress import (
+    OperationProgress,
+    PairProgress,
+    ProgressCallback,
+    follow_copies,
+)
 
 __all__ = [
     "Group",
     "GroupOptions",
     "GroupPair",
     "GroupReport",
+    "OperationProgress",
     "PairOutcome",
+    "PairProgress",
+    "PlannedPair",
+    "ProgressCallback",
+    "follow_copies",
     "plan",
+    "preview",
     "run_operation",
     "suspend",
 ]

@@ -59,6 +59,9 @@ class Group:
     options: GroupOptions = field(default_factory=GroupOptions)
     pairs: tuple[GroupPair, ...] = ()
 
+    def __repr__(self) -> str:
+        return f"<Group {self.name} pairs={len(self.pairs)} {self.options}>"
+
     def reversed(self) -> Group:
         """The group as it is after a failback: the secondaries are the primaries."""
         return Group(

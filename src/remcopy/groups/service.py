@@ -29,6 +29,7 @@ from remcopy.groups.operations import (
     status,
     suspend,
 )
+from remcopy.groups.progress import ProgressCallback, copies_started, follow_copies
 from remcopy.host.engine import EngineLimits
 from remcopy.host.service import host_definition
 from remcopy.host.session import HostSession
@@ -137,8 +138,13 @@ async def operate(
     margin_s: float | None = None,
     limits: EngineLimits | None = None,
     pairs: Sequence[GroupPair] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> GroupReport:
-    """Run one group operation as `host` and record it in the operation log."""
+    """Run one group operation as `host` and record it in the operation log.
+
+    With `progress`, an operation that starts copies (establish, resume, failback) also
+    waits until every copy it started is done, calling `progress` with an
+    `OperationProgress` after each round of status queries (see groups/progress.py)."""
     group = group_for_host(catalog, name, host)
     if pairs is not None:
         group = Group(name=group.name, options=group.options, pairs=tuple(pairs))
@@ -148,6 +154,8 @@ async def operate(
             report = await suspend(session, group, at_ns=at_ns, margin_s=margin_s, dry_run=dry_run)
         else:
             report = await run_operation(session, group, op, dry_run=dry_run)
+        if progress is not None and copies_started(report):
+            await follow_copies(session, report, progress)
     if not dry_run:
         catalog.log_operation(
             who=who,
@@ -229,12 +237,19 @@ async def shadow_group(
     tertiaries: dict[str, HardwareAddress],
     *,
     who: str = "remcopy",
+    dry_run: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> GroupReport:
-    """Start the shadow copies of a suspended group (secondary -> tertiary), as `host`."""
+    """Start the shadow copies of a suspended group (secondary -> tertiary), as `host`.
+    With `progress`, also wait until every copy is done (as `operate`)."""
     group = group_for_host(catalog, name, host)
     started_ns = time.time_ns()
     async with HostSession(host_definition(catalog, host)) as session:
-        report = await shadow(session, group, tertiaries)
+        report = await shadow(session, group, tertiaries, dry_run=dry_run)
+        if progress is not None and copies_started(report):
+            await follow_copies(session, report, progress)
+    if dry_run:
+        return report
     catalog.log_operation(
         who=who,
         op="group shadow",

@@ -93,8 +93,8 @@ _WRITE = struct.Struct("!HQQ")  # device, offset, timestamp_ns; then data
 # device, status, ssid, serial, capacity_bytes, track_size_bytes, state, role, volser
 _IDENTITY = struct.Struct("!HHHIQIBB6s")
 # device, status, state, role, mode, flags, suspend_at_ns, dirty_tracks, lag_bytes, lag_ns,
-# peer serial, peer device
-_DEVICE_STATUS = struct.Struct("!HHBBBBQQQQIH")
+# peer serial, peer device, copy_left_tracks
+_DEVICE_STATUS = struct.Struct("!HHBBBBQQQQIHQ")
 
 _PAIR_ITEM = struct.Struct("!HIHBBBQ")  # device, peer serial, peer device, mode, fence, cg, size
 _PAIR_RESULT = struct.Struct("!HHBBQQ")  # device, code, state, role, at_ns, tracks
@@ -296,6 +296,10 @@ class DeviceStatus:
     lag_ns: int = 0
     peer_serial: int = 0
     peer_device: int = 0
+    copy_left_tracks: int = 0
+    """Tracks the copy running on this device still has to send: the initial copy or resync
+    of a PENDING primary, or a shadow copy of a secondary onto its tertiary; 0 when none runs.
+    A copy's progress is its total (the `tracks` its operation answered) minus this."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -575,6 +579,7 @@ def _encode_body(msg: Message) -> tuple[int, list[bytes]]:
                     s.lag_ns,
                     s.peer_serial,
                     s.peer_device,
+                    s.copy_left_tracks,
                 )
                 for s in msg.statuses
             ]
@@ -721,9 +726,10 @@ def _decode_query_reply(rid: int, flags: int, body: memoryview) -> Message:
             lag_ns=lag_ns,
             peer_serial=ps,
             peer_device=pd,
+            copy_left_tracks=left,
         )
-        for d, st, state, role, mode, fl, at, dirty, lag_b, lag_ns, ps, pd in _unpack_records(
-            body, _DEVICE_STATUS
+        for d, st, state, role, mode, fl, at, dirty, lag_b, lag_ns, ps, pd, left in (
+            _unpack_records(body, _DEVICE_STATUS)
         )
     )
     return QueryReply(request_id=rid, statuses=statuses)

@@ -1,0 +1,345 @@
+# Dry runs: what a group operation would do to every pair, read from the controllers, with
+# nothing sent that changes anything.
+#
+# Why: an operator about to suspend, resume or fail back thousands of pairs wants to see
+# first, per controller, which devices go from which state to which, which pairs would be
+# refused and why, and how many tracks each copy would move. The states and the change-map
+# counts are the controllers' (they are the truth); the decisions are `states.py`'s table,
+# the same one the controllers run. A preview sends only read-only requests (query, and
+# identify for the volume sizes an establish or shadow copy would copy); controllers count
+# pair operations, so a test can check that a dry run sent none.
+#
+# What a preview cannot know: a failback copies the tracks changed on either side, the
+# union of two change maps; a query gives each side's count, so the figure is their sum, an
+# upper bound (`tracks_exact` False), unless one side has none.
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from remcopy.errors import IllegalTransition
+from remcopy.groups.model import Group, GroupPair
+from remcopy.host.channel import Channel
+from remcopy.host.engine import Job
+from remcopy.host.session import HostSession
+from remcopy.ids import HardwareAddress
+from remcopy.states import (
+    OPERATION_PERMITTED,
+    PairAction,
+    PairRole,
+    PairState,
+    next_state,
+    transition_note,
+)
+from remcopy.wire.native import DeviceIdentity, DeviceStatus, PairOp
+
+# Operations that act on the primary; the others (recover, failback, shadow) on the secondary.
+AT_PRIMARY = frozenset({PairOp.ESTABLISH, PairOp.SUSPEND, PairOp.RESUME, PairOp.TERMINATE})
+
+_ACTIONS = {
+    PairOp.ESTABLISH: PairAction.ESTABLISH,
+    PairOp.SUSPEND: PairAction.SUSPEND,
+    PairOp.RESUME: PairAction.RESUME,
+    PairOp.RECOVER: PairAction.RECOVER,
+    PairOp.FAILBACK: PairAction.FAILBACK,
+    PairOp.TERMINATE: PairAction.TERMINATE,
+}
+
+_FLAG_SHADOW_RUNNING = 0x01
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlannedPair:
+    """What an operation would do to one pair."""
+
+    pair: GroupPair
+    controller: str
+    """The controller the request would go to ("" when this host has no path to it)."""
+    device: HardwareAddress
+    """The device the request would act on (the primary, or the secondary)."""
+    state: PairState | None
+    """The device's state now (None when it could not be read)."""
+    new_state: PairState | None
+    """The state it would go to; None when the pair would be refused."""
+    tracks: int = 0
+    """Tracks the operation would copy for this pair (establish, resume, failback, shadow)."""
+    tracks_exact: bool = True
+    """False for a failback with changes on both sides: `tracks` is then an upper bound."""
+    reason: str = ""
+    """Why the pair would be refused; or what to know about a permitted move."""
+
+    @property
+    def refused(self) -> bool:
+        return self.new_state is None
+
+    def move(self) -> str:
+        """`DUPLEX -> SUSPENDED`, or `DUPLEX -> refused`."""
+        old = self.state.name if self.state is not None else "?"
+        return f"{old} -> {self.new_state.name if self.new_state is not None else 'refused'}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pair": self.pair.name,
+            "device": str(self.device),
+            "from": self.state.name if self.state is not None else None,
+            "to": self.new_state.name if self.new_state is not None else None,
+            "tracks": self.tracks,
+            "tracks_exact": self.tracks_exact,
+            "reason": self.reason,
+        }
+
+
+Key = tuple[str, int]  # (the host's controller name, device key)
+
+
+async def _read(
+    session: HostSession, wanted: Iterable[Key], *, sizes: Iterable[Key] = ()
+) -> tuple[dict[Key, DeviceStatus | str], dict[Key, DeviceIdentity]]:
+    """Query (and identify, for `sizes`) the devices: one request of each kind per controller.
+    A device whose controller could not be asked maps to the error text."""
+    by_controller: dict[str, set[int]] = {}
+    for controller, device in wanted:
+        by_controller.setdefault(controller, set()).add(device)
+    sized: dict[str, set[int]] = {}
+    for controller, device in sizes:
+        sized.setdefault(controller, set()).add(device)
+
+    def query(devices: tuple[int, ...]) -> Callable[[Channel], Awaitable[Any]]:
+        async def run(channel: Channel) -> Any:
+            return await channel.query(devices)
+
+        return run
+
+    def identify(devices: tuple[int, ...]) -> Callable[[Channel], Awaitable[Any]]:
+        async def run(channel: Channel) -> Any:
+            return await channel.identify(devices)
+
+        return run
+
+    jobs: list[Job[Any]] = [
+        Job(controller=c, tag=("query", c), run=query(tuple(sorted(d))))
+        for c, d in sorted(by_controller.items())
+    ]
+    jobs += [
+        Job(controller=c, tag=("identify", c), run=identify(tuple(sorted(d))))
+        for c, d in sorted(sized.items())
+    ]
+    statuses: dict[Key, DeviceStatus | str] = {}
+    identities: dict[Key, DeviceIdentity] = {}
+    for result in await session.engine.run_all(jobs):
+        kind, controller = result.job.tag
+        if result.error is not None or result.value is None:
+            if kind == "query":
+                for device in by_controller[controller]:
+                    statuses[(controller, device)] = f"controller {controller}: {result.error}"
+            continue
+        for item in result.value:
+            if kind == "query":
+                statuses[(controller, item.device)] = item
+            elif not item.status:
+                identities[(controller, item.device)] = item
+    return statuses, identities
+
+
+def _status(statuses: dict[Key, DeviceStatus | str], key: Key) -> DeviceStatus | str:
+    found = statuses.get(key)
+    if found is None:
+        return f"controller {key[0]} did not report device {key[1]:04X}"
+    if isinstance(found, DeviceStatus) and found.status:
+        return f"controller {key[0]} refused to report device {key[1]:04X} (code {found.status})"
+    return found
+
+
+def _tracks_of(identity: DeviceIdentity | None) -> int:
+    if identity is None or not identity.track_size_bytes:
+        return 0
+    return identity.capacity_bytes // identity.track_size_bytes
+
+
+async def preview(
+    session: HostSession,
+    group: Group,
+    op: PairOp,
+    *,
+    tertiaries: dict[str, HardwareAddress] | None = None,
+) -> list[PlannedPair]:
+    """What `op` would do to every pair of `group`, from the controllers' states and change
+    maps; only read-only requests are sent. `tertiaries` (secondary address -> tertiary
+    address) is needed for SHADOW."""
+    at_primary = op in AT_PRIMARY
+    wanted: list[Key] = []
+    sizes: list[Key] = []
+    for pair in group.pairs:
+        if pair.primary_controller:
+            wanted.append((pair.primary_controller, pair.primary.device_key))
+        if pair.secondary_controller:
+            wanted.append((pair.secondary_controller, pair.secondary.device_key))
+            tertiary = (tertiaries or {}).get(str(pair.secondary))
+            if op is PairOp.SHADOW and tertiary is not None:
+                wanted.append((pair.secondary_controller, tertiary.device_key))
+        acting = pair.primary_controller if at_primary else pair.secondary_controller
+        if acting and op in (PairOp.ESTABLISH, PairOp.SHADOW):
+            device = pair.primary if at_primary else pair.secondary
+            sizes.append((acting, device.device_key))
+    statuses, identities = await _read(session, wanted, sizes=sizes)
+    return [plan_pair(pair, op, statuses, identities, tertiaries or {}) for pair in group.pairs]
+
+
+def plan_pair(
+    pair: GroupPair,
+    op: PairOp,
+    statuses: dict[Key, DeviceStatus | str],
+    identities: dict[Key, DeviceIdentity],
+    tertiaries: dict[str, HardwareAddress],
+) -> PlannedPair:
+    """What `op` would do to one pair, given what the controllers answered (pure).
+    `statuses` maps (controller, device key) to the device's status or the error text."""
+    at_primary = op in AT_PRIMARY
+    controller = pair.primary_controller if at_primary else pair.secondary_controller
+    device = pair.primary if at_primary else pair.secondary
+    other_controller = pair.secondary_controller if at_primary else pair.primary_controller
+    other = pair.secondary if at_primary else pair.primary
+
+    def refused(reason: str, state: PairState | None = None) -> PlannedPair:
+        return PlannedPair(
+            pair=pair,
+            controller=controller,
+            device=device,
+            state=state,
+            new_state=None,
+            reason=f"{pair.name}: {reason}",
+        )
+
+    if not controller:
+        side = "primary" if at_primary else "secondary"
+        return refused(f"this host has no path to the {side} {device}")
+    key = (controller, device.device_key)
+    status = _status(statuses, key)
+    if isinstance(status, str):
+        return refused(status)
+    other_status = (
+        _status(statuses, (other_controller, other.device_key)) if other_controller else None
+    )
+    state = status.state
+    if (
+        status.suspend_at_ns
+        and status.role is PairRole.PRIMARY
+        and state in (PairState.DUPLEX, PairState.PENDING)
+    ):
+        return refused(
+            f"{device}: a suspend is armed for {status.suspend_at_ns}: other state changes "
+            "wait until it has passed",
+            state,
+        )
+    if op is PairOp.SHADOW:
+        return _plan_shadow(pair, controller, status, statuses, identities, tertiaries)
+    action = _ACTIONS[op]
+    role_needed = {PairOp.SUSPEND: PairRole.PRIMARY, PairOp.RESUME: PairRole.PRIMARY}.get(op)
+    try:
+        if op is PairOp.RECOVER and status.role is not PairRole.SECONDARY:
+            raise IllegalTransition(
+                f"cannot recover {device}: it is not the secondary of a pair: recover at "
+                "the secondary"
+            )
+        new_state = next_state(state, action, device=str(device))
+        if role_needed is PairRole.PRIMARY and status.role is not PairRole.PRIMARY:
+            raise IllegalTransition(
+                f"cannot {op.name.lower()} {device}: it is not the primary of a pair: "
+                f"{op.name.lower()} at the primary"
+            )
+    except IllegalTransition as exc:
+        return refused(str(exc), state)
+    if (
+        op is PairOp.ESTABLISH
+        and isinstance(other_status, DeviceStatus)
+        and (other_status.role is not PairRole.NONE or other_status.state is not PairState.SIMPLEX)
+    ):
+        return refused(
+            f"secondary {other} is {other_status.state.name} ({other_status.role.value}): "
+            "it must be SIMPLEX, in no pair",
+            state,
+        )
+    tracks, exact = 0, True
+    if op is PairOp.ESTABLISH:
+        tracks = _tracks_of(identities.get(key))
+    elif op is PairOp.RESUME:
+        tracks = status.dirty_tracks
+    elif op is PairOp.FAILBACK:
+        there = other_status.dirty_tracks if isinstance(other_status, DeviceStatus) else None
+        tracks = status.dirty_tracks + (there or 0)
+        exact = there is not None and (there == 0 or status.dirty_tracks == 0)
+    return PlannedPair(
+        pair=pair,
+        controller=controller,
+        device=device,
+        state=state,
+        new_state=new_state,
+        tracks=tracks,
+        tracks_exact=exact,
+        reason=transition_note(state, action),
+    )
+
+
+def _plan_shadow(
+    pair: GroupPair,
+    controller: str,
+    status: DeviceStatus,
+    statuses: dict[Key, DeviceStatus | str],
+    identities: dict[Key, DeviceIdentity],
+    tertiaries: dict[str, HardwareAddress],
+) -> PlannedPair:
+    """A shadow copy changes no pair state: it needs a SUSPENDED secondary and a free
+    tertiary on the same controller, and copies the whole volume."""
+    device = pair.secondary
+    tertiary = tertiaries.get(str(device))
+    reason = ""
+    if tertiary is None:
+        reason = f"no tertiary given for secondary {device}"
+    elif status.role is not PairRole.SECONDARY or status.state not in OPERATION_PERMITTED["shadow"]:
+        reason = (
+            f"cannot shadow {device}: pair is {status.state.name} ({status.role.value}): "
+            "a shadow copy needs a SUSPENDED secondary"
+        )
+    elif status.flags & _FLAG_SHADOW_RUNNING:
+        reason = f"{device}: a shadow copy is already running"
+    else:
+        target = _status(statuses, (controller, tertiary.device_key))
+        if isinstance(target, str):
+            reason = target
+        elif target.role is not PairRole.NONE:
+            reason = f"shadow target {tertiary} is in a pair: the tertiary must be a simplex volume"
+    if reason:
+        return PlannedPair(
+            pair=pair,
+            controller=controller,
+            device=device,
+            state=status.state,
+            new_state=None,
+            reason=f"{pair.name}: {reason}",
+        )
+    return PlannedPair(
+        pair=pair,
+        controller=controller,
+        device=device,
+        state=status.state,
+        new_state=status.state,
+        tracks=_tracks_of(identities.get((controller, device.device_key))),
+    )
+
+
+def plan_summary(planned: list[PlannedPair]) -> dict[str, dict[str, Any]]:
+    """Per controller: pairs, moves (`DUPLEX -> SUSPENDED`: count), tracks, refused."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in planned:
+        entry = out.setdefault(
+            row.controller or "(no path)", {"pairs": 0, "moves": {}, "tracks": 0, "refused": 0}
+        )
+        entry["pairs"] += 1
+        entry["moves"][row.move()] = entry["moves"].get(row.move(), 0) + 1
+        entry["tracks"] += row.tracks
+        entry["refused"] += row.refused
+    return dict(sorted(out.items()))
+
+
+__all__ = ["AT_PRIMARY", "PlannedPair", "plan_pair", "plan_summary", "preview"]
