@@ -511,7 +511,10 @@ def _op_command(op: PairOp, expected: str, doc: str) -> click.Command:
     if op is PairOp.SUSPEND:
         command = click.option(
             "--at",
-            help="Suspend time: ISO date and time, a time of day today (14:05:00.250), or ns since the epoch.",
+            help=(
+                "Suspend time: ISO date and time, a time of day today (14:05:00.250), "
+                "or ns since the epoch."
+            ),
         )(command)
         command = click.option("--in", "within", help="Suspend this long from now, e.g. 50ms.")(
             command
