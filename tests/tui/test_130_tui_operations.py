@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from textual.widgets import Input, Label, Select
+from textual.widgets import Input, Label, ProgressBar, Select
 from tui_world import click, define_payroll, fill, rows, said, shot, wait_until
 
 from common import HOST
@@ -17,6 +17,7 @@ from remcopy.host.service import scan_host
 from remcopy.states import PairState
 from remcopy.tui import RemcopyApp
 from remcopy.tui.common import ConfirmScreen
+from remcopy.tui.operation_watch import OperationWatch
 from remcopy.tui.operations_panel import OPERATIONS
 
 
@@ -64,7 +65,14 @@ async def test_plan_establish_suspend_consistent_and_confirmed_terminate(
         await wait_until(
             pilot, lambda: "establish PAYROLL: 8 pairs" in said(app, "#result"), "establish"
         )
-        assert "2 requests to 2 controllers: 8 pending" in said(app, "#result")
+        # The panel followed the copies to the end: every pair DUPLEX when it reports, the
+        # bar full at every track of the eight volumes, the copy's time on its own line.
+        result = said(app, "#result")
+        assert "2 requests to 2 controllers: 8 duplex" in result, result
+        tracks = sum(p.tracks for p in app.query_one(OperationWatch).report.pairs)
+        assert tracks > 0 and f"\ncopied {tracks} tracks in " in result, result
+        bar = app.query_one("#working", ProgressBar)
+        assert (bar.total, bar.progress) == (tracks, tracks)
         outcomes = "#outcomes"
         await wait_until(
             pilot,
@@ -148,8 +156,10 @@ async def test_suspend_at_an_absolute_time_then_shadow_copy(
         statuses = await group_status(catalog, "PAYROLL", HOST)
         assert {s.state for s in statuses} == {PairState.DUPLEX}  # nothing was sent
 
-        when = datetime.fromtimestamp(time.time() + 3).isoformat(timespec="microseconds")
-        await type_into(pilot, "#arg", when)
+        # Put whole (typing it key by key on a loaded machine can take longer than the lead,
+        # and a T already past is refused, rightly).
+        when = datetime.fromtimestamp(time.time() + 8).isoformat(timespec="microseconds")
+        await fill(pilot, "#arg", when)
         assert app.query_one("#arg", Input).is_valid
         await click(pilot, "#run")
         await wait_until(

@@ -80,7 +80,8 @@ async def wait_until(pilot: Any, ready: Callable[[], bool], what: str) -> None:
         if ready():
             return
         await pilot.pause(WAIT_STEP_S)
-    raise AssertionError(f"timed out waiting for {what}")
+    notices = [str(n.content) for n in pilot.app.screen.query(Notice) if n.content]
+    raise AssertionError(f"timed out waiting for {what}; the screen says: {notices}")
 
 
 async def click(pilot: Any, selector: str) -> None:

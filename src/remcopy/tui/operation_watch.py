@@ -21,6 +21,7 @@ from textual.widgets import DataTable
 
 from remcopy.catalog import Catalog
 from remcopy.groups.operations import GroupReport
+from remcopy.groups.progress import OperationProgress
 from remcopy.groups.service import group_status
 from remcopy.tui.common import SHOWN_ERRORS, Notice, state_name
 
@@ -42,6 +43,9 @@ def report_lines(report: GroupReport) -> list[str]:
             if report.consistent
             else "NOT consistent: some pairs did not suspend at T"
         )
+    if report.copy_s:
+        copied = sum(p.tracks for p in report.pairs if p.ok)
+        lines.append(f"copied {copied} tracks in {report.copy_s:.1f} s")
     if report.failed:
         lines.append(f"{len(report.failed)} pairs not in the expected state (marked !)")
     return lines
@@ -82,6 +86,25 @@ class OperationWatch(Vertical):
             outcome = state_name(p.state) if p.ok else f"! {p.message}"
             table.add_row(p.pair.name, outcome, "", "", key=str(p.pair.primary))
         self.refresh_status()
+
+    def show_progress(self, progress: OperationProgress) -> None:
+        """While copies run: each copying pair's tracks copied of its total, and its state."""
+        done = sum(p.done for p in progress.pairs)
+        self.say(
+            f"{progress.op} {progress.group}: copying, {progress.copied_tracks} of "
+            f"{progress.total_tracks} tracks, {done} of {len(progress.pairs)} pairs done, "
+            f"{progress.elapsed_s:.1f} s"
+        )
+        table = self.query_one("#outcomes", DataTable)
+        result_column, state_column = table.ordered_columns[1].key, table.ordered_columns[2].key
+        for p in progress.pairs:
+            key = str(p.pair.primary)
+            copied = f"{p.copied_tracks}/{p.total_tracks} tracks"
+            if key in table.rows:
+                table.update_cell(key, result_column, copied)
+                table.update_cell(key, state_column, state_name(p.state))
+            else:
+                table.add_row(p.pair.name, copied, state_name(p.state), "", key=key)
 
     def watch_live(self) -> None:
         self.refresh_status()

@@ -30,6 +30,7 @@ from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Select
 from remcopy.catalog import Catalog
 from remcopy.errors import InputError
 from remcopy.groups.operations import plan
+from remcopy.groups.progress import OperationProgress
 from remcopy.groups.service import group_for_host, operate, shadow_group
 from remcopy.groups.when import parse_at, parse_within
 from remcopy.ids import HardwareAddress
@@ -229,17 +230,30 @@ class OperationsPanel(Vertical):
                 watch.say(f"{name} {group}: cancelled, nothing sent")
                 return
         self.running = True
+        self.query_one("#working", ProgressBar).update(total=None, progress=0)
         watch.say(f"{name} {group} as {host}: sending...")
         try:
             if op is PairOp.SHADOW:
                 assert isinstance(argument, dict)
-                report = await shadow_group(self.catalog, group, host, argument)
+                report = await shadow_group(
+                    self.catalog, group, host, argument, progress=self.show_progress
+                )
             else:
                 assert not isinstance(argument, dict)
-                report = await operate(self.catalog, group, host, op, at_ns=argument)
+                report = await operate(
+                    self.catalog, group, host, op, at_ns=argument, progress=self.show_progress
+                )
         except SHOWN_ERRORS as exc:
             watch.say(f"{name} {group}: {exc}", error=True)
             return
         finally:
             self.running = False
         watch.host, watch.report = host, report
+
+    def show_progress(self, progress: OperationProgress) -> None:
+        """The copies the operation started: the bar counts every pair's tracks, the table
+        each pair's. Called in the worker after each round of queries, until all are done."""
+        self.query_one("#working", ProgressBar).update(
+            total=max(progress.total_tracks, 1), progress=progress.copied_tracks
+        )
+        self.query_one(OperationWatch).show_progress(progress)
