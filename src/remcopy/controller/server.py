@@ -32,7 +32,7 @@ from dataclasses import replace
 from typing import Final
 
 from remcopy.configfile import format_address
-from remcopy.controller.core import Controller, HostGrant
+from remcopy.controller.core import Controller, EventSink, HostGrant
 from remcopy.controller.nbd_server import NbdServer
 from remcopy.controller.replication import Replicator
 from remcopy.controller.volume import Volume
@@ -70,6 +70,8 @@ class _Link:
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.client = "?"
+        self.sinks: list[EventSink] = []
+        """Event sinks of this connection's subscriptions, removed when it ends."""
 
     def send(self, msg: native.Message) -> None:
         if self.codec.phase is native.Phase.CLOSED and msg.KIND in native.REPLY_KINDS:
@@ -223,6 +225,8 @@ class ControllerServer:
             pass  # the peer went away; nothing was half-acknowledged
         finally:
             self._links.discard(link)
+            for sink in link.sinks:  # a subscriber that left is forgotten at once
+                self.controller.remove_sink(sink)
             with contextlib.suppress(Exception):
                 writer.close()
                 await writer.wait_closed()
@@ -463,6 +467,7 @@ class ControllerServer:
             else:
                 link.send(native.EventNotice(request_id=rid, line=line))
 
+        link.sinks.append(sink)
         self.controller.add_sink(sink)
         link.send(native.EventNotice(request_id=rid, line=f"subscribed {self.controller.name}"))
 
