@@ -37,37 +37,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import hashlib
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from remcopy.controller.process import (
-    ControllerProcess,
-    ControllerSpec,
-    PeerSpec,
-    VolumeSpec,
-    free_port,
-)
 from remcopy.errors import RemcopyError
-from remcopy.groups import Group, GroupOptions, GroupPair, GroupReport, run_operation, suspend
+from remcopy.groups import run_operation, suspend
 from remcopy.groups.freeze import watch_and_freeze
-from remcopy.host.channel import Channel, Subscription
-from remcopy.host.definition import parse_host_definition
-from remcopy.host.session import HostSession
-from remcopy.ids import HardwareAddress
-from remcopy.states import CopyMode, PairState
 from remcopy.wire.native import PairItem, PairOp
 from remcopy.workload.checker import check_image
-from remcopy.workload.faultlink import FaultLink
+from remcopy.workload.faultworld import (
+    ITERATION_TIMEOUT_S,
+    VOLUME_BYTES,
+    HarnessError,
+    Load,
+    Shape,
+    World,
+    digest,
+    establish,
+    events,
+    restart,
+    resume,
+    succeeded,
+    until_settled,
+    world,
+)
 from remcopy.workload.image import Image, ImageReader
-from remcopy.workload.log import LoggedWrite, read_log
+from remcopy.workload.log import read_log
 from remcopy.workload.report import Reason
-from remcopy.workload.workload import WorkloadStats, run_workload
+from remcopy.workload.workload import WorkloadStats
 
 CAMPAIGNS: Final = ("kill_primary", "kill_secondary", "link_fault", "suspend_shadow", "io_fault")
 PLANTED_BUGS: Final = ("mirror_late_write", "drop_update", "skip_changemap_bit", "early_sync_ack")
@@ -86,21 +88,6 @@ PLANTED_BUG_EVERY: Final = {
     "early_sync_ack": 2,
 }
 
-HOST_NAME: Final = "faulthost"
-HOST_SECRET: Final = "fault-campaign-host-secret"
-LINK_SECRET: Final = "fault-campaign-link-secret"
-PRIMARY_SERIAL_FIRST: Final = 64015
-SECONDARY_SERIAL: Final = 65000
-PRIMARY_LSS, SECONDARY_LSS, TERTIARY_LSS = 0x0A, 0x20, 0x30
-PRIMARY_SSID, SECONDARY_SSID, TERTIARY_SSID = 0x1A00, 0x2B00, 0x3B00
-# 2 MiB holds 6 chains x 16 slots x 16 KiB records (1.5 MiB) and copies in a blink.
-VOLUME_BYTES: Final = 2 * 1024 * 1024
-WRITE_SIZES: Final = (4096, 4096, 16384)
-# One iteration (fault, checks, repair) on a loaded 2-core machine takes seconds; past this
-# the campaign stops with a harness failure instead of hanging.
-ITERATION_TIMEOUT_S: Final = 120.0
-# A freeze must come before a held consistency-group device gives up (hold_s).
-HOLD_S: Final = 5.0
 # A stalled link counts as failed after this long without a confirmation.
 ACK_TIMEOUT_S: Final = 1.0
 
@@ -169,10 +156,6 @@ class CampaignResult:
         return text
 
 
-class HarnessError(RemcopyError):
-    """the campaign could not carry out a step (not a consistency finding)"""
-
-
 @dataclass
 class _Tally:
     faults: int = 0
@@ -185,326 +168,12 @@ class _Tally:
     findings: list[str] = field(default_factory=list)
 
 
-# The world: controller processes, fault links, the host session and the group...
-
-
-@dataclass(eq=False)
-class _World:
-    root: Path
-    session: HostSession
-    group: Group
-    secondary: ControllerProcess
-    primaries: list[ControllerProcess]
-    specs: list[ControllerSpec]
-    links: list[FaultLink]
-    tertiaries: dict[HardwareAddress, HardwareAddress]
-
-    def primary_of(self, pair: GroupPair) -> ControllerProcess:
-        return self.primaries[pair.primary.serial - PRIMARY_SERIAL_FIRST]
-
-    async def close(self) -> None:
-        await self.session.close()
-        for proc in [*self.primaries, self.secondary]:
-            if proc.running:
-                await proc.kill()
-        for link in self.links:
-            await link.close()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Shape:
-    primaries: int = 2
-    volumes: int = 2
-    consistency_group: bool = True
-    links: bool = False
-    """Route each primary's replication link through its own FaultLink."""
-    primary_settings: tuple[tuple[str, object], ...] = ()
-
-
-def _address(serial: int, ssid: int, lss: int, cca: int) -> HardwareAddress:
-    return HardwareAddress.of(serial=serial, ssid=ssid, lss=lss, cca=cca)
-
-
-@contextlib.asynccontextmanager
-async def _world(root: Path, shape: _Shape, settings: CampaignSettings) -> AsyncIterator[_World]:
-    """Start the secondary, then the primaries at once; establish the group; stop it all."""
-    ports = [free_port() for _ in range(shape.primaries + 1)]
-    secondary_address = ("127.0.0.1", ports[-1])
-    links = [FaultLink(secondary_address) for _ in range(shape.primaries) if shape.links]
-    started: list[ControllerProcess] = []
-    try:
-        for link in links:
-            await link.start()
-        count = shape.primaries * shape.volumes
-        secondary_spec = ControllerSpec(
-            name="cntlb",
-            serial=SECONDARY_SERIAL,
-            data_dir=root / "cntlb",
-            listen=f"127.0.0.1:{ports[-1]}",
-            lss={SECONDARY_LSS: SECONDARY_SSID, TERTIARY_LSS: TERTIARY_SSID},
-            volumes=[
-                VolumeSpec(lss=lss, cca=i, volser=f"{tag}{i:04X}", size_bytes=VOLUME_BYTES)
-                for lss, tag in ((SECONDARY_LSS, "SB"), (TERTIARY_LSS, "TB"))
-                for i in range(count)
-            ],
-            hosts={HOST_NAME: HOST_SECRET},
-            peers=[
-                PeerSpec(
-                    name=f"cntla{i}",
-                    serial=PRIMARY_SERIAL_FIRST + i,
-                    address=f"127.0.0.1:{ports[i]}",
-                    secret=LINK_SECRET,
-                )
-                for i in range(shape.primaries)
-            ],
-        )
-        settings_toml: dict[str, object] = {"hold_s": HOLD_S}
-        settings_toml.update(shape.primary_settings)
-        if settings.planted_bugs:
-            settings_toml["planted_bugs"] = list(settings.planted_bugs)
-            settings_toml["planted_bug_every"] = settings.planted_bug_every
-        specs = [
-            ControllerSpec(
-                name=f"cntla{i}",
-                serial=PRIMARY_SERIAL_FIRST + i,
-                data_dir=root / f"cntla{i}",
-                listen=f"127.0.0.1:{ports[i]}",
-                settings=dict(settings_toml),
-                lss={PRIMARY_LSS: PRIMARY_SSID},
-                volumes=[
-                    VolumeSpec(
-                        lss=PRIMARY_LSS, cca=c, volser=f"P{i}{c:04X}", size_bytes=VOLUME_BYTES
-                    )
-                    for c in range(shape.volumes)
-                ],
-                hosts={HOST_NAME: HOST_SECRET},
-                peers=[
-                    PeerSpec(
-                        name="cntlb",
-                        serial=SECONDARY_SERIAL,
-                        address=links[i].endpoint if links else f"127.0.0.1:{ports[-1]}",
-                        secret=LINK_SECRET,
-                    )
-                ],
-            )
-            for i in range(shape.primaries)
-        ]
-        secondary = ControllerProcess(secondary_spec.write(root / "cntlb.toml"))
-        primaries = [ControllerProcess(s.write(root / f"{s.name}.toml")) for s in specs]
-        started.append(secondary)
-        await secondary.start()
-        started.extend(primaries)
-        await asyncio.gather(*(p.start() for p in primaries))
-        pairs = []
-        for i in range(shape.primaries):
-            for c in range(shape.volumes):
-                n = i * shape.volumes + c
-                pairs.append(
-                    GroupPair(
-                        volser=f"P{i}{c:04X}",
-                        primary=_address(PRIMARY_SERIAL_FIRST + i, PRIMARY_SSID, PRIMARY_LSS, c),
-                        secondary=_address(SECONDARY_SERIAL, SECONDARY_SSID, SECONDARY_LSS, n),
-                        primary_controller=f"cntla{i}",
-                        secondary_controller="cntlb",
-                    )
-                )
-        group = Group(
-            name="FAULTS",
-            options=GroupOptions(mode=CopyMode.SYNC, consistency_group=shape.consistency_group),
-            pairs=tuple(pairs),
-        )
-        definition = parse_host_definition(
-            {
-                "host": {"name": HOST_NAME, "secret": HOST_SECRET},
-                "controllers": [
-                    *({"name": p.name, "address": p.endpoint} for p in primaries),
-                    {"name": "cntlb", "address": secondary.endpoint},
-                ],
-                "paths": [
-                    {
-                        "devices": f"{0x1000 * (i + 1):04X}-{0x1000 * (i + 1) + shape.volumes - 1:04X}",  # noqa: E501
-                        "controller": p.name,
-                        "ssid": f"{PRIMARY_SSID:04X}",
-                        "lss": f"{PRIMARY_LSS:02X}",
-                        "cca": "00",
-                    }
-                    for i, p in enumerate(primaries)
-                ],
-            },
-            source="fault campaign",
-        )
-        world = _World(
-            root=root,
-            session=HostSession(definition),
-            group=group,
-            secondary=secondary,
-            primaries=primaries,
-            specs=specs,
-            links=links,
-            tertiaries={
-                p.secondary: _address(
-                    SECONDARY_SERIAL, TERTIARY_SSID, TERTIARY_LSS, p.secondary.cca
-                )
-                for p in pairs
-            },
-        )
-    except BaseException:
-        for proc in started:
-            if proc.running:
-                await proc.kill()
-        for link in links:
-            await link.close()
-        raise
-    try:
-        await _establish(world)
-        yield world
-    finally:
-        await world.close()
-
-
-# Waiting on events and states...
-
-
-@contextlib.asynccontextmanager
-async def _events(procs: list[ControllerProcess]) -> AsyncIterator[dict[str, Subscription]]:
-    """Live event streams of these controllers, each on a channel of its own (closed after)."""
-    channels = {p.name: Channel(p.address, name=HOST_NAME, secret=HOST_SECRET) for p in procs}
-    try:
-        yield {name: await ch.subscribe() for name, ch in channels.items()}
-    finally:
-        for ch in channels.values():
-            await ch.close()
-
-
-async def _until_duplex(w: _World, subs: dict[str, Subscription]) -> None:
-    """Wait until every pair has announced `-> DUPLEX` at its primary."""
-    for name, sub in subs.items():
-        want = {str(p.primary) for p in w.group.pairs if p.primary_controller == name}
-        while want:
-            line = await sub.wait_for(r" -> DUPLEX", timeout_s=ITERATION_TIMEOUT_S)
-            want.discard(line.split()[1])
-
-
-async def _until_settled(w: _World) -> None:
-    """Wait until every pair is DUPLEX with no marked track, as a query reports it.
-
-    While a pair is not DUPLEX (a resync after a restart is running), the next query waits for
-    the next event line of a primary. A DUPLEX pair whose bits are still set is only waiting
-    for confirmations of writes already sent, which clear them without an event: query again.
-    """
-    async with _events(w.primaries) as subs:
-        while True:
-            duplex, clean = True, True
-            for proc in w.primaries:
-                devices = tuple(
-                    p.primary.device_key for p in w.group.pairs if p.primary_controller == proc.name
-                )
-                statuses = await w.session.channels[proc.name].query(devices)
-                duplex &= all(s.state is PairState.DUPLEX for s in statuses)
-                clean &= all(s.dirty_tracks == 0 for s in statuses)
-            if duplex and clean:
-                return
-            if not duplex:
-                await _next_event(subs)
-
-
-async def _next_event(subs: dict[str, Subscription]) -> None:
-    """Wait for the next event line of any of these controllers."""
-    waits = [
-        asyncio.create_task(sub.wait_for("", timeout_s=ITERATION_TIMEOUT_S))
-        for sub in subs.values()
-    ]
-    try:
-        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            task.result()  # the stream ended: BrokenResourceError, a harness failure
-    finally:
-        for task in waits:
-            task.cancel()
-        await asyncio.gather(*waits, return_exceptions=True)
-
-
-def _succeeded(report: GroupReport, what: str) -> GroupReport:
-    if report.failed:
-        raise HarnessError(f"{what}: " + "; ".join(p.message for p in report.failed[:4]))
-    return report
-
-
-async def _establish(w: _World) -> None:
-    async with _events(w.primaries) as subs:
-        _succeeded(await run_operation(w.session, w.group, PairOp.ESTABLISH), "establish")
-        await _until_duplex(w, subs)
-
-
-async def _resume(w: _World) -> None:
-    async with _events(w.primaries) as subs:
-        _succeeded(await run_operation(w.session, w.group, PairOp.RESUME), "resume")
-        await _until_duplex(w, subs)
-
-
-class _Load:
-    """A workload run in the background; `wait(n)` returns once n writes were acknowledged."""
-
-    def __init__(
-        self, w: _World, log_path: Path, *, seed: int, writers: int, writes: int | None = None
-    ) -> None:
-        self.w, self.log_path, self.seed, self.writers = w, log_path, seed, writers
-        self.writes = writes
-        self.count = 0
-        self.stop = asyncio.Event()
-        self._changed = asyncio.Event()
-        self.task: asyncio.Task[WorkloadStats] | None = None
-
-    def __call__(self, write: LoggedWrite) -> None:
-        self.count += 1
-        self._changed.set()
-
-    async def __aenter__(self) -> _Load:
-        self.task = asyncio.create_task(
-            run_workload(
-                self.w.session,
-                self.w.group,
-                log_path=self.log_path,
-                writers=self.writers,
-                sizes=WRITE_SIZES,
-                seed=self.seed,
-                writes=self.writes,
-                stop_event=self.stop,
-                on_ack=self,
-            )
-        )
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.stop.set()
-        assert self.task is not None
-        await self.task
-
-    async def wait(self, count: int) -> None:
-        assert self.task is not None
-        while self.count < count:
-            if self.task.done():
-                stats = self.task.result()
-                raise HarnessError(
-                    f"the workload ended after {self.count} writes ({stats.stopped}): "
-                    + "; ".join(f.message for f in stats.failures[:2])
-                )
-            self._changed.clear()
-            changed = asyncio.create_task(self._changed.wait())
-            await asyncio.wait([changed, self.task], return_when=asyncio.FIRST_COMPLETED)
-            changed.cancel()
-
-    def stats(self) -> WorkloadStats:
-        assert self.task is not None and self.task.done()
-        return self.task.result()
-
-
 # One iteration: its random choices, its checks...
 
 
 class _Iteration:
     def __init__(
-        self, w: _World, name: str, index: int, settings: CampaignSettings, tally: _Tally
+        self, w: World, name: str, index: int, settings: CampaignSettings, tally: _Tally
     ) -> None:
         self.w, self.index, self.settings, self.tally = w, index, settings, tally
         self.rng = random.Random(f"remcopy-campaign:{settings.seed}:{name}:{index}")
@@ -513,10 +182,10 @@ class _Iteration:
     def acks(self) -> int:
         return self.rng.randint(self.settings.acks_min, self.settings.acks_max)
 
-    def load(self, *, writes: int | None = None) -> _Load:
+    def load(self, *, writes: int | None = None) -> Load:
         self._logs += 1
         path = self.w.root / f"iteration{self.index:04d}-{self._logs}.jsonl"
-        return _Load(
+        return Load(
             self.w,
             path,
             seed=self.rng.randrange(1 << 32),
@@ -538,7 +207,7 @@ class _Iteration:
 
     async def check(
         self,
-        load: _Load,
+        load: Load,
         image: Image,
         *,
         require_all_acked: bool,
@@ -568,16 +237,16 @@ class _Iteration:
 
     async def identical(self, what: str) -> None:
         """Every secondary holds exactly its primary's bytes (both frozen: no writes)."""
-        await _until_settled(self.w)
+        await until_settled(self.w)
         differ = []
         for pair in self.w.group.pairs:
-            primary = await _digest(self.w.session.channels[pair.primary_controller], pair.primary)
-            secondary = await _digest(self.w.session.channels["cntlb"], pair.secondary)
+            primary = await digest(self.w.session.channels[pair.primary_controller], pair.primary)
+            secondary = await digest(self.w.session.channels["cntlb"], pair.secondary)
             if primary != secondary:
                 differ.append(f"{pair.secondary} differs from {pair.primary}")
         self.passed(not differ, f"{what}: " + "; ".join(differ), secondary=True)
 
-    def counted(self, load: _Load) -> WorkloadStats:
+    def counted(self, load: Load) -> WorkloadStats:
         stats = load.stats()
         self.tally.writes += stats.writes_acked
         return stats
@@ -587,14 +256,6 @@ class _Iteration:
 _ACKED_WRITE_ABSENT: Final = frozenset(
     {Reason.MISSING, Reason.STALE, Reason.CORRUPT, Reason.INDEX_WITHOUT_DATA}
 )
-
-
-async def _digest(channel: Channel, address: HardwareAddress) -> str:
-    h = hashlib.sha256()
-    step = 1024 * 1024
-    for offset in range(0, VOLUME_BYTES, step):
-        h.update(await channel.read(address.device_key, offset, min(step, VOLUME_BYTES - offset)))
-    return h.hexdigest()
 
 
 # The campaigns...
@@ -614,7 +275,7 @@ async def _kill_primary(it: _Iteration) -> None:
         await proc.kill()
         it.tally.faults += 1
     it.counted(load)
-    _succeeded(await run_operation(w.session, w.group, PairOp.RECOVER), "recover")
+    succeeded(await run_operation(w.session, w.group, PairOp.RECOVER), "recover")
     await it.check(load, Image.SECONDARY, require_all_acked=True, what=f"after kill -9 {proc.name}")
     # Back to DUPLEX for the next iteration: the old primary restarts, every pair is ended on
     # both sides and established again (a full copy of 2 MiB volumes).
@@ -625,8 +286,8 @@ async def _kill_primary(it: _Iteration) -> None:
     reply = await w.session.channels["cntlb"].pair_op(PairOp.TERMINATE, secondaries)
     if any(r.code for r in reply.results):
         raise HarnessError(f"terminate at the secondary: {reply.results}")
-    _succeeded(await run_operation(w.session, w.group, PairOp.TERMINATE), "terminate")
-    await _establish(w)
+    succeeded(await run_operation(w.session, w.group, PairOp.TERMINATE), "terminate")
+    await establish(w)
 
 
 async def _kill_secondary(it: _Iteration) -> None:
@@ -637,7 +298,7 @@ async def _kill_secondary(it: _Iteration) -> None:
         it.tally.faults += 1
         await load.wait(load.count + it.acks())  # change-recorded at the primaries
         await w.secondary.start()
-        await _resume(w)  # under load: the resync races the writes
+        await resume(w)  # under load: the resync races the writes
         await load.wait(load.count + it.acks())
     it.counted(load)
     await it.check(load, Image.PRIMARY, require_all_acked=True, what="after resync")
@@ -682,7 +343,7 @@ async def _link_fault(it: _Iteration) -> None:
     await it.check(load, Image.SECONDARY, require_all_acked=False, at_ns=at_ns, what=what)
     await it.check(load, Image.PRIMARY, require_all_acked=True, what=what)
     link.heal()
-    await _resume(w)
+    await resume(w)
     await it.identical(f"resumed after a {what}")
 
 
@@ -701,7 +362,7 @@ async def _suspend_shadow(it: _Iteration) -> None:
     items = tuple(
         PairItem(device=s.device_key, peer_device=t.device_key) for s, t in w.tertiaries.items()
     )
-    async with _events([w.secondary]) as subs:
+    async with events([w.secondary]) as subs:
         reply = await cntlb.pair_op(PairOp.SHADOW, items)
         if any(r.code for r in reply.results):
             raise HarnessError(f"shadow: {[r.message for r in reply.results if r.code]}")
@@ -709,7 +370,7 @@ async def _suspend_shadow(it: _Iteration) -> None:
             await subs["cntlb"].wait_for(r"^shadow .* done", timeout_s=ITERATION_TIMEOUT_S)
     async with it.load() as after:
         await after.wait(it.acks() // 4)
-        await _resume(w)  # under load: the resync races the writes
+        await resume(w)  # under load: the resync races the writes
         await after.wait(after.count + it.acks())
     it.counted(after)
     await it.check(load, Image.SHADOW, require_all_acked=False, at_ns=report.at_ns)
@@ -723,7 +384,7 @@ async def _io_fault(it: _Iteration) -> None:
     proc = w.primary_of(pair)
     kind = it.rng.choice(("eio", "enospc"))
     code = {"eio": errno.EIO, "enospc": errno.ENOSPC}[kind]
-    await _restart(w, proc, {pair.volser: f"{kind}_after:{it.acks() // 4}"})
+    await restart(w, proc, {pair.volser: f"{kind}_after:{it.acks() // 4}"})
     # The run ends by itself: every chain meets the failing volume and gives up.
     async with it.load(writes=1_000_000) as load:
         assert load.task is not None
@@ -748,31 +409,20 @@ async def _io_fault(it: _Iteration) -> None:
     await it.check(load, Image.SECONDARY, require_all_acked=True, what=f"after {kind}")
     # The disk is replaced: a restart without the fault resyncs the tracks the refused writes
     # marked (they may be torn on the primary), and the pairs are identical again.
-    await _restart(w, proc, {})
+    await restart(w, proc, {})
     await it.identical(f"after {kind} on {pair.volser} and a restart")
 
 
-async def _restart(w: _World, proc: ControllerProcess, faults: dict[str, str]) -> None:
-    """Stop a primary controller, rewrite its volume_faults, start it, wait until settled."""
-    spec = w.specs[w.primaries.index(proc)]
-    spec.settings = {k: v for k, v in spec.settings.items() if not k.startswith("volume_faults")}
-    spec.settings.update({f"volume_faults.{volser}": f for volser, f in faults.items()})
-    spec.write(proc.config_path)
-    await proc.stop()
-    await proc.start()
-    await _until_settled(w)
-
-
 _Campaign = Callable[[_Iteration], Awaitable[None]]
-_RUNS: Final[dict[str, tuple[_Campaign, _Shape]]] = {
-    "kill_primary": (_kill_primary, _Shape(links=True)),
-    "kill_secondary": (_kill_secondary, _Shape(consistency_group=False)),
+_RUNS: Final[dict[str, tuple[_Campaign, Shape]]] = {
+    "kill_primary": (_kill_primary, Shape(links=True)),
+    "kill_secondary": (_kill_secondary, Shape(consistency_group=False)),
     "link_fault": (
         _link_fault,
-        _Shape(links=True, primary_settings=(("ack_timeout_s", ACK_TIMEOUT_S),)),
+        Shape(links=True, primary_settings=(("ack_timeout_s", ACK_TIMEOUT_S),)),
     ),
-    "suspend_shadow": (_suspend_shadow, _Shape()),
-    "io_fault": (_io_fault, _Shape(consistency_group=False)),
+    "suspend_shadow": (_suspend_shadow, Shape()),
+    "io_fault": (_io_fault, Shape(consistency_group=False)),
 }
 
 
@@ -785,7 +435,12 @@ async def run_campaign(name: str, root: Path, settings: CampaignSettings) -> Cam
     started = time.perf_counter()
     harness_error = ""
     try:
-        async with _world(root, shape, settings) as w:
+        async with world(
+            root,
+            shape,
+            planted_bugs=settings.planted_bugs,
+            planted_bug_every=settings.planted_bug_every,
+        ) as w:
             for index in range(settings.iterations):
                 it = _Iteration(w, name, index, settings, tally)
                 async with asyncio.timeout(ITERATION_TIMEOUT_S):
