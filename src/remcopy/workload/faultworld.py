@@ -97,6 +97,8 @@ class Shape:
     links: bool = False
     """Route each primary's replication link through its own FaultLink."""
     primary_settings: tuple[tuple[str, object], ...] = ()
+    mode: CopyMode = CopyMode.SYNC
+    """The group's copy mode."""
 
 
 def hardware_address(serial: int, ssid: int, lss: int, cca: int) -> HardwareAddress:
@@ -194,7 +196,7 @@ async def world(
                 )
         group = Group(
             name="FAULTS",
-            options=GroupOptions(mode=CopyMode.SYNC, consistency_group=shape.consistency_group),
+            options=GroupOptions(mode=shape.mode, consistency_group=shape.consistency_group),
             pairs=tuple(pairs),
         )
         definition = parse_host_definition(
@@ -270,11 +272,11 @@ async def until_duplex(w: World, subs: dict[str, Subscription]) -> None:
 
 
 async def until_settled(w: World) -> None:
-    """Wait until every pair is DUPLEX with no marked track, as a query reports it.
+    """Wait until every pair is DUPLEX with no marked track and no async lag, as queried.
 
     While a pair is not DUPLEX (a resync after a restart is running), the next query waits for
-    the next event line of a primary. A DUPLEX pair whose bits are still set is only waiting
-    for confirmations of writes already sent, which clear them without an event: query again.
+    the next event line of a primary. A DUPLEX pair with bits still set or a lag is waiting for
+    confirmations of updates already sent, which end it without an event: query again.
     """
     async with events(w.primaries) as subs:
         while True:
@@ -285,7 +287,7 @@ async def until_settled(w: World) -> None:
                 )
                 statuses = await w.session.channels[proc.name].query(devices)
                 duplex &= all(s.state is PairState.DUPLEX for s in statuses)
-                clean &= all(s.dirty_tracks == 0 for s in statuses)
+                clean &= all(s.dirty_tracks == 0 and s.lag_bytes == 0 for s in statuses)
             if duplex and clean:
                 return
             if not duplex:
