@@ -6,9 +6,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from remcopy.workload.campaigns import CampaignResult, CampaignSettings, run_campaign
 
 ITERATIONS = 3
+# A bound against a hang, not a time to meet: a campaign takes 4 to 25 s here, but on a
+# machine loaded by other work each controller start can take 10 s, and io_fault restarts a
+# controller twice per iteration. Each iteration is also bounded (ITERATION_TIMEOUT_S).
+pytestmark = pytest.mark.timeout(600)
 
 
 async def _campaign(
