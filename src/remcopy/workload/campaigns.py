@@ -4,7 +4,8 @@
 # Why: a consistency claim is only as good as the faults it survived (issue 9, DESIGN.md
 # sections 2 and 5). Each campaign here is one kind of fault, run for N iterations on one
 # world of real controller processes on 127.0.0.1 (two primary controllers at site A, one
-# secondary controller at site B with spare tertiary volumes, a sync group over all pairs):
+# secondary controller at site B with spare tertiary volumes, one group over all pairs; see
+# faultworld.py):
 #
 #   kill_primary    kill -9 of a primary controller at a random ack count (its link cut at the
 #                   same moment: the site is lost); recover at the secondary: consistent, and
@@ -14,8 +15,9 @@
 #   link_fault      cut, stall or delay of one primary's replication link in a consistency
 #                   group: cut and stall end in a freeze (watch_and_freeze), a delay in a
 #                   planned suspend at T; the secondaries are consistent; resume, identical.
-#   suspend_shadow  group suspend at a prospective T under load, shadow copies, resume under
-#                   load: secondaries and shadows are the cut at T; resynced, identical.
+#   suspend_shadow  group suspend at a prospective T under load (an async group over delayed
+#                   links), shadow copies, resume under load: secondaries and shadows are the
+#                   cut at T; resynced, identical.
 #   io_fault        a primary volume's backing file turns full (ENOSPC) or bad (EIO) after a
 #                   random number of writes (config volume_faults, testing only): the write is
 #                   refused with an error naming the volume and errno, nothing acknowledged is
