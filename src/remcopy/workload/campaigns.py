@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Final
 
 from remcopy.errors import RemcopyError
-from remcopy.groups import run_operation, suspend
+from remcopy.groups import GroupPair, run_operation, suspend
 from remcopy.groups.freeze import watch_and_freeze
 from remcopy.states import CopyMode
 from remcopy.wire.native import PairItem, PairOp
@@ -388,13 +388,42 @@ async def _suspend_shadow(it: _Iteration) -> None:
     await it.identical("resumed after a suspend at T")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _DiskFault:
+    """The failing disk of one io_fault iteration: which volume, how, after how many writes."""
+
+    pair: GroupPair
+    kind: str
+    """eio or enospc."""
+    after: int
+
+    def armed(self) -> dict[str, str]:
+        """The controller's volume_faults for it."""
+        return {self.pair.volser: f"{self.kind}_after:{self.after}"}
+
+
+def _disk_fault(w: World, settings: CampaignSettings, index: int) -> _DiskFault:
+    """Iteration `index`'s disk fault, on one of cntla0's volumes, from a stream of its own.
+
+    Its own stream, so that the iteration before can arm it: a volume fault lasts until the
+    controller restarts, and the restart that replaces one iteration's disk arms the next
+    one's (one controller restart per iteration instead of two).
+    """
+    rng = random.Random(f"remcopy-campaign:{settings.seed}:io_fault-disk:{index}")
+    proc = w.primaries[0]
+    pair = rng.choice([p for p in w.group.pairs if p.primary_controller == proc.name])
+    kind = rng.choice(("eio", "enospc"))
+    after = rng.randint(settings.acks_min, settings.acks_max) // 4
+    return _DiskFault(pair=pair, kind=kind, after=after)
+
+
 async def _io_fault(it: _Iteration) -> None:
     w = it.w
-    pair = it.rng.choice(w.group.pairs)
-    proc = w.primary_of(pair)
-    kind = it.rng.choice(("eio", "enospc"))
+    fault = _disk_fault(w, it.settings, it.index)
+    pair, kind, proc = fault.pair, fault.kind, w.primary_of(fault.pair)
     code = {"eio": errno.EIO, "enospc": errno.ENOSPC}[kind]
-    await restart(w, proc, {pair.volser: f"{kind}_after:{it.acks() // 4}"})
+    if it.index == 0:  # later iterations find it armed by the restart that ended the last one
+        await restart(w, proc, fault.armed())
     # The run ends by itself: every chain meets the failing volume and gives up.
     async with it.load(writes=1_000_000) as load:
         assert load.task is not None
@@ -417,9 +446,10 @@ async def _io_fault(it: _Iteration) -> None:
         it.passed(served == probe, f"{proc.name} stopped serving {other.volser}", secondary=False)
     await it.check(load, Image.PRIMARY, require_all_acked=True, what=f"after {kind}")
     await it.check(load, Image.SECONDARY, require_all_acked=True, what=f"after {kind}")
-    # The disk is replaced: a restart without the fault resyncs the tracks the refused writes
-    # marked (they may be torn on the primary), and the pairs are identical again.
-    await restart(w, proc, {})
+    # The disk is replaced: a restart without this fault (with the next iteration's armed; it
+    # strikes only after writes) resyncs the tracks the refused writes marked, and the pairs
+    # are identical again.
+    await restart(w, proc, _disk_fault(w, it.settings, it.index + 1).armed())
     await it.identical(f"after {kind} on {pair.volser} and a restart")
 
 
