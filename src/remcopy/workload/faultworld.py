@@ -55,8 +55,10 @@ WRITE_SIZES: Final = (4096, 4096, 16384)
 # One iteration (fault, checks, repair) on a loaded 2-core machine takes seconds; past this
 # the campaign stops with a harness failure instead of hanging.
 ITERATION_TIMEOUT_S: Final = 120.0
-# A freeze must come before a held consistency-group device gives up (hold_s).
-HOLD_S: Final = 5.0
+# A freeze must come before a held consistency-group device gives up (hold_s). It takes
+# milliseconds here, but seconds on a machine loaded by other work; a hold that expires first
+# lets dependent writes reach other secondaries, which is a finding, not the bug sought.
+HOLD_S: Final = 10.0
 
 
 class HarnessError(RemcopyError):
