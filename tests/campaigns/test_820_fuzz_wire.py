@@ -308,3 +308,34 @@ async def test_live_controller_forgets_event_subscribers_that_left(controller):
     await _still_serves(controller)
     print(f"controller RSS {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB")
     assert after - before < SUBSCRIBERS_GROWTH_MAX_BYTES, (before, after)
+
+
+# A header is 16 bytes; the length it claims (up to FRAME_SIZE_MAX_BYTES) must not be
+# reserved before those bytes arrive, or a few unauthenticated peers that send only headers
+# make the controller hold FRAME_SIZE_MAX_BYTES each.
+CLAIMING_PEERS = 4
+CLAIMED_GROWTH_MAX_BYTES = 8 * 1024 * 1024
+
+
+async def test_live_controller_reserves_no_memory_for_the_length_a_header_claims(controller):
+    """Peers holding headers that claim the largest frame grow the RSS by < 8 MiB in all."""
+    await _still_serves(controller)
+    before = _rss_bytes(controller)
+    header = struct.pack("!IBBHQ", native.FRAME_SIZE_MAX_BYTES, native.WriteRequest.KIND, 0, 0, 1)
+    peers = [await RawClient.open(controller.address) for _ in range(CLAIMING_PEERS)]
+    try:
+        # The header, then more of the frame in a later read: the controller must find room
+        # for what arrives, not for what the header claims is coming.
+        for chunk in (header + b"w" * 100, b"w" * 100):
+            for peer in peers:
+                peer.writer.write(chunk)
+                await peer.writer.drain()
+            # A client served after those bytes were sent: the controller has read them by
+            # now (each handshake step is a turn of its event loop over every ready socket).
+            await _still_serves(controller)
+        during = _rss_bytes(controller)
+    finally:
+        for peer in peers:
+            await peer.close()
+    print(f"controller RSS {before / 2**20:.1f} MiB -> {during / 2**20:.1f} MiB")
+    assert during - before < CLAIMED_GROWTH_MAX_BYTES, (before, during)
