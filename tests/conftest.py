@@ -26,3 +26,21 @@ async def start_controller(tmp_path: Path) -> AsyncIterator[Start]:
     for proc in started:
         if proc.running:
             await proc.kill()
+
+
+# Figures a test records (record_property("figures", line), e.g. the fault campaigns') are
+# printed in one section at the end of the run. The hooks live here, not in a subfolder's
+# conftest, so that the pytest-xdist controller process, which collects nothing, has them too.
+_FIGURES: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call":
+        _FIGURES.extend(str(value) for name, value in report.user_properties if name == "figures")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _FIGURES:
+        terminalreporter.section("fault campaigns")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

@@ -45,7 +45,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Final, cast
 
 from remcopy.configfile import format_address
-from remcopy.controller.core import Controller, HostGrant
+from remcopy.controller.core import Controller, EventSink, HostGrant
 from remcopy.controller.nbd_server import NbdServer
 from remcopy.controller.replication import Replicator
 from remcopy.controller.volume import Volume
@@ -89,6 +89,8 @@ class _Link(asyncio.BufferedProtocol):
         self.codec = native.Connection(Side.SERVER)
         self.peer = "?"
         self.client = "?"
+        self.sinks: list[EventSink] = []
+        """Event sinks of this connection's subscriptions, removed when it ends."""
         self.grant: HostGrant | None = None  # set once authenticated
         self.handshake: _Handshake | None = None  # set while a challenge is outstanding
         self.transport: asyncio.Transport | None = None
@@ -445,6 +447,8 @@ class ControllerServer:
 
     def _closed(self, link: _Link) -> None:
         self._links.discard(link)
+        for sink in link.sinks:  # a subscriber that left is forgotten at once
+            self.controller.remove_sink(sink)
 
     def _refuse(self, link: _Link, exc: RemcopyError) -> None:
         self.controller.counters["auth_refused"] += isinstance(exc, AuthenticationFailed)
@@ -687,6 +691,7 @@ class ControllerServer:
             else:
                 link.send(native.EventNotice(request_id=rid, line=line))
 
+        link.sinks.append(sink)
         self.controller.add_sink(sink)
         link.send(native.EventNotice(request_id=rid, line=f"subscribed {self.controller.name}"))
 

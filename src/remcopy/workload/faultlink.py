@@ -168,7 +168,9 @@ class FaultLink:
                 if self.mode is LinkMode.CUT:
                     break
                 if self.delay_s:
-                    await asyncio.sleep(self.delay_s)
+                    await asyncio.sleep(self.delay_s)  # the fault itself: a slow link
+                if dst.is_closing():  # cut meanwhile: uvloop raises on a closed transport
+                    break
                 dst.write(data)
                 self.stats.bytes_forwarded += len(data)
                 await dst.drain()

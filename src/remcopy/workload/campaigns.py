@@ -1,0 +1,540 @@
+# Fault campaigns: the dependent-write workload against real controllers while a seeded
+# schedule injects one fault per iteration, and the checker's verdict after each one.
+#
+# Why: a consistency claim is only as good as the faults it survived (issue 9, DESIGN.md
+# sections 2 and 5). Each campaign here is one kind of fault, run for N iterations on one
+# world of real controller processes on 127.0.0.1 (two primary controllers at site A, one
+# secondary controller at site B with spare tertiary volumes, one group over all pairs; see
+# faultworld.py):
+#
+#   kill_primary    kill -9 of a primary controller at a random ack count (its link cut at the
+#                   same moment: the site is lost); recover at the secondary: consistent, and
+#                   no acknowledged write missing. The links carry a seeded WAN delay.
+#   kill_secondary  kill -9 of the secondary controller; writes go on; restart, resume under
+#                   load: primaries and secondaries identical at the end (checksums).
+#   link_fault      cut, stall or delay of one primary's replication link in a consistency
+#                   group: cut and stall end in a freeze (watch_and_freeze), a delay in a
+#                   planned suspend at T; the secondaries are consistent; resume, identical.
+#   suspend_shadow  group suspend at a prospective T under load (an async group over delayed
+#                   links), shadow copies, resume under load: secondaries and shadows are the
+#                   cut at T; resynced, identical.
+#   io_fault        a primary volume's backing file turns full (ENOSPC) or bad (EIO) after a
+#                   random number of writes (config volume_faults, testing only): the write is
+#                   refused with an error naming the volume and errno, nothing acknowledged is
+#                   lost, the controller goes on serving its other volumes.
+#
+# Every campaign returns a CampaignResult (figures and failures) instead of asserting, so a
+# test can also assert the opposite: with a planted bug (config planted_bugs, testing only),
+# the campaign that must catch it reports the failed check (`hunt_planted_bug`).
+#
+# Rules this module keeps:
+# - Every random choice comes from the seed, per campaign and iteration; the seed is in the
+#   result and printed by the callers. Faults happen at ack counts, never after a sleep.
+# - Waiting is on events (ready lines, "-> DUPLEX" lines, acknowledged-write counts, shadow
+#   "done" lines) or on states (queries); every wait is bounded by ITERATION_TIMEOUT_S.
+# - A check that fails is a finding (`checks`); anything else that goes wrong stops the
+#   campaign as a harness failure, and is never counted as a detection.
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from remcopy.errors import RemcopyError
+from remcopy.groups import GroupPair, run_operation, suspend
+from remcopy.groups.freeze import watch_and_freeze
+from remcopy.states import CopyMode
+from remcopy.wire.native import PairItem, PairOp
+from remcopy.workload.checker import check_image
+from remcopy.workload.faultworld import (
+    ITERATION_TIMEOUT_S,
+    VOLUME_BYTES,
+    HarnessError,
+    Load,
+    Shape,
+    World,
+    digest,
+    establish,
+    events,
+    restart,
+    resume,
+    succeeded,
+    until_settled,
+    world,
+)
+from remcopy.workload.image import Image, ImageReader
+from remcopy.workload.log import read_log
+from remcopy.workload.report import Reason
+from remcopy.workload.workload import WorkloadStats
+
+CAMPAIGNS: Final = ("kill_primary", "kill_secondary", "link_fault", "suspend_shadow", "io_fault")
+PLANTED_BUGS: Final = ("mirror_late_write", "drop_update", "skip_changemap_bit", "early_sync_ack")
+# The campaigns that catch each planted bug. The first is the one tests/campaigns asserts
+# catches it; the rest caught it too when every bug was hunted with every campaign
+# (bench/faults.py without --quick; docs/consistency.md has the table).
+CATCHERS: Final = {
+    "mirror_late_write": ("suspend_shadow", "link_fault"),
+    "drop_update": ("kill_secondary", "kill_primary", "link_fault", "suspend_shadow", "io_fault"),
+    "skip_changemap_bit": ("kill_secondary", "link_fault", "suspend_shadow"),
+    "early_sync_ack": ("kill_primary", "link_fault"),
+}
+# How often each bug fires in a hunt: on every n-th eligible event.
+PLANTED_BUG_EVERY: Final = {
+    "mirror_late_write": 1,
+    "drop_update": 3,
+    "skip_changemap_bit": 1,
+    "early_sync_ack": 1,
+}
+
+# A stalled link counts as failed after this long without a confirmation.
+ACK_TIMEOUT_S: Final = 1.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CampaignSettings:
+    """How long and how hard one campaign runs."""
+
+    iterations: int = 3
+    seed: int = 0
+    writers: int = 6
+    acks_min: int = 20
+    """The fault comes after a random number of acknowledged writes in [acks_min, acks_max]."""
+    acks_max: int = 120
+    planted_bugs: tuple[str, ...] = ()
+    """TESTING ONLY: bugs planted in the primary controllers (config planted_bugs)."""
+    planted_bug_every: int = 50
+    stop_on_detection: bool = False
+    """Stop at the first failed check (hunting a planted bug)."""
+    progress: Callable[[str], None] | None = None
+    """Called with one line per iteration (the bench prints them on stderr)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CampaignResult:
+    """What one campaign did and found; a failed check is in `findings`, never raised."""
+
+    campaign: str
+    seed: int
+    iterations: int
+    faults_injected: int
+    checks: int
+    checks_passed: int
+    acked_writes_lost: int
+    inconsistent_secondaries: int
+    writes_acked: int
+    elapsed_s: float
+    planted_bugs: tuple[str, ...] = ()
+    findings: tuple[str, ...] = ()
+    """Every failed check: iteration, what was checked, and the first violation."""
+    harness_error: str = ""
+    """Why the campaign stopped early, if something other than a check went wrong."""
+
+    @property
+    def detected(self) -> bool:
+        """A check failed (what a planted bug must cause)."""
+        return bool(self.findings)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings and not self.harness_error and self.checks_passed == self.checks
+
+    def line(self) -> str:
+        bugs = f" planted={','.join(self.planted_bugs)}" if self.planted_bugs else ""
+        text = (
+            f"campaign {self.campaign} seed={self.seed}{bugs}: iterations {self.iterations}, "
+            f"faults injected {self.faults_injected}, checks passed {self.checks_passed}/"
+            f"{self.checks}, acknowledged writes lost {self.acked_writes_lost}, inconsistent "
+            f"secondaries {self.inconsistent_secondaries}, writes acknowledged "
+            f"{self.writes_acked}, {self.elapsed_s:.1f} s"
+        )
+        if self.findings:
+            text += f"; first finding: {self.findings[0]}"
+        if self.harness_error:
+            text += f"; harness error: {self.harness_error}"
+        return text
+
+
+@dataclass
+class _Tally:
+    faults: int = 0
+    checks: int = 0
+    passed: int = 0
+    acked_lost: int = 0
+    inconsistent: int = 0
+    writes: int = 0
+    iterations: int = 0
+    findings: list[str] = field(default_factory=list)
+
+
+# One iteration: its random choices, its checks...
+
+
+class _Iteration:
+    def __init__(
+        self, w: World, name: str, index: int, settings: CampaignSettings, tally: _Tally
+    ) -> None:
+        self.w, self.index, self.settings, self.tally = w, index, settings, tally
+        self.rng = random.Random(f"remcopy-campaign:{settings.seed}:{name}:{index}")
+        self._logs = 0
+
+    def acks(self) -> int:
+        return self.rng.randint(self.settings.acks_min, self.settings.acks_max)
+
+    def load(self, *, writes: int | None = None) -> Load:
+        self._logs += 1
+        path = self.w.root / f"iteration{self.index:04d}-{self._logs}.jsonl"
+        return Load(
+            self.w,
+            path,
+            seed=self.rng.randrange(1 << 32),
+            writers=self.settings.writers,
+            writes=writes,
+        )
+
+    def finding(self, text: str) -> None:
+        self.tally.findings.append(f"iteration {self.index}: {text}")
+
+    def passed(self, ok: bool, what: str, *, secondary: bool) -> bool:
+        self.tally.checks += 1
+        if ok:
+            self.tally.passed += 1
+        else:
+            self.tally.inconsistent += secondary
+            self.finding(what)
+        return ok
+
+    async def check(
+        self,
+        load: Load,
+        image: Image,
+        *,
+        require_all_acked: bool,
+        at_ns: int | None = None,
+        what: str = "",
+    ) -> None:
+        tertiaries = self.w.tertiaries if image is Image.SHADOW else None
+        reader = ImageReader(self.w.session, self.w.group, image, tertiaries=tertiaries)
+        report = await check_image(
+            reader,
+            read_log(load.log_path),
+            require_all_acked=require_all_acked,
+            at_ns=at_ns,
+            name=reader.name,
+            image=f"{image.value} {what}".strip(),
+        )
+        if require_all_acked:
+            # Absent acknowledged writes: after the image's prefix, and holes inside it (every
+            # write of a prefix was acknowledged before the next one was issued), each once.
+            holes = {
+                (v.chain, v.seq)
+                for v in report.violations
+                if v.reason in _ACKED_WRITE_ABSENT and v.seq
+            }
+            self.tally.acked_lost += report.acked_missing + len(holes)
+        self.passed(report.consistent, report.summary(), secondary=image is not Image.PRIMARY)
+
+    async def identical(self, what: str) -> None:
+        """Every secondary holds exactly its primary's bytes (both frozen: no writes)."""
+        await until_settled(self.w)
+        differ = []
+        for pair in self.w.group.pairs:
+            primary = await digest(self.w.session.channels[pair.primary_controller], pair.primary)
+            secondary = await digest(self.w.session.channels["cntlb"], pair.secondary)
+            if primary != secondary:
+                differ.append(f"{pair.secondary} differs from {pair.primary}")
+        self.passed(not differ, f"{what}: " + "; ".join(differ), secondary=True)
+
+    def counted(self, load: Load) -> WorkloadStats:
+        stats = load.stats()
+        self.tally.writes += stats.writes_acked
+        return stats
+
+
+# Violations that mean a write of the image's prefix is absent (its seq is the violation's).
+_ACKED_WRITE_ABSENT: Final = frozenset(
+    {Reason.MISSING, Reason.STALE, Reason.CORRUPT, Reason.INDEX_WITHOUT_DATA}
+)
+
+
+# The campaigns...
+
+
+async def _kill_primary(it: _Iteration) -> None:
+    w = it.w
+    victim = it.rng.randrange(len(w.primaries))
+    for link in w.links:
+        link.delay(it.rng.uniform(0.001, 0.005))  # a WAN: an ack takes a round trip or two
+    async with it.load() as load:
+        await load.wait(it.acks())
+        proc, process = w.primaries[victim], w.primaries[victim].process
+        assert process is not None
+        process.kill()  # the site is lost with its network: SIGKILL and the cut at once
+        w.links[victim].cut()
+        await proc.kill()
+        it.tally.faults += 1
+    it.counted(load)
+    succeeded(await run_operation(w.session, w.group, PairOp.RECOVER), "recover")
+    await it.check(load, Image.SECONDARY, require_all_acked=True, what=f"after kill -9 {proc.name}")
+    # Back to DUPLEX for the next iteration: the old primary restarts, every pair is ended on
+    # both sides and established again (a full copy of 2 MiB volumes).
+    w.links[victim].heal()
+    await proc.start()
+    await it.check(load, Image.PRIMARY, require_all_acked=True, what=f"after restart {proc.name}")
+    secondaries = tuple(PairItem(device=p.secondary.device_key) for p in w.group.pairs)
+    reply = await w.session.channels["cntlb"].pair_op(PairOp.TERMINATE, secondaries)
+    if any(r.code for r in reply.results):
+        raise HarnessError(f"terminate at the secondary: {reply.results}")
+    succeeded(await run_operation(w.session, w.group, PairOp.TERMINATE), "terminate")
+    await establish(w)
+
+
+async def _kill_secondary(it: _Iteration) -> None:
+    w = it.w
+    async with it.load() as load:
+        await load.wait(it.acks())
+        await w.secondary.kill()
+        it.tally.faults += 1
+        await load.wait(load.count + it.acks())  # change-recorded at the primaries
+        await w.secondary.start()
+        await resume(w)  # under load: the resync races the writes
+        await load.wait(load.count + it.acks())
+    it.counted(load)
+    await it.check(load, Image.PRIMARY, require_all_acked=True, what="after resync")
+    await it.check(load, Image.SECONDARY, require_all_acked=True, what="after resync")
+    await it.identical("after kill -9 of the secondary and resume")
+
+
+async def _link_fault(it: _Iteration) -> None:
+    w = it.w
+    victim = it.rng.randrange(len(w.primaries))
+    fault = it.rng.choice(("cut", "stall", "delay"))
+    link = w.links[victim]
+    ready = asyncio.Event()
+    watcher = asyncio.create_task(watch_and_freeze(w.session, w.group, ready=ready))
+    try:
+        await ready.wait()
+        async with it.load() as load:
+            await load.wait(it.acks())
+            if fault == "cut":
+                link.cut()
+            elif fault == "stall":
+                link.stall()
+            else:
+                link.delay(it.rng.uniform(0.001, 0.02))
+            it.tally.faults += 1
+            if fault == "delay":  # no error: the group is suspended at T under the slow link
+                await load.wait(load.count + it.acks())
+                watcher.cancel()
+                report = await suspend(w.session, w.group)
+            else:
+                report = await watcher
+            await load.wait(load.count + it.acks() // 4)  # after T: change-recorded
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    it.counted(load)
+    what = f"{fault} of cntla{victim}'s link"
+    frozen = f"{what}: the group did not stop consistent at one T: {report.to_json()}"
+    it.passed(report.consistent, frozen, secondary=False)
+    at_ns = report.at_ns if fault == "delay" else None  # a freeze cuts in real time
+    await it.check(load, Image.SECONDARY, require_all_acked=False, at_ns=at_ns, what=what)
+    await it.check(load, Image.PRIMARY, require_all_acked=True, what=what)
+    link.heal()
+    await resume(w)
+    await it.identical(f"resumed after a {what}")
+
+
+async def _suspend_shadow(it: _Iteration) -> None:
+    w = it.w
+    # An async group over a WAN: at T the seal waits a round trip or two for the updates
+    # stamped < T while the host, acknowledged at once, goes on writing stamped >= T.
+    for link in w.links:
+        link.delay(it.rng.uniform(0.002, 0.006))
+    async with it.load() as load:
+        await load.wait(it.acks())
+        report = await suspend(w.session, w.group)
+        it.tally.faults += 1
+        await load.wait(load.count + it.acks())  # after T: change-recorded
+    it.counted(load)
+    it.passed(report.consistent, f"suspend not consistent: {report.to_json()}", secondary=False)
+    await it.check(load, Image.SECONDARY, require_all_acked=False, at_ns=report.at_ns)
+    await it.check(load, Image.PRIMARY, require_all_acked=True)
+    cntlb = w.session.channels["cntlb"]
+    items = tuple(
+        PairItem(device=s.device_key, peer_device=t.device_key) for s, t in w.tertiaries.items()
+    )
+    async with events([w.secondary]) as subs:
+        reply = await cntlb.pair_op(PairOp.SHADOW, items)
+        if any(r.code for r in reply.results):
+            raise HarnessError(f"shadow: {[r.message for r in reply.results if r.code]}")
+        for _ in items:
+            await subs["cntlb"].wait_for(r"^shadow .* done", timeout_s=ITERATION_TIMEOUT_S)
+    async with it.load() as after:
+        await after.wait(it.acks() // 4)
+        await resume(w)  # under load: the resync races the writes
+        await after.wait(after.count + it.acks())
+    it.counted(after)
+    await it.check(load, Image.SHADOW, require_all_acked=False, at_ns=report.at_ns)
+    await until_settled(w)  # async: the secondaries catch up once the writes stop
+    await it.check(after, Image.SECONDARY, require_all_acked=True, what="after resume")
+    await it.identical("resumed after a suspend at T")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _DiskFault:
+    """The failing disk of one io_fault iteration: which volume, how, after how many writes."""
+
+    pair: GroupPair
+    kind: str
+    """eio or enospc."""
+    after: int
+
+    def armed(self) -> dict[str, str]:
+        """The controller's volume_faults for it."""
+        return {self.pair.volser: f"{self.kind}_after:{self.after}"}
+
+
+def _disk_fault(w: World, settings: CampaignSettings, index: int) -> _DiskFault:
+    """Iteration `index`'s disk fault, on one of cntla0's volumes, from a stream of its own.
+
+    Its own stream, so that the iteration before can arm it: a volume fault lasts until the
+    controller restarts, and the restart that replaces one iteration's disk arms the next
+    one's (one controller restart per iteration instead of two).
+    """
+    rng = random.Random(f"remcopy-campaign:{settings.seed}:io_fault-disk:{index}")
+    proc = w.primaries[0]
+    pair = rng.choice([p for p in w.group.pairs if p.primary_controller == proc.name])
+    kind = rng.choice(("eio", "enospc"))
+    after = rng.randint(settings.acks_min, settings.acks_max) // 4
+    return _DiskFault(pair=pair, kind=kind, after=after)
+
+
+async def _io_fault(it: _Iteration) -> None:
+    w = it.w
+    fault = _disk_fault(w, it.settings, it.index)
+    pair, kind, proc = fault.pair, fault.kind, w.primary_of(fault.pair)
+    code = {"eio": errno.EIO, "enospc": errno.ENOSPC}[kind]
+    if it.index == 0:  # later iterations find it armed by the restart that ended the last one
+        await restart(w, proc, fault.armed())
+    # The run ends by itself: every chain meets the failing volume and gives up.
+    async with it.load(writes=1_000_000) as load:
+        assert load.task is not None
+        await load.task
+    stats = it.counted(load)
+    it.tally.faults += 1
+    expected = f"volume {pair.volser}: write failed: {os.strerror(code)} (errno {code})"
+    clear = [f for f in stats.failures if f.volume == str(pair.primary) and expected in f.message]
+    it.passed(
+        bool(stats.failures) and len(clear) == len(stats.failures),
+        f"{kind} on {pair.volser}: refusals not as expected: {[f.message for f in stats.failures]}",
+        secondary=False,
+    )
+    # The controller goes on serving its other volumes: a write and a read-back elsewhere.
+    channel = w.session.channels[proc.name]
+    for other in (p for p in w.group.pairs if p.primary_controller == proc.name and p != pair):
+        probe = f"probe {it.index} {other.volser}".encode().ljust(4096, b".")
+        await channel.write(other.primary.device_key, VOLUME_BYTES - 4096, probe)
+        served = await channel.read(other.primary.device_key, VOLUME_BYTES - 4096, 4096)
+        it.passed(served == probe, f"{proc.name} stopped serving {other.volser}", secondary=False)
+    await it.check(load, Image.PRIMARY, require_all_acked=True, what=f"after {kind}")
+    await it.check(load, Image.SECONDARY, require_all_acked=True, what=f"after {kind}")
+    # The disk is replaced: a restart without this fault (with the next iteration's armed; it
+    # strikes only after writes) resyncs the tracks the refused writes marked, and the pairs
+    # are identical again.
+    await restart(w, proc, _disk_fault(w, it.settings, it.index + 1).armed())
+    await it.identical(f"after {kind} on {pair.volser} and a restart")
+
+
+_Campaign = Callable[[_Iteration], Awaitable[None]]
+_RUNS: Final[dict[str, tuple[_Campaign, Shape]]] = {
+    "kill_primary": (_kill_primary, Shape(links=True)),
+    "kill_secondary": (_kill_secondary, Shape(consistency_group=False)),
+    "link_fault": (
+        _link_fault,
+        Shape(links=True, primary_settings=(("ack_timeout_s", ACK_TIMEOUT_S),)),
+    ),
+    "suspend_shadow": (_suspend_shadow, Shape(links=True, mode=CopyMode.ASYNC)),
+    "io_fault": (_io_fault, Shape(consistency_group=False)),
+}
+
+
+async def run_campaign(name: str, root: Path, settings: CampaignSettings) -> CampaignResult:
+    """Run one campaign for `settings.iterations` iterations in a world under `root`."""
+    if name not in _RUNS:
+        raise HarnessError(f"unknown campaign {name!r}: expected one of {', '.join(CAMPAIGNS)}")
+    campaign, shape = _RUNS[name]
+    tally = _Tally()
+    started = time.perf_counter()
+    harness_error = ""
+    try:
+        async with world(
+            root,
+            shape,
+            planted_bugs=settings.planted_bugs,
+            planted_bug_every=settings.planted_bug_every,
+        ) as w:
+            for index in range(settings.iterations):
+                it = _Iteration(w, name, index, settings, tally)
+                async with asyncio.timeout(ITERATION_TIMEOUT_S):
+                    await campaign(it)
+                tally.iterations += 1
+                if settings.progress is not None:
+                    settings.progress(
+                        f"{name} iteration {index}: checks {tally.passed}/{tally.checks}"
+                    )
+                if settings.stop_on_detection and tally.findings:
+                    break
+    except (RemcopyError, TimeoutError, OSError) as exc:
+        harness_error = f"iteration {tally.iterations}: {type(exc).__name__}: {exc}"
+    return CampaignResult(
+        campaign=name,
+        seed=settings.seed,
+        iterations=tally.iterations,
+        faults_injected=tally.faults,
+        checks=tally.checks,
+        checks_passed=tally.passed,
+        acked_writes_lost=tally.acked_lost,
+        inconsistent_secondaries=tally.inconsistent,
+        writes_acked=tally.writes,
+        elapsed_s=time.perf_counter() - started,
+        planted_bugs=settings.planted_bugs,
+        findings=tuple(tally.findings),
+        harness_error=harness_error,
+    )
+
+
+async def hunt_planted_bug(
+    bug: str, campaign: str, root: Path, *, seed: int, iterations: int
+) -> CampaignResult:
+    """Run a campaign against controllers with one planted bug, until a check fails."""
+    if bug not in PLANTED_BUGS:
+        raise HarnessError(f"unknown planted bug {bug!r}: expected one of {PLANTED_BUGS}")
+    settings = CampaignSettings(
+        iterations=iterations,
+        seed=seed,
+        planted_bugs=(bug,),
+        planted_bug_every=PLANTED_BUG_EVERY[bug],
+        stop_on_detection=True,
+    )
+    return await run_campaign(campaign, root, settings)
+
+
+__all__ = [
+    "CAMPAIGNS",
+    "CATCHERS",
+    "PLANTED_BUGS",
+    "PLANTED_BUG_EVERY",
+    "CampaignResult",
+    "CampaignSettings",
+    "HarnessError",
+    "hunt_planted_bug",
+    "run_campaign",
+]
