@@ -35,6 +35,7 @@ from remcopy.wire.native import (
     NEED_DATA,
     PROTOCOL_VERSION,
     RECEIVE_BUFFER_BYTES,
+    RECEIVE_BUFFER_START_BYTES,
     RECEIVE_ROOM_MIN_BYTES,
     TEXT_SIZE_MAX_BYTES,
     Challenge,
@@ -1285,17 +1286,35 @@ def test_Connection_decodes_a_stream_read_into_its_buffer(
     assert conn.next_event() is CLOSED
 
 
-def test_Connection_get_buffer_has_room_for_the_rest_of_a_large_frame() -> None:
-    """Once a header is in, the next read can take all of its frame, however large."""
+def test_Connection_get_buffer_grows_with_a_large_frame_as_its_bytes_arrive() -> None:
+    """A large frame read in full reads: the room at least doubles what of it arrived each
+    time (a few reads for 4 MiB), but never runs ahead of the bytes by more than that."""
     conn = connection_at(Side.SERVER, 2)
     msg = WriteRequest(request_id=1, device=1, data=bytes(range(256)) * (16 * 1024))  # 4 MiB
     data = encode(msg)
-    assert read_into(conn, data[:HEADER_BYTES]) == []
+    at, reads = 0, 0
+    while at < len(data):
+        view = conn.get_buffer()
+        assert len(view) <= max(RECEIVE_ROOM_MIN_BYTES, at) + RECEIVE_BUFFER_START_BYTES
+        size = min(len(view), len(data) - at)
+        view[:size] = data[at : at + size]
+        conn.buffer_updated(size)
+        at, reads = at + size, reads + 1
+        assert drain(conn) == ([msg] if at == len(data) else [])
+    assert reads <= 8
+
+
+def test_Connection_refuses_a_large_frame_before_authentication() -> None:
+    """Before WELCOME a frame may claim at most HANDSHAKE_FRAME_MAX_BYTES: refused at its
+    header, and the buffer offered for it stays small."""
+    conn = Connection(Side.SERVER)
+    header = struct.pack("!IBBHQ", FRAME_SIZE_MAX_BYTES, WriteRequest.KIND, 0, 0, 1)
     view = conn.get_buffer()
-    assert len(view) >= len(data) - HEADER_BYTES
-    view[: len(data) - HEADER_BYTES] = data[HEADER_BYTES:]
-    conn.buffer_updated(len(data) - HEADER_BYTES)
-    assert drain(conn) == [msg]
+    view[: len(header)] = header
+    conn.buffer_updated(len(header))
+    assert len(conn.get_buffer()) <= RECEIVE_BUFFER_START_BYTES
+    with pytest.raises(RemoteProtocolError, match="before authentication"):
+        conn.next_event()
 
 
 def test_Connection_buffer_stays_bounded_in_a_stream_of_writes() -> None:

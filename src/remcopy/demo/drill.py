@@ -214,10 +214,15 @@ def _report_ok(expected: PairState) -> Callable[[GroupReport], tuple[str, bool]]
     def judge(report: GroupReport) -> tuple[str, bool]:
         counts = ", ".join(f"{v} {k}" for k, v in sorted(report.counts().items()))
         requests = sum(report.requests.values())
-        ok = not report.failed and all(
-            p.state in (expected, PairState.PENDING, PairState.DUPLEX) for p in report.pairs
-        )
-        return f"{counts}; {requests} requests to {len(report.requests)} controllers", ok
+        fine = (expected, PairState.PENDING, PairState.DUPLEX)
+        odd = [p for p in report.pairs if p.state not in fine]
+        ok = not report.failed and not odd
+        text = f"{counts}; {requests} requests to {len(report.requests)} controllers"
+        if report.failed:
+            text += f"; {len(report.failed)} refused, first: {report.failed[0].message}"
+        elif odd:
+            text += f"; {len(odd)} pairs in {odd[0].state.name}, first: {odd[0].pair.name}"
+        return text, ok
 
     return judge
 

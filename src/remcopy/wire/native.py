@@ -60,6 +60,10 @@ IO_SIZE_MAX_BYTES: Final = 16 * 1024 * 1024
 # A frame holds at most one I/O payload plus its fixed fields, or a device batch: 65,536
 # devices (every LSS x CCA of a controller) with 64-byte records is 4 MiB, well below this.
 FRAME_SIZE_MAX_BYTES: Final = IO_SIZE_MAX_BYTES + 4096
+# Before authentication only handshake frames (and an error frame) travel: a frame that claims
+# more is refused at its header, so a peer that has not proved it knows the secret can never
+# make the other side reserve a big receive buffer.
+HANDSHAKE_FRAME_MAX_BYTES: Final = 64 * 1024 + 4096
 # Names, messages and event lines are short; status documents are small JSON objects.
 NAME_SIZE_MAX_BYTES: Final = 255
 TEXT_SIZE_MAX_BYTES: Final = 64 * 1024
@@ -70,9 +74,11 @@ DOCUMENT_SIZE_MAX_BYTES: Final = 12 * 1024 * 1024
 # The receive buffer starts at RECEIVE_BUFFER_START_BYTES (most connections carry small
 # requests) and doubles while reads fill it, up to RECEIVE_BUFFER_BYTES: 1 MiB is sixteen 64 KiB
 # writes per read, past which the per-read cost no longer shows. A frame larger than the buffer
-# grows it to fit that frame. A shell that stops reading once RECEIVE_BUFFER_BYTES are buffered
-# therefore holds at most that plus one frame per connection.
-RECEIVE_BUFFER_START_BYTES: Final = 256 * 1024
+# grows it to fit that frame as its bytes arrive (never ahead of them by more than what came),
+# and before authentication no frame may claim more than HANDSHAKE_FRAME_MAX_BYTES. A shell
+# that stops reading once RECEIVE_BUFFER_BYTES are buffered therefore holds at most that plus
+# one frame per connection, and at most twice what a peer actually sent.
+RECEIVE_BUFFER_START_BYTES: Final = 64 * 1024
 RECEIVE_BUFFER_BYTES: Final = 1024 * 1024
 # No read is offered less room than this: a 64 KiB write and its header arrive in two reads.
 RECEIVE_ROOM_MIN_BYTES: Final = 64 * 1024
@@ -1030,8 +1036,9 @@ class Connection:
 
         The shape of asyncio.BufferedProtocol.get_buffer: read into the view, then report how
         many bytes arrived with `buffer_updated`, before any other call on this connection.
-        The room is at least RECEIVE_ROOM_MIN_BYTES, and enough for the rest of the frame
-        whose header is here; `size_hint` is ignored.
+        The room is at least RECEIVE_ROOM_MIN_BYTES, and grows toward the rest of the frame
+        whose header is here by at most what of it has arrived (so memory follows the bytes
+        received, not the length a header claims); `size_hint` is ignored.
         """
         if self._eof:
             raise LocalProtocolError("get_buffer after end of file")
@@ -1039,8 +1046,10 @@ class Connection:
         room = RECEIVE_ROOM_MIN_BYTES
         if buffered >= _LENGTH.size:
             (length,) = _LENGTH.unpack_from(self._buffer, self._start)
-            frame = _LENGTH.size + min(length, FRAME_SIZE_MAX_BYTES)
-            room = max(room, frame - buffered)
+            frame = _LENGTH.size + min(length, self._frame_limit())
+            # Room for the rest of the frame, but never more than twice what has arrived: a
+            # header alone cannot make the buffer grow to the length it claims.
+            room = max(room, min(frame - buffered, buffered))
         capacity = len(self._buffer)
         if self._read_filled and capacity < RECEIVE_BUFFER_BYTES:
             room = max(room, min(2 * capacity, RECEIVE_BUFFER_BYTES) - buffered)
@@ -1048,6 +1057,10 @@ class Connection:
         self._offered_bytes = len(self._buffer) - self._end
         self._invariants()
         return self._view[self._end :]
+
+    def _frame_limit(self) -> int:
+        """The largest frame length taken now: small until the handshake is done."""
+        return FRAME_SIZE_MAX_BYTES if self.phase is Phase.READY else HANDSHAKE_FRAME_MAX_BYTES
 
     def buffer_updated(self, nbytes: int) -> None:
         """`nbytes` were read into the view the last get_buffer returned."""
@@ -1086,11 +1099,12 @@ class Connection:
         if buffered < _HEADER.size:
             return self._need_data_or_closed()
         length, kind, flags, _reserved, request_id = _HEADER.unpack_from(self._buffer, start)
-        if length < _HEADER_AFTER_LENGTH_BYTES or length > FRAME_SIZE_MAX_BYTES:
+        limit = self._frame_limit()
+        if length < _HEADER_AFTER_LENGTH_BYTES or length > limit:
             self.phase = Phase.CLOSED
+            before = "" if limit == FRAME_SIZE_MAX_BYTES else " before authentication"
             raise RemoteProtocolError(
-                f"frame length {length} is outside {_HEADER_AFTER_LENGTH_BYTES}.."
-                f"{FRAME_SIZE_MAX_BYTES}"
+                f"frame length {length} is outside {_HEADER_AFTER_LENGTH_BYTES}..{limit}{before}"
             )
         total = _LENGTH.size + length
         if buffered < total:
