@@ -227,6 +227,28 @@ async def test_recover_then_failback_copies_only_changed_tracks(world):
         assert (await ch.query((0x0A00,)))[0].state is PairState.DUPLEX
 
 
+async def test_failback_of_many_pairs_costs_the_old_primary_two_state_commits(world):
+    """The old primary follows a failback of all its pairs in one durable write per step
+    (fail, then resume as the secondary), however many pairs: not one per pair per step.
+    Each pair's copy then ends with its own PENDING -> DUPLEX commit."""
+    await establish(world, 0, CopyMode.SYNC)
+    primary, secondary = world.primaries[0], world.secondary
+    devices = tuple(world.secondary_device(0, c) for c in range(world.volumes))
+    items = tuple(PairItem(device=d) for d in devices)
+    await primary.kill()
+    async with channel(secondary) as sec:
+        all_ok(await sec.pair_op(PairOp.RECOVER, items))
+        await primary.start()
+        async with channel(primary) as ch:
+            events = await ch.subscribe()
+            before = (await ch.status())["counters"]["state_commits"]
+            all_ok(await sec.pair_op(PairOp.FAILBACK, items))
+            for _ in devices:
+                await events.wait_for(r"PENDING -> DUPLEX cause=copy_done")
+            after = (await ch.status())["counters"]["state_commits"]
+    assert after - before == 2 + len(devices)  # was 2 per pair + 1 per pair
+
+
 async def test_shadow_copy_equals_the_suspended_secondary_and_blocks_resume(tmp_path):
     """A shadow copy equals the secondary as of the suspend; resume waits for it."""
     world = await build(tmp_path, volumes=1, size_bytes=64 * 1024 * 1024)

@@ -155,6 +155,7 @@ class Controller:
             "errors": 0,
             "auth_refused": 0,
             "connections": 0,
+            "state_commits": 0,
         }
 
     def __repr__(self) -> str:
@@ -245,6 +246,7 @@ class Controller:
             },
         }
         statefile.write_atomic(self.state_path, doc)
+        self.counters["state_commits"] += 1  # each one a durable write of the whole file
 
     # Events...
 

@@ -624,7 +624,8 @@ class PairOperations:
         # first step is committed together, then every second step: one write each, however
         # many devices (a group of thousands must not cost thousands of fsyncs).
         phases: list[dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]]] = []
-        cause = request.op.name.lower()
+        cause = "failback" if request.op is PairOp.PEER_FAILBACK else request.op.name.lower()
+        cleared: list[DeviceRun] = []  # PEER_FAILBACK: change maps to clear after the commits
         seen: set[int] = set()
         for item in request.items:
             try:
@@ -667,12 +668,16 @@ class PairOperations:
                     results.append(replace(_ok(device), tracks=len(bitmap)))
                     continue
                 elif request.op is PairOp.PEER_FAILBACK:
-                    for step in _follow(device.pair.state, "resume"):
+                    # Become the secondary: the same phased commits as PEER_STATE (one durable
+                    # write per step for all devices); the map is cleared once they are made.
+                    state = device.pair.state
+                    for phase, step in enumerate(_follow(state, "resume")):
+                        state = next_state(state, step, device=str(device.address))
                         swap = _swap_to_secondary(item) if step is PairAction.RESUME else None
-                        self.rep.controller.commit_states(
-                            {device.key: (step, swap)}, cause="failback"
-                        )
-                    run.changemap.clear_all()
+                        while len(phases) <= phase:
+                            phases.append({})
+                        phases[phase][device.key] = (step, swap)
+                    cleared.append(run)
                 else:
                     raise InputError(f"pair operation {request.op.name} is for hosts")
             except RemcopyError as exc:
@@ -686,6 +691,8 @@ class PairOperations:
         at = request.at_ns if action == "suspend" else None
         for phase_changes in phases:
             self.rep.controller.commit_states(phase_changes, cause=action, at_ns=at)
+        for run in cleared:
+            run.changemap.clear_all()
         if phases:
             results = [
                 replace(
