@@ -230,7 +230,7 @@ async def test_recover_then_failback_copies_only_changed_tracks(world):
 async def test_failback_of_many_pairs_costs_the_old_primary_two_state_commits(world):
     """The old primary follows a failback of all its pairs in one durable write per step
     (fail, then resume as the secondary), however many pairs: not one per pair per step.
-    Each pair's copy then ends with its own PENDING -> DUPLEX commit."""
+    The copies' ends are confirmed together too, as they finish."""
     await establish(world, 0, CopyMode.SYNC)
     primary, secondary = world.primaries[0], world.secondary
     devices = tuple(world.secondary_device(0, c) for c in range(world.volumes))
@@ -246,7 +246,9 @@ async def test_failback_of_many_pairs_costs_the_old_primary_two_state_commits(wo
             for _ in devices:
                 await events.wait_for(r"PENDING -> DUPLEX cause=copy_done")
             after = (await ch.status())["counters"]["state_commits"]
-    assert after - before == 2 + len(devices)  # was 2 per pair + 1 per pair
+    # 2 steps, then the copies' ends: one commit for all that finished together, at most
+    # one per pair (the old way was 2 per pair, plus 1 per pair).
+    assert 3 <= after - before <= 2 + len(devices)
 
 
 async def test_shadow_copy_equals_the_suspended_secondary_and_blocks_resume(tmp_path):

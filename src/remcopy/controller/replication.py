@@ -37,7 +37,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Final
+from typing import Final, Literal
 
 from remcopy.controller.changemap import ChangeMap
 from remcopy.controller.core import Controller, Device, HostGrant, PairInfo
@@ -101,6 +101,10 @@ class DeviceRun:
     """Suspended while PENDING: the secondary is not a consistent image."""
 
 
+_CopyEnd = Literal["duplex", "again"] | RemcopyError
+"""How a finished copy ended: DUPLEX, marked again meanwhile (copy more), or refused."""
+
+
 class Replicator:
     """Mirroring and pair operations for one controller."""
 
@@ -129,6 +133,10 @@ class Replicator:
         self.ops = PairOperations(self)
         self._tasks: asyncio.TaskGroup | None = None
         self._copy_slots = asyncio.Semaphore(COPY_IN_FLIGHT_MAX)
+        # Copies that finished and wait to be confirmed, per secondary controller: one
+        # PEER_STATE request and one state commit for all that finished meanwhile.
+        self._copies_done: dict[int, list[tuple[DeviceRun, asyncio.Future[_CopyEnd]]]] = {}
+        self._copies_done_sending: set[int] = set()
         self.timers: list[asyncio.TimerHandle] = []
         self.counters = controller.counters
         for name in (
@@ -679,23 +687,68 @@ class Replicator:
                 self._device_failed(run, failed[0])
                 return
             if device.pair.state is PairState.PENDING and run.changemap.copy_count() == 0:
-                # The secondary first: once the primary says DUPLEX, the secondary does too, so a
-                # site lost right after finds a secondary that can be recovered.
-                answer = await self.ops._tell_peer(pair.peer_serial, [run], "copy_done")
-                if not answer or answer[0].code:
-                    self._device_failed(
-                        run,
-                        BrokenResourceError(
-                            f"secondary did not confirm the end of the copy: "
-                            f"{answer[0].message if answer else 'no answer'}"
-                        ),
-                    )
+                end = await self._copy_done(run)
+                if isinstance(end, RemcopyError):
+                    self._device_failed(run, end)
                     return
-                if device.pair.state is PairState.PENDING and run.changemap.copy_count() == 0:
-                    self.commit(run, PairAction.COPY_DONE, cause="copy-done")
-                    return
-                continue  # tracks were marked meanwhile: copy them too
+                if end == "again":
+                    continue  # tracks were marked meanwhile: copy them too
             return
+
+    async def _copy_done(self, run: DeviceRun) -> _CopyEnd:
+        """Confirm a finished copy with the secondary, then commit COPY_DONE -> DUPLEX.
+
+        The secondary first: once the primary says DUPLEX, the secondary does too, so a site
+        lost right after finds a secondary that can be recovered. Copies that finish while a
+        confirmation is on its way wait for the next one: a group of thousands of pairs costs
+        a few requests and state commits, not one each (every commit rewrites the whole state
+        file, and the secondary answers requests in order within ack_timeout_s)."""
+        serial = run.device.pair.peer_serial
+        done: asyncio.Future[_CopyEnd] = asyncio.get_running_loop().create_future()
+        self._copies_done.setdefault(serial, []).append((run, done))
+        if serial not in self._copies_done_sending:
+            self._copies_done_sending.add(serial)
+            self.spawn(self._confirm_copies(serial), name=f"copies done to {serial}")
+        return await done
+
+    async def _confirm_copies(self, serial: int) -> None:
+        batch: list[tuple[DeviceRun, asyncio.Future[_CopyEnd]]] = []
+        try:
+            while batch := self._copies_done.pop(serial, []):
+                answers = await self.ops._tell_peer(serial, [r for r, _ in batch], "copy_done")
+                by_device = {a.device: a for a in answers}
+                ends: list[tuple[asyncio.Future[_CopyEnd], _CopyEnd]] = []
+                finished: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]] = {}
+                for run, done in batch:
+                    answer = by_device.get(run.device.pair.peer_device)
+                    if answer is None or answer.code:
+                        reason = answer.message if answer is not None else "no answer"
+                        ends.append(
+                            (
+                                done,
+                                BrokenResourceError(
+                                    f"secondary did not confirm the end of the copy: {reason}"
+                                ),
+                            )
+                        )
+                    elif (
+                        run.device.pair.state is PairState.PENDING
+                        and run.changemap.copy_count() == 0
+                    ):
+                        finished[run.device.key] = (PairAction.COPY_DONE, None)
+                        ends.append((done, "duplex"))
+                    else:
+                        ends.append((done, "again"))
+                if finished:
+                    self.controller.commit_states(finished, cause="copy-done")
+                for done, end in ends:
+                    if not done.done():
+                        done.set_result(end)
+        finally:
+            self._copies_done_sending.discard(serial)
+            for _, done in batch + self._copies_done.pop(serial, []):
+                if not done.done():  # stopped (or our bug) with copies waiting: they end too
+                    done.cancel()
 
     # Status...
 
