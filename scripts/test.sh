@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench
 .venv/bin/mypy
-# The drill on a small group, so its summary table is in the log of every test run.
-.venv/bin/remcopy demo --pairs 32
+# The drill on 500 pairs (125 per controller: enough for per-pair costs to show), so its
+# summary table is in the log of every test run.
+.venv/bin/remcopy demo --pairs 500
 exec .venv/bin/pytest -n 2 "$@"
