@@ -186,6 +186,7 @@ async def test_suspend_at_an_absolute_time_then_shadow_copy(
                 pilot, lambda: "shadow PAYROLL: 8 pairs" in said(app, "#result"), "shadow"
             )
             assert "not in the expected state" not in said(app, "#result"), said(app, "#result")
+            shot(app, "5e-shadow-copied")
             for _ in range(8):
                 await events.wait_for(r"^shadow .* done")
             for i in range(8):
