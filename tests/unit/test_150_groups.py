@@ -268,3 +268,33 @@ def test_plan_pair_shadow_needs_a_suspended_secondary_and_a_free_tertiary():
         "no tertiary given"
         in plan_pair(_PAIR, PairOp.SHADOW, _answers(primary, suspended), {}, {}).reason
     )
+
+
+def test_GroupReport_to_json_is_the_suspend_record():
+    """The record sums late writes, takes the longest host I/O hold, and lists every pair's
+    state; a freeze's trigger entry in `seal` is not a controller and counts for nothing."""
+    from remcopy.groups.operations import GroupReport, PairOutcome
+
+    other = GroupPair(volser="PAY001", primary=_S, secondary=_T)
+    report = GroupReport(
+        group="PAYROLL",
+        op="suspend",
+        at_ns=5,
+        pairs=[
+            PairOutcome(pair=_PAIR, ok=True, state=PairState.SUSPENDED, at_ns=5),
+            PairOutcome(pair=other, ok=False, state=PairState.DUPLEX, message="late"),
+        ],
+        seal={
+            "a": {"late_writes": 2, "host_io_held_ms": 1.5},
+            "b": {"late_writes": 1, "host_io_held_ms": 4.25},
+            "freeze": {"trigger": "64015:1A00:0A:00"},
+        },
+    )
+    record = report.to_json()
+    assert (record["late_writes"], record["host_io_held_ms"]) == (3, 4.25)
+    assert record["pair_states"] == {"PAY000": "SUSPENDED", "PAY001": "DUPLEX"}
+    assert [f["pair"] for f in record["failures"]] == ["PAY001"]
+    assert "plan" not in record
+    assert repr(report) == (
+        "<GroupReport PAYROLL suspend pairs=2 failed=1 consistent=False dry_run=False>"
+    )

@@ -224,10 +224,15 @@ class PairOperations:
         if not armed:
             return PairOpReply(results=tuple(sorted(results, key=lambda r: r.device)))
         # Arm: persisted, so a restart before T still suspends at T.
+        arm_started_ns = time.perf_counter_ns()
         self.rep.controller.commit_armed({r.device.key: at_ns for r in armed})
+        arm_ms = (time.perf_counter_ns() - arm_started_ns) / 1e6
         self.rep.controller.announce(f"armed suspend at={at_ns} devices={len(armed)}")
         sealed = self._arm_timer(armed, at_ns)
-        document = await sealed
+        document = dict(await sealed)
+        # The arm's commit ran on the event loop too: no host I/O was served meanwhile.
+        document["arm_commit_ms"] = round(arm_ms, 3)
+        document["host_io_held_ms"] = round(document["host_io_held_ms"] + arm_ms, 3)
         for run in armed:
             pair = run.device.pair
             if run.frozen_at_ns == at_ns and pair.state is PairState.SUSPENDED_ERROR:
@@ -311,10 +316,12 @@ class PairOperations:
                 run.copy_unfinished = run.device.pair.state is PairState.PENDING
                 changes[run.device.key] = (PairAction.SUSPEND, None)
                 by_peer.setdefault(run.device.pair.peer_serial, []).append(run)
+        commit_started_ns = time.perf_counter_ns()
         if changes:
             self.rep.controller.commit_states(changes, cause="suspend", at_ns=at_ns)
         if frozen:
             self.rep.to_error_all(frozen)
+        commit_ms = (time.perf_counter_ns() - commit_started_ns) / 1e6
         for serial, peer_runs in by_peer.items():
             await self._tell_peer(serial, peer_runs, "suspend", at_ns=at_ns)
         if not done.done():
@@ -326,11 +333,16 @@ class PairOperations:
                     "late_writes": self.rep.counters["late_writes"] - late_before,
                     "in_flight_at_seal": len(pending),
                     "frozen_in_error": len(frozen),
-                    # How long host writes to these devices could not complete as issued:
-                    # from the seal until the updates stamped < T were confirmed, a write
-                    # stamped < T is refused (the host reissues it); and a frozen device held
-                    # its writes from its replication error until this freeze ended the hold.
-                    "host_io_held_ms": round(max(drained_ns - sealed_ns, held_ns) / 1e6, 3),
+                    "seal_commit_ms": round(commit_ms, 3),
+                    # How long host writes could not complete as issued because of this
+                    # suspend: from the seal until the updates stamped < T were confirmed, a
+                    # write stamped < T is refused (the host reissues it), or a frozen device
+                    # held its writes from its replication error until this freeze, whichever
+                    # is longer; plus the commits (seal here, arm in _suspend), which run on
+                    # the event loop, so no host I/O of this controller is served during them.
+                    "host_io_held_ms": round(
+                        max(drained_ns - sealed_ns, held_ns) / 1e6 + commit_ms, 3
+                    ),
                 }
             )
 

@@ -68,7 +68,8 @@ class GroupReport:
     margin_s: float = 0.0
     round_trip_s: float = 0.0
     seal: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Per controller: seal and drain times, late writes refused, updates in flight at T."""
+    """Per controller: seal and drain times, late writes refused, updates in flight at T,
+    devices frozen, host I/O held (ms); the suspend record (docs/groups.md)."""
     consistent: bool = False
     dry_run: bool = False
     plan: list[PlannedPair] = field(default_factory=list)
