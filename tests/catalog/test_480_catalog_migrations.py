@@ -25,7 +25,7 @@ from remcopy.catalog import (
     ScanFailure,
 )
 from remcopy.catalog import queries as q
-from remcopy.catalog.migrate import MIGRATIONS_DIR, alembic_config, head_revision
+from remcopy.catalog.migrate import MIGRATIONS_DIR, alembic_config, head_revision, known_head
 from remcopy.catalog.schema import metadata
 
 
@@ -113,6 +113,7 @@ def test_migrations_are_numbered_in_one_line() -> None:
         assert Path(script.path).name.startswith(f"{number:04d}_")
         assert Path(script.path).parent == MIGRATIONS_DIR / "versions"
     assert head_revision() == revisions[-1].revision
+    assert known_head() == revisions[-1].revision  # what opening a catalog checks first
 
 
 @pytest.mark.parametrize(

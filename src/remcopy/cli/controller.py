@@ -9,9 +9,6 @@ import click
 from remcopy import aio
 from remcopy.cli.output import emit_json, say, table
 from remcopy.configfile import format_address, parse_address
-from remcopy.controller.config import load_controller_config
-from remcopy.controller.core import Controller
-from remcopy.controller.server import run_controller
 from remcopy.errors import InputError
 from remcopy.host.channel import Channel
 
@@ -37,6 +34,9 @@ def serve(config: Path) -> None:
     """
     if logging.getLogger().level > logging.INFO:
         logging.getLogger().setLevel(logging.INFO)  # a daemon logs its state changes
+    from remcopy.controller.core import Controller  # the daemon's code: only for `serve`
+    from remcopy.controller.server import run_controller
+
     ctl = Controller.from_config_file(config)
     aio.run(run_controller(ctl))
 
@@ -85,6 +85,8 @@ def check(config: Path, as_json: bool) -> None:
     Example:
       remcopy controller check site-a/cntl1.toml
     """
+    from remcopy.controller.config import load_controller_config
+
     cfg = load_controller_config(config)
     summary = {
         "config": str(config),

@@ -11,8 +11,6 @@ import click
 from remcopy import aio
 from remcopy.cli.common import ControllerProgress
 from remcopy.cli.output import say, table
-from remcopy.demo import run_drill
-from remcopy.demo.drill import DrillFailed
 
 
 @click.command()
@@ -43,6 +41,8 @@ def demo(pairs: int, keep: Path | None, seed: int | None) -> None:
       remcopy demo --pairs 200
       remcopy demo --keep /tmp/remcopy-demo
     """
+    from remcopy.demo.drill import DrillFailed, run_drill  # the whole system: only for `demo`
+
     seed = seed if seed is not None else random.randrange(1 << 31)
     root = keep or Path(tempfile.mkdtemp(prefix="remcopy-demo-"))
     if keep is not None:
