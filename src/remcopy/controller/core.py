@@ -262,6 +262,17 @@ class Controller:
         for sink in list(self._sinks):
             sink(line)
 
+    def announce_all(self, lines: list[str]) -> None:
+        """Announce many lines (a batch of pairs changing together): one log record for all,
+        each line to every subscriber. A log record per line cost ~20 µs each, 25 ms for a
+        1,250-device suspend, between T and the answer."""
+        if not lines:
+            return
+        log.info("%s", "\n".join(lines))
+        for sink in list(self._sinks):
+            for line in lines:
+                sink(line)
+
     # Committing state changes...
 
     def commit_states(
@@ -286,11 +297,12 @@ class Controller:
             if update is not None:
                 update(info)
         self._save_states(new_pairs)
+        lines = []
         for key in changes:
             device = self.devices[key]
             device.pair = new_pairs[key]
             if old_states[key] is not device.pair.state:
-                self.announce(
+                lines.append(
                     event_line(
                         str(device.address),
                         old_states[key],
@@ -300,6 +312,7 @@ class Controller:
                         **tags,
                     )
                 )
+        self.announce_all(lines)
 
     def commit_armed(self, armed: dict[int, int]) -> None:
         """Persist armed suspend times (device -> T) without a state change."""
