@@ -1,8 +1,11 @@
 # `remcopy demo`: the disaster-recovery drill, narrated, with a summary table.
 from __future__ import annotations
 
+import asyncio
 import random
 import shutil
+import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -41,15 +44,31 @@ def demo(pairs: int, keep: Path | None, seed: int | None) -> None:
       remcopy demo --pairs 200
       remcopy demo --keep /tmp/remcopy-demo
     """
-    from remcopy.demo.drill import DrillFailed, run_drill  # the whole system: only for `demo`
+    from remcopy.demo.drill import DrillFailed, Step, run_drill  # the whole system: only here
 
     seed = seed if seed is not None else random.randrange(1 << 31)
     root = keep or Path(tempfile.mkdtemp(prefix="remcopy-demo-"))
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
+
+    async def drill() -> list[Step]:
+        # SIGTERM ends the drill as Ctrl-C does: its tasks are cancelled and it stops every
+        # controller process it started before the command exits.
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            return await run_drill(root, pairs=pairs, seed=seed, say=say, progress=bars.update)
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
     try:
         with ControllerProgress() as bars:
-            steps = aio.run(run_drill(root, pairs=pairs, seed=seed, say=say, progress=bars.update))
+            steps = aio.run(drill())
+    except (KeyboardInterrupt, asyncio.CancelledError) as stopped:
+        say("demo: stopped; every controller process it started was stopped")
+        sys.exit(130 if isinstance(stopped, KeyboardInterrupt) else 143)  # 128 + the signal
     finally:
         if keep is None:
             shutil.rmtree(root, ignore_errors=True)
