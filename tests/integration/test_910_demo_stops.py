@@ -32,7 +32,9 @@ def test_demo_stopped_by_a_signal_stops_its_controllers(
 ) -> None:
     root = tmp_path / "world"
     with subprocess.Popen(
-        [sys.executable, "-m", "remcopy", "demo", "--pairs", "16", "--keep", str(root)],
+        # 1,000 pairs: the signal, sent once the scans are done, lands while the drill defines
+        # and establishes the group (seconds); 16 pairs could finish first.
+        [sys.executable, "-m", "remcopy", "demo", "--pairs", "1000", "--keep", str(root)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
