@@ -39,6 +39,9 @@ def test_demo_stopped_by_a_signal_stops_its_controllers(
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "NO_COLOR": "1"},
+        # As from a terminal: a test worker may run with SIGINT ignored, and a child inherits
+        # that (Python then never turns SIGINT into KeyboardInterrupt).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     ) as demo:
         assert demo.stdout is not None
         try:
