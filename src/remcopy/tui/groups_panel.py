@@ -50,6 +50,7 @@ class GroupsPanel(Vertical):
         super().__init__(id=id)
         self.catalog = catalog
         self.pairs: list[GroupPair] = []
+        self._asking = 0  # status workers under way (a tick waits for them)
 
     def compose(self) -> ComposeResult:
         yield DataTable(id="group-list", cursor_type="row")
@@ -65,7 +66,7 @@ class GroupsPanel(Vertical):
             "volser", "state", "mode", "lag", "pri", "sec", "primary", "secondary"
         )
         self._list_groups()
-        self.set_interval(STATUS_EVERY_S, self.action_refresh)
+        self.set_interval(STATUS_EVERY_S, self._tick)
 
     def _list_groups(self) -> None:
         table = self.query_one("#group-list", DataTable)
@@ -139,17 +140,27 @@ class GroupsPanel(Vertical):
 
     # Live state: a worker, so a slow controller never freezes the screen.
 
+    def _tick(self) -> None:
+        """Every STATUS_EVERY_S: ask again, unless the last asking is still under way. (An
+        exclusive worker started every second cancels the one before it: when a round takes
+        longer than that, on a slow link or a loaded machine, no round would ever finish.)"""
+        if not self._asking:
+            self.action_refresh()
+
     def action_refresh(self) -> None:
         if self.panel == self.id and self.group and self.host and self.pairs:
             self.ask_status(self.group, self.host)
 
     @work(exclusive=True, group="status")
     async def ask_status(self, group: str, host: str) -> None:
+        self._asking += 1
         try:
             found = await group_status(self.catalog, group, host)
         except SHOWN_ERRORS as exc:
             self.query_one("#title", Notice).say(f"group {group}: status: {exc}", error=True)
             return
+        finally:
+            self._asking -= 1
         if group == self.group:
             self.statuses = {str(s.pair.primary): s for s in found}
 

@@ -63,6 +63,7 @@ class OperationWatch(Vertical):
     def __init__(self, catalog: Catalog, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.catalog = catalog
+        self._asking = 0  # status workers under way (a tick waits for them)
 
     def compose(self) -> ComposeResult:
         yield Notice(id="result")
@@ -70,7 +71,7 @@ class OperationWatch(Vertical):
 
     def on_mount(self) -> None:
         self.query_one("#outcomes", DataTable).add_columns("pair", "result", "state now", "lag")
-        self.set_interval(STATUS_EVERY_S, self.refresh_status)
+        self.set_interval(STATUS_EVERY_S, self._tick)
 
     def say(self, text: str, *, error: bool = False) -> None:
         self.query_one("#result", Notice).say(text, error=error)
@@ -111,16 +112,25 @@ class OperationWatch(Vertical):
 
     # Live state: a worker, so a slow controller never freezes the screen.
 
+    def _tick(self) -> None:
+        """Ask again, unless the last asking is still under way (a new exclusive worker every
+        second would cancel a round that takes longer, and none would finish)."""
+        if not self._asking:
+            self.refresh_status()
+
     def refresh_status(self) -> None:
         if self.live and self.report is not None and self.host:
             self.ask_status(self.report.group, self.host)
 
     @work(exclusive=True, group="status")
     async def ask_status(self, group: str, host: str) -> None:
+        self._asking += 1
         try:
             statuses = await group_status(self.catalog, group, host)
         except SHOWN_ERRORS:
             return  # the result stays; the next tick asks again
+        finally:
+            self._asking -= 1
         if not self.is_attached:
             return  # the screen went away while the controllers answered
         try:
