@@ -254,3 +254,45 @@ async def wait_settled(ch: Channel, devices: tuple[int, ...], *, limit: int = 50
         if all(s.state is PairState.DUPLEX and s.dirty_tracks == 0 for s in statuses):
             return
     raise AssertionError(f"devices did not settle: {statuses}")
+
+
+def host_file(root: Path, world: World) -> Path:
+    """Host `hosta`: both primaries online (1A00-1A03, 1B00-1B03), the secondary offline."""
+    p0, p1 = world.primaries
+    path = root / "hosta.toml"
+    path.write_text(f"""
+[host]
+name = "{HOST}"
+secret = "{SECRET}"
+
+[[controllers]]
+name = "{p0.name}"
+address = "{p0.endpoint}"
+[[controllers]]
+name = "{p1.name}"
+address = "{p1.endpoint}"
+[[controllers]]
+name = "cntlb"
+address = "{world.secondary.endpoint}"
+
+[[paths]]
+devices = "1A00-1A03"
+controller = "{p0.name}"
+ssid = "1A00"
+lss = "0A"
+cca = "00"
+[[paths]]
+devices = "1B00-1B03"
+controller = "{p1.name}"
+ssid = "1A00"
+lss = "0A"
+cca = "00"
+[[paths]]
+devices = "2B00-2B07"
+controller = "cntlb"
+ssid = "2B00"
+lss = "20"
+cca = "00"
+online = false
+""")
+    return path

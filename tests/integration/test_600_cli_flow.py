@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from mirror_world import build, stop
+from mirror_world import build, host_file, stop
 
 from common import HOST, SECRET
 
@@ -29,48 +29,6 @@ def cli(*args: str, catalog: Path, check: bool = True) -> subprocess.CompletedPr
     return run
 
 
-def _host_file(tmp_path: Path, world) -> Path:
-    p0, p1 = world.primaries
-    text = f"""
-[host]
-name = "{HOST}"
-secret = "{SECRET}"
-
-[[controllers]]
-name = "{p0.name}"
-address = "{p0.endpoint}"
-[[controllers]]
-name = "{p1.name}"
-address = "{p1.endpoint}"
-[[controllers]]
-name = "cntlb"
-address = "{world.secondary.endpoint}"
-
-[[paths]]
-devices = "1A00-1A03"
-controller = "{p0.name}"
-ssid = "1A00"
-lss = "0A"
-cca = "00"
-[[paths]]
-devices = "1B00-1B03"
-controller = "{p1.name}"
-ssid = "1A00"
-lss = "0A"
-cca = "00"
-[[paths]]
-devices = "2B00-2B07"
-controller = "cntlb"
-ssid = "2B00"
-lss = "20"
-cca = "00"
-online = false
-"""
-    path = tmp_path / "hosta.toml"
-    path.write_text(text)
-    return path
-
-
 @pytest.fixture
 async def world(tmp_path):
     w = await build(tmp_path, primaries=2, volumes=4)
@@ -81,8 +39,8 @@ async def world(tmp_path):
 async def test_operator_flow_from_host_to_consistent_suspend(world, tmp_path):
     """Every step works through the CLI and the suspend says consistent at T."""
     catalog = tmp_path / "catalog.db"
-    host_file = _host_file(tmp_path, world)
-    out = json.loads(cli("host", "add", str(host_file), "--json", catalog=catalog).stdout)
+    host_path = host_file(tmp_path, world)
+    out = json.loads(cli("host", "add", str(host_path), "--json", catalog=catalog).stdout)
     assert out == {"host": HOST, "devices": 16}
     scan = json.loads(cli("scan", HOST, "--json", catalog=catalog).stdout)
     assert scan["devices"] == 16
@@ -255,7 +213,7 @@ async def test_group_edits_are_all_or_nothing_and_operations_are_logged(world, t
     from remcopy.catalog import Catalog
 
     catalog = tmp_path / "catalog.db"
-    cli("host", "add", str(_host_file(tmp_path, world)), catalog=catalog)
+    cli("host", "add", str(host_file(tmp_path, world)), catalog=catalog)
     cli("scan", HOST, catalog=catalog)
     group = tmp_path / "small.toml"
     group.write_text(

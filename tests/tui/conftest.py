@@ -11,8 +11,7 @@ import pytest
 # The controllers are the CLI flow test's world (tests/integration/mirror_world.py).
 sys.path.insert(0, str(Path(__file__).parent.parent / "integration"))
 
-from mirror_world import build, stop
-from tui_world import host_file
+from mirror_world import build, host_file, stop
 
 from remcopy.catalog import Catalog
 from remcopy.host.service import add_host

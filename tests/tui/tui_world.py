@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import HOST, SECRET
+from common import HOST
 from remcopy.catalog import Catalog
 from remcopy.groups.service import define_group, load_group
 from remcopy.tui.common import Notice
@@ -18,47 +18,6 @@ WAIT_STEPS = 2400  # 2 minutes of app time: generous for a loaded machine
 WAIT_STEP_S = 0.05
 # `REMCOPY_TUI_SHOTS=docs/tui pytest tests/tui` saves the panels' screenshots for docs/tui.md.
 SHOTS = os.environ.get("REMCOPY_TUI_SHOTS")
-
-
-def host_file(root: Path, world: Any) -> Path:
-    p0, p1 = world.primaries
-    path = root / "hosta.toml"
-    path.write_text(f"""
-[host]
-name = "{HOST}"
-secret = "{SECRET}"
-
-[[controllers]]
-name = "{p0.name}"
-address = "{p0.endpoint}"
-[[controllers]]
-name = "{p1.name}"
-address = "{p1.endpoint}"
-[[controllers]]
-name = "cntlb"
-address = "{world.secondary.endpoint}"
-
-[[paths]]
-devices = "1A00-1A03"
-controller = "{p0.name}"
-ssid = "1A00"
-lss = "0A"
-cca = "00"
-[[paths]]
-devices = "1B00-1B03"
-controller = "{p1.name}"
-ssid = "1A00"
-lss = "0A"
-cca = "00"
-[[paths]]
-devices = "2B00-2B07"
-controller = "cntlb"
-ssid = "2B00"
-lss = "20"
-cca = "00"
-online = false
-""")
-    return path
 
 
 def define_payroll(catalog: Catalog, root: Path, *, pairs: int = 8) -> None:
