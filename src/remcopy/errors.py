@@ -232,6 +232,13 @@ class ShuttingDown(ResourceError):
     retryable = True
 
 
+class ControllerFailed(RemcopyError):
+    """the controller stopped: a background task (replication, a copy, a timer) failed"""
+
+    code = 65
+    exit_code = 1
+
+
 def _all_subclasses(cls: type[RemcopyError]) -> list[type[RemcopyError]]:
     out: list[type[RemcopyError]] = [cls]
     for sub in cls.__subclasses__():

@@ -86,9 +86,18 @@ async def build(
         serial=SECONDARY_SERIAL,
         data_dir=root / "cntlb",
         listen=f"127.0.0.1:{ports[-1]}",
-        lss={SECONDARY_LSS: 0x2B00, TERTIARY_LSS: 0x3B00},
+        lss={
+            lss + extra: ssid + (extra << 8)
+            for lss, ssid in ((SECONDARY_LSS, 0x2B00), (TERTIARY_LSS, 0x3B00))
+            for extra in range(_lss_count(primaries * volumes))
+        },
         volumes=[
-            VolumeSpec(lss=lss, cca=i, volser=f"{tag}{i:04X}", size_bytes=size_bytes)
+            VolumeSpec(
+                lss=(lss << 8 | i) >> 8,
+                cca=i & 0xFF,
+                volser=f"{tag}{i:04X}",
+                size_bytes=size_bytes,
+            )
             for lss, tag in ((SECONDARY_LSS, "SB"), (TERTIARY_LSS, "TB"))
             for i in range(primaries * volumes)
         ],
@@ -111,9 +120,14 @@ async def build(
             data_dir=root / f"cntla{i}",
             listen=f"127.0.0.1:{ports[i]}",
             settings=dict(primary_settings or {}),
-            lss={0x0A: 0x1A00},
+            lss={0x0A + extra: 0x1A00 + (extra << 8) for extra in range(_lss_count(volumes))},
             volumes=[
-                VolumeSpec(lss=0x0A, cca=c, volser=f"P{i}{c:04X}", size_bytes=size_bytes)
+                VolumeSpec(
+                    lss=(0x0A00 + c) >> 8,
+                    cca=c & 0xFF,
+                    volser=f"P{i}{c:04X}",
+                    size_bytes=size_bytes,
+                )
                 for c in range(volumes)
             ],
             hosts={HOST: SECRET},
@@ -128,6 +142,11 @@ async def build(
         )
         world.primaries.append(await ControllerProcess(spec.write(root / f"cntla{i}.toml")).start())
     return world
+
+
+def _lss_count(devices: int) -> int:
+    """LSSs for `devices` consecutive device keys (256 CCAs each): keys stay base + index."""
+    return max(1, (devices + 255) // 256)
 
 
 async def stop(world: World) -> None:

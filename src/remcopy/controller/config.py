@@ -120,8 +120,26 @@ class ControllerSection(_Strict):
     """A replication batch not confirmed this long counts as a link failure."""
     hold_s: float = Field(default=2.0, ge=0, le=600)
     """How long a consistency-group device holds host writes after a replication error."""
+    heartbeat_interval_s: float = Field(default=0.5, gt=0, le=60)
+    """How often each replication link with mirroring pairs is proven alive with no writes."""
+    heartbeat_timeout_s: float = Field(default=2.0, gt=0, le=600)
+    """A heartbeat not answered this long counts as a link failure (detection <= interval +
+    timeout)."""
+    freeze_margin_s: float = Field(default=0.25, gt=0, le=60)
+    """A controller-initiated freeze seals the group at T = now + this (at least 4 round
+    trips to the slowest sibling): every sibling must be armed before T."""
+    freeze_unreachable: Literal["go", "stop"] = "go"
+    """A sibling primary not confirmed armed within hold_s: "go" releases the held writes
+    (change-recorded; the group is reported not consistent), "stop" refuses them until an
+    operator acts, so nothing that depends on them can be written anywhere."""
     planted_bugs: list[
-        Literal["mirror_late_write", "drop_update", "skip_changemap_bit", "early_sync_ack"]
+        Literal[
+            "mirror_late_write",
+            "drop_update",
+            "skip_changemap_bit",
+            "early_sync_ack",
+            "crash_background",
+        ]
     ] = Field(default_factory=list)
     """TESTING ONLY: known bugs the fault campaigns must catch (docs/consistency.md)."""
     planted_bug_every: int = Field(default=50, ge=1, le=1_000_000)

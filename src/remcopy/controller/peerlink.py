@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Final
 
@@ -65,6 +66,8 @@ class PeerLink:
         self.broken: RemcopyError | None = None
         self.batches_sent = 0
         self.bytes_sent = 0
+        self.heartbeats_sent = 0
+        self.heartbeat_rtt_ns = 0
 
     def __repr__(self) -> str:
         return (
@@ -178,6 +181,50 @@ class PeerLink:
             self.broken = exc
             log.warning("replication link to %s failed: %s", self.peer.name, exc)
             self._on_broken(self, exc)
+
+    # Heartbeats...
+
+    def heartbeat(self, timeout_s: float) -> asyncio.Future[native.Message] | None:
+        """Send an empty update batch behind everything queued; no answer within timeout_s
+        marks the link broken (a dead or stopped peer is found with no host write). Its
+        answer also says the peer applied every update sent before it. None when the link
+        is not connected or already failed."""
+        if self.broken is not None or not self.channel.connected:
+            return None
+        self._flush()
+        try:
+            reply = self.channel.send_nowait(native.UpdateBatch(updates=()))
+        except RemcopyError as exc:
+            self.mark_broken(exc)
+            return None
+        self.heartbeats_sent += 1
+        sent_ns = time.perf_counter_ns()
+
+        def expired() -> None:
+            if not reply.done():
+                reply.set_exception(
+                    BrokenResourceError(
+                        f"replication link to {self.peer.name}: no heartbeat answer within "
+                        f"{timeout_s} s"
+                    )
+                )
+
+        timer = asyncio.get_running_loop().call_later(timeout_s, expired)
+
+        def answered(r: asyncio.Future[native.Message]) -> None:
+            timer.cancel()
+            if r.cancelled() or r.exception() is not None:
+                err = None if r.cancelled() else r.exception()
+                self.mark_broken(
+                    err
+                    if isinstance(err, RemcopyError)
+                    else BrokenResourceError(f"replication link to {self.peer.name} was closed")
+                )
+            else:
+                self.heartbeat_rtt_ns = time.perf_counter_ns() - sent_ns
+
+        reply.add_done_callback(answered)
+        return reply
 
     # Peer operations (ordered with the updates)...
 

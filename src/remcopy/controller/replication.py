@@ -46,6 +46,7 @@ from remcopy.controller.pairops import PairOperations
 from remcopy.controller.peerlink import PeerLink
 from remcopy.errors import (
     BrokenResourceError,
+    ControllerFailed,
     DeviceBusy,
     InputError,
     LateWrite,
@@ -159,19 +160,30 @@ class Replicator:
             run.changemap.close()
 
     async def run(self) -> None:
-        """Own the background tasks (copies, seals) until cancelled; resume unfinished work."""
-        async with asyncio.TaskGroup() as tasks:
-            self._tasks = tasks
-            self._resume_after_restart()
-            try:
+        """Own the background tasks (copies, seals, heartbeats) until cancelled; resume
+        unfinished work first. Fail-stop: a task that fails unexpectedly (not a RemcopyError
+        about one device or link) ends the TaskGroup, and this raises ControllerFailed naming
+        it, so the controller exits rather than serve with replication dead."""
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                tasks.create_task(self._guarded(self._start(), "restart recovery"))
                 await asyncio.Event().wait()
-            finally:
-                for link in self.links.values():
-                    await link.close()
+        except BaseExceptionGroup as group:
+            raise _first_failure(group) from None
+        finally:
+            self._tasks = None
+            for link in self.links.values():
+                await link.close()
+
+    async def _start(self) -> None:
+        self._resume_after_restart()
+        self.spawn(self._heartbeats(), name="heartbeats")
 
     def spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
-        """Start a background task owned by the replicator. A task that fails is logged and
-        ends alone: one bad volume must not stop replication for every other pair."""
+        """Start a background task owned by the replicator. A RemcopyError (a volume or a
+        link refused something) is logged and ends that task alone: one bad volume must not
+        stop replication for every other pair. Anything else is our bug: fail-stop."""
         assert self._tasks is not None, "replicator not running"
         return self._tasks.create_task(self._guarded(coro, name), name=name)
 
@@ -180,14 +192,14 @@ class Replicator:
             await coro
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # logged, never silent: this is a failure of `name` alone
+        except RemcopyError as exc:  # logged, never silent: this is a failure of `name` alone
             self.counters["task_failures"] = self.counters.get("task_failures", 0) + 1
-            log.error(
-                "background task %s failed: %s",
-                name,
-                exc,
-                exc_info=not isinstance(exc, RemcopyError),
-            )
+            log.error("background task %s failed: %s", name, exc)
+        except Exception as exc:
+            raise ControllerFailed(
+                f"controller {self.controller.name}: background task {name!r} failed: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
 
     def _replay_journals(self) -> None:
         """Ship again what async pairs acknowledged before a crash, before any new write."""
@@ -227,18 +239,22 @@ class Replicator:
 
     def _resume_after_restart(self) -> None:
         self._replay_journals()
-        now = time.time_ns()
+        armed: dict[int, list[DeviceRun]] = {}
         for run in self.runs.values():
             pair = run.device.pair
             if pair.role is not PairRole.PRIMARY:
                 continue
             if pair.state in (PairState.DUPLEX, PairState.PENDING) and pair.suspend_at_ns:
-                # If T passed while we were down the timer fires at once; the seal still waits
-                # for the journal replay, so every update stamped < T reaches the secondary.
-                self.ops._arm_timer([run], pair.suspend_at_ns)
-                del now
+                armed.setdefault(pair.suspend_at_ns, []).append(run)
             if pair.state is PairState.PENDING:
                 self.start_copier(run)
+        for at_ns, runs in sorted(armed.items()):
+            # One timer and one seal per T, however many devices. If T passed while we were
+            # down it fires at once; the seal still waits for the journal replay, so every
+            # update stamped < T reaches the secondary, and none stamped >= T does (those
+            # were change-recorded before the restart).
+            log.info("armed suspend at=%d re-armed after restart devices=%d", at_ns, len(runs))
+            self.ops._arm_timer(runs, at_ns)
         crashed = [
             run
             for run in self.runs.values()
@@ -282,6 +298,47 @@ class Replicator:
         for run in runs:
             if run.device.key in changes:
                 self.start_copier(run)
+
+    # Heartbeats: a dead or stopped peer is found with no host write...
+
+    async def _heartbeats(self) -> None:
+        """Every heartbeat_interval_s, prove each link that mirrors pairs alive; a link with
+        no answer within heartbeat_timeout_s fails as a failed update does (holds, freeze,
+        SUSPENDED_ERROR). A link not connected yet (after a restart) is connected first."""
+        section = self.controller.config.controller
+        waiting: dict[int, asyncio.Future[native.Message] | asyncio.Task[None]] = {}
+        while True:
+            await asyncio.sleep(section.heartbeat_interval_s)
+            if self._planted("crash_background"):  # PLANTED BUG: a background task dies
+                raise RuntimeError("planted bug crash_background: the heartbeat task failed")
+            for serial in self._mirroring_peers():
+                previous = waiting.get(serial)
+                if previous is not None and not previous.done():
+                    continue  # its own deadline reports it
+                link = self.link(serial)
+                if link.broken is None and not link.channel.connected:
+                    waiting[serial] = self.spawn(
+                        self._connect_link(link), name=f"connect {link.peer.name}"
+                    )
+                    continue
+                beat = link.heartbeat(section.heartbeat_timeout_s)
+                if beat is not None:
+                    waiting[serial] = beat
+
+    def _mirroring_peers(self) -> set[int]:
+        return {
+            run.device.pair.peer_serial
+            for run in self.runs.values()
+            if run.device.pair.role is PairRole.PRIMARY
+            and run.device.pair.state in (PairState.DUPLEX, PairState.PENDING)
+            and run.held is None
+        }
+
+    async def _connect_link(self, link: PeerLink) -> None:
+        try:
+            await link.ensure_connected()
+        except RemcopyError as exc:
+            link.mark_broken(exc)
 
     # Links...
 
@@ -801,6 +858,17 @@ class Replicator:
 
     def apply_updates(self, peer_serial: int, batch: native.UpdateBatch) -> native.UpdateAck:
         return self.ops.apply_updates(peer_serial, batch)
+
+
+def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The failure to report from a TaskGroup's exception group (ours first)."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_failure(exc)
+        if isinstance(exc, ControllerFailed):
+            return exc
+    first = group.exceptions[0]
+    return ControllerFailed(f"replication failed: {type(first).__name__}: {first}")
 
 
 __all__ = ["DeviceRun", "PeerLink", "Replicator"]

@@ -51,6 +51,7 @@ from remcopy.controller.replication import Replicator
 from remcopy.controller.volume import Volume
 from remcopy.errors import (
     AuthenticationFailed,
+    ControllerFailed,
     DeviceNotAllowed,
     ProtocolError,
     RemcopyError,
@@ -354,40 +355,51 @@ class ControllerServer:
             raise
         if ready is not None:
             ready(self.address)
-        replication = loop.create_task(self.replicator.run())
-        # --- NBD export: served next to the native server, stopped with it ---
-        nbd_serving = loop.create_task(self.nbd.serve()) if self.nbd is not None else None
-        async with server:
-            async with asyncio.TaskGroup() as tasks:
+        # Fail-stop: the replicator and the NBD export run in the server's TaskGroup. If one
+        # fails, the group cancels everything else and serve() raises ControllerFailed: the
+        # controller exits non-zero (a service manager restarts it); it never goes on serving
+        # with replication dead.
+        try:
+            async with server, asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
+                replication = tasks.create_task(self.replicator.run(), name="replication")
+                # --- NBD export: served next to the native server, stopped with it ---
+                nbd_serving = (
+                    tasks.create_task(self.nbd.serve(), name="nbd")
+                    if self.nbd is not None
+                    else None
+                )
                 early, self._early = self._early, []
                 for link in early:
                     self._drive(link)
                 await self._stopping.wait()
-                server.close()
-                if self.nbd is not None:
-                    self.nbd.stop()
-                for link in list(self._links):
-                    link.shut_down()
-                drivers = list(self._drivers)
-                if drivers:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(
-                            self.controller.config.controller.shutdown_grace_s
-                        ):
-                            await asyncio.wait(drivers)
-                for link in list(self._links):  # past the grace: what is left is dropped
-                    link.abort()
-                for driver in self._drivers:
-                    driver.cancel()
+                await self._shut_down(server)
+                if nbd_serving is not None:
+                    await nbd_serving  # bounded by its own grace; before the replicator stops
+                replication.cancel()
+        except BaseExceptionGroup as group:
+            raise _failure_of(group) from None  # the CLI prints it: one line, exit 1
+        finally:
             self._tasks = None
-        if nbd_serving is not None:
-            await nbd_serving  # bounded by its own grace; before the replicator stops
-        replication.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await replication
-        self._flush_all()
-        self.replicator.close()
+            self._flush_all()
+            self.replicator.close()
+
+    async def _shut_down(self, server: asyncio.Server) -> None:
+        """SIGTERM: stop accepting, answer what was read (within the grace), then close."""
+        server.close()
+        if self.nbd is not None:
+            self.nbd.stop()
+        for link in list(self._links):
+            link.shut_down()
+        drivers = list(self._drivers)
+        if drivers:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.controller.config.controller.shutdown_grace_s):
+                    await asyncio.wait(drivers)
+        for link in list(self._links):  # past the grace: what is left is dropped
+            link.abort()
+        for driver in self._drivers:
+            driver.cancel()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -694,6 +706,19 @@ class ControllerServer:
         link.sinks.append(sink)
         self.controller.add_sink(sink)
         link.send(native.EventNotice(request_id=rid, line=f"subscribed {self.controller.name}"))
+
+
+def _failure_of(group: BaseExceptionGroup[BaseException]) -> RemcopyError:
+    """What stopped the server's TaskGroup, as one error to log and exit with."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _failure_of(exc)
+        if isinstance(exc, ControllerFailed):
+            return exc
+        if isinstance(exc, RemcopyError):
+            return ControllerFailed(f"controller stopped: {exc}")
+    first = group.exceptions[0]
+    return ControllerFailed(f"controller stopped: {type(first).__name__}: {first}")
 
 
 class ListenError(RemcopyError):
