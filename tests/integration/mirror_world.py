@@ -137,7 +137,19 @@ async def build(
                     serial=SECONDARY_SERIAL,
                     address=(peer_address or {}).get(i, f"127.0.0.1:{ports[-1]}"),
                     secret=LINK_SECRET,
-                )
+                ),
+                # Sibling primaries: a consistency group over several primaries freezes over
+                # these authenticated links, with nothing but controllers running.
+                *(
+                    PeerSpec(
+                        name=f"cntla{j}",
+                        serial=primary_serial(j),
+                        address=f"127.0.0.1:{ports[j]}",
+                        secret=LINK_SECRET,
+                    )
+                    for j in range(primaries)
+                    if j != i
+                ),
             ],
         )
         world.primaries.append(await ControllerProcess(spec.write(root / f"cntla{i}.toml")).start())

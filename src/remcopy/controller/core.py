@@ -63,6 +63,8 @@ class PairInfo:
     """Armed suspend time T while DUPLEX/PENDING; the time suspended at once SUSPENDED."""
     fence: FencePolicy = FencePolicy.NEVER
     consistency_group: bool = False
+    group: str = ""
+    """The consistency group's name (establish); its members are in Controller.groups."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,6 +76,7 @@ class PairInfo:
             "suspend_at_ns": self.suspend_at_ns,
             "fence": self.fence.value,
             "consistency_group": self.consistency_group,
+            "group": self.group,
         }
 
     @classmethod
@@ -87,6 +90,7 @@ class PairInfo:
             suspend_at_ns=int(doc.get("suspend_at_ns", 0)),
             fence=FencePolicy(doc.get("fence", "never")),
             consistency_group=bool(doc.get("consistency_group", False)),
+            group=str(doc.get("group", "")),
         )
 
 
@@ -142,6 +146,9 @@ class Controller:
         self.devices: dict[int, Device] = {}
         self.hosts = {h.name: HostGrant.from_section(h) for h in config.hosts}
         self.peers = {p.name: p for p in config.peers}
+        self.groups: dict[str, tuple[int, ...]] = {}
+        """Consistency groups with devices here -> their primary controllers' serials (given
+        at establish, persisted): the siblings a freeze must reach."""
         self._sinks: list[EventSink] = []
         self.started_ns = time.time_ns()
         self.counters: dict[str, int] = {
@@ -228,6 +235,10 @@ class Controller:
         doc = statefile.read(self.state_path)
         if doc is None:
             return
+        self.groups = {
+            str(name): tuple(int(serial) for serial in members)
+            for name, members in doc.get("groups", {}).items()
+        }
         for key_text, pair_doc in doc.get("devices", {}).items():
             device = self.devices.get(int(key_text, 16))
             if device is None:
@@ -244,6 +255,7 @@ class Controller:
                 for key, info in sorted(pairs.items())
                 if info.state is not PairState.SIMPLEX or info.role is not PairRole.NONE
             },
+            "groups": {name: list(members) for name, members in sorted(self.groups.items())},
         }
         statefile.write_atomic(self.state_path, doc)
         self.counters["state_commits"] += 1  # each one a durable write of the whole file
@@ -281,11 +293,13 @@ class Controller:
         *,
         cause: str,
         at_ns: int | None = None,
+        groups: Mapping[str, tuple[int, ...]] | None = None,
         **tags: str,
     ) -> None:
         """Apply actions to devices all-or-nothing: compute, validate, persist, then announce.
 
         Each change is (action, update) where update adjusts the new PairInfo's other fields.
+        `groups` sets consistency-group memberships in the same durable write (establish).
         Raises IllegalTransition (nothing changed) if any device's state forbids its action.
         """
         new_pairs = {key: PairInfo(**_fields(d.pair)) for key, d in self.devices.items()}
@@ -296,7 +310,14 @@ class Controller:
             info.state = next_state(info.state, action, device=str(device.address))
             if update is not None:
                 update(info)
-        self._save_states(new_pairs)
+        old_groups = self.groups
+        if groups:
+            self.groups = {**self.groups, **groups}
+        try:
+            self._save_states(new_pairs)
+        except BaseException:
+            self.groups = old_groups
+            raise
         lines = []
         for key in changes:
             device = self.devices[key]

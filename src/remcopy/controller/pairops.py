@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
 from remcopy.controller.core import Device, HostGrant, PairInfo
+from remcopy.controller.freeze import membership
 from remcopy.errors import (
     BrokenResourceError,
     DeviceBusy,
@@ -84,9 +85,10 @@ class PairOperations:
         raise InputError(f"pair operation {op.name} is for controllers, not hosts")
 
     def _devices(
-        self, grant: HostGrant, request: PairOpRequest
+        self, grant: HostGrant, request: PairOpRequest, *, join_freeze: bool = False
     ) -> tuple[list[tuple[PairItem, DeviceRun]], list[PairResult]]:
-        """Resolve the items; unknown, not allowed and armed devices are refused here."""
+        """Resolve the items; unknown, not allowed and armed devices are refused here (a
+        suspend may join the freeze that armed a device: `join_freeze`)."""
         good: list[tuple[PairItem, DeviceRun]] = []
         refused: list[PairResult] = []
         seen: set[int] = set()
@@ -102,6 +104,7 @@ class PairOperations:
                     armed
                     and device.pair.role is PairRole.PRIMARY
                     and device.pair.state in (PairState.DUPLEX, PairState.PENDING)
+                    and not (join_freeze and self.rep.freezer.froze(run))
                 ):
                     raise DeviceBusy(
                         f"{device.address}: a suspend is armed for {armed}: other "
@@ -118,6 +121,9 @@ class PairOperations:
         next_state(run.device.pair.state, action, device=str(run.device.address))
 
     async def _establish(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
+        # A consistency group's name and primary controllers (for the freeze), checked first:
+        # a bad membership refuses the whole request and changes nothing.
+        group = membership(request.options, self.rep.controller)
         good, results = self._devices(grant, request)
         by_peer: dict[int, list[tuple[PairItem, DeviceRun]]] = {}
         secondaries: set[tuple[int, int]] = set()
@@ -147,11 +153,14 @@ class PairOperations:
                 continue
             by_peer.setdefault(item.peer_serial, []).append((item, run))
         for serial, items in by_peer.items():
-            results.extend(await self._establish_on(serial, items))
+            results.extend(await self._establish_on(serial, items, group))
         return PairOpReply(results=tuple(sorted(results, key=lambda r: r.device)))
 
     async def _establish_on(
-        self, serial: int, items: list[tuple[PairItem, DeviceRun]]
+        self,
+        serial: int,
+        items: list[tuple[PairItem, DeviceRun]],
+        group: tuple[str, tuple[int, ...]] | None,
     ) -> list[PairResult]:
         link = self.rep.link(serial)
         peer_items = tuple(
@@ -187,9 +196,16 @@ class PairOperations:
                     )
                 )
                 continue
-            accepted[run.device.key] = (PairAction.ESTABLISH, _as_primary(item))
+            accepted[run.device.key] = (
+                PairAction.ESTABLISH,
+                _as_primary(item, group[0] if group and item.consistency_group else ""),
+            )
         if accepted:
-            self.rep.controller.commit_states(accepted, cause="establish")
+            self.rep.controller.commit_states(
+                accepted,
+                cause="establish",
+                groups={group[0]: group[1]} if group else None,
+            )
         for _item, run in items:
             if run.device.key in accepted:
                 run.changemap.mark_all()
@@ -207,9 +223,18 @@ class PairOperations:
                 f"(now {now}, {(now - at_ns) / 1e6:.3f} ms late): choose a later time or a "
                 "larger margin"
             )
-        good, results = self._devices(grant, request)
+        good, results = self._devices(grant, request, join_freeze=True)
+        # Devices a controller freeze armed (or sealed) join it: the whole request is then
+        # suspended at the freeze's T when that is still ahead (a freeze's T is earlier).
+        joined = [run for _item, run in good if self.rep.freezer.froze(run)]
+        self.rep.freezer.join(joined, at_ns, now_ns=now)
+        freeze_at_ns = min((run.freeze_at_ns for run in joined), default=0)
+        if freeze_at_ns and now < freeze_at_ns < at_ns:
+            at_ns = freeze_at_ns
         armed: list[DeviceRun] = []
         for item, run in good:
+            if run in joined:
+                continue
             try:
                 self._check(run, PairAction.SUSPEND)
                 if run.device.pair.role is not PairRole.PRIMARY:
@@ -221,35 +246,56 @@ class PairOperations:
                 results.append(_refused(item.device, exc, run.device))
                 continue
             armed.append(run)
-        if not armed:
+        document: dict[str, Any] = {}
+        if armed:
+            # Arm: persisted, so a restart before T still suspends at T.
+            arm_started_ns = time.perf_counter_ns()
+            self.rep.controller.commit_armed({r.device.key: at_ns for r in armed})
+            arm_ms = (time.perf_counter_ns() - arm_started_ns) / 1e6
+            self.rep.controller.announce(f"armed suspend at={at_ns} devices={len(armed)}")
+            sealed = self._arm_timer(armed, at_ns)
+            document = dict(await sealed)
+            # The arm's commit ran on the event loop too: no host I/O was served meanwhile.
+            document["arm_commit_ms"] = round(arm_ms, 3)
+            document["host_io_held_ms"] = round(document["host_io_held_ms"] + arm_ms, 3)
+        if joined:
+            # Wait for the freeze's seal; another freeze may still move it earlier.
+            for _ in range(len(joined) + 1):
+                waiting = [
+                    r
+                    for r in joined
+                    if r.device.pair.state in (PairState.DUPLEX, PairState.PENDING)
+                ]
+                if not waiting:
+                    break
+                freeze_at_ns = min(r.freeze_at_ns for r in waiting)
+                await self.rep.freezer.sealed(freeze_at_ns)
+            freeze_at_ns = min(r.freeze_at_ns for r in joined)
+            document = {
+                **await self.rep.freezer.sealed(freeze_at_ns),
+                **document,
+                "freeze_at_ns": freeze_at_ns,
+            }
+        elif not armed:
             return PairOpReply(results=tuple(sorted(results, key=lambda r: r.device)))
-        # Arm: persisted, so a restart before T still suspends at T.
-        arm_started_ns = time.perf_counter_ns()
-        self.rep.controller.commit_armed({r.device.key: at_ns for r in armed})
-        arm_ms = (time.perf_counter_ns() - arm_started_ns) / 1e6
-        self.rep.controller.announce(f"armed suspend at={at_ns} devices={len(armed)}")
-        sealed = self._arm_timer(armed, at_ns)
-        document = dict(await sealed)
-        # The arm's commit ran on the event loop too: no host I/O was served meanwhile.
-        document["arm_commit_ms"] = round(arm_ms, 3)
-        document["host_io_held_ms"] = round(document["host_io_held_ms"] + arm_ms, 3)
-        for run in armed:
+        for run in armed + joined:
             pair = run.device.pair
-            if run.frozen_at_ns == at_ns and pair.state is PairState.SUSPENDED_ERROR:
+            expected = run.freeze_at_ns if run in joined else at_ns
+            if run.frozen_at_ns == expected and pair.state is PairState.SUSPENDED_ERROR:
                 results.append(
                     PairResult(
                         device=run.device.key,
                         state=pair.state,
                         role=pair.role,
-                        at_ns=at_ns,
+                        at_ns=expected,
                         message="frozen: its replication failed before T; host writes were held "
                         "until this freeze, so nothing that depends on them was mirrored",
                     )
                 )
-            elif pair.state is PairState.SUSPENDED and pair.suspend_at_ns == at_ns:
+            elif pair.state is PairState.SUSPENDED and pair.suspend_at_ns == expected:
                 # tracks > 0: the copy had not finished, so this secondary is not consistent.
                 left = run.changemap.count() if run.copy_unfinished else 0
-                results.append(_ok(run.device, at_ns=at_ns, tracks=left))
+                results.append(_ok(run.device, at_ns=expected, tracks=left))
             else:
                 results.append(
                     PairResult(
@@ -285,7 +331,9 @@ class PairOperations:
     async def _seal(
         self, runs: list[DeviceRun], at_ns: int, done: asyncio.Future[dict[str, Any]]
     ) -> None:
-        """At T: refuse late writes, wait for updates stamped < T, then commit SUSPENDED."""
+        """At T: refuse late writes, wait for updates stamped < T, then commit SUSPENDED.
+        Only devices still armed at this T: a freeze may have moved them to an earlier T."""
+        runs = [run for run in runs if run.device.pair.suspend_at_ns == at_ns]
         for serial in {run.device.pair.peer_serial for run in runs}:
             await self.rep.link(serial).replayed.wait()
         sealed_ns = time.time_ns()
@@ -319,9 +367,17 @@ class PairOperations:
         commit_started_ns = time.perf_counter_ns()
         if changes:
             self.rep.controller.commit_states(changes, cause="suspend", at_ns=at_ns)
+        commit_ns = time.perf_counter_ns() - commit_started_ns
         if frozen:
-            self.rep.to_error_all(frozen)
-        commit_ms = (time.perf_counter_ns() - commit_started_ns) / 1e6
+            # Released only once every sibling primary is armed at T (or the hold ended):
+            # from then on a write that depends on a held one is mirrored nowhere.
+            held_since_ns = min(run.held_since_ns for run in frozen)
+            await self.rep.freezer.wait_confirmed(frozen)
+            held_ns = max(held_ns, time.time_ns() - held_since_ns)
+            commit_started_ns = time.perf_counter_ns()
+            self.rep.to_error_all(frozen, at_ns=at_ns)
+            commit_ns += time.perf_counter_ns() - commit_started_ns
+        commit_ms = commit_ns / 1e6
         for serial, peer_runs in by_peer.items():
             await self._tell_peer(serial, peer_runs, "suspend", at_ns=at_ns)
         if not done.done():
@@ -629,6 +685,8 @@ class PairOperations:
         return native.UpdateAck(applied=len(batch.updates))
 
     def peer_op(self, peer_serial: int, request: PairOpRequest) -> PairOpReply:
+        if request.op is PairOp.PEER_FREEZE:
+            return self.rep.freezer.peer_freeze(peer_serial, request)
         results: list[PairResult] = []
         chunks: list[bytes] = []  # PEER_CHANGEMAP: each device's bitmap, in item order
         changes: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]] = {}
@@ -719,11 +777,12 @@ class PairOperations:
         return PairOpReply(results=tuple(results), data=b"".join(chunks))
 
 
-def _as_primary(item: PairItem) -> Callable[[PairInfo], None]:
+def _as_primary(item: PairItem, group: str) -> Callable[[PairInfo], None]:
     def update(info: PairInfo) -> None:
         info.role, info.mode, info.fence = PairRole.PRIMARY, item.mode, item.fence
         info.peer_serial, info.peer_device = item.peer_serial, item.peer_device
         info.consistency_group, info.suspend_at_ns = item.consistency_group, 0
+        info.group = group
 
     return update
 

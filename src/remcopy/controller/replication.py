@@ -41,6 +41,7 @@ from typing import Final, Literal
 
 from remcopy.controller.changemap import ChangeMap
 from remcopy.controller.core import Controller, Device, HostGrant, PairInfo
+from remcopy.controller.freeze import Freezer
 from remcopy.controller.journal import Journal
 from remcopy.controller.pairops import PairOperations
 from remcopy.controller.peerlink import PeerLink
@@ -100,6 +101,8 @@ class DeviceRun:
     """Set when a freeze at T ended this device's hold (it is SUSPENDED_ERROR at T)."""
     copy_unfinished: bool = False
     """Suspended while PENDING: the secondary is not a consistent image."""
+    freeze_at_ns: int = 0
+    """The T a controller freeze armed this device at (freeze.py); a host suspend joins it."""
 
 
 _CopyEnd = Literal["duplex", "again"] | RemcopyError
@@ -132,6 +135,7 @@ class Replicator:
             )
         self.ack_timeout_s = controller.config.controller.ack_timeout_s
         self.ops = PairOperations(self)
+        self.freezer = Freezer(self)
         self._tasks: asyncio.TaskGroup | None = None
         self._copy_slots = asyncio.Semaphore(COPY_IN_FLIGHT_MAX)
         # Copies that finished and wait to be confirmed, per secondary controller: one
@@ -392,6 +396,7 @@ class Replicator:
                 self.hold_s, self._hold_expired, run, run.held, exc
             )
             self.timers.append(handle)
+            self.freezer.device_held(run, str(exc))
             return
         self._to_error(run, exc)
 
@@ -402,15 +407,20 @@ class Replicator:
     def _to_error(self, run: DeviceRun, exc: RemcopyError) -> None:
         self.to_error_all([run])
 
-    def to_error_all(self, runs: list[DeviceRun]) -> None:
-        """SUSPENDED_ERROR for every device given, in one commit (one state-file write)."""
+    def to_error_all(self, runs: list[DeviceRun], *, at_ns: int | None = None) -> None:
+        """SUSPENDED_ERROR for every device given, in one commit (one state-file write); a
+        freeze passes its T, which the event lines carry."""
         changes = {
             run.device.key: (PairAction.FAIL, None)
             for run in runs
             if run.device.pair.state in (PairState.DUPLEX, PairState.PENDING)
         }
         if changes:
-            self.controller.commit_states(changes, cause="replication-error", at_ns=time.time_ns())
+            self.controller.commit_states(
+                changes,
+                cause="freeze" if at_ns is not None else "replication-error",
+                at_ns=at_ns if at_ns is not None else time.time_ns(),
+            )
         for run in runs:
             if run.held is not None:
                 run.held.set()
@@ -452,6 +462,12 @@ class Replicator:
             raise WriteProtected(
                 f"write to {device.address} refused: the secondary cannot be updated "
                 f"(SUSPENDED_ERROR) and the pair's fence is data: resume the pair first"
+            )
+        if pair.state is PairState.SUSPENDED_ERROR and self.freezer.refuse_after_freeze(run):
+            raise WriteProtected(
+                f"write to {device.address} refused: the freeze of group {pair.group} did not "
+                "reach every sibling primary and freeze_unreachable is stop: resume or "
+                "terminate the pair first"
             )
         if pair.state in (PairState.SUSPENDED, PairState.SUSPENDED_ERROR):
             if pair.state is PairState.SUSPENDED and msg.timestamp_ns < pair.suspend_at_ns:

@@ -115,7 +115,18 @@ def controller_specs(world: DemoWorld, link_endpoints: list[str]) -> list[Contro
                         serial=65015 + i,
                         address=link_endpoints[i],
                         secret=LINK_SECRET,
-                    )
+                    ),
+                    # Sibling primaries: the group freezes over these links by itself.
+                    *(
+                        PeerSpec(
+                            name=f"cntla{other.index}",
+                            serial=64015 + other.index,
+                            address=f"127.0.0.1:{world.primary_ports[other.index]}",
+                            secret=LINK_SECRET,
+                        )
+                        for other in world.sites
+                        if other.index != i
+                    ),
                 ],
             )
         )

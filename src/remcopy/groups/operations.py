@@ -179,6 +179,16 @@ def plan(group: Group, op: PairOp) -> tuple[list[Batch], list[PairOutcome]]:
     ], refused
 
 
+def membership(group: Group) -> dict[str, Any]:
+    """What an establish tells each primary controller of a consistency group: the group's
+    name and every primary controller's serial, so the controllers can freeze the group
+    among themselves (each must have the others in its [[peers]])."""
+    return {
+        "group": group.name,
+        "members": sorted({pair.primary.serial for pair in group.pairs}),
+    }
+
+
 def _outcomes(batch: Batch, reply: PairOpReply) -> list[PairOutcome]:
     results: dict[int, PairResult] = {r.device: r for r in reply.results}
     out = []
@@ -231,9 +241,10 @@ async def run_operation(
         report.elapsed_s = time.perf_counter() - started
         return report
     report.pairs.extend(refused)
-    jobs = [
-        Job(controller=b.controller, tag=b, run=_send(op, b, at_ns, options or {})) for b in batches
-    ]
+    options = dict(options or {})
+    if op is PairOp.ESTABLISH and group.options.consistency_group:
+        options.update(membership(group))
+    jobs = [Job(controller=b.controller, tag=b, run=_send(op, b, at_ns, options)) for b in batches]
     for result in await session.engine.run_all(jobs):
         _collect(report, result)
     report.elapsed_s = time.perf_counter() - started
@@ -332,6 +343,12 @@ async def suspend(
     )
     report.margin_s = (at_ns - now) / 1e9
     report.round_trip_s = round_trip_s
+    # The controllers may have frozen the group (a replication error) at an earlier T'
+    # before this T: the pairs then all report T', and the group is consistent at T'.
+    frozen_at = {p.at_ns for p in report.pairs if p.ok}
+    if len(frozen_at) == 1 and 0 < (only := frozen_at.pop()) < at_ns:
+        report.at_ns = only
+        report.seal.setdefault("freeze", {})["frozen_at_ns"] = only
     # A pair suspended while its copy was still running (tracks left) is not consistent.
     report.consistent = (
         bool(report.pairs)
@@ -341,7 +358,7 @@ async def suspend(
             # before T and whose writes were held until the freeze.
             p.ok
             and p.state in (PairState.SUSPENDED, PairState.SUSPENDED_ERROR)
-            and p.at_ns == at_ns
+            and p.at_ns == report.at_ns
             and p.tracks == 0
             for p in report.pairs
         )

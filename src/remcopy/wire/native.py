@@ -357,6 +357,10 @@ class PairOp(enum.IntEnum):
     """Answer with the device's change-map bits (for failback)."""
     PEER_FAILBACK = 23
     """The old primary becomes the secondary of the reversed pair."""
+    PEER_FREEZE = 24
+    """Sent by a primary to its sibling primaries of a consistency group: arm the group's
+    devices at at_ns (or an earlier T already armed); options["group"] names the group; the
+    reply's document says the T kept (controller/freeze.py)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

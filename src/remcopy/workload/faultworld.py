@@ -168,7 +168,18 @@ async def world(
                         serial=SECONDARY_SERIAL,
                         address=links[i].endpoint if links else f"127.0.0.1:{ports[-1]}",
                         secret=LINK_SECRET,
-                    )
+                    ),
+                    # Sibling primaries: the group freezes over these links by itself.
+                    *(
+                        PeerSpec(
+                            name=f"cntla{j}",
+                            serial=PRIMARY_SERIAL_FIRST + j,
+                            address=f"127.0.0.1:{ports[j]}",
+                            secret=LINK_SECRET,
+                        )
+                        for j in range(shape.primaries)
+                        if j != i
+                    ),
                 ],
             )
             for i in range(shape.primaries)

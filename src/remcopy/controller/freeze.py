@@ -1,0 +1,353 @@
+# Freeze inside the controllers: a consistency group suspended at one T after a replication
+# error, with nothing but the group's primary controllers running.
+#
+# Why (DESIGN.md section 5): when a device of a consistency group cannot update its secondary,
+# its controller holds that device's host writes (a bounded "long busy"). Nothing that depends
+# on a held write can be issued before the hold ends. If, before the hold ends, every primary
+# controller of the group is armed to stop mirroring writes stamped >= one T (with T not yet
+# passed anywhere), then no write that depends on the failed one can reach any secondary: the
+# secondary site is a consistent cut at T. This is the analogue of a PPRC freeze with extended
+# long busy, done by the controllers themselves over their authenticated peer links, so it
+# needs no management process (the management layer's freeze, groups/freeze.py, is a second
+# path that joins this one).
+#
+# Theory of operation
+# - Membership: a group establish carries the group's name and its primary controllers'
+#   serials (options "group" and "members"); each member must be a configured peer, so the
+#   freeze travels over authenticated links. Persisted with the pair states.
+# - The controller whose device failed (the initiator) chooses T = now + freeze margin, arms
+#   its own devices of the group at T, and sends PEER_FREEZE(group, T) to every sibling
+#   primary at once. A sibling arms its devices of the group at T and answers once armed
+#   (persisted), with the T it is armed at.
+# - Concurrent freezes (a secondary that dies is found by every primary) agree on the earliest
+#   T: a controller already armed at T' keeps min(T, T'), moving earlier only while the new T
+#   is still in the future on its clock (no write stamped >= a future T has been issued yet),
+#   and answers with what it keeps; an initiator told of an earlier T re-arms to it and sends
+#   it to every sibling again. Proposals only decrease, so this ends.
+# - The held devices are released (SUSPENDED_ERROR at T, their writes change-recorded) only
+#   after T passed on the initiator's clock and every sibling confirmed it is armed at T: from
+#   then on a write that depends on a held one is stamped after T and mirrored nowhere.
+# - The seal at T is the one a prospective suspend uses (pairops.py): writes stamped < T that
+#   are in flight are drained; healthy devices become SUSPENDED at T, held ones
+#   SUSPENDED_ERROR at T.
+#
+# What is guaranteed when a sibling cannot be reached within hold_s (written down, as IBM
+# writes down its freeze's limits): with freeze_unreachable = "go" (the default) the held
+# writes are released when the hold expires, the freeze is announced incomplete naming the
+# siblings that did not confirm, and the group is NOT consistent if such a sibling is alive
+# and still mirroring (a partition between primaries); with "stop" the held devices refuse
+# host writes until an operator resumes or terminates them, so no dependent write exists
+# anywhere, at the price of availability on those devices.
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+from remcopy.errors import InputError, RemcopyError, SuspendTimeInPast, WriteProtected
+from remcopy.states import PairRole, PairState
+from remcopy.wire.native import PairOp, PairOpReply, PairOpRequest, PairResult
+
+if TYPE_CHECKING:
+    from remcopy.controller.core import Controller
+    from remcopy.controller.replication import DeviceRun, Replicator
+
+log = logging.getLogger("remcopy.replication")
+
+# A group name travels in options and is persisted: short and printable.
+GROUP_NAME_MAX_CHARS: Final = 64
+# A group's primary controllers (more would not fit one PEER_FREEZE round within a hold).
+GROUP_MEMBERS_MAX: Final = 64
+# The freeze margin is never below this many round trips to the slowest sibling.
+MARGIN_ROUND_TRIPS_MIN: Final = 4
+# Re-proposals of an earlier T before an initiator gives up agreeing (each only decreases T).
+PROPOSALS_MAX: Final = 8
+
+
+def membership(
+    options: dict[str, Any], controller: Controller
+) -> tuple[str, tuple[int, ...]] | None:
+    """The group name and member serials an establish request carries, checked; None when it
+    names no group. Every member but this controller must be a configured peer."""
+    name = options.get("group")
+    if name is None:
+        return None
+    if not isinstance(name, str) or not name or len(name) > GROUP_NAME_MAX_CHARS:
+        raise InputError(
+            f"establish: option group must be a name of 1 to {GROUP_NAME_MAX_CHARS} "
+            f"characters (got {name!r})"
+        )
+    members = options.get("members", [controller.serial])
+    if (
+        not isinstance(members, list)
+        or not members
+        or len(members) > GROUP_MEMBERS_MAX
+        or not all(isinstance(m, int) and not isinstance(m, bool) for m in members)
+    ):
+        raise InputError(
+            f"establish: option members must be a list of 1 to {GROUP_MEMBERS_MAX} controller "
+            f"serials (got {members!r})"
+        )
+    serials = {p.serial for p in controller.peers.values()}
+    missing = sorted(m for m in set(members) if m != controller.serial and m not in serials)
+    if missing:
+        raise InputError(
+            f"consistency group {name}: primary controller(s) "
+            f"{', '.join(str(m) for m in missing)} not in controller {controller.name}'s "
+            "[[peers]]: add each (name, serial, address, secret) so the group can freeze with "
+            "only the controllers running"
+        )
+    return name, tuple(sorted(set(members) | {controller.serial}))
+
+
+@dataclass(slots=True, kw_only=True)
+class _Freeze:
+    """One freeze this controller started, until its held devices are released."""
+
+    group: str
+    at_ns: int
+    trigger: str
+    started_ns: int
+    confirmed: asyncio.Future[set[int]]
+    """Siblings confirmed armed at at_ns (set when all did, or at the hold's end)."""
+    unconfirmed: set[int] = field(default_factory=set)
+
+
+class Freezer:
+    """The controller-side freeze of one controller's replicator."""
+
+    def __init__(self, rep: Replicator) -> None:
+        self.rep = rep
+        self.controller = rep.controller
+        section = rep.controller.config.controller
+        self.margin_s = section.freeze_margin_s
+        self.unreachable = section.freeze_unreachable
+        self.freezes: dict[str, _Freeze] = {}
+        self.arm_commit_ms: dict[int, float] = {}
+        """How long arming each T took (the commit runs on the event loop: host I/O waits)."""
+        self.seals: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        """The seal of each T armed here (a host suspend that joins a freeze waits on it)."""
+        for name in ("freezes_started", "freezes_joined", "freezes_incomplete"):
+            self.controller.counters.setdefault(name, 0)
+
+    def __repr__(self) -> str:
+        return f"<Freezer {self.controller.name} freezes={sorted(self.freezes)}>"
+
+    # Arming (both sides)...
+
+    def group_runs(self, group: str) -> list[DeviceRun]:
+        """This controller's primaries of `group` that still mirror (DUPLEX or PENDING)."""
+        return [
+            run
+            for run in self.rep.runs.values()
+            if run.device.pair.group == group
+            and run.device.pair.consistency_group
+            and run.device.pair.role is PairRole.PRIMARY
+            and run.device.pair.state in (PairState.DUPLEX, PairState.PENDING)
+        ]
+
+    def arm(self, group: str, at_ns: int, *, now_ns: int) -> int:
+        """Arm the group's mirroring devices here at min(at_ns, the T they are armed at);
+        returns the T kept (0: nothing here mirrors). A T that has passed is refused unless
+        every device is already armed at an earlier T."""
+        runs = self.group_runs(group)
+        if not runs:
+            return 0
+        earliest = min(
+            (r.device.pair.suspend_at_ns for r in runs if r.device.pair.suspend_at_ns), default=0
+        )
+        keep = min(at_ns, earliest) if earliest else at_ns
+        if keep <= now_ns:
+            if keep == earliest and all(r.device.pair.suspend_at_ns == keep for r in runs):
+                return keep  # already armed (its seal is under way): nothing to move
+            raise SuspendTimeInPast(
+                f"freeze of group {group} at {keep}: that time has passed on controller "
+                f"{self.controller.name} (now {now_ns}): the freeze margin is too small"
+            )
+        moving = [r for r in runs if r.device.pair.suspend_at_ns != keep]
+        for run in runs:
+            run.freeze_at_ns = keep  # a host suspend meeting these devices joins this T
+        if moving:
+            started_ns = time.perf_counter_ns()
+            self.controller.commit_armed({r.device.key: keep for r in moving})
+            self.arm_commit_ms[keep] = (time.perf_counter_ns() - started_ns) / 1e6
+            self.seals[keep] = self.rep.ops._arm_timer(moving, keep)
+            self.controller.announce(
+                f"armed suspend at={keep} devices={len(moving)} group={group} cause=freeze"
+            )
+        return keep
+
+    def peer_freeze(self, peer_serial: int, request: PairOpRequest) -> PairOpReply:
+        """A sibling primary froze the group: arm here at T (or an earlier T) and say which."""
+        group = str(request.options.get("group", ""))
+        members = self.controller.groups.get(group)
+        if members is None or peer_serial not in members:
+            raise WriteProtected(
+                f"freeze of group {group!r} from controller {peer_serial} refused: it is not "
+                f"a member of that group on controller {self.controller.name}"
+            )
+        kept = self.arm(group, request.at_ns, now_ns=time.time_ns())
+        self.controller.counters["freezes_joined"] += 1
+        self.controller.announce(
+            f"freeze group={group} at={kept or request.at_ns} from={peer_serial} "
+            f"devices={len(self.group_runs(group))}"
+        )
+        results = tuple(
+            PairResult(
+                device=run.device.key,
+                state=run.device.pair.state,
+                role=run.device.pair.role,
+                at_ns=run.device.pair.suspend_at_ns,
+            )
+            for run in self.group_runs(group)
+        )
+        return PairOpReply(results=results, document={"at_ns": kept})
+
+    # The initiator...
+
+    def device_held(self, run: DeviceRun, cause: str) -> None:
+        """A device of a consistency group failed and holds its writes: freeze its group,
+        unless a freeze of that group is already under way here."""
+        group = run.device.pair.group
+        current = self.freezes.get(group)
+        if current is not None and not current.confirmed.done():
+            return  # that freeze armed this device too, or will move it with the group
+        started_ns = time.time_ns()
+        freeze = _Freeze(
+            group=group,
+            at_ns=0,
+            trigger=str(run.device.address),
+            started_ns=started_ns,
+            confirmed=asyncio.get_running_loop().create_future(),
+        )
+        self.freezes[group] = freeze
+        self.rep.spawn(self._freeze(freeze, cause), name=f"freeze {group}")
+
+    async def _freeze(self, freeze: _Freeze, cause: str) -> None:
+        group, trigger, started_ns = freeze.group, freeze.trigger, freeze.started_ns
+        members = self.controller.groups.get(group, (self.controller.serial,))
+        siblings = [m for m in members if m != self.controller.serial]
+        hold_deadline = asyncio.get_running_loop().time() + self.rep.hold_s
+        at_ns = started_ns + int(self._margin_s(siblings) * 1e9)
+        self.controller.counters["freezes_started"] += 1
+        try:
+            at_ns = self.arm(group, at_ns, now_ns=time.time_ns()) or at_ns
+        except SuspendTimeInPast as exc:
+            log.error("freeze of group %s: %s", group, exc)
+        freeze.at_ns = at_ns
+        self.controller.announce(
+            f"freeze group={group} at={at_ns} trigger={trigger} siblings={len(siblings)} "
+            f'cause="{cause}"'
+        )
+        confirmed: dict[int, int] = {}
+        try:
+            async with asyncio.timeout_at(hold_deadline):
+                for _ in range(PROPOSALS_MAX):
+                    answers = await asyncio.gather(
+                        *(self._tell(s, group, freeze.at_ns) for s in siblings)
+                    )
+                    confirmed = {s: t for s, t in zip(siblings, answers, strict=True) if t >= 0}
+                    earliest = min((t for t in confirmed.values() if t), default=freeze.at_ns)
+                    if earliest >= freeze.at_ns and len(confirmed) == len(siblings):
+                        break
+                    if earliest < freeze.at_ns:  # another freeze chose an earlier T: join it
+                        freeze.at_ns = self.arm(group, earliest, now_ns=time.time_ns()) or earliest
+                        continue
+                    await asyncio.sleep(0.05)  # a sibling refused or did not answer: retry
+        except (TimeoutError, RemcopyError) as exc:
+            log.warning("freeze of group %s: %s", group, exc or "hold expired")
+        freeze.unconfirmed = {
+            s for s in siblings if s not in confirmed or confirmed[s] not in (0, freeze.at_ns)
+        }
+        elapsed_ms = (time.time_ns() - started_ns) / 1e6
+        if freeze.unconfirmed:
+            self.controller.counters["freezes_incomplete"] += 1
+            self.controller.announce(
+                f"freeze-incomplete group={group} at={freeze.at_ns} "
+                f"unconfirmed={','.join(str(s) for s in sorted(freeze.unconfirmed))} "
+                f"policy={self.unreachable}: the group may not be consistent"
+            )
+        else:
+            self.controller.announce(
+                f"freeze group={group} at={freeze.at_ns} confirmed={len(siblings)}/"
+                f"{len(siblings)} ms={elapsed_ms:.1f}"
+            )
+        freeze.confirmed.set_result(set(confirmed))
+
+    async def _tell(self, serial: int, group: str, at_ns: int) -> int:
+        """PEER_FREEZE to one sibling; the T it is armed at, 0 if nothing there mirrors,
+        -1 if it refused or could not be reached."""
+        try:
+            reply = await self.rep.link(serial).operate(
+                PairOpRequest(op=PairOp.PEER_FREEZE, at_ns=at_ns, options={"group": group})
+            )
+        except RemcopyError as exc:
+            log.warning("freeze of group %s: sibling %d: %s", group, serial, exc)
+            return -1
+        return int(reply.document.get("at_ns", -1))
+
+    def _margin_s(self, siblings: list[int]) -> float:
+        slowest_ns = max(
+            (self.rep.links[s].heartbeat_rtt_ns for s in siblings if s in self.rep.links),
+            default=0,
+        )
+        return max(self.margin_s, MARGIN_ROUND_TRIPS_MIN * slowest_ns / 1e9)
+
+    # A host suspend that meets a freeze...
+
+    def join(self, runs: list[DeviceRun], at_ns: int, *, now_ns: int) -> None:
+        """A host suspend at `at_ns` meets devices a freeze armed: an earlier, still future T
+        moves their groups to it (the same rule as between freezes); a later one joins."""
+        for group in {run.device.pair.group for run in runs}:
+            armed = min(r.freeze_at_ns for r in runs if r.device.pair.group == group)
+            if now_ns < at_ns < armed:
+                self.arm(group, at_ns, now_ns=now_ns)
+
+    def froze(self, run: DeviceRun) -> bool:
+        """Whether a freeze armed this device at the T it is armed (or suspended) at."""
+        return bool(run.freeze_at_ns) and run.freeze_at_ns == run.device.pair.suspend_at_ns
+
+    async def sealed(self, at_ns: int) -> dict[str, Any]:
+        """The seal record of a T a freeze armed here (waits for the seal when under way)."""
+        seal = self.seals.get(at_ns)
+        if seal is None:
+            return {"at_ns": at_ns}
+        document = dict(await asyncio.shield(seal))
+        arm_ms = self.arm_commit_ms.get(at_ns, 0.0)
+        document["arm_commit_ms"] = round(arm_ms, 3)
+        document["host_io_held_ms"] = round(document.get("host_io_held_ms", 0.0) + arm_ms, 3)
+        return document
+
+    # Releasing held devices...
+
+    async def wait_confirmed(self, runs: list[DeviceRun]) -> set[int]:
+        """Before held devices are released at a seal: wait (within the hold) until every
+        sibling of their groups confirmed the freeze; returns the siblings that did not."""
+        missing: set[int] = set()
+        for group in {run.device.pair.group for run in runs}:
+            freeze = self.freezes.get(group)
+            if freeze is None:
+                continue
+            await asyncio.shield(freeze.confirmed)
+            missing |= freeze.unconfirmed
+            # The siblings are armed at the freeze's T: a write released before it passed
+            # could be stamped below it and be mirrored there.
+            wait_s = (freeze.at_ns - time.time_ns()) / 1e9
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+        return missing
+
+    def refuse_after_freeze(self, run: DeviceRun) -> bool:
+        """Whether a held device whose freeze did not complete must refuse writes (stop)."""
+        freeze = self.freezes.get(run.device.pair.group)
+        return (
+            self.unreachable == "stop"
+            and freeze is not None
+            and freeze.confirmed.done()
+            and bool(freeze.unconfirmed)
+        )
+
+
+__all__ = ["Freezer", "membership"]
