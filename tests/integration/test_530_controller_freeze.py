@@ -176,3 +176,40 @@ async def test_an_establish_naming_a_member_that_is_not_a_peer_is_refused_whole(
             assert {s.state for s in statuses} == {PairState.SIMPLEX}
     finally:
         await stop(world)
+
+
+@pytest.mark.parametrize("policy", ["go", "stop"])
+async def test_a_sibling_that_cannot_be_reached_within_the_hold_is_reported(tmp_path, policy):
+    """A freeze whose sibling is stopped: after the hold, "go" accepts the held write (change-
+    recorded) and "stop" refuses it; both announce the freeze incomplete, naming the sibling."""
+    async with FaultLink(("127.0.0.1", 0), seed=1) as link:
+        world = await build(
+            tmp_path,
+            primaries=2,
+            volumes=1,
+            peer_address={0: link.endpoint},
+            primary_settings={**SETTINGS, "hold_s": 1.5, "freeze_unreachable": policy},
+        )
+        assert world.secondary is not None
+        link.target = world.secondary.address
+        try:
+            group = _group(world)
+            async with _session(world) as session:
+                assert not (await run_operation(session, group, PairOp.ESTABLISH)).failed
+                sub = await session.channels["cntla0"].subscribe()
+                await sub.wait_for(r"-> DUPLEX")
+                world.primaries[1].pause()  # the sibling cannot answer
+                link.cut()
+                write = session.channels["cntla0"].write(0x0A00, 0, b"held".ljust(SLOT, b"."))
+                if policy == "go":
+                    await write
+                else:
+                    with pytest.raises(WriteProtected, match="freeze_unreachable is stop"):
+                        await write
+                line = await sub.wait_for(r"^freeze-incomplete ")
+                assert f"unconfirmed={64016}" in line and f"policy={policy}" in line
+                (status,) = await session.channels["cntla0"].query((0x0A00,))
+                assert status.state is PairState.SUSPENDED_ERROR
+        finally:
+            world.primaries[1].unpause()
+            await stop(world)

@@ -183,7 +183,12 @@ class Freezer:
         """A sibling primary froze the group: arm here at T (or an earlier T) and say which."""
         group = str(request.options.get("group", ""))
         members = self.controller.groups.get(group)
-        if members is None or peer_serial not in members:
+        if members is None:
+            # No device of that group here (its establish did not reach this controller):
+            # nothing here can mirror a write of it, so the freeze holds here trivially.
+            log.warning("freeze of unknown group %r from controller %d", group, peer_serial)
+            return PairOpReply(results=(), document={"at_ns": 0})
+        if peer_serial not in members:
             raise WriteProtected(
                 f"freeze of group {group!r} from controller {peer_serial} refused: it is not "
                 f"a member of that group on controller {self.controller.name}"
@@ -304,6 +309,13 @@ class Freezer:
             armed = min(r.freeze_at_ns for r in runs if r.device.pair.group == group)
             if now_ns < at_ns < armed:
                 self.arm(group, at_ns, now_ns=now_ns)
+
+    def pending(self, group: str) -> asyncio.Future[set[int]] | None:
+        """The confirmation of this group's freeze while it is still being agreed."""
+        freeze = self.freezes.get(group)
+        if freeze is None or freeze.confirmed.done():
+            return None
+        return freeze.confirmed
 
     def froze(self, run: DeviceRun) -> bool:
         """Whether a freeze armed this device at the T it is armed (or suspended) at."""

@@ -401,8 +401,15 @@ class Replicator:
         self._to_error(run, exc)
 
     def _hold_expired(self, run: DeviceRun, held: asyncio.Event, exc: RemcopyError) -> None:
-        if run.held is held:  # this timer's hold, not a later one (that has its own timer)
-            self._to_error(run, exc)
+        if run.held is not held:  # not this timer's hold (a later one has its own timer)
+            return
+        pending = self.freezer.pending(run.device.pair.group)
+        if pending is not None:
+            # The group's freeze is still waiting for a sibling (it gives up at the same
+            # deadline): release by its outcome, which freeze_unreachable decides.
+            pending.add_done_callback(lambda _: self._hold_expired(run, held, exc))
+            return
+        self._to_error(run, exc)
 
     def _to_error(self, run: DeviceRun, exc: RemcopyError) -> None:
         self.to_error_all([run])
@@ -651,6 +658,12 @@ class Replicator:
             raise WriteProtected(
                 f"write to {run.device.address}: the secondary cannot be "
                 f"updated and the pair's fence is data: {exc}"
+            )
+        if self.freezer.refuse_after_freeze(run):
+            raise WriteProtected(
+                f"write to {run.device.address}: the freeze of group {run.device.pair.group} "
+                "did not reach every sibling primary and freeze_unreachable is stop: "
+                f"resume or terminate the pair first: {exc}"
             )
 
     async def _held_write(self, run: DeviceRun, grant: HostGrant, msg: native.WriteRequest) -> None:
