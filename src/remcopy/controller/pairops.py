@@ -10,7 +10,11 @@
 # - A device named twice in one request, unknown, not allowed, or armed for a pending suspend
 #   is refused before anything changes.
 # - The prospective suspend is refused whole if T has passed on this controller's clock.
-# - The seal waits for every update stamped < T before committing SUSPENDED at T.
+# - The seal waits for every update stamped < T before committing SUSPENDED at T, and acts
+#   only on devices still armed for that same T (a cancelled or re-armed device is skipped).
+# - A scheduled suspend (T far ahead) is armed by SUSPEND with options["answer"] = "armed",
+#   answered once persisted; SUSPEND_WAIT answers once T is sealed; SUSPEND_CANCEL disarms
+#   before T (docs/protocol.md, "Scheduled suspends").
 from __future__ import annotations
 
 import asyncio
@@ -27,6 +31,7 @@ from remcopy.errors import (
     IllegalTransition,
     InputError,
     RemcopyError,
+    SuspendNotArmed,
     SuspendTimeInPast,
     WriteProtected,
 )
@@ -40,6 +45,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("remcopy.replication")
 
 Changes = dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]]
+
+# Seal outcomes kept for SUSPEND_WAIT, per suspend time T: a host asks after T, so the
+# figures of a finished seal must still be there; the oldest finished ones are dropped.
+SEALS_KEPT_MAX: Final = 64
 
 
 def _ok(device: Device, *, at_ns: int = 0, tracks: int = 0) -> PairResult:
@@ -62,6 +71,8 @@ class PairOperations:
 
     def __init__(self, rep: Replicator) -> None:
         self.rep = rep
+        self._seals: dict[int, list[asyncio.Future[dict[str, Any]]]] = {}
+        """Per suspend time T: the seal of each arm for T (its document once sealed)."""
 
     # Pair operations from hosts (one request carries a batch of devices)...
 
@@ -81,12 +92,17 @@ class PairOperations:
             return await self._terminate(grant, request)
         if op is PairOp.SHADOW:
             return self._shadow(grant, request)
+        if op is PairOp.SUSPEND_WAIT:
+            return await self._suspend_wait(grant, request)
+        if op is PairOp.SUSPEND_CANCEL:
+            return self._suspend_cancel(grant, request)
         raise InputError(f"pair operation {op.name} is for controllers, not hosts")
 
     def _devices(
-        self, grant: HostGrant, request: PairOpRequest
+        self, grant: HostGrant, request: PairOpRequest, *, armed_ok: bool = False
     ) -> tuple[list[tuple[PairItem, DeviceRun]], list[PairResult]]:
-        """Resolve the items; unknown, not allowed and armed devices are refused here."""
+        """Resolve the items; unknown, not allowed and (unless armed_ok) armed devices are
+        refused here."""
         good: list[tuple[PairItem, DeviceRun]] = []
         refused: list[PairResult] = []
         seen: set[int] = set()
@@ -100,12 +116,14 @@ class PairOperations:
                 armed = device.pair.suspend_at_ns
                 if (
                     armed
+                    and not armed_ok
                     and device.pair.role is PairRole.PRIMARY
                     and device.pair.state in (PairState.DUPLEX, PairState.PENDING)
                 ):
                     raise DeviceBusy(
                         f"{device.address}: a suspend is armed for {armed}: other "
-                        "state changes wait until it has passed"
+                        "state changes wait until it has passed (or cancel it: "
+                        "remcopy group suspend --cancel)"
                     )
             except RemcopyError as exc:
                 known = self.rep.controller.devices.get(item.device)
@@ -229,11 +247,27 @@ class PairOperations:
         arm_ms = (time.perf_counter_ns() - arm_started_ns) / 1e6
         self.rep.controller.announce(f"armed suspend at={at_ns} devices={len(armed)}")
         sealed = self._arm_timer(armed, at_ns)
+        if request.options.get("answer") == "armed":
+            # A scheduled suspend: answered now, bounded by the host's request timeout; the
+            # host waits for T itself and then asks with SUSPEND_WAIT.
+            results.extend(_ok(run.device, at_ns=at_ns) for run in armed)
+            return PairOpReply(
+                results=tuple(sorted(results, key=lambda r: r.device)),
+                document={"at_ns": at_ns, "armed": len(armed), "arm_commit_ms": round(arm_ms, 3)},
+            )
         document = dict(await sealed)
         # The arm's commit ran on the event loop too: no host I/O was served meanwhile.
         document["arm_commit_ms"] = round(arm_ms, 3)
-        document["host_io_held_ms"] = round(document["host_io_held_ms"] + arm_ms, 3)
-        for run in armed:
+        document["host_io_held_ms"] = round(document.get("host_io_held_ms", 0.0) + arm_ms, 3)
+        results.extend(self._sealed_results(armed, at_ns))
+        return PairOpReply(
+            results=tuple(sorted(results, key=lambda r: r.device)), document=document
+        )
+
+    def _sealed_results(self, runs: list[DeviceRun], at_ns: int) -> list[PairResult]:
+        """Each device's answer once the seal of T is done (SUSPEND, SUSPEND_WAIT)."""
+        results = []
+        for run in runs:
             pair = run.device.pair
             if run.frozen_at_ns == at_ns and pair.state is PairState.SUSPENDED_ERROR:
                 results.append(
@@ -251,23 +285,27 @@ class PairOperations:
                 left = run.changemap.count() if run.copy_unfinished else 0
                 results.append(_ok(run.device, at_ns=at_ns, tracks=left))
             else:
+                why = (
+                    "its suspend at T was cancelled"
+                    if pair.state in (PairState.DUPLEX, PairState.PENDING)
+                    and pair.suspend_at_ns != at_ns
+                    else f"it is {pair.state.name}"
+                )
                 results.append(
                     PairResult(
                         device=run.device.key,
                         code=IllegalTransition.code,
                         state=pair.state,
                         role=pair.role,
-                        message=f"{run.device.address} did not suspend at T: it is "
-                        f"{pair.state.name}",
+                        message=f"{run.device.address} did not suspend at T: {why}",
                     )
                 )
-        return PairOpReply(
-            results=tuple(sorted(results, key=lambda r: r.device)), document=document
-        )
+        return results
 
     def _arm_timer(self, runs: list[DeviceRun], at_ns: int) -> asyncio.Future[dict[str, Any]]:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._seal_registered(at_ns, done)
         delay_s = max(0.0, (at_ns - time.time_ns()) / 1e9)
 
         def fire() -> None:
@@ -285,7 +323,17 @@ class PairOperations:
     async def _seal(
         self, runs: list[DeviceRun], at_ns: int, done: asyncio.Future[dict[str, Any]]
     ) -> None:
-        """At T: refuse late writes, wait for updates stamped < T, then commit SUSPENDED."""
+        """At T: refuse late writes, wait for updates stamped < T, then commit SUSPENDED.
+        Only devices still armed for this T: one cancelled or re-armed since is skipped."""
+        still_armed = [run for run in runs if run.device.pair.suspend_at_ns == at_ns]
+        if not still_armed:
+            self.rep.controller.announce(
+                f"suspend at={at_ns} skipped: disarmed on all {len(runs)} devices"
+            )
+            if not done.done():
+                done.set_result({"at_ns": at_ns, "disarmed": len(runs)})
+            return
+        runs = still_armed
         for serial in {run.device.pair.peer_serial for run in runs}:
             await self.rep.link(serial).replayed.wait()
         sealed_ns = time.time_ns()
@@ -361,6 +409,111 @@ class PairOperations:
             log.warning("could not tell peer %s to %s: %s", serial, action, exc)
             return [_refused(r.device.pair.peer_device, exc) for r in runs]
         return list(reply.results)
+
+    # Scheduled suspends: wait for the seal of an armed T, or cancel it before T...
+
+    def _seal_registered(self, at_ns: int, done: asyncio.Future[dict[str, Any]]) -> None:
+        """Keep an arm's seal for SUSPEND_WAIT; drop the oldest finished seals over the cap."""
+        self._seals.setdefault(at_ns, []).append(done)
+        while len(self._seals) > SEALS_KEPT_MAX:
+            oldest = min(self._seals)
+            if not all(f.done() for f in self._seals[oldest]):
+                break
+            del self._seals[oldest]
+
+    async def _suspend_wait(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
+        """Answer once the suspend armed for T on these devices is sealed: per device as
+        SUSPEND answers, and the seal's figures. A device not armed for T answers at once."""
+        at_ns = request.at_ns
+        if at_ns <= 0:
+            raise InputError("suspend wait: at_ns must be the suspend time T that was armed")
+        good, results = self._devices(grant, request, armed_ok=True)
+        runs = [run for _item, run in good]
+        seals = self._seals.get(at_ns, [])
+        if any(_armed_for(run, at_ns) for run in runs):
+            # Sealed at T on this controller's clock; the host's timeout bounds the wait.
+            await asyncio.gather(*(asyncio.shield(f) for f in seals))
+        results.extend(self._sealed_results(runs, at_ns))
+        return PairOpReply(
+            results=tuple(sorted(results, key=lambda r: r.device)),
+            document=_merged_seal([f.result() for f in seals if f.done()]),
+        )
+
+    def _suspend_cancel(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
+        """Disarm the suspend armed on these devices before its T: the persisted T is
+        cleared and the seal at T skips them."""
+        good, results = self._devices(grant, request, armed_ok=True)
+        now = time.time_ns()
+        disarmed: dict[int, int] = {}  # device -> the T it was armed for
+        for item, run in good:
+            pair, address = run.device.pair, run.device.address
+            try:
+                if pair.role is PairRole.PRIMARY and pair.state is PairState.SUSPENDED:
+                    raise SuspendTimeInPast(
+                        f"cannot cancel the suspend of {address}: it happened, T "
+                        f"{pair.suspend_at_ns} has passed: the pair is SUSPENDED (resume it "
+                        "to mirror again)"
+                    )
+                if (
+                    pair.role is not PairRole.PRIMARY
+                    or pair.state not in (PairState.DUPLEX, PairState.PENDING)
+                    or not pair.suspend_at_ns
+                ):
+                    raise SuspendNotArmed(
+                        f"cannot cancel the suspend of {address}: none is armed (it is "
+                        f"{pair.state.name}, {pair.role.value}): nothing to cancel"
+                    )
+                if request.at_ns and pair.suspend_at_ns != request.at_ns:
+                    raise SuspendNotArmed(
+                        f"cannot cancel the suspend of {address} at {request.at_ns}: it is "
+                        f"armed for {pair.suspend_at_ns}"
+                    )
+                if pair.suspend_at_ns <= now or run.sealed_at_ns:
+                    raise SuspendTimeInPast(
+                        f"cannot cancel the suspend of {address}: T {pair.suspend_at_ns} has "
+                        f"passed on controller {self.rep.controller.name} (now {now}): it is "
+                        "being sealed"
+                    )
+            except RemcopyError as exc:
+                results.append(_refused(item.device, exc, run.device))
+                continue
+            disarmed[run.device.key] = pair.suspend_at_ns
+        if disarmed:
+            self.rep.controller.commit_armed(dict.fromkeys(disarmed, 0))
+            for at_ns in sorted(set(disarmed.values())):
+                count = sum(1 for t in disarmed.values() if t == at_ns)
+                self.rep.controller.announce(f"disarmed suspend at={at_ns} devices={count}")
+        by_peer: dict[int, list[DeviceRun]] = {}
+        for key, at_ns in disarmed.items():
+            run = self.rep.runs[key]
+            results.append(_ok(run.device, at_ns=at_ns))
+            # Writes stamped >= T (a host clock ahead of ours) were change-recorded while
+            # armed: a DUPLEX pair must copy them, or its secondary would lack them.
+            if run.device.pair.state is PairState.DUPLEX and run.changemap.copy_count():
+                by_peer.setdefault(run.device.pair.peer_serial, []).append(run)
+        for serial, runs in by_peer.items():
+            self.rep.spawn(self._resync_disarmed(serial, runs), name=f"resync disarmed {serial}")
+        return PairOpReply(
+            results=tuple(sorted(results, key=lambda r: r.device)),
+            document={"disarmed": len(disarmed)},
+        )
+
+    async def _resync_disarmed(self, serial: int, runs: list[DeviceRun]) -> None:
+        """Copy the tracks recorded while armed: SUSPENDED_ERROR, the secondary follows a
+        resume, PENDING until the copy is done, then DUPLEX."""
+        runs = [r for r in runs if r.device.pair.state is PairState.DUPLEX]
+        self.rep.to_error_all(runs)
+        answers = {r.device: r for r in await self._tell_peer(serial, runs, "resume")}
+        changes: Changes = {}
+        for run in runs:
+            answer = answers.get(run.device.pair.peer_device)
+            if answer is not None and answer.code == 0:
+                changes[run.device.key] = (PairAction.RESUME, None)
+        if changes:
+            self.rep.controller.commit_states(changes, cause="resync-after-cancel")
+        for run in runs:
+            if run.device.key in changes:
+                self.rep.start_copier(run)
 
     async def _resume(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
         good, results = self._devices(grant, request)
@@ -717,6 +870,34 @@ class PairOperations:
                 for r in results
             ]
         return PairOpReply(results=tuple(results), data=b"".join(chunks))
+
+
+def _armed_for(run: DeviceRun, at_ns: int) -> bool:
+    """The device waits for the seal of T: a primary still mirroring, armed for T."""
+    pair = run.device.pair
+    return (
+        pair.role is PairRole.PRIMARY
+        and pair.state in (PairState.DUPLEX, PairState.PENDING)
+        and pair.suspend_at_ns == at_ns
+    )
+
+
+def _merged_seal(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    """One seal document for T from each arm's (after a restart, each device has its own):
+    counts and hold times add up or take the worst, the seal began at the first one."""
+    sealed = [d for d in documents if "sealed_ns" in d]
+    if not sealed:
+        return documents[-1] if documents else {}
+    out = dict(sealed[0])
+    for doc in sealed[1:]:
+        for key, value in doc.items():
+            if key in ("late_writes", "in_flight_at_seal", "frozen_in_error"):
+                out[key] = out.get(key, 0) + value
+            elif key == "sealed_ns":
+                out[key] = min(out.get(key, value), value)
+            elif isinstance(value, int | float):
+                out[key] = max(out.get(key, value), value)
+    return out
 
 
 def _as_primary(item: PairItem) -> Callable[[PairInfo], None]:

@@ -357,6 +357,11 @@ class PairOp(enum.IntEnum):
     """Answer with the device's change-map bits (for failback)."""
     PEER_FAILBACK = 23
     """The old primary becomes the secondary of the reversed pair."""
+    # Host operations on an armed suspend (scheduled suspends, docs/protocol.md).
+    SUSPEND_WAIT = 8
+    """Answer once the suspend armed for at_ns on these devices has been sealed."""
+    SUSPEND_CANCEL = 9
+    """Disarm the suspend armed on these devices (at_ns 0: whatever T; else only that T)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
