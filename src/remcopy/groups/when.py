@@ -34,9 +34,7 @@ def parse_within(text: str, *, now_ns: int | None = None) -> int:
     """T for `--in DURATION`: now plus the duration, in ns since the epoch."""
     match = _DURATION.match(text)
     if not match:
-        raise InputError(
-            f"--in: expected a duration such as 50ms, 2s, 15m or 3h (got {text!r})"
-        )
+        raise InputError(f"--in: expected a duration such as 50ms, 2s, 15m or 3h (got {text!r})")
     seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
     return (time.time_ns() if now_ns is None else now_ns) + int(seconds * 1e9)
 
