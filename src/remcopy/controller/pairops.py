@@ -430,8 +430,9 @@ class PairOperations:
         good, results = self._devices(grant, request, armed_ok=True)
         runs = [run for _item, run in good]
         seals = self._seals.get(at_ns, [])
-        if any(_armed_for(run, at_ns) for run in runs):
-            # Sealed at T on this controller's clock; the host's timeout bounds the wait.
+        if any(_armed_for(run, at_ns) for run in runs) or not all(f.done() for f in seals):
+            # Sealed at T on this controller's clock, and told to the secondaries (a seal
+            # commits SUSPENDED before it is done); the host's timeout bounds the wait.
             await asyncio.gather(*(asyncio.shield(f) for f in seals))
         results.extend(self._sealed_results(runs, at_ns))
         return PairOpReply(

@@ -227,18 +227,19 @@ class Replicator:
 
     def _resume_after_restart(self) -> None:
         self._replay_journals()
-        now = time.time_ns()
+        armed: dict[int, list[DeviceRun]] = {}  # T -> the devices armed for it: one seal each
         for run in self.runs.values():
             pair = run.device.pair
             if pair.role is not PairRole.PRIMARY:
                 continue
             if pair.state in (PairState.DUPLEX, PairState.PENDING) and pair.suspend_at_ns:
-                # If T passed while we were down the timer fires at once; the seal still waits
-                # for the journal replay, so every update stamped < T reaches the secondary.
-                self.ops._arm_timer([run], pair.suspend_at_ns)
-                del now
+                armed.setdefault(pair.suspend_at_ns, []).append(run)
             if pair.state is PairState.PENDING:
                 self.start_copier(run)
+        for at_ns, runs in armed.items():
+            # If T passed while we were down the timer fires at once; the seal still waits
+            # for the journal replay, so every update stamped < T reaches the secondary.
+            self.ops._arm_timer(runs, at_ns)
         crashed = [
             run
             for run in self.runs.values()
