@@ -543,9 +543,9 @@ def _op_command(op: PairOp, expected: str, doc: str) -> click.Command:
                 "or ns since the epoch."
             ),
         )(command)
-        command = click.option("--in", "within", help="Suspend this long from now, e.g. 50ms.")(
-            command
-        )
+        command = click.option(
+            "--in", "within", help="Suspend this long from now, e.g. 50ms, 2s, 15m or 3h."
+        )(command)
         command = click.option(
             "--margin-ms", type=float, help="Least time from now to T when choosing it."
         )(command)
@@ -632,7 +632,7 @@ for _op, _expected, _doc in (
         "Suspend every pair of group NAME at one prospective "
         "time T; reports 'consistent at T'. T may be hours ahead: the suspend is armed on "
         "every controller at once, then waited for (--no-wait: return once armed; --cancel: "
-        "disarm before T).\n\n\b\nExamples:\n  remcopy group suspend PAYROLL "
+        "disarm before T).\n\n\b\nExample:\n  remcopy group suspend PAYROLL "
         "--host hosta --in 50ms\n  remcopy group suspend PAYROLL --host hosta --at 02:00 "
         "--no-wait\n  remcopy group suspend PAYROLL --host hosta --cancel",
     ),
