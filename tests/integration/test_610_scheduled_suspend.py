@@ -81,8 +81,13 @@ async def test_group_suspend_beyond_the_request_timeout_is_consistent_at_T(world
     """`--in 12s`, past the I/O engine's 10 s request timeout: armed, waited for, consistent at T
     with two requests per controller; a cancel after T is refused naming the suspended pairs."""
     catalog = drill(world, tmp_path)
-    run = cli("group", "suspend", "DRILL", "--host", HOST, "--in", "12s", "--json", catalog=catalog)
-    record = json.loads(run.stdout)
+    run = cli("group", "suspend", "DRILL", "--host", HOST, "--in", "12s", catalog=catalog)
+    assert re.search(r"armed at T=\d+ .* on 2 controllers; waiting", run.stderr), run.stderr
+    assert "consistent at T=" in run.stdout
+    from remcopy.catalog import Catalog
+
+    with Catalog.open(catalog) as opened:
+        record = opened.operations_all(limit=1, target="DRILL")[0].details
     assert record["margin_s"] > EngineLimits().timeout_s, "T must lie beyond the request timeout"
     assert record["consistent"] is True, record["failures"]
     assert record["armed"] is False
@@ -226,6 +231,37 @@ async def test_an_armed_suspend_survives_kill_9_and_is_sealed_at_T_after_restart
                 assert (s.state, s.suspend_at_ns) == (PairState.SUSPENDED, at_ns)
     finally:
         await stop(world)
+
+
+async def test_cancel_copies_writes_stamped_at_or_after_T_that_arrived_while_armed(world):
+    """A write stamped >= T (a host clock ahead) is change-recorded while armed; once the
+    suspend is cancelled the pair resyncs, and the secondary holds the write when DUPLEX."""
+    from mirror_world import digest, wait_settled
+
+    await establish(world, 0, CopyMode.SYNC)
+    items = world.pair_items(0, CopyMode.SYNC)
+    at_ns = time.time_ns() + 3600 * 10**9
+    async with channel(world.primaries[0]) as ch, channel(world.secondary) as sec:
+        all_ok(await ch.pair_op(PairOp.SUSPEND, items, at_ns=at_ns, options={"answer": "armed"}))
+        await ch.write(0x0A01, 65536, b"\x5a" * 4096, timestamp_ns=at_ns + 1)
+        (armed,) = await ch.query((0x0A01,))
+        assert (armed.state, armed.dirty_tracks) == (PairState.DUPLEX, 1)
+        secondary = world.secondary_device(0, 1)
+        assert await digest(sec, secondary, world.size_bytes) != await digest(
+            ch, 0x0A01, world.size_bytes
+        ), "the write stamped >= T must not have been mirrored"
+        events = await ch.subscribe()
+        cancelled = await ch.pair_op(PairOp.SUSPEND_CANCEL, items)
+        all_ok(cancelled)
+        assert {(r.state, r.at_ns) for r in cancelled.results} == {(PairState.DUPLEX, at_ns)}
+        assert cancelled.document == {"disarmed": 4}
+        await events.wait_for(
+            r"64015:1A00:0A:01 SUSPENDED_ERROR -> PENDING cause=resync-after-cancel"
+        )
+        await wait_settled(ch, DEVICES)
+        assert await digest(sec, secondary, world.size_bytes) == await digest(
+            ch, 0x0A01, world.size_bytes
+        )
 
 
 async def test_cancel_of_a_device_not_armed_names_it(world):

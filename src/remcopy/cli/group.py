@@ -381,7 +381,7 @@ def _report(report: GroupReport, as_json: bool, expected: str) -> None:
         if report.op == "suspend" and report.armed:
             pairs = len(report.pairs) - len(report.failed)
             say(
-                f"armed at {_when(report.at_ns)} on {len(report.requests)} controllers "
+                f"armed at {_when(report.at_ns)} on {len(report.armed_controllers())} controllers "
                 f"({pairs} pairs): they suspend at T; `remcopy group status` shows it, "
                 "`--cancel` disarms it"
             )
@@ -591,7 +591,8 @@ def _say_armed(report: GroupReport) -> None:
     """A scheduled suspend is armed everywhere: say so before the wait for T."""
     wait_s = max(0.0, (report.at_ns - time.time_ns()) / 1e9)
     stderr.print(
-        f"armed at {_when(report.at_ns)} on {len(report.requests)} controllers; waiting "
+        f"armed at {_when(report.at_ns)} on {len(report.armed_controllers())} controllers; "
+        "waiting "
         f"{wait_s:.1f} s for T (Ctrl-C leaves it armed: `--cancel` disarms it)",
         markup=False,
         highlight=False,

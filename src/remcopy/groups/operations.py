@@ -105,6 +105,10 @@ class GroupReport:
     def failed(self) -> list[PairOutcome]:
         return [p for p in self.pairs if not p.ok]
 
+    def armed_controllers(self) -> list[str]:
+        """A suspend that did not wait: the controllers where pairs are armed for T."""
+        return sorted({p.pair.primary_controller or "" for p in self.pairs if p.ok})
+
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for outcome in self.pairs:
@@ -427,14 +431,15 @@ async def _arm_then_wait(
         armed_outcomes.extend(p for p in step.pairs if p.ok)
     report.armed = bool(armed)
     report.elapsed_s = time.perf_counter() - started
+    report.pairs.extend(armed_outcomes)
     if not wait or not armed or report.failed:
         # Not waited for: done once armed, or not consistent whatever happens at T (the pairs
         # armed stay armed: the report says so; `cancel` disarms them).
-        report.pairs.extend(armed_outcomes)
         return report
     if on_armed is not None:
         on_armed(report)
     await asyncio.sleep(max(0.0, (at_ns - time.time_ns()) / 1e9))
+    report.pairs = [p for p in report.pairs if not p.ok]  # the seal's answers replace them
     jobs = [
         Job(controller=b.controller, tag=b, run=_send(PairOp.SUSPEND_WAIT, b, at_ns, {}))
         for b in armed
