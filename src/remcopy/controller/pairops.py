@@ -14,7 +14,7 @@
 #   only on devices still armed for that same T (a cancelled or re-armed device is skipped).
 # - A scheduled suspend (T far ahead) is armed by SUSPEND with options["answer"] = "armed",
 #   answered once persisted; SUSPEND_WAIT answers once T is sealed; SUSPEND_CANCEL disarms
-#   before T (docs/protocol.md, "Scheduled suspends").
+#   before T (docs/replication.md section 8.1).
 from __future__ import annotations
 
 import asyncio
