@@ -151,6 +151,12 @@ class SuspendTimeInPast(RemcopyError):
     code = 27
 
 
+class SuspendNotArmed(RemcopyError):
+    """no suspend is armed on the device: there is nothing to cancel"""
+
+    code = 29
+
+
 class VolumeIOError(RemcopyError):
     """the volume's backing file failed a read or write"""
 

@@ -19,11 +19,13 @@ def test_in_is_now_plus_a_duration() -> None:
     assert parse_within("50ms", now_ns=1_000) == 1_000 + 50_000_000
     assert parse_within(" 2s ", now_ns=0) == 2_000_000_000
     assert parse_within("1.5s", now_ns=0) == 1_500_000_000
+    assert parse_within("15m", now_ns=0) == 900_000_000_000
+    assert parse_within("2h", now_ns=5) == 5 + 7_200_000_000_000
 
 
-@pytest.mark.parametrize("text", ["50", "ms", "-5ms", "5 minutes", "2h", ""])
+@pytest.mark.parametrize("text", ["50", "ms", "-5ms", "5 minutes", "2d", "1h30m", ""])
 def test_in_refuses_what_is_not_a_duration(text: str) -> None:
-    with pytest.raises(InputError, match=r"--in: expected a duration such as 50ms or 2s"):
+    with pytest.raises(InputError, match=r"--in: expected a duration such as 50ms, 2s, 15m or 3h"):
         parse_within(text)
 
 

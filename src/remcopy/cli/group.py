@@ -1,6 +1,7 @@
 # `remcopy group ...`: define, load and operate copy groups.
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -310,7 +311,8 @@ def group_status_command(
     catalog_location: str,
     as_json: bool,
 ) -> None:
-    """Group NAME's pairs by state, the pairs not as expected, lag, last suspend time.
+    """Group NAME's pairs by state, the pairs not as expected, lag, last suspend time, and
+    the suspend armed for a T still to come.
 
     \b
     Example:
@@ -323,6 +325,10 @@ def group_status_command(
         counts[s.state.name] = counts.get(s.state.name, 0) + 1
     odd = [s for s in statuses if s.error or (expect and s.state.name != expect)]
     suspended_at = sorted({s.suspend_at_ns for s in statuses if s.suspend_at_ns})
+    armed: dict[int, int] = {}
+    for s in statuses:
+        if s.armed_at_ns:
+            armed[s.armed_at_ns] = armed.get(s.armed_at_ns, 0) + 1
     doc = {
         "group": name,
         "pairs": len(statuses),
@@ -330,6 +336,7 @@ def group_status_command(
         "lag_bytes": sum(s.lag_bytes for s in statuses),
         "dirty_tracks": sum(s.dirty_tracks for s in statuses),
         "suspend_at_ns": suspended_at[-1] if suspended_at else None,
+        "armed": [{"at_ns": at, "pairs": n} for at, n in sorted(armed.items())],
         "not_expected": [
             {"pair": s.pair.name, "state": s.state.name, "error": s.error} for s in odd
         ],
@@ -342,6 +349,8 @@ def group_status_command(
             + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
             + f"; lag {doc['lag_bytes']} bytes; {doc['dirty_tracks']} changed tracks"
         )
+        for at, n in sorted(armed.items()):
+            say(f"suspend armed at {_when(at)} on {n} pairs (`group suspend --cancel` disarms)")
         if odd:
             table(
                 "pairs not as expected",
@@ -369,7 +378,14 @@ def _report(report: GroupReport, as_json: bool, expected: str) -> None:
             )
         if report.op == "suspend" and report.seal:
             _print_seal(report)
-        if report.op == "suspend" and not report.dry_run:
+        if report.op == "suspend" and report.armed:
+            pairs = len(report.pairs) - len(report.failed)
+            say(
+                f"armed at {_when(report.at_ns)} on {len(report.armed_controllers())} controllers "
+                f"({pairs} pairs): they suspend at T; `remcopy group status` shows it, "
+                "`--cancel` disarms it"
+            )
+        elif report.op == "suspend" and not report.dry_run:
             if report.consistent:
                 say(
                     f"consistent at T={report.at_ns} "
@@ -391,7 +407,9 @@ def _report(report: GroupReport, as_json: bool, expected: str) -> None:
             f"group {report.group}: {report.op} (dry run): {len(report.failed)} pairs would be "
             "refused"
         )
-    if report.failed or (report.op == "suspend" and not report.consistent and not report.dry_run):
+    if report.failed or (
+        report.op == "suspend" and not report.consistent and not report.dry_run and not report.armed
+    ):
         raise GroupOperationFailed(
             f"group {report.group}: {report.op}: {len(report.failed)} pairs not {expected}"
         )
@@ -486,6 +504,10 @@ def _op_command(op: PairOp, expected: str, doc: str) -> click.Command:
     def command(
         name: str, host_name: str, dry_run: bool, catalog_location: str, as_json: bool, **extra: Any
     ) -> None:
+        acting = op
+        if op is PairOp.SUSPEND and extra.get("cancel"):
+            _check_cancel(dry_run, extra)
+            acting = PairOp.SUSPEND_CANCEL
         at = suspend_at_ns(extra.get("at"), extra.get("within")) if op is PairOp.SUSPEND else None
         margin = extra.get("margin_ms")
         with open_catalog(catalog_location) as catalog, CopyProgress() as bars:
@@ -494,15 +516,20 @@ def _op_command(op: PairOp, expected: str, doc: str) -> click.Command:
                     catalog,
                     name,
                     host_name,
-                    op,
+                    acting,
                     dry_run=dry_run,
                     at_ns=at,
                     margin_s=None if margin is None else margin / 1000,
                     progress=_progress(bars, extra.get("wait"), as_json)
                     if op in _COPYING
                     else None,
+                    wait=op is not PairOp.SUSPEND or extra.get("wait") is not False,
+                    on_armed=None if as_json else _say_armed,
                 )
             )
+        if acting is PairOp.SUSPEND_CANCEL:
+            _report_cancel(report, as_json)
+            return
         _report(report, as_json, expected)
 
     if op in _COPYING:
@@ -516,13 +543,81 @@ def _op_command(op: PairOp, expected: str, doc: str) -> click.Command:
                 "or ns since the epoch."
             ),
         )(command)
-        command = click.option("--in", "within", help="Suspend this long from now, e.g. 50ms.")(
-            command
-        )
+        command = click.option(
+            "--in", "within", help="Suspend this long from now, e.g. 50ms, 2s, 15m or 3h."
+        )(command)
         command = click.option(
             "--margin-ms", type=float, help="Least time from now to T when choosing it."
         )(command)
+        command = click.option(
+            "--wait/--no-wait",
+            default=None,
+            help="Wait for T and report 'consistent at T' (default); --no-wait returns once "
+            "the suspend is armed on every controller.",
+        )(command)
+        command = click.option(
+            "--cancel",
+            is_flag=True,
+            help="Disarm the group's armed suspend before its T (nothing else may be given).",
+        )(command)
     return command
+
+
+def _check_cancel(dry_run: bool, extra: dict[str, Any]) -> None:
+    """--cancel takes no time and no other suspend option."""
+    given = [
+        flag
+        for flag, value in (
+            ("--at", extra.get("at")),
+            ("--in", extra.get("within")),
+            ("--margin-ms", extra.get("margin_ms")),
+            ("--dry-run", True if dry_run else None),
+            ("--wait/--no-wait", extra.get("wait")),
+        )
+        if value is not None
+    ]
+    if given:
+        raise InputError(
+            f"suspend --cancel: {', '.join(given)} cannot be given with --cancel: it disarms "
+            "whatever suspend is armed on the group's pairs, with no other option"
+        )
+
+
+def _when(at_ns: int) -> str:
+    return f"T={at_ns} ({datetime.fromtimestamp(at_ns / 1e9).isoformat()})"
+
+
+def _say_armed(report: GroupReport) -> None:
+    """A scheduled suspend is armed everywhere: say so before the wait for T."""
+    wait_s = max(0.0, (report.at_ns - time.time_ns()) / 1e9)
+    stderr.print(
+        f"armed at {_when(report.at_ns)} on {len(report.armed_controllers())} controllers; "
+        "waiting "
+        f"{wait_s:.1f} s for T (Ctrl-C leaves it armed: `--cancel` disarms it)",
+        markup=False,
+        highlight=False,
+    )
+
+
+def _report_cancel(report: GroupReport, as_json: bool) -> None:
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        say(
+            f"group {report.group}: suspend at {_when(report.at_ns)} cancelled: "
+            f"{report.disarmed} pairs disarmed on {len(report.requests)} controllers"
+        )
+        others = [p for p in report.pairs if not p.ok or p.code]
+        if others:
+            table(
+                "pairs not disarmed",
+                ["pair", "state", "why"],
+                [(p.pair.name, p.state.name, p.message) for p in others[:_PAIR_ROWS_MAX]],
+            )
+    if report.failed:
+        raise GroupOperationFailed(
+            f"group {report.group}: suspend --cancel: {len(report.failed)} pairs not disarmed"
+        )
 
 
 for _op, _expected, _doc in (
@@ -536,8 +631,11 @@ for _op, _expected, _doc in (
         PairOp.SUSPEND,
         "SUSPENDED at T",
         "Suspend every pair of group NAME at one prospective "
-        "time T; reports 'consistent at T'.\n\n\b\nExample:\n  remcopy group suspend PAYROLL "
-        "--host hosta --in 50ms",
+        "time T; reports 'consistent at T'. T may be hours ahead: the suspend is armed on "
+        "every controller at once, then waited for (--no-wait: return once armed; --cancel: "
+        "disarm before T).\n\n\b\nExample:\n  remcopy group suspend PAYROLL "
+        "--host hosta --in 50ms\n  remcopy group suspend PAYROLL --host hosta --at 02:00 "
+        "--no-wait\n  remcopy group suspend PAYROLL --host hosta --cancel",
     ),
     (
         PairOp.RESUME,

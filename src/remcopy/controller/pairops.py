@@ -10,7 +10,11 @@
 # - A device named twice in one request, unknown, not allowed, or armed for a pending suspend
 #   is refused before anything changes.
 # - The prospective suspend is refused whole if T has passed on this controller's clock.
-# - The seal waits for every update stamped < T before committing SUSPENDED at T.
+# - The seal waits for every update stamped < T before committing SUSPENDED at T, and acts
+#   only on devices still armed for that same T (a cancelled or re-armed device is skipped).
+# - A scheduled suspend (T far ahead) is armed by SUSPEND with options["answer"] = "armed",
+#   answered once persisted; SUSPEND_WAIT answers once T is sealed; SUSPEND_CANCEL disarms
+#   before T (docs/replication.md section 8.1).
 from __future__ import annotations
 
 import asyncio
@@ -28,6 +32,7 @@ from remcopy.errors import (
     IllegalTransition,
     InputError,
     RemcopyError,
+    SuspendNotArmed,
     SuspendTimeInPast,
     WriteProtected,
 )
@@ -41,6 +46,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("remcopy.replication")
 
 Changes = dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]]
+
+# Seal outcomes kept for SUSPEND_WAIT, per suspend time T: a host asks after T, so the
+# figures of a finished seal must still be there; the oldest finished ones are dropped.
+SEALS_KEPT_MAX: Final = 64
 
 
 def _ok(device: Device, *, at_ns: int = 0, tracks: int = 0) -> PairResult:
@@ -63,6 +72,8 @@ class PairOperations:
 
     def __init__(self, rep: Replicator) -> None:
         self.rep = rep
+        self._seals: dict[int, list[asyncio.Future[dict[str, Any]]]] = {}
+        """Per suspend time T: the seal of each arm for T (its document once sealed)."""
 
     # Pair operations from hosts (one request carries a batch of devices)...
 
@@ -82,13 +93,22 @@ class PairOperations:
             return await self._terminate(grant, request)
         if op is PairOp.SHADOW:
             return self._shadow(grant, request)
+        if op is PairOp.SUSPEND_WAIT:
+            return await self._suspend_wait(grant, request)
+        if op is PairOp.SUSPEND_CANCEL:
+            return self._suspend_cancel(grant, request)
         raise InputError(f"pair operation {op.name} is for controllers, not hosts")
 
     def _devices(
-        self, grant: HostGrant, request: PairOpRequest, *, join_freeze: bool = False
+        self,
+        grant: HostGrant,
+        request: PairOpRequest,
+        *,
+        armed_ok: bool = False,
+        join_freeze: bool = False,
     ) -> tuple[list[tuple[PairItem, DeviceRun]], list[PairResult]]:
-        """Resolve the items; unknown, not allowed and armed devices are refused here (a
-        suspend may join the freeze that armed a device: `join_freeze`)."""
+        """Resolve the items; unknown, not allowed and (unless armed_ok) armed devices are
+        refused here (a suspend may join the freeze that armed a device: `join_freeze`)."""
         good: list[tuple[PairItem, DeviceRun]] = []
         refused: list[PairResult] = []
         seen: set[int] = set()
@@ -102,13 +122,15 @@ class PairOperations:
                 armed = device.pair.suspend_at_ns
                 if (
                     armed
+                    and not armed_ok
                     and device.pair.role is PairRole.PRIMARY
                     and device.pair.state in (PairState.DUPLEX, PairState.PENDING)
                     and not (join_freeze and self.rep.freezer.froze(run))
                 ):
                     raise DeviceBusy(
                         f"{device.address}: a suspend is armed for {armed}: other "
-                        "state changes wait until it has passed"
+                        "state changes wait until it has passed (or cancel it: "
+                        "remcopy group suspend --cancel)"
                     )
             except RemcopyError as exc:
                 known = self.rep.controller.devices.get(item.device)
@@ -247,6 +269,7 @@ class PairOperations:
                 continue
             armed.append(run)
         document: dict[str, Any] = {}
+        arm_ms = 0.0
         if armed:
             # Arm: persisted, so a restart before T still suspends at T.
             arm_started_ns = time.perf_counter_ns()
@@ -254,10 +277,24 @@ class PairOperations:
             arm_ms = (time.perf_counter_ns() - arm_started_ns) / 1e6
             self.rep.controller.announce(f"armed suspend at={at_ns} devices={len(armed)}")
             sealed = self._arm_timer(armed, at_ns)
+        if (armed or joined) and request.options.get("answer") == "armed":
+            # A scheduled suspend: answered now, bounded by the host's request timeout; the
+            # host waits for T itself and then asks with SUSPEND_WAIT.
+            results.extend(_ok(run.device, at_ns=at_ns) for run in armed)
+            results.extend(_ok(run.device, at_ns=run.freeze_at_ns) for run in joined)
+            return PairOpReply(
+                results=tuple(sorted(results, key=lambda r: r.device)),
+                document={
+                    "at_ns": at_ns,
+                    "armed": len(armed) + len(joined),
+                    "arm_commit_ms": round(arm_ms, 3),
+                },
+            )
+        if armed:
             document = dict(await sealed)
             # The arm's commit ran on the event loop too: no host I/O was served meanwhile.
             document["arm_commit_ms"] = round(arm_ms, 3)
-            document["host_io_held_ms"] = round(document["host_io_held_ms"] + arm_ms, 3)
+            document["host_io_held_ms"] = round(document.get("host_io_held_ms", 0.0) + arm_ms, 3)
         if joined:
             # Wait for the freeze's seal; another freeze may still move it earlier.
             for _ in range(len(joined) + 1):
@@ -278,42 +315,55 @@ class PairOperations:
             }
         elif not armed:
             return PairOpReply(results=tuple(sorted(results, key=lambda r: r.device)))
-        for run in armed + joined:
+        results.extend(self._sealed_results(armed, at_ns))
+        for run in joined:
+            results.extend(self._sealed_results([run], run.freeze_at_ns))
+        return PairOpReply(
+            results=tuple(sorted(results, key=lambda r: r.device)), document=document
+        )
+
+    def _sealed_results(self, runs: list[DeviceRun], at_ns: int) -> list[PairResult]:
+        """Each device's answer once the seal of T is done (SUSPEND, SUSPEND_WAIT)."""
+        results = []
+        for run in runs:
             pair = run.device.pair
-            expected = run.freeze_at_ns if run in joined else at_ns
-            if run.frozen_at_ns == expected and pair.state is PairState.SUSPENDED_ERROR:
+            if run.frozen_at_ns == at_ns and pair.state is PairState.SUSPENDED_ERROR:
                 results.append(
                     PairResult(
                         device=run.device.key,
                         state=pair.state,
                         role=pair.role,
-                        at_ns=expected,
+                        at_ns=at_ns,
                         message="frozen: its replication failed before T; host writes were held "
                         "until this freeze, so nothing that depends on them was mirrored",
                     )
                 )
-            elif pair.state is PairState.SUSPENDED and pair.suspend_at_ns == expected:
+            elif pair.state is PairState.SUSPENDED and pair.suspend_at_ns == at_ns:
                 # tracks > 0: the copy had not finished, so this secondary is not consistent.
                 left = run.changemap.count() if run.copy_unfinished else 0
-                results.append(_ok(run.device, at_ns=expected, tracks=left))
+                results.append(_ok(run.device, at_ns=at_ns, tracks=left))
             else:
+                why = (
+                    "its suspend at T was cancelled"
+                    if pair.state in (PairState.DUPLEX, PairState.PENDING)
+                    and pair.suspend_at_ns != at_ns
+                    else f"it is {pair.state.name}"
+                )
                 results.append(
                     PairResult(
                         device=run.device.key,
                         code=IllegalTransition.code,
                         state=pair.state,
                         role=pair.role,
-                        message=f"{run.device.address} did not suspend at T: it is "
-                        f"{pair.state.name}",
+                        message=f"{run.device.address} did not suspend at T: {why}",
                     )
                 )
-        return PairOpReply(
-            results=tuple(sorted(results, key=lambda r: r.device)), document=document
-        )
+        return results
 
     def _arm_timer(self, runs: list[DeviceRun], at_ns: int) -> asyncio.Future[dict[str, Any]]:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._seal_registered(at_ns, done)
         delay_s = max(0.0, (at_ns - time.time_ns()) / 1e9)
 
         def fire() -> None:
@@ -332,8 +382,16 @@ class PairOperations:
         self, runs: list[DeviceRun], at_ns: int, done: asyncio.Future[dict[str, Any]]
     ) -> None:
         """At T: refuse late writes, wait for updates stamped < T, then commit SUSPENDED.
-        Only devices still armed at this T: a freeze may have moved them to an earlier T."""
-        runs = [run for run in runs if run.device.pair.suspend_at_ns == at_ns]
+        Only devices still armed for this T: one cancelled or re-armed since is skipped."""
+        still_armed = [run for run in runs if run.device.pair.suspend_at_ns == at_ns]
+        if not still_armed:
+            self.rep.controller.announce(
+                f"suspend at={at_ns} skipped: disarmed on all {len(runs)} devices"
+            )
+            if not done.done():
+                done.set_result({"at_ns": at_ns, "disarmed": len(runs)})
+            return
+        runs = still_armed
         for serial in {run.device.pair.peer_serial for run in runs}:
             await self.rep.link(serial).replayed.wait()
         sealed_ns = time.time_ns()
@@ -417,6 +475,119 @@ class PairOperations:
             log.warning("could not tell peer %s to %s: %s", serial, action, exc)
             return [_refused(r.device.pair.peer_device, exc) for r in runs]
         return list(reply.results)
+
+    # Scheduled suspends: wait for the seal of an armed T, or cancel it before T...
+
+    def _seal_registered(self, at_ns: int, done: asyncio.Future[dict[str, Any]]) -> None:
+        """Keep an arm's seal for SUSPEND_WAIT; drop the oldest finished seals over the cap."""
+        self._seals.setdefault(at_ns, []).append(done)
+        while len(self._seals) > SEALS_KEPT_MAX:
+            oldest = min(self._seals)
+            if not all(f.done() for f in self._seals[oldest]):
+                break
+            del self._seals[oldest]
+
+    async def _suspend_wait(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
+        """Answer once the suspend armed for T on these devices is sealed: per device as
+        SUSPEND answers, and the seal's figures. A device not armed for T answers at once."""
+        at_ns = request.at_ns
+        if at_ns <= 0:
+            raise InputError("suspend wait: at_ns must be the suspend time T that was armed")
+        good, results = self._devices(grant, request, armed_ok=True)
+        runs = [run for _item, run in good]
+        seals = self._seals.get(at_ns, [])
+        if any(_armed_for(run, at_ns) for run in runs) or not all(f.done() for f in seals):
+            # Sealed at T on this controller's clock, and told to the secondaries (a seal
+            # commits SUSPENDED before it is done); the host's timeout bounds the wait.
+            await asyncio.gather(*(asyncio.shield(f) for f in seals))
+        results.extend(self._sealed_results(runs, at_ns))
+        return PairOpReply(
+            results=tuple(sorted(results, key=lambda r: r.device)),
+            document=_merged_seal([f.result() for f in seals if f.done()]),
+        )
+
+    def _suspend_cancel(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
+        """Disarm the suspend armed on these devices before its T: the persisted T is
+        cleared and the seal at T skips them."""
+        good, results = self._devices(grant, request, armed_ok=True)
+        now = time.time_ns()
+        disarmed: dict[int, int] = {}  # device -> the T it was armed for
+        for item, run in good:
+            pair, address = run.device.pair, run.device.address
+            try:
+                if pair.role is PairRole.PRIMARY and pair.state is PairState.SUSPENDED:
+                    raise SuspendTimeInPast(
+                        f"cannot cancel the suspend of {address}: it happened, T "
+                        f"{pair.suspend_at_ns} has passed: the pair is SUSPENDED (resume it "
+                        "to mirror again)"
+                    )
+                if (
+                    pair.role is not PairRole.PRIMARY
+                    or pair.state not in (PairState.DUPLEX, PairState.PENDING)
+                    or not pair.suspend_at_ns
+                ):
+                    raise SuspendNotArmed(
+                        f"cannot cancel the suspend of {address}: none is armed (it is "
+                        f"{pair.state.name}, {pair.role.value}): nothing to cancel"
+                    )
+                if self.rep.freezer.froze(run):
+                    raise DeviceBusy(
+                        f"cannot cancel the suspend of {address}: a freeze of group "
+                        f"{pair.group} armed it at {pair.suspend_at_ns} after a replication "
+                        "error: a freeze is not cancelled (it keeps the secondary site "
+                        "consistent)"
+                    )
+                if request.at_ns and pair.suspend_at_ns != request.at_ns:
+                    raise SuspendNotArmed(
+                        f"cannot cancel the suspend of {address} at {request.at_ns}: it is "
+                        f"armed for {pair.suspend_at_ns}"
+                    )
+                if pair.suspend_at_ns <= now or run.sealed_at_ns:
+                    raise SuspendTimeInPast(
+                        f"cannot cancel the suspend of {address}: T {pair.suspend_at_ns} has "
+                        f"passed on controller {self.rep.controller.name} (now {now}): it is "
+                        "being sealed"
+                    )
+            except RemcopyError as exc:
+                results.append(_refused(item.device, exc, run.device))
+                continue
+            disarmed[run.device.key] = pair.suspend_at_ns
+        if disarmed:
+            self.rep.controller.commit_armed(dict.fromkeys(disarmed, 0))
+            for at_ns in sorted(set(disarmed.values())):
+                count = sum(1 for t in disarmed.values() if t == at_ns)
+                self.rep.controller.announce(f"disarmed suspend at={at_ns} devices={count}")
+        by_peer: dict[int, list[DeviceRun]] = {}
+        for key, at_ns in disarmed.items():
+            run = self.rep.runs[key]
+            results.append(_ok(run.device, at_ns=at_ns))
+            # Writes stamped >= T (a host clock ahead of ours) were change-recorded while
+            # armed: a DUPLEX pair must copy them, or its secondary would lack them.
+            if run.device.pair.state is PairState.DUPLEX and run.changemap.copy_count():
+                by_peer.setdefault(run.device.pair.peer_serial, []).append(run)
+        for serial, runs in by_peer.items():
+            self.rep.spawn(self._resync_disarmed(serial, runs), name=f"resync disarmed {serial}")
+        return PairOpReply(
+            results=tuple(sorted(results, key=lambda r: r.device)),
+            document={"disarmed": len(disarmed)},
+        )
+
+    async def _resync_disarmed(self, serial: int, runs: list[DeviceRun]) -> None:
+        """Copy the tracks recorded while armed: SUSPENDED_ERROR, the secondary follows a
+        resume, PENDING until the copy is done, then DUPLEX."""
+        runs = [r for r in runs if r.device.pair.state is PairState.DUPLEX]
+        self.rep.to_error_all(runs)
+        answers = {r.device: r for r in await self._tell_peer(serial, runs, "resume")}
+        changes: Changes = {}
+        for run in runs:
+            answer = answers.get(run.device.pair.peer_device)
+            if answer is not None and answer.code == 0:
+                changes[run.device.key] = (PairAction.RESUME, None)
+        if changes:
+            self.rep.controller.commit_states(changes, cause="resync-after-cancel")
+        for run in runs:
+            if run.device.key in changes:
+                self.rep.start_copier(run)
 
     async def _resume(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
         good, results = self._devices(grant, request)
@@ -775,6 +946,34 @@ class PairOperations:
                 for r in results
             ]
         return PairOpReply(results=tuple(results), data=b"".join(chunks))
+
+
+def _armed_for(run: DeviceRun, at_ns: int) -> bool:
+    """The device waits for the seal of T: a primary still mirroring, armed for T."""
+    pair = run.device.pair
+    return (
+        pair.role is PairRole.PRIMARY
+        and pair.state in (PairState.DUPLEX, PairState.PENDING)
+        and pair.suspend_at_ns == at_ns
+    )
+
+
+def _merged_seal(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    """One seal document for T from each arm's (after a restart, each device has its own):
+    counts and hold times add up or take the worst, the seal began at the first one."""
+    sealed = [d for d in documents if "sealed_ns" in d]
+    if not sealed:
+        return documents[-1] if documents else {}
+    out = dict(sealed[0])
+    for doc in sealed[1:]:
+        for key, value in doc.items():
+            if key in ("late_writes", "in_flight_at_seal", "frozen_in_error"):
+                out[key] = out.get(key, 0) + value
+            elif key == "sealed_ns":
+                out[key] = min(out.get(key, value), value)
+            elif isinstance(value, int | float):
+                out[key] = max(out.get(key, value), value)
+    return out
 
 
 def _as_primary(item: PairItem, group: str) -> Callable[[PairInfo], None]:

@@ -13,6 +13,12 @@
 # the configured floor and at least a few times the measured round trip to the slowest
 # primary controller, so every controller receives the suspend before T. The group is reported
 # **consistent at T** only when every pair answers SUSPENDED at that same T.
+#
+# Scheduled suspends: request timeouts bound arming, never the wait for T. A T within half the
+# request timeout goes in one request per controller, answered after the seal. A later T (e.g.
+# `--in 3h`) takes two: SUSPEND answered once armed (persisted), then, once T has come on this
+# host's clock, SUSPEND_WAIT answered once the controller has sealed T. With wait=False the
+# operation ends once armed everywhere; `cancel` disarms before T.
 from __future__ import annotations
 
 import asyncio
@@ -21,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from remcopy.errors import InputError
+from remcopy.errors import InputError, SuspendNotArmed, SuspendTimeInPast
 from remcopy.groups.model import Group, GroupPair
 from remcopy.groups.preview import AT_PRIMARY, PlannedPair, plan_summary, preview
 from remcopy.host.channel import Channel
@@ -33,6 +39,10 @@ from remcopy.wire.native import PairItem, PairOp, PairOpReply, PairResult
 
 # A suspend margin is never below this many measured round trips to the slowest controller.
 MARGIN_ROUND_TRIPS_MIN = 4
+# A suspend whose T is at most this share of the request timeout away is one request per
+# controller, answered after the seal (the rest of the timeout is left for the seal). A later
+# T is armed first and waited for (see the top of this file).
+ONE_REQUEST_SHARE_MAX = 0.5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,6 +62,8 @@ class PairOutcome:
     at_ns: int = 0
     tracks: int = 0
     message: str = ""
+    code: int = 0
+    """The controller's error code when it refused the pair (remcopy.errors), else 0."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -76,6 +88,10 @@ class GroupReport:
     """A dry run's plan: per pair, the move, the tracks it would copy, or why it is refused."""
     copy_s: float = 0.0
     """Time waited, after the operation, for the copies it started (when followed)."""
+    armed: bool = False
+    """A suspend that did not wait: armed for T on the controllers, to be sealed at T."""
+    disarmed: int = 0
+    """suspend_cancel: pairs whose armed suspend was cancelled."""
 
     def __repr__(self) -> str:
         # Short on purpose: asyncio and enum error paths repr a finished task's result, and
@@ -88,6 +104,10 @@ class GroupReport:
     @property
     def failed(self) -> list[PairOutcome]:
         return [p for p in self.pairs if not p.ok]
+
+    def armed_controllers(self) -> list[str]:
+        """A suspend that did not wait: the controllers where pairs are armed for T."""
+        return sorted({p.pair.primary_controller or "" for p in self.pairs if p.ok})
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -109,6 +129,8 @@ class GroupReport:
             "margin_s": self.margin_s,
             "round_trip_s": self.round_trip_s,
             "consistent": self.consistent,
+            "armed": self.armed,
+            "disarmed": self.disarmed,
             "seal": self.seal,
             "late_writes": sum(int(d.get("late_writes", 0)) for d in self.seal.values()),
             "host_io_held_ms": max(
@@ -212,6 +234,7 @@ def _outcomes(batch: Batch, reply: PairOpReply) -> list[PairOutcome]:
                 at_ns=result.at_ns,
                 tracks=result.tracks,
                 message=result.message,
+                code=result.code,
             )
         )
     return out
@@ -313,6 +336,16 @@ async def measure_round_trip(session: HostSession, controllers: list[str]) -> fl
     return max(times, default=0.0)
 
 
+def request_timeout_s(session: HostSession, controllers: list[str]) -> float:
+    """The time one request may take: the engine's bound or a channel's, whichever is less."""
+    channels = [session.channels[c].timeout_s for c in controllers if c in session.channels]
+    return min([session.engine.limits.timeout_s, *channels])
+
+
+ArmedCallback = Callable[[GroupReport], None]
+"""Called once a scheduled suspend is armed everywhere, before the wait for T."""
+
+
 async def suspend(
     session: HostSession,
     group: Group,
@@ -320,8 +353,11 @@ async def suspend(
     at_ns: int | None = None,
     margin_s: float | None = None,
     dry_run: bool = False,
+    wait: bool = True,
+    on_armed: ArmedCallback | None = None,
 ) -> GroupReport:
-    """Suspend every pair at one prospective T; consistent only if all report SUSPENDED at T."""
+    """Suspend every pair at one prospective T; consistent only if all report SUSPENDED at T.
+    wait=False: return once armed everywhere (`report.armed`); the controllers seal at T."""
     planned = plan(group, PairOp.SUSPEND)
     controllers = [b.controller for b in planned[0]]
     round_trip_s = await measure_round_trip(session, controllers)
@@ -338,9 +374,13 @@ async def suspend(
             f"{MARGIN_ROUND_TRIPS_MIN} round trips ({round_trip_s * 1e3:.3f} ms each) to the "
             "slowest controller: choose a later time"
         )
-    report = await run_operation(
-        session, group, PairOp.SUSPEND, at_ns=at_ns, dry_run=dry_run, planned=planned
-    )
+    one_request_s = ONE_REQUEST_SHARE_MAX * request_timeout_s(session, controllers)
+    if dry_run or (wait and at_ns - now <= int(one_request_s * 1e9)):
+        report = await run_operation(
+            session, group, PairOp.SUSPEND, at_ns=at_ns, dry_run=dry_run, planned=planned
+        )
+    else:
+        report = await _arm_then_wait(session, group, planned, at_ns, wait=wait, on_armed=on_armed)
     report.margin_s = (at_ns - now) / 1e9
     report.round_trip_s = round_trip_s
     # The controllers may have frozen the group (a replication error) at an earlier T'
@@ -366,7 +406,113 @@ async def suspend(
     return report
 
 
-__all__ = ["Batch", "GroupReport", "PairOutcome", "plan", "run_operation", "suspend"]
+async def _arm_then_wait(
+    session: HostSession,
+    group: Group,
+    planned: tuple[list[Batch], list[PairOutcome]],
+    at_ns: int,
+    *,
+    wait: bool,
+    on_armed: ArmedCallback | None,
+) -> GroupReport:
+    """A scheduled suspend: arm everywhere (answered once persisted), wait for T on this
+    host's clock, then ask each controller for the seal of T. Each request is bounded by the
+    request timeout; the wait for T is not a request."""
+    started = time.perf_counter()
+    report = GroupReport(group=group.name, op="suspend", at_ns=at_ns)
+    batches, refused = planned
+    report.pairs.extend(refused)
+    jobs = [
+        Job(
+            controller=b.controller, tag=b, run=_send(PairOp.SUSPEND, b, at_ns, {"answer": "armed"})
+        )
+        for b in batches
+    ]
+    armed: list[Batch] = []
+    armed_outcomes: list[PairOutcome] = []
+    for result in await session.engine.run_all(jobs):
+        batch: Batch = result.job.tag
+        report.requests[batch.controller] = result.attempts
+        step = GroupReport(group=group.name, op="suspend")
+        _collect(step, result)
+        report.pairs.extend(p for p in step.pairs if not p.ok)
+        kept = [(i, p.pair) for i, p in zip(batch.items, step.pairs, strict=True) if p.ok]
+        if kept:
+            armed.append(
+                Batch(
+                    controller=batch.controller,
+                    items=tuple(i for i, _ in kept),
+                    pairs=tuple(p for _, p in kept),
+                )
+            )
+        armed_outcomes.extend(p for p in step.pairs if p.ok)
+    report.armed = bool(armed)
+    report.elapsed_s = time.perf_counter() - started
+    report.pairs.extend(armed_outcomes)
+    if not wait or not armed or report.failed:
+        # Not waited for: done once armed, or not consistent whatever happens at T (the pairs
+        # armed stay armed: the report says so; `cancel` disarms them).
+        return report
+    if on_armed is not None:
+        on_armed(report)
+    await asyncio.sleep(max(0.0, (at_ns - time.time_ns()) / 1e9))
+    report.pairs = [p for p in report.pairs if not p.ok]  # the seal's answers replace them
+    jobs = [
+        Job(controller=b.controller, tag=b, run=_send(PairOp.SUSPEND_WAIT, b, at_ns, {}))
+        for b in armed
+    ]
+    for result in await session.engine.run_all(jobs):
+        arms = report.requests[result.job.tag.controller]
+        _collect(report, result)
+        report.requests[result.job.tag.controller] += arms
+    report.armed = False
+    report.elapsed_s = time.perf_counter() - started
+    return report
+
+
+# Cancelling a scheduled suspend: a pair with nothing armed, or whose T has passed.
+_NOT_CANCELLABLE = (SuspendNotArmed.code, SuspendTimeInPast.code)
+
+
+async def cancel(session: HostSession, group: Group) -> GroupReport:
+    """Disarm every pair's armed suspend before its T: one request per primary controller.
+
+    A pair with nothing armed is left as it is (ok, it says so); if no pair at all had a
+    suspend to cancel, InputError names what each is instead."""
+    report = await run_operation(
+        session, group, PairOp.SUSPEND_CANCEL, planned=plan(group, PairOp.SUSPEND)
+    )
+    report.disarmed = sum(1 for p in report.pairs if p.ok)
+    times = sorted({p.at_ns for p in report.pairs if p.ok})
+    report.at_ns = times[-1] if times else 0
+    not_armed = [p for p in report.pairs if p.code == SuspendNotArmed.code]
+    if not report.disarmed and all(p.code in _NOT_CANCELLABLE for p in report.pairs):
+        states: dict[str, int] = {}
+        for p in report.pairs:
+            states[p.state.name] = states.get(p.state.name, 0) + 1
+        passed = [p for p in report.pairs if p.code == SuspendTimeInPast.code]
+        raise InputError(
+            f"group {group.name}: suspend --cancel: nothing to cancel: no pair has a suspend "
+            "armed for a time still to come ("
+            + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+            + (f"; {passed[0].message}" if passed else "")
+            + "): --cancel disarms a suspend armed by `group suspend --at/--in` before its T"
+        )
+    for p in not_armed:
+        p.ok = True  # nothing to cancel on this pair: not a failure of the cancel
+    return report
+
+
+__all__ = [
+    "Batch",
+    "GroupReport",
+    "PairOutcome",
+    "cancel",
+    "plan",
+    "request_timeout_s",
+    "run_operation",
+    "suspend",
+]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -377,6 +523,12 @@ class PairStatus:
     dirty_tracks: int = 0
     lag_bytes: int = 0
     error: str = ""
+
+    @property
+    def armed_at_ns(self) -> int:
+        """The T of a suspend armed and still to come on this pair, 0 when none."""
+        mirroring = self.state in (PairState.DUPLEX, PairState.PENDING)
+        return self.suspend_at_ns if mirroring else 0
 
 
 async def status(session: HostSession, group: Group) -> list[PairStatus]:

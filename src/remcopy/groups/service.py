@@ -22,8 +22,10 @@ from remcopy.groups.definition import (
 from remcopy.groups.load import group_map, lookup, unseen
 from remcopy.groups.model import Group, GroupOptions, GroupPair
 from remcopy.groups.operations import (
+    ArmedCallback,
     GroupReport,
     PairStatus,
+    cancel,
     run_operation,
     shadow,
     status,
@@ -139,8 +141,13 @@ async def operate(
     limits: EngineLimits | None = None,
     pairs: Sequence[GroupPair] | None = None,
     progress: ProgressCallback | None = None,
+    wait: bool = True,
+    on_armed: ArmedCallback | None = None,
 ) -> GroupReport:
     """Run one group operation as `host` and record it in the operation log.
+
+    A suspend with T far ahead is armed, then waited for (`on_armed` is called in between);
+    wait=False returns once armed. SUSPEND_CANCEL disarms the group's armed suspend.
 
     With `progress`, an operation that starts copies (establish, resume, failback) also
     waits until every copy it started is done, calling `progress` with an
@@ -151,7 +158,17 @@ async def operate(
     started_ns = time.time_ns()
     async with HostSession(host_definition(catalog, host), limits=limits) as session:
         if op is PairOp.SUSPEND:
-            report = await suspend(session, group, at_ns=at_ns, margin_s=margin_s, dry_run=dry_run)
+            report = await suspend(
+                session,
+                group,
+                at_ns=at_ns,
+                margin_s=margin_s,
+                dry_run=dry_run,
+                wait=wait,
+                on_armed=on_armed,
+            )
+        elif op is PairOp.SUSPEND_CANCEL:
+            report = await cancel(session, group)
         else:
             report = await run_operation(session, group, op, dry_run=dry_run)
         if progress is not None and copies_started(report):

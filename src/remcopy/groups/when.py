@@ -6,7 +6,8 @@
 # read in the local time zone unless it names one.
 #
 # Accepted:
-# - `--in`: a duration from now, `50ms`, `2s`, `1.5s`.
+# - `--in`: a duration from now, `50ms`, `2s`, `1.5s`, `15m`, `3h` (a scheduled suspend, hours
+#   ahead, is armed at once and waited for: docs/groups.md).
 # - `--at`: nanoseconds since the epoch (digits only); an ISO date and time
 #   (`2026-11-26T14:05:00.250`, with or without a zone); or a time of day today
 #   (`14:05`, `14:05:00`, `14:05:00.250`).
@@ -20,7 +21,8 @@ from typing import Final
 
 from remcopy.errors import InputError
 
-_DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s)\s*$")
+_DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_UNIT_S: Final = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _TIME_OF_DAY: Final = re.compile(r"^\d{1,2}:\d{2}(:\d{2}(\.\d{1,6})?)?$")
 AT_EXPECTED: Final = (
     "an ISO date and time (2026-11-26T14:05:00.250), a time of day today (14:05:00.250) "
@@ -32,8 +34,8 @@ def parse_within(text: str, *, now_ns: int | None = None) -> int:
     """T for `--in DURATION`: now plus the duration, in ns since the epoch."""
     match = _DURATION.match(text)
     if not match:
-        raise InputError(f"--in: expected a duration such as 50ms or 2s (got {text!r})")
-    seconds = float(match.group(1)) * (1e-3 if match.group(2) == "ms" else 1.0)
+        raise InputError(f"--in: expected a duration such as 50ms, 2s, 15m or 3h (got {text!r})")
+    seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
     return (time.time_ns() if now_ns is None else now_ns) + int(seconds * 1e9)
 
 

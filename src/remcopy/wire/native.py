@@ -361,6 +361,11 @@ class PairOp(enum.IntEnum):
     """Sent by a primary to its sibling primaries of a consistency group: arm the group's
     devices at at_ns (or an earlier T already armed); options["group"] names the group; the
     reply's document says the T kept (controller/freeze.py)."""
+    # Host operations on an armed suspend (scheduled suspends, docs/protocol.md).
+    SUSPEND_WAIT = 8
+    """Answer once the suspend armed for at_ns on these devices has been sealed."""
+    SUSPEND_CANCEL = 9
+    """Disarm the suspend armed on these devices (at_ns 0: whatever T; else only that T)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
