@@ -154,3 +154,37 @@ async def test_an_armed_suspend_survives_kill_9_and_seals_at_T(tmp_path, volumes
         assert ours == theirs
     finally:
         await stop(world)
+
+
+@pytest.mark.parametrize("grace_s", [30.0, 0.0])
+async def test_a_primary_started_before_its_secondary_waits_out_the_start_grace(tmp_path, grace_s):
+    """Started while its secondary is down, a primary retries the link during
+    link_start_grace_s and keeps its pairs DUPLEX until the secondary is up; with no grace its
+    pairs fail at the first heartbeat."""
+    settings = {**FAST_HEARTBEAT, "link_start_grace_s": grace_s}
+    world = await build(tmp_path, volumes=1, primary_settings=settings)
+    primary, secondary = world.primaries[0], world.secondary
+    assert secondary is not None
+    try:
+        await establish(world, 0, CopyMode.SYNC)
+        await primary.stop()
+        await secondary.stop()
+        await primary.start()
+        async with channel(primary) as ch:
+            events = await ch.subscribe()
+            if grace_s == 0.0:
+                await events.wait_for(r"DUPLEX -> SUSPENDED_ERROR")
+                return
+            for _ in range(2):  # two heartbeats found the secondary down and kept waiting
+                await events.wait_for(r"^link cntlb not up yet: retrying")
+            (status,) = await ch.query((0x0A00,))
+            assert status.state is PairState.DUPLEX
+            await secondary.start()
+            data = b"after the start".ljust(4096, b".")
+            await ch.write(0x0A00, 0, data)  # sync: acknowledged once the secondary has it
+            (status,) = await ch.query((0x0A00,))
+            assert status.state is PairState.DUPLEX
+        async with channel(secondary) as sec:
+            assert await sec.read(world.secondary_device(0, 0), 0, 4096) == data
+    finally:
+        await stop(world)
