@@ -46,7 +46,7 @@ def test_Controller_commit_states_persists_and_announces(tmp_path: Path):
 
 
 def test_Controller_commit_states_refuses_a_batch_whole(tmp_path: Path):
-    """One illegal move in a batch changes no device, writes no file, announces nothing."""
+    """One illegal move in a batch changes no device, commits nothing, announces nothing."""
     controller = _controller(tmp_path)
     lines: list[str] = []
     controller.add_sink(lines.append)
@@ -55,7 +55,7 @@ def test_Controller_commit_states_refuses_a_batch_whole(tmp_path: Path):
             {0x0A00: (PairAction.ESTABLISH, None), 0x0A01: (PairAction.RESUME, None)}, cause="test"
         )
     assert all(d.pair.state is PairState.SIMPLEX for d in controller.devices.values())
-    assert not controller.state_path.exists()
+    assert controller.store.commits == 0
     assert lines == []
     with pytest.raises(DeviceNotFound):
         controller.commit_states({0x0B00: (PairAction.ESTABLISH, None)}, cause="test")

@@ -125,6 +125,10 @@ class ControllerSection(_Strict):
     heartbeat_timeout_s: float = Field(default=2.0, gt=0, le=600)
     """A heartbeat not answered this long counts as a link failure (detection <= interval +
     timeout)."""
+    link_start_grace_s: float = Field(default=30.0, ge=0, le=3600)
+    """After a start, a replication link that was never connected may fail to connect for
+    this long before its pairs count as failed (the site's controllers start in any order);
+    a host write that needs the link does not wait for it."""
     freeze_margin_s: float = Field(default=0.25, gt=0, le=60)
     """A controller-initiated freeze seals the group at T = now + this (at least 4 round
     trips to the slowest sibling): every sibling must be armed before T."""

@@ -22,14 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from remcopy.controller import statefile
 from remcopy.controller.config import ControllerConfig, HostSection, load_controller_config
+from remcopy.controller.pairstore import STORE_FILE_NAME, PairStore
 from remcopy.controller.volume import Volume
 from remcopy.errors import (
     ConfigError,
     DeviceNotAllowed,
     DeviceNotFound,
     RemcopyError,
+    RemcopyInternalError,
     WriteProtected,
 )
 from remcopy.ids import HardwareAddress, Volser
@@ -47,6 +48,7 @@ from remcopy.wire.native import DeviceIdentity, DeviceStatus
 log = logging.getLogger("remcopy.controller")
 
 STATE_FILE_NAME = "pairs.json"
+"""The JSON state file of earlier controllers; imported by the pair store at start."""
 STATE_FORMAT = 1
 
 
@@ -146,6 +148,7 @@ class Controller:
         self.devices: dict[int, Device] = {}
         self.hosts = {h.name: HostGrant.from_section(h) for h in config.hosts}
         self.peers = {p.name: p for p in config.peers}
+        self._store: PairStore | None = None
         self.groups: dict[str, tuple[int, ...]] = {}
         """Consistency groups with devices here -> their primary controllers' serials (given
         at establish, persisted): the siblings a freeze must reach."""
@@ -226,39 +229,49 @@ class Controller:
     def close(self) -> None:
         for device in self.devices.values():
             device.volume.close()
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
     @property
     def state_path(self) -> Path:
-        return self.data_dir / STATE_FILE_NAME
+        return self.data_dir / STORE_FILE_NAME
+
+    @property
+    def store(self) -> PairStore:
+        if self._store is None:
+            raise RemcopyInternalError(
+                f"controller {self.name}: pair state used before open(): this should never happen"
+            )
+        return self._store
 
     def _load_states(self) -> None:
-        doc = statefile.read(self.state_path)
-        if doc is None:
-            return
-        self.groups = {
-            str(name): tuple(int(serial) for serial in members)
-            for name, members in doc.get("groups", {}).items()
-        }
-        for key_text, pair_doc in doc.get("devices", {}).items():
-            device = self.devices.get(int(key_text, 16))
+        self._store = PairStore(self.data_dir, serial=self.serial)
+        documents, groups = self.store.load()
+        self.groups = {name: tuple(members) for name, members in groups.items()}
+        for key, pair_doc in documents.items():
+            device = self.devices.get(key)
             if device is None:
-                log.warning("state file names device %s which is no longer configured", key_text)
+                log.warning("pair state names device %04X which is no longer configured", key)
                 continue
             device.pair = PairInfo.from_json(pair_doc)
 
-    def _save_states(self, pairs: dict[int, PairInfo]) -> None:
-        doc = {
-            "format": STATE_FORMAT,
-            "serial": self.serial,
-            "devices": {
-                f"{key:04X}": info.to_json()
-                for key, info in sorted(pairs.items())
+    def _save_states(
+        self, pairs: Mapping[int, PairInfo], groups: Mapping[str, tuple[int, ...]] | None = None
+    ) -> None:
+        """Commit the changed devices' pair documents (and groups) durably: one transaction
+        whose cost follows what changed, not how many devices are paired."""
+        self.store.commit(
+            {
+                key: info.to_json()
                 if info.state is not PairState.SIMPLEX or info.role is not PairRole.NONE
+                else None
+                for key, info in pairs.items()
             },
-            "groups": {name: list(members) for name, members in sorted(self.groups.items())},
-        }
-        statefile.write_atomic(self.state_path, doc)
-        self.counters["state_commits"] += 1  # each one a durable write of the whole file
+            {name: list(members) for name, members in (groups or {}).items()},
+        )
+        self.counters["state_commits"] += 1
+        self.counters["state_rows"] = self.counters.get("state_rows", 0) + len(pairs)
 
     # Events...
 
@@ -302,22 +315,17 @@ class Controller:
         `groups` sets consistency-group memberships in the same durable write (establish).
         Raises IllegalTransition (nothing changed) if any device's state forbids its action.
         """
-        new_pairs = {key: PairInfo(**_fields(d.pair)) for key, d in self.devices.items()}
-        old_states = {key: d.pair.state for key, d in self.devices.items()}
+        new_pairs = {key: PairInfo(**_fields(self.device(key).pair)) for key in changes}
+        old_states = {key: self.devices[key].pair.state for key in changes}
         for key, (action, update) in changes.items():
-            device = self.device(key)
+            device = self.devices[key]
             info = new_pairs[key]
             info.state = next_state(info.state, action, device=str(device.address))
             if update is not None:
                 update(info)
-        old_groups = self.groups
+        self._save_states(new_pairs, groups)
         if groups:
             self.groups = {**self.groups, **groups}
-        try:
-            self._save_states(new_pairs)
-        except BaseException:
-            self.groups = old_groups
-            raise
         lines = []
         for key in changes:
             device = self.devices[key]
@@ -337,7 +345,7 @@ class Controller:
 
     def commit_armed(self, armed: dict[int, int]) -> None:
         """Persist armed suspend times (device -> T) without a state change."""
-        new_pairs = {key: PairInfo(**_fields(d.pair)) for key, d in self.devices.items()}
+        new_pairs = {key: PairInfo(**_fields(self.devices[key].pair)) for key in armed}
         for key, at_ns in armed.items():
             new_pairs[key].suspend_at_ns = at_ns
         self._save_states(new_pairs)

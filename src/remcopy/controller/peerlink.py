@@ -67,6 +67,8 @@ class PeerLink:
         self.batches_sent = 0
         self.bytes_sent = 0
         self.heartbeats_sent = 0
+        self.connected_once = False
+        """Whether the link ever connected since this controller started."""
         self.heartbeat_rtt_ns = 0
 
     def __repr__(self) -> str:
@@ -85,6 +87,7 @@ class PeerLink:
                 await self.channel.disconnect(f"after a failure: {self.broken}")
             await self.channel.connect()
             self.broken = None
+            self.connected_once = True
 
     # Updates...
 

@@ -342,6 +342,15 @@ class Replicator:
         try:
             await link.ensure_connected()
         except RemcopyError as exc:
+            grace_s = self.controller.config.controller.link_start_grace_s
+            up_s = (time.time_ns() - self.controller.started_ns) / 1e9
+            if not link.connected_once and up_s < grace_s:
+                # Just started, and the peer perhaps not yet: try again next beat.
+                self.controller.announce(
+                    f"link {link.peer.name} not up yet: retrying for "
+                    f"{grace_s - up_s:.1f} s more (link_start_grace_s): {exc}"
+                )
+                return
             link.mark_broken(exc)
 
     # Links...

@@ -96,6 +96,13 @@ async def run_drill(
 
 
 async def _stop_all(drill: Drill) -> None:
+    # The primaries first: a primary whose secondary stopped first would find it dead (its
+    # heartbeats go unanswered) and leave its pairs SUSPENDED_ERROR in the kept world.
+    for site in ("cntla", "cntlb"):
+        await asyncio.gather(
+            *(p.stop() for p in drill.procs.values() if p.running and p.name.startswith(site)),
+            return_exceptions=True,
+        )
     await asyncio.gather(
         *(p.stop() for p in drill.procs.values() if p.running), return_exceptions=True
     )

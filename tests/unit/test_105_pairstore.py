@@ -1,0 +1,118 @@
+# The pair store: commits cost what changed, survive kill -9 at any point as the last committed
+# state, and a legacy pairs.json is imported once.
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from remcopy.controller import statefile
+from remcopy.controller.pairstore import COLUMNS, LEGACY_FILE_NAME, PairStore
+from remcopy.errors import ConfigError
+
+
+def _doc(state: str, **fields: object) -> dict[str, object]:
+    """A whole pair document, as the store gives it back."""
+    return {**dict(COLUMNS), "state": state, **fields}
+
+
+_WRITER = """
+import sys
+from pathlib import Path
+from remcopy.controller.pairstore import PairStore
+
+store = PairStore(Path(sys.argv[1]), serial=64015)
+store.load()
+devices = int(sys.argv[2])
+for n in range(1, 1001):
+    # Commit n: every device's document says n (the whole table changes at once, as in a
+    # suspend), then the line: after it is printed, commit n is durable.
+    store.commit({key: {"state": "DUPLEX", "suspend_at_ns": n} for key in range(devices)})
+    print(n, flush=True)
+"""
+
+
+def test_PairStore_commits_only_the_devices_it_is_given(tmp_path: Path):
+    """A commit changes the rows it names; others keep their last committed document."""
+    store = PairStore(tmp_path, serial=64015)
+    assert store.load() == ({}, {})
+    store.commit({1: _doc("DUPLEX"), 2: _doc("DUPLEX")}, {"PAY": [64016, 64015]})
+    store.commit({2: _doc("SUSPENDED", suspend_at_ns=7, consistency_group=True), 3: None})
+    store.commit({1: None})
+    store.close()
+    again = PairStore(tmp_path, serial=64015)
+    assert again.load() == (
+        {2: _doc("SUSPENDED", suspend_at_ns=7, consistency_group=True)},
+        {"PAY": [64015, 64016]},
+    )
+    assert os.stat(again.path).st_mode & 0o777 == 0o600
+    again.close()
+
+
+def test_PairStore_refuses_another_controllers_state(tmp_path: Path):
+    """A data_dir that holds another serial's pair state is refused, naming both serials."""
+    store = PairStore(tmp_path, serial=64015)
+    store.load()
+    store.close()
+    other = PairStore(tmp_path, serial=64016)
+    with pytest.raises(ConfigError, match="belongs to controller serial 64015, not 64016"):
+        other.load()
+    other.close()
+
+
+def test_PairStore_imports_a_legacy_pairs_json_once(tmp_path: Path):
+    """A pairs.json found at open replaces the stored state and is renamed, read once."""
+    store = PairStore(tmp_path, serial=64015)
+    store.load()
+    store.commit({9: _doc("DUPLEX")})
+    store.close()
+    statefile.write_atomic(
+        tmp_path / LEGACY_FILE_NAME,
+        {"format": 1, "devices": {"0A00": {"state": "PENDING"}}, "groups": {"G": [1]}},
+    )
+    again = PairStore(tmp_path, serial=64015)
+    assert again.load() == ({0x0A00: _doc("PENDING")}, {"G": [1]})
+    assert not (tmp_path / LEGACY_FILE_NAME).exists()
+    assert json.loads((tmp_path / f"{LEGACY_FILE_NAME}.imported").read_text())["groups"]
+    assert again.load() == ({0x0A00: _doc("PENDING")}, {"G": [1]})
+    again.close()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_PairStore_after_kill_9_holds_the_last_committed_state(tmp_path: Path, seed: int):
+    """A writer killed at a random point of 1,000 commits leaves exactly one commit's state,
+    never a mix, and never older than the last commit it reported durable."""
+    rng = random.Random(seed)
+    devices = 64
+    for round_ in range(4):
+        folder = tmp_path / str(round_)
+        folder.mkdir()
+        stop_after = rng.randrange(1, 400)
+        last = 0
+        with subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(folder), str(devices)],
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as writer:
+            assert writer.stdout is not None
+            for line in writer.stdout:
+                last = int(line)
+                if last >= stop_after:
+                    break
+            writer.send_signal(signal.SIGKILL)
+            writer.wait()
+        store = PairStore(folder, serial=64015)
+        documents, _groups = store.load()
+        store.close()
+        commits = {doc["suspend_at_ns"] for doc in documents.values()}
+        assert len(documents) == devices
+        assert len(commits) == 1, f"seed={seed}: a mix of commits {sorted(commits)}"
+        (found,) = commits
+        # It goes on committing until the signal lands: any later commit may be the last.
+        assert last <= found <= 1000, f"seed={seed}: reported {last}, found {found}"
