@@ -24,7 +24,7 @@ from remcopy.catalog import Catalog, Pair
 from remcopy.groups.model import GroupPair
 from remcopy.groups.operations import PairStatus
 from remcopy.groups.service import group_for_host, group_status
-from remcopy.tui.common import SHOWN_ERRORS, Notice, hex4, state_name
+from remcopy.tui.common import SHOWN_ERRORS, Notice, hex4
 from remcopy.tui.pair_editor import PairEditor
 
 STATUS_EVERY_S = 2.0
@@ -115,7 +115,7 @@ class GroupsPanel(Vertical):
         table.clear()
         for p in self.pairs:
             s = statuses.get(str(p.primary))
-            state = "?" if s is None else (f"! {s.error}" if s.error else state_name(s.state))
+            state = "?" if s is None else (f"! {s.describe()}" if s.state is None else s.describe())
             lag = "" if s is None else f"{s.lag_bytes}"
             table.add_row(
                 p.volser,
