@@ -550,7 +550,7 @@ async def _read_states(
         indexes = result.job.tag
         if result.error is not None or result.value is None:
             for i in indexes:
-                errors[i] = f"not reached: {result.error}"
+                errors[i] = f"controller {result.job.controller} not reached: {result.error}"
             continue
         by_device = {s.device: s for s in result.value}
         for i in indexes:
