@@ -78,6 +78,18 @@ def verify(world: DemoWorld, host: str, log: Path, *extra: str) -> dict:  # type
     return found
 
 
+def established(world: DemoWorld) -> None:
+    """Both hosts added and scanned, group DRILL defined, loaded for both, DUPLEX."""
+    for host in ("hosta", "hostb"):
+        cli("host", "add", str(world.host_file(host)), world=world)
+        cli("scan", host, world=world)
+    cli("group", "define", str(world.group_file), world=world)
+    for host in ("hosta", "hostb"):
+        cli("group", "load", "DRILL", "--host", host, world=world)
+    done = as_json("group", "establish", "DRILL", "--host", "hosta", "--wait", world=world)
+    assert done["counts"] == {"DUPLEX": PAIRS}
+
+
 async def test_disaster_status_recover_failback_and_return_home_with_the_cli(
     sites: Sites, tmp_path: Path
 ) -> None:
@@ -85,14 +97,7 @@ async def test_disaster_status_recover_failback_and_return_home_with_the_cli(
     primary role home, with the CLI alone; every image checks consistent with no
     acknowledged write lost, and every operation run twice exits 0 the second time."""
     world = sites.world
-    for host in ("hosta", "hostb"):
-        cli("host", "add", str(world.host_file(host)), world=world)
-        cli("scan", host, world=world)
-    cli("group", "define", str(world.group_file), world=world)
-    for host in ("hosta", "hostb"):
-        cli("group", "load", "DRILL", "--host", host, world=world)
-    established = as_json("group", "establish", "DRILL", "--host", "hosta", "--wait", world=world)
-    assert established["counts"] == {"DUPLEX": PAIRS}
+    established(world)
     before = tmp_path / "before.jsonl"
     written = as_json(
         "workload", "run", "--group", "DRILL", "--host", "hosta", "--writes", "240",
@@ -194,3 +199,44 @@ async def test_disaster_status_recover_failback_and_return_home_with_the_cli(
     )  # fmt: skip
     text = cli("group", "status", "DRILL", "--host", "hosta", world=world, code=1)
     assert f"{PAIRS} UNKNOWN" in text.stdout and "pairs not as expected" in text.stdout
+
+
+async def test_site_b_lost_while_it_holds_the_primary_role(sites: Sites, tmp_path: Path) -> None:
+    """After a planned failback to site B, site B is lost: status reads site A, recover at
+    site A (the current secondaries), and return-home makes site A the primaries again once
+    site B is back; no acknowledged write made at site B is lost."""
+    world = sites.world
+    established(world)
+    cli("group", "recover", "DRILL", "--host", "hostb", world=world)
+    cli("group", "failback", "DRILL", "--host", "hostb", "--wait", world=world)
+    at_b = tmp_path / "at-b.jsonl"
+    written = as_json(
+        "workload", "run", "--group", "DRILL", "--host", "hostb", "--writes", "160",
+        "--seed", "622", "--log", str(at_b), world=world,
+    )  # fmt: skip
+    assert written["writes_acked"] == 160
+
+    await sites.kill("cntlb")
+    lost = as_json("group", "status", "DRILL", "--host", "hosta", world=world)
+    assert (lost["direction"], lost["counts"]) == ("reversed", {"DUPLEX": PAIRS})
+    assert {(s["side"], s["role"], s["address"][:4]) for s in lost["states"]} == {
+        ("secondary", "secondary", "6401")
+    }
+    assert all(why.startswith("controller cntlb") for why in lost["not_read"])
+    recovered = as_json("group", "recover", "DRILL", "--host", "hosta", world=world)
+    assert (recovered["counts"], recovered["failed"]) == ({"RECOVERED": PAIRS}, 0)
+    verify(world, "hosta", at_b, "--secondary")
+    early = as_json("group", "return-home", "DRILL", "--host", "hosta", world=world, code=1)
+    assert early["failed"] == PAIRS, "the failback needs site B"
+    with Catalog.open(world.catalog) as catalog:
+        assert catalog.group_one("DRILL").reversed is True
+
+    await sites.start("cntlb")
+    home = as_json("group", "return-home", "DRILL", "--host", "hosta", "--wait", world=world)
+    assert (home["counts"], home["failed"]) == ({"DUPLEX": PAIRS}, 0)
+    at_home = as_json(
+        "group", "status", "DRILL", "--host", "hosta", "--expect", "DUPLEX", world=world
+    )
+    assert at_home["direction"] == "defined"
+    assert {(s["role"], s["address"][:4]) for s in at_home["states"]} == {("primary", "6401")}
+    verify(world, "hosta", at_b)
