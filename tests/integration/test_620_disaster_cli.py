@@ -120,7 +120,8 @@ async def test_disaster_status_recover_failback_and_return_home_with_the_cli(
         why.startswith("controller cntla") and "not reached" in why for why in lost["not_read"]
     ), lost["not_read"]
     text = cli("group", "status", "DRILL", "--host", "hostb", world=world).stdout
-    assert f"at the secondary: {PAIRS} (their primary could not be read)" in text
+    assert f"{PAIRS} pairs: primary UNKNOWN (not read), state read at the secondary" in text
+    assert "controller cntla0 not reached: " in text and "Connection refused" in text
 
     # Recover at the secondary site, twice.
     first = as_json("group", "recover", "DRILL", "--host", "hostb", world=world)
@@ -199,6 +200,7 @@ async def test_disaster_status_recover_failback_and_return_home_with_the_cli(
     )  # fmt: skip
     text = cli("group", "status", "DRILL", "--host", "hosta", world=world, code=1)
     assert f"{PAIRS} UNKNOWN" in text.stdout and "pairs not as expected" in text.stdout
+    assert f"{PAIRS} pairs: UNKNOWN, neither end could be read" in text.stdout
 
 
 async def test_site_b_lost_while_it_holds_the_primary_role(sites: Sites, tmp_path: Path) -> None:

@@ -397,14 +397,15 @@ def group_status_command(
             + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
             + f"; lag {doc['lag_bytes']} bytes; {doc['dirty_tracks']} changed tracks"
         )
-        if read_at["secondary"] or read_at["unknown"]:
+        if read_at["secondary"]:
             say(
-                f"read at the primary: {read_at['primary']} pairs, at the secondary: "
-                f"{read_at['secondary']} (their primary could not be read), "
-                f"not read (UNKNOWN): {read_at['unknown']}"
+                f"{read_at['secondary']} pairs: primary UNKNOWN (not read), state read at the "
+                "secondary"
             )
-            for line in not_read[:_PAIR_ROWS_MAX]:
-                say(f"  {line}")
+        if read_at["unknown"]:
+            say(f"{read_at['unknown']} pairs: UNKNOWN, neither end could be read")
+        for line in not_read[:_PAIR_ROWS_MAX]:
+            say(f"  {line}")
         if odd:
             table(
                 "pairs not as expected",
