@@ -29,6 +29,21 @@ def test_Catalog_put_group_then_group_one_and_pairs_all(catalog: Catalog, clock:
     assert catalog.pairs_all("pay") == pairs
 
 
+def test_Catalog_set_group_direction_is_kept_until_set_again(
+    catalog: Catalog, clock: FakeClock
+) -> None:
+    """A group is stored as defined; a recorded direction reads back, survives a redefinition
+    of the group, and is undone by recording the direction as defined."""
+    assert catalog.put_group("pay", OPTIONS, PAIRS, replace=False).reversed is False
+    flipped = catalog.set_group_direction("pay", reversed=True)
+    assert flipped == catalog.group_one("pay")
+    assert (flipped.reversed, flipped.updated_ns, flipped.pair_count) == (True, clock.now_ns, 4)
+    assert catalog.put_group("pay", OPTIONS, PAIRS[:2], replace=True).reversed is True
+    assert [g.reversed for g in catalog.groups_all()] == [True]
+    assert catalog.set_group_direction("pay", reversed=False).reversed is False
+    assert catalog.pairs_all("pay") == PAIRS[:2]  # the pairs keep their defined addresses
+
+
 def test_Catalog_put_group_empty(catalog: Catalog) -> None:
     """A group may be stored before it has pairs."""
     assert catalog.put_group("new", {}, [], replace=False).pair_count == 0
@@ -148,6 +163,7 @@ def test_Catalog_group_lookups_of_unknown_group(catalog: Catalog) -> None:
         lambda: catalog.group_maps_all("ghost"),
         lambda: catalog.group_map_all("ghost", "hosta"),
         lambda: catalog.store_group_map("ghost", "hosta", [], loaded_at_ns=1),
+        lambda: catalog.set_group_direction("ghost", reversed=True),
     ):
         with pytest.raises(GroupNotFound, match="group=ghost"):
             call()

@@ -138,3 +138,34 @@ def test_migrations_are_numbered_in_one_line() -> None:
 def test_record_queries_select_the_record_fields_in_order(query: Select[Any], record: type) -> None:
     """Each query a record is built from selects exactly that record's fields, in order."""
     assert tuple(column.key for column in query.selected_columns) == record.columns()  # type: ignore[attr-defined]
+
+
+def test_migration_0002_keeps_existing_groups_as_defined(catalog_url: str) -> None:
+    """A catalog at 0001 with a group in it opens at the head with the group as defined
+    (not reversed), its pairs kept."""
+    from alembic import command
+    from sqlalchemy import text
+
+    engine = create_engine(catalog_url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "0001")
+            conn.execute(
+                text(
+                    "INSERT INTO copy_groups (name, options, created_ns, updated_ns) "
+                    "VALUES ('pay', '{}', 1, 2)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO copy_pairs (primary_address, secondary_address, group_name, "
+                    "position, volser, mode) VALUES ('64015:1A00:0A:00', '65000:2B00:20:00', "
+                    "'pay', 0, 'PAY000', 'sync')"
+                )
+            )
+    finally:
+        engine.dispose()
+    with Catalog.open(catalog_url) as catalog:
+        stored = catalog.group_one("pay")
+        assert (stored.reversed, stored.pair_count, stored.updated_ns) == (False, 1, 2)
+        assert catalog.set_group_direction("pay", reversed=True).reversed is True

@@ -298,3 +298,96 @@ def test_GroupReport_to_json_is_the_suspend_record():
     assert repr(report) == (
         "<GroupReport PAYROLL suspend pairs=2 failed=1 consistent=False dry_run=False>"
     )
+
+
+# Operating through a disaster (issue 14): idempotent operations, status, direction.
+
+
+def test_already_there_is_each_operations_target_at_the_device_it_acts_on():
+    """recover leads to a RECOVERED secondary, resume to a PENDING or DUPLEX primary,
+    failback to the old secondary as a PENDING or DUPLEX primary, terminate to SIMPLEX;
+    anything else (or another operation) is not already there."""
+    from remcopy.groups.preview import already_there
+
+    S, R = PairState, PairRole
+    assert already_there(PairOp.RECOVER, S.RECOVERED, R.SECONDARY) == "already RECOVERED"
+    assert already_there(PairOp.RESUME, S.DUPLEX, R.PRIMARY) == "already DUPLEX"
+    assert already_there(PairOp.RESUME, S.PENDING, R.PRIMARY) == "already PENDING"
+    assert already_there(PairOp.TERMINATE, S.SIMPLEX, R.NONE) == "already SIMPLEX"
+    assert already_there(PairOp.FAILBACK, S.DUPLEX, R.PRIMARY) == (
+        "already failed back: the primary, DUPLEX"
+    )
+    for op, state, role in (
+        (PairOp.RECOVER, S.RECOVERED, R.PRIMARY),  # not a secondary
+        (PairOp.RECOVER, S.DUPLEX, R.SECONDARY),
+        (PairOp.RESUME, S.DUPLEX, R.SECONDARY),  # resume acts at the primary
+        (PairOp.RESUME, S.SUSPENDED, R.PRIMARY),
+        (PairOp.FAILBACK, S.DUPLEX, R.SECONDARY),  # the failback did not happen
+        (PairOp.FAILBACK, S.RECOVERED, R.SECONDARY),
+        (PairOp.TERMINATE, S.DUPLEX, R.PRIMARY),
+        (PairOp.SUSPEND, S.SUSPENDED, R.PRIMARY),  # a suspend is at one T: never "already"
+        (PairOp.ESTABLISH, S.DUPLEX, R.PRIMARY),
+    ):
+        assert already_there(op, state, role) == "", (op, state, role)
+
+
+def test_plan_pair_plans_a_pair_already_there_as_done():
+    """A dry run of recover on a RECOVERED secondary plans no change and no refusal."""
+    answers = _answers(
+        _status(PairState.DUPLEX, PairRole.PRIMARY),
+        _status(PairState.RECOVERED, PairRole.SECONDARY),
+    )
+    row = plan_pair(_PAIR, PairOp.RECOVER, answers, {}, {})
+    assert not row.refused and row.already
+    assert (row.move(), row.reason) == ("RECOVERED -> RECOVERED", "PAY000: already RECOVERED")
+    assert row.to_json()["already"] is True
+    resumed = plan_pair(_PAIR, PairOp.RESUME, answers, {}, {})  # at the DUPLEX primary
+    assert not resumed.refused and resumed.already
+    answers = _answers(
+        _status(PairState.SUSPENDED, PairRole.PRIMARY),
+        _status(PairState.DUPLEX, PairRole.SECONDARY),
+    )
+    row = plan_pair(_PAIR, PairOp.RECOVER, answers, {}, {})
+    assert (row.move(), row.already) == ("DUPLEX -> RECOVERED", False)
+
+
+def test_PairStatus_says_where_a_state_was_read_and_never_makes_one_up():
+    """A state read at the primary shows plainly, one read at the secondary says so, and an
+    unread one is UNKNOWN with the reason."""
+    from remcopy.groups.operations import PairStatus
+
+    at_primary = PairStatus(pair=_PAIR, state=PairState.DUPLEX, side="primary")
+    assert (at_primary.state_name, at_primary.describe()) == ("DUPLEX", "duplex")
+    at_secondary = PairStatus(
+        pair=_PAIR, state=PairState.RECOVERED, side="secondary", error="controller a not reached"
+    )
+    assert at_secondary.describe() == "recovered (read at the secondary)"
+    unknown = PairStatus(pair=_PAIR, state=None, error="primary: x; secondary: y")
+    assert (unknown.state_name, unknown.describe()) == (
+        "UNKNOWN",
+        "UNKNOWN: primary: x; secondary: y",
+    )
+
+
+def test_Group_reversed_turns_every_pair_and_records_the_direction():
+    """A reversed group's primaries are the defined secondaries (with their controllers and
+    device numbers); reversing again, or as_defined, gives the definition back."""
+    from remcopy.groups.model import Group
+
+    pair = GroupPair(
+        volser="PAY000",
+        primary=_P,
+        secondary=_S,
+        primary_controller="a",
+        secondary_controller="b",
+        primary_number=0x1A00,
+        secondary_number=None,
+    )
+    group = Group(name="PAYROLL", pairs=(pair,))
+    turned = group.reversed()
+    assert (group.direction, turned.direction) == ("defined", "reversed")
+    (flipped,) = turned.pairs
+    assert (flipped.primary, flipped.primary_controller, flipped.primary_number) == (_S, "b", None)
+    assert (flipped.secondary, flipped.secondary_controller) == (_P, "a")
+    assert flipped.volser == "PAY000"  # the pair keeps its name
+    assert turned.reversed() == group == turned.as_defined() == group.as_defined()

@@ -314,6 +314,12 @@ GROUP_EXISTS = select(copy_groups.c.name).where(copy_groups.c.name == bindparam(
 GROUP_INSERT = insert(copy_groups)
 # group_update: group :group's new :options and :updated_ns
 GROUP_UPDATE = update(copy_groups).where(copy_groups.c.name == bindparam("group"))
+# group_direction_update: group :group's direction (:reversed) and :updated_ns
+GROUP_DIRECTION_UPDATE = (
+    update(copy_groups)
+    .where(copy_groups.c.name == bindparam("group"))
+    .values(reversed=bindparam("reversed"), updated_ns=bindparam("updated_ns"))
+)
 # group_delete: the group :name, and by cascade its pairs and group maps
 GROUP_DELETE = delete(copy_groups).where(copy_groups.c.name == bindparam("name"))
 # pairs_all: the pairs of group :group, in definition order

@@ -199,6 +199,9 @@ class Group(Record):
     options: dict[str, Any]
     created_ns: int
     updated_ns: int
+    reversed: bool
+    """The group's current direction: True after a failback, when the defined secondaries
+    are the primaries (the pairs copy from them to the defined primaries)."""
     pair_count: int
 
 

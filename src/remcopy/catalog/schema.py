@@ -32,6 +32,7 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Table,
+    false,
 )
 
 NAMING_CONVENTION = {
@@ -127,6 +128,8 @@ copy_groups = Table(
     Column("options", JSON, nullable=False),
     Column("created_ns", BigInteger, nullable=False),
     Column("updated_ns", BigInteger, nullable=False),
+    # True after a failback: the defined secondaries are the primaries (migration 0002).
+    Column("reversed", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 copy_pairs = Table(

@@ -441,6 +441,15 @@ class Catalog:
             raise GroupNotFound(name)
         return Group.from_row(row)
 
+    def set_group_direction(self, name: str, *, reversed: bool) -> Group:
+        """Record group `name`'s direction: reversed (after a failback) or as defined (after
+        the primary role went home); GroupNotFound if there is none."""
+        with self._writing() as conn:
+            values = {"group": name, "reversed": reversed, "updated_ns": self._clock_ns()}
+            if conn.execute(q.GROUP_DIRECTION_UPDATE, values).rowcount == 0:
+                raise GroupNotFound(name)
+            return Group.from_row(conn.execute(q.GROUP_ONE, {"name": name}).one())
+
     def groups_all(self) -> list[Group]:
         """Every group with its pair count, by name."""
         with self._reading() as conn:

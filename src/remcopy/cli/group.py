@@ -24,6 +24,7 @@ from remcopy.groups.service import (
     load_group,
     operate,
     remove_pairs,
+    return_home,
     shadow_group,
 )
 from remcopy.groups.when import suspend_at_ns
@@ -229,14 +230,31 @@ def group_list(catalog_location: str, as_json: bool) -> None:
     """
     with open_catalog(catalog_location) as catalog:
         groups = catalog.groups_all()
-    rows = [{"group": g.name, "pairs": g.pair_count, **dict(g.options)} for g in groups]
+    rows = [
+        {
+            "group": g.name,
+            "pairs": g.pair_count,
+            **dict(g.options),
+            "direction": "reversed" if g.reversed else "defined",
+        }
+        for g in groups
+    ]
     if as_json:
         emit_json(rows)
         return
     table(
         None,
-        ["group", "pairs", "mode", "consistency group"],
-        [(r["group"], r["pairs"], r.get("mode", ""), r.get("consistency_group", "")) for r in rows],
+        ["group", "pairs", "mode", "consistency group", "direction"],
+        [
+            (
+                r["group"],
+                r["pairs"],
+                r.get("mode", ""),
+                r.get("consistency_group", ""),
+                r["direction"],
+            )
+            for r in rows
+        ],
     )
 
 
@@ -250,6 +268,9 @@ def group_show(
     name: str, host_name: str, key: str | None, catalog_location: str, as_json: bool
 ) -> None:
     """Show group NAME's pairs as a host sees them; --pair finds one by any of five keys.
+
+    Primary and secondary are as the pairs copy now: after a failback (direction reversed)
+    the defined secondaries are the primaries.
 
     \b
     Example:
@@ -271,13 +292,14 @@ def group_show(
                     "secondary": str(p.secondary),
                     "primary_device": num(p.primary_number),
                     "secondary_device": num(p.secondary_number),
+                    "direction": loaded.direction,
                 }
                 for p in pairs
             ]
         )
         return
     table(
-        f"group {name} on {host_name}",
+        f"group {name} on {host_name} (direction: {_direction_text(loaded.direction)})",
         ["volser", "pri dev", "primary", "sec dev", "secondary"],
         [
             (
@@ -292,6 +314,12 @@ def group_show(
     )
 
 
+def _direction_text(direction: str) -> str:
+    if direction == "reversed":
+        return "reversed: the defined secondaries are the primaries"
+    return "as defined"
+
+
 @group.command("status")
 @click.argument("name")
 @click.option("--host", "host_name", required=True, help="Ask as this host.")
@@ -300,7 +328,9 @@ def group_show(
     type=click.Choice(["DUPLEX", "SUSPENDED", "PENDING", "RECOVERED", "SIMPLEX"]),
     help="Exit 1 unless every pair is in this state.",
 )
-@click.option("--reverse", is_flag=True, help="Ask the secondaries (after a failback).")
+@click.option(
+    "--reverse", is_flag=True, help="Read the secondaries first (the primaries if they cannot be)."
+)
 @catalog_option
 @json_option
 def group_status_command(
@@ -314,48 +344,82 @@ def group_status_command(
     """Group NAME's pairs by state, the pairs not as expected, lag, last suspend time, and
     the suspend armed for a T still to come.
 
+    Each state is read at the pair's primary (in the group's current direction); where the
+    primary cannot be read (its site lost, no path) it is read at the secondary, and said
+    so. A pair neither end answers for is UNKNOWN, with why. Exit 1 if any pair is UNKNOWN
+    or, with --expect, not in that state.
+
     \b
     Example:
       remcopy group status PAYROLL --host hosta --expect DUPLEX
+      remcopy group status PAYROLL --host hostb    # after losing the primary site
     """
     with open_catalog(catalog_location) as catalog:
+        direction = "reversed" if catalog.group_one(name).reversed else "defined"
         statuses = aio.run(group_status(catalog, name, host_name, reverse=reverse))
     counts: dict[str, int] = {}
+    read_at = {"primary": 0, "secondary": 0, "unknown": 0}
     for s in statuses:
-        counts[s.state.name] = counts.get(s.state.name, 0) + 1
-    odd = [s for s in statuses if s.error or (expect and s.state.name != expect)]
+        counts[s.state_name] = counts.get(s.state_name, 0) + 1
+        read_at[s.side or "unknown"] += 1
+    odd = [s for s in statuses if s.state is None or (expect and s.state_name != expect)]
     suspended_at = sorted({s.suspend_at_ns for s in statuses if s.suspend_at_ns})
     armed: dict[int, int] = {}
     for s in statuses:
         if s.armed_at_ns:
             armed[s.armed_at_ns] = armed.get(s.armed_at_ns, 0) + 1
+    not_read = sorted({s.error for s in statuses if s.error})
     doc = {
         "group": name,
+        "direction": direction,
         "pairs": len(statuses),
         "counts": counts,
+        "read_at": read_at,
+        "not_read": not_read,
         "lag_bytes": sum(s.lag_bytes for s in statuses),
         "dirty_tracks": sum(s.dirty_tracks for s in statuses),
         "suspend_at_ns": suspended_at[-1] if suspended_at else None,
         "armed": [{"at_ns": at, "pairs": n} for at, n in sorted(armed.items())],
         "not_expected": [
-            {"pair": s.pair.name, "state": s.state.name, "error": s.error} for s in odd
+            {"pair": s.pair.name, "state": s.state_name, "side": s.side, "error": s.error}
+            for s in odd
+        ],
+        "states": [
+            {
+                "pair": s.pair.name,
+                "state": s.state_name,
+                "side": s.side,
+                "role": s.role.value,
+                "address": str(s.pair.primary if s.side != "secondary" else s.pair.secondary),
+                "error": s.error,
+            }
+            for s in statuses
         ],
     }
     if as_json:
         emit_json(doc)
     else:
         say(
-            f"group {name}: {len(statuses)} pairs: "
+            f"group {name} ({_direction_text(direction)}): {len(statuses)} pairs: "
             + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
             + f"; lag {doc['lag_bytes']} bytes; {doc['dirty_tracks']} changed tracks"
         )
         for at, n in sorted(armed.items()):
             say(f"suspend armed at {_when(at)} on {n} pairs (`group suspend --cancel` disarms)")
+        if read_at["secondary"]:
+            say(
+                f"{read_at['secondary']} pairs: primary UNKNOWN (not read), state read at the "
+                "secondary"
+            )
+        if read_at["unknown"]:
+            say(f"{read_at['unknown']} pairs: UNKNOWN, neither end could be read")
+        for line in not_read[:_PAIR_ROWS_MAX]:
+            say(f"  {line}")
         if odd:
             table(
                 "pairs not as expected",
-                ["pair", "state", "error"],
-                [(s.pair.name, s.state.name, s.error) for s in odd[:50]],
+                ["pair", "state", "read at", "error"],
+                [(s.pair.name, s.state_name, s.side or "-", s.error) for s in odd[:50]],
             )
     if odd:
         raise GroupOperationFailed(f"group {name}: {len(odd)} pairs not as expected")
@@ -376,6 +440,12 @@ def _report(report: GroupReport, as_json: bool, expected: str) -> None:
                 f"{len(report.requests)} controllers: {counts or 'nothing'}"
                 + (f"; copies done in {report.copy_s:.1f} s" if report.copy_s else "")
             )
+            if report.already:
+                said = sorted({p.message.split(": ", 1)[-1] for p in report.already})
+                say(
+                    f"{len(report.already)} pairs needed nothing (counted done): "
+                    + "; ".join(said[:5])
+                )
         if report.op == "suspend" and report.seal:
             _print_seal(report)
         if report.op == "suspend" and report.armed:
@@ -663,3 +733,36 @@ for _op, _expected, _doc in (
     ),
 ):
     group.add_command(_op_command(_op, _expected, _doc))
+
+
+@group.command("return-home")
+@click.argument("name")
+@click.option(
+    "--host",
+    "host_name",
+    required=True,
+    help="Act as this host (it must reach both sites' controllers).",
+)
+@_wait_option
+@catalog_option
+@json_option
+def group_return_home(
+    name: str, host_name: str, wait: bool | None, catalog_location: str, as_json: bool
+) -> None:
+    """Give the primary role back to group NAME's defined primaries after a failback.
+
+    A planned switch: stop host writes at the current primaries (the defined secondaries)
+    first. The defined primaries are recovered and fail back: they become the primaries
+    again, copy to the defined secondaries what changed on either side, and the catalog
+    records the group as defined. Pairs already home count as done: running it again, or
+    on a group never failed back, changes nothing and exits 0.
+
+    \b
+    Example:
+      remcopy group return-home PAYROLL --host hosta
+    """
+    with open_catalog(catalog_location) as catalog, CopyProgress() as bars:
+        report = aio.run(
+            return_home(catalog, name, host_name, progress=_progress(bars, wait, as_json))
+        )
+    _report(report, as_json, "home")

@@ -327,11 +327,11 @@ _FROZEN = {PairState.SUSPENDED, PairState.SUSPENDED_ERROR, PairState.RECOVERED}
 
 async def _warn_if_not_frozen(session: HostSession, group: Group) -> None:
     statuses = await status(session, group)
-    moving = [s for s in statuses if s.state not in _FROZEN and not s.error]
+    moving = [s for s in statuses if s.state is not None and s.state not in _FROZEN]
     if moving:
         counts: dict[str, int] = {}
         for s in moving:
-            counts[s.state.name] = counts.get(s.state.name, 0) + 1
+            counts[s.state_name] = counts.get(s.state_name, 0) + 1
         shown = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
         _err(
             f"verify: warning: {shown} pairs of group {group.name} still copy to their "
@@ -344,7 +344,7 @@ async def _suspend_time(session: HostSession, group: Group) -> int:
     times = {s.suspend_at_ns for s in statuses if s.state is PairState.SUSPENDED}
     odd = [s for s in statuses if s.state is not PairState.SUSPENDED]
     if odd or len(times) != 1 or 0 in times:
-        shown = ", ".join(f"{s.pair.name} {s.state.name}" for s in odd[:5])
+        shown = ", ".join(f"{s.pair.name} {s.state_name}" for s in odd[:5])
         raise InputError(
             f"--at auto: the pairs of group {group.name} are not all SUSPENDED at one T"
             + (f" ({shown})" if shown else f" (times {sorted(times)})")

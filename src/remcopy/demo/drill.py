@@ -24,7 +24,14 @@ from remcopy.demo.world import DemoWorld, plan_world, write_files
 from remcopy.errors import RemcopyError
 from remcopy.groups.freeze import watch_and_freeze
 from remcopy.groups.model import Group
-from remcopy.groups.operations import GroupReport, run_operation, shadow, status, suspend
+from remcopy.groups.operations import (
+    GroupReport,
+    run_operation,
+    shadow,
+    status,
+    suspend,
+    swap_home,
+)
 from remcopy.groups.service import define_group, group_for_host, load_group
 from remcopy.host.service import add_host, host_definition, scan_host
 from remcopy.host.session import HostSession
@@ -489,12 +496,9 @@ async def _disaster(d: Drill, workload: asyncio.Future[WorkloadStats]) -> Worklo
 
 
 async def _return_home(d: Drill, a: HostSession, group: Group) -> GroupReport:
-    """After failback site B is primary: recover at site A and fail back once more."""
-    reverse = group.reversed()
-    report = await run_operation(a, reverse, PairOp.RECOVER)
-    if report.failed:
-        return report
-    report = await run_operation(a, reverse, PairOp.FAILBACK)
+    """After failback site B is primary: recover at site A and fail back once more (what
+    `remcopy group return-home` does)."""
+    report = await swap_home(a, group.reversed())
     if not report.failed:
         await _wait_state(d, a, group, PairState.DUPLEX, "home")
     return report

@@ -58,12 +58,27 @@ class Group:
     name: str
     options: GroupOptions = field(default_factory=GroupOptions)
     pairs: tuple[GroupPair, ...] = ()
+    is_reversed: bool = False
+    """The pairs are turned around from the definition: each pair's `primary` is the defined
+    secondary (after a failback, until the primary role goes home)."""
 
     def __repr__(self) -> str:
-        return f"<Group {self.name} pairs={len(self.pairs)} {self.options}>"
+        return f"<Group {self.name} pairs={len(self.pairs)} {self.direction} {self.options}>"
+
+    @property
+    def direction(self) -> str:
+        """ "defined" (primaries copy to secondaries, as defined) or "reversed"."""
+        return "reversed" if self.is_reversed else "defined"
 
     def reversed(self) -> Group:
         """The group as it is after a failback: the secondaries are the primaries."""
         return Group(
-            name=self.name, options=self.options, pairs=tuple(p.reversed() for p in self.pairs)
+            name=self.name,
+            options=self.options,
+            pairs=tuple(p.reversed() for p in self.pairs),
+            is_reversed=not self.is_reversed,
         )
+
+    def as_defined(self) -> Group:
+        """The group with each pair's primary and secondary as the definition has them."""
+        return self.reversed() if self.is_reversed else self

@@ -23,19 +23,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from remcopy.errors import InputError, SuspendNotArmed, SuspendTimeInPast
+from remcopy.errors import IllegalTransition, InputError, SuspendNotArmed, SuspendTimeInPast
 from remcopy.groups.model import Group, GroupPair
-from remcopy.groups.preview import AT_PRIMARY, PlannedPair, plan_summary, preview
+from remcopy.groups.preview import AT_PRIMARY, PlannedPair, already_there, plan_summary, preview
 from remcopy.host.channel import Channel
 from remcopy.host.engine import Job, JobResult
 from remcopy.host.session import HostSession
 from remcopy.ids import HardwareAddress
-from remcopy.states import PairState
-from remcopy.wire.native import PairItem, PairOp, PairOpReply, PairResult
+from remcopy.states import DISPLAY_NAMES, PairRole, PairState
+from remcopy.wire.native import DeviceStatus, PairItem, PairOp, PairOpReply, PairResult
 
 # A suspend margin is never below this many measured round trips to the slowest controller.
 MARGIN_ROUND_TRIPS_MIN = 4
@@ -64,6 +64,11 @@ class PairOutcome:
     message: str = ""
     code: int = 0
     """The controller's error code when it refused the pair (remcopy.errors), else 0."""
+    role: PairRole = PairRole.NONE
+    """The role the controller reported for the device the request went to."""
+    already: bool = False
+    """Done without a change: the pair was already where the operation leads (`message`
+    says where, e.g. "already RECOVERED")."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -109,6 +114,11 @@ class GroupReport:
         """A suspend that did not wait: the controllers where pairs are armed for T."""
         return sorted({p.pair.primary_controller or "" for p in self.pairs if p.ok})
 
+    @property
+    def already(self) -> list[PairOutcome]:
+        """Pairs counted done because they were already where the operation leads."""
+        return [p for p in self.pairs if p.already]
+
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for outcome in self.pairs:
@@ -138,6 +148,8 @@ class GroupReport:
             ),
             "copy_s": round(self.copy_s, 6),
             "pair_states": {p.pair.name: p.state.name for p in self.pairs},
+            "already": len(self.already),
+            "already_states": _tally(p.state.name for p in self.already),
             **(
                 {
                     "plan": {
@@ -158,6 +170,13 @@ class GroupReport:
                 for p in self.failed
             ],
         }
+
+
+def _tally(names: Iterable[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for name in names:
+        out[name] = out.get(name, 0) + 1
+    return out
 
 
 # Planning (pure)...
@@ -211,7 +230,9 @@ def membership(group: Group) -> dict[str, Any]:
     }
 
 
-def _outcomes(batch: Batch, reply: PairOpReply) -> list[PairOutcome]:
+def _outcomes(op: PairOp, batch: Batch, reply: PairOpReply) -> list[PairOutcome]:
+    """Per pair results of one batch; a pair refused because it is already where `op` leads
+    counts as done (`already`)."""
     results: dict[int, PairResult] = {r.device: r for r in reply.results}
     out = []
     for item, pair in zip(batch.items, batch.pairs, strict=True):
@@ -226,17 +247,21 @@ def _outcomes(batch: Batch, reply: PairOpReply) -> list[PairOutcome]:
                 )
             )
             continue
-        out.append(
-            PairOutcome(
-                pair=pair,
-                ok=result.code == 0,
-                state=result.state,
-                at_ns=result.at_ns,
-                tracks=result.tracks,
-                message=result.message,
-                code=result.code,
-            )
+        outcome = PairOutcome(
+            pair=pair,
+            ok=result.code == 0,
+            state=result.state,
+            at_ns=result.at_ns,
+            tracks=result.tracks,
+            message=result.message,
+            role=result.role,
+            code=result.code,
         )
+        if not outcome.ok and result.code == IllegalTransition.code:
+            done = already_there(op, result.state, result.role)
+            if done:
+                outcome.ok, outcome.already, outcome.message = True, True, f"{pair.name}: {done}"
+        out.append(outcome)
     return out
 
 
@@ -269,7 +294,7 @@ async def run_operation(
         options.update(membership(group))
     jobs = [Job(controller=b.controller, tag=b, run=_send(op, b, at_ns, options)) for b in batches]
     for result in await session.engine.run_all(jobs):
-        _collect(report, result)
+        _collect(report, result, op)
     report.elapsed_s = time.perf_counter() - started
     return report
 
@@ -291,6 +316,7 @@ async def _dry_run(
             state=row.new_state or row.state or PairState.SIMPLEX,
             tracks=row.tracks,
             message=row.reason,
+            already=row.already,
         )
         for row in report.plan
     )
@@ -305,7 +331,7 @@ def _send(
     return send
 
 
-def _collect(report: GroupReport, result: JobResult[PairOpReply]) -> None:
+def _collect(report: GroupReport, result: JobResult[PairOpReply], op: PairOp) -> None:
     batch: Batch = result.job.tag
     report.requests[batch.controller] = result.attempts
     if result.error is not None or result.value is None:
@@ -316,9 +342,47 @@ def _collect(report: GroupReport, result: JobResult[PairOpReply]) -> None:
             for p in batch.pairs
         )
         return
-    report.pairs.extend(_outcomes(batch, result.value))
+    report.pairs.extend(_outcomes(op, batch, result.value))
     if result.value.document:
         report.seal[batch.controller] = result.value.document
+
+
+_HOME = frozenset({PairState.PENDING, PairState.DUPLEX})
+
+
+async def swap_home(session: HostSession, group: Group) -> GroupReport:
+    """Turn every pair of `group` around, its secondary taking the primary role: recover at
+    the secondaries, then fail back there (the old primaries follow and become the
+    secondaries; what changed on either side is copied). `group` is as the pairs copy now.
+    A pair whose secondary is already the primary (PENDING or DUPLEX) counts as done,
+    "already home"; one recovered by an earlier attempt goes on to the failback."""
+    started = time.perf_counter()
+    recovered = await run_operation(session, group, PairOp.RECOVER)
+    onward: list[GroupPair] = []
+    settled: dict[str, PairOutcome] = {}
+    for outcome in recovered.pairs:
+        if outcome.ok:
+            onward.append(outcome.pair)
+            continue
+        if outcome.role is PairRole.PRIMARY and outcome.state in _HOME:
+            outcome.ok, outcome.already = True, True
+            outcome.message = (
+                f"{outcome.pair.name}: already home: the primary, {outcome.state.name}"
+            )
+        settled[str(outcome.pair.primary)] = outcome
+    turned = Group(
+        name=group.name, options=group.options, pairs=tuple(onward), is_reversed=group.is_reversed
+    )
+    report = await run_operation(session, turned, PairOp.FAILBACK) if onward else recovered
+    by_primary = {str(o.pair.primary): o for o in report.pairs} if onward else {}
+    by_primary.update(settled)
+    report.pairs = [by_primary[str(p.primary)] for p in group.pairs]
+    if report is not recovered:
+        for controller, attempts in recovered.requests.items():
+            report.requests[controller] = report.requests.get(controller, 0) + attempts
+    report.op = "failback"
+    report.elapsed_s = time.perf_counter() - started
+    return report
 
 
 async def measure_round_trip(session: HostSession, controllers: list[str]) -> float:
@@ -434,7 +498,7 @@ async def _arm_then_wait(
         batch: Batch = result.job.tag
         report.requests[batch.controller] = result.attempts
         step = GroupReport(group=group.name, op="suspend")
-        _collect(step, result)
+        _collect(step, result, PairOp.SUSPEND)
         report.pairs.extend(p for p in step.pairs if not p.ok)
         kept = [(i, p.pair) for i, p in zip(batch.items, step.pairs, strict=True) if p.ok]
         if kept:
@@ -463,7 +527,7 @@ async def _arm_then_wait(
     ]
     for result in await session.engine.run_all(jobs):
         arms = report.requests[result.job.tag.controller]
-        _collect(report, result)
+        _collect(report, result, PairOp.SUSPEND_WAIT)
         report.requests[result.job.tag.controller] += arms
     report.armed = False
     report.elapsed_s = time.perf_counter() - started
@@ -504,25 +568,55 @@ async def cancel(session: HostSession, group: Group) -> GroupReport:
 
 
 __all__ = [
+    "UNKNOWN",
     "Batch",
     "GroupReport",
     "PairOutcome",
+    "PairStatus",
     "cancel",
     "plan",
     "request_timeout_s",
     "run_operation",
+    "status",
     "suspend",
+    "swap_home",
 ]
+
+
+UNKNOWN = "UNKNOWN"
+"""How a state that could not be read is shown (never a state nobody reported)."""
 
 
 @dataclass(slots=True, kw_only=True)
 class PairStatus:
+    """One pair's state as read from a controller, and which end it was read at."""
+
     pair: GroupPair
-    state: PairState
+    state: PairState | None
+    """The state read; None when no controller of the pair could be read (UNKNOWN)."""
+    side: str | None = None
+    """Where `state` was read: "primary", "secondary" (the primary could not be read), or
+    None (neither could)."""
+    role: PairRole = PairRole.NONE
+    """The role the controller reported for that device."""
     suspend_at_ns: int = 0
     dirty_tracks: int = 0
     lag_bytes: int = 0
     error: str = ""
+    """Why the end read first (the primary) could not be read; for an UNKNOWN state, why
+    neither end could."""
+
+    @property
+    def state_name(self) -> str:
+        """The state's name, or UNKNOWN."""
+        return UNKNOWN if self.state is None else self.state.name
+
+    def describe(self) -> str:
+        """For a person: `duplex`, `duplex (read at the secondary)`, `UNKNOWN: why`."""
+        if self.state is None:
+            return f"{UNKNOWN}: {self.error}"
+        name = DISPLAY_NAMES[self.state]
+        return name if self.side == "primary" else f"{name} (read at the {self.side})"
 
     @property
     def armed_at_ns(self) -> int:
@@ -531,46 +625,104 @@ class PairStatus:
         return self.suspend_at_ns if mirroring else 0
 
 
-async def status(session: HostSession, group: Group) -> list[PairStatus]:
-    """Every pair's state at its primary: one query per controller, all at once."""
-    batches, refused = plan(group, PairOp.SUSPEND)
-    out = [PairStatus(pair=r.pair, state=PairState.SIMPLEX, error=r.message) for r in refused]
+def _end(pair: GroupPair, side: str) -> tuple[str, HardwareAddress]:
+    """The acting host's controller ("" when it has no path) and the device of one end."""
+    if side == "primary":
+        return pair.primary_controller, pair.primary
+    return pair.secondary_controller, pair.secondary
 
-    def query(batch: Batch) -> Callable[[Channel], Awaitable[Any]]:
+
+async def status(session: HostSession, group: Group, *, first: str = "primary") -> list[PairStatus]:
+    """Every pair's state: one query per controller, all at once, at the primaries (`first`
+    "secondary": at the secondaries); a pair whose device there cannot be read (no path,
+    controller down, device not reported) is read at its other end, in a second round; a
+    pair neither end answers for is UNKNOWN, with why. No state is ever made up."""
+    second = "secondary" if first == "primary" else "primary"
+    found: dict[int, PairStatus] = {}
+    why_not: dict[int, str] = {}
+    wanted: dict[int, tuple[str, HardwareAddress]] = {}
+    for i, pair in enumerate(group.pairs):
+        controller, device = _end(pair, first)
+        if controller:
+            wanted[i] = (controller, device)
+        else:
+            why_not[i] = f"this host has no path to the {first} {device}"
+    read, errors = await _read_states(session, wanted)
+    for i, device_status in read.items():
+        found[i] = _from_device(group.pairs[i], device_status, first)
+    why_not.update(errors)
+    wanted = {}
+    for i in why_not:
+        controller, device = _end(group.pairs[i], second)
+        if controller:
+            wanted[i] = (controller, device)
+        else:
+            errors[i] = f"this host has no path to the {second} {device}"
+    read, more = await _read_states(session, wanted)
+    errors.update(more)
+    for i, device_status in read.items():
+        found[i] = _from_device(group.pairs[i], device_status, second, error=why_not[i])
+    for i, why in why_not.items():
+        if i not in found:
+            found[i] = PairStatus(
+                pair=group.pairs[i], state=None, error=f"{first}: {why}; {second}: {errors[i]}"
+            )
+    return [found[i] for i in range(len(group.pairs))]
+
+
+def _from_device(pair: GroupPair, device: DeviceStatus, side: str, error: str = "") -> PairStatus:
+    return PairStatus(
+        pair=pair,
+        state=device.state,
+        side=side,
+        role=device.role,
+        suspend_at_ns=device.suspend_at_ns,
+        dirty_tracks=device.dirty_tracks,
+        lag_bytes=device.lag_bytes,
+        error=error,
+    )
+
+
+async def _read_states(
+    session: HostSession, devices: dict[int, tuple[str, HardwareAddress]]
+) -> tuple[dict[int, DeviceStatus], dict[int, str]]:
+    """Query the devices (pair index -> (controller, address)), one request per controller.
+    Returns what was read, and for every other index why it could not be."""
+    by_controller: dict[str, list[int]] = {}
+    for i, (controller, _) in devices.items():
+        by_controller.setdefault(controller, []).append(i)
+
+    def query(keys: tuple[int, ...]) -> Callable[[Channel], Awaitable[Any]]:
         async def run(channel: Channel) -> Any:
-            return await channel.query(tuple(i.device for i in batch.items))
+            return await channel.query(keys)
 
         return run
 
-    jobs = [Job(controller=b.controller, tag=b, run=query(b)) for b in batches]
+    jobs = [
+        Job(
+            controller=c,
+            tag=indexes,
+            run=query(tuple(devices[i][1].device_key for i in indexes)),
+        )
+        for c, indexes in sorted(by_controller.items())
+    ]
+    read: dict[int, DeviceStatus] = {}
+    errors: dict[int, str] = {}
     for result in await session.engine.run_all(jobs):
-        batch = result.job.tag
-        if result.error is not None:
-            out.extend(
-                PairStatus(pair=p, state=PairState.SIMPLEX, error=str(result.error))
-                for p in batch.pairs
-            )
+        indexes = result.job.tag
+        if result.error is not None or result.value is None:
+            for i in indexes:
+                errors[i] = f"controller {result.job.controller} not reached: {result.error}"
             continue
-        by_device = {s.device: s for s in result.value or ()}
-        for item, pair in zip(batch.items, batch.pairs, strict=True):
-            s = by_device.get(item.device)
-            if s is None or s.status:
-                out.append(
-                    PairStatus(
-                        pair=pair, state=PairState.SIMPLEX, error="the controller did not report it"
-                    )
-                )
-                continue
-            out.append(
-                PairStatus(
-                    pair=pair,
-                    state=s.state,
-                    suspend_at_ns=s.suspend_at_ns,
-                    dirty_tracks=s.dirty_tracks,
-                    lag_bytes=s.lag_bytes,
-                )
-            )
-    return out
+        by_device = {s.device: s for s in result.value}
+        for i in indexes:
+            controller, address = devices[i]
+            got = by_device.get(address.device_key)
+            if got is None or got.status:
+                errors[i] = f"controller {controller} did not report {address}"
+            else:
+                read[i] = got
+    return read, errors
 
 
 async def shadow(
@@ -611,6 +763,6 @@ async def shadow(
         Job(controller=b.controller, tag=b, run=_send(PairOp.SHADOW, b, 0, {})) for b in planned
     ]
     for result in await session.engine.run_all(jobs):
-        _collect(report, result)
+        _collect(report, result, PairOp.SHADOW)
     report.elapsed_s = time.perf_counter() - started
     return report

@@ -37,6 +37,39 @@ from remcopy.wire.native import DeviceIdentity, DeviceStatus, PairOp
 # Operations that act on the primary; the others (recover, failback, shadow) on the secondary.
 AT_PRIMARY = frozenset({PairOp.ESTABLISH, PairOp.SUSPEND, PairOp.RESUME, PairOp.TERMINATE})
 
+# Where each idempotent operation leads a pair, seen at the device the request goes to: a pair
+# the controller refuses because it is already there counts as done ("already RECOVERED"), so
+# an operation run a second time (after a timeout, a partial failure, or by a script that
+# cannot know) reports success instead of failing every pair.
+#   recover:   the secondary is RECOVERED;
+#   resume:    the primary is PENDING (copying) or DUPLEX;
+#   failback:  the device (the old secondary) is now the PRIMARY, PENDING or DUPLEX;
+#   terminate: the primary is SIMPLEX.
+_ALREADY: dict[PairOp, tuple[frozenset[PairRole], frozenset[PairState]]] = {
+    PairOp.RECOVER: (frozenset({PairRole.SECONDARY}), frozenset({PairState.RECOVERED})),
+    PairOp.RESUME: (
+        frozenset({PairRole.PRIMARY}),
+        frozenset({PairState.PENDING, PairState.DUPLEX}),
+    ),
+    PairOp.FAILBACK: (
+        frozenset({PairRole.PRIMARY}),
+        frozenset({PairState.PENDING, PairState.DUPLEX}),
+    ),
+    PairOp.TERMINATE: (frozenset(PairRole), frozenset({PairState.SIMPLEX})),
+}
+
+
+def already_there(op: PairOp, state: PairState, role: PairRole) -> str:
+    """Why a pair in `state` with this `role` at the device `op` acts on needs nothing: it is
+    already where `op` leads ("already RECOVERED"); "" when it is not (pure)."""
+    target = _ALREADY.get(op)
+    if target is None or role not in target[0] or state not in target[1]:
+        return ""
+    if op is PairOp.FAILBACK:
+        return f"already failed back: the primary, {state.name}"
+    return f"already {state.name}"
+
+
 _ACTIONS = {
     PairOp.ESTABLISH: PairAction.ESTABLISH,
     PairOp.SUSPEND: PairAction.SUSPEND,
@@ -68,6 +101,8 @@ class PlannedPair:
     """False for a failback with changes on both sides: `tracks` is then an upper bound."""
     reason: str = ""
     """Why the pair would be refused; or what to know about a permitted move."""
+    already: bool = False
+    """The pair is already where the operation leads: nothing to do, counted done."""
 
     @property
     def refused(self) -> bool:
@@ -87,6 +122,7 @@ class PlannedPair:
             "tracks": self.tracks,
             "tracks_exact": self.tracks_exact,
             "reason": self.reason,
+            "already": self.already,
         }
 
 
@@ -249,6 +285,17 @@ def plan_pair(
                 f"{op.name.lower()} at the primary"
             )
     except IllegalTransition as exc:
+        done = already_there(op, state, status.role)
+        if done:
+            return PlannedPair(
+                pair=pair,
+                controller=controller,
+                device=device,
+                state=state,
+                new_state=state,
+                reason=f"{pair.name}: {done}",
+                already=True,
+            )
         return refused(str(exc), state)
     if (
         op is PairOp.ESTABLISH
@@ -342,4 +389,4 @@ def plan_summary(planned: list[PlannedPair]) -> dict[str, dict[str, Any]]:
     return dict(sorted(out.items()))
 
 
-__all__ = ["AT_PRIMARY", "PlannedPair", "plan_pair", "plan_summary", "preview"]
+__all__ = ["AT_PRIMARY", "PlannedPair", "already_there", "plan_pair", "plan_summary", "preview"]

@@ -30,6 +30,7 @@ from remcopy.groups.operations import (
     shadow,
     status,
     suspend,
+    swap_home,
 )
 from remcopy.groups.progress import ProgressCallback, copies_started, follow_copies
 from remcopy.host.engine import EngineLimits
@@ -85,8 +86,10 @@ def options_from(document: dict[str, Any]) -> GroupOptions:
     )
 
 
-def group_for_host(catalog: Catalog, name: str, host: str) -> Group:
-    """The group's pairs as `host` reaches them (its device numbers and controllers)."""
+def group_for_host(catalog: Catalog, name: str, host: str, *, as_defined: bool = False) -> Group:
+    """The group's pairs as `host` reaches them (its device numbers and controllers), in
+    the direction the catalog records: after a failback each pair's primary is the defined
+    secondary (`as_defined`: as the definition has them, whatever the direction)."""
     stored = catalog.group_one(name)
     index = MapIndex({host: catalog.map_all(host)})
     from remcopy.groups.definition import ResolvedPair
@@ -100,16 +103,18 @@ def group_for_host(catalog: Catalog, name: str, host: str) -> Group:
         )
         for p in catalog.pairs_all(name)
     ]
-    return Group(
+    group = Group(
         name=name,
         options=options_from(dict(stored.options)),
         pairs=tuple(group_map(host, resolved, index)),
     )
+    return group.reversed() if stored.reversed and not as_defined else group
 
 
 def load_group(catalog: Catalog, name: str, host: str) -> tuple[Group, list[str]]:
-    """Build and store the group map for a host; returns it and what the host cannot see."""
-    group = group_for_host(catalog, name, host)
+    """Build and store the group map for a host; returns it (in the group's current
+    direction) and what the host cannot see. The stored rows are keyed by the defined pairs."""
+    group = group_for_host(catalog, name, host, as_defined=True)
     rows = [
         GroupMapRow(
             primary_address=str(p.primary),
@@ -121,6 +126,8 @@ def load_group(catalog: Catalog, name: str, host: str) -> tuple[Group, list[str]
         for p in group.pairs
     ]
     catalog.store_group_map(name, host, rows, loaded_at_ns=time.time_ns())
+    if catalog.group_one(name).reversed:
+        group = group.reversed()
     return group, unseen(group.pairs)
 
 
@@ -148,13 +155,22 @@ async def operate(
 
     A suspend with T far ahead is armed, then waited for (`on_armed` is called in between);
     wait=False returns once armed. SUSPEND_CANCEL disarms the group's armed suspend.
+    Operations act on the pairs in the direction the catalog records, except failback: it
+    always makes the defined secondaries the primaries (sent to them: they must be
+    RECOVERED), and once every pair is failed back the catalog records the group as
+    reversed. `return_home` gives the primary role back.
 
     With `progress`, an operation that starts copies (establish, resume, failback) also
     waits until every copy it started is done, calling `progress` with an
     `OperationProgress` after each round of status queries (see groups/progress.py)."""
-    group = group_for_host(catalog, name, host)
+    group = group_for_host(catalog, name, host, as_defined=op is PairOp.FAILBACK)
     if pairs is not None:
-        group = Group(name=group.name, options=group.options, pairs=tuple(pairs))
+        group = Group(
+            name=group.name,
+            options=group.options,
+            pairs=tuple(pairs),
+            is_reversed=group.is_reversed,
+        )
     started_ns = time.time_ns()
     async with HostSession(host_definition(catalog, host), limits=limits) as session:
         if op is PairOp.SUSPEND:
@@ -174,26 +190,61 @@ async def operate(
         if progress is not None and copies_started(report):
             await follow_copies(session, report, progress)
     if not dry_run:
-        catalog.log_operation(
-            who=who,
-            op=f"group {report.op}",
-            target=name,
-            started_ns=started_ns,
-            duration_s=report.elapsed_s,
-            result="failed" if report.failed else "ok",
-            details=report.to_json(),
-        )
+        if op is PairOp.FAILBACK and pairs is None and report.pairs and not report.failed:
+            catalog.set_group_direction(name, reversed=True)
+        _log(catalog, who, name, started_ns, report)
+    return report
+
+
+def _log(catalog: Catalog, who: str, name: str, started_ns: int, report: GroupReport) -> None:
+    catalog.log_operation(
+        who=who,
+        op=f"group {report.op}",
+        target=name,
+        started_ns=started_ns,
+        duration_s=report.elapsed_s,
+        result="failed" if report.failed else "ok",
+        details=report.to_json(),
+    )
+
+
+async def return_home(
+    catalog: Catalog,
+    name: str,
+    host: str,
+    *,
+    who: str = "remcopy",
+    limits: EngineLimits | None = None,
+    progress: ProgressCallback | None = None,
+) -> GroupReport:
+    """Give the primary role back to the defined primaries, as `host` (it must reach them):
+    recover them (they are the secondaries after a failback), then fail back to them, so
+    they copy to the defined secondaries again. Pairs already home count as done; once
+    every pair is home the catalog records the group as defined. Stop host writes to the
+    current primaries first: a planned switch, not a disaster (see docs/groups.md).
+
+    With `progress`, also waits until every copy back to the defined secondaries is done."""
+    group = group_for_host(catalog, name, host, as_defined=True).reversed()
+    started_ns = time.time_ns()
+    async with HostSession(host_definition(catalog, host), limits=limits) as session:
+        report = await swap_home(session, group)
+        if progress is not None and copies_started(report):
+            await follow_copies(session, report, progress)
+    report.op = "return-home"
+    if report.pairs and not report.failed:
+        catalog.set_group_direction(name, reversed=False)
+    _log(catalog, who, name, started_ns, report)
     return report
 
 
 async def group_status(
     catalog: Catalog, name: str, host: str, *, reverse: bool = False
 ) -> list[PairStatus]:
+    """Every pair's state, read at its primary in the group's current direction (at its
+    secondary when the primary cannot be read); `reverse` reads the other end first."""
     group = group_for_host(catalog, name, host)
-    if reverse:
-        group = group.reversed()
     async with HostSession(host_definition(catalog, host)) as session:
-        return await status(session, group)
+        return await status(session, group, first="secondary" if reverse else "primary")
 
 
 def _stored_keys(catalog: Catalog, name: str) -> list[tuple[PairKey, PairKey]]:
@@ -241,7 +292,7 @@ def add_pairs(catalog: Catalog, name: str, pairs: Sequence[tuple[str, str]]) -> 
 
 def remove_pairs(catalog: Catalog, name: str, host: str, keys: Sequence[str]) -> int:
     """Remove the pairs that keys name (any of the five keys, as `host` sees them)."""
-    group = group_for_host(catalog, name, host)
+    group = group_for_host(catalog, name, host, as_defined=True)
     doomed = {str(lookup(group.pairs, key).primary) for key in keys}
     kept = [k for k in _stored_keys(catalog, name) if k[0].text not in doomed]
     return _store(catalog, name, kept)
@@ -267,13 +318,5 @@ async def shadow_group(
             await follow_copies(session, report, progress)
     if dry_run:
         return report
-    catalog.log_operation(
-        who=who,
-        op="group shadow",
-        target=name,
-        started_ns=started_ns,
-        duration_s=report.elapsed_s,
-        result="failed" if report.failed else "ok",
-        details=report.to_json(),
-    )
+    _log(catalog, who, name, started_ns, report)
     return report

@@ -24,7 +24,7 @@ from remcopy.catalog import Catalog, Pair
 from remcopy.groups.model import GroupPair
 from remcopy.groups.operations import PairStatus
 from remcopy.groups.service import group_for_host, group_status
-from remcopy.tui.common import SHOWN_ERRORS, Notice, hex4, state_name
+from remcopy.tui.common import SHOWN_ERRORS, Notice, hex4
 from remcopy.tui.pair_editor import PairEditor
 
 STATUS_EVERY_S = 2.0
@@ -95,15 +95,17 @@ class GroupsPanel(Vertical):
             return
         title = self.query_one("#title", Notice)
         try:
-            if self.host:
-                self.pairs = list(group_for_host(self.catalog, self.group, self.host).pairs)
-            else:
-                self.pairs = []
+            loaded = group_for_host(self.catalog, self.group, self.host) if self.host else None
         except SHOWN_ERRORS as exc:
             self.pairs = []
             title.say(f"group {self.group} as {self.host}: {exc}", error=True)
             return
-        title.say(f"group {self.group} as {self.host}: {len(self.pairs)} pairs")
+        self.pairs = list(loaded.pairs) if loaded is not None else []
+        reversed_now = loaded is not None and loaded.is_reversed
+        title.say(
+            f"group {self.group} as {self.host}: {len(self.pairs)} pairs"
+            + (" (reversed: the defined secondaries are the primaries)" if reversed_now else "")
+        )
         editor = self.query_one(PairEditor)
         editor.group, editor.pairs = self.group, self.pairs
         self.watch_statuses(self.statuses)
@@ -111,11 +113,15 @@ class GroupsPanel(Vertical):
 
     def watch_statuses(self, statuses: dict[str, PairStatus]) -> None:
         table = self.query_one("#pairs", DataTable)
-        modes = {p.primary_address: p.mode for p in self._stored()}
+        # Stored pairs are keyed by their defined addresses; after a failback a pair's
+        # primary is its defined secondary, so either end finds its mode.
+        stored = self._stored()
+        modes = {p.secondary_address: p.mode for p in stored}
+        modes.update({p.primary_address: p.mode for p in stored})
         table.clear()
         for p in self.pairs:
             s = statuses.get(str(p.primary))
-            state = "?" if s is None else (f"! {s.error}" if s.error else state_name(s.state))
+            state = "?" if s is None else (f"! {s.describe()}" if s.state is None else s.describe())
             lag = "" if s is None else f"{s.lag_bytes}"
             table.add_row(
                 p.volser,

@@ -141,6 +141,6 @@ class OperationWatch(Vertical):
         for s in statuses:
             key = str(s.pair.primary)
             if key in table.rows:
-                state = f"! {s.error}" if s.error else state_name(s.state)
+                state = f"! {s.describe()}" if s.state is None else s.describe()
                 table.update_cell(key, state_column, state)
                 table.update_cell(key, lag_column, str(s.lag_bytes))

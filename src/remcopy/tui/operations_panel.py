@@ -167,7 +167,10 @@ class OperationsPanel(Vertical):
             title.say("pick a group and the host to act as")
             return
         try:
-            group = group_for_host(self.catalog, self.group, self.acting_host)
+            # A failback always goes to the defined secondaries (groups.service.operate).
+            group = group_for_host(
+                self.catalog, self.group, self.acting_host, as_defined=self.op == "failback"
+            )
         except SHOWN_ERRORS as exc:
             title.say(str(exc), error=True)
             return

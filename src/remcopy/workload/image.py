@@ -49,7 +49,11 @@ class ImageReader:
         self.tertiaries = dict(tertiaries or {})
         if image is Image.SHADOW and not self.tertiaries:
             raise InputError("verify: a shadow image needs the map of secondary -> tertiary")
-        self._pairs = {pair.primary: pair for pair in group.pairs}
+        # A workload's log names the volumes it wrote: the primaries as the pairs copied then.
+        # After a failback (or before the primary role went home) those are the secondaries
+        # now, so either end finds the pair, and the image is taken as the pairs copy now.
+        self._pairs = {pair.secondary: pair for pair in group.pairs}
+        self._pairs.update({pair.primary: pair for pair in group.pairs})
         self._routes: dict[HardwareAddress, tuple[str, HardwareAddress]] = {}
         self.reads = 0
 
@@ -95,7 +99,7 @@ class ImageReader:
     def _find(self, primary: HardwareAddress) -> tuple[str, HardwareAddress]:
         pair = self._pairs.get(primary)
         if pair is None:
-            raise InputError(f"{primary} is not a primary of group {self.group.name}")
+            raise InputError(f"{primary} is not a volume of group {self.group.name}")
         if self.image is Image.PRIMARY:
             return self._reachable(pair, pair.primary_controller, "primary"), pair.primary
         controller = self._reachable(pair, pair.secondary_controller, "secondary")

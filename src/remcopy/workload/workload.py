@@ -216,7 +216,10 @@ class Workload:
                 if identity is None or identity.status:
                     problems.append(f"{pair.name}: {controller} cannot identify {pair.primary}")
                     continue
-                if pair.volser and identity.volser and identity.volser != pair.volser:
+                # A pair's volser is its defined primary's. After a failback the primary is
+                # the defined secondary, whose own label the catalog does not keep: no check.
+                stale = pair.volser and identity.volser and identity.volser != pair.volser
+                if stale and not self.group.is_reversed:
                     problems.append(
                         f"{pair.primary} holds volser {identity.volser}, the group says "
                         f"{pair.volser}: rescan and reload the group before writing"
