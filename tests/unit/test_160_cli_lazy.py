@@ -66,10 +66,14 @@ def _modules_after(*args: str) -> list[str]:
     return modules
 
 
-@pytest.mark.parametrize("args", [("--help",), ("group", "--help"), ("states",)], ids=" ".join)
+@pytest.mark.parametrize(
+    "args",
+    [("--help",), ("group", "--help"), ("states",), ("host", "--help"), ("map", "--help")],
+    ids=" ".join,
+)
 def test_quick_commands_import_nothing_heavy(args: tuple[str, ...]) -> None:
-    """`remcopy --help`, `remcopy group --help` and `remcopy states` load no catalog, no
-    SQLAlchemy, no TUI, no pydantic and no event loop."""
+    """`remcopy --help`, `remcopy group --help`, `remcopy states` and the host and map
+    groups' help load no catalog, no SQLAlchemy, no TUI, no pydantic and no event loop."""
     modules = _modules_after(*args)
     heavy = [m for m in modules if m.split(".")[0] in HEAVY or m.startswith(HEAVY)]
     assert heavy == []
