@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -85,3 +87,83 @@ async def test_controller_status_reports_volumes(start_controller: Start, tmp_pa
     assert "Traceback" not in wrong.stderr
     bad = remcopy("controller", "status", "nowhere", "--name", HOST, "--secret", SECRET)
     assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
+
+
+# One JSON document on stdout, whatever stdout is. A 10,000-pair `group suspend --json` from
+# bench/groups.py once came out cut short ("line 8127, column 2": about 220 kB of a 270 kB
+# document). A write to a descriptor whose open file description is non-blocking (a flag
+# shared by every process holding it: an event loop that registered it, uvloop among them)
+# stops at what the pipe or socket buffer holds and raises BlockingIOError; Python's buffered
+# stdout then drops the rest, silently: exit 0, nothing on stderr.
+
+_BIG_PAIRS = 10_000
+
+
+def _big_group_catalog(path: Path) -> None:
+    """A catalog holding host HOST, its map, and group BIG of 10,000 pairs it sees."""
+    from remcopy.catalog import Catalog, MapEntry, Pair
+
+    def address(serial: int, ssid: int, k: int) -> str:
+        return f"{serial}:{ssid:04X}:{k // 256:02X}:{k % 256:02X}"
+
+    def entry(k: int, side: int) -> MapEntry:
+        return MapEntry(
+            device_number=f"{side * 0x4000 + k:04X}",
+            hardware_address=address(64015 + side, 0x1A00 + side, k),
+            volser=f"{'PS'[side]}{k:05X}",
+            capacity_bytes=65536,
+            state="DUPLEX",
+            role=("primary", "secondary")[side],
+            online=True,
+            controller=f"cntl{side}",
+        )
+
+    with Catalog.open(path) as catalog:
+        catalog.put_host(HOST, {"host": {"name": HOST}}, replace=False)
+        catalog.store_scan(
+            HOST,
+            scanned_at_ns=1,
+            entries=[entry(k, side) for side in (0, 1) for k in range(_BIG_PAIRS)],
+            failures=[],
+            partial=False,
+        )
+        pairs = [
+            Pair(
+                primary_address=address(64015, 0x1A00, k),
+                secondary_address=address(64016, 0x1A01, k),
+                volser=f"P{k:05X}",
+                mode="sync",
+            )
+            for k in range(_BIG_PAIRS)
+        ]
+        catalog.put_group("BIG", {"mode": "sync"}, pairs, replace=False)
+
+
+def test_json_is_one_whole_document_on_a_nonblocking_socket(tmp_path: Path):
+    """A 1.7 MB `--json` document arrives whole and alone on a non-blocking socket, with a
+    narrow terminal and debug logging on: the rest goes to stderr."""
+    catalog = tmp_path / "big.db"
+    _big_group_catalog(catalog)
+    ours, theirs = socket.socketpair()
+    theirs.setblocking(False)  # O_NONBLOCK on the description the child's stdout shares
+    with ours, (tmp_path / "stderr").open("w+") as err:
+        child = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "remcopy", "-vv", "group", "show", "BIG"),
+                *("--host", HOST, "--catalog", str(catalog), "--json"),
+            ],
+            stdout=theirs.fileno(),
+            stderr=err,
+            env=dict(os.environ, COLUMNS="20", CI="1"),
+        )
+        theirs.close()
+        chunks = []
+        while chunk := ours.recv(65536):
+            chunks.append(chunk)
+        assert child.wait(timeout=60) == 0
+        err.seek(0)
+        stderr = err.read()
+    assert "Traceback" not in stderr and "BlockingIOError" not in stderr, stderr[-2000:]
+    document = json.loads(b"".join(chunks))
+    assert len(document) == _BIG_PAIRS
+    assert document[-1]["volser"] == f"P{_BIG_PAIRS - 1:05X}"

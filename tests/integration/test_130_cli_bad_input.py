@@ -11,18 +11,24 @@ import pytest
 from remcopy.cli.main import cli, main
 
 
-def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+def _commands(
+    group: click.Group, ctx: click.Context, prefix: tuple[str, ...] = ()
+) -> list[tuple[str, ...]]:
+    """Every command path, found as click's help finds them (`remcopy` loads its subcommands
+    on demand, so they are listed and loaded through the group, not read from a dict)."""
     out = []
-    for name, command in sorted(group.commands.items()):
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None, f"`{' '.join((*prefix, name))}` is listed but cannot load"
         path = (*prefix, name)
         if isinstance(command, click.Group):
-            out.extend(_commands(command, path))
+            out.extend(_commands(command, click.Context(command, info_name=name, parent=ctx), path))
         else:
             out.append(path)
     return out
 
 
-COMMANDS = _commands(cli)
+COMMANDS = _commands(cli, click.Context(cli, info_name="remcopy"))
 
 
 def run(

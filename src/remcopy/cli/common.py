@@ -1,17 +1,22 @@
 # What several commands share: the catalog option, the --json flag, progress on stderr.
+#
+# Every command module imports this one to declare its options, `--help` included, so it
+# imports click alone at the top: the catalog (SQLAlchemy) and rich are imported when a
+# catalog is opened or a progress bar made (cli/lazy.py says why).
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from remcopy.catalog import Catalog
-from remcopy.cli.output import stderr
-from remcopy.groups.progress import OperationProgress
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from remcopy.catalog import Catalog
+    from remcopy.groups.progress import OperationProgress
 
 CATALOG_DEFAULT = "remcopy.db"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -34,6 +39,8 @@ def json_option(f: F) -> F:
 
 @contextmanager
 def open_catalog(location: str) -> Iterator[Catalog]:
+    from remcopy.catalog import Catalog
+
     catalog = Catalog.open(location)
     try:
         yield catalog
@@ -41,19 +48,30 @@ def open_catalog(location: str) -> Iterator[Catalog]:
         catalog.close()
 
 
+def _progress(*columns: str) -> Progress:
+    """A transient rich progress display on stderr, shown only on a terminal outside CI:
+    a description, a bar, then `columns` as text, then the time elapsed."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from remcopy.cli.output import stderr
+
+    description, *rest = columns
+    return Progress(
+        TextColumn(description),
+        BarColumn(),
+        *(TextColumn(text) for text in rest),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=True,
+        disable=not stderr.is_terminal or bool(os.environ.get("CI")),
+    )
+
+
 class ControllerProgress:
     """One progress bar per controller on stderr (only on a terminal)."""
 
     def __init__(self) -> None:
-        self._progress = Progress(
-            TextColumn("{task.description:<12}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(),
-            console=stderr,
-            transient=True,
-            disable=not stderr.is_terminal or bool(os.environ.get("CI")),
-        )
+        self._progress = _progress("{task.description:<12}", "{task.completed}/{task.total}")
         self._tasks: dict[str, TaskID] = {}
 
     def __enter__(self) -> ControllerProgress:
@@ -77,15 +95,7 @@ class CopyProgress:
     PAIR_BARS_MAX = 8
 
     def __init__(self) -> None:
-        self._progress = Progress(
-            TextColumn("{task.description:<14}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} tracks"),
-            TimeElapsedColumn(),
-            console=stderr,
-            transient=True,
-            disable=not stderr.is_terminal or bool(os.environ.get("CI")),
-        )
+        self._progress = _progress("{task.description:<14}", "{task.completed}/{task.total} tracks")
         self._total: TaskID | None = None
         self._pairs: dict[str, TaskID] = {}
 

@@ -1,34 +1,25 @@
 # `remcopy group ...`: define, load and operate copy groups.
 from __future__ import annotations
 
+#
+# Imports: only what defining the commands needs is imported at the top (click, the options,
+# PairOp); the catalog, rich, the event loop and the group operations are imported inside the
+# command that uses them, so `remcopy group --help` stays fast (cli/lazy.py).
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from remcopy import aio
-from remcopy.cli.common import CopyProgress, catalog_option, json_option, open_catalog
-from remcopy.cli.output import emit_json, say, stderr, table
+from remcopy.cli.common import catalog_option, json_option
 from remcopy.errors import InputError, RemcopyError
-from remcopy.groups.load import lookup
-from remcopy.groups.operations import GroupReport
-from remcopy.groups.preview import plan_summary
-from remcopy.groups.progress import ProgressCallback
-from remcopy.groups.service import (
-    add_pairs,
-    define_group,
-    group_for_host,
-    group_status,
-    load_group,
-    operate,
-    remove_pairs,
-    return_home,
-    shadow_group,
-)
-from remcopy.groups.when import suspend_at_ns
 from remcopy.wire.native import PairOp
+
+if TYPE_CHECKING:
+    from remcopy.cli.common import CopyProgress
+    from remcopy.groups.operations import GroupReport
+    from remcopy.groups.progress import ProgressCallback
 
 
 class GroupOperationFailed(RemcopyError):
@@ -46,6 +37,8 @@ def _wait_option(f: Any) -> Any:
 def _progress(bars: CopyProgress, wait: bool | None, as_json: bool) -> ProgressCallback | None:
     """The progress callback when the command waits for its copies: asked for, or by default
     on a terminal without --json."""
+    from remcopy.cli.output import stderr
+
     if wait is None:
         wait = stderr.is_terminal and not as_json
     return bars if wait else None
@@ -70,6 +63,10 @@ def group_define(definition: Path, replace: bool, catalog_location: str, as_json
     Example:
       remcopy group define groups/payroll.toml
     """
+    from remcopy.cli.common import open_catalog
+    from remcopy.cli.output import emit_json, say
+    from remcopy.groups.service import define_group
+
     with open_catalog(catalog_location) as catalog:
         count = define_group(catalog, definition, replace=replace)
         name = catalog.groups_all()[-1].name if not as_json else None
@@ -99,6 +96,10 @@ def group_add(name: str, pairs: tuple[str, ...], catalog_location: str, as_json:
     Example:
       remcopy group add PAYROLL --pair PAY009,PAYB09 --pair hosta:1A0A,hosta:2B0A
     """
+    from remcopy.cli.common import open_catalog
+    from remcopy.cli.output import emit_json, say
+    from remcopy.groups.service import add_pairs
+
     parsed = []
     for text in pairs:
         primary, sep, secondary = text.partition(",")
@@ -128,6 +129,10 @@ def group_remove_pair(
     Example:
       remcopy group remove-pair PAYROLL PAY009 1A0A --host hosta
     """
+    from remcopy.cli.common import open_catalog
+    from remcopy.cli.output import emit_json, say
+    from remcopy.groups.service import remove_pairs
+
     with open_catalog(catalog_location) as catalog:
         count = remove_pairs(catalog, name, host_name, keys)
     if as_json:
@@ -174,6 +179,9 @@ def group_shadow(
     Example:
       remcopy group shadow PAYROLL --host hostb --to payroll-shadow.map
     """
+    from remcopy import aio
+    from remcopy.cli.common import CopyProgress, open_catalog
+    from remcopy.groups.service import shadow_group
     from remcopy.workload.image import parse_shadow_map
 
     tertiaries = {str(s): t for s, t in parse_shadow_map(map_file).items()}
@@ -203,6 +211,10 @@ def group_load(name: str, host_name: str, catalog_location: str, as_json: bool) 
     Example:
       remcopy group load PAYROLL --host hosta
     """
+    from remcopy.cli.common import open_catalog
+    from remcopy.cli.output import emit_json, say
+    from remcopy.groups.service import load_group
+
     with open_catalog(catalog_location) as catalog:
         loaded, missing = load_group(catalog, name, host_name)
     if as_json:
@@ -228,6 +240,9 @@ def group_list(catalog_location: str, as_json: bool) -> None:
     Example:
       remcopy group list
     """
+    from remcopy.cli.common import open_catalog
+    from remcopy.cli.output import emit_json, table
+
     with open_catalog(catalog_location) as catalog:
         groups = catalog.groups_all()
     rows = [
@@ -276,6 +291,11 @@ def group_show(
     Example:
       remcopy group show PAYROLL --host hosta --pair 1A07
     """
+    from remcopy.cli.common import open_catalog
+    from remcopy.cli.output import emit_json, table
+    from remcopy.groups.load import lookup
+    from remcopy.groups.service import group_for_host
+
     with open_catalog(catalog_location) as catalog:
         loaded = group_for_host(catalog, name, host_name)
     pairs = [lookup(loaded.pairs, key)] if key else list(loaded.pairs)
@@ -354,6 +374,11 @@ def group_status_command(
       remcopy group status PAYROLL --host hosta --expect DUPLEX
       remcopy group status PAYROLL --host hostb    # after losing the primary site
     """
+    from remcopy import aio
+    from remcopy.cli.common import open_catalog
+    from remcopy.cli.output import emit_json, say, table
+    from remcopy.groups.service import group_status
+
     with open_catalog(catalog_location) as catalog:
         direction = "reversed" if catalog.group_one(name).reversed else "defined"
         statuses = aio.run(group_status(catalog, name, host_name, reverse=reverse))
@@ -426,6 +451,8 @@ def group_status_command(
 
 
 def _report(report: GroupReport, as_json: bool, expected: str) -> None:
+    from remcopy.cli.output import emit_json, say, table
+
     if as_json:
         emit_json(report.to_json())
     else:
@@ -491,6 +518,9 @@ _PAIR_ROWS_MAX = 50
 def _print_plan(report: GroupReport) -> None:
     """A dry run: per controller, the moves, the tracks to copy and the refusals; per pair
     the tracks a copy would move."""
+    from remcopy.cli.output import say, table
+    from remcopy.groups.preview import plan_summary
+
     controllers = len(report.requests)
     say(
         f"group {report.group}: {report.op} on {len(report.pairs)} pairs (dry run: no pair "
@@ -540,6 +570,8 @@ def _print_plan(report: GroupReport) -> None:
 def _print_seal(report: GroupReport) -> None:
     """The suspend record per controller: when it sealed T, late writes refused, host I/O
     held."""
+    from remcopy.cli.output import table
+
     rows = []
     for controller, doc in sorted(report.seal.items()):
         if "sealed_ns" not in doc:
@@ -574,6 +606,11 @@ def _op_command(op: PairOp, expected: str, doc: str) -> click.Command:
     def command(
         name: str, host_name: str, dry_run: bool, catalog_location: str, as_json: bool, **extra: Any
     ) -> None:
+        from remcopy import aio
+        from remcopy.cli.common import CopyProgress, open_catalog
+        from remcopy.groups.service import operate
+        from remcopy.groups.when import suspend_at_ns
+
         acting = op
         if op is PairOp.SUSPEND and extra.get("cancel"):
             _check_cancel(dry_run, extra)
@@ -659,6 +696,8 @@ def _when(at_ns: int) -> str:
 
 def _say_armed(report: GroupReport) -> None:
     """A scheduled suspend is armed everywhere: say so before the wait for T."""
+    from remcopy.cli.output import stderr
+
     wait_s = max(0.0, (report.at_ns - time.time_ns()) / 1e9)
     stderr.print(
         f"armed at {_when(report.at_ns)} on {len(report.armed_controllers())} controllers; "
@@ -670,6 +709,8 @@ def _say_armed(report: GroupReport) -> None:
 
 
 def _report_cancel(report: GroupReport, as_json: bool) -> None:
+    from remcopy.cli.output import emit_json, say, table
+
     if as_json:
         emit_json(report.to_json())
     else:
@@ -761,6 +802,10 @@ def group_return_home(
     Example:
       remcopy group return-home PAYROLL --host hosta
     """
+    from remcopy import aio
+    from remcopy.cli.common import CopyProgress, open_catalog
+    from remcopy.groups.service import return_home
+
     with open_catalog(catalog_location) as catalog, CopyProgress() as bars:
         report = aio.run(
             return_home(catalog, name, host_name, progress=_progress(bars, wait, as_json))

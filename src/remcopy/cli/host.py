@@ -1,18 +1,20 @@
 # `remcopy host ...`, `remcopy scan`, `remcopy map ...`: hosts, scans and device maps.
+#
+# The catalog, rich, the event loop and the host services are imported inside the commands
+# that use them, so `--help` stays fast (cli/lazy.py).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from remcopy import aio
-from remcopy.catalog import MapEntry
 from remcopy.cli.common import ControllerProgress, catalog_option, json_option, open_catalog
-from remcopy.cli.output import emit_json, say, table
 from remcopy.errors import InvalidIdentifier, RemcopyError
-from remcopy.host.service import add_host, host_definition, scan_host
 from remcopy.ids import DeviceNumber, HardwareAddress, Volser
+
+if TYPE_CHECKING:
+    from remcopy.catalog import MapEntry
 
 
 class ScanFailed(RemcopyError):
@@ -36,6 +38,9 @@ def host_add(definition: Path, replace: bool, catalog_location: str, as_json: bo
     Example:
       remcopy host add hosts/hosta.toml
     """
+    from remcopy.cli.output import emit_json, say
+    from remcopy.host.service import add_host, host_definition
+
     with open_catalog(catalog_location) as catalog:
         stored = add_host(catalog, definition, replace=replace)
         devices = len(host_definition(catalog, stored.name).devices())
@@ -55,6 +60,9 @@ def host_list(catalog_location: str, as_json: bool) -> None:
     Example:
       remcopy host list --json
     """
+    from remcopy.cli.output import emit_json, table
+    from remcopy.host.service import host_definition
+
     with open_catalog(catalog_location) as catalog:
         rows: list[dict[str, Any]] = []
         for stored in catalog.hosts_all():
@@ -97,6 +105,9 @@ def host_show(name: str, catalog_location: str, as_json: bool) -> None:
     Example:
       remcopy host show hosta
     """
+    from remcopy.cli.output import emit_json, table
+    from remcopy.host.service import host_definition
+
     with open_catalog(catalog_location) as catalog:
         definition = host_definition(catalog, name)
     if as_json:
@@ -153,7 +164,10 @@ def scan(
     Example:
       remcopy scan hosta --range 1A00-1AFF
     """
+    from remcopy import aio
+    from remcopy.cli.output import emit_json, say, table
     from remcopy.host.engine import EngineLimits
+    from remcopy.host.service import scan_host
 
     numbers = _range(device_range)
     limits = EngineLimits(in_flight_max=1, per_controller_max=1) if serial else None
@@ -241,6 +255,8 @@ def map_show(
     Example:
       remcopy map show hosta --volser PAY001
     """
+    from remcopy.cli.output import emit_json, table
+
     try:
         v = str(Volser.parse(volser)) if volser else None
         d = str(DeviceNumber.parse(device)) if device else None
@@ -283,6 +299,8 @@ def map_diff(name: str, catalog_location: str, as_json: bool) -> None:
     Example:
       remcopy map diff hosta
     """
+    from remcopy.cli.output import emit_json, say, table
+
     with open_catalog(catalog_location) as catalog:
         diff = catalog.map_diff(name)
     rows: list[tuple[str, str, str, str]] = []
@@ -311,6 +329,8 @@ def map_check(catalog_location: str, as_json: bool) -> None:
     Example:
       remcopy map check
     """
+    from remcopy.cli.output import emit_json, say, table
+
     with open_catalog(catalog_location) as catalog:
         conflicts = catalog.map_check_all()
     if as_json:

@@ -3,28 +3,89 @@
 # Exit codes (DESIGN.md section 4): 0 ok, 1 the operation failed, 2 bad input. A RemcopyError
 # is printed as its message alone (no traceback): it was written for a person. Anything else
 # is our bug, printed with its traceback and exit code 1... but only after saying so.
+#
+# Start-up cost (DESIGN.md section 8: `remcopy --help` <= 150 ms): this module imports click and
+# remcopy.errors only. Subcommands are imported when used (cli/lazy.py), from the table below;
+# rich is imported only to print an error.
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from typing import Final
 
 import click
 
 from remcopy import __version__
-from remcopy.cli.controller import controller
-from remcopy.cli.demo import demo
-from remcopy.cli.group import group
-from remcopy.cli.host import host, map_group, scan
-from remcopy.cli.output import fail
-from remcopy.cli.states import states
-from remcopy.cli.tui import tui
-from remcopy.cli.volume import volume
-from remcopy.cli.workload import verify, workload
+from remcopy.cli.lazy import LazyCommand, LazyGroup
 from remcopy.errors import ConfigError, RemcopyError
 
+# Every top-level command: its module, its object there, and the first paragraph of its help
+# (a unit test checks each against the command itself).
+COMMANDS: Final = {
+    "controller": LazyCommand(
+        module="remcopy.cli.controller",
+        attribute="controller",
+        help="Run a storage controller, check its config, or ask one for its status.",
+    ),
+    "demo": LazyCommand(
+        module="remcopy.cli.demo",
+        attribute="demo",
+        help="Run a whole disaster-recovery drill on real controller processes.",
+    ),
+    "group": LazyCommand(
+        module="remcopy.cli.group",
+        attribute="group",
+        help="Copy groups: define them, load them for a host, and run operations on all pairs.",
+    ),
+    "host": LazyCommand(
+        module="remcopy.cli.host",
+        attribute="host",
+        help="Define hosts: their device numbers and the paths to their controllers.",
+    ),
+    "map": LazyCommand(
+        module="remcopy.cli.host",
+        attribute="map_group",
+        help="Read device maps: show, diff against the previous scan, check across hosts.",
+    ),
+    "scan": LazyCommand(
+        module="remcopy.cli.host",
+        attribute="scan",
+        help="Scan host NAME's devices through its controllers and store its device map.",
+    ),
+    "states": LazyCommand(
+        module="remcopy.cli.states",
+        attribute="states",
+        help="Print every pair state x action: the result, or the refusal message.",
+    ),
+    "tui": LazyCommand(
+        module="remcopy.cli.tui",
+        attribute="tui",
+        help="Full-screen interface: scan device ranges, browse maps, edit groups, run operations.",
+    ),
+    "verify": LazyCommand(
+        module="remcopy.cli.workload",
+        attribute="verify",
+        help="Decide whether an image of a group is a consistent cut of a workload's writes.",
+    ),
+    "volume": LazyCommand(
+        module="remcopy.cli.volume",
+        attribute="volume",
+        help="Create and inspect volume files.",
+    ),
+    "workload": LazyCommand(
+        module="remcopy.cli.workload",
+        attribute="workload",
+        help="The dependent-write workload: chains of writes across a group's primaries.",
+    ),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+@click.group(
+    cls=LazyGroup,
+    lazy_commands=COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="remcopy")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
 def cli(verbose: int) -> None:
@@ -43,17 +104,11 @@ def cli(verbose: int) -> None:
     )
 
 
-cli.add_command(controller)
-cli.add_command(volume)
-cli.add_command(states)
-cli.add_command(demo)
-cli.add_command(host)
-cli.add_command(scan)
-cli.add_command(map_group)
-cli.add_command(group)
-cli.add_command(workload)
-cli.add_command(verify)
-cli.add_command(tui)
+def fail(message: str) -> None:
+    """Print an error for a person on stderr (rich is imported only now: errors are rare)."""
+    from remcopy.cli.output import fail as print_failure
+
+    print_failure(message)
 
 
 def main() -> None:

@@ -1,8 +1,13 @@
 # How the CLI reports: JSON on stdout with --json (stable keys), rich tables otherwise;
 # progress and logs on stderr. Colour only on a terminal; rich honours NO_COLOR.
+#
+# Rule: with --json, `emit_json` is the only thing that writes to stdout, exactly once per
+# command; rich, logging, warnings and progress write to stderr.
 from __future__ import annotations
 
 import json
+import os
+import select
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -16,8 +21,39 @@ stderr = Console(stderr=True, soft_wrap=True)
 
 
 def emit_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
-    sys.stdout.flush()
+    """Write `document` as the one JSON document on stdout, whole, whatever stdout is.
+
+    The only writer of `--json` output. It writes the encoded bytes to file descriptor 1
+    itself, in a loop, because Python's own stdout loses data silently when that descriptor
+    is non-blocking: O_NONBLOCK belongs to the open file description, which every process
+    holding the pipe or socket shares, and any of them may set it (an event loop that
+    registers the descriptor does). Then a 1.8 MB write stops at what the buffer holds
+    (219,264 bytes on a Unix socket here), `sys.stdout.write` raises nothing and the command
+    exits 0 with the document cut short: how bench/groups.py once read a 10,000-pair
+    `group suspend --json` that ended at line 8127. Here a short write continues, and a
+    full buffer is waited on, as a blocking write would wait.
+    """
+    data = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+    sys.stdout.flush()  # nothing else belongs on stdout; if something was, it goes first
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by a test harness: no descriptor
+        sys.stdout.write(data.decode())
+        sys.stdout.flush()
+        return
+    _write_all(fd, data)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of `data` to `fd`, blocking or not (BrokenPipeError goes to the caller)."""
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except BlockingIOError:
+            select.select([], [fd], [])
+            continue
+        view = view[written:]
 
 
 def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:

@@ -5,8 +5,10 @@
 # the same, and every operation is in the operation log for an auditor.
 from __future__ import annotations
 
+import gc
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,28 +88,44 @@ def options_from(document: dict[str, Any]) -> GroupOptions:
     )
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while building many small acyclic objects.
+
+    A 10,000-pair group load makes ~100,000 objects (rows, records, addresses, pairs) that
+    all stay alive; every 700 allocations the collector ran and walked the ever older ones
+    again, which doubled the load (bench/cli.py: 0.5 s -> 0.2 s on SQLite). Nothing built
+    here forms a cycle, so pausing frees nothing late; reference counting still frees the
+    rest at once."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def group_for_host(catalog: Catalog, name: str, host: str, *, as_defined: bool = False) -> Group:
     """The group's pairs as `host` reaches them (its device numbers and controllers), in
     the direction the catalog records: after a failback each pair's primary is the defined
     secondary (`as_defined`: as the definition has them, whatever the direction)."""
     stored = catalog.group_one(name)
-    index = MapIndex({host: catalog.map_all(host)})
     from remcopy.groups.definition import ResolvedPair
 
-    resolved = [
-        ResolvedPair(
-            primary=HardwareAddress.parse(p.primary_address),
-            secondary=HardwareAddress.parse(p.secondary_address),
-            volser=p.volser or "",
-            where=name,
-        )
-        for p in catalog.pairs_all(name)
-    ]
-    group = Group(
-        name=name,
-        options=options_from(dict(stored.options)),
-        pairs=tuple(group_map(host, resolved, index)),
-    )
+    with _gc_paused():
+        index = MapIndex({host: catalog.map_all(host)})
+        resolved = [
+            ResolvedPair(
+                primary=HardwareAddress.parse(p.primary_address),
+                secondary=HardwareAddress.parse(p.secondary_address),
+                volser=p.volser or "",
+                where=name,
+            )
+            for p in catalog.pairs_all(name)
+        ]
+        pairs = tuple(group_map(host, resolved, index))
+    group = Group(name=name, options=options_from(dict(stored.options)), pairs=pairs)
     return group.reversed() if stored.reversed and not as_defined else group
 
 
