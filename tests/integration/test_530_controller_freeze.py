@@ -195,8 +195,8 @@ async def test_a_sibling_that_cannot_be_reached_within_the_hold_is_reported(tmp_
         try:
             group = _group(world)
             async with _session(world) as session:
-                assert not (await run_operation(session, group, PairOp.ESTABLISH)).failed
                 sub = await session.channels["cntla0"].subscribe()
+                assert not (await run_operation(session, group, PairOp.ESTABLISH)).failed
                 await sub.wait_for(r"-> DUPLEX")
                 world.primaries[1].pause()  # the sibling cannot answer
                 link.cut()
