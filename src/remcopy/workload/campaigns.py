@@ -779,6 +779,89 @@ async def hunt_planted_bug(
     return await run_campaign(campaign, root, settings)
 
 
+# Detection with no host writes: link death to the first sign of it...
+
+DETECTION_FAULTS: Final = ("stall", "cut", "sigstop")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DetectionResult:
+    """How long the controllers took to notice a dead link with no host write at all."""
+
+    seed: int
+    faults: tuple[str, ...]
+    detect_ms: tuple[float, ...]
+    """Per fault detected: injection to the first `hold` or `-> SUSPENDED_ERROR` line, as
+    it reached the harness (heartbeats find it: nothing else is sent)."""
+    findings: tuple[str, ...] = ()
+    """Faults not detected, or not ending in a freeze, within FREEZE_WAIT_S."""
+    harness_error: str = ""
+
+
+def _detected(event: Event) -> bool:
+    return event.line.startswith("hold ") or " -> SUSPENDED_ERROR" in event.line
+
+
+async def _detect_once(w: World, fault: str, victim: int) -> tuple[float | None, str]:
+    """Inject one fault into the idle world; the milliseconds to its first sign (None: not
+    seen in time), and what went wrong after it ("" when the group froze)."""
+    addresses = {str(p.primary) for p in w.group.pairs}
+    try:
+        async with recorded(w.primaries) as recorder:
+            faulted_ns = time.time_ns()
+            await _inject(w, fault, victim)
+            await recorder.wait(
+                lambda events: any(_detected(e) for e in events), timeout_s=FREEZE_WAIT_S
+            )
+            froze = await recorder.wait(
+                lambda events: len(_left_duplex(events, addresses)) == len(addresses),
+                timeout_s=FREEZE_WAIT_S,
+            )
+    finally:
+        _heal(w, fault, victim)
+    first = next((e for e in recorder.events if _detected(e)), None)
+    detect_ms = None if first is None else (first.arrived_ns - faulted_ns) / 1e6
+    problem = "" if froze else f"did not freeze: {_freeze_lines(recorder.events)[:12]}"
+    return detect_ms, problem
+
+
+async def measure_detection(root: Path, *, iterations: int, seed: int) -> DetectionResult:
+    """In the rolling campaign's world, settled and idle, inject one fault per iteration
+    (link stall, link cut, secondary SIGSTOP) and time it to the first hold line; freeze,
+    heal and resume between iterations."""
+    _, shape = _RUNS["rolling"]
+    faults: list[str] = []
+    detect_ms: list[float] = []
+    findings: list[str] = []
+    harness_error = ""
+    try:
+        async with world(root, shape) as w:
+            for index in range(iterations):
+                rng = random.Random(f"remcopy-detection:{seed}:{index}")
+                victim = rng.randrange(len(w.primaries))
+                fault = rng.choice(DETECTION_FAULTS)
+                what = f"{fault} of {'cntlb' if fault == 'sigstop' else w.primaries[victim].name}"
+                faults.append(what)
+                async with asyncio.timeout(ITERATION_TIMEOUT_S):
+                    ms, problem = await _detect_once(w, fault, victim)
+                    await _repair(w)
+                if ms is None:
+                    findings.append(f"{what}: not detected within {FREEZE_WAIT_S} s")
+                else:
+                    detect_ms.append(ms)
+                if problem:
+                    findings.append(f"{what}: {problem}")
+    except (RemcopyError, TimeoutError, OSError) as exc:
+        harness_error = f"iteration {len(faults) - 1}: {type(exc).__name__}: {exc}"
+    return DetectionResult(
+        seed=seed,
+        faults=tuple(faults),
+        detect_ms=tuple(detect_ms),
+        findings=tuple(findings),
+        harness_error=harness_error,
+    )
+
+
 __all__ = [
     "CAMPAIGNS",
     "CATCHERS",
@@ -786,7 +869,11 @@ __all__ = [
     "PLANTED_BUG_EVERY",
     "CampaignResult",
     "CampaignSettings",
+    "DETECTION_FAULTS",
+    "DetectionResult",
     "HarnessError",
+    "ROLLING_FAULTS",
     "hunt_planted_bug",
+    "measure_detection",
     "run_campaign",
 ]
