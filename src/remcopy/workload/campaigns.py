@@ -164,6 +164,9 @@ class CampaignResult:
     freeze_write_latencies_ms: tuple[float, ...] = ()
     """rolling: the latency of every host write whose issue-to-acknowledgement overlapped a
     freeze window (the last attempt's stamp to its acknowledgement)."""
+    freeze_issued_latencies_ms: tuple[float, ...] = ()
+    """rolling: the same for the writes issued inside a freeze window only (after the first
+    hold line: the detection time is not in them)."""
     harness_error: str = ""
     """Why the campaign stopped early, if something other than a check went wrong."""
 
@@ -205,6 +208,7 @@ class _Tally:
     faults_done: list[str] = field(default_factory=list)
     freeze_ms: list[float] = field(default_factory=list)
     freeze_write_latencies_ms: list[float] = field(default_factory=list)
+    freeze_issued_latencies_ms: list[float] = field(default_factory=list)
 
 
 # One iteration: its random choices, its checks...
@@ -643,10 +647,10 @@ def _freeze_figures(
         return
     start_ns, end_ns = min(holds), max(e.arrived_ns for e in left.values())
     it.tally.freeze_ms.append((end_ns - start_ns) / 1e6)
-    it.tally.freeze_write_latencies_ms.extend(
-        (acked - stamp) / 1e6
-        for stamp, acked in load.acked
-        if stamp <= end_ns and acked >= start_ns
+    overlapping = [(s, a) for s, a in load.acked if s <= end_ns and a >= start_ns]
+    it.tally.freeze_write_latencies_ms.extend((a - s) / 1e6 for s, a in overlapping)
+    it.tally.freeze_issued_latencies_ms.extend(
+        (a - s) / 1e6 for s, a in overlapping if s >= start_ns
     )
 
 
@@ -760,6 +764,7 @@ async def run_campaign(name: str, root: Path, settings: CampaignSettings) -> Cam
         faults=tuple(tally.faults_done),
         freeze_ms=tuple(tally.freeze_ms),
         freeze_write_latencies_ms=tuple(tally.freeze_write_latencies_ms),
+        freeze_issued_latencies_ms=tuple(tally.freeze_issued_latencies_ms),
     )
 
 
