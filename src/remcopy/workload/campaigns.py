@@ -674,12 +674,14 @@ def _rolling_checks(
         secondary=False,
     )
     # Sync: a write acknowledged before the fault was on the secondary when it was
-    # acknowledged; a freeze never takes it back.
+    # acknowledged; a freeze never takes it back. Absent: after its chain's prefix, or a
+    # hole inside it (as `_Iteration.check` counts them).
     log = read_log(load.log_path)
+    holes = {(v.chain, v.seq) for v in report.violations if v.reason in _ACKED_WRITE_ABSENT}
     lost = []
     for chain in report.chains:
         early = [x for x in log.chain(chain.chain) if x.acked_ns < faulted_ns]
-        lost += [x for x in early if x.seq > chain.prefix]
+        lost += [x for x in early if x.seq > chain.prefix or (x.chain, x.seq) in holes]
     it.tally.acked_lost += len(lost)
     it.passed(
         not lost,
