@@ -14,20 +14,44 @@
 # inconsistent secondaries, planted bugs caught. A planted bug counts as caught when a check
 # of the campaign failed with the bug active (never when the harness itself failed).
 #
-# Run: .venv/bin/python bench/faults.py [--quick] [--seed N] [--iterations N]. The last line is
-# `RESULT {json}` with iterations, faults_injected, acked_writes_lost, inconsistent_secondaries,
-# planted_bugs and planted_bugs_caught (and more).
+# The rolling campaign (issue 14: a consistency group over three primaries frozen by the
+# controllers alone) adds the freeze's figures, all in milliseconds:
+# - freeze_ms_p50/p99: from the first `hold` line of any primary to the last pair of every
+#   reachable primary announced sealed (`DUPLEX -> SUSPENDED` or `-> SUSPENDED_ERROR`). Both
+#   ends are ARRIVAL TIMES of the event lines at the harness's subscriber (one time.time_ns()
+#   when its reader takes the line), not the controllers' clocks: event delivery and the
+#   harness's loop (shared with the workload) are included. The window includes the freeze
+#   margin (T = now + freeze_margin_s, 250 ms by default), which no freeze can beat.
+# - freeze_write_stall_p99_ms: the p99 latency of the host writes that were in flight at
+#   some moment of a freeze window, measured by the workload (the last attempt's issue stamp
+#   to its acknowledgement: a write refused as late and reissued counts from its reissue).
+#   A write to the failed device waits for the detection (ack timeout 1 s on a stall) and the
+#   hold, so this is the host's view of the whole fault, not the freeze's alone;
+#   freeze_issued_write_p99_ms is the same for the writes issued after the first hold line
+#   only (a write to a held device waits for the freeze's release).
+# - detect_ms_p50: a separate phase with NO host writes (measure_detection): a link stall or
+#   cut or a SIGSTOPped secondary, from injection to the first `hold` or `-> SUSPENDED_ERROR`
+#   line at the harness; heartbeats are the only traffic (product defaults: every 0.5 s,
+#   timeout 2 s).
+# - rolling_iterations, rolling_inconsistent (inconsistent secondaries: must be 0), and
+#   rolling_findings (every failed check of the campaign, e.g. a group that did not freeze).
+#
+# Run: .venv/bin/python bench/faults.py [--quick] [--seed N] [--iterations N] [--campaign NAME]
+# [--detect-iterations N]. --campaign runs one campaign (and only the hunts that use it). The
+# last line is `RESULT {json}` with iterations, faults_injected, acked_writes_lost,
+# inconsistent_secondaries, planted_bugs and planted_bugs_caught (and more).
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from _world import load_average, main_guard
+from _world import load_average, main_guard, percentile
 from remcopy import aio
 from remcopy.workload.campaigns import (
     CAMPAIGNS,
@@ -35,7 +59,9 @@ from remcopy.workload.campaigns import (
     PLANTED_BUGS,
     CampaignResult,
     CampaignSettings,
+    DetectionResult,
     hunt_planted_bug,
+    measure_detection,
     run_campaign,
 )
 
@@ -52,6 +78,9 @@ ACKS_FULL: Final = (20, 400)
 ACKS_QUICK: Final = (20, 120)
 # Findings shown per campaign under the table (all of them are in the result's findings).
 FINDINGS_SHOWN_MAX: Final = 5
+# Link deaths timed with no host writes (each costs a freeze, a heal and a resume: seconds).
+DETECT_ITERATIONS_FULL: Final = 12
+DETECT_ITERATIONS_QUICK: Final = 3
 
 
 @dataclass
@@ -61,6 +90,8 @@ class Plan:
     iterations: int
     hunt_iterations: int
     acks: tuple[int, int]
+    campaigns: tuple[str, ...] = CAMPAIGNS
+    detect_iterations: int = 0
     hunts: list[tuple[str, str]] = field(default_factory=list)  # (bug, campaign)
 
 
@@ -68,7 +99,11 @@ class Plan:
 class Results:
     campaigns: list[CampaignResult] = field(default_factory=list)
     hunts: list[CampaignResult] = field(default_factory=list)
+    detection: DetectionResult | None = None
     elapsed_s: float = 0.0
+
+    def rolling(self) -> CampaignResult | None:
+        return next((r for r in self.campaigns if r.campaign == "rolling"), None)
 
     def caught_by(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {bug: [] for bug in PLANTED_BUGS}
@@ -86,6 +121,8 @@ async def run(plan: Plan, root: Path) -> Results:
     results = Results()
     started = time.perf_counter()
     for index, name in enumerate(CAMPAIGNS):
+        if name not in plan.campaigns:
+            continue
         settings = CampaignSettings(
             iterations=plan.iterations,
             seed=plan.seed + index,
@@ -110,6 +147,12 @@ async def run(plan: Plan, root: Path) -> Results:
         )
         print(hunt.line()[:400], file=sys.stderr, flush=True)
         results.hunts.append(hunt)
+    if plan.detect_iterations:
+        print(f"detection: {plan.detect_iterations} link deaths, no host writes", file=sys.stderr)
+        results.detection = await measure_detection(
+            root / "detection", iterations=plan.detect_iterations, seed=plan.seed + 200
+        )
+        print(f"detection: {results.detection}"[:600], file=sys.stderr, flush=True)
     results.elapsed_s = time.perf_counter() - started
     return results
 
@@ -138,17 +181,72 @@ def _table(plan: Plan, results: Results, load: str) -> str:
             lines.append(f"  {r.campaign}: {finding[:300]}")
         if r.harness_error:
             lines.append(f"  {r.campaign}: harness error: {r.harness_error[:300]}")
-    lines += [
-        "",
-        f"{'planted bug':<20}{'campaign':<16}{'caught':>8}{'iterations':>12}  first finding",
-    ]
+    if results.hunts:
+        lines += [
+            "",
+            f"{'planted bug':<20}{'campaign':<16}{'caught':>8}{'iterations':>12}  first finding",
+        ]
     for h in results.hunts:
         first = (h.findings[0] if h.findings else h.harness_error or "-")[:90]
         lines.append(
             f"{h.planted_bugs[0]:<20}{h.campaign:<16}{'yes' if h.detected else 'no':>8}"
             f"{h.iterations:>12}  {first}"
         )
+    figures = _rolling_figures(results)
+    if figures:
+        rolling = results.rolling()
+        faults = Counter(f.split()[0] for f in rolling.faults) if rolling else Counter()
+        lines += [
+            "",
+            "rolling: a group over 3 primaries frozen by the controllers alone "
+            f"(faults: {', '.join(f'{k} {v}' for k, v in sorted(faults.items())) or '-'})",
+            "  (ms; freeze = first hold line to the last pair sealed, arrival times at the "
+            "harness's subscriber)",
+        ]
+        lines += [f"  {key:<28}{_show(value):>12}" for key, value in figures.items()]
+        if results.detection is not None:
+            d = results.detection
+            kinds = ", ".join(sorted({f.split()[0] for f in d.faults}))
+            lines.append(
+                f"  detection phase (no host writes): {len(d.detect_ms)}/{len(d.faults)} "
+                f"link deaths detected ({kinds})"
+            )
+            lines += [f"  detection: {f[:300]}" for f in d.findings[:FINDINGS_SHOWN_MAX]]
+            if d.harness_error:
+                lines.append(f"  detection: harness error: {d.harness_error[:300]}")
     return "\n".join(lines)
+
+
+def _show(value: object) -> str:
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
+
+
+def _rolling_figures(results: Results) -> dict[str, Any]:
+    """The rolling campaign's figures (empty when it did not run)."""
+    rolling, detection = results.rolling(), results.detection
+    figures: dict[str, Any] = {}
+    if rolling is not None:
+        figures.update(
+            rolling_iterations=rolling.iterations,
+            rolling_inconsistent=rolling.inconsistent_secondaries,
+            rolling_findings=len(rolling.findings),
+            rolling_freezes=len(rolling.freeze_ms),
+            freeze_ms_p50=round(percentile(list(rolling.freeze_ms), 0.50), 1),
+            freeze_ms_p99=round(percentile(list(rolling.freeze_ms), 0.99), 1),
+            freeze_write_stall_p99_ms=round(
+                percentile(list(rolling.freeze_write_latencies_ms), 0.99), 1
+            ),
+            freeze_issued_write_p99_ms=round(
+                percentile(list(rolling.freeze_issued_latencies_ms), 0.99), 1
+            ),
+            freeze_window_writes=len(rolling.freeze_write_latencies_ms),
+        )
+    if detection is not None:
+        figures.update(
+            detect_ms_p50=round(percentile(list(detection.detect_ms), 0.50), 1),
+            detect_ms_max=round(max(detection.detect_ms, default=0.0), 1),
+        )
+    return figures
 
 
 def _result_json(plan: Plan, results: Results, load: list[float]) -> dict[str, Any]:
@@ -178,6 +276,8 @@ def _result_json(plan: Plan, results: Results, load: list[float]) -> dict[str, A
             }
             for r in campaigns
         },
+        **_rolling_figures(results),
+        "rolling_findings_text": [f[:300] for f in r.findings] if (r := results.rolling()) else [],
         "elapsed_s": round(results.elapsed_s, 2),
         "seed": plan.seed,
         "quick": plan.quick,
@@ -192,19 +292,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few iterations; under 2 minutes")
     parser.add_argument("--seed", type=int, default=SEED_DEFAULT)
     parser.add_argument("--iterations", type=int, help="iterations per campaign")
+    parser.add_argument("--campaign", choices=CAMPAIGNS, help="run this campaign only")
+    parser.add_argument(
+        "--detect-iterations", type=int, help="link deaths timed with no host writes"
+    )
     args = parser.parse_args(argv)
     quick: bool = args.quick
+    campaigns = (args.campaign,) if args.campaign else CAMPAIGNS
+    detect = DETECT_ITERATIONS_QUICK if quick else DETECT_ITERATIONS_FULL
     plan = Plan(
         quick=quick,
         seed=args.seed,
         iterations=args.iterations or (ITERATIONS_QUICK if quick else ITERATIONS_FULL),
         hunt_iterations=HUNT_ITERATIONS_QUICK if quick else HUNT_ITERATIONS_FULL,
         acks=ACKS_QUICK if quick else ACKS_FULL,
+        campaigns=campaigns,
+        detect_iterations=(args.detect_iterations if args.detect_iterations is not None else detect)
+        if "rolling" in campaigns
+        else 0,
     )
     plan.hunts = [
         (bug, name)
         for bug in PLANTED_BUGS
         for name in ((CATCHERS[bug][0],) if quick else CAMPAIGNS)
+        if name in campaigns
     ]
     print(f"seed {plan.seed}", flush=True)
     load_start = load_average()

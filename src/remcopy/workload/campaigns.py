@@ -22,6 +22,16 @@
 #                   random number of writes (config volume_faults, testing only): the write is
 #                   refused with an error naming the volume and errno, nothing acknowledged is
 #                   lost, the controller goes on serving its other volumes.
+#   rolling         a consistency group over three primary controllers and nothing but the
+#                   controllers running (no watch_and_freeze, no management suspend): one
+#                   primary's link stalled or cut, the secondary SIGSTOPped, or kill -9 of one
+#                   primary, at a random ack count. The controllers must freeze the group by
+#                   themselves: every pair SUSPENDED or SUSPENDED_ERROR at one T, the
+#                   secondary a consistent cut holding every write acknowledged before the
+#                   fault and none stamped at or after T; heal, resume, identical. Its freeze
+#                   figures (event arrival times at the harness, write latencies during the
+#                   freeze) are in the result; `measure_detection` times link death to the
+#                   first hold with no host writes at all.
 #
 # Every campaign returns a CampaignResult (figures and failures) instead of asserting, so a
 # test can also assert the opposite: with a planted bug (config planted_bugs, testing only),
@@ -38,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import os
 import random
@@ -47,15 +58,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from remcopy.controller.process import ControllerProcess
 from remcopy.errors import RemcopyError
 from remcopy.groups import GroupPair, run_operation, suspend
 from remcopy.groups.freeze import watch_and_freeze
-from remcopy.states import CopyMode
-from remcopy.wire.native import PairItem, PairOp
+from remcopy.states import CopyMode, PairState
+from remcopy.wire.native import DeviceStatus, PairItem, PairOp
 from remcopy.workload.checker import check_image
 from remcopy.workload.faultworld import (
     ITERATION_TIMEOUT_S,
     VOLUME_BYTES,
+    Event,
     HarnessError,
     Load,
     Shape,
@@ -63,6 +76,7 @@ from remcopy.workload.faultworld import (
     digest,
     establish,
     events,
+    recorded,
     restart,
     resume,
     succeeded,
@@ -71,10 +85,17 @@ from remcopy.workload.faultworld import (
 )
 from remcopy.workload.image import Image, ImageReader
 from remcopy.workload.log import read_log
-from remcopy.workload.report import Reason
+from remcopy.workload.report import CheckReport, Reason
 from remcopy.workload.workload import WorkloadStats
 
-CAMPAIGNS: Final = ("kill_primary", "kill_secondary", "link_fault", "suspend_shadow", "io_fault")
+CAMPAIGNS: Final = (
+    "kill_primary",
+    "kill_secondary",
+    "link_fault",
+    "suspend_shadow",
+    "io_fault",
+    "rolling",
+)
 PLANTED_BUGS: Final = ("mirror_late_write", "drop_update", "skip_changemap_bit", "early_sync_ack")
 # The campaigns that catch each planted bug. The first is the one tests/campaigns asserts
 # catches it; the rest caught it too when every bug was hunted with every campaign
@@ -114,6 +135,8 @@ class CampaignSettings:
     """Stop at the first failed check (hunting a planted bug)."""
     progress: Callable[[str], None] | None = None
     """Called with one line per iteration (the bench prints them on stderr)."""
+    faults: tuple[str, ...] = ()
+    """rolling only: the faults to choose from (empty: all of ROLLING_FAULTS)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,6 +156,17 @@ class CampaignResult:
     planted_bugs: tuple[str, ...] = ()
     findings: tuple[str, ...] = ()
     """Every failed check: iteration, what was checked, and the first violation."""
+    faults: tuple[str, ...] = ()
+    """The fault of each iteration, as `kind victim` (rolling)."""
+    freeze_ms: tuple[float, ...] = ()
+    """rolling: per freeze, the first `hold` line to the last pair sealed (arrival times at
+    the harness's event readers)."""
+    freeze_write_latencies_ms: tuple[float, ...] = ()
+    """rolling: the latency of every host write whose issue-to-acknowledgement overlapped a
+    freeze window (the last attempt's stamp to its acknowledgement)."""
+    freeze_issued_latencies_ms: tuple[float, ...] = ()
+    """rolling: the same for the writes issued inside a freeze window only (after the first
+    hold line: the detection time is not in them)."""
     harness_error: str = ""
     """Why the campaign stopped early, if something other than a check went wrong."""
 
@@ -171,6 +205,10 @@ class _Tally:
     writes: int = 0
     iterations: int = 0
     findings: list[str] = field(default_factory=list)
+    faults_done: list[str] = field(default_factory=list)
+    freeze_ms: list[float] = field(default_factory=list)
+    freeze_write_latencies_ms: list[float] = field(default_factory=list)
+    freeze_issued_latencies_ms: list[float] = field(default_factory=list)
 
 
 # One iteration: its random choices, its checks...
@@ -218,7 +256,7 @@ class _Iteration:
         require_all_acked: bool,
         at_ns: int | None = None,
         what: str = "",
-    ) -> None:
+    ) -> CheckReport:
         tertiaries = self.w.tertiaries if image is Image.SHADOW else None
         reader = ImageReader(self.w.session, self.w.group, image, tertiaries=tertiaries)
         report = await check_image(
@@ -239,6 +277,7 @@ class _Iteration:
             }
             self.tally.acked_lost += report.acked_missing + len(holes)
         self.passed(report.consistent, report.summary(), secondary=image is not Image.PRIMARY)
+        return report
 
     async def identical(self, what: str) -> None:
         """Every secondary holds exactly its primary's bytes (both frozen: no writes)."""
@@ -453,6 +492,220 @@ async def _io_fault(it: _Iteration) -> None:
     await it.identical(f"after {kind} on {pair.volser} and a restart")
 
 
+# The rolling campaign: a consistency group frozen by its controllers alone...
+
+ROLLING_FAULTS: Final = ("stall", "cut", "sigstop", "kill")
+"""stall or cut of one primary's replication link, SIGSTOP of the secondary controller,
+kill -9 of one primary controller."""
+ROLLING_HUNT_FAULTS: Final = ("stall", "cut", "sigstop")
+"""The faults the rolling campaign passes with no planted bug (kill: see hunt_planted_bug)."""
+# How long the harness waits for every reachable pair to leave DUPLEX after the fault. The
+# controllers promise detection within ack_timeout_s (1 s here) or heartbeat interval +
+# timeout (2.5 s), and a freeze within hold_s (10 s) after it; on a loaded 2-core machine
+# a controller can stall for seconds. Past this bound the group did not freeze: a finding
+# (the rest of the iteration still checks and repairs), not a harness failure.
+FREEZE_WAIT_S: Final = 30.0
+_SEALED: Final = (PairState.SUSPENDED, PairState.SUSPENDED_ERROR)
+
+
+def _left_duplex(events: list[Event], addresses: set[str]) -> dict[str, Event]:
+    """The first `pair ADDRESS DUPLEX -> ...` line of each of these addresses."""
+    left: dict[str, Event] = {}
+    for event in events:
+        words = event.line.split(maxsplit=4)
+        if (
+            len(words) >= 4
+            and words[:1] + words[2:4] == ["pair", "DUPLEX", "->"]
+            and words[1] in addresses
+            and words[1] not in left
+        ):
+            left[words[1]] = event
+    return left
+
+
+def _freeze_lines(events: list[Event]) -> list[str]:
+    return [
+        f"{e.controller}: {e.line}"
+        for e in events
+        if e.line.startswith(("hold ", "freeze", "armed ")) or " -> SUSPENDED" in e.line
+    ]
+
+
+async def _query(w: World, procs: list[ControllerProcess]) -> list[tuple[GroupPair, DeviceStatus]]:
+    """Each of these controllers' primaries of the group with its QUERY status."""
+    out: list[tuple[GroupPair, DeviceStatus]] = []
+    for proc in procs:
+        pairs = [p for p in w.group.pairs if p.primary_controller == proc.name]
+        statuses = await w.session.channels[proc.name].query(
+            tuple(p.primary.device_key for p in pairs)
+        )
+        by_key = {s.device: s for s in statuses}
+        out.extend((p, by_key[p.primary.device_key]) for p in pairs)
+    return out
+
+
+def _states_text(found: list[tuple[GroupPair, DeviceStatus]]) -> str:
+    return ", ".join(
+        f"{p.primary} {s.state.name}" + (f" at={s.suspend_at_ns}" if s.suspend_at_ns else "")
+        for p, s in found
+    )
+
+
+async def _repair(w: World) -> None:
+    """Resume every pair that is suspended, then wait until every pair is settled in DUPLEX.
+    A restarted primary may resync a pair by itself meanwhile: only a pair still suspended
+    after a refused resume is a harness failure."""
+    stopped = [p for p, s in await _query(w, w.primaries) if s.state in _SEALED]
+    if stopped:
+        subset = dataclasses.replace(w.group, pairs=tuple(stopped))
+        report = await run_operation(w.session, subset, PairOp.RESUME)
+        if report.failed:
+            still = [p for p, s in await _query(w, w.primaries) if s.state in _SEALED]
+            if still:
+                succeeded(report, "resume")
+    await until_settled(w)
+
+
+async def _inject(w: World, fault: str, victim: int) -> None:
+    if fault == "stall":
+        w.links[victim].stall()
+    elif fault == "cut":
+        w.links[victim].cut()
+    elif fault == "sigstop":
+        w.secondary.pause()
+    else:
+        await w.primaries[victim].kill()
+
+
+def _heal(w: World, fault: str, victim: int) -> None:
+    if fault in ("stall", "cut"):
+        w.links[victim].heal()
+    elif fault == "sigstop":
+        w.secondary.unpause()
+
+
+async def _rolling(it: _Iteration) -> None:
+    w = it.w
+    victim = it.rng.randrange(len(w.primaries))
+    fault = it.rng.choice(it.settings.faults or ROLLING_FAULTS)
+    acks = it.acks()
+    proc = w.primaries[victim]
+    what = f"{fault} of {'cntlb' if fault == 'sigstop' else proc.name}"
+    if fault in ("stall", "cut"):
+        what += "'s link"
+    it.tally.faults_done.append(what)
+    reachable = [p for p in w.primaries if not (fault == "kill" and p is proc)]
+    addresses = {str(p.primary) for p in w.group.pairs if w.primary_of(p) in reachable}
+    try:
+        async with recorded(w.primaries) as recorder, it.load() as load:
+            await load.wait(acks)
+            faulted_ns = time.time_ns()
+            await _inject(w, fault, victim)
+            it.tally.faults += 1
+            # Nothing but the controllers acts now: they must find the fault and freeze.
+            froze = await recorder.wait(
+                lambda events: len(_left_duplex(events, addresses)) == len(addresses),
+                timeout_s=FREEZE_WAIT_S,
+            )
+            await load.more(acks // 4)  # after T: change-recorded (unless every chain ended)
+        it.counted(load)
+        if fault == "sigstop":
+            w.secondary.unpause()  # the checker reads the secondary
+        left = _left_duplex(recorder.events, addresses)
+        it.passed(
+            froze,
+            f"{what}: the group did not freeze: {len(addresses) - len(left)} of "
+            f"{len(addresses)} reachable pairs still DUPLEX after {FREEZE_WAIT_S} s "
+            f"(events: {_freeze_lines(recorder.events)[:12]})",
+            secondary=False,
+        )
+        _freeze_figures(it, recorder.events, left, load)
+        found = await _query(w, reachable)
+        report = await it.check(
+            load, Image.SECONDARY, require_all_acked=False, what=f"after {what}"
+        )
+        if fault == "kill":
+            await proc.start()  # what the killed primary says about its pairs after restart
+            found += await _query(w, [proc])
+        _rolling_checks(it, load, report, found, faulted_ns=faulted_ns, what=what)
+        await it.check(load, Image.PRIMARY, require_all_acked=True, what=f"after {what}")
+    finally:
+        if fault == "sigstop":
+            w.secondary.unpause()
+        if fault == "kill" and not proc.running:
+            await proc.start()
+    _heal(w, fault, victim)
+    await _repair(w)
+    await it.identical(f"resumed after the {what}")
+
+
+def _freeze_figures(
+    it: _Iteration, events: list[Event], left: dict[str, Event], load: Load
+) -> None:
+    """The freeze window (first hold line to the last pair sealed, arrival times at the
+    harness) and the host writes that overlapped it."""
+    holds = [e.arrived_ns for e in events if e.line.startswith("hold ")]
+    if not holds or not left:
+        return
+    start_ns, end_ns = min(holds), max(e.arrived_ns for e in left.values())
+    it.tally.freeze_ms.append((end_ns - start_ns) / 1e6)
+    overlapping = [(s, a) for s, a in load.acked if s <= end_ns and a >= start_ns]
+    it.tally.freeze_write_latencies_ms.extend((a - s) / 1e6 for s, a in overlapping)
+    it.tally.freeze_issued_latencies_ms.extend(
+        (a - s) / 1e6 for s, a in overlapping if s >= start_ns
+    )
+
+
+def _rolling_checks(
+    it: _Iteration,
+    load: Load,
+    report: CheckReport,
+    found: list[tuple[GroupPair, DeviceStatus]],
+    *,
+    faulted_ns: int,
+    what: str,
+) -> None:
+    # One T: every pair of the group SUSPENDED or SUSPENDED_ERROR at the same suspend time.
+    stamps = {s.suspend_at_ns for _, s in found}
+    one_t = all(s.state in _SEALED for _, s in found) and len(stamps) == 1 and 0 not in stamps
+    it.passed(
+        one_t,
+        f"{what}: the group is not frozen at one T: {_states_text(found)}",
+        secondary=False,
+    )
+    # Sync: a write acknowledged before the fault was on the secondary when it was
+    # acknowledged; a freeze never takes it back. Absent: after its chain's prefix, or a
+    # hole inside it (as `_Iteration.check` counts them).
+    log = read_log(load.log_path)
+    holes = {(v.chain, v.seq) for v in report.violations if v.reason in _ACKED_WRITE_ABSENT}
+    lost = []
+    for chain in report.chains:
+        early = [x for x in log.chain(chain.chain) if x.acked_ns < faulted_ns]
+        lost += [x for x in early if x.seq > chain.prefix or (x.chain, x.seq) in holes]
+    it.tally.acked_lost += len(lost)
+    it.passed(
+        not lost,
+        f"{what}: {len(lost)} writes acknowledged before the fault are absent from the "
+        + "secondary; first: "
+        + ", ".join(f"chain {x.chain} seq {x.seq} at {x.volume}" for x in lost[:3]),
+        secondary=True,
+    )
+    # The cut is no later than T: no write stamped at or after T reached a secondary.
+    if one_t:
+        (at_ns,) = stamps
+        late = [c for c in report.chains if c.prefix and c.prefix_stamp_ns >= at_ns]
+        it.passed(
+            not late,
+            f"{what}: writes stamped at or after the freeze's T={at_ns} reached the "
+            "secondary: "
+            + ", ".join(
+                f"chain {c.chain} seq {c.prefix} {(c.prefix_stamp_ns - at_ns) / 1e6:.3f} ms after T"
+                for c in late[:3]
+            ),
+            secondary=True,
+        )
+
+
 _Campaign = Callable[[_Iteration], Awaitable[None]]
 _RUNS: Final[dict[str, tuple[_Campaign, Shape]]] = {
     "kill_primary": (_kill_primary, Shape(links=True)),
@@ -463,6 +716,10 @@ _RUNS: Final[dict[str, tuple[_Campaign, Shape]]] = {
     ),
     "suspend_shadow": (_suspend_shadow, Shape(links=True, mode=CopyMode.ASYNC)),
     "io_fault": (_io_fault, Shape(consistency_group=False)),
+    "rolling": (
+        _rolling,
+        Shape(primaries=3, links=True, primary_settings=(("ack_timeout_s", ACK_TIMEOUT_S),)),
+    ),
 }
 
 
@@ -508,13 +765,21 @@ async def run_campaign(name: str, root: Path, settings: CampaignSettings) -> Cam
         planted_bugs=settings.planted_bugs,
         findings=tuple(tally.findings),
         harness_error=harness_error,
+        faults=tuple(tally.faults_done),
+        freeze_ms=tuple(tally.freeze_ms),
+        freeze_write_latencies_ms=tuple(tally.freeze_write_latencies_ms),
+        freeze_issued_latencies_ms=tuple(tally.freeze_issued_latencies_ms),
     )
 
 
 async def hunt_planted_bug(
     bug: str, campaign: str, root: Path, *, seed: int, iterations: int
 ) -> CampaignResult:
-    """Run a campaign against controllers with one planted bug, until a check fails."""
+    """Run a campaign against controllers with one planted bug, until a check fails.
+
+    rolling hunts without its `kill` fault: that one fails its checks with no bug planted
+    (the survivors never freeze; tests/campaigns/repro_rolling_kill_primary.py), which would
+    count as a catch."""
     if bug not in PLANTED_BUGS:
         raise HarnessError(f"unknown planted bug {bug!r}: expected one of {PLANTED_BUGS}")
     settings = CampaignSettings(
@@ -523,8 +788,92 @@ async def hunt_planted_bug(
         planted_bugs=(bug,),
         planted_bug_every=PLANTED_BUG_EVERY[bug],
         stop_on_detection=True,
+        faults=ROLLING_HUNT_FAULTS if campaign == "rolling" else (),
     )
     return await run_campaign(campaign, root, settings)
+
+
+# Detection with no host writes: link death to the first sign of it...
+
+DETECTION_FAULTS: Final = ("stall", "cut", "sigstop")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DetectionResult:
+    """How long the controllers took to notice a dead link with no host write at all."""
+
+    seed: int
+    faults: tuple[str, ...]
+    detect_ms: tuple[float, ...]
+    """Per fault detected: injection to the first `hold` or `-> SUSPENDED_ERROR` line, as
+    it reached the harness (heartbeats find it: nothing else is sent)."""
+    findings: tuple[str, ...] = ()
+    """Faults not detected, or not ending in a freeze, within FREEZE_WAIT_S."""
+    harness_error: str = ""
+
+
+def _detected(event: Event) -> bool:
+    return event.line.startswith("hold ") or " -> SUSPENDED_ERROR" in event.line
+
+
+async def _detect_once(w: World, fault: str, victim: int) -> tuple[float | None, str]:
+    """Inject one fault into the idle world; the milliseconds to its first sign (None: not
+    seen in time), and what went wrong after it ("" when the group froze)."""
+    addresses = {str(p.primary) for p in w.group.pairs}
+    try:
+        async with recorded(w.primaries) as recorder:
+            faulted_ns = time.time_ns()
+            await _inject(w, fault, victim)
+            await recorder.wait(
+                lambda events: any(_detected(e) for e in events), timeout_s=FREEZE_WAIT_S
+            )
+            froze = await recorder.wait(
+                lambda events: len(_left_duplex(events, addresses)) == len(addresses),
+                timeout_s=FREEZE_WAIT_S,
+            )
+    finally:
+        _heal(w, fault, victim)
+    first = next((e for e in recorder.events if _detected(e)), None)
+    detect_ms = None if first is None else (first.arrived_ns - faulted_ns) / 1e6
+    problem = "" if froze else f"did not freeze: {_freeze_lines(recorder.events)[:12]}"
+    return detect_ms, problem
+
+
+async def measure_detection(root: Path, *, iterations: int, seed: int) -> DetectionResult:
+    """In the rolling campaign's world, settled and idle, inject one fault per iteration
+    (link stall, link cut, secondary SIGSTOP) and time it to the first hold line; freeze,
+    heal and resume between iterations."""
+    _, shape = _RUNS["rolling"]
+    faults: list[str] = []
+    detect_ms: list[float] = []
+    findings: list[str] = []
+    harness_error = ""
+    try:
+        async with world(root, shape) as w:
+            for index in range(iterations):
+                rng = random.Random(f"remcopy-detection:{seed}:{index}")
+                victim = rng.randrange(len(w.primaries))
+                fault = rng.choice(DETECTION_FAULTS)
+                what = f"{fault} of {'cntlb' if fault == 'sigstop' else w.primaries[victim].name}"
+                faults.append(what)
+                async with asyncio.timeout(ITERATION_TIMEOUT_S):
+                    ms, problem = await _detect_once(w, fault, victim)
+                    await _repair(w)
+                if ms is None:
+                    findings.append(f"{what}: not detected within {FREEZE_WAIT_S} s")
+                else:
+                    detect_ms.append(ms)
+                if problem:
+                    findings.append(f"{what}: {problem}")
+    except (RemcopyError, TimeoutError, OSError) as exc:
+        harness_error = f"iteration {len(faults) - 1}: {type(exc).__name__}: {exc}"
+    return DetectionResult(
+        seed=seed,
+        faults=tuple(faults),
+        detect_ms=tuple(detect_ms),
+        findings=tuple(findings),
+        harness_error=harness_error,
+    )
 
 
 __all__ = [
@@ -534,7 +883,11 @@ __all__ = [
     "PLANTED_BUG_EVERY",
     "CampaignResult",
     "CampaignSettings",
+    "DETECTION_FAULTS",
+    "DetectionResult",
     "HarnessError",
+    "ROLLING_FAULTS",
     "hunt_planted_bug",
+    "measure_detection",
     "run_campaign",
 ]

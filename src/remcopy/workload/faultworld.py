@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -275,6 +276,74 @@ async def events(procs: list[ControllerProcess]) -> AsyncIterator[dict[str, Subs
             await ch.close()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """One event line as it reached the harness."""
+
+    arrived_ns: int
+    """time.time_ns() when the harness's reader took it off the stream (the host's clock)."""
+    controller: str
+    line: str
+
+
+class EventRecorder:
+    """Every event line of some controllers, kept with its arrival time, read as it comes.
+
+    A reader task per stream takes each line off as soon as the event loop runs it, so the
+    arrival times are the harness's (one loop shared with the workload: a busy loop adds its
+    own delay). A stream that ends (its controller was killed) ends its reader quietly.
+    """
+
+    def __init__(self, subs: dict[str, Subscription]) -> None:
+        self.events: list[Event] = []
+        self._changed = asyncio.Event()
+        self._readers = [
+            asyncio.create_task(self._read(name, sub), name=f"events {name}")
+            for name, sub in subs.items()
+        ]
+
+    def __repr__(self) -> str:
+        live = sum(not r.done() for r in self._readers)
+        return f"<EventRecorder events={len(self.events)} streams={live}/{len(self._readers)}>"
+
+    async def _read(self, name: str, sub: Subscription) -> None:
+        with contextlib.suppress(RemcopyError):
+            async for line in sub:
+                self.events.append(Event(arrived_ns=time.time_ns(), controller=name, line=line))
+                self._changed.set()
+        self._changed.set()
+
+    async def wait(self, met: Callable[[list[Event]], bool], *, timeout_s: float) -> bool:
+        """Wait until `met(events)` holds; False when timeout_s passed or every stream ended
+        first (the caller decides whether that is a finding)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not met(self.events):
+                    if all(r.done() for r in self._readers):
+                        return False
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        for reader in self._readers:
+            reader.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def recorded(procs: list[ControllerProcess]) -> AsyncIterator[EventRecorder]:
+    """An EventRecorder over these controllers' live event streams."""
+    async with events(procs) as subs:
+        recorder = EventRecorder(subs)
+        try:
+            yield recorder
+        finally:
+            await recorder.close()
+
+
 async def until_duplex(w: World, subs: dict[str, Subscription]) -> None:
     """Wait until every pair has announced `-> DUPLEX` at its primary."""
     for name, sub in subs.items():
@@ -350,12 +419,15 @@ class Load:
         self.w, self.log_path, self.seed, self.writers = w, log_path, seed, writers
         self.writes = writes
         self.count = 0
+        self.acked: list[tuple[int, int]] = []
+        """(issue stamp, acknowledgement) of every acknowledged write, in the host's clock."""
         self.stop = asyncio.Event()
         self._changed = asyncio.Event()
         self.task: asyncio.Task[WorkloadStats] | None = None
 
     def __call__(self, write: LoggedWrite) -> None:
         self.count += 1
+        self.acked.append((write.stamp_ns, write.acked_ns))
         self._changed.set()
 
     async def __aenter__(self) -> Load:
@@ -393,6 +465,17 @@ class Load:
             await asyncio.wait([changed, self.task], return_when=asyncio.FIRST_COMPLETED)
             changed.cancel()
 
+    async def more(self, count: int) -> None:
+        """Wait for `count` more acknowledged writes, or for the workload to end by itself
+        (its chains meet a controller that is gone)."""
+        assert self.task is not None
+        target = self.count + count
+        while self.count < target and not self.task.done():
+            self._changed.clear()
+            changed = asyncio.create_task(self._changed.wait())
+            await asyncio.wait([changed, self.task], return_when=asyncio.FIRST_COMPLETED)
+            changed.cancel()
+
     def stats(self) -> WorkloadStats:
         assert self.task is not None and self.task.done()
         return self.task.result()
@@ -425,6 +508,8 @@ __all__ = [
     "VOLUME_BYTES",
     "WRITE_SIZES",
     "HarnessError",
+    "Event",
+    "EventRecorder",
     "Load",
     "Shape",
     "World",
@@ -433,6 +518,7 @@ __all__ = [
     "events",
     "hardware_address",
     "next_event",
+    "recorded",
     "restart",
     "resume",
     "succeeded",
