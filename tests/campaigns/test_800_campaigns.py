@@ -82,8 +82,7 @@ async def test_the_controllers_alone_freeze_a_group_of_three_primaries_at_one_T(
 ):
     """A stalled or cut link of a random primary, or a SIGSTOPped secondary, with nothing but
     the controllers running, ends with every pair suspended at one T and a consistent cut."""
-    # kill -9 of a primary is left out: the survivors never freeze (the reproducer is
-    # repro_rolling_kill_primary.py, outside the suite; docs/consistency.md says why).
+    # kill -9 of a primary has its own test below (it is no replication error: no freeze).
     result = await _campaign(
         "rolling",
         tmp_path,
@@ -93,3 +92,19 @@ async def test_the_controllers_alone_freeze_a_group_of_three_primaries_at_one_T(
         faults=("stall", "cut", "sigstop"),
     )
     assert len(result.freeze_ms) == ROLLING_ITERATIONS  # every freeze began with a hold
+
+
+async def test_kill_9_of_one_primary_of_a_group_leaves_a_consistent_cut_with_nothing_lost(
+    tmp_path, campaign_seed, record_property
+):
+    """kill -9 of one primary of a sync consistency group: the survivors go on mirroring (its
+    unacknowledged writes never happened), the secondary stays a consistent cut holding every
+    acknowledged write, and the restarted primary rejoins and resyncs."""
+    await _campaign(
+        "rolling",
+        tmp_path,
+        campaign_seed,
+        record_property,
+        iterations=1,
+        faults=("kill",),
+    )

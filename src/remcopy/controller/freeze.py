@@ -41,17 +41,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from remcopy.errors import InputError, RemcopyError, SuspendTimeInPast, WriteProtected
-from remcopy.states import PairRole, PairState
+from remcopy.states import PairAction, PairRole, PairState
 from remcopy.wire.native import PairOp, PairOpReply, PairOpRequest, PairResult
 
 if TYPE_CHECKING:
-    from remcopy.controller.core import Controller
+    from remcopy.controller.core import Controller, PairInfo
     from remcopy.controller.replication import DeviceRun, Replicator
 
 log = logging.getLogger("remcopy.replication")
@@ -64,6 +66,10 @@ GROUP_MEMBERS_MAX: Final = 64
 MARGIN_ROUND_TRIPS_MIN: Final = 4
 # Re-proposals of an earlier T before an initiator gives up agreeing (each only decreases T).
 PROPOSALS_MAX: Final = 8
+# Pause between two attempts to reach a sibling that did not answer (within the hold).
+RETRY_S: Final = 0.05
+# Pause between two rounds of asking the siblings at start (within link_start_grace_s).
+REJOIN_RETRY_S: Final = 0.2
 
 
 def membership(
@@ -128,6 +134,8 @@ class Freezer:
         self.arm_commit_ms: dict[int, float] = {}
         """How long arming each T took (the commit runs on the event loop: host I/O waits)."""
         self.seals: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.rejoined = asyncio.Event()
+        """Set once every group here learned from its siblings whether it froze meanwhile."""
         """The seal of each T armed here (a host suspend that joins a freeze waits on it)."""
         for name in ("freezes_started", "freezes_joined", "freezes_incomplete"):
             self.controller.counters.setdefault(name, 0)
@@ -247,20 +255,29 @@ class Freezer:
             f'cause="{cause}"'
         )
         confirmed: dict[int, int] = {}
+        proposals = 0
         try:
             async with asyncio.timeout_at(hold_deadline):
-                for _ in range(PROPOSALS_MAX):
-                    answers = await asyncio.gather(
-                        *(self._tell(s, group, freeze.at_ns) for s in siblings)
-                    )
-                    confirmed = {s: t for s, t in zip(siblings, answers, strict=True) if t >= 0}
-                    earliest = min((t for t in confirmed.values() if t), default=freeze.at_ns)
-                    if earliest >= freeze.at_ns and len(confirmed) == len(siblings):
+                while True:
+                    # Ask the siblings not yet armed at this T (all, after a new T).
+                    asking = [s for s in siblings if confirmed.get(s) not in (0, freeze.at_ns)]
+                    if not asking:
                         break
+                    answers = await asyncio.gather(
+                        *(self._tell(s, group, freeze.at_ns) for s in asking)
+                    )
+                    confirmed.update((s, t) for s, t in zip(asking, answers, strict=True) if t >= 0)
+                    earliest = min((t for t in confirmed.values() if t), default=freeze.at_ns)
                     if earliest < freeze.at_ns:  # another freeze chose an earlier T: join it
+                        proposals += 1
+                        if proposals > PROPOSALS_MAX:
+                            break
                         freeze.at_ns = self.arm(group, earliest, now_ns=time.time_ns()) or earliest
                         continue
-                    await asyncio.sleep(0.05)  # a sibling refused or did not answer: retry
+                    if any(t < 0 for t in answers):
+                        # A sibling refused or did not answer: ask it again until the hold
+                        # ends (its own link timeout paces the retries).
+                        await asyncio.sleep(RETRY_S)
         except (TimeoutError, RemcopyError) as exc:
             log.warning("freeze of group %s: %s", group, exc or "hold expired")
         freeze.unconfirmed = {
@@ -299,6 +316,127 @@ class Freezer:
             default=0,
         )
         return max(self.margin_s, MARGIN_ROUND_TRIPS_MIN * slowest_ns / 1e9)
+
+    # A primary that starts again: did its groups freeze while it was down?...
+
+    def peer_group_query(self, peer_serial: int, request: PairOpRequest) -> PairOpReply:
+        """Answer a sibling that starts again: each device of the group here, its state and
+        the T it is armed or suspended at."""
+        group = str(request.options.get("group", ""))
+        members = self.controller.groups.get(group)
+        if members is None:
+            return PairOpReply(results=(), document={"known": False})
+        if peer_serial not in members:
+            raise WriteProtected(
+                f"query of group {group!r} from controller {peer_serial} refused: it is not "
+                f"a member of that group on controller {self.controller.name}"
+            )
+        results = tuple(
+            PairResult(
+                device=run.device.key,
+                state=run.device.pair.state,
+                role=run.device.pair.role,
+                at_ns=run.device.pair.suspend_at_ns,
+            )
+            for run in self.rep.runs.values()
+            if run.device.pair.group == group and run.device.pair.role is PairRole.PRIMARY
+        )
+        return PairOpReply(results=results, document={"known": True})
+
+    def rejoin_all(self) -> None:
+        """At start: hold the host writes of every consistency group's mirroring devices
+        here (not armed) until the siblings said whether the group froze meanwhile."""
+        groups: dict[str, list[DeviceRun]] = {}
+        for name, members in self.controller.groups.items():
+            if len(members) < 2:
+                continue
+            runs = [r for r in self.group_runs(name) if not r.device.pair.suspend_at_ns]
+            if runs:
+                groups[name] = runs
+        if not groups:
+            self.rejoined.set()
+            return
+        for runs in groups.values():
+            for run in runs:
+                run.held = asyncio.Event()
+                run.held_since_ns = time.time_ns()
+        self.rep.spawn(self._rejoin_all(groups), name="rejoin")
+
+    async def _rejoin_all(self, groups: dict[str, list[DeviceRun]]) -> None:
+        try:
+            await asyncio.gather(*(self._rejoin(name, runs) for name, runs in groups.items()))
+        finally:
+            for runs in groups.values():
+                _release(runs)
+            self.rejoined.set()
+
+    async def _rejoin(self, group: str, runs: list[DeviceRun]) -> None:
+        members = self.controller.groups[group]
+        siblings = [m for m in members if m != self.controller.serial]
+        grace_s = self.controller.config.controller.link_start_grace_s
+        self.controller.announce(
+            f"rejoin group={group} devices={len(runs)} siblings={len(siblings)}: host writes "
+            "wait until the siblings say whether the group froze meanwhile"
+        )
+        answers: dict[int, PairOpReply] = {}
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace_s):
+                while len(answers) < len(siblings):
+                    asking = [s for s in siblings if s not in answers]
+                    replies = await asyncio.gather(*(self._ask(s, group) for s in asking))
+                    answers.update((s, r) for s, r in zip(asking, replies, strict=True) if r)
+                    if len(answers) < len(siblings):
+                        await asyncio.sleep(REJOIN_RETRY_S)
+        suspended = [
+            r.at_ns
+            for reply in answers.values()
+            for r in reply.results
+            if r.state in (PairState.SUSPENDED, PairState.SUSPENDED_ERROR) and r.at_ns
+        ]
+        if suspended:
+            # The group froze (or was suspended) while this controller was down: nothing
+            # was mirrored here since it stopped, which was before T, so these devices join
+            # the cut at T, in error; host writes from now on are change-recorded.
+            at_ns = min(suspended)
+            self._fail_at(runs, at_ns, cause="rejoin-frozen")
+            self.controller.announce(
+                f"rejoin group={group} frozen at={at_ns} by its siblings while this "
+                f"controller was down: {len(runs)} devices SUSPENDED_ERROR at T"
+            )
+        elif len(answers) == len(siblings):
+            self.controller.announce(f"rejoin group={group}: the group mirrors: released")
+        else:
+            missing = ",".join(str(s) for s in siblings if s not in answers)
+            if self.unreachable == "stop":
+                self._fail_at(runs, 0, cause="rejoin-unconfirmed")
+            self.controller.announce(
+                f"rejoin-incomplete group={group} unanswered={missing} "
+                f"policy={self.unreachable}: "
+                + (
+                    "devices SUSPENDED_ERROR (nothing mirrored until resumed)"
+                    if self.unreachable == "stop"
+                    else "mirroring without knowing whether the group froze"
+                )
+            )
+
+    async def _ask(self, serial: int, group: str) -> PairOpReply | None:
+        try:
+            return await self.rep.link(serial).operate(
+                PairOpRequest(op=PairOp.PEER_GROUP_QUERY, options={"group": group})
+            )
+        except RemcopyError as exc:
+            log.info("rejoin of group %s: sibling %d: %s", group, serial, exc)
+            return None
+
+    def _fail_at(self, runs: list[DeviceRun], at_ns: int, *, cause: str) -> None:
+        changes: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]] = {}
+        for run in runs:
+            if run.device.pair.state in (PairState.DUPLEX, PairState.PENDING):
+                changes[run.device.key] = (PairAction.FAIL, _suspended_at(at_ns))
+                if run.copier is not None:
+                    run.copier.cancel()
+        if changes:
+            self.controller.commit_states(changes, cause=cause, at_ns=at_ns or time.time_ns())
 
     # A host suspend that meets a freeze...
 
@@ -360,6 +498,20 @@ class Freezer:
             and freeze.confirmed.done()
             and bool(freeze.unconfirmed)
         )
+
+
+def _release(runs: list[DeviceRun]) -> None:
+    for run in runs:
+        if run.held is not None:
+            run.held.set()
+            run.held = None
+
+
+def _suspended_at(at_ns: int) -> Callable[[PairInfo], None]:
+    def update(info: PairInfo) -> None:
+        info.suspend_at_ns = at_ns
+
+    return update
 
 
 __all__ = ["Freezer", "membership"]

@@ -858,6 +858,8 @@ class PairOperations:
     def peer_op(self, peer_serial: int, request: PairOpRequest) -> PairOpReply:
         if request.op is PairOp.PEER_FREEZE:
             return self.rep.freezer.peer_freeze(peer_serial, request)
+        if request.op is PairOp.PEER_GROUP_QUERY:
+            return self.rep.freezer.peer_group_query(peer_serial, request)
         results: list[PairResult] = []
         chunks: list[bytes] = []  # PEER_CHANGEMAP: each device's bitmap, in item order
         changes: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]] = {}

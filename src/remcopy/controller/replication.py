@@ -181,6 +181,7 @@ class Replicator:
                 await link.close()
 
     async def _start(self) -> None:
+        self.freezer.rejoin_all()  # before the restart's resyncs, which wait for it
         self._resume_after_restart()
         self.spawn(self._heartbeats(), name="heartbeats")
 
@@ -277,6 +278,7 @@ class Replicator:
         """Updates were in flight when we stopped: copy the marked tracks again, then DUPLEX."""
         link = self.link(serial)
         await link.replayed.wait()
+        await self.freezer.rejoined.wait()  # a group frozen meanwhile is not resumed here
         # Only pairs still as found at start: an operator may have acted meanwhile.
         runs = [
             r

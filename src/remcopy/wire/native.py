@@ -361,6 +361,10 @@ class PairOp(enum.IntEnum):
     """Sent by a primary to its sibling primaries of a consistency group: arm the group's
     devices at at_ns (or an earlier T already armed); options["group"] names the group; the
     reply's document says the T kept (controller/freeze.py)."""
+    PEER_GROUP_QUERY = 25
+    """Sent by a primary of a consistency group that starts again, to its siblings: answer
+    with the state and T of each of the group's devices here (did the group freeze while
+    the asker was down?)."""
     # Host operations on an armed suspend (scheduled suspends, docs/protocol.md).
     SUSPEND_WAIT = 8
     """Answer once the suspend armed for at_ns on these devices has been sealed."""

@@ -1,23 +1,10 @@
-# REPRODUCER, NOT IN THE SUITE (the file name does not match test_*.py, so only an explicit
-# `pytest tests/campaigns/repro_rolling_sibling_back_after_freeze.py` runs it). It FAILS on
-# the product as of branch rolling (issue 14): a rolling disaster leaves the secondary site
-# inconsistent.
-#
-# The sequence (three primaries cntla0..2, one sync consistency group, nothing but the
-# controllers acting on the group): kill -9 of cntla1 (nothing freezes: see
-# repro_rolling_kill_primary.py); then cntla0's replication link stalls. cntla0 holds, arms
-# itself and cntla2 at T, cannot reach cntla1, and after hold_s announces freeze-incomplete
-# and releases (freeze_unreachable = "go"). docs/replication.md section 4.2 says the group is
-# still consistent when the unreachable sibling is down. Then cntla1 comes back (as a service
-# manager restarts it, Restart=on-failure): it knows nothing of the freeze, its pairs are
-# DUPLEX, and it mirrors again while cntla0 and cntla2 are suspended at T. A host writing
-# dependent writes across the three controllers now puts a write on cntla1's secondary whose
-# predecessor, written to cntla0 or cntla2 after T, is only change-recorded: the secondary site
-# holds a later write without the earlier one it depends on.
-#
-# Why (our reading): the freeze is told to the siblings once, within the hold; nothing makes
-# a primary that was down at that moment learn of it when it starts again (it does not ask
-# its siblings, and the armed T is persisted only where PEER_FREEZE arrived).
+# A rolling disaster: one primary of a sync consistency group dies, then another's link
+# stalls and the survivors freeze the group without it (freeze-incomplete: it cannot answer).
+# When the dead primary starts again it must not mirror: it asks its siblings whether the
+# group froze while it was down, and joins the cut at T in SUSPENDED_ERROR
+# (controller/freeze.py, "rejoin"). Found by the rolling campaign: before the rejoin, the
+# returning primary mirrored again and the secondary site held writes whose predecessors,
+# written to the frozen siblings after T, were only change-recorded.
 from __future__ import annotations
 
 import pytest
@@ -71,16 +58,25 @@ async def test_a_primary_that_was_down_during_a_freeze_does_not_mirror_when_it_r
                 e.line for e in recorder.events
             ]
         await b.start()  # cntla1 comes back
+        # Dependent writes across the three controllers, as a host goes on writing (those to
+        # cntla1 wait until it learned the group froze).
+        path = tmp_path / "after.jsonl"
+        async with Load(w, path, seed=campaign_seed + 1, writers=6) as after:
+            await after.wait(200)
         statuses = await w.session.channels[b.name].query(
             tuple(p.primary.device_key for p in w.group.pairs if p.primary_controller == b.name)
         )
         print("cntla1 after its restart:", [(s.state.name, s.suspend_at_ns) for s in statuses])
-        # Dependent writes across the three controllers, as a host goes on writing.
-        path = tmp_path / "after.jsonl"
-        async with Load(w, path, seed=campaign_seed + 1, writers=6) as after:
-            await after.wait(200)
         reader = ImageReader(w.session, w.group, Image.SECONDARY)
         report = await check_image(reader, read_log(path), require_all_acked=False)
         print(report.summary())
         assert report.consistent, report.summary()
         assert {s.state for s in statuses} <= {PairState.SUSPENDED, PairState.SUSPENDED_ERROR}
+        siblings = [
+            await w.session.channels[p.name].query(
+                tuple(g.primary.device_key for g in w.group.pairs if g.primary_controller == p.name)
+            )
+            for p in (a, c)
+        ]
+        stamps = {s.suspend_at_ns for batch in [statuses, *siblings] for s in batch}
+        assert len(stamps) == 1 and 0 not in stamps, stamps  # the same cut at T as theirs
