@@ -143,6 +143,9 @@ class ControllerSection(_Strict):
             "skip_changemap_bit",
             "early_sync_ack",
             "crash_background",
+            "freeze_local_only",
+            "freeze_late_sibling",
+            "no_hold",
         ]
     ] = Field(default_factory=list)
     """TESTING ONLY: known bugs the fault campaigns must catch (docs/consistency.md)."""

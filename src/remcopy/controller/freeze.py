@@ -68,6 +68,8 @@ MARGIN_ROUND_TRIPS_MIN: Final = 4
 PROPOSALS_MAX: Final = 8
 # Pause between two attempts to reach a sibling that did not answer (within the hold).
 RETRY_S: Final = 0.05
+# TESTING ONLY: how much later than told the planted bug freeze_late_sibling arms a sibling.
+LATE_SIBLING_NS: Final = 2_000_000_000
 # Pause between two rounds of asking the siblings at start (within link_start_grace_s).
 REJOIN_RETRY_S: Final = 0.2
 
@@ -201,6 +203,10 @@ class Freezer:
                 f"freeze of group {group!r} from controller {peer_serial} refused: it is not "
                 f"a member of that group on controller {self.controller.name}"
             )
+        if self.rep._planted("freeze_late_sibling"):
+            # PLANTED BUG: armed later than told, and answered as if at T.
+            self.arm(group, request.at_ns + LATE_SIBLING_NS, now_ns=time.time_ns())
+            return PairOpReply(results=(), document={"at_ns": request.at_ns})
         kept = self.arm(group, request.at_ns, now_ns=time.time_ns())
         self.controller.counters["freezes_joined"] += 1
         self.controller.announce(
@@ -242,6 +248,8 @@ class Freezer:
         group, trigger, started_ns = freeze.group, freeze.trigger, freeze.started_ns
         members = self.controller.groups.get(group, (self.controller.serial,))
         siblings = [m for m in members if m != self.controller.serial]
+        if self.rep._planted("freeze_local_only"):  # PLANTED BUG: the siblings never hear of it
+            siblings = []
         hold_deadline = asyncio.get_running_loop().time() + self.rep.hold_s
         at_ns = started_ns + int(self._margin_s(siblings) * 1e9)
         self.controller.counters["freezes_started"] += 1

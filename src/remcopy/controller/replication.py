@@ -396,7 +396,7 @@ class Replicator:
         pair = run.device.pair
         if pair.state not in (PairState.DUPLEX, PairState.PENDING) or run.held is not None:
             return
-        if pair.consistency_group:
+        if pair.consistency_group and not self._planted("no_hold"):  # PLANTED BUG when set
             run.held = asyncio.Event()
             run.held_since_ns = time.time_ns()
             self.controller.announce(

@@ -96,7 +96,15 @@ CAMPAIGNS: Final = (
     "io_fault",
     "rolling",
 )
-PLANTED_BUGS: Final = ("mirror_late_write", "drop_update", "skip_changemap_bit", "early_sync_ack")
+PLANTED_BUGS: Final = (
+    "mirror_late_write",
+    "drop_update",
+    "skip_changemap_bit",
+    "early_sync_ack",
+    "freeze_local_only",
+    "freeze_late_sibling",
+    "no_hold",
+)
 # The campaigns that catch each planted bug. The first is the one tests/campaigns asserts
 # catches it; the rest caught it too when every bug was hunted with every campaign
 # (bench/faults.py without --quick; docs/consistency.md has the table).
@@ -105,6 +113,11 @@ CATCHERS: Final = {
     "drop_update": ("kill_secondary", "kill_primary", "link_fault", "suspend_shadow", "io_fault"),
     "skip_changemap_bit": ("kill_secondary", "link_fault", "suspend_shadow"),
     "early_sync_ack": ("kill_primary", "link_fault"),
+    # The controller freeze's guarantees: only the rolling campaign runs without a
+    # management process that would freeze the group in the controllers' place.
+    "freeze_local_only": ("rolling",),
+    "freeze_late_sibling": ("rolling",),
+    "no_hold": ("rolling",),
 }
 # How often each bug fires in a hunt: on every n-th eligible event.
 PLANTED_BUG_EVERY: Final = {
@@ -112,6 +125,9 @@ PLANTED_BUG_EVERY: Final = {
     "drop_update": 3,
     "skip_changemap_bit": 1,
     "early_sync_ack": 1,
+    "freeze_local_only": 1,
+    "freeze_late_sibling": 1,
+    "no_hold": 1,
 }
 
 # A stalled link counts as failed after this long without a confirmation.
