@@ -148,7 +148,7 @@ secondary_devices = "2B04-2B07"
             "--host",
             HOST,
             "--in",
-            "80ms",
+            "2s",
             "--json",
             catalog=catalog,
             check=False,
