@@ -213,16 +213,7 @@ class Freezer:
             f"freeze group={group} at={kept or request.at_ns} from={peer_serial} "
             f"devices={len(self.group_runs(group))}"
         )
-        results = tuple(
-            PairResult(
-                device=run.device.key,
-                state=run.device.pair.state,
-                role=run.device.pair.role,
-                at_ns=run.device.pair.suspend_at_ns,
-            )
-            for run in self.group_runs(group)
-        )
-        return PairOpReply(results=results, document={"at_ns": kept})
+        return PairOpReply(results=_states(self.group_runs(group)), document={"at_ns": kept})
 
     # The initiator...
 
@@ -339,17 +330,12 @@ class Freezer:
                 f"query of group {group!r} from controller {peer_serial} refused: it is not "
                 f"a member of that group on controller {self.controller.name}"
             )
-        results = tuple(
-            PairResult(
-                device=run.device.key,
-                state=run.device.pair.state,
-                role=run.device.pair.role,
-                at_ns=run.device.pair.suspend_at_ns,
-            )
+        runs = [
+            run
             for run in self.rep.runs.values()
             if run.device.pair.group == group and run.device.pair.role is PairRole.PRIMARY
-        )
-        return PairOpReply(results=results, document={"known": True})
+        ]
+        return PairOpReply(results=_states(runs), document={"known": True})
 
     def rejoin_all(self) -> None:
         """At start: hold the host writes of every consistency group's mirroring devices
@@ -506,6 +492,19 @@ class Freezer:
             and freeze.confirmed.done()
             and bool(freeze.unconfirmed)
         )
+
+
+def _states(runs: list[DeviceRun]) -> tuple[PairResult, ...]:
+    """Each device's state and the T it is armed or suspended at, for a sibling."""
+    return tuple(
+        PairResult(
+            device=run.device.key,
+            state=run.device.pair.state,
+            role=run.device.pair.role,
+            at_ns=run.device.pair.suspend_at_ns,
+        )
+        for run in runs
+    )
 
 
 def _release(runs: list[DeviceRun]) -> None:
