@@ -594,6 +594,7 @@ class _NbdConnection(asyncio.BufferedProtocol):
                 native.WriteRequest(
                     device=device.key, offset=offset, timestamp_ns=stamp, fua=fua, data=data
                 ),
+                busy_waits=True,  # NBD cannot say busy without an error fatal to filesystems
             )
         # Every piece in this loop step, with one stamp: all on the same side of a suspend T.
         waits: list[Awaitable[None]] = []
@@ -605,6 +606,7 @@ class _NbdConnection(asyncio.BufferedProtocol):
                 native.WriteRequest(
                     device=device.key, offset=offset + start, timestamp_ns=stamp, data=piece
                 ),
+                busy_waits=True,
             )
             if follow is not None:
                 waits.append(follow)

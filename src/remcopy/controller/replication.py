@@ -33,6 +33,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -72,8 +73,6 @@ COPY_IN_FLIGHT_PER_DEVICE: Final = 8
 COPY_IN_FLIGHT_MAX: Final = 64
 # How long a consistency-group device holds host writes after a replication error: config
 # key controller.hold_s (default 2 s).
-# How long a semisync write waits for its predecessor's confirmation before answering busy.
-SEMISYNC_WAIT_S: Final = 10.0
 
 
 @dataclass(eq=False)
@@ -154,6 +153,7 @@ class Replicator:
             "bytes_copied",
             "link_errors",
             "held_writes",
+            "busy_writes",
         ):
             self.counters.setdefault(name, 0)
 
@@ -459,8 +459,15 @@ class Replicator:
 
     # Host writes...
 
-    def host_write(self, grant: HostGrant, msg: native.WriteRequest) -> Awaitable[None] | None:
-        """Do a host write; returns what the acknowledgement must wait for, or None."""
+    def host_write(
+        self, grant: HostGrant, msg: native.WriteRequest, *, busy_waits: bool = False
+    ) -> Awaitable[None] | None:
+        """Do a host write; returns what the acknowledgement must wait for, or None.
+
+        semisync: a write to a device whose previous update the secondary has not confirmed
+        is refused at once with DeviceBusy (retryable; nothing written), which the native
+        host channel retries, as the seed's device answers busy. `busy_waits` (NBD, where a
+        busy would be an I/O error to a filesystem) waits for that confirmation instead."""
         device = self.controller.device_for_host(grant, msg.device)
         device.volume.check_range("write", msg.offset, len(msg.data))  # before any bit is set
         run = self.runs[device.key]
@@ -475,7 +482,7 @@ class Replicator:
             self._write_local(device, msg)
             return None
         if run.held is not None:
-            return self._held_write(run, grant, msg)
+            return self._held_write(run, grant, msg, busy_waits)
         if pair.state is PairState.SUSPENDED_ERROR and pair.fence is FencePolicy.DATA:
             raise WriteProtected(
                 f"write to {device.address} refused: the secondary cannot be updated "
@@ -517,6 +524,12 @@ class Replicator:
             and run.last_update is not None
             and not run.last_update.done()
         ):
+            if not busy_waits:
+                self.counters["busy_writes"] += 1
+                raise DeviceBusy(
+                    f"write to {device.address}: the secondary has not confirmed the "
+                    "previous write yet (semisync): retry"
+                )
             return self._semisync_after(run, grant, msg, run.last_update)
         return self._mirror(run, msg)
 
@@ -677,11 +690,13 @@ class Replicator:
                 f"resume or terminate the pair first: {exc}"
             )
 
-    async def _held_write(self, run: DeviceRun, grant: HostGrant, msg: native.WriteRequest) -> None:
+    async def _held_write(
+        self, run: DeviceRun, grant: HostGrant, msg: native.WriteRequest, busy_waits: bool
+    ) -> None:
         assert run.held is not None
         self.counters["held_writes"] += 1
         await run.held.wait()
-        follow = self.host_write(grant, msg)
+        follow = self.host_write(grant, msg, busy_waits=busy_waits)
         if follow is not None:
             await follow
 
@@ -692,17 +707,11 @@ class Replicator:
         msg: native.WriteRequest,
         previous: asyncio.Future[None],
     ) -> None:
-        try:
-            async with asyncio.timeout(SEMISYNC_WAIT_S):
-                await asyncio.shield(previous)
-        except TimeoutError:
-            raise DeviceBusy(
-                f"{run.device.address}: the previous write is not confirmed by "
-                "the secondary yet: retry"
-            ) from None
-        except RemcopyError:
-            pass  # the error path already recorded it; this write goes by the new state
-        follow = self.host_write(grant, msg)
+        # The previous update settles: confirmed, or failed by the link's error or its ack
+        # timeout (ack_timeout_s), so this wait is bounded by the link's own deadlines.
+        with contextlib.suppress(RemcopyError):  # an error recorded it; go by the new state
+            await asyncio.shield(previous)
+        follow = self.host_write(grant, msg, busy_waits=True)
         if follow is not None:
             await follow
 

@@ -30,6 +30,7 @@ from remcopy.errors import (
     AuthenticationFailed,
     BrokenResourceError,
     ClosedResourceError,
+    DeviceBusy,
     RemcopyError,
     RemoteProtocolError,
     RequestTimeout,
@@ -39,6 +40,11 @@ from remcopy.wire import auth, native
 
 CONNECT_TIMEOUT_S_DEFAULT: Final = 5.0
 REQUEST_TIMEOUT_S_DEFAULT: Final = 30.0
+# A busy device is asked again at once, then after a pause that doubles up to the max: the
+# secondary's confirmation usually comes within a round trip, but a stalled link keeps the
+# device busy until the primary's ack timeout fails it.
+BUSY_BACKOFF_FIRST_S: Final = 0.0005
+BUSY_BACKOFF_MAX_S: Final = 0.05
 EVENT_QUEUE_MAX: Final = 100_000
 # Requests queued for a controller that does not take them beyond this make the next caller
 # wait for the socket (the transport's high-water mark; the low one is a quarter).
@@ -78,6 +84,7 @@ class Channel:
         self._closed = False
         self.requests_sent = 0
         self.reconnects = 0
+        self.busy_retries = 0
 
     def __repr__(self) -> str:
         host, port = self.address
@@ -311,15 +318,29 @@ class Channel:
         timestamp_ns: int | None = None,
         fua: bool = False,
     ) -> int:
-        """Write; returns the timestamp the write was stamped with (its issue time)."""
+        """Write; returns the timestamp the write was stamped with (its issue time).
+
+        A device that answers busy (a semisync pair whose previous update the secondary has
+        not confirmed: nothing was written) is asked again with the same stamp, as a host
+        channel retries a busy device, until it accepts or `timeout_s` has passed."""
         stamp = time.time_ns() if timestamp_ns is None else timestamp_ns
-        await self.request(
-            native.WriteRequest(
-                device=device, offset=offset, data=data, timestamp_ns=stamp, fua=fua
-            ),
-            native.WriteReply,
+        request = native.WriteRequest(
+            device=device, offset=offset, data=data, timestamp_ns=stamp, fua=fua
         )
-        return stamp
+        deadline = time.monotonic() + self.timeout_s
+        pause_s = 0.0
+        while True:
+            try:
+                await self.request(request, native.WriteReply)
+            except DeviceBusy:
+                self.busy_retries += 1
+                if time.monotonic() >= deadline:
+                    raise
+                if pause_s:
+                    await asyncio.sleep(pause_s)
+                pause_s = min(BUSY_BACKOFF_MAX_S, max(BUSY_BACKOFF_FIRST_S, 2 * pause_s))
+                continue
+            return stamp
 
     async def flush(self, devices: tuple[int, ...] = ()) -> None:
         await self.request(native.FlushRequest(devices=tuple(devices)), native.FlushReply)
