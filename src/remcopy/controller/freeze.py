@@ -136,9 +136,9 @@ class Freezer:
         self.arm_commit_ms: dict[int, float] = {}
         """How long arming each T took (the commit runs on the event loop: host I/O waits)."""
         self.seals: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        """The seal of each T armed here (a host suspend that joins a freeze waits on it)."""
         self.rejoined = asyncio.Event()
         """Set once every group here learned from its siblings whether it froze meanwhile."""
-        """The seal of each T armed here (a host suspend that joins a freeze waits on it)."""
         for name in ("freezes_started", "freezes_joined", "freezes_incomplete"):
             self.controller.counters.setdefault(name, 0)
 
