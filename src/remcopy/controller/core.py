@@ -182,6 +182,12 @@ class Controller:
     def open(self) -> None:
         """Open every volume (formatting missing ones when allowed) and load pair states."""
         cfg = self.config
+        testing = cfg.testing()
+        if testing:
+            log.warning(
+                "TESTING ONLY switches are on (never in production): %s",
+                " ".join(f"{key}={value}" for key, value in testing.items()),
+            )
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -458,7 +464,10 @@ class Controller:
         by_state: dict[str, int] = {}
         for device in self.devices.values():
             by_state[device.pair.state.name] = by_state.get(device.pair.state.name, 0) + 1
+        testing = self.config.testing()
         return {
+            # Present only when a test-only switch is on: `controller status` shows it loudly.
+            **({"testing": testing} if testing else {}),
             "name": self.name,
             "serial": self.serial,
             "uptime_s": round((time.time_ns() - self.started_ns) / 1e9, 3),
