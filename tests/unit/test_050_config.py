@@ -2,6 +2,7 @@
 # ConfigError naming the file, the key path and the value, listing all problems at once.
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,15 @@ def _edited(*edits: tuple[str, str]) -> str:
 def _write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "cntl.toml"
     path.write_text(text, encoding="utf-8")
+    path.chmod(0o600)  # it holds secrets: a controller refuses it readable by others
+    return path
+
+
+def _example(tmp_path: Path, name: str) -> Path:
+    """A copy of docs/examples/NAME made 0600 (a checkout makes it 0644: refused)."""
+    path = tmp_path / name
+    shutil.copy(EXAMPLES / name, path)
+    path.chmod(0o600)
     return path
 
 
@@ -111,19 +121,19 @@ def test_load_controller_config_boundaries(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["cntl1.toml", "cntl2.toml"])
-def test_load_controller_config_examples(name: str) -> None:
+def test_load_controller_config_examples(tmp_path: Path, name: str) -> None:
     """Each example in docs/examples loads with four volumes, host hosta and one peer."""
-    config = load_controller_config(EXAMPLES / name)
+    config = load_controller_config(_example(tmp_path, name))
 
     assert len(config.volumes) == 4
     assert [h.name for h in config.hosts] == ["hosta"]
     assert len(config.peers) == 1
 
 
-def test_load_controller_config_examples_name_each_other() -> None:
+def test_load_controller_config_examples_name_each_other(tmp_path: Path) -> None:
     """The two examples name each other as peers with matching serial, address and secret."""
-    one = load_controller_config(EXAMPLES / "cntl1.toml")
-    two = load_controller_config(EXAMPLES / "cntl2.toml")
+    one = load_controller_config(_example(tmp_path, "cntl1.toml"))
+    two = load_controller_config(_example(tmp_path, "cntl2.toml"))
 
     def as_peer(config: ControllerConfig) -> tuple[str, int, tuple[str, int]]:
         return (config.controller.name, config.controller.serial, config.controller.listen)

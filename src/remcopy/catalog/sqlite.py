@@ -13,6 +13,7 @@
 # - WAL journal: readers do not block the writer, nor the writer the readers.
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -43,10 +44,13 @@ class SQLiteBackend:
                 "hint: use sqlite:///PATH or a plain path"
             )
         try:
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            Path(database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Created 0600 before SQLite opens it: its -wal/-shm/-journal take its mode.
+            os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
         except OSError as exc:
             raise CatalogUnavailable(
-                f"catalog: cannot create the catalog's folder: path={database}: {exc.strerror}"
+                f"catalog: cannot create the catalog file or its folder: path={database}: "
+                f"{exc.strerror}"
             ) from None
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
         event.listen(engine, "connect", _connected)

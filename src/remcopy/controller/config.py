@@ -7,6 +7,9 @@
 # exactly this and nothing else.
 #
 #
+# A config that holds secrets (hosts, peers) must be its user's alone: one that group or
+# others may access is refused, naming the fix (`chmod 600`), as ssh refuses such a key.
+#
 # Test-only switches (planted bugs, injected volume faults, a slow identify) exist so the fault
 # campaigns can prove they catch what they must. A production controller must never run with
 # one because a config was copied from a test: a config that names any of TESTING_KEYS is
@@ -27,6 +30,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from remcopy import configfile
+from remcopy.controller import atrest
 from remcopy.controller.volume import (
     TRACK_SIZE_DEFAULT_BYTES,
     TRACK_SIZE_MAX_BYTES,
@@ -330,9 +334,11 @@ def load_controller_config(
     """Read and check a controller config; relative data_dir is taken from the file's folder.
 
     Test-only keys are refused unless `environ` (default: this process's) has
-    REMCOPY_TESTING=1; the refusals are listed with every other problem of the file."""
+    REMCOPY_TESTING=1, and a file holding secrets is refused when group or others may access
+    it; the refusals are listed with every other problem of the file."""
     data = configfile.read_toml(path)
     refused = _testing_refused(data, str(path), os.environ if environ is None else environ)
+    refused += atrest.config_exposure(path, data)
     if refused:
         # Validate the rest without the refused keys: every problem is named at once, and a
         # refused volume_faults is never armed.

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Final
 
 from remcopy.configfile import parse_address
+from remcopy.controller import atrest
 from remcopy.errors import RemcopyError
 
 READY_TIMEOUT_S: Final = 30.0
@@ -113,9 +114,17 @@ class ControllerSpec:
         return "\n".join(lines)
 
     def write(self, path: Path) -> Path:
+        """Write the config 0600 (it holds secrets: a controller refuses it otherwise)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.toml())
+        write_private(path, self.toml())
         return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a text file that holds secrets: created 0600, an existing one made 0600."""
+    with os.fdopen(atrest.open_private(path, os.O_WRONLY | os.O_TRUNC), "w") as out:
+        os.fchmod(out.fileno(), atrest.FILE_MODE)  # our own file, rewritten: no wider mode
+        out.write(text)
 
 
 def _toml_value(value: object) -> str:
@@ -184,7 +193,7 @@ class ControllerProcess:
         `ready_timeout_s` bounds the wait (raise it for controllers with thousands of
         volumes on a loaded machine)."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env, **(extra_env or {})}
-        log = self.log_path.open("ab")
+        log = os.fdopen(atrest.open_private(self.log_path, os.O_WRONLY | os.O_APPEND), "ab")
         try:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,
