@@ -14,14 +14,17 @@ from pathlib import Path
 import pytest
 
 from common import HOST, SECRET, controller_spec
+from helpers import RawClient
 from remcopy.catalog import Catalog
 from remcopy.controller import statefile
 from remcopy.controller.changemap import ChangeMap
 from remcopy.controller.journal import Journal
 from remcopy.controller.process import TESTING_ENV, ControllerProcess
+from remcopy.controller.server import escape_name
 from remcopy.controller.volume import Volume
 from remcopy.host.channel import Channel
 from remcopy.ids import Volser
+from remcopy.wire import native
 
 Start = Callable[..., Awaitable[ControllerProcess]]
 PROCESS_TIMEOUT_S = 60
@@ -308,3 +311,45 @@ def test_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
         "changemaps/0A00.map": 0o600,
         "pairs.json": 0o600,
     }
+
+
+# Names from the network in the log -------------------------------------------------------------
+
+FORGED = "remcopy.controller INFO authenticated host admin from 10.0.0.1:5000"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [f"intruder\n{FORGED}", f"intruder\r\n{FORGED}", f"intruder\u2028{FORGED}", "a\x1b[2Kb"],
+    ids=["newline", "crlf", "line-separator", "terminal-escape"],
+)
+async def test_a_name_in_hello_cannot_forge_a_log_line(
+    start_controller: Start, tmp_path: Path, name: str
+) -> None:
+    """A HELLO name with a newline or control characters is logged escaped, on one line."""
+    proc = await start_controller(controller_spec(tmp_path, "cntla", 64015))
+    client = await RawClient.open(proc.address)
+    try:
+        reply = await client.hello(name)
+        assert isinstance(reply, native.ErrorReply)
+    finally:
+        client.writer.close()
+    async with Channel(proc.address, name=HOST, secret=SECRET):
+        pass  # its "authenticated" line comes after the refusal's
+
+    log = proc.log_text()
+    refused = [line for line in log.splitlines() if "refused" in line]
+    assert len(refused) == 1, log
+    assert escape_name(name) in refused[0]
+    assert "\x1b" not in log and "\u2028" not in log and "\r" not in log
+    assert not any(line.startswith(FORGED) for line in log.splitlines())
+    assert f"authenticated host {HOST} from" in log
+
+
+def test_escape_name_leaves_printable_names_and_escapes_the_rest() -> None:
+    """Printable names are unchanged; control characters and backslashes become escapes."""
+    assert escape_name("hosta") == "hosta"
+    assert escape_name("host a-1.é") == "host a-1.é"
+    assert escape_name("a\nb") == "a\\nb"
+    assert escape_name("a\\nb") == "a\\\\nb"  # a literal backslash cannot fake an escape
+    assert escape_name("a\x1b[31m") == "a\\x1b[31m"
