@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from remcopy.controller.config import ControllerConfig, load_controller_config
+from remcopy.controller.config import TESTING_KEYS, ControllerConfig, load_controller_config
 from remcopy.errors import ConfigError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
@@ -329,3 +329,40 @@ def test_load_controller_config_reports_every_cross_entry_problem(tmp_path: Path
     ]
     assert all(p.startswith(f"{path}: ") for p in error.problems)
     assert str(error).startswith(f"{path}: 6 problems\n")
+
+
+# Test-only switches ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("environ", [{}, {"REMCOPY_TESTING": "0"}, {"REMCOPY_TESTING": "yes"}])
+def test_load_controller_config_refuses_test_only_keys_without_REMCOPY_TESTING_1(
+    tmp_path: Path, environ: dict[str, str]
+) -> None:
+    """Each test-only key is one problem naming it; REMCOPY_TESTING must be exactly "1"."""
+    path = _write(
+        tmp_path,
+        GOOD.replace(
+            'data_dir = "cntl1-data"\n',
+            'data_dir = "cntl1-data"\nplanted_bugs = []\nidentify_delay_s = 0.0\n'
+            'volume_faults = {PAY001 = "eio_after:1"}\nplanted_bug_every = 5\n',
+        ),
+    )
+    with pytest.raises(ConfigError) as info:
+        load_controller_config(path, environ=environ)
+    assert [p.split(": ")[1] for p in info.value.problems] == [
+        f"controller.{key}" for key in TESTING_KEYS
+    ]
+    assert all("for testing only" in p for p in info.value.problems)
+
+
+def test_load_controller_config_accepts_test_only_keys_with_REMCOPY_TESTING_1(
+    tmp_path: Path,
+) -> None:
+    """With REMCOPY_TESTING=1 the keys load, and testing() names exactly those set."""
+    path = _write(
+        tmp_path,
+        GOOD.replace('data_dir = "cntl1-data"\n', 'data_dir = "x"\nplanted_bug_every = 5\n'),
+    )
+    config = load_controller_config(path, environ={"REMCOPY_TESTING": "1"})
+    assert config.testing() == {"planted_bug_every": 5}
+    assert load_controller_config(_write(tmp_path, GOOD), environ={}).testing() == {}
