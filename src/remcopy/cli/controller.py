@@ -114,9 +114,12 @@ def check(config: Path, as_json: bool) -> None:
 
 
 def _testing_warning(testing: object) -> str:
-    """The line that says a controller runs with test-only switches on."""
-    assert isinstance(testing, dict)
-    switches = " ".join(f"{key}={value}" for key, value in testing.items())
+    """The line that says a controller runs with test-only switches on (`testing` comes from
+    the controller's status document: anything but an object is shown as it came)."""
+    if isinstance(testing, dict):
+        switches = " ".join(f"{key}={value}" for key, value in testing.items())
+    else:
+        switches = repr(testing)
     return f"WARNING: TESTING ONLY switches are on (never in production): {switches}"
 
 
