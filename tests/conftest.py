@@ -1,24 +1,33 @@
 # Shared fixtures: worlds of real controller processes on 127.0.0.1 in a temporary folder.
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
 from common import HOST, SECRET, MiB, controller_spec  # noqa: F401
 from remcopy.controller.process import ControllerProcess, ControllerSpec
 
-Start = Callable[[ControllerSpec], Awaitable[ControllerProcess]]
+
+class Start(Protocol):
+    def __call__(
+        self, spec: ControllerSpec, *, extra_env: dict[str, str] | None = None
+    ) -> Awaitable[ControllerProcess]: ...
 
 
 @pytest.fixture
 async def start_controller(tmp_path: Path) -> AsyncIterator[Start]:
-    """Start controller processes from specs; every one is stopped at teardown."""
+    """Start controller processes from specs; every one is stopped at teardown. Pass
+    extra_env=TESTING_ENV only for a spec with test-only keys (never for all: a test shows
+    that without it such a key is refused)."""
     started: list[ControllerProcess] = []
 
-    async def start(spec: ControllerSpec) -> ControllerProcess:
-        proc = ControllerProcess(spec.write(tmp_path / f"{spec.name}.toml"))
+    async def start(
+        spec: ControllerSpec, *, extra_env: dict[str, str] | None = None
+    ) -> ControllerProcess:
+        proc = ControllerProcess(spec.write(tmp_path / f"{spec.name}.toml"), extra_env=extra_env)
         started.append(proc)
         return await proc.start()
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from common import HOST, SECRET, MiB
 from remcopy.controller.process import (
+    TESTING_ENV,
     ControllerProcess,
     ControllerSpec,
     PeerSpec,
@@ -77,8 +78,10 @@ async def build(
     size_bytes: int = 4 * MiB,
     peer_address: dict[int, str] | None = None,
     primary_settings: dict[str, object] | None = None,
+    testing: bool = False,
 ) -> World:
-    """Write configs with fixed ports, start the secondary, then the primaries."""
+    """Write configs with fixed ports, start the secondary, then the primaries (`testing`:
+    the primaries run with REMCOPY_TESTING=1, for primary_settings with test-only keys)."""
     world = World(root=root, volumes=volumes, size_bytes=size_bytes)
     ports = [free_port() for _ in range(primaries + 1)]
     secondary_spec = ControllerSpec(
@@ -152,7 +155,9 @@ async def build(
                 ),
             ],
         )
-        world.primaries.append(await ControllerProcess(spec.write(root / f"cntla{i}.toml")).start())
+        env = TESTING_ENV if testing else None
+        proc = ControllerProcess(spec.write(root / f"cntla{i}.toml"), extra_env=env)
+        world.primaries.append(await proc.start())
     return world
 
 

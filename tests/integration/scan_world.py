@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import SECRET, controller_spec
-from remcopy.controller.process import ControllerProcess, free_port
+from remcopy.controller.process import TESTING_ENV, ControllerProcess, free_port
 from remcopy.host.definition import HostDefinition, load_host_definition
 
 CONTROLLERS = (
@@ -68,9 +68,11 @@ async def build(root: Path, start, *, slow: str | None = None, volumes: int = 8)
             hosts={"hosta": SECRET, "hostb": SECRET},
         )
         spec.listen = f"127.0.0.1:{ports[name]}"
-        if name == slow:
+        if name == slow:  # identify_delay_s is test-only: that controller needs TESTING_ENV
             spec.identify_delay_s = 1.0
-        procs[name] = await start(spec)
+            procs[name] = await start(spec, extra_env=TESTING_ENV)
+        else:
+            procs[name] = await start(spec)
     addresses = {name: p.endpoint for name, p in procs.items()}
     a = root / "hosta.toml"
     a.write_text(

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from remcopy.controller.process import write_private
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 CONFIG_NAME = "cntl.toml"
 PROCESS_TIMEOUT_S = 60
@@ -85,7 +87,7 @@ def _files(root: Path) -> list[Path]:
 
 def test_controller_check_good_file(tmp_path: Path) -> None:
     """`controller check` on a good file exits 0 and says ok."""
-    (tmp_path / CONFIG_NAME).write_text(GOOD)
+    write_private(tmp_path / CONFIG_NAME, GOOD)
 
     result = _remcopy(tmp_path, "controller", "check", CONFIG_NAME)
 
@@ -96,7 +98,7 @@ def test_controller_check_good_file(tmp_path: Path) -> None:
 
 def test_controller_check_good_file_json(tmp_path: Path) -> None:
     """`controller check --json` on a good file prints a document with ok true."""
-    (tmp_path / CONFIG_NAME).write_text(GOOD)
+    write_private(tmp_path / CONFIG_NAME, GOOD)
 
     result = _remcopy(tmp_path, "controller", "check", "--json", CONFIG_NAME)
 
@@ -117,6 +119,7 @@ def test_controller_check_good_file_json(tmp_path: Path) -> None:
 def test_controller_check_examples(tmp_path: Path, name: str) -> None:
     """`controller check --json` accepts each example in docs/examples."""
     shutil.copy(EXAMPLES / name, tmp_path / name)
+    (tmp_path / name).chmod(0o600)  # it holds secrets: a checkout makes it 0644
 
     result = _remcopy(tmp_path, "controller", "check", "--json", name)
 
@@ -130,7 +133,7 @@ def test_controller_check_examples(tmp_path: Path, name: str) -> None:
 
 def test_controller_check_creates_nothing(tmp_path: Path) -> None:
     """`controller check` with format_missing creates neither data_dir nor any file."""
-    (tmp_path / CONFIG_NAME).write_text(GOOD)
+    write_private(tmp_path / CONFIG_NAME, GOOD)
     before = _files(tmp_path)
 
     result = _remcopy(tmp_path, "controller", "check", CONFIG_NAME)
@@ -210,7 +213,7 @@ def test_controller_refuses_bad_config(
     tmp_path: Path, command: str, edit: tuple[str, str], key_path: str, value_text: str
 ) -> None:
     """`controller check` and `serve` exit 2 naming the file, the bad key and its value."""
-    (tmp_path / CONFIG_NAME).write_text(_edited(edit))
+    write_private(tmp_path / CONFIG_NAME, _edited(edit))
 
     result = _remcopy(tmp_path, "controller", command, CONFIG_NAME)
 
@@ -226,7 +229,7 @@ def test_controller_refuses_bad_config(
 
 def test_controller_check_json_refuses_bad_config(tmp_path: Path) -> None:
     """`controller check --json` on a bad file prints nothing on stdout and exits 2."""
-    (tmp_path / CONFIG_NAME).write_text(_edited(('id = "0A"', 'id = "0G"')))
+    write_private(tmp_path / CONFIG_NAME, _edited(('id = "0A"', 'id = "0G"')))
 
     result = _remcopy(tmp_path, "controller", "check", "--json", CONFIG_NAME)
 
@@ -242,7 +245,7 @@ def test_controller_check_reports_every_problem(tmp_path: Path) -> None:
         ('ssid = "1A00"', 'ssid = "1A0"'),
         ('secret = "s3cret-hosta-key"', 'secret = "abc1234"'),
     )
-    (tmp_path / CONFIG_NAME).write_text(text)
+    write_private(tmp_path / CONFIG_NAME, text)
 
     result = _remcopy(tmp_path, "controller", "check", CONFIG_NAME)
 
@@ -256,7 +259,7 @@ def test_controller_check_reports_every_problem(tmp_path: Path) -> None:
 
 def test_controller_check_invalid_toml(tmp_path: Path) -> None:
     """`controller check` on invalid TOML exits 2 naming the file and the line."""
-    (tmp_path / CONFIG_NAME).write_text(_edited(("serial = 64015", "serial = = 64015")))
+    write_private(tmp_path / CONFIG_NAME, _edited(("serial = 64015", "serial = = 64015")))
 
     result = _remcopy(tmp_path, "controller", "check", CONFIG_NAME)
 
@@ -287,7 +290,7 @@ def test_controller_serve_port_in_use(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         text = _edited(('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"'))
-        (tmp_path / CONFIG_NAME).write_text(text)
+        write_private(tmp_path / CONFIG_NAME, text)
 
         result = _remcopy(tmp_path, "controller", "serve", CONFIG_NAME)
 
@@ -304,7 +307,7 @@ def test_controller_serve_file_not_a_volume(tmp_path: Path) -> None:
     volume_file.parent.mkdir(parents=True)
     garbage = random.Random(110).randbytes(256 * 1024)
     volume_file.write_bytes(garbage)
-    (tmp_path / CONFIG_NAME).write_text(GOOD)
+    write_private(tmp_path / CONFIG_NAME, GOOD)
 
     result = _remcopy(tmp_path, "controller", "serve", CONFIG_NAME)
 

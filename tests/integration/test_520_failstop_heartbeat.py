@@ -23,6 +23,7 @@ async def test_a_background_task_that_fails_stops_the_controller_with_one_line(t
         tmp_path,
         volumes=1,
         primary_settings={"planted_bugs": ["crash_background"], "planted_bug_every": 1},
+        testing=True,
     )
     try:
         primary = world.primaries[0]

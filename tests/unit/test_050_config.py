@@ -2,11 +2,12 @@
 # ConfigError naming the file, the key path and the value, listing all problems at once.
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
-from remcopy.controller.config import ControllerConfig, load_controller_config
+from remcopy.controller.config import TESTING_KEYS, ControllerConfig, load_controller_config
 from remcopy.errors import ConfigError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
@@ -57,6 +58,15 @@ def _edited(*edits: tuple[str, str]) -> str:
 def _write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "cntl.toml"
     path.write_text(text, encoding="utf-8")
+    path.chmod(0o600)  # it holds secrets: a controller refuses it readable by others
+    return path
+
+
+def _example(tmp_path: Path, name: str) -> Path:
+    """A copy of docs/examples/NAME made 0600 (a checkout makes it 0644: refused)."""
+    path = tmp_path / name
+    shutil.copy(EXAMPLES / name, path)
+    path.chmod(0o600)
     return path
 
 
@@ -111,19 +121,19 @@ def test_load_controller_config_boundaries(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["cntl1.toml", "cntl2.toml"])
-def test_load_controller_config_examples(name: str) -> None:
+def test_load_controller_config_examples(tmp_path: Path, name: str) -> None:
     """Each example in docs/examples loads with four volumes, host hosta and one peer."""
-    config = load_controller_config(EXAMPLES / name)
+    config = load_controller_config(_example(tmp_path, name))
 
     assert len(config.volumes) == 4
     assert [h.name for h in config.hosts] == ["hosta"]
     assert len(config.peers) == 1
 
 
-def test_load_controller_config_examples_name_each_other() -> None:
+def test_load_controller_config_examples_name_each_other(tmp_path: Path) -> None:
     """The two examples name each other as peers with matching serial, address and secret."""
-    one = load_controller_config(EXAMPLES / "cntl1.toml")
-    two = load_controller_config(EXAMPLES / "cntl2.toml")
+    one = load_controller_config(_example(tmp_path, "cntl1.toml"))
+    two = load_controller_config(_example(tmp_path, "cntl2.toml"))
 
     def as_peer(config: ControllerConfig) -> tuple[str, int, tuple[str, int]]:
         return (config.controller.name, config.controller.serial, config.controller.listen)
@@ -319,3 +329,40 @@ def test_load_controller_config_reports_every_cross_entry_problem(tmp_path: Path
     ]
     assert all(p.startswith(f"{path}: ") for p in error.problems)
     assert str(error).startswith(f"{path}: 6 problems\n")
+
+
+# Test-only switches ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("environ", [{}, {"REMCOPY_TESTING": "0"}, {"REMCOPY_TESTING": "yes"}])
+def test_load_controller_config_refuses_test_only_keys_without_REMCOPY_TESTING_1(
+    tmp_path: Path, environ: dict[str, str]
+) -> None:
+    """Each test-only key is one problem naming it; REMCOPY_TESTING must be exactly "1"."""
+    path = _write(
+        tmp_path,
+        GOOD.replace(
+            'data_dir = "cntl1-data"\n',
+            'data_dir = "cntl1-data"\nplanted_bugs = []\nidentify_delay_s = 0.0\n'
+            'volume_faults = {PAY001 = "eio_after:1"}\nplanted_bug_every = 5\n',
+        ),
+    )
+    with pytest.raises(ConfigError) as info:
+        load_controller_config(path, environ=environ)
+    assert [p.split(": ")[1] for p in info.value.problems] == [
+        f"controller.{key}" for key in TESTING_KEYS
+    ]
+    assert all("for testing only" in p for p in info.value.problems)
+
+
+def test_load_controller_config_accepts_test_only_keys_with_REMCOPY_TESTING_1(
+    tmp_path: Path,
+) -> None:
+    """With REMCOPY_TESTING=1 the keys load, and testing() names exactly those set."""
+    path = _write(
+        tmp_path,
+        GOOD.replace('data_dir = "cntl1-data"\n', 'data_dir = "x"\nplanted_bug_every = 5\n'),
+    )
+    config = load_controller_config(path, environ={"REMCOPY_TESTING": "1"})
+    assert config.testing() == {"planted_bug_every": 5}
+    assert load_controller_config(_write(tmp_path, GOOD), environ={}).testing() == {}

@@ -13,6 +13,7 @@
 # - WAL journal: readers do not block the writer, nor the writer the readers.
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -43,10 +44,20 @@ class SQLiteBackend:
                 "hint: use sqlite:///PATH or a plain path"
             )
         try:
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            Path(database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise CatalogUnavailable(
                 f"catalog: cannot create the catalog's folder: path={database}: {exc.strerror}"
+            ) from None
+        try:
+            # A new catalog is created 0600 before SQLite opens it: its -wal, -shm and -journal
+            # take its mode. An existing file is left as it is (DESIGN.md section 6).
+            os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise CatalogUnavailable(
+                f"catalog: cannot create the catalog file: path={database}: {exc.strerror}"
             ) from None
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
         event.listen(engine, "connect", _connected)

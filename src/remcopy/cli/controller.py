@@ -98,6 +98,9 @@ def check(config: Path, as_json: bool) -> None:
         "hosts": [h.name for h in cfg.hosts],
         "peers": [p.name for p in cfg.peers],
     }
+    testing = cfg.testing()
+    if testing:  # only with REMCOPY_TESTING=1: the config was refused otherwise
+        summary["testing"] = testing
     if as_json:
         emit_json(summary)
     else:
@@ -106,6 +109,18 @@ def check(config: Path, as_json: bool) -> None:
             f"{cfg.controller.serial}, {len(cfg.volumes)} volumes, "
             f"{len(cfg.hosts)} hosts, {len(cfg.peers)} peers"
         )
+        if testing:
+            say(_testing_warning(testing))
+
+
+def _testing_warning(testing: object) -> str:
+    """The line that says a controller runs with test-only switches on (`testing` comes from
+    the controller's status document: anything but an object is shown as it came)."""
+    if isinstance(testing, dict):
+        switches = " ".join(f"{key}={value}" for key, value in testing.items())
+    else:
+        switches = repr(testing)
+    return f"WARNING: TESTING ONLY switches are on (never in production): {switches}"
 
 
 def _address(value: str) -> tuple[str, int]:
@@ -161,6 +176,8 @@ def status(addr: str, name: str, secret: str, as_json: bool, timeout_s: float) -
         f"controller {doc['name']} serial {doc['serial']} at {addr}: "
         f"{doc['volumes']} volumes, up {doc['uptime_s']} s"
     )
+    if doc.get("testing"):
+        say(_testing_warning(doc["testing"]))
     devices = doc.get("devices", [])
     assert isinstance(devices, list)
     table(

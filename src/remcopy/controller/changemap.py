@@ -27,6 +27,7 @@ from typing import Final
 
 from bitarray import bitarray
 
+from remcopy.controller import atrest
 from remcopy.errors import VolumeIOError
 
 _MAGIC: Final = b"RMCPYMAP"
@@ -44,8 +45,8 @@ class ChangeMap:
         bitmap_bytes = (tracks + 7) // 8
         size = _HEADER_BYTES + max(bitmap_bytes, 1)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            atrest.make_folder(path.parent)
+            fd = atrest.open_private(path, os.O_RDWR)
         except OSError as exc:
             raise VolumeIOError(f"change map {path}: cannot open: {exc.strerror}") from exc
         try:

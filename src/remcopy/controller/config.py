@@ -6,24 +6,38 @@
 # problem is reported at once with file, key path and value. `remcopy controller check` runs
 # exactly this and nothing else.
 #
+#
+# A config that holds secrets (hosts, peers) must be its user's alone: one that group or
+# others may access is refused, naming the fix (`chmod 600`), as ssh refuses such a key.
+#
+# Test-only switches (planted bugs, injected volume faults, a slow identify) exist so the fault
+# campaigns can prove they catch what they must. A production controller must never run with
+# one because a config was copied from a test: a config that names any of TESTING_KEYS is
+# refused unless the controller's environment holds REMCOPY_TESTING=1, which only tests set
+# (DESIGN.md section 6, docs/security.md). The refusal happens before validation, so a refused
+# volume_faults is never armed.
+#
 # Reference: docs/controller-config.md (every key, with an example).
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from remcopy import configfile
+from remcopy.controller import atrest
 from remcopy.controller.volume import (
     TRACK_SIZE_DEFAULT_BYTES,
     TRACK_SIZE_MAX_BYTES,
     TRACK_SIZE_MIN_BYTES,
     arm_volume_faults,
 )
-from remcopy.errors import InvalidIdentifier
+from remcopy.errors import ConfigError, InvalidIdentifier
 from remcopy.ids import Volser, parse_serial
 
 
@@ -101,6 +115,33 @@ Size = Annotated[int, BeforeValidator(_size)]
 Address = Annotated[tuple[str, int], BeforeValidator(_address)]
 Secret = Annotated[str, BeforeValidator(_secret)]
 Network = Annotated[IpNetwork, BeforeValidator(_network)]  # NBD export
+
+
+# --- TESTING ONLY switches (docs/security.md) ---
+TESTING_ENV_VAR: Final = "REMCOPY_TESTING"
+TESTING_KEYS: Final = ("planted_bugs", "planted_bug_every", "volume_faults", "identify_delay_s")
+"""[controller] keys a config may hold only when the controller runs with REMCOPY_TESTING=1."""
+
+
+def testing_allowed(environ: Mapping[str, str]) -> bool:
+    """Whether this environment lets a config turn test-only switches on (exactly "1")."""
+    return environ.get(TESTING_ENV_VAR) == "1"
+
+
+def _testing_refused(data: dict[str, Any], source: str, environ: Mapping[str, str]) -> list[str]:
+    """One problem per test-only key the config sets without the environment switch."""
+    section = data.get("controller")
+    if not isinstance(section, dict) or testing_allowed(environ):
+        return []
+    return [
+        f"{source}: controller.{key}: for testing only: refused unless the controller runs "
+        f"with {TESTING_ENV_VAR}=1 in its environment (remove the key from a production config)"
+        for key in TESTING_KEYS
+        if key in section
+    ]
+
+
+# --- end TESTING ONLY ---
 
 
 class _Strict(BaseModel):
@@ -209,6 +250,11 @@ class ControllerConfig(_Strict):
     hosts: list[HostSection] = Field(default_factory=list)
     peers: list[PeerSection] = Field(default_factory=list)
 
+    def testing(self) -> dict[str, Any]:
+        """The test-only switches this config sets, by key (empty in production)."""
+        values = self.controller.model_dump(mode="json", include=set(TESTING_KEYS))
+        return {key: values[key] for key in TESTING_KEYS if key in self.controller.model_fields_set}
+
     def ssid_of(self, lss: int) -> int:
         for entry in self.lss:
             if entry.id == lss:
@@ -282,9 +328,26 @@ def _cross_checks(config: ControllerConfig, source: str) -> list[str]:
     return problems
 
 
-def load_controller_config(path: Path) -> ControllerConfig:
-    """Read and check a controller config; relative data_dir is taken from the file's folder."""
+def load_controller_config(
+    path: Path, *, environ: Mapping[str, str] | None = None
+) -> ControllerConfig:
+    """Read and check a controller config; relative data_dir is taken from the file's folder.
+
+    Test-only keys are refused unless `environ` (default: this process's) has
+    REMCOPY_TESTING=1, and a file holding secrets is refused when group or others may access
+    it; the refusals are listed with every other problem of the file."""
     data = configfile.read_toml(path)
+    refused = _testing_refused(data, str(path), os.environ if environ is None else environ)
+    refused += atrest.config_exposure(path, data)
+    if refused:
+        # Validate the rest without the refused keys: every problem is named at once, and a
+        # refused volume_faults is never armed.
+        rest = {k: v for k, v in data["controller"].items() if k not in TESTING_KEYS}
+        try:
+            configfile.validate(ControllerConfig, {**data, "controller": rest}, source=str(path))
+        except ConfigError as exc:
+            refused += exc.problems
+        raise configfile.problems_error(str(path), refused)
     config = configfile.validate(ControllerConfig, data, source=str(path))
     data_dir = config.controller.data_dir
     if not data_dir.is_absolute():

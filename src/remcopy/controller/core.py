@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from remcopy.controller import atrest
 from remcopy.controller.config import ControllerConfig, HostSection, load_controller_config
 from remcopy.controller.pairstore import STORE_FILE_NAME, PairStore
 from remcopy.controller.volume import Volume
@@ -182,12 +183,19 @@ class Controller:
     def open(self) -> None:
         """Open every volume (formatting missing ones when allowed) and load pair states."""
         cfg = self.config
+        testing = cfg.testing()
+        if testing:
+            log.warning(
+                "TESTING ONLY switches are on (never in production): %s",
+                " ".join(f"{key}={value}" for key, value in testing.items()),
+            )
         try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            atrest.make_folder(self.data_dir)
         except OSError as exc:
             raise ConfigError(
                 f"controller.data_dir: cannot create {self.data_dir}: {exc.strerror}"
             ) from exc
+        self._warn_exposed([cfg.volume_path(section) for section in cfg.volumes])
         problems: list[str] = []
         for i, section in enumerate(cfg.volumes):
             path = cfg.volume_path(section)
@@ -225,6 +233,19 @@ class Controller:
                 f"{source}: cannot open volumes" + "".join(f"\n  {p}" for p in problems), problems
             )
         self._load_states()
+
+    def _warn_exposed(self, volume_paths: list[Path]) -> None:
+        """One warning for existing files group or others may access: they are left as they
+        are (the administrator's to change, docs/security.md), but never silently."""
+        loose = atrest.exposed([self.data_dir, *volume_paths])
+        if loose:
+            log.warning(
+                "%d files or folders are accessible by group or others (data at rest should "
+                "be 0600 in 0700 folders; remcopy does not change them): %s: fix with "
+                "chmod 700 on folders and chmod 600 on files",
+                len(loose),
+                " ".join(str(p) for p in loose[:5]) + (" ..." if len(loose) > 5 else ""),
+            )
 
     def close(self) -> None:
         for device in self.devices.values():
@@ -458,7 +479,10 @@ class Controller:
         by_state: dict[str, int] = {}
         for device in self.devices.values():
             by_state[device.pair.state.name] = by_state.get(device.pair.state.name, 0) + 1
+        testing = self.config.testing()
         return {
+            # Present only when a test-only switch is on: `controller status` shows it loudly.
+            **({"testing": testing} if testing else {}),
             "name": self.name,
             "serial": self.serial,
             "uptime_s": round((time.time_ns() - self.started_ns) / 1e9, 3),

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from remcopy.controller import atrest
 from remcopy.controller.config import load_controller_config
 from remcopy.errors import RemcopyError
 
@@ -28,7 +29,7 @@ class DaemonError(RemcopyError):
 
 def _paths(config: Path) -> tuple[Path, Path]:
     data_dir = load_controller_config(config).controller.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
+    atrest.make_folder(data_dir)
     return data_dir / "controller.log", data_dir / "controller.pid"
 
 
@@ -50,7 +51,7 @@ def start(config: Path) -> tuple[int, str]:
             f"{config}: a controller is already running (pid {pid}, {pid_file}): stop it first"
         )
     offset = log_file.stat().st_size if log_file.exists() else 0
-    with log_file.open("ab") as log:
+    with os.fdopen(atrest.open_private(log_file, os.O_WRONLY | os.O_APPEND), "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "remcopy", "controller", "serve", str(config)],
             stdin=subprocess.DEVNULL,
@@ -59,7 +60,8 @@ def start(config: Path) -> tuple[int, str]:
             start_new_session=True,
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
         )
-    pid_file.write_text(f"{process.pid}\n")
+    with os.fdopen(atrest.open_private(pid_file, os.O_WRONLY | os.O_TRUNC), "w") as pid_out:
+        pid_out.write(f"{process.pid}\n")
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         with log_file.open("rb") as log:

@@ -24,6 +24,7 @@ import struct
 from pathlib import Path
 from typing import Final
 
+from remcopy.controller import atrest
 from remcopy.errors import DeviceBusy, VolumeIOError
 from remcopy.wire.native import Update
 
@@ -38,8 +39,8 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            atrest.make_folder(path.parent)
+            self._fd = atrest.open_private(path, os.O_RDWR | os.O_APPEND)
             self.size_bytes = os.fstat(self._fd).st_size
         except OSError as exc:
             raise VolumeIOError(f"journal {path}: cannot open: {exc.strerror}") from exc

@@ -13,7 +13,9 @@
 #   random points and checks).
 # - Only devices that are paired (or were) have a row; a device returned to SIMPLEX with no
 #   role loses its row.
-# - The file is created 0600: pair states are the controller's own.
+# - The file is created 0600: pair states are the controller's own. SQLite creates the
+#   `-wal` and `-shm` files with the database file's mode, so they are 0600 too (the test
+#   checks).
 # - A `pairs.json` left by an older controller (or written by a tool while the controller was
 #   stopped) is imported whole at open, replacing what the database held, and renamed to
 #   `pairs.json.imported`, so it is read once.

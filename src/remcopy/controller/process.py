@@ -18,9 +18,14 @@ from pathlib import Path
 from typing import Final
 
 from remcopy.configfile import parse_address
+from remcopy.controller import atrest
 from remcopy.errors import RemcopyError
 
 READY_TIMEOUT_S: Final = 30.0
+TESTING_ENV: Final = {"REMCOPY_TESTING": "1"}
+"""The environment a controller needs to accept a config's test-only keys (planted_bugs,
+volume_faults, identify_delay_s...; docs/security.md). Pass it only to the controllers whose
+config sets one: `ControllerProcess(path, extra_env=TESTING_ENV)`."""
 _READY = re.compile(r"^remcopy controller (\S+) ready serial=(\d+) listen=(\S+)")
 _READY_NBD = re.compile(r" nbd=(\S+)")  # NBD export address, when nbd_listen is configured
 
@@ -109,9 +114,17 @@ class ControllerSpec:
         return "\n".join(lines)
 
     def write(self, path: Path) -> Path:
+        """Write the config 0600 (it holds secrets: a controller refuses it otherwise)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.toml())
+        write_private(path, self.toml())
         return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a text file that holds secrets: created 0600, an existing one made 0600."""
+    with os.fdopen(atrest.open_private(path, os.O_WRONLY | os.O_TRUNC), "w") as out:
+        os.fchmod(out.fileno(), atrest.FILE_MODE)  # our own file, rewritten: no wider mode
+        out.write(text)
 
 
 def _toml_value(value: object) -> str:
@@ -141,9 +154,18 @@ class ControllerStartFailed(RemcopyError):
 class ControllerProcess:
     """One `remcopy controller serve` process; stderr goes to LOG next to its config."""
 
-    def __init__(self, config_path: Path, *, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        *,
+        log_path: Path | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.config_path = config_path
         self.log_path = log_path or config_path.with_suffix(".log")
+        self.extra_env = dict(extra_env or {})
+        """More environment for every start of this process (e.g. TESTING_ENV): a restart
+        runs with what the first start had."""
         self.process: asyncio.subprocess.Process | None = None
         self.name = ""
         self.serial = 0
@@ -167,10 +189,11 @@ class ControllerProcess:
         ready_timeout_s: float = READY_TIMEOUT_S,
     ) -> ControllerProcess:
         """Start the process and wait for its ready line; raises with its log on failure.
+        `extra_env` adds to the environment given at construction, for this start only.
         `ready_timeout_s` bounds the wait (raise it for controllers with thousands of
         volumes on a loaded machine)."""
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **(extra_env or {}))
-        log = self.log_path.open("ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env, **(extra_env or {})}
+        log = os.fdopen(atrest.open_private(self.log_path, os.O_WRONLY | os.O_APPEND), "ab")
         try:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,

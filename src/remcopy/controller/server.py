@@ -63,6 +63,16 @@ from remcopy.wire.native import Side
 
 log = logging.getLogger("remcopy.controller")
 
+
+def escape_name(name: str) -> str:
+    """A name from the network as a log may show it: unchanged when every character is
+    printable, else Python's escapes (`\\n`, `\\x1b`, `\\u2028`) and a backslash doubled,
+    so a name can never start a line of its own or move the terminal's cursor."""
+    if name.isprintable() and "\\" not in name:
+        return name
+    return name.encode("unicode_escape").decode("ascii")
+
+
 HANDSHAKE_TIMEOUT_S: Final = 10.0
 # Requests that wait on something slower than memory (fdatasync, a peer) at once.
 IN_FLIGHT_MAX: Final = 64
@@ -500,7 +510,9 @@ class ControllerServer:
         )
 
     def _on_hello(self, link: _Link, hello: native.Hello) -> None:
-        link.client = f"{hello.role.name.lower()} {hello.name}"
+        # link.client is in every later log line and error about this connection: the name is
+        # the client's, so it is escaped (a newline in it must not forge a log line).
+        link.client = f"{hello.role.name.lower()} {escape_name(hello.name)}"
         secret = self._secret_for(hello)
         if secret is None:
             kind = "host" if hello.role is native.PeerRole.HOST else "peer"

@@ -23,7 +23,7 @@ def write_atomic(path: Path, document: dict[str, Any]) -> None:
     # shows it indented.
     data = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # atrest.FILE_MODE
         try:
             os.write(fd, data)
             os.fsync(fd)

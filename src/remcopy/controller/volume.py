@@ -155,8 +155,8 @@ class Volume:
             raise InputError(f"tracks must be from 1 to {TRACKS_MAX} (got {tracks})")
         flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, flags, 0o644)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # atrest.FOLDER_MODE
+            fd = os.open(path, flags, 0o600)  # atrest.FILE_MODE: the hosts' data is private
         except FileExistsError:
             raise InputError(
                 f"volume file {path}: already exists: remove it or pass overwrite"

@@ -16,7 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from remcopy.controller.process import ControllerSpec, PeerSpec, VolumeSpec, free_port
+from remcopy.controller.process import (
+    ControllerSpec,
+    PeerSpec,
+    VolumeSpec,
+    free_port,
+    write_private,
+)
 
 VOLUME_BYTES = 1024 * 1024
 PER_CONTROLLER_MAX = 1024
@@ -268,7 +274,7 @@ def write_files(world: DemoWorld, link_endpoints: list[str]) -> list[ControllerS
     for name, text in host_files(world).items():
         path = world.host_file(name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        write_private(path, text)  # a host file holds its secret
     toml, csv = group_text(world)
     world.group_file.parent.mkdir(parents=True, exist_ok=True)
     world.group_file.write_text(toml)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Final
 
 from remcopy.controller.process import (
+    TESTING_ENV,
     ControllerProcess,
     ControllerSpec,
     PeerSpec,
@@ -186,7 +187,12 @@ async def world(
             for i in range(shape.primaries)
         ]
         secondary = ControllerProcess(secondary_spec.write(root / "cntlb.toml"))
-        primaries = [ControllerProcess(s.write(root / f"{s.name}.toml")) for s in specs]
+        # The primaries are the fault campaigns' test subjects: planted bugs and volume_faults
+        # (set at any restart) are test-only keys, accepted only with REMCOPY_TESTING=1.
+        primaries = [
+            ControllerProcess(s.write(root / f"{s.name}.toml"), extra_env=TESTING_ENV)
+            for s in specs
+        ]
         started.append(secondary)
         await secondary.start()
         started.extend(primaries)
