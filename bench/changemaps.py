@@ -30,7 +30,10 @@
 # - limits: with the soft descriptor limit at 1024 (systemd's default for services), how many
 #   devices' maps open; and with the machine's soft limit while one descriptor per device is
 #   already held for its volume (the controller keeps each volume file open); vm.max_map_count
-#   against the mappings used.
+#   against the mappings used;
+# - a check, not a figure: a new process opens the maps again and finds the same bits on every
+#   device (the prototype's slots keep their offsets and do not overlap). The prototype's count
+#   is higher: its flush steps XOR two more patterns in.
 #
 # Run: .venv/bin/python bench/changemaps.py [--quick] [--seed N]. --quick uses 2,000 devices.
 # The last line is `RESULT {json}`; times are in seconds.
@@ -314,6 +317,7 @@ def child_run(layout: str, root: Path, devices: int, tracks: int, seed: int) -> 
     del writes
     out["marked"] = _resources(root)
     out["count_all_s"] = _timed(lambda: [one.count() for one in maps.values()])
+    out["counts"] = [maps[key].count() for key in sorted(maps)]
     out["close_s"] = _timed(opened.close)
     return out
 
@@ -336,8 +340,9 @@ def child_limit(layout: str, root: Path, devices: int, tracks: int, held: int) -
             opened_maps = list(controller.maps.values())
     except (OSError, VolumeIOError) as exc:
         error = "EMFILE" if "Too many open files" in str(exc) else str(exc)[:60]
-    result = {
+    result: dict[str, Any] = {
         "opened": len(opened_maps),
+        "counts": [one.count() for one in opened_maps] if not error else [],
         "error": error,
         "soft": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
     }
@@ -383,6 +388,13 @@ def _case(layout: str, base: Path, devices: int, tracks: int, seed: int) -> dict
         ran.update(created)
         ran["limit_1024"] = _child(["limit", *common, "0"], NOFILE_SERVICE_DEFAULT)
         ran["limit_with_volumes"] = _child(["limit", *common, str(devices)])
+        # The bits a new process finds are the ones the run left, device by device.
+        counts = ran.pop("counts")
+        reopened = _child(["limit", *common, "0"])
+        ran["reopened_same_bits"] = not reopened["error"] and reopened["counts"] == counts
+        ran["limit_1024"].pop("counts")
+        ran["limit_with_volumes"].pop("counts")
+        ran["bits_at_close"] = sum(counts)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return ran
@@ -442,6 +454,8 @@ def _table(runs: dict[str, dict[str, Any]], devices: int, load: list[float]) -> 
         ("RSS added after marks, MiB", lambda r: _mib(_delta(r, "marked", "rss_bytes"))),
         ("count() every device", lambda r: _ms(r["count_all_s"])),
         ("close all", lambda r: _ms(r["close_s"])),
+        ("bits set at close", lambda r: f"{r['bits_at_close']:,}"),
+        ("a new process reads the same bits", lambda r: "yes" if r["reopened_same_bits"] else "NO"),
         (
             "opened, soft nofile 1024",
             lambda r: (
@@ -499,6 +513,7 @@ def _result(
         doc[f"{name}_mark_100k_s"] = round(r["mark_100k_s"], 4)
         doc[f"{name}_count_all_s"] = round(r["count_all_s"], 5)
         doc[f"{name}_disk_bytes"] = r["disk_bytes"]
+        doc[f"{name}_reopened_same_bits"] = r["reopened_same_bits"]
         doc[f"{name}_opened_nofile_1024"] = r["limit_1024"]["opened"]
         doc[f"{name}_opened_with_volume_fds"] = r["limit_with_volumes"]["opened"]
         for extra in (
