@@ -23,6 +23,11 @@ from remcopy.errors import ConfigError, RemcopyError
 # Every top-level command: its module, its object there, and the first paragraph of its help
 # (a unit test checks each against the command itself).
 COMMANDS: Final = {
+    "catalog": LazyCommand(
+        module="remcopy.cli.catalog",
+        attribute="catalog",
+        help="Make a catalog: an SQLite file or a PostgreSQL database.",
+    ),
     "controller": LazyCommand(
         module="remcopy.cli.controller",
         attribute="controller",
