@@ -104,6 +104,9 @@ def _bad_inputs(tmp: Path) -> list[tuple[tuple[str, ...], int, str]]:
         (("group", "suspend", "NOGROUP", "--host", "h", *catalog), 2, "no such group"),
         (("group", "add", "NOGROUP", "--pair", "A", *catalog), 2, "PRIMARY,SECONDARY"),
         (("group", "status", "NOGROUP", "--host", "h", *catalog), 2, "no such group"),
+        (("group", "wait", "NOGROUP", "--host", "h", "--state", "DUPLEX", *catalog), 2, "no such"),
+        (("group", "wait", "G", "--host", "h", "--state", "GONE", *catalog), 2, "'GONE'"),
+        (("group", "wait", "G", "--host", "h", "--state", "DUPLEX", "--timeout", "0"), 2, "0"),
         (
             ("workload", "run", "--group", "G", "--host", "h", "--log", str(tmp / "l"), *catalog),
             2,

@@ -34,6 +34,7 @@ NEEDS_A_CATALOG: dict[tuple[str, ...], tuple[str, ...]] = {
     ("group", "list"): (),
     ("group", "show"): ("PAYROLL", "--host", "hosta"),
     ("group", "status"): ("PAYROLL", "--host", "hosta"),
+    ("group", "wait"): ("PAYROLL", "--host", "hosta", "--state", "DUPLEX"),
     ("group", "establish"): ("PAYROLL", "--host", "hosta"),
     ("group", "suspend"): ("PAYROLL", "--host", "hosta"),
     ("group", "resume"): ("PAYROLL", "--host", "hosta"),

@@ -15,6 +15,7 @@ import click
 
 from remcopy.cli.common import catalog_option, json_option
 from remcopy.errors import InputError, RemcopyError
+from remcopy.states import PairState
 from remcopy.wire.native import PairOp
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from remcopy.cli.common import CopyProgress
     from remcopy.groups.operations import GroupReport
     from remcopy.groups.progress import ProgressCallback
+    from remcopy.groups.wait import WaitReport
 
 
 class GroupOperationFailed(RemcopyError):
@@ -501,6 +503,107 @@ def group_status_command(
             )
     if odd:
         raise GroupOperationFailed(f"group {name}: {len(odd)} pairs not as expected")
+
+
+class WaitTimedOut(RemcopyError):
+    """not every pair of the group reached the state before the timeout"""
+
+
+@group.command("wait")
+@click.argument("name")
+@click.option("--host", "host_name", required=True, help="Ask as this host.")
+@click.option(
+    "--state",
+    "state_name",
+    required=True,
+    type=click.Choice([s.name for s in PairState], case_sensitive=False),
+    help="The state every pair must reach.",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait before giving up (exit 1).",
+)
+@catalog_option
+@json_option
+def group_wait(
+    name: str,
+    host_name: str,
+    state_name: str,
+    timeout_s: float,
+    catalog_location: str,
+    as_json: bool,
+) -> None:
+    """Wait until every pair of group NAME is in STATE; exit 1 at the timeout.
+
+    Follows the controllers' event streams and reads a pair again only when an event names
+    it (no polling). At the timeout it names the pairs still away and their states.
+
+    \b
+    Example:
+      remcopy group establish PAYROLL --host hosta --no-wait
+      remcopy group wait PAYROLL --host hosta --state DUPLEX --timeout 600
+    """
+    from remcopy import aio
+    from remcopy.cli.common import open_catalog
+    from remcopy.cli.output import emit_json, say, table
+    from remcopy.groups.wait import wait_group
+
+    state = PairState[state_name.upper()]
+    with open_catalog(catalog_location) as catalog:
+        report = aio.run(
+            wait_group(
+                catalog, name, host_name, state, timeout_s=timeout_s, on_waiting=_say_waiting
+            )
+        )
+    away = report.away
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        for controller, why in sorted(report.not_subscribed.items()):
+            say(f"no events from {controller}: {why}")
+        if report.reached:
+            say(
+                f"group {name}: all {len(report.pairs)} pairs {state.name} after "
+                f"{report.elapsed_s:.1f} s ({report.events} events, {report.requeries} re-reads)"
+            )
+        else:
+            say(
+                f"group {name}: {len(away)} of {len(report.pairs)} pairs not {state.name} after "
+                f"{report.elapsed_s:.1f} s"
+            )
+            table(
+                "pairs still away",
+                ["pair", "state", "read at", "error"],
+                [
+                    (p.pair.name, p.state_name, p.side or "-", p.error)
+                    for p in away[:_PAIR_ROWS_MAX]
+                ],
+            )
+            if len(away) > _PAIR_ROWS_MAX:
+                say(f"... and {len(away) - _PAIR_ROWS_MAX} more pairs (--json lists them all)")
+    if not report.reached:
+        shown = ", ".join(f"{p.pair.name} {p.state_name}" for p in away[:5])
+        more = f" and {len(away) - 5} more" if len(away) > 5 else ""
+        raise WaitTimedOut(
+            f"group {name}: wait for {state.name}: {len(away)} pairs still away after "
+            f"{timeout_s:g} s: {shown}{more}"
+        )
+
+
+def _say_waiting(report: WaitReport) -> None:
+    """The streams are live and the first read is done: say what is awaited (stderr)."""
+    from remcopy.cli.output import stderr
+
+    stderr.print(
+        f"waiting for {len(report.away)} of {len(report.pairs)} pairs of {report.group} to be "
+        f"{report.state.name}",
+        markup=False,
+        highlight=False,
+    )
 
 
 def _report(report: GroupReport, as_json: bool, expected: str) -> None:
