@@ -154,7 +154,7 @@ def test_host_add_creates_the_catalog(tmp_path, capsys, monkeypatch):
         capsys, monkeypatch, "host", "add", str(definition), "--catalog", str(catalog), "--json"
     )
     assert code == 0, err
-    assert json.loads(out) == {"host": "hosta", "devices": 4}
+    assert json.loads(out) == {"host": "hosta", "devices": 4, "schema": 1}
     code, out, err = run(capsys, monkeypatch, "host", "list", "--catalog", str(catalog), "--json")
     assert code == 0, err
     assert [row["host"] for row in json.loads(out)] == ["hosta"]
@@ -167,6 +167,7 @@ def test_catalog_init_creates_once_and_is_safe_twice(tmp_path, capsys, monkeypat
     assert code == 0, err
     first = json.loads(out)
     assert first["created"] is True
+    assert first["schema"] == 1
     assert first["catalog"] == f"sqlite+pysqlite:///{path}"
     with Catalog.open(path, create=False) as opened:
         opened.put_host("hosta", {"ranges": []}, replace=False)
@@ -185,3 +186,35 @@ def test_catalog_init_refuses_a_bad_url(capsys, monkeypatch):
     assert code != 0
     assert "unsupported database: driver=mysql" in err
     assert "Traceback" not in err
+
+
+def test_json_error_is_one_document_on_stdout(tmp_path, capsys, monkeypatch):
+    """With --json, an error before the command's document prints one error document on
+    stdout, with the schema and the exit code; the message goes to stderr as well."""
+    missing = tmp_path / "missing.db"
+    code, out, err = run(capsys, monkeypatch, "group", "list", "--catalog", str(missing), "--json")
+    assert code == 2
+    document = json.loads(out)
+    assert sorted(document) == ["error", "exit_code", "schema"]
+    assert (document["schema"], document["exit_code"]) == (1, 2)
+    assert document["error"].startswith(f"catalog: no catalog at {missing} (from --catalog)")
+    assert "no catalog at" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_json_usage_error_is_a_document_too(tmp_path, capsys, monkeypatch):
+    """A usage error (a bad --state) with --json prints the error document, exit 2."""
+    code, out, err = run(
+        capsys, monkeypatch, "group", "wait", "G", "--host", "h", "--state", "NOPE", "--json"
+    )
+    assert code == 2
+    document = json.loads(out)
+    assert (document["schema"], document["exit_code"]) == (1, 2)
+    assert "'NOPE' is not one of" in document["error"]
+    assert "'NOPE' is not one of" in err
+
+
+def test_json_error_without_json_prints_nothing_on_stdout(tmp_path, capsys, monkeypatch):
+    """Without --json an error is a message on stderr only."""
+    code, out, _err = run(capsys, monkeypatch, "group", "list", "--catalog", str(tmp_path / "x"))
+    assert (code, out) == (2, "")

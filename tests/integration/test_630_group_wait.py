@@ -105,7 +105,7 @@ async def test_group_wait_returns_at_once_when_every_pair_is_there(catalog):
     report = json.loads(run.stdout)
     assert (report["reached"], report["pairs"], report["away"]) == (True, 4, [])
     assert (report["events"], report["requeries"]) == (0, 0)
-    assert report["state"] == "DUPLEX"
+    assert (report["state"], report["schema"]) == ("DUPLEX", 1)
     assert "waiting for" not in run.stderr
 
 
@@ -134,7 +134,7 @@ async def test_group_wait_times_out_naming_the_pairs_away_without_polling(catalo
     """Nothing changes: exit 1 at the timeout, every pair named with its state, no re-read."""
     run = cli("group", "wait", "PAYROLL", "--host", HOST, "--state", "RECOVERED",
               "--timeout", "1", "--json", catalog=catalog, code=1)  # fmt: skip
-    report = json.loads(run.stdout)
+    report = json.loads(run.stdout)  # the report only: no error document after it
     assert report["reached"] is False
     assert report["elapsed_s"] >= 1.0
     assert (report["events"], report["requeries"]) == (0, 0)
