@@ -837,7 +837,7 @@ async def cli_round(
             wall, code, out, err = await run_cli(*args)
             after = await pair_ops(world.session, primaries_of(group))
             doc = json.loads(out) if out.strip().startswith("{") else None
-            if doc is None:
+            if doc is None or "error" in doc:  # an error document: the command failed early
                 raise RuntimeError(f"remcopy group suspend exited {code}: {err[-2000:]}")
             chosen_ns = int(doc["at_ns"] - doc["margin_s"] * 1e9)
             window = (chosen_ns, int(doc["at_ns"]), chosen_ns + int(doc["elapsed_s"] * 1e9))

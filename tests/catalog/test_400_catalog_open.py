@@ -1,13 +1,20 @@
 # Opening a catalog: the location forms, reopening, and the errors a person can act on.
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from catalog_helpers import FakeClock, PostgreSQLServer, address, entry, free_port, scanned
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 
-from remcopy.catalog import Catalog, CatalogError, CatalogSchemaTooNew, CatalogUnavailable
+from remcopy.catalog import (
+    Catalog,
+    CatalogError,
+    CatalogNotFound,
+    CatalogSchemaTooNew,
+    CatalogUnavailable,
+)
 from remcopy.catalog.backend import catalog_url
 
 
@@ -110,3 +117,48 @@ def test_Catalog_open_a_file_that_is_not_a_database(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match="catalog: database error: url=sqlite"):
         Catalog.open(path)
     assert path.read_bytes().startswith(b"these are my notes")
+
+
+def test_Catalog_open_create_False_refuses_a_missing_file_and_makes_nothing(tmp_path: Path) -> None:
+    """Without create, a missing SQLite file is CatalogNotFound naming it; no folder, no file."""
+    path = tmp_path / "typo" / "catalog.db"
+    with pytest.raises(CatalogNotFound, match=r"no catalog at .*typo/catalog\.db: no such file"):
+        Catalog.open(path, create=False)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(CatalogNotFound, match="catalog init"):
+        Catalog.open(f"sqlite:///{tmp_path}/other.db", create=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_Catalog_open_create_False_refuses_a_folder(tmp_path: Path) -> None:
+    """Without create, a folder where the file should be is CatalogNotFound: not a file."""
+    with pytest.raises(CatalogNotFound, match="not a file"):
+        Catalog.open(tmp_path, create=False)
+
+
+def test_Catalog_open_create_False_refuses_a_database_without_the_schema(
+    new_database: Callable[[], str],
+) -> None:
+    """Without create, a database holding no catalog is CatalogNotFound, and stays without one."""
+    url = new_database()
+    if url.startswith("sqlite"):
+        Path(url.removeprefix("sqlite:///")).touch()  # an empty file: SQLite's empty database
+    with pytest.raises(CatalogNotFound, match="the database holds no catalog schema"):
+        Catalog.open(url, create=False)
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert not inspect(conn).has_table("alembic_version")
+            assert not inspect(conn).has_table("hosts")
+    finally:
+        engine.dispose()
+
+
+def test_Catalog_open_create_False_opens_an_existing_catalog(
+    catalog_url: str, clock: FakeClock
+) -> None:
+    """Without create, an existing catalog opens as usual, with what it holds."""
+    with Catalog.open(catalog_url, clock_ns=clock) as first:
+        first.put_host("hosta", {"ranges": []}, replace=False)
+    with Catalog.open(catalog_url, create=False, clock_ns=clock) as second:
+        assert [host.name for host in second.hosts_all()] == ["hosta"]

@@ -112,6 +112,7 @@ def test_controller_check_good_file_json(tmp_path: Path) -> None:
         "volumes": 2,
         "hosts": ["hosta", "hostb"],
         "peers": [],
+        "schema": 1,
     }
 
 
@@ -228,13 +229,16 @@ def test_controller_refuses_bad_config(
 
 
 def test_controller_check_json_refuses_bad_config(tmp_path: Path) -> None:
-    """`controller check --json` on a bad file prints nothing on stdout and exits 2."""
+    """`controller check --json` on a bad file exits 2 with the problems on stderr and, on
+    stdout, one error document carrying them."""
     write_private(tmp_path / CONFIG_NAME, _edited(('id = "0A"', 'id = "0G"')))
 
     result = _remcopy(tmp_path, "controller", "check", "--json", CONFIG_NAME)
 
     assert result.returncode == 2
-    assert result.stdout == ""
+    document = json.loads(result.stdout)
+    assert (document["schema"], document["exit_code"]) == (1, 2)
+    assert f"{CONFIG_NAME}: lss[0].id: lss must be 2 hex digits (got '0G')" in document["error"]
     assert f"{CONFIG_NAME}: lss[0].id: " in _flat(result.stderr)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 import pytest
 
+from remcopy.catalog import Catalog
 from remcopy.cli.main import cli, main
 
 
@@ -69,6 +70,7 @@ def test_unknown_option_is_a_usage_error(path, capsys, monkeypatch):
 def _bad_inputs(tmp: Path) -> list[tuple[tuple[str, ...], int, str]]:
     missing = str(tmp / "missing.toml")
     catalog = ("--catalog", str(tmp / "c.db"))
+    Catalog.open(tmp / "c.db").close()  # an empty catalog: a missing one is test_135's subject
     junk = tmp / "junk.toml"
     junk.write_text("this is = = not toml")
     return [
@@ -102,6 +104,9 @@ def _bad_inputs(tmp: Path) -> list[tuple[tuple[str, ...], int, str]]:
         (("group", "suspend", "NOGROUP", "--host", "h", *catalog), 2, "no such group"),
         (("group", "add", "NOGROUP", "--pair", "A", *catalog), 2, "PRIMARY,SECONDARY"),
         (("group", "status", "NOGROUP", "--host", "h", *catalog), 2, "no such group"),
+        (("group", "wait", "NOGROUP", "--host", "h", "--state", "DUPLEX", *catalog), 2, "no such"),
+        (("group", "wait", "G", "--host", "h", "--state", "GONE", *catalog), 2, "'GONE'"),
+        (("group", "wait", "G", "--host", "h", "--state", "DUPLEX", "--timeout", "0"), 2, "0"),
         (
             ("workload", "run", "--group", "G", "--host", "h", "--log", str(tmp / "l"), *catalog),
             2,

@@ -41,7 +41,7 @@ async def test_operator_flow_from_host_to_consistent_suspend(world, tmp_path):
     catalog = tmp_path / "catalog.db"
     host_path = host_file(tmp_path, world)
     out = json.loads(cli("host", "add", str(host_path), "--json", catalog=catalog).stdout)
-    assert out == {"host": HOST, "devices": 16}
+    assert out == {"host": HOST, "devices": 16, "schema": 1}
     scan = json.loads(cli("scan", HOST, "--json", catalog=catalog).stdout)
     assert scan["devices"] == 16
     assert scan["requests"] == 3

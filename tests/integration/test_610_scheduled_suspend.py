@@ -126,7 +126,15 @@ async def test_no_wait_arms_status_shows_T_and_cancel_disarms(world, tmp_path):
     human = cli("group", "status", "DRILL", "--host", HOST, catalog=catalog)
     assert f"suspend armed at T={at_ns}" in human.stdout
     busy = cli(
-        "group", "terminate", "DRILL", "--host", HOST, "--json", catalog=catalog, check=False
+        "group",
+        "terminate",
+        "DRILL",
+        "--host",
+        HOST,
+        "--yes",
+        "--json",
+        catalog=catalog,
+        check=False,
     )
     assert busy.returncode == 1
     refusals = [f["message"] for f in json.loads(busy.stdout)["failures"]]

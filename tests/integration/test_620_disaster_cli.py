@@ -124,11 +124,11 @@ async def test_disaster_status_recover_failback_and_return_home_with_the_cli(
     assert "controller cntla0 not reached: " in text and "Connection refused" in text
 
     # Recover at the secondary site, twice.
-    first = as_json("group", "recover", "DRILL", "--host", "hostb", world=world)
+    first = as_json("group", "recover", "DRILL", "--host", "hostb", "--yes", world=world)
     assert (first["counts"], first["failed"], first["already"]) == ({"RECOVERED": PAIRS}, 0, 0)
-    again = cli("group", "recover", "DRILL", "--host", "hostb", world=world).stdout
+    again = cli("group", "recover", "DRILL", "--host", "hostb", "--yes", world=world).stdout
     assert f"{PAIRS} pairs needed nothing (counted done): already RECOVERED" in again
-    second = as_json("group", "recover", "DRILL", "--host", "hostb", world=world)
+    second = as_json("group", "recover", "DRILL", "--host", "hostb", "--yes", world=world)
     assert second["already"] == PAIRS and second["already_states"] == {"RECOVERED": PAIRS}
     recovered = as_json(
         "group", "status", "DRILL", "--host", "hostb", "--expect", "RECOVERED", world=world
@@ -138,7 +138,7 @@ async def test_disaster_status_recover_failback_and_return_home_with_the_cli(
 
     # Site A is back: fail back to it (site B keeps the primary role).
     await sites.start("cntla")
-    back = as_json("group", "failback", "DRILL", "--host", "hostb", "--wait", world=world)
+    back = as_json("group", "failback", "DRILL", "--host", "hostb", "--yes", "--wait", world=world)
     assert (back["counts"], back["failed"]) == ({"DUPLEX": PAIRS}, 0)
     shown = as_json("group", "show", "DRILL", "--host", "hostb", world=world)
     assert {p["direction"] for p in shown} == {"reversed"}
@@ -154,7 +154,7 @@ async def test_disaster_status_recover_failback_and_return_home_with_the_cli(
     assert {(s["role"], s["address"][:4]) for s in reversed_status["states"]} == {
         ("primary", "6501")
     }
-    again = as_json("group", "failback", "DRILL", "--host", "hostb", world=world)
+    again = as_json("group", "failback", "DRILL", "--host", "hostb", "--yes", world=world)
     assert (again["failed"], again["already"]) == (0, PAIRS)
     verify(world, "hostb", before)  # site B, the primaries now, holds every write
     resumed = as_json("group", "resume", "DRILL", "--host", "hostb", world=world)
@@ -167,7 +167,9 @@ async def test_disaster_status_recover_failback_and_return_home_with_the_cli(
         "--seed", "621", "--log", str(after), world=world,
     )  # fmt: skip
     assert written["writes_acked"] == 240 and written["failures"] == []
-    home = as_json("group", "return-home", "DRILL", "--host", "hosta", "--wait", world=world)
+    home = as_json(
+        "group", "return-home", "DRILL", "--host", "hosta", "--yes", "--wait", world=world
+    )
     assert (home["op"], home["counts"], home["failed"]) == ("return-home", {"DUPLEX": PAIRS}, 0)
     with Catalog.open(world.catalog) as catalog:
         assert catalog.group_one("DRILL").reversed is False
@@ -178,16 +180,16 @@ async def test_disaster_status_recover_failback_and_return_home_with_the_cli(
     )
     assert at_home["direction"] == "defined" and at_home["read_at"]["primary"] == PAIRS
     assert {(s["role"], s["address"][:4]) for s in at_home["states"]} == {("primary", "6401")}
-    again = as_json("group", "return-home", "DRILL", "--host", "hosta", world=world)
+    again = as_json("group", "return-home", "DRILL", "--host", "hosta", "--yes", world=world)
     assert (again["failed"], again["already"]) == (0, PAIRS)
     verify(world, "hosta", after)  # site A holds what was written at site B
     cli("group", "suspend", "DRILL", "--host", "hosta", world=world)
     verify(world, "hostb", after, "--secondary")  # and site B has it all again
 
     # Terminate twice; then, with both sites down, nothing is made up.
-    done = as_json("group", "terminate", "DRILL", "--host", "hosta", world=world)
+    done = as_json("group", "terminate", "DRILL", "--host", "hosta", "--yes", world=world)
     assert (done["counts"], done["failed"], done["already"]) == ({"SIMPLEX": PAIRS}, 0, 0)
-    done = as_json("group", "terminate", "DRILL", "--host", "hosta", world=world)
+    done = as_json("group", "terminate", "DRILL", "--host", "hosta", "--yes", world=world)
     assert (done["failed"], done["already_states"]) == (0, {"SIMPLEX": PAIRS})
     await sites.kill("cntl")
     dark = as_json("group", "status", "DRILL", "--host", "hosta", world=world, code=1)
@@ -209,8 +211,8 @@ async def test_site_b_lost_while_it_holds_the_primary_role(sites: Sites, tmp_pat
     site B is back; no acknowledged write made at site B is lost."""
     world = sites.world
     established(world)
-    cli("group", "recover", "DRILL", "--host", "hostb", world=world)
-    cli("group", "failback", "DRILL", "--host", "hostb", "--wait", world=world)
+    cli("group", "recover", "DRILL", "--host", "hostb", "--yes", world=world)
+    cli("group", "failback", "DRILL", "--host", "hostb", "--yes", "--wait", world=world)
     at_b = tmp_path / "at-b.jsonl"
     written = as_json(
         "workload", "run", "--group", "DRILL", "--host", "hostb", "--writes", "160",
@@ -225,16 +227,20 @@ async def test_site_b_lost_while_it_holds_the_primary_role(sites: Sites, tmp_pat
         ("secondary", "secondary", "6401")
     }
     assert all(why.startswith("controller cntlb") for why in lost["not_read"])
-    recovered = as_json("group", "recover", "DRILL", "--host", "hosta", world=world)
+    recovered = as_json("group", "recover", "DRILL", "--host", "hosta", "--yes", world=world)
     assert (recovered["counts"], recovered["failed"]) == ({"RECOVERED": PAIRS}, 0)
     verify(world, "hosta", at_b, "--secondary")
-    early = as_json("group", "return-home", "DRILL", "--host", "hosta", world=world, code=1)
+    early = as_json(
+        "group", "return-home", "DRILL", "--host", "hosta", "--yes", world=world, code=1
+    )
     assert early["failed"] == PAIRS, "the failback needs site B"
     with Catalog.open(world.catalog) as catalog:
         assert catalog.group_one("DRILL").reversed is True
 
     await sites.start("cntlb")
-    home = as_json("group", "return-home", "DRILL", "--host", "hosta", "--wait", world=world)
+    home = as_json(
+        "group", "return-home", "DRILL", "--host", "hosta", "--yes", "--wait", world=world
+    )
     assert (home["counts"], home["failed"]) == ({"DUPLEX": PAIRS}, 0)
     at_home = as_json(
         "group", "status", "DRILL", "--host", "hosta", "--expect", "DUPLEX", world=world

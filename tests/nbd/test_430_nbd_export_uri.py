@@ -42,6 +42,7 @@ async def test_export_uri_prints_a_uri_the_tools_open(start_controller: Start, t
         "uri": f"nbd://127.0.0.1:{port}/CN0000",
         "host": "127.0.0.1",
         "port": port,
+        "schema": 1,
     }
     other_host = await _remcopy(
         "volume", "export-uri", "CN0000", "--config", config, "--host", "::1"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from remcopy.catalog.errors import (
     CatalogError,
     CatalogInputError,
+    CatalogNotFound,
     CatalogSchemaTooNew,
     CatalogUnavailable,
     DuplicateDevice,
@@ -62,6 +63,7 @@ __all__ = [
     # errors
     "CatalogError",
     "CatalogInputError",
+    "CatalogNotFound",
     "CatalogSchemaTooNew",
     "CatalogUnavailable",
     "DuplicateDevice",

@@ -173,3 +173,23 @@ class GroupMapMismatch(CatalogError):
         self.group = group
         self.host = host
         self.problems = problems
+
+
+class CatalogNotFound(CatalogError):
+    """catalog: no catalog at that location"""
+
+    code = 94
+    exit_code = 2
+
+    def __init__(self, location: str, why: str, *, source: str | None = None) -> None:
+        # `location` is a path or a URL shown without its password; `source` says where the
+        # caller got it (the CLI: `--catalog`, `REMCOPY_CATALOG` or its default).
+        given = f" (from {source})" if source else ""
+        super().__init__(
+            f"catalog: no catalog at {location}{given}: {why}; nothing was created: "
+            f"hint: check the location, or create the catalog with "
+            f"`remcopy catalog init {location}` or a first `remcopy host add`"
+        )
+        self.location = location
+        self.why = why
+        self.source = source

@@ -38,6 +38,7 @@ from remcopy.catalog.backend import Backend, backend_for, catalog_url, shown_url
 from remcopy.catalog.errors import (
     CatalogError,
     CatalogInputError,
+    CatalogNotFound,
     CatalogUnavailable,
     DuplicateDevice,
     GroupExists,
@@ -50,7 +51,7 @@ from remcopy.catalog.errors import (
     PairConflict,
     ScanNotFound,
 )
-from remcopy.catalog.migrate import upgrade_to_head
+from remcopy.catalog.migrate import stamped_revision, upgrade_to_head
 from remcopy.catalog.records import (
     Group,
     GroupMap,
@@ -81,16 +82,35 @@ class Catalog:
 
     @classmethod
     def open(
-        cls, location: str | os.PathLike[str], *, clock_ns: Callable[[], int] = time.time_ns
+        cls,
+        location: str | os.PathLike[str],
+        *,
+        create: bool = True,
+        clock_ns: Callable[[], int] = time.time_ns,
     ) -> Catalog:
         """Open the catalog at a path or URL, creating or migrating its schema as needed.
 
-        `clock_ns` stamps created/updated times; tests inject their own.
+        With `create=False` nothing is created: a missing SQLite file (or its folder), or a
+        database without a catalog's schema, is CatalogNotFound, and the file system and the
+        database are left as they were. An existing catalog is still migrated to this
+        remcopy's schema. `clock_ns` stamps created/updated times; tests inject their own.
         """
         url = catalog_url(location)
         backend = backend_for(url)
+        if not create and backend.name == "sqlite":
+            # Checked before the engine exists: making it creates the folder, and SQLite's
+            # first connection creates the file.
+            path = url.database or ""
+            in_memory = path in ("", ":memory:") or path.startswith("file:")  # engine_for refuses
+            if not in_memory and not os.path.isfile(path):
+                why = "not a file" if os.path.exists(path) else "no such file"
+                raise CatalogNotFound(path, why)
         catalog = cls(backend.engine_for(url), backend, url, clock_ns)
         try:
+            if not create:
+                with catalog._reading() as conn:
+                    if stamped_revision(conn) is None:
+                        raise CatalogNotFound(catalog.url, "the database holds no catalog schema")
             with catalog._writing() as conn:
                 upgrade_to_head(conn)
         except BaseException:

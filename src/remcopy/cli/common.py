@@ -38,14 +38,39 @@ def json_option(f: F) -> F:
 
 
 @contextmanager
-def open_catalog(location: str) -> Iterator[Catalog]:
-    from remcopy.catalog import Catalog
+def open_catalog(location: str, *, create: bool = False) -> Iterator[Catalog]:
+    """The catalog at `location`, closed on exit.
 
-    catalog = Catalog.open(location)
+    Only commands that store something new pass `create=True` (host add, scan, group
+    define/add/load, catalog init, the TUI). Every other command needs an existing catalog:
+    a mistyped --catalog or REMCOPY_CATALOG is CatalogNotFound (exit 2), naming the path and
+    where it came from, and nothing is created (docs/operations.md).
+    """
+    from remcopy.catalog import Catalog, CatalogNotFound
+
+    try:
+        catalog = Catalog.open(location, create=create)
+    except CatalogNotFound as exc:
+        raise CatalogNotFound(exc.location, exc.why, source=_location_source()) from None
     try:
         yield catalog
     finally:
         catalog.close()
+
+
+def _location_source() -> str | None:
+    """Where the command's catalog location came from: the option, the variable, or neither."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return None
+    source = ctx.get_parameter_source("catalog_location")
+    if source is click.core.ParameterSource.ENVIRONMENT:
+        return "REMCOPY_CATALOG"
+    if source is click.core.ParameterSource.COMMANDLINE:
+        return "--catalog"
+    if source is click.core.ParameterSource.DEFAULT:
+        return f"the default, {CATALOG_DEFAULT} in the current folder"
+    return None
 
 
 def _progress(*columns: str) -> Progress:

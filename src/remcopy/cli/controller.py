@@ -64,15 +64,33 @@ def start_command(configs: tuple[Path, ...]) -> None:
 def stop_command(configs: tuple[Path, ...]) -> None:
     """Stop controllers started with `remcopy controller start` (SIGTERM, then wait).
 
+    Only a process whose command line is `remcopy controller serve CONFIG` is signalled: a
+    stale pid file naming another process is refused (exit 2) and that process left alone.
+    Every config is tried; the exit code is that of the worst refusal.
+
     \b
     Example:
       remcopy controller stop controllers/*.toml
     """
+    from remcopy.cli.output import fail
     from remcopy.controller import daemon
 
+    refused: list[daemon.DaemonError] = []
     for config in configs:
-        pid = daemon.stop(config)
+        try:
+            pid = daemon.stop(config)
+        except daemon.DaemonError as exc:
+            if len(configs) == 1:
+                raise
+            fail(str(exc))
+            refused.append(exc)
+            continue
         say(f"{config}: " + (f"pid {pid} stopped" if pid else "not running"))
+    if refused:
+        summary = f"controller stop: {len(refused)} of {len(configs)} controllers not stopped"
+        if any(isinstance(exc, daemon.PidFileMismatch) for exc in refused):
+            raise InputError(f"{summary}: a pid file names another process (above)")
+        raise daemon.DaemonError(f"{summary} (above)")
 
 
 @controller.command()

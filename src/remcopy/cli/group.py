@@ -5,6 +5,7 @@ from __future__ import annotations
 # Imports: only what defining the commands needs is imported at the top (click, the options,
 # PairOp); the catalog, rich, the event loop and the group operations are imported inside the
 # command that uses them, so `remcopy group --help` stays fast (cli/lazy.py).
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -14,16 +15,70 @@ import click
 
 from remcopy.cli.common import catalog_option, json_option
 from remcopy.errors import InputError, RemcopyError
+from remcopy.states import PairState
 from remcopy.wire.native import PairOp
 
 if TYPE_CHECKING:
+    from remcopy.catalog import Catalog
     from remcopy.cli.common import CopyProgress
     from remcopy.groups.operations import GroupReport
     from remcopy.groups.progress import ProgressCallback
+    from remcopy.groups.wait import WaitReport
 
 
 class GroupOperationFailed(RemcopyError):
     """a group operation did not reach its expected state on every pair"""
+
+
+class NotConfirmed(RemcopyError):
+    """a destructive group operation was not confirmed; nothing was sent"""
+
+
+# Operations that end pairs or take them over ask first (docs/operations.md): on a terminal a
+# question, otherwise --yes, so a script states its intent and a pasted line cannot end a
+# group's copies by accident. A dry run sends nothing and asks nothing.
+_CONSEQUENCES = {
+    "terminate": "both sides become SIMPLEX: the copies end, and a new establish copies every "
+    "track again",
+    "recover": "the secondaries become writable here and take no more updates from their "
+    "primaries (a takeover)",
+    "failback": "the copy direction reverses: the recovered volumes become the primaries and "
+    "copy back what changed",
+    "return-home": "the primary role goes back to the defined primaries: host writes at the "
+    "current primaries must have stopped",
+}
+
+
+def _yes_option(f: Any) -> Any:
+    return click.option(
+        "--yes",
+        "-y",
+        "yes",
+        is_flag=True,
+        help="Do it without asking (required when stdin is not a terminal).",
+    )(f)
+
+
+def _must_ask(op: str, name: str, *, yes: bool, dry_run: bool) -> bool:
+    """Whether to ask before `op`; refuses (exit 2) when it cannot ask and --yes is missing."""
+    if yes or dry_run:
+        return False
+    if not sys.stdin.isatty():
+        raise InputError(
+            f"group {op} {name}: asks for confirmation and stdin is not a terminal: pass --yes "
+            f"to {op} without asking (--dry-run shows the plan first)"
+        )
+    return True
+
+
+def _confirm(catalog: Catalog, op: str, name: str, host_name: str) -> None:
+    """Ask on the terminal (stderr: stdout stays for --json); refuse unless the answer is y."""
+    from remcopy.cli.output import stderr
+
+    pairs = catalog.group_one(name).pair_count
+    stderr.print(f"{op} {name} as {host_name}: {_CONSEQUENCES[op]}", markup=False, highlight=False)
+    if not click.confirm(f"{op} {pairs} pairs of {name}?", default=False, err=True):
+        raise NotConfirmed(f"group {op} {name}: not confirmed: nothing was sent")
 
 
 def _wait_option(f: Any) -> Any:
@@ -450,6 +505,107 @@ def group_status_command(
         raise GroupOperationFailed(f"group {name}: {len(odd)} pairs not as expected")
 
 
+class WaitTimedOut(RemcopyError):
+    """not every pair of the group reached the state before the timeout"""
+
+
+@group.command("wait")
+@click.argument("name")
+@click.option("--host", "host_name", required=True, help="Ask as this host.")
+@click.option(
+    "--state",
+    "state_name",
+    required=True,
+    type=click.Choice([s.name for s in PairState], case_sensitive=False),
+    help="The state every pair must reach.",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait before giving up (exit 1).",
+)
+@catalog_option
+@json_option
+def group_wait(
+    name: str,
+    host_name: str,
+    state_name: str,
+    timeout_s: float,
+    catalog_location: str,
+    as_json: bool,
+) -> None:
+    """Wait until every pair of group NAME is in STATE; exit 1 at the timeout.
+
+    Follows the controllers' event streams and reads a pair again only when an event names
+    it (no polling). At the timeout it names the pairs still away and their states.
+
+    \b
+    Example:
+      remcopy group establish PAYROLL --host hosta --no-wait
+      remcopy group wait PAYROLL --host hosta --state DUPLEX --timeout 600
+    """
+    from remcopy import aio
+    from remcopy.cli.common import open_catalog
+    from remcopy.cli.output import emit_json, say, table
+    from remcopy.groups.wait import wait_group
+
+    state = PairState[state_name.upper()]
+    with open_catalog(catalog_location) as catalog:
+        report = aio.run(
+            wait_group(
+                catalog, name, host_name, state, timeout_s=timeout_s, on_waiting=_say_waiting
+            )
+        )
+    away = report.away
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        for controller, why in sorted(report.not_subscribed.items()):
+            say(f"no events from {controller}: {why}")
+        if report.reached:
+            say(
+                f"group {name}: all {len(report.pairs)} pairs {state.name} after "
+                f"{report.elapsed_s:.1f} s ({report.events} events, {report.requeries} re-reads)"
+            )
+        else:
+            say(
+                f"group {name}: {len(away)} of {len(report.pairs)} pairs not {state.name} after "
+                f"{report.elapsed_s:.1f} s"
+            )
+            table(
+                "pairs still away",
+                ["pair", "state", "read at", "error"],
+                [
+                    (p.pair.name, p.state_name, p.side or "-", p.error)
+                    for p in away[:_PAIR_ROWS_MAX]
+                ],
+            )
+            if len(away) > _PAIR_ROWS_MAX:
+                say(f"... and {len(away) - _PAIR_ROWS_MAX} more pairs (--json lists them all)")
+    if not report.reached:
+        shown = ", ".join(f"{p.pair.name} {p.state_name}" for p in away[:5])
+        more = f" and {len(away) - 5} more" if len(away) > 5 else ""
+        raise WaitTimedOut(
+            f"group {name}: wait for {state.name}: {len(away)} pairs still away after "
+            f"{timeout_s:g} s: {shown}{more}"
+        )
+
+
+def _say_waiting(report: WaitReport) -> None:
+    """The streams are live and the first read is done: say what is awaited (stderr)."""
+    from remcopy.cli.output import stderr
+
+    stderr.print(
+        f"waiting for {len(report.away)} of {len(report.pairs)} pairs of {report.group} to be "
+        f"{report.state.name}",
+        markup=False,
+        highlight=False,
+    )
+
+
 def _report(report: GroupReport, as_json: bool, expected: str) -> None:
     from remcopy.cli.output import emit_json, say, table
 
@@ -617,27 +773,37 @@ def _op_command(op: PairOp, expected: str, doc: str) -> click.Command:
             acting = PairOp.SUSPEND_CANCEL
         at = suspend_at_ns(extra.get("at"), extra.get("within")) if op is PairOp.SUSPEND else None
         margin = extra.get("margin_ms")
-        with open_catalog(catalog_location) as catalog, CopyProgress() as bars:
-            report = aio.run(
-                operate(
-                    catalog,
-                    name,
-                    host_name,
-                    acting,
-                    dry_run=dry_run,
-                    at_ns=at,
-                    margin_s=None if margin is None else margin / 1000,
-                    progress=_progress(bars, extra.get("wait"), as_json)
-                    if op in _COPYING
-                    else None,
-                    wait=op is not PairOp.SUSPEND or extra.get("wait") is not False,
-                    on_armed=None if as_json else _say_armed,
+        command_name = op.name.lower()
+        ask = command_name in _CONSEQUENCES and _must_ask(
+            command_name, name, yes=bool(extra.get("yes")), dry_run=dry_run
+        )
+        with open_catalog(catalog_location) as catalog:
+            if ask:
+                _confirm(catalog, command_name, name, host_name)
+            with CopyProgress() as bars:
+                report = aio.run(
+                    operate(
+                        catalog,
+                        name,
+                        host_name,
+                        acting,
+                        dry_run=dry_run,
+                        at_ns=at,
+                        margin_s=None if margin is None else margin / 1000,
+                        progress=_progress(bars, extra.get("wait"), as_json)
+                        if op in _COPYING
+                        else None,
+                        wait=op is not PairOp.SUSPEND or extra.get("wait") is not False,
+                        on_armed=None if as_json else _say_armed,
+                    )
                 )
-            )
         if acting is PairOp.SUSPEND_CANCEL:
             _report_cancel(report, as_json)
             return
         _report(report, as_json, expected)
+
+    if op.name.lower() in _CONSEQUENCES:
+        command = _yes_option(command)
 
     if op in _COPYING:
         command = _wait_option(command)
@@ -758,19 +924,22 @@ for _op, _expected, _doc in (
         PairOp.RECOVER,
         "RECOVERED",
         "Take the secondaries over (disaster): writable at the "
-        "secondary site.\n\n\b\nExample:\n  remcopy group recover PAYROLL --host hostb",
+        "secondary site. Asks first on a terminal; --yes otherwise.\n\n\b\nExample:\n"
+        "  remcopy group recover PAYROLL --host hostb",
     ),
     (
         PairOp.FAILBACK,
         "failed back",
         "Reverse the pairs and copy back what changed on either "
-        "side.\n\n\b\nExample:\n  remcopy group failback PAYROLL --host hostb",
+        "side. Asks first on a terminal; --yes otherwise.\n\n\b\nExample:\n"
+        "  remcopy group failback PAYROLL --host hostb",
     ),
     (
         PairOp.TERMINATE,
         "SIMPLEX",
-        "End every pair of group NAME (both sides SIMPLEX).\n\n\b\n"
-        "Example:\n  remcopy group terminate PAYROLL --host hosta",
+        "End every pair of group NAME (both sides SIMPLEX). Asks first on a terminal; --yes "
+        "otherwise.\n\n\b\nExample:\n  remcopy group terminate PAYROLL --host hosta\n"
+        "  remcopy group terminate PAYROLL --host hosta --yes   # in a script",
     ),
 ):
     group.add_command(_op_command(_op, _expected, _doc))
@@ -785,10 +954,11 @@ for _op, _expected, _doc in (
     help="Act as this host (it must reach both sites' controllers).",
 )
 @_wait_option
+@_yes_option
 @catalog_option
 @json_option
 def group_return_home(
-    name: str, host_name: str, wait: bool | None, catalog_location: str, as_json: bool
+    name: str, host_name: str, wait: bool | None, yes: bool, catalog_location: str, as_json: bool
 ) -> None:
     """Give the primary role back to group NAME's defined primaries after a failback.
 
@@ -796,7 +966,8 @@ def group_return_home(
     first. The defined primaries are recovered and fail back: they become the primaries
     again, copy to the defined secondaries what changed on either side, and the catalog
     records the group as defined. Pairs already home count as done: running it again, or
-    on a group never failed back, changes nothing and exits 0.
+    on a group never failed back, changes nothing and exits 0. Asks first on a terminal;
+    --yes otherwise.
 
     \b
     Example:
@@ -806,8 +977,12 @@ def group_return_home(
     from remcopy.cli.common import CopyProgress, open_catalog
     from remcopy.groups.service import return_home
 
-    with open_catalog(catalog_location) as catalog, CopyProgress() as bars:
-        report = aio.run(
-            return_home(catalog, name, host_name, progress=_progress(bars, wait, as_json))
-        )
+    ask = _must_ask("return-home", name, yes=yes, dry_run=False)
+    with open_catalog(catalog_location) as catalog:
+        if ask:
+            _confirm(catalog, "return-home", name, host_name)
+        with CopyProgress() as bars:
+            report = aio.run(
+                return_home(catalog, name, host_name, progress=_progress(bars, wait, as_json))
+            )
     _report(report, as_json, "home")

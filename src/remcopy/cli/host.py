@@ -34,6 +34,8 @@ def host() -> None:
 def host_add(definition: Path, replace: bool, catalog_location: str, as_json: bool) -> None:
     """Check a host DEFINITION file and store it in the catalog (all or nothing).
 
+    The first host of a new catalog creates it (every other command needs an existing one).
+
     \b
     Example:
       remcopy host add hosts/hosta.toml
@@ -41,7 +43,7 @@ def host_add(definition: Path, replace: bool, catalog_location: str, as_json: bo
     from remcopy.cli.output import emit_json, say
     from remcopy.host.service import add_host, host_definition
 
-    with open_catalog(catalog_location) as catalog:
+    with open_catalog(catalog_location, create=True) as catalog:
         stored = add_host(catalog, definition, replace=replace)
         devices = len(host_definition(catalog, stored.name).devices())
     if as_json:

@@ -23,6 +23,11 @@ from remcopy.errors import ConfigError, RemcopyError
 # Every top-level command: its module, its object there, and the first paragraph of its help
 # (a unit test checks each against the command itself).
 COMMANDS: Final = {
+    "catalog": LazyCommand(
+        module="remcopy.cli.catalog",
+        attribute="catalog",
+        help="Make a catalog: an SQLite file or a PostgreSQL database.",
+    ),
     "controller": LazyCommand(
         module="remcopy.cli.controller",
         attribute="controller",
@@ -111,24 +116,45 @@ def fail(message: str) -> None:
     print_failure(message)
 
 
+def _json_asked() -> bool:
+    """Whether the command line asks for --json (read from argv: a usage error may come
+    before click has parsed the flag)."""
+    args = sys.argv[1:]
+    return "--json" in (args[: args.index("--")] if "--" in args else args)
+
+
+def failed(message: str, exit_code: int) -> None:
+    """An error for a person on stderr; with --json also one error document on stdout, unless
+    the command printed its document already."""
+    fail(message)
+    if _json_asked():
+        from remcopy.cli.output import error_json
+
+        error_json(message, exit_code)
+    sys.exit(exit_code)
+
+
 def main() -> None:
+    output = sys.modules.get("remcopy.cli.output")  # loaded by an earlier main() in-process
+    if output is not None:
+        output.reset()
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
-        fail("aborted")
-        sys.exit(130)
+        failed("aborted", 130)
     except click.ClickException as exc:
         exc.show()
+        if _json_asked():
+            from remcopy.cli.output import error_json
+
+            error_json(exc.format_message(), exc.exit_code)
         sys.exit(exc.exit_code)
     except ConfigError as exc:
-        fail(str(exc))
-        sys.exit(exc.exit_code)
+        failed(str(exc), exc.exit_code)
     except RemcopyError as exc:
-        fail(str(exc))
-        sys.exit(exc.exit_code)
+        failed(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        fail("interrupted")
-        sys.exit(130)
+        failed("interrupted", 130)
     except BrokenPipeError:
         os._exit(1)
     sys.exit(0)

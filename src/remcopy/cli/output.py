@@ -3,6 +3,13 @@
 #
 # Rule: with --json, `emit_json` is the only thing that writes to stdout, exactly once per
 # command; rich, logging, warnings and progress write to stderr.
+#
+# Versioning: every JSON object the CLI prints carries `"schema": SCHEMA_VERSION`, added here and
+# nowhere else; a change that renames or removes a key raises it. Documents that are lists (the
+# listings: `group list`, `host list`, `map show`, ...) are printed as they were: a list has no
+# place for a key, and wrapping them would break every consumer at once (docs/operations.md).
+# A command that fails with --json before printing its document prints an error document
+# instead (`error_json`, called by cli/main.py), so a script always reads one document.
 from __future__ import annotations
 
 import json
@@ -10,11 +17,14 @@ import os
 import select
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+SCHEMA_VERSION: Final = 1
+_emitted = False  # this process printed its JSON document already
 
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
@@ -33,6 +43,10 @@ def emit_json(document: Any) -> None:
     `group suspend --json` that ended at line 8127. Here a short write continues, and a
     full buffer is waited on, as a blocking write would wait.
     """
+    global _emitted
+    if isinstance(document, dict):
+        document = {**document, "schema": SCHEMA_VERSION}
+    _emitted = True
     data = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
     sys.stdout.flush()  # nothing else belongs on stdout; if something was, it goes first
     try:
@@ -42,6 +56,19 @@ def emit_json(document: Any) -> None:
         sys.stdout.flush()
         return
     _write_all(fd, data)
+
+
+def reset() -> None:
+    """Forget that a document was printed (`main` runs once per process, tests more often)."""
+    global _emitted
+    _emitted = False
+
+
+def error_json(message: str, exit_code: int) -> None:
+    """With --json, a command that fails before its document prints this one instead:
+    `{"schema": 1, "error": MESSAGE, "exit_code": CODE}` (the message also goes to stderr)."""
+    if not _emitted:
+        emit_json({"error": message, "exit_code": exit_code})
 
 
 def _write_all(fd: int, data: bytes) -> None:
