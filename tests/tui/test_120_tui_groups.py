@@ -12,6 +12,7 @@ from common import HOST
 from remcopy.catalog import Catalog
 from remcopy.host.service import scan_host
 from remcopy.tui import RemcopyApp
+from remcopy.tui.groups_panel import GroupsPanel
 
 
 async def test_a_group_is_edited_by_any_key_all_or_nothing(
@@ -82,6 +83,10 @@ async def test_a_group_is_edited_by_any_key_all_or_nothing(
             await wait_until(
                 pilot, lambda: rows(app, table)[pairs.cursor_row][0] == "P10002", f"row of {key}"
             )
+        # A status round draws the table again: the cursor stays on the pair found.
+        panel = app.query_one(GroupsPanel)
+        panel.watch_statuses(panel.statuses)
+        assert rows(app, table)[pairs.cursor_row][0] == "P10002"
         shot(app, "5d-group-browse")
 
         await fill(pilot, "#key", "2B06")

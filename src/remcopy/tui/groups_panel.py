@@ -11,14 +11,17 @@
 # editor; the editor's Found and Stored come up (Stored goes on up to the app).
 from __future__ import annotations
 
+import contextlib
 from typing import ClassVar
 
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
+from textual.coordinate import Coordinate
 from textual.reactive import reactive
 from textual.widgets import DataTable
+from textual.widgets.data_table import RowDoesNotExist
 
 from remcopy.catalog import Catalog, Pair
 from remcopy.groups.model import GroupPair
@@ -118,6 +121,11 @@ class GroupsPanel(Vertical):
         stored = self._stored()
         modes = {p.secondary_address: p.mode for p in stored}
         modes.update({p.primary_address: p.mode for p in stored})
+        # The table is drawn again every status round: the operator's cursor stays on its
+        # pair (it went back to the first row every second, and a pair just found was lost).
+        cursor_key = None
+        if 0 <= table.cursor_row < table.row_count:
+            cursor_key = table.coordinate_to_cell_key(Coordinate(table.cursor_row, 0)).row_key
         table.clear()
         for p in self.pairs:
             s = statuses.get(str(p.primary))
@@ -134,6 +142,9 @@ class GroupsPanel(Vertical):
                 str(p.secondary),
                 key=str(p.primary),
             )
+        if cursor_key is not None and cursor_key.value is not None:
+            with contextlib.suppress(RowDoesNotExist):
+                table.move_cursor(row=table.get_row_index(cursor_key.value))
 
     def _stored(self) -> list[Pair]:
         try:
