@@ -46,6 +46,7 @@ NEEDS_A_CATALOG: dict[tuple[str, ...], tuple[str, ...]] = {
     ("workload", "run"): ("--group", "PAYROLL", "--host", "hosta", "--log", "{new_log}"),
     ("verify",): ("--group", "PAYROLL", "--host", "hosta", "--log", "{log}"),
     ("tui",): (),
+    ("log",): (),
 }
 
 

@@ -162,6 +162,17 @@ secondary_devices = "2B04-2B07"
         ).stdout
     )
     assert shown[0]["primary"] == "64016:1A00:0A:01"
+    # The operation log: newest first, the refused suspend then the consistent one.
+    oplog = json.loads(
+        cli("log", "--group", "PAYROLL", "--op", "group suspend", "--json", catalog=catalog).stdout
+    )["operations"]
+    assert [(o["result"], o["consistent"]) for o in oplog[:2]] == [("failed", False), ("ok", True)]
+    assert oplog[1]["at_ns"] == logged["at_ns"] and oplog[1]["pairs"] == 8
+    recent = json.loads(cli("log", "--since", "10m", "--json", catalog=catalog).stdout)
+    assert {"group establish", "group suspend"} <= {o["op"] for o in recent["operations"]}
+    assert "group suspend" in cli("log", "--group", "PAYROLL", catalog=catalog).stdout
+    bad = cli("log", "--since", "yesterday", catalog=catalog, check=False)
+    assert bad.returncode == 2 and "--since: expected an age" in bad.stderr
 
 
 async def test_bad_host_definitions_exit_2_naming_every_line(world, tmp_path):

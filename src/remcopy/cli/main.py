@@ -48,6 +48,11 @@ COMMANDS: Final = {
         attribute="host",
         help="Define hosts: their device numbers and the paths to their controllers.",
     ),
+    "log": LazyCommand(
+        module="remcopy.cli.oplog",
+        attribute="log",
+        help="Show the operation log: who ran what on which target, when, and how it ended.",
+    ),
     "map": LazyCommand(
         module="remcopy.cli.host",
         attribute="map_group",

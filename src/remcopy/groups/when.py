@@ -57,6 +57,25 @@ def parse_at(text: str, *, today: date | None = None) -> int:
     return int(moment.timestamp() * 1_000_000) * 1000  # microseconds are exact in a float
 
 
+SINCE_EXPECTED: Final = (
+    "an age such as 90s, 30m or 2h, an ISO date and time (2026-11-26T14:05:00), a time of day "
+    "today (14:05) or nanoseconds since the epoch"
+)
+
+
+def parse_since(text: str, *, now_ns: int | None = None) -> int:
+    """A moment in the past for `--since`: an age (now minus a duration) or a time as `--at`
+    takes it, in ns since the epoch."""
+    match = _DURATION.match(text)
+    if match:
+        seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
+        return (time.time_ns() if now_ns is None else now_ns) - int(seconds * 1e9)
+    try:
+        return parse_at(text)
+    except InputError:
+        raise InputError(f"--since: expected {SINCE_EXPECTED} (got {text!r})") from None
+
+
 def suspend_at_ns(at: str | None, within: str | None) -> int | None:
     """T from `--at` or `--in` (not both); None lets the suspend pick now + margin."""
     if at and within:
