@@ -300,11 +300,11 @@ class EventRecorder:
     own delay). A stream that ends (its controller was killed) ends its reader quietly.
     """
 
-    def __init__(self, subs: dict[str, Subscription]) -> None:
+    def __init__(self, subs: dict[str, Subscription], tasks: asyncio.TaskGroup) -> None:
         self.events: list[Event] = []
         self._changed = asyncio.Event()
         self._readers = [
-            asyncio.create_task(self._read(name, sub), name=f"events {name}")
+            tasks.create_task(self._read(name, sub), name=f"events {name}")
             for name, sub in subs.items()
         ]
 
@@ -333,21 +333,22 @@ class EventRecorder:
             return False
         return True
 
-    async def close(self) -> None:
+    def close(self) -> None:
+        """Stop reading; the TaskGroup of `recorded` ends the readers (a reader that failed
+        other than by its stream ending fails the harness there, loudly)."""
         for reader in self._readers:
             reader.cancel()
-        await asyncio.gather(*self._readers, return_exceptions=True)
 
 
 @contextlib.asynccontextmanager
 async def recorded(procs: list[ControllerProcess]) -> AsyncIterator[EventRecorder]:
     """An EventRecorder over these controllers' live event streams."""
-    async with events(procs) as subs:
-        recorder = EventRecorder(subs)
+    async with events(procs) as subs, asyncio.TaskGroup() as tasks:
+        recorder = EventRecorder(subs, tasks)
         try:
             yield recorder
         finally:
-            await recorder.close()
+            recorder.close()
 
 
 async def until_duplex(w: World, subs: dict[str, Subscription]) -> None:
@@ -450,6 +451,7 @@ class Load:
                 on_ack=self,
             )
         )
+        self.task.add_done_callback(lambda _: self._changed.set())  # wakes wait() and more()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -467,9 +469,7 @@ class Load:
                     + "; ".join(f.message for f in stats.failures[:2])
                 )
             self._changed.clear()
-            changed = asyncio.create_task(self._changed.wait())
-            await asyncio.wait([changed, self.task], return_when=asyncio.FIRST_COMPLETED)
-            changed.cancel()
+            await self._changed.wait()  # set by each acknowledgement and by the task's end
 
     async def more(self, count: int) -> None:
         """Wait for `count` more acknowledged writes, or for the workload to end by itself
@@ -478,9 +478,7 @@ class Load:
         target = self.count + count
         while self.count < target and not self.task.done():
             self._changed.clear()
-            changed = asyncio.create_task(self._changed.wait())
-            await asyncio.wait([changed, self.task], return_when=asyncio.FIRST_COMPLETED)
-            changed.cancel()
+            await self._changed.wait()
 
     def stats(self) -> WorkloadStats:
         assert self.task is not None and self.task.done()
