@@ -2,6 +2,9 @@
 # only fixtures, so test folders with their own conftest never shadow these names).
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from remcopy.controller.process import ControllerSpec, VolumeSpec
@@ -35,3 +38,22 @@ def controller_spec(
         ],
         hosts=hosts if hosts is not None else {HOST: SECRET},
     )
+
+
+def run_remcopy(
+    *args: str, catalog: Path, code: int | None = 0, timeout_s: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """`remcopy ARGS` as a user runs it (its own process, no terminal on stdin, the catalog
+    in REMCOPY_CATALOG): never a traceback, and the exit code `code` unless it is None."""
+    run = subprocess.run(
+        [sys.executable, "-m", "remcopy", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=dict(os.environ, REMCOPY_CATALOG=str(catalog)),
+    )
+    assert "Traceback" not in run.stderr, run.stderr
+    if code is not None:
+        assert run.returncode == code, (args, run.returncode, run.stdout, run.stderr)
+    return run

@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from mirror_world import build, host_file, stop
 
-from common import HOST, SECRET
+from common import HOST, SECRET, run_remcopy
 
 
 def cli(*args: str, catalog: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, REMCOPY_CATALOG=str(catalog))
-    run = subprocess.run(
-        [sys.executable, "-m", "remcopy", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-    assert "Traceback" not in run.stderr, run.stderr
-    if check:
-        assert run.returncode == 0, (args, run.stdout, run.stderr)
-    return run
+    return run_remcopy(*args, catalog=catalog, code=0 if check else None, timeout_s=120)
 
 
 @pytest.fixture

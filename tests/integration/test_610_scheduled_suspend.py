@@ -5,17 +5,15 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from mirror_world import World, all_ok, build, channel, establish, host_file, stop
 
-from common import HOST
+from common import HOST, run_remcopy
 from remcopy.errors import SuspendNotArmed, SuspendTimeInPast
 from remcopy.host.engine import EngineLimits
 from remcopy.states import CopyMode, PairState
@@ -26,17 +24,7 @@ PAIRS = [f"P{c}{k:04X}" for c in range(2) for k in range(4)]
 
 
 def cli(*args: str, catalog: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    run = subprocess.run(
-        [sys.executable, "-m", "remcopy", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ, REMCOPY_CATALOG=str(catalog)),
-    )
-    assert "Traceback" not in run.stderr, run.stderr
-    if check:
-        assert run.returncode == 0, (args, run.stdout, run.stderr)
-    return run
+    return run_remcopy(*args, catalog=catalog, code=0 if check else None, timeout_s=120)
 
 
 @pytest.fixture

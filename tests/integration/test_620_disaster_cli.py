@@ -6,14 +6,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from common import run_remcopy
 from remcopy.catalog import Catalog
 from remcopy.controller.process import ControllerProcess
 from remcopy.demo.world import DemoWorld, plan_world, write_files
@@ -23,17 +22,7 @@ pytestmark = pytest.mark.timeout(600)  # ~35 CLI processes and four copies on a 
 
 
 def cli(*args: str, world: DemoWorld, code: int = 0) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, REMCOPY_CATALOG=str(world.catalog))
-    run = subprocess.run(
-        [sys.executable, "-m", "remcopy", *args],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-    )
-    assert "Traceback" not in run.stderr, run.stderr
-    assert run.returncode == code, (args, run.returncode, run.stdout, run.stderr)
-    return run
+    return run_remcopy(*args, catalog=world.catalog, code=code)
 
 
 def as_json(*args: str, world: DemoWorld, code: int = 0) -> dict:  # type: ignore[type-arg]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mirror_world import build, host_file, stop
 
-from common import HOST
+from common import HOST, run_remcopy
 from remcopy.catalog import Catalog
 
 ANSWER_TIMEOUT_S = 120.0
@@ -24,17 +24,7 @@ QUESTION = b"[y/N]"
 
 
 def cli(*args: str, catalog: Path, code: int = 0) -> subprocess.CompletedProcess[str]:
-    run = subprocess.run(
-        [sys.executable, "-m", "remcopy", *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=dict(os.environ, REMCOPY_CATALOG=str(catalog)),
-    )
-    assert "Traceback" not in run.stderr, run.stderr
-    assert run.returncode == code, (args, run.returncode, run.stdout, run.stderr)
-    return run
+    return run_remcopy(*args, catalog=catalog, code=code)
 
 
 def on_a_terminal(*args: str, answer: bytes, catalog: Path) -> tuple[int, str, str]:

@@ -15,23 +15,13 @@ from pathlib import Path
 import pytest
 from mirror_world import build, host_file, stop
 
-from common import HOST
+from common import HOST, run_remcopy
 
 WAITING_TIMEOUT_S = 120.0
 
 
 def cli(*args: str, catalog: Path, code: int = 0) -> subprocess.CompletedProcess[str]:
-    run = subprocess.run(
-        [sys.executable, "-m", "remcopy", *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=dict(os.environ, REMCOPY_CATALOG=str(catalog)),
-    )
-    assert "Traceback" not in run.stderr, run.stderr
-    assert run.returncode == code, (args, run.returncode, run.stdout, run.stderr)
-    return run
+    return run_remcopy(*args, catalog=catalog, code=code)
 
 
 class Waiter:
