@@ -119,6 +119,13 @@ class DeviceNotAllowed(RemcopyError):
     code = 22
 
 
+class NotOffered(DeviceNotAllowed):
+    """a peer controller named a device its [[peers]] entry does not offer it, or a pair it
+    is not a member of"""
+
+    code = 48
+
+
 class OutOfRange(RemcopyError):
     """an I/O request reaches outside the volume"""
 
@@ -235,6 +242,13 @@ class ShuttingDown(ResourceError):
     """the controller is shutting down and accepts no new work"""
 
     code = 64
+    retryable = True
+
+
+class TooManyConnections(ResourceError):
+    """too many connections have not authenticated yet (per listener or per address)"""
+
+    code = 66
     retryable = True
 
 

@@ -213,6 +213,14 @@ class ControllerSection(_Strict):
     nbd_multi_conn: bool = True
     """Advertise NBD multi-conn (safe: flush is fdatasync of the one shared file)."""
     # --- end NBD export ---
+    # --- Before authentication (docs/security.md) ---
+    unauthenticated_max: int = Field(default=64, ge=1, le=100_000)
+    """Connections of one listener (native, NBD) that have not authenticated at once; the
+    next is closed at accept."""
+    unauthenticated_per_address_max: int = Field(default=8, ge=1, le=100_000)
+    """The same, from one client address."""
+    handshake_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    """A connection that has not authenticated this long after accept is closed."""
 
 
 class LssSection(_Strict):
@@ -241,6 +249,12 @@ class PeerSection(_Strict):
     serial: Serial
     address: Address
     secret: Secret
+    offer_lss: list[Lss] = Field(default_factory=list)
+    """The LSSs whose SIMPLEX volumes this peer may establish pairs onto (become their
+    primary); absent or empty: none. Pairs that exist are the peer's to act on either way."""
+
+    def offers(self, device: int) -> bool:
+        return (device >> 8) in self.offer_lss
 
 
 class ControllerConfig(_Strict):
@@ -312,6 +326,12 @@ def _cross_checks(config: ControllerConfig, source: str) -> list[str]:
         if path in file_seen:
             problems.append(f"{where}.file: file {str(path)!r} is also volumes[{file_seen[path]}]")
         file_seen.setdefault(path, i)
+    for i, peer in enumerate(config.peers):
+        for lss in peer.offer_lss:
+            if lss not in lss_seen:
+                problems.append(
+                    f"{source}: peers[{i}].offer_lss: LSS {lss:02X} is not declared in [[lss]]"
+                )
     named: list[tuple[str, list[str]]] = [
         ("hosts", [h.name for h in config.hosts]),
         ("peers", [p.name for p in config.peers]),

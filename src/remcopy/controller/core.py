@@ -7,8 +7,10 @@
 #
 # Rules this module keeps:
 # - A device is addressed inside the controller by its key, LSS << 8 | CCA (HardwareAddress
-#   .device_key). Anything that names a device we do not own is DeviceNotFound; a device the
-#   host's entry does not allow is DeviceNotAllowed. Both checks happen before any volume I/O.
+#   .device_key). A device the host's entry does not allow is DeviceNotAllowed, whether it
+#   exists or not (a host learns nothing outside its grant); a device of the grant we do not
+#   own is DeviceNotFound. Both checks happen before any volume I/O. Status, identify and
+#   query name only the devices of the asking host's grant.
 # - Pair states change only through `commit_states`, which computes every new state first
 #   (states.next_state), persists the whole table atomically, and only then makes it visible
 #   and announces one event line per changed device. A refused batch changes nothing.
@@ -30,6 +32,7 @@ from remcopy.errors import (
     ConfigError,
     DeviceNotAllowed,
     DeviceNotFound,
+    NotOffered,
     RemcopyError,
     RemcopyInternalError,
     WriteProtected,
@@ -385,13 +388,24 @@ class Controller:
         return device
 
     def device_for_host(self, host: HostGrant, key: int) -> Device:
-        device = self.device(key)
+        # The grant first: a device outside it is refused the same whether it exists or not,
+        # so a host learns nothing about the devices it may not reach.
         if not host.allows(key):
             raise DeviceNotAllowed(
-                f"host {host.name}: device {device.address} is not in the host's grant on "
-                f"controller {self.name}"
+                f"host {host.name}: LSS {key >> 8:02X} CCA {key & 0xFF:02X} is not in the "
+                f"host's grant on controller {self.name}"
             )
-        return device
+        return self.device(key)
+
+    def check_offered(self, peer_serial: int, key: int) -> Device:
+        """The device a peer may establish a pair onto: one of an LSS its [[peers]] entry
+        offers (NotOffered otherwise, whether the device exists or not)."""
+        if not any(p.serial == peer_serial and p.offers(key) for p in self.peers.values()):
+            raise NotOffered(
+                f"controller {peer_serial}: LSS {key >> 8:02X} CCA {key & 0xFF:02X} is not "
+                f"offered to it on controller {self.name} ([[peers]] offer_lss)"
+            )
+        return self.device(key)
 
     def host_devices(self, host: HostGrant, keys: Iterable[int]) -> list[int]:
         """The keys a batch names, or every device the host may reach when it names none."""
@@ -475,9 +489,12 @@ class Controller:
     def flush_targets(self, host: HostGrant, keys: Iterable[int]) -> list[Volume]:
         return [self.device_for_host(host, key).volume for key in self.host_devices(host, keys)]
 
-    def status(self) -> dict[str, Any]:
+    def status(self, host: HostGrant) -> dict[str, Any]:
+        """The status document as `host` may see it: only the devices of its grant (their
+        count, states and list); the controller's name, serial, uptime and counters."""
+        devices = [self.devices[key] for key in self.host_devices(host, ())]
         by_state: dict[str, int] = {}
-        for device in self.devices.values():
+        for device in devices:
             by_state[device.pair.state.name] = by_state.get(device.pair.state.name, 0) + 1
         testing = self.config.testing()
         return {
@@ -486,7 +503,7 @@ class Controller:
             "name": self.name,
             "serial": self.serial,
             "uptime_s": round((time.time_ns() - self.started_ns) / 1e9, 3),
-            "volumes": len(self.devices),
+            "volumes": len(devices),
             "states": by_state,
             "counters": dict(self.counters),
             "devices": [
@@ -497,7 +514,7 @@ class Controller:
                     "state": d.pair.state.name,
                     "role": d.pair.role.value,
                 }
-                for d in sorted(self.devices.values(), key=lambda d: d.key)
+                for d in devices
             ],
         }
 

@@ -31,6 +31,7 @@ from remcopy.errors import (
     DeviceBusy,
     IllegalTransition,
     InputError,
+    NotOffered,
     RemcopyError,
     SuspendNotArmed,
     SuspendTimeInPast,
@@ -875,7 +876,10 @@ class PairOperations:
                 if item.device in seen:
                     raise InputError(f"device {item.device:04X} is named twice in one request")
                 seen.add(item.device)
-                device = self.rep.controller.device(item.device)
+                if request.op is PairOp.PEER_ESTABLISH:
+                    device = self.rep.controller.check_offered(peer_serial, item.device)
+                else:
+                    device = self.rep.controller.device(item.device)
                 run = self.rep.runs[device.key]
                 if request.op is PairOp.PEER_ESTABLISH:
                     self._check(run, PairAction.ESTABLISH)
@@ -886,9 +890,9 @@ class PairOperations:
                         )
                     changes[device.key] = (PairAction.ESTABLISH, _as_secondary(item))
                 elif device.pair.peer_serial != peer_serial:
-                    raise WriteProtected(
-                        f"{device.address}: its pair's other side is controller "
-                        f"{device.pair.peer_serial}, not {peer_serial}"
+                    raise NotOffered(
+                        f"{device.address}: controller {peer_serial} is not the other side "
+                        "of a pair of this device"
                     )
                 elif request.op is PairOp.PEER_STATE:
                     action = str(request.options.get("action", ""))

@@ -44,6 +44,8 @@ class PeerSpec:
     serial: int
     address: str
     secret: str
+    offer_lss: list[int] | None = None
+    """The LSSs offered to this peer for establish; None: every LSS of the controller."""
 
 
 @dataclass(kw_only=True)
@@ -56,6 +58,8 @@ class ControllerSpec:
     lss: dict[int, int]  # LSS -> SSID
     volumes: list[VolumeSpec] = field(default_factory=list)
     hosts: dict[str, str] = field(default_factory=dict)  # name -> secret
+    host_lss: dict[str, list[int]] = field(default_factory=dict)
+    """A host's grant (name -> LSSs); a host not named here may reach every device."""
     peers: list[PeerSpec] = field(default_factory=list)
     listen: str = "127.0.0.1:0"
     track_size_bytes: int = 64 * 1024
@@ -101,14 +105,19 @@ class ControllerSpec:
                 "",
             ]
         for name, secret in sorted(self.hosts.items()):
-            lines += ["[[hosts]]", f'name = "{name}"', f'secret = "{secret}"', ""]
+            lines += ["[[hosts]]", f'name = "{name}"', f'secret = "{secret}"']
+            if name in self.host_lss:
+                lines.append(f"lss = {_lss_list(self.host_lss[name])}")
+            lines.append("")
         for peer in self.peers:
+            offer = sorted(self.lss) if peer.offer_lss is None else peer.offer_lss
             lines += [
                 "[[peers]]",
                 f'name = "{peer.name}"',
                 f"serial = {peer.serial}",
                 f'address = "{peer.address}"',
                 f'secret = "{peer.secret}"',
+                f"offer_lss = {_lss_list(offer)}",
                 "",
             ]
         return "\n".join(lines)
@@ -125,6 +134,10 @@ def write_private(path: Path, text: str) -> None:
     with os.fdopen(atrest.open_private(path, os.O_WRONLY | os.O_TRUNC), "w") as out:
         os.fchmod(out.fileno(), atrest.FILE_MODE)  # our own file, rewritten: no wider mode
         out.write(text)
+
+
+def _lss_list(lss: list[int]) -> str:
+    return "[" + ", ".join(f'"{n:02X}"' for n in lss) + "]"
 
 
 def _toml_value(value: object) -> str:

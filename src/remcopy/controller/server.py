@@ -45,6 +45,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Final, cast
 
 from remcopy.configfile import format_address
+from remcopy.controller.admission import Admission
 from remcopy.controller.core import Controller, EventSink, HostGrant
 from remcopy.controller.nbd_server import NbdServer
 from remcopy.controller.replication import Replicator
@@ -53,10 +54,12 @@ from remcopy.errors import (
     AuthenticationFailed,
     ControllerFailed,
     DeviceNotAllowed,
+    NotOffered,
     ProtocolError,
     RemcopyError,
     RemcopyInternalError,
     ShuttingDown,
+    TooManyConnections,
 )
 from remcopy.wire import auth, native
 from remcopy.wire.native import Side
@@ -73,12 +76,14 @@ def escape_name(name: str) -> str:
     return name.encode("unicode_escape").decode("ascii")
 
 
-HANDSHAKE_TIMEOUT_S: Final = 10.0
 # Requests that wait on something slower than memory (fdatasync, a peer) at once.
 IN_FLIGHT_MAX: Final = 64
 # Replies queued for a slow reader beyond this make the connection stop taking requests until
 # the socket drained; it is the transport's high-water mark (the low one is a quarter).
 WRITE_BUFFER_HIGH_BYTES: Final = 4 * 1024 * 1024
+# What a peer controller may send once authenticated: it acts on pairs, never as a host
+# (host verbs name devices by grant; a peer's reach is its pairs and its offer, pairops.py).
+_PEER_KINDS: Final = (native.UpdateBatch, native.PairOpRequest, native.SubscribeRequest)
 # An event subscriber that falls this far behind is dropped rather than buffered.
 SUBSCRIBER_BUFFER_MAX_BYTES: Final = 8 * 1024 * 1024
 
@@ -99,7 +104,9 @@ class _Link(asyncio.BufferedProtocol):
         self.server = server
         self.codec = native.Connection(Side.SERVER)
         self.peer = "?"
+        self.host = "?"  # the client's address, without the port
         self.client = "?"
+        self.admitted = False  # counted by the listener's Admission until authenticated
         self.sinks: list[EventSink] = []
         """Event sinks of this connection's subscriptions, removed when it ends."""
         self.grant: HostGrant | None = None  # set once authenticated
@@ -131,6 +138,7 @@ class _Link(asyncio.BufferedProtocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.host = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_BYTES)
         self.server._accepted(self)
 
@@ -178,7 +186,8 @@ class _Link(asyncio.BufferedProtocol):
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
                 self._deadline = asyncio.get_running_loop().call_later(
-                    HANDSHAKE_TIMEOUT_S, self._handshake_expired
+                    self.server.controller.config.controller.handshake_timeout_s,
+                    self._handshake_expired,
                 )
                 self.process()  # bytes that came before this task ran
                 await self.lost
@@ -315,13 +324,15 @@ class _Link(asyncio.BufferedProtocol):
             self.server._refuse(
                 self,
                 AuthenticationFailed(
-                    f"handshake from {self.peer}: no answer within {HANDSHAKE_TIMEOUT_S} s"
+                    f"handshake from {self.peer}: no answer within "
+                    f"{self.server.controller.config.controller.handshake_timeout_s} s"
                 ),
             )
             self._close_when_idle()
 
     def authenticated(self, grant: HostGrant) -> None:
         self.grant, self.handshake = grant, None
+        self.server._admitted_done(self)
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
@@ -341,6 +352,12 @@ class ControllerServer:
         self.replicator = Replicator(controller)
         self.nbd: NbdServer | None = None  # the NBD export, when nbd_listen is configured
         self.nbd_address: tuple[str, int] | None = None
+        section = controller.config.controller
+        self.admission = Admission(
+            "native",
+            total_max=section.unauthenticated_max,
+            per_address_max=section.unauthenticated_per_address_max,
+        )
 
     def __repr__(self) -> str:
         return f"<ControllerServer {self.controller.name} links={len(self._links)}>"
@@ -455,6 +472,16 @@ class ControllerServer:
             if link.transport is not None:
                 link.transport.close()
             return
+        refused = self.admission.admit(link.host, link.peer)
+        if refused is not None:
+            # One short error frame and close: nothing is kept for the connection.
+            link.send(native.ErrorReply(code=TooManyConnections.code, message=refused))
+            link.end()
+            link.flush()
+            if link.transport is not None:
+                link.transport.close()
+            return
+        link.admitted = True
         self._links.add(link)
         if self._tasks is None:
             self._early.append(link)
@@ -467,7 +494,14 @@ class ControllerServer:
         self._drivers.add(driver)
         driver.add_done_callback(self._drivers.discard)
 
+    def _admitted_done(self, link: _Link) -> None:
+        """The link authenticated or closed: it no longer counts as unauthenticated."""
+        if link.admitted:
+            link.admitted = False
+            self.admission.release(link.host)
+
     def _closed(self, link: _Link) -> None:
+        self._admitted_done(link)
         self._links.discard(link)
         for sink in link.sinks:  # a subscriber that left is forgotten at once
             self.controller.remove_sink(sink)
@@ -577,12 +611,13 @@ class ControllerServer:
         core = self.controller
         rid = msg.request_id
         try:
+            if grant.is_peer and not isinstance(msg, _PEER_KINDS):
+                raise NotOffered(
+                    f"controller {grant.name}: a peer controller sends pair operations and "
+                    f"replication updates, not {type(msg).__name__}"
+                )
             match msg:
                 case native.WriteRequest():
-                    if grant.is_peer:
-                        raise DeviceNotAllowed(
-                            f"{grant.name}: a peer controller sends updates, not host writes"
-                        )
                     pending = self.replicator.host_write(grant, msg)
                     if pending is not None or msg.fua:
                         return self._write_done(grant, msg, pending)
@@ -623,7 +658,7 @@ class ControllerServer:
                         native.FlushReply(request_id=rid),
                     )
                 case native.StatusRequest():
-                    reply = native.StatusReply(request_id=rid, document=core.status())
+                    reply = native.StatusReply(request_id=rid, document=core.status(grant))
                 case native.SubscribeRequest():
                     self._subscribe(link, rid)
                     return None
