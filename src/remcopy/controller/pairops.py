@@ -927,6 +927,10 @@ class PairOperations:
                     cleared.append(run)
                 else:
                     raise InputError(f"pair operation {request.op.name} is for hosts")
+            except NotOffered as exc:  # says nothing of the device: not the peer's to know
+                log.warning("refused peer controller %d: %s", peer_serial, exc)
+                results.append(_refused(item.device, exc))
+                continue
             except RemcopyError as exc:
                 known = self.rep.controller.devices.get(item.device)
                 results.append(_refused(item.device, exc, known))
