@@ -196,8 +196,15 @@ async def test_pipelined_large_reads_keep_controller_memory_bounded(
     assert grown < 160 * MiB, f"controller peak memory grew by {grown / MiB:.0f} MiB"
 
 
-async def test_connections_past_the_limit_are_closed_and_logged(controller: ControllerProcess):
-    """The connection after CONNECTIONS_MAX open ones is closed at once; the others work."""
+async def test_connections_past_the_limit_are_closed_and_logged(
+    start_controller: Start, tmp_path: Path
+):
+    """The connection after CONNECTIONS_MAX open ones is closed at once; the others work
+    (the caps on unauthenticated connections are raised past it, to test this one alone)."""
+    spec = controller_spec(tmp_path, "cntla", 64015, volumes=1, size_bytes=SIZE)
+    spec.nbd_listen = "127.0.0.1:0"
+    spec.settings["unauthenticated_per_address_max"] = CONNECTIONS_MAX + 1
+    controller = await start_controller(spec)
     clients = [await _connected(controller) for _ in range(CONNECTIONS_MAX)]
     try:
         assert controller.nbd_address is not None

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from nbd_world import CMD_READ, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, RawNbdClient, tool
 
+import pki
 from common import MiB, controller_spec
 from remcopy.controller.config import load_controller_config
 from remcopy.controller.nbd_server import configured_export_uri, export_uri
@@ -53,6 +54,7 @@ async def test_export_uri_prints_a_uri_the_tools_open(start_controller: Start, t
 def test_configured_export_uri_refuses_what_has_no_stable_uri(tmp_path: Path):
     """No nbd_listen, port 0, or a wildcard address without a host are refused, named."""
     spec = controller_spec(tmp_path, "cntla", 64015, volumes=1, size_bytes=2 * MiB)
+    spec.tls = pki.Site.make(tmp_path / "pki").controller("cntla")  # required off loopback
     cases = {
         None: "controller.nbd_listen is not set",
         "127.0.0.1:0": "controller.nbd_listen port is 0",
@@ -66,7 +68,7 @@ def test_configured_export_uri_refuses_what_has_no_stable_uri(tmp_path: Path):
     spec.nbd_listen = "0.0.0.0:10809"
     config = load_controller_config(spec.write(tmp_path / "c.toml"))
     uri, address = configured_export_uri(config, "cn0000", source="c.toml", host="nas1")
-    assert (uri, address) == ("nbd://nas1:10809/CN0000", ("nas1", 10809))
+    assert (uri, address) == ("nbds://nas1:10809/CN0000", ("nas1", 10809))  # TLS off loopback
 
 
 async def test_export_uri_of_an_unknown_volser_exits_2(tmp_path: Path):

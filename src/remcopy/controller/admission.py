@@ -53,10 +53,7 @@ class Admission:
         if self.pending >= self.total_max:
             reason = f"{self.pending} connections have not authenticated (the limit)"
         elif held >= self.per_address_max:
-            reason = (
-                f"{held} connections from {key} have not authenticated "
-                "(the limit per address)"
-            )
+            reason = f"{held} connections from {key} have not authenticated (the limit per address)"
         else:
             self.pending += 1
             self.by_address[key] = held + 1

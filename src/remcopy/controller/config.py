@@ -212,15 +212,35 @@ class ControllerSection(_Strict):
     """Client addresses (CIDR) that may connect to nbd_listen; NBD has no authentication."""
     nbd_multi_conn: bool = True
     """Advertise NBD multi-conn (safe: flush is fdatasync of the one shared file)."""
+    nbd_tls: Literal["auto", "require"] = "auto"
+    """"auto": NBD clients must use TLS (STARTTLS, a client certificate of a [[hosts]] name)
+    unless nbd_listen is a loopback address; "require": on loopback too."""
+
+    def nbd_tls_required(self) -> bool:
+        if self.nbd_listen is None:
+            return False
+        return self.nbd_tls == "require" or not is_loopback(self.nbd_listen[0])
+
     # --- end NBD export ---
     # --- Before authentication (docs/security.md) ---
     unauthenticated_max: int = Field(default=64, ge=1, le=100_000)
     """Connections of one listener (native, NBD) that have not authenticated at once; the
     next is closed at accept."""
-    unauthenticated_per_address_max: int = Field(default=8, ge=1, le=100_000)
+    unauthenticated_per_address_max: int = Field(default=16, ge=1, le=100_000)
     """The same, from one client address."""
     handshake_timeout_s: float = Field(default=10.0, gt=0, le=600)
     """A connection that has not authenticated this long after accept is closed."""
+
+
+class TlsSection(_Strict):
+    """The controller's certificates (relative paths are taken from the config's folder)."""
+
+    ca: Path
+    """The CA whose certificates clients must present (PEM)."""
+    cert: Path
+    """This controller's certificate (PEM), presented to clients."""
+    key: Path
+    """Its private key (PEM); must be 0600."""
 
 
 class LssSection(_Strict):
@@ -263,6 +283,7 @@ class ControllerConfig(_Strict):
     volumes: list[VolumeSection] = Field(default_factory=list)
     hosts: list[HostSection] = Field(default_factory=list)
     peers: list[PeerSection] = Field(default_factory=list)
+    tls: TlsSection | None = None
 
     def testing(self) -> dict[str, Any]:
         """The test-only switches this config sets, by key (empty in production)."""
@@ -280,9 +301,50 @@ class ControllerConfig(_Strict):
         return path if path.is_absolute() else self.controller.data_dir / path
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a listen host is this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _tls_checks(config: ControllerConfig, source: str) -> list[str]:
+    section = config.controller
+    problems = []
+    if section.nbd_tls_required() and config.tls is None:
+        assert section.nbd_listen is not None
+        why = (
+            "controller.nbd_tls is require"
+            if section.nbd_tls == "require"
+            else f"controller.nbd_listen {configfile.format_address(section.nbd_listen)} is "
+            "not a loopback address"
+        )
+        problems.append(
+            f"{source}: tls: missing: {why}, so NBD clients must use TLS: add a [tls] section "
+            "with ca, cert and key (docs/security.md)"
+        )
+    if config.tls is not None:
+        for name in ("ca", "cert", "key"):
+            path = getattr(config.tls, name)
+            if not path.is_file():
+                problems.append(f"{source}: tls.{name}: no such file: {path}")
+        key = config.tls.key
+        exposure = atrest.exposed([key]) if key.is_file() else []
+        if exposure:
+            mode = key.stat().st_mode & 0o777
+            problems.append(
+                f"{source}: tls.key: {key} is accessible by group or others (mode {mode:04o}, "
+                f"expected 0600): run `chmod 600 {key}`"
+            )
+    return problems
+
+
 def _cross_checks(config: ControllerConfig, source: str) -> list[str]:
     """Rules that span entries; each problem names the key path and the value."""
-    problems: list[str] = []
+    problems: list[str] = _tls_checks(config, source)
     track = config.controller.track_size
     if not (TRACK_SIZE_MIN_BYTES <= track <= TRACK_SIZE_MAX_BYTES) or track & (track - 1):
         problems.append(
@@ -373,6 +435,12 @@ def load_controller_config(
     if not data_dir.is_absolute():
         section = config.controller.model_copy(update={"data_dir": path.parent / data_dir})
         config = config.model_copy(update={"controller": section})
+    if config.tls is not None:
+        files = {
+            name: file if file.is_absolute() else path.parent / file
+            for name, file in config.tls.model_dump().items()
+        }
+        config = config.model_copy(update={"tls": TlsSection(**files)})
     problems = _cross_checks(config, str(path))
     if problems:
         raise configfile.problems_error(str(path), problems)

@@ -20,10 +20,16 @@
 # - A secondary's export is advertised read-only at GO unless it is RECOVERED; if its state
 #   changes afterwards, host_write still refuses the write (EPERM), so the check is made
 #   again on every write.
-# - Who may connect: NBD has no authentication here. A connection from an address outside
-#   `nbd_allow` (CIDR list, default 127.0.0.1 and ::1) is closed before the greeting, and
-#   logged. This is weaker than the native protocol's HMAC: anyone who can connect from an
-#   allowed address may read and write every volume that is not write-protected.
+# - Who may connect: a connection from an address outside `nbd_allow` (CIDR list, default
+#   127.0.0.1 and ::1) is closed before the greeting, and logged. When TLS is required
+#   (controller.nbd_tls: always off loopback), the codec takes nothing but STARTTLS; the
+#   socket is then upgraded with `loop.start_tls` (TLS 1.3, a client certificate signed by
+#   [tls] ca), and the certificate's name must be a [[hosts]] name: that host's grant is the
+#   list of exports it sees and may open. Without TLS (loopback only) every volume is
+#   exported to anyone who connects from an allowed address.
+# - Before the client is known (TLS: until its certificate was checked; plain: until it chose
+#   an export) it counts against the listener's Admission caps and must finish within
+#   controller.handshake_timeout_s.
 #
 # Rules this module keeps:
 # - Bounded per connection: at most IN_FLIGHT_MAX requests (IN_FLIGHT_BYTES_MAX of payload)
@@ -40,6 +46,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import ssl
 import time
 import urllib.parse
 from collections.abc import Awaitable, Coroutine
@@ -47,9 +54,12 @@ from dataclasses import dataclass
 from typing import Any, Final, cast
 
 from remcopy.configfile import format_address
+from remcopy.controller.admission import Admission
 from remcopy.controller.config import ControllerConfig, IpNetwork
 from remcopy.controller.core import Controller, Device, HostGrant
+from remcopy.controller.logsafe import escape_name
 from remcopy.controller.replication import Replicator
+from remcopy.controller.tlscontext import certificate_name
 from remcopy.errors import (
     InputError,
     LateWrite,
@@ -72,6 +82,7 @@ from remcopy.wire.nbd import (
     NbdServerConnection,
     ReadRequest,
     RequestRejected,
+    StartTls,
     TrimRequest,
     WriteRequest,
     WriteZeroesRequest,
@@ -108,12 +119,14 @@ _ZEROES: Final = bytes(WRITE_PIECE_MAX_BYTES)
 LATE_WRITE_RETRY_MAX: Final = 2
 
 
-def export_uri(address: tuple[str, int], volser: str) -> str:
-    """The nbd:// URI of export `volser` at `address` (libnbd and qemu read it).
+def export_uri(address: tuple[str, int], volser: str, *, tls: bool = False) -> str:
+    """The nbd:// (nbds:// with TLS) URI of export `volser` at `address` (libnbd and qemu
+    read it; a TLS client adds its certificates, e.g. `?tls-certificates=DIR` for libnbd).
 
     '#' is percent-encoded (it would start a URI fragment); '@' and '$' may stay.
     """
-    return f"nbd://{format_address(address)}/{urllib.parse.quote(volser, safe='@$')}"
+    scheme = "nbds" if tls else "nbd"
+    return f"{scheme}://{format_address(address)}/{urllib.parse.quote(volser, safe='@$')}"
 
 
 def configured_export_uri(
@@ -151,7 +164,7 @@ def configured_export_uri(
             )
         host = listen_host
     address = (host, port)
-    return export_uri(address, name), address
+    return export_uri(address, name, tls=section.nbd_tls_required()), address
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -182,8 +195,19 @@ class NbdServer:
         allow: list[IpNetwork],
         multi_conn: bool,
         grace_s: float,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """`tls`: clients must STARTTLS with a certificate naming a [[hosts]] entry, and see
+        only that host's grant; None: plain NBD, every volume to every allowed client."""
         self.controller = controller
+        self.tls = tls
+        section = controller.config.controller
+        self.handshake_timeout_s = section.handshake_timeout_s
+        self.admission = Admission(
+            "nbd",
+            total_max=section.unauthenticated_max,
+            per_address_max=section.unauthenticated_per_address_max,
+        )
         self.replicator = replicator
         self.listen = listen
         self.allow = tuple(allow)
@@ -284,10 +308,10 @@ class NbdServer:
             device = self._by_volser.get(volser)
         return device
 
-    def export_info(self, volser: str) -> ExportInfo | None:
+    def export_info(self, volser: str, grant: HostGrant) -> ExportInfo | None:
         device = self.device_for(volser)
-        if device is None:
-            return None
+        if device is None or not grant.allows(device.key):
+            return None  # outside the grant: as unknown as a volser that does not exist
         pair = device.pair
         protected = pair.role is PairRole.SECONDARY and pair.state is not PairState.RECOVERED
         role = f"{pair.role.value} " if pair.role is not PairRole.NONE else ""
@@ -303,8 +327,14 @@ class NbdServer:
             can_multi_conn=self.multi_conn,
         )
 
-    def export_names(self) -> list[str]:
-        return sorted(str(d.volume.volser) for d in self.controller.devices.values())
+    def export_names(self, grant: HostGrant) -> list[str]:
+        return sorted(
+            str(d.volume.volser) for d in self.controller.devices.values() if grant.allows(d.key)
+        )
+
+    def grant_for(self, name: str | None) -> HostGrant | None:
+        """The [[hosts]] grant a verified certificate's name maps to, or None."""
+        return self.controller.hosts.get(name) if name is not None else None
 
     # Connections...
 
@@ -330,6 +360,7 @@ class NbdServer:
         log.warning("nbd: refused %s: %s", peer, reason)
 
     def _closed(self, connection: _NbdConnection) -> None:
+        connection.known()
         self._connections.discard(connection)
 
 
@@ -339,10 +370,19 @@ class _NbdConnection(asyncio.BufferedProtocol):
     def __init__(self, server: NbdServer) -> None:
         self.server = server
         self.codec = NbdServerConnection(
-            lookup=server.export_info, list_exports=server.export_names
+            lookup=lambda volser: server.export_info(volser, self.grant),
+            list_exports=lambda: server.export_names(self.grant),
+            tls=server.tls is not None,
         )
         self.peer = "?"
-        self.grant = HostGrant(name="nbd", secret=b"", lss=None)
+        self.host = "?"
+        # Plain NBD: every device. With TLS: nothing until the certificate named a host.
+        self.grant = HostGrant(
+            name="nbd", secret=b"", lss=None if server.tls is None else frozenset()
+        )
+        self._admitted = False  # counted by the server's Admission until known()
+        self._deadline: asyncio.TimerHandle | None = None
+        self._upgrading = False  # STARTTLS answered, the TLS handshake under way
         self._transport: asyncio.Transport | None = None
         self._device: Device | None = None
         self._tasks: asyncio.TaskGroup | None = None
@@ -369,7 +409,9 @@ class _NbdConnection(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         host = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         self.peer = format_address((host, peer[1])) if isinstance(peer, tuple) else str(peer)
-        self.grant = HostGrant(name=f"nbd {self.peer}", secret=b"", lss=None)
+        self.host = host
+        if self.server.tls is None:
+            self.grant = HostGrant(name=f"nbd {self.peer}", secret=b"", lss=None)
         if not self.server.allowed(host):
             self.server._refused(self.peer, None)
             self._ending = True
@@ -384,6 +426,12 @@ class _NbdConnection(asyncio.BufferedProtocol):
             self._ending = True
             transport.abort()
             return
+        if self.server.admission.admit(host, self.peer) is not None:
+            self.server.refused_total += 1  # logged once per burst by the Admission
+            self._ending = True
+            transport.abort()
+            return
+        self._admitted = True
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_BYTES, low=WRITE_BUFFER_LOW_BYTES)
         self._read_buffer = memoryview(bytearray(READ_CHUNK_BYTES))
         self.server._accepted(self)
@@ -405,7 +453,8 @@ class _NbdConnection(asyncio.BufferedProtocol):
         if not self._ending:
             self.codec.receive_data(b"")
             self._process()
-        return True  # we close, after answering what is in flight
+        # We close, after answering what is in flight (TLS closes on EOF whatever we say).
+        return not self.codec.tls_active
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._ending = True
@@ -430,6 +479,9 @@ class _NbdConnection(asyncio.BufferedProtocol):
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
+                self._deadline = asyncio.get_running_loop().call_later(
+                    self.server.handshake_timeout_s, self._handshake_expired
+                )
                 self._send()  # the greeting
                 self._process()  # bytes that came with the connection
                 await self._lost
@@ -438,6 +490,7 @@ class _NbdConnection(asyncio.BufferedProtocol):
         finally:
             self._tasks = None
             self.server._closed(self)
+            transport = self._transport or transport  # the TLS one after an upgrade
             if not transport.is_closing():
                 transport.abort()
 
@@ -485,7 +538,7 @@ class _NbdConnection(asyncio.BufferedProtocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        pause = self._ending or self._busy()
+        pause = self._ending or self._upgrading or self._busy()
         if pause and not self._reading_paused:
             transport.pause_reading()
             self._reading_paused = True
@@ -543,27 +596,115 @@ class _NbdConnection(asyncio.BufferedProtocol):
                     self._spawn(handle, self._flushed())
                 else:
                     codec.reply_ok(handle)
+            case StartTls():
+                self._upgrading = True
+                self._update_reading()
+                self._send()  # the ACK, in plain text, before the TLS handshake
+                assert self._tasks is not None
+                self._tasks.create_task(self._start_tls())
             case ExportChosen(info=info):
                 self._device = self.server.device_for(info.name)
+                self.known()
                 log.info(
-                    "nbd %s: export %s%s",
+                    "nbd %s: export %s%s%s",
                     self.peer,
-                    info.name,
+                    escape_name(info.name),
                     " (read-only)" if info.read_only else "",
+                    f" for host {escape_name(self.grant.name)}" if self.server.tls else "",
                 )
             case RequestRejected(message=message):
                 self.server.errors_total += 1
-                log.info("nbd %s: %s", self.peer, message)
+                log.info("nbd %s: %s", self.peer, escape_name(message))
             case Disconnect():
                 self._ending = True
             case ConnectionClosed(reason=reason, error=error):
                 self._ending = True
+                self._refused_without_tls()
                 if error is not None:
-                    log.warning("nbd %s: closed: %s", self.peer, reason)
+                    log.warning("nbd %s: closed: %s", self.peer, escape_name(reason))
                 else:
-                    log.info("nbd %s: %s", self.peer, reason)
+                    log.info("nbd %s: %s", self.peer, escape_name(reason))
             case _:
                 raise AssertionError(f"unknown nbd event {event!r}")
+
+    # Who the client is...
+
+    def known(self) -> None:
+        """The client is known (TLS identity checked, or an export chosen) or gone: it no
+        longer counts as unauthenticated, and the handshake deadline is off."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if self._admitted:
+            self._admitted = False
+            self.server.admission.release(self.host)
+
+    def _refused_without_tls(self) -> None:
+        if self.server.tls is not None and not self.codec.tls_active and not self._upgrading:
+            log.warning(
+                "nbd %s: refused: this server requires TLS (STARTTLS with a client "
+                "certificate) and the client did not start it",
+                self.peer,
+            )
+
+    def _handshake_expired(self) -> None:
+        self._deadline = None
+        if self._device is None and not self._ending:
+            log.warning(
+                "nbd %s: refused: no export chosen within %s s",
+                self.peer,
+                self.server.handshake_timeout_s,
+            )
+            self._abort()
+
+    def _abort(self) -> None:
+        self._ending = True
+        if self._transport is not None:
+            self._transport.abort()
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+    async def _start_tls(self) -> None:
+        """Upgrade the socket after STARTTLS's ACK; map the certificate to a host."""
+        assert self._transport is not None and self.server.tls is not None
+        loop = asyncio.get_running_loop()
+        try:
+            transport = await loop.start_tls(
+                self._transport,
+                self,
+                self.server.tls,
+                server_side=True,
+                ssl_handshake_timeout=self.server.handshake_timeout_s,
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            log.warning("nbd %s: refused: TLS handshake failed: %s", self.peer, _tls_reason(exc))
+            self._abort()
+            return
+        if transport is None:  # the connection went away during the handshake
+            self._abort()
+            return
+        self._transport = transport
+        self._reading_paused = False  # start_tls resumed reading under the TLS layer
+        ssl_object = transport.get_extra_info("ssl_object")
+        name = certificate_name(ssl_object.getpeercert() if ssl_object is not None else None)
+        grant = self.server.grant_for(name)
+        if grant is None:
+            shown = "no single common name" if name is None else f"name {escape_name(name)!r}"
+            log.warning(
+                "nbd %s: refused: the client certificate (%s) is not a [[hosts]] name of "
+                "controller %s",
+                self.peer,
+                shown,
+                self.server.controller.name,
+            )
+            self._abort()
+            return
+        self.grant = grant
+        self._upgrading = False
+        self.codec.tls_started()
+        self.known()
+        log.info("nbd %s: TLS: host %s", self.peer, escape_name(grant.name))
+        self._process()
 
     def _chosen(self) -> Device:
         assert self._device is not None, "a request before ExportChosen"
@@ -684,6 +825,17 @@ class _NbdConnection(asyncio.BufferedProtocol):
         if not exc.retryable:
             log.warning("nbd %s: refused request: %s", self.peer, exc)
         self.codec.reply_error(handle, _errno_for(exc), str(exc))
+
+
+def _tls_reason(exc: BaseException) -> str:
+    """A TLS failure in one line: the verification message when there is one."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"client certificate refused: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason)
+    if isinstance(exc, TimeoutError):
+        return "no TLS handshake in time"
+    return str(exc) or type(exc).__name__
 
 
 def _errno_for(exc: RemcopyError) -> str:

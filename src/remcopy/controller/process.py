@@ -72,6 +72,10 @@ class ControllerSpec:
     """Client networks allowed on the NBD port; None: the default (127.0.0.1 and ::1)."""
     nbd_multi_conn: bool | None = None
     """Advertise NBD multi-conn on every export; None: the config default (yes)."""
+    nbd_tls: str | None = None
+    """"auto" or "require"; None: the config default (auto: TLS unless on loopback)."""
+    tls: dict[str, Path] | None = None
+    """The [tls] section: {"ca": ..., "cert": ..., "key": ...}; None: none."""
 
     def toml(self) -> str:
         lines = [
@@ -92,7 +96,13 @@ class ControllerSpec:
             lines.append("nbd_allow = [" + ", ".join(f'"{n}"' for n in self.nbd_allow) + "]")
         if self.nbd_multi_conn is not None:
             lines.append(f"nbd_multi_conn = {'true' if self.nbd_multi_conn else 'false'}")
+        if self.nbd_tls is not None:
+            lines.append(f'nbd_tls = "{self.nbd_tls}"')
         lines.append("")
+        if self.tls is not None:
+            lines.append("[tls]")
+            lines += [f"{key} = {_toml_value(str(path))}" for key, path in self.tls.items()]
+            lines.append("")
         for lss, ssid in sorted(self.lss.items()):
             lines += ["[[lss]]", f'id = "{lss:02X}"', f'ssid = "{ssid:04X}"', ""]
         for vol in self.volumes:

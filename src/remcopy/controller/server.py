@@ -47,8 +47,10 @@ from typing import Any, Final, cast
 from remcopy.configfile import format_address
 from remcopy.controller.admission import Admission
 from remcopy.controller.core import Controller, EventSink, HostGrant
+from remcopy.controller.logsafe import escape_name
 from remcopy.controller.nbd_server import NbdServer
 from remcopy.controller.replication import Replicator
+from remcopy.controller.tlscontext import server_context
 from remcopy.controller.volume import Volume
 from remcopy.errors import (
     AuthenticationFailed,
@@ -61,19 +63,12 @@ from remcopy.errors import (
     ShuttingDown,
     TooManyConnections,
 )
+
+__all__ = ["ControllerServer", "ListenError", "escape_name", "run_controller"]
 from remcopy.wire import auth, native
 from remcopy.wire.native import Side
 
 log = logging.getLogger("remcopy.controller")
-
-
-def escape_name(name: str) -> str:
-    """A name from the network as a log may show it: unchanged when every character is
-    printable, else Python's escapes (`\\n`, `\\x1b`, `\\u2028`) and a backslash doubled,
-    so a name can never start a line of its own or move the terminal's cursor."""
-    if name.isprintable() and "\\" not in name:
-        return name
-    return name.encode("unicode_escape").decode("ascii")
 
 
 # Requests that wait on something slower than memory (fdatasync, a peer) at once.
@@ -443,6 +438,11 @@ class ControllerServer:
             allow=section.nbd_allow,
             multi_conn=section.nbd_multi_conn,
             grace_s=section.shutdown_grace_s,
+            tls=(
+                server_context(self.controller.config.tls)
+                if section.nbd_tls_required() and self.controller.config.tls is not None
+                else None
+            ),
         )
         try:
             self.nbd_address = await self.nbd.start()

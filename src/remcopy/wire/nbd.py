@@ -101,6 +101,7 @@ _REP_INFO: Final = 3
 _REP_ERR_UNSUP: Final = 2**31 + 1
 _REP_ERR_POLICY: Final = 2**31 + 2
 _REP_ERR_INVALID: Final = 2**31 + 3
+_REP_ERR_TLS_REQD: Final = 2**31 + 5
 _REP_ERR_UNKNOWN: Final = 2**31 + 6
 _REP_ERR_TOO_BIG: Final = 2**31 + 9
 
@@ -337,6 +338,13 @@ class RequestRejected(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StartTls(Event):
+    """The client asked for TLS and the ACK is queued: send it, then upgrade the socket to
+    TLS (server side) before reading another byte, and call `tls_started` once that is done.
+    Until then `next_event` returns NEED_DATA."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Disconnect(Event):
     """The client sent NBD_CMD_DISC: answer the requests in flight, then close."""
 
@@ -428,7 +436,14 @@ class NbdServerConnection:
         lookup: Callable[[str], ExportInfo | None],
         list_exports: Callable[[], Iterable[str]],
         default_export: str | None = None,
+        tls: bool = False,
     ) -> None:
+        """`tls`: the server requires TLS (proto.md's FORCEDTLS): STARTTLS is answered ACK
+        and every other option but ABORT with ERR_TLS_REQD until `tls_started`; without it
+        STARTTLS is refused with ERR_POLICY."""
+        self._tls_required = tls
+        self._tls_active = False
+        self._tls_pending = False
         self._lookup = lookup
         self._list_exports = list_exports
         self._default_export = default_export
@@ -462,6 +477,16 @@ class NbdServerConnection:
     @property
     def state(self) -> NbdState:
         return self._state
+
+    @property
+    def tls_active(self) -> bool:
+        return self._tls_active
+
+    def tls_started(self) -> None:
+        """The shell upgraded the socket after `StartTls`: options go on, now over TLS."""
+        if not self._tls_pending:
+            raise LocalProtocolError("nbd tls_started: no STARTTLS is waiting for its upgrade")
+        self._tls_pending, self._tls_active = False, True
 
     def statistics(self) -> NbdStatistics:
         return NbdStatistics(
@@ -507,6 +532,8 @@ class NbdServerConnection:
         return event
 
     def _next_event(self) -> Event | NeedData:
+        if self._tls_pending:
+            return NEED_DATA  # the shell upgrades the socket first
         while True:
             event: Event | NeedData | None
             if self._after_discard is not None:
@@ -592,6 +619,8 @@ class NbdServerConnection:
         return self._option_received(option, data)
 
     def _option_received(self, option: int, data: bytes) -> Event | None:
+        if self._tls_required and not self._tls_active:
+            return self._option_before_tls(option, data)
         if option == _Option.EXPORT_NAME:
             return self._export_name_received(data)
         if option == _Option.ABORT:  # proto.md: ignore any data, reply ACK
@@ -604,6 +633,8 @@ class NbdServerConnection:
         elif option == _Option.STRUCTURED_REPLY and not data:
             self._structured = True  # a repeat is acknowledged again: it changes nothing
             self._option_reply(option, _REP_ACK)
+        elif option == _Option.STARTTLS and not data and self._tls_active:
+            self._option_reply(option, _REP_ERR_INVALID, "STARTTLS: TLS is already in use")
         elif option == _Option.STARTTLS and not data:
             # TLS is a matter of configuration (DESIGN.md section 6) and none is configured.
             self._option_reply(option, _REP_ERR_POLICY, "TLS is not enabled on this server")
@@ -617,6 +648,32 @@ class NbdServerConnection:
             self._option_reply(
                 option, _REP_ERR_UNSUP, f"option not supported: {_option_name(option)}"
             )
+        return None
+
+    def _option_before_tls(self, option: int, data: bytes) -> Event | None:
+        """FORCEDTLS (proto.md): nothing but STARTTLS and ABORT before TLS."""
+        if option == _Option.STARTTLS and not data:
+            if len(self._buffer):  # the client must wait for our ACK before its TLS hello
+                raise RemoteProtocolError(
+                    f"nbd handshake: STARTTLS: data sent before the server's reply: "
+                    f"buffered_bytes={len(self._buffer)}"
+                )
+            self._option_reply(option, _REP_ACK)
+            self._tls_pending = True
+            return StartTls()
+        if option == _Option.ABORT:
+            self._option_reply(option, _REP_ACK)
+            return ConnectionClosed(reason="nbd handshake: client sent ABORT")
+        if option == _Option.EXPORT_NAME:  # cannot be answered with an error
+            return ConnectionClosed(
+                reason="nbd handshake: EXPORT_NAME without TLS: this server requires TLS",
+                error=RemoteProtocolError("nbd handshake: TLS required (STARTTLS first)"),
+            )
+        self._option_reply(
+            option,
+            _REP_ERR_TLS_REQD,
+            f"{_option_name(option)}: this server requires TLS: send STARTTLS first",
+        )
         return None
 
     def _export_name_received(self, data: bytes) -> Event:
