@@ -370,7 +370,7 @@ class _NbdConnection(asyncio.BufferedProtocol):
     def __init__(self, server: NbdServer) -> None:
         self.server = server
         self.codec = NbdServerConnection(
-            lookup=lambda volser: server.export_info(volser, self.grant),
+            lookup=self._lookup,
             list_exports=lambda: server.export_names(self.grant),
             tls=server.tls is not None,
         )
@@ -383,6 +383,7 @@ class _NbdConnection(asyncio.BufferedProtocol):
         self._admitted = False  # counted by the server's Admission until known()
         self._deadline: asyncio.TimerHandle | None = None
         self._upgrading = False  # STARTTLS answered, the TLS handshake under way
+        self._refused_names: set[str] = set()  # export names refused (logged once each)
         self._transport: asyncio.Transport | None = None
         self._device: Device | None = None
         self._tasks: asyncio.TaskGroup | None = None
@@ -628,6 +629,18 @@ class _NbdConnection(asyncio.BufferedProtocol):
                 raise AssertionError(f"unknown nbd event {event!r}")
 
     # Who the client is...
+
+    def _lookup(self, volser: str) -> ExportInfo | None:
+        info = self.server.export_info(volser, self.grant)
+        if info is None and volser not in self._refused_names:
+            self._refused_names.add(volser)  # a client asks with INFO, then GO: one line
+            log.warning(
+                "nbd %s: refused export '%s'%s: no such volume, or not in the host's grant",
+                self.peer,
+                escape_name(volser),
+                f" for host {escape_name(self.grant.name)}" if self.server.tls else "",
+            )
+        return info
 
     def known(self) -> None:
         """The client is known (TLS identity checked, or an export chosen) or gone: it no
