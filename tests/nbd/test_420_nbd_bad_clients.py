@@ -199,21 +199,26 @@ async def test_pipelined_large_reads_keep_controller_memory_bounded(
 async def test_connections_past_the_limit_are_closed_and_logged(
     start_controller: Start, tmp_path: Path
 ):
-    """The connection after CONNECTIONS_MAX open ones is closed at once; the others work
-    (the caps on unauthenticated connections are raised past it, to test this one alone)."""
+    """The connection after CONNECTIONS_MAX open ones is closed at once; the others work.
+    Each has chosen its export (a client not known yet counts against the smaller caps on
+    unauthenticated connections, test_250)."""
     spec = controller_spec(tmp_path, "cntla", 64015, volumes=1, size_bytes=SIZE)
     spec.nbd_listen = "127.0.0.1:0"
-    spec.settings["unauthenticated_per_address_max"] = CONNECTIONS_MAX + 1
     controller = await start_controller(spec)
-    clients = [await _connected(controller) for _ in range(CONNECTIONS_MAX)]
+    clients = []
+    for _ in range(CONNECTIONS_MAX):
+        client = await _connected(controller)
+        client.client_flags(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)
+        assert (await client.export_name("CN0000"))[0] == SIZE
+        clients.append(client)
     try:
         assert controller.nbd_address is not None
         extra = await RawNbdClient.open(controller.nbd_address)
         assert await extra.at_eof()
         await extra.close()
         first = clients[0]
-        first.client_flags(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)
-        assert (await first.export_name("CN0000"))[0] == SIZE
+        first.request(CMD_READ, 1, 0, 512)
+        assert await first.reply() == (0, 1)
     finally:
         for client in clients:
             await client.close()

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from remcopy.errors import LocalProtocolError, RemoteProtocolError
+from remcopy.errors import LocalProtocolError as _LocalProtocolError
 from remcopy.wire.nbd import (
     NEED_DATA,
     OPTION_SIZE_MAX_BYTES,
@@ -31,6 +32,7 @@ from remcopy.wire.nbd import (
     NbdState,
     ReadRequest,
     RequestRejected,
+    StartTls,
     TrimRequest,
     WriteRequest,
     WriteZeroesRequest,
@@ -1257,3 +1259,65 @@ def test_NbdServerConnection_refused_write_payload_stays_unbuffered(
     refused = [event for event in events if isinstance(event, RequestRejected)]
     assert events == refused
     assert len(refused) == (1 if sent == length else 0)
+
+
+# TLS required (FORCEDTLS).
+
+REP_ERR_TLS_REQD = 2**31 + 5
+
+
+def tls_connection() -> NbdServerConnection:
+    conn = NbdServerConnection(lookup=lookup, list_exports=lambda: list(EXPORTS), tls=True)
+    conn.data_to_send()
+    assert feed(conn, struct.pack("!I", 3)) == []
+    return conn
+
+
+@pytest.mark.parametrize(
+    "number", [OPT_LIST, OPT_INFO, OPT_GO, OPT_STRUCTURED_REPLY, OPT_SET_META_CONTEXT, 99]
+)
+def test_NbdServerConnection_tls_required_refuses_options_before_starttls(number: int) -> None:
+    conn = tls_connection()
+    assert feed(conn, option(number, info_data("PAY001"))) == []
+    [(replied, reply, data)] = parse_option_replies(conn.data_to_send())
+    assert (replied, reply) == (number, REP_ERR_TLS_REQD)
+    assert b"this server requires TLS: send STARTTLS first" in data
+    assert not conn.tls_active
+
+
+def test_NbdServerConnection_tls_required_export_name_closes() -> None:
+    conn = tls_connection()
+    error = closed_by_peer(feed(conn, option(OPT_EXPORT_NAME, b"PAY001")))
+    assert "this server requires TLS (STARTTLS first)" in str(error)
+    assert conn.data_to_send() == b""  # EXPORT_NAME cannot carry an error: nothing is sent
+
+
+def test_NbdServerConnection_tls_required_abort_is_acknowledged() -> None:
+    conn = tls_connection()
+    [closed] = feed(conn, option(OPT_ABORT))
+    assert isinstance(closed, ConnectionClosed) and closed.error is None
+    assert parse_option_replies(conn.data_to_send()) == [(OPT_ABORT, REP_ACK, b"")]
+
+
+def test_NbdServerConnection_starttls_waits_for_the_upgrade_then_serves() -> None:
+    conn = tls_connection()
+    assert feed(conn, option(OPT_STARTTLS)) == [StartTls()]
+    assert parse_option_replies(conn.data_to_send()) == [(OPT_STARTTLS, REP_ACK, b"")]
+    conn.receive_data(option(OPT_LIST))  # sent too early: not decoded before the upgrade
+    assert drain(conn) == []
+    with pytest.raises(_LocalProtocolError):
+        NbdServerConnection(lookup=lookup, list_exports=list, tls=True).tls_started()
+    conn.tls_started()
+    assert conn.tls_active
+    events = feed(conn, option(OPT_STARTTLS) + option(OPT_GO, info_data("PAY001")))
+    assert events == [ExportChosen(name="PAY001", info=EXPORTS["PAY001"])]
+    replies = parse_option_replies(conn.data_to_send())
+    assert replies[0][:2] == (OPT_LIST, REP_SERVER)  # now answered, over TLS
+    assert (OPT_STARTTLS, REP_ERR_INVALID) in [r[:2] for r in replies]  # TLS already in use
+    assert replies[-1] == (OPT_GO, REP_ACK, b"")
+
+
+def test_NbdServerConnection_bytes_after_starttls_before_its_reply_close() -> None:
+    conn = tls_connection()
+    error = closed_by_peer(feed(conn, option(OPT_STARTTLS) + b"\x16\x03\x01"))
+    assert "data sent before the server's reply" in str(error)

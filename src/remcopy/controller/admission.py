@@ -8,16 +8,21 @@
 # (controller.handshake_timeout_s) makes sure one of the two happens.
 #
 # Rules this module keeps:
-# - No I/O and no clock: the listener asks `admit` at accept and calls `release` exactly once.
-# - A refusal is logged once per burst, not once per connection: a flood of a thousand
-#   connections writes one line when refusing starts and one with the count when it ends, so
-#   an attacker cannot fill the disk with our log.
+# - No I/O: the listener asks `admit` at accept and calls `release` exactly once.
+# - Refusals are logged at most once per LOG_INTERVAL_S per listener, each line with the
+#   count of those not logged since the last: a flood of a thousand connections writes one
+#   line, so an attacker cannot fill the disk with our log.
 from __future__ import annotations
 
 import ipaddress
 import logging
+import time
+from collections.abc import Callable
+from typing import Final
 
 _log = logging.getLogger("remcopy.controller")
+
+LOG_INTERVAL_S: Final = 10.0
 
 
 def address_key(host: str) -> str:
@@ -34,8 +39,17 @@ def address_key(host: str) -> str:
 class Admission:
     """Counts one listener's unauthenticated connections, in total and per address."""
 
-    def __init__(self, listener: str, *, total_max: int, per_address_max: int) -> None:
+    def __init__(
+        self,
+        listener: str,
+        *,
+        total_max: int,
+        per_address_max: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.listener = listener
+        self._clock = clock
+        self._logged_at: float | None = None
         self.total_max = total_max
         self.per_address_max = per_address_max
         self.pending = 0
@@ -59,15 +73,24 @@ class Admission:
             self.by_address[key] = held + 1
             return None
         self.refused_total += 1
-        if self._refused_quietly == 0:
+        now = self._clock()
+        if self._logged_at is None or now - self._logged_at >= LOG_INTERVAL_S:
+            others = (
+                f" ({self._refused_quietly} more refused since the last such line)"
+                if self._refused_quietly
+                else ""
+            )
             _log.warning(
-                "%s: refused %s: %s; further refusals are counted, not logged, until one "
-                "is admitted",
+                "%s: refused %s: %s%s; the next are logged at most every %g s",
                 self.listener,
                 peer,
                 reason,
+                others,
+                LOG_INTERVAL_S,
             )
-        self._refused_quietly += 1
+            self._logged_at, self._refused_quietly = now, 0
+        else:
+            self._refused_quietly += 1
         return reason
 
     def release(self, host: str) -> None:
@@ -77,10 +100,3 @@ class Admission:
         held = self.by_address.pop(key) - 1
         if held:
             self.by_address[key] = held
-        if self._refused_quietly:
-            _log.warning(
-                "%s: refused %d connections over the limits of unauthenticated ones",
-                self.listener,
-                self._refused_quietly,
-            )
-            self._refused_quietly = 0

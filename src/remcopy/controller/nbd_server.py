@@ -103,6 +103,10 @@ CONNECTIONS_MAX: Final = 32
 # One socket read takes up to this much: several requests per wake-up (nbdcopy sends 256 KiB
 # writes, 64 in flight), so their replies leave in one send instead of one each.
 READ_CHUNK_BYTES: Final = 4 * 1024 * 1024
+# ...but a client not known yet (before its TLS identity, or its export) gets a buffer for
+# the handshake only: a flood of strangers must not cost 4 MiB each. An option is at most
+# OPTION_SIZE_MAX_BYTES; a longer read only takes more steps.
+HANDSHAKE_READ_BYTES: Final = 64 * 1024
 # Replies queued for a slow reader beyond this stop reading requests (8 x 256 KiB nbdcopy
 # reads, 2 x 2 MiB qemu-img reads); the low mark resumes it.
 WRITE_BUFFER_HIGH_BYTES: Final = 4 * 1024 * 1024
@@ -203,10 +207,12 @@ class NbdServer:
         self.tls = tls
         section = controller.config.controller
         self.handshake_timeout_s = section.handshake_timeout_s
+        # Below CONNECTIONS_MAX, so strangers never take every place from known clients; 4 from
+        # one address at once is what nbdcopy opens.
         self.admission = Admission(
             "nbd",
-            total_max=section.unauthenticated_max,
-            per_address_max=section.unauthenticated_per_address_max,
+            total_max=min(section.unauthenticated_max, CONNECTIONS_MAX // 2),
+            per_address_max=min(section.unauthenticated_per_address_max, CONNECTIONS_MAX // 8),
         )
         self.replicator = replicator
         self.listen = listen
@@ -434,7 +440,7 @@ class _NbdConnection(asyncio.BufferedProtocol):
             return
         self._admitted = True
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_BYTES, low=WRITE_BUFFER_LOW_BYTES)
-        self._read_buffer = memoryview(bytearray(READ_CHUNK_BYTES))
+        self._read_buffer = memoryview(bytearray(HANDSHAKE_READ_BYTES))  # until known()
         self.server._accepted(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -651,6 +657,8 @@ class _NbdConnection(asyncio.BufferedProtocol):
         if self._admitted:
             self._admitted = False
             self.server.admission.release(self.host)
+            if not self._ending:
+                self._read_buffer = memoryview(bytearray(READ_CHUNK_BYTES))
 
     def _refused_without_tls(self) -> None:
         if self.server.tls is not None and not self.codec.tls_active and not self._upgrading:

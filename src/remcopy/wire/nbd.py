@@ -665,9 +665,9 @@ class NbdServerConnection:
             self._option_reply(option, _REP_ACK)
             return ConnectionClosed(reason="nbd handshake: client sent ABORT")
         if option == _Option.EXPORT_NAME:  # cannot be answered with an error
-            return ConnectionClosed(
-                reason="nbd handshake: EXPORT_NAME without TLS: this server requires TLS",
-                error=RemoteProtocolError("nbd handshake: TLS required (STARTTLS first)"),
+            raise RemoteProtocolError(
+                "nbd handshake: EXPORT_NAME without TLS: this server requires TLS "
+                "(STARTTLS first)"
             )
         self._option_reply(
             option,
