@@ -6,15 +6,21 @@
 # legitimate client is served.
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from mirror_world import wait_settled
 
 from common import MiB
 from conftest import Start
-from remcopy.controller.process import ControllerProcess, ControllerSpec, PeerSpec, VolumeSpec
+from remcopy.controller.process import (
+    ControllerProcess,
+    ControllerSpec,
+    PeerSpec,
+    VolumeSpec,
+    free_port,
+)
 from remcopy.errors import DeviceNotAllowed, NotOffered, RemcopyError
 from remcopy.host.channel import Channel
 from remcopy.states import CopyMode, PairState
@@ -45,9 +51,9 @@ def _volumes(lss: int, prefix: str, count: int = 2) -> list[VolumeSpec]:
 
 
 @pytest.fixture
-async def site(tmp_path: Path, start_controller: Start) -> AsyncIterator[Site]:
+async def site(tmp_path: Path, start_controller: Start) -> Site:
     """cntla (LSS 0A) pairs onto cntlb (LSS 0B offered to it, 0C to nobody, 0D to cntlc)."""
-    b_address = f"127.0.0.1:{_port()}"
+    b_address = f"127.0.0.1:{free_port()}"
     a = ControllerSpec(
         name="cntla",
         serial=SERIAL_A,
@@ -68,30 +74,17 @@ async def site(tmp_path: Path, start_controller: Start) -> AsyncIterator[Site]:
         host_lss={NARROW: [0x0B]},
         peers=[
             PeerSpec(
-                name="cntla",
-                serial=SERIAL_A,
-                address="127.0.0.1:1",
-                secret=LINK_AB,
-                offer_lss=[0x0B],
-            ),
-            PeerSpec(
-                name="cntlc",
-                serial=SERIAL_C,
-                address="127.0.0.1:1",
-                secret=LINK_CB,
-                offer_lss=[0x0D],
-            ),
+                name=name, serial=serial, address="127.0.0.1:1", secret=secret, offer_lss=[lss]
+            )
+            for name, serial, secret, lss in [
+                ("cntla", SERIAL_A, LINK_AB, 0x0B),
+                ("cntlc", SERIAL_C, LINK_CB, 0x0D),
+            ]
         ],
     )
     proc_a = await start_controller(a)
     proc_b = await start_controller(b)
-    yield Site(a=proc_a, b=proc_b, b_config=tmp_path / "cntlb.toml")
-
-
-def _port() -> int:
-    from remcopy.controller.process import free_port
-
-    return free_port()
+    return Site(a=proc_a, b=proc_b, b_config=tmp_path / "cntlb.toml")
 
 
 def _host(proc: ControllerProcess, name: str, secret: str) -> Channel:
@@ -145,13 +138,15 @@ async def test_a_limited_host_is_refused_outside_its_grant_alike_whether_it_exis
         if verb in ("identify", "query"):
             answers = await getattr(narrow, verb)((device,))
             assert [(a.device, a.status) for a in answers] == [(device, DeviceNotAllowed.code)]
-            assert answers[0].volser == "" if verb == "identify" else True
+            assert getattr(answers[0], "volser", "") == ""
         else:
+            io = (
+                narrow.read(device, 0, 4096)
+                if verb == "read"
+                else narrow.write(device, 0, b"\xee" * 4096)
+            )
             with pytest.raises(DeviceNotAllowed) as refused:
-                if verb == "read":
-                    await narrow.read(device, 0, 4096)
-                else:
-                    await narrow.write(device, 0, b"\xee" * 4096)
+                await io
             message = str(refused.value)
             assert f"LSS {device >> 8:02X} CCA {device & 0xFF:02X} is not in the host's grant" in (
                 message
@@ -227,6 +222,7 @@ async def test_a_peer_cannot_act_on_a_pair_it_is_not_a_member_of(
             device=0x0A00, peer_serial=SERIAL_B, peer_device=OFFERED, mode=CopyMode.SYNC
         )
         assert [r.code for r in (await host.pair_op(PairOp.ESTABLISH, (item,))).results] == [0]
+        await wait_settled(host, (0x0A00,))  # DUPLEX: the copy no longer changes its state
     before = await _states(site.b)
     async with _peer(site.b, "cntlc", LINK_CB) as link:
         reply = await link.pair_op(

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
+
 from common import HOST, SECRET, controller_spec
 from conftest import Start
 from helpers import RawClient
@@ -92,38 +94,49 @@ async def _refusal(conn: Conn) -> native.Message | None:
         _close(writer)
 
 
-async def test_the_cap_per_address_refuses_the_next_and_spares_other_addresses(
-    tmp_path: Path, start_controller: Start
+CAPS = [
+    # (setting, held connections' sources, the next one's source, its refusal)
+    (
+        "unauthenticated_per_address_max",
+        ["127.0.0.2"] * 4,
+        "127.0.0.2",
+        "4 connections from 127.0.0.2 have not authenticated (the limit per address)",
+    ),
+    (
+        "unauthenticated_max",
+        [f"127.0.0.{n}" for n in range(2, 6)],
+        "127.0.0.9",
+        "4 connections have not authenticated (the limit)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("setting", "held_from", "next_from", "message"), CAPS, ids=["per-address", "per-listener"]
+)
+async def test_a_cap_refuses_the_next_connection_and_a_host_is_still_served(
+    tmp_path: Path,
+    start_controller: Start,
+    setting: str,
+    held_from: list[str],
+    next_from: str,
+    message: str,
 ) -> None:
     spec = controller_spec(tmp_path, "cntla", 64015)
-    spec.settings["unauthenticated_per_address_max"] = 4
+    spec.settings[setting] = 4
     proc = await start_controller(spec)
-    async with _held([await _connect(proc.address, "127.0.0.2") for _ in range(4)]) as held:
-        refused = await _refusal(await _connect(proc.address, "127.0.0.2"))
-        assert isinstance(refused, native.ErrorReply)
-        assert refused.code == TooManyConnections.code
-        assert "4 connections from 127.0.0.2 have not authenticated" in refused.message
-        await _refusal(await _connect(proc.address, "127.0.0.2"))  # refused quietly
-        await _serves(proc)  # from 127.0.0.1: its own count
+    async with _held([await _connect(proc.address, source) for source in held_from]) as held:
+        for _ in range(2):  # the second is counted, not logged (at most a line per 10 s)
+            refused = await _refusal(await _connect(proc.address, next_from))
+            assert isinstance(refused, native.ErrorReply)
+            assert (refused.code, refused.message) == (TooManyConnections.code, message)
+        if setting == "unauthenticated_per_address_max":
+            await _serves(proc)  # from 127.0.0.1: its own count
         await _authenticate(held[0])  # one proves who it is: its place is free again
-        await _serves_from(proc, "127.0.0.2")
-    log = proc.log_text()
-    assert log.count("have not authenticated (the limit per address)") == 1, log
-
-
-async def test_the_cap_per_listener_refuses_the_next(
-    tmp_path: Path, start_controller: Start
-) -> None:
-    spec = controller_spec(tmp_path, "cntla", 64015)
-    spec.settings["unauthenticated_max"] = 6
-    proc = await start_controller(spec)
-    async with _held([await _connect(proc.address, f"127.0.0.{n}") for n in range(2, 8)]) as held:
-        refused = await _refusal(await _connect(proc.address, "127.0.0.9"))
-        assert isinstance(refused, native.ErrorReply)
-        assert refused.message == "6 connections have not authenticated (the limit)"
-        await _authenticate(held[0])  # one proves who it is: a place is free again
-        await _serves(proc)
-    assert proc.log_text().count("(the limit); the next are logged at most every") == 1
+        await _serves_from(proc, next_from)
+    # One line for the burst (two if the refusals fell in two intervals on a slow machine;
+    # tests/unit/test_065_admission.py checks the interval itself).
+    assert 1 <= proc.log_text().count(f"{message}; the next are logged at most") <= 2
 
 
 async def test_a_connection_that_does_not_authenticate_in_time_is_closed(

@@ -666,8 +666,7 @@ class NbdServerConnection:
             return ConnectionClosed(reason="nbd handshake: client sent ABORT")
         if option == _Option.EXPORT_NAME:  # cannot be answered with an error
             raise RemoteProtocolError(
-                "nbd handshake: EXPORT_NAME without TLS: this server requires TLS "
-                "(STARTTLS first)"
+                "nbd handshake: EXPORT_NAME without TLS: this server requires TLS (STARTTLS first)"
             )
         self._option_reply(
             option,
