@@ -24,6 +24,12 @@
 # - `fio --ioengine=nbd` random 4 KiB and 64 KiB reads and writes at queue depth 1, time
 #   based, on a prewritten region: IOPS and mean latency. This is the request path's
 #   round-trip cost, where a Python server pays most.
+# - with TLS, in the same rounds: a controller with `nbd_tls = "require"` (TLS 1.3, a client
+#   certificate naming a configured host) and `nbdkit --tls=require --tls-verify-peer` with
+#   the same CA and server certificate (made here with trustme), both through
+#   `nbds://...?tls-certificates=DIR`: `nbd_tls_write_vs_nbdkit_tls`,
+#   `nbd_tls_read_vs_nbdkit_tls` and `tls_cost_write_ratio` / `tls_cost_read_ratio` (the TLS
+#   controller's MB/s over the plain one's).
 # MB/s is 10^6 bytes per second. Ratios are remcopy / peer (above 1 means remcopy is faster).
 #
 # Run: .venv/bin/python bench/nbd.py [--quick]. The last line is `RESULT {json}`.
@@ -46,7 +52,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import trustme
+
 from remcopy import aio
+from remcopy.controller import atrest
 from remcopy.controller.nbd_server import export_uri
 from remcopy.controller.process import ControllerProcess, ControllerSpec, VolumeSpec, free_port
 
@@ -157,8 +166,48 @@ def sparse_file(path: Path, size: int) -> Path:
     return path
 
 
+@dataclass
+class Certificates:
+    """One CA; a server certificate for 127.0.0.1 (the controller's [tls], and nbdkit's
+    folder) and a client certificate for host `bench` (libnbd's folder)."""
+
+    tls: dict[str, Path]
+    nbdkit_dir: Path
+    client_dir: Path
+
+    @classmethod
+    def make(cls, root: Path) -> Certificates:
+        ca = trustme.CA()
+        server = ca.issue_cert("127.0.0.1", "localhost", common_name="benchnbd")
+        client = ca.issue_cert("bench", common_name="bench")
+        nbdkit_dir, client_dir = root / "nbdkit-tls", root / "client-tls"
+        for folder in (nbdkit_dir, client_dir):
+            atrest.make_folder(folder)
+            ca.cert_pem.write_to_path(str(folder / "ca-cert.pem"))
+        server.cert_chain_pems[0].write_to_path(str(nbdkit_dir / "server-cert.pem"))
+        _private(nbdkit_dir / "server-key.pem", server.private_key_pem.bytes())
+        client.cert_chain_pems[0].write_to_path(str(client_dir / "client-cert.pem"))
+        _private(client_dir / "client-key.pem", client.private_key_pem.bytes())
+        tls = {
+            "ca": nbdkit_dir / "ca-cert.pem",
+            "cert": nbdkit_dir / "server-cert.pem",
+            "key": nbdkit_dir / "server-key.pem",
+        }
+        return cls(tls=tls, nbdkit_dir=nbdkit_dir, client_dir=client_dir)
+
+
+def _private(path: Path, data: bytes) -> None:
+    with os.fdopen(atrest.open_private(path, os.O_WRONLY | os.O_TRUNC), "wb") as out:
+        out.write(data)
+
+
 async def start_controller(
-    root: Path, name: str, size: int, *, multi_conn: bool | None = None
+    root: Path,
+    name: str,
+    size: int,
+    *,
+    multi_conn: bool | None = None,
+    certificates: Certificates | None = None,
 ) -> Server:
     spec = ControllerSpec(
         name=name,
@@ -169,13 +218,20 @@ async def start_controller(
         nbd_listen="127.0.0.1:0",
         nbd_multi_conn=multi_conn,
     )
+    if certificates is not None:
+        spec.nbd_tls, spec.tls = "require", certificates.tls
+        spec.hosts = {"bench": "bench-host-secret"}  # the client certificate's name
     controller = ControllerProcess(spec.write(root / f"{name}.toml"))
     _CONTROLLERS.append(controller)
     await controller.start()
     assert controller.process is not None and controller.nbd_address is not None
+    uri = export_uri(controller.nbd_address, VOLSER, tls=certificates is not None)
+    if certificates is not None:
+        return Server("remcopy-tls", f"{uri}?tls-certificates={certificates.client_dir}",
+                      controller.process.pid)  # fmt: skip
     return Server(
         "remcopy" if multi_conn is None else f"remcopy-{'mc' if multi_conn else '1c'}",
-        export_uri(controller.nbd_address, VOLSER),
+        uri,
         controller.process.pid,
     )
 
@@ -184,9 +240,11 @@ async def start_controller(
 async def servers(root: Path, size: int) -> AsyncIterator[list[Server]]:
     """Start remcopy (twice), nbdkit and qemu-nbd on `size` bytes; stop them on the way out."""
     try:
+        certificates = Certificates.make(root)
         found = [
             await start_controller(root, "benchnbd", size),
             await start_controller(root, "benchnbd1c", size, multi_conn=False),
+            await start_controller(root, "benchnbdtls", size, certificates=certificates),
         ]
         port = free_port()
         nbdkit_image = sparse_file(root / "nbdkit.img", size)
@@ -198,6 +256,23 @@ async def servers(root: Path, size: int) -> AsyncIterator[list[Server]]:
         pid = await wait_pid_file(root / "nbdkit.pid")
         _PIDS.append(pid)
         found.append(Server("nbdkit", f"nbd://127.0.0.1:{port}/", pid))
+        port = free_port()
+        nbdkit_tls_image = sparse_file(root / "nbdkit-tls.img", size)
+        await daemonise(
+            root / "nbdkit-tls.log",
+            *("nbdkit", "-p", str(port), "-i", "127.0.0.1", "-P", str(root / "nbdkit-tls.pid")),
+            *("--tls=require", f"--tls-certificates={certificates.nbdkit_dir}"),
+            *("--tls-verify-peer", "file", str(nbdkit_tls_image)),
+        )
+        pid = await wait_pid_file(root / "nbdkit-tls.pid")
+        _PIDS.append(pid)
+        found.append(
+            Server(
+                "nbdkit-tls",
+                f"nbds://127.0.0.1:{port}/?tls-certificates={certificates.client_dir}",
+                pid,
+            )
+        )
         port = free_port()
         qemu_image = sparse_file(root / "qemu.img", size)
         await daemonise(
@@ -305,13 +380,14 @@ def report(result: dict[str, Any], quick: bool) -> dict[str, Any]:
     for server in found:
         name = server.name
         (w, r), (ww, rw) = best[name], worst[name]
-        rw_ratio = best["remcopy"][0] / w
-        rr_ratio = best["remcopy"][1] / r
+        ours = best["remcopy-tls" if name.endswith("-tls") else "remcopy"]
+        rw_ratio, rr_ratio = ours[0] / w, ours[1] / r
         cells = f"{w:>9.0f} ({ww:>7.0f}) {r:>9.0f} ({rw:>7.0f})"
         cpu = f"{cpu_per_gib(server.write_cpu, size):.2f}, {cpu_per_gib(server.read_cpu, size):.2f}"
         multi = "yes" if server.multi_conn else "no"
         print(f"{name:<10} {multi:>10} {cells} {rw_ratio:>12.2f} {rr_ratio:>11.2f}   {cpu}")
-    print("(ratio = remcopy / that server; CPU = the server process's user + system seconds)")
+    print("(ratio = remcopy / that server, remcopy-tls / that server for the -tls rows; CPU = the")
+    print(" server process's user + system seconds)")
     print()
     print("fio --ioengine=nbd, queue depth 1: IOPS (mean latency µs)")
     jobs = [f"{rw}_{block // KIB}k" for rw, block in FIO_JOBS]
@@ -329,6 +405,12 @@ def report(result: dict[str, Any], quick: bool) -> dict[str, Any]:
         "read_vs_qemu_nbd": round(best["remcopy"][1] / best["qemu-nbd"][1], 3),
         "multi_conn_write_vs_single": round(best["remcopy"][0] / best["remcopy-1c"][0], 3),
         "multi_conn_read_vs_single": round(best["remcopy"][1] / best["remcopy-1c"][1], 3),
+        "nbd_tls_write_vs_nbdkit_tls": round(best["remcopy-tls"][0] / best["nbdkit-tls"][0], 3),
+        "nbd_tls_read_vs_nbdkit_tls": round(best["remcopy-tls"][1] / best["nbdkit-tls"][1], 3),
+        "tls_cost_write_ratio": round(best["remcopy-tls"][0] / best["remcopy"][0], 3),
+        "tls_cost_read_ratio": round(best["remcopy-tls"][1] / best["remcopy"][1], 3),
+        "nbdkit_tls_cost_write_ratio": round(best["nbdkit-tls"][0] / best["nbdkit"][0], 3),
+        "nbdkit_tls_cost_read_ratio": round(best["nbdkit-tls"][1] / best["nbdkit"][1], 3),
     }
     for server in found:
         key = server.name.replace("-", "_")
