@@ -698,7 +698,10 @@ class _NbdConnection(asyncio.BufferedProtocol):
                 ssl_handshake_timeout=self.server.handshake_timeout_s,
             )
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
-            log.warning("nbd %s: refused: TLS handshake failed: %s", self.peer, _tls_reason(exc))
+            if not self._ending:  # not already refused at the handshake deadline
+                log.warning(
+                    "nbd %s: refused: TLS handshake failed: %s", self.peer, _tls_reason(exc)
+                )
             self._abort()
             return
         if transport is None:  # the connection went away during the handshake
