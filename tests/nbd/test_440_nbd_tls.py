@@ -187,6 +187,30 @@ REFUSALS: list[tuple[str, list[str], str, str]] = [
         "the client certificate (name 'mallory') is not a [[hosts]] name of controller cntla",
     ),
     (
+        "expired-nbdcopy-write",
+        ["nbdcopy", "@file", "@expired:VA0000"],
+        "nbd_connect_uri",
+        "TLS handshake failed: client certificate refused: certificate has expired",
+    ),
+    (
+        "no-certificate-nbdcopy-read",
+        ["nbdcopy", "@no-certificate:VA0000", "@out"],
+        "nbd_connect_uri",
+        "TLS handshake failed: PEER_DID_NOT_RETURN_A_CERTIFICATE",
+    ),
+    (
+        "other-ca-nbdcopy-write",  # (qemu-img checks its own certificate before connecting)
+        ["nbdcopy", "@file", "@other-ca:VA0000"],
+        "nbd_connect_uri",
+        "TLS handshake failed: client certificate refused: unable to get local issuer",
+    ),
+    (
+        "unknown-name-qemu-img",
+        ["qemu-img", "info", "@qemu-unknown-name:VA0000"],
+        "Could not open",
+        "the client certificate (name 'mallory') is not a [[hosts]] name of controller cntla",
+    ),
+    (
         "outside-grant-nbdinfo",
         ["nbdinfo", "@hosta:VB0000"],
         "VB0000",
