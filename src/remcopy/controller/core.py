@@ -68,6 +68,12 @@ class PairInfo:
     consistency_group: bool = False
     group: str = ""
     """The consistency group's name (establish); its members are in Controller.groups."""
+    changed_at_ns: int = 0
+    """When the state last changed (the commit's time: T for a suspend or freeze); 0 when
+    not known (a pair last changed by a controller that did not keep it)."""
+    change_cause: str = ""
+    """What caused the last state change (commit_states' cause: suspend, replication-error,
+    copy-done, ...); "" when not known."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,6 +86,8 @@ class PairInfo:
             "fence": self.fence.value,
             "consistency_group": self.consistency_group,
             "group": self.group,
+            "changed_at_ns": self.changed_at_ns,
+            "change_cause": self.change_cause,
         }
 
     @classmethod
@@ -94,6 +102,8 @@ class PairInfo:
             fence=FencePolicy(doc.get("fence", "never")),
             consistency_group=bool(doc.get("consistency_group", False)),
             group=str(doc.get("group", "")),
+            changed_at_ns=int(doc.get("changed_at_ns") or 0),
+            change_cause=str(doc.get("change_cause") or ""),
         )
 
 
@@ -338,12 +348,15 @@ class Controller:
         """
         new_pairs = {key: PairInfo(**_fields(self.device(key).pair)) for key in changes}
         old_states = {key: self.devices[key].pair.state for key in changes}
+        changed_at_ns = at_ns or time.time_ns()
         for key, (action, update) in changes.items():
             device = self.devices[key]
             info = new_pairs[key]
             info.state = next_state(info.state, action, device=str(device.address))
             if update is not None:
                 update(info)
+            if info.state is not old_states[key]:
+                info.changed_at_ns, info.change_cause = changed_at_ns, cause
         self._save_states(new_pairs, groups)
         if groups:
             self.groups = {**self.groups, **groups}
@@ -445,6 +458,11 @@ class Controller:
                     suspend_at_ns=pair.suspend_at_ns,
                     peer_serial=pair.peer_serial,
                     peer_device=pair.peer_device,
+                    fence=pair.fence,
+                    consistency_group=pair.consistency_group,
+                    tracks=device.volume.tracks,
+                    changed_at_ns=pair.changed_at_ns,
+                    change_cause=pair.change_cause,
                 )
             )
         return out

@@ -101,6 +101,11 @@ _IDENTITY = struct.Struct("!HHHIQIBB6s")
 # device, status, state, role, mode, flags, suspend_at_ns, dirty_tracks, lag_bytes, lag_ns,
 # peer serial, peer device, copy_left_tracks
 _DEVICE_STATUS = struct.Struct("!HHBBBBQQQQIHQ")
+# Appended to each status record (the fields above stay as they were): fence, consistency
+# group, the volume's tracks, when the state last changed, the length of the cause that
+# follows (UTF-8, at most _CAUSE_SIZE_MAX_BYTES).
+_DEVICE_STATUS_MORE = struct.Struct("!BBQQB")
+_CAUSE_SIZE_MAX_BYTES: Final = 255
 
 _PAIR_ITEM = struct.Struct("!HIHBBBQ")  # device, peer serial, peer device, mode, fence, cg, size
 _PAIR_RESULT = struct.Struct("!HHBBQQ")  # device, code, state, role, at_ns, tracks
@@ -306,6 +311,15 @@ class DeviceStatus:
     """Tracks the copy running on this device still has to send: the initial copy or resync
     of a PENDING primary, or a shadow copy of a secondary onto its tertiary; 0 when none runs.
     A copy's progress is its total (the `tracks` its operation answered) minus this."""
+    fence: FencePolicy = FencePolicy.NEVER
+    consistency_group: bool = False
+    tracks: int = 0
+    """The volume's data tracks (its capacity in tracks)."""
+    changed_at_ns: int = 0
+    """When the pair's state last changed (T for a suspend or freeze); 0 when not known."""
+    change_cause: str = ""
+    """What caused that change (suspend, replication-error, copy-done, ...); "" when not
+    known."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -584,24 +598,7 @@ def _encode_body(msg: Message) -> tuple[int, list[bytes]]:
             flags = _FLAG_FUA if msg.fua else 0
             return flags, [_WRITE.pack(msg.device, msg.offset, msg.timestamp_ns), msg.data]
         case QueryReply():
-            return 0, [
-                _DEVICE_STATUS.pack(
-                    s.device,
-                    s.status,
-                    _state_code(s.state),
-                    _ROLES.index(s.role),
-                    _mode_code(s.mode),
-                    s.flags,
-                    s.suspend_at_ns,
-                    s.dirty_tracks,
-                    s.lag_bytes,
-                    s.lag_ns,
-                    s.peer_serial,
-                    s.peer_device,
-                    s.copy_left_tracks,
-                )
-                for s in msg.statuses
-            ]
+            return 0, [_pack_device_status(s) for s in msg.statuses]
         case EventNotice():
             return 0, [_pack_text(msg.line)]
         case StatusReply():
@@ -730,28 +727,76 @@ def _decode_write(rid: int, flags: int, body: memoryview) -> Message:
     )
 
 
-def _decode_query_reply(rid: int, flags: int, body: memoryview) -> Message:
-    statuses = tuple(
-        DeviceStatus(
-            device=d,
-            status=st,
-            state=_STATES[state],
-            role=_ROLES[role],
-            mode=_MODES[mode],
-            flags=fl,
-            suspend_at_ns=at,
-            dirty_tracks=dirty,
-            lag_bytes=lag_b,
-            lag_ns=lag_ns,
-            peer_serial=ps,
-            peer_device=pd,
-            copy_left_tracks=left,
+def _pack_device_status(s: DeviceStatus) -> bytes:
+    cause = s.change_cause.encode("utf-8", errors="replace")[:_CAUSE_SIZE_MAX_BYTES]
+    return (
+        _DEVICE_STATUS.pack(
+            s.device,
+            s.status,
+            _state_code(s.state),
+            _ROLES.index(s.role),
+            _mode_code(s.mode),
+            s.flags,
+            s.suspend_at_ns,
+            s.dirty_tracks,
+            s.lag_bytes,
+            s.lag_ns,
+            s.peer_serial,
+            s.peer_device,
+            s.copy_left_tracks,
         )
-        for d, st, state, role, mode, fl, at, dirty, lag_b, lag_ns, ps, pd, left in (
-            _unpack_records(body, _DEVICE_STATUS)
+        + _DEVICE_STATUS_MORE.pack(
+            _FENCES.index(s.fence),
+            int(s.consistency_group),
+            s.tracks,
+            s.changed_at_ns,
+            len(cause),
         )
+        + cause
     )
-    return QueryReply(request_id=rid, statuses=statuses)
+
+
+def _decode_query_reply(rid: int, flags: int, body: memoryview) -> Message:
+    statuses = []
+    offset, end = 0, len(body)
+    fixed = _DEVICE_STATUS.size + _DEVICE_STATUS_MORE.size
+    while offset < end:
+        if end - offset < fixed:
+            raise RemoteProtocolError("device status record cut short")
+        d, st, state, role, mode, fl, at, dirty, lag_b, lag_ns, ps, pd, left = (
+            _DEVICE_STATUS.unpack_from(body, offset)
+        )
+        fence, cg, tracks, changed_ns, cause_len = _DEVICE_STATUS_MORE.unpack_from(
+            body, offset + _DEVICE_STATUS.size
+        )
+        offset += fixed
+        if end - offset < cause_len:
+            raise RemoteProtocolError("device status cause cut short")
+        cause = str(body[offset : offset + cause_len], "utf-8")
+        offset += cause_len
+        statuses.append(
+            DeviceStatus(
+                device=d,
+                status=st,
+                state=_STATES[state],
+                role=_ROLES[role],
+                mode=_MODES[mode],
+                flags=fl,
+                suspend_at_ns=at,
+                dirty_tracks=dirty,
+                lag_bytes=lag_b,
+                lag_ns=lag_ns,
+                peer_serial=ps,
+                peer_device=pd,
+                copy_left_tracks=left,
+                fence=_FENCES[fence],
+                consistency_group=bool(cg),
+                tracks=tracks,
+                changed_at_ns=changed_ns,
+                change_cause=cause,
+            )
+        )
+    return QueryReply(request_id=rid, statuses=tuple(statuses))
 
 
 def _decode_status_reply(rid: int, flags: int, body: memoryview) -> Message:
