@@ -213,6 +213,8 @@ class ControllerSection(_Strict):
     nbd_multi_conn: bool = True
     """Advertise NBD multi-conn (safe: flush is fdatasync of the one shared file)."""
     # --- end NBD export ---
+    metrics_listen: Address | None = None
+    """Serve Prometheus metrics at http://ADDRESS/metrics; absent: no metrics port."""
 
 
 class LssSection(_Strict):

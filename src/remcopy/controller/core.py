@@ -24,6 +24,7 @@ from typing import Any
 
 from remcopy.controller import atrest
 from remcopy.controller.config import ControllerConfig, HostSection, load_controller_config
+from remcopy.controller.latency import Latency
 from remcopy.controller.pairstore import STORE_FILE_NAME, PairStore
 from remcopy.controller.volume import Volume
 from remcopy.errors import (
@@ -178,6 +179,10 @@ class Controller:
             "connections": 0,
             "state_commits": 0,
         }
+        self.commit_latency = Latency()
+        """Seconds per durable state commit (the pair store's transaction)."""
+        self.io_latency = {"read": Latency(), "write": Latency()}
+        """Seconds from a host's read or write request to its answer (controller/server.py)."""
 
     def __repr__(self) -> str:
         return f"<Controller {self.name} serial={self.serial} devices={len(self.devices)}>"
@@ -292,6 +297,7 @@ class Controller:
     ) -> None:
         """Commit the changed devices' pair documents (and groups) durably: one transaction
         whose cost follows what changed, not how many devices are paired."""
+        started = time.perf_counter()
         self.store.commit(
             {
                 key: info.to_json()
@@ -301,6 +307,7 @@ class Controller:
             },
             {name: list(members) for name, members in (groups or {}).items()},
         )
+        self.commit_latency.observe(time.perf_counter() - started)
         self.counters["state_commits"] += 1
         self.counters["state_rows"] = self.counters.get("state_rows", 0) + len(pairs)
 
@@ -448,24 +455,28 @@ class Controller:
             except RemcopyError as exc:
                 out.append(DeviceStatus(device=key, status=exc.code))
                 continue
-            pair = device.pair
-            out.append(
-                DeviceStatus(
-                    device=key,
-                    state=pair.state,
-                    role=pair.role,
-                    mode=pair.mode,
-                    suspend_at_ns=pair.suspend_at_ns,
-                    peer_serial=pair.peer_serial,
-                    peer_device=pair.peer_device,
-                    fence=pair.fence,
-                    consistency_group=pair.consistency_group,
-                    tracks=device.volume.tracks,
-                    changed_at_ns=pair.changed_at_ns,
-                    change_cause=pair.change_cause,
-                )
-            )
+            out.append(self.device_status(device))
         return out
+
+    @staticmethod
+    def device_status(device: Device) -> DeviceStatus:
+        """What the controller itself keeps about a device, as the query answers it (the
+        replicator adds what it knows: lag, changed tracks, copy left)."""
+        pair = device.pair
+        return DeviceStatus(
+            device=device.key,
+            state=pair.state,
+            role=pair.role,
+            mode=pair.mode,
+            suspend_at_ns=pair.suspend_at_ns,
+            peer_serial=pair.peer_serial,
+            peer_device=pair.peer_device,
+            fence=pair.fence,
+            consistency_group=pair.consistency_group,
+            tracks=device.volume.tracks,
+            changed_at_ns=pair.changed_at_ns,
+            change_cause=pair.change_cause,
+        )
 
     def read(self, host: HostGrant, key: int, offset: int, length: int) -> bytes:
         device = self.device_for_host(host, key)

@@ -27,7 +27,7 @@ from remcopy.groups.model import Group, GroupPair
 from remcopy.groups.operations import UNKNOWN, read_states
 from remcopy.host.session import HostSession
 from remcopy.ids import HardwareAddress
-from remcopy.states import CopyMode, PairState
+from remcopy.states import PairState
 from remcopy.wire.native import DeviceStatus
 
 _SIDES = ("primary", "secondary")
@@ -91,28 +91,14 @@ class PairRow:
 
     @property
     def copy_percent(self) -> float | None:
-        """Share of the volume's tracks the same on both ends as far as the copying end
-        knows: while PENDING, the tracks copied; otherwise those not changed since the
-        secondary was last the same (100 in DUPLEX). None for SIMPLEX or unread."""
-        s = self.source
-        if s is None or s.state is PairState.SIMPLEX or not s.tracks:
-            return None
-        left = s.copy_left_tracks if s.state is PairState.PENDING else s.dirty_tracks
-        return round(100.0 * max(0, s.tracks - left) / s.tracks, 1)
+        """DeviceStatus.copy_ratio of the copy's end, in percent (one decimal)."""
+        ratio = None if self.source is None else self.source.copy_ratio()
+        return None if ratio is None else round(100.0 * ratio, 1)
 
     @property
     def consistency_ns(self) -> int | None:
-        """The time the secondary is consistent as of (see the rules at the top)."""
-        s = self.source
-        if s is None:
-            return None
-        if s.state is PairState.SUSPENDED and s.suspend_at_ns:
-            return s.suspend_at_ns
-        if s.mode is CopyMode.SYNC and s.state is PairState.DUPLEX:
-            return self.read_at_ns
-        if s.mode is CopyMode.SYNC and s.state is PairState.SUSPENDED_ERROR:
-            return s.suspend_at_ns or s.changed_at_ns or None
-        return None
+        """DeviceStatus.consistent_as_of of the copy's end (the rules at the top)."""
+        return None if self.source is None else self.source.consistent_as_of(self.read_at_ns)
 
     @property
     def rpo_s(self) -> float | None:

@@ -321,6 +321,30 @@ class DeviceStatus:
     """What caused that change (suspend, replication-error, copy-done, ...); "" when not
     known."""
 
+    def consistent_as_of(self, read_at_ns: int) -> int | None:
+        """The time this end's pair is known consistent as of, from this answer read at
+        `read_at_ns`: a SUSPENDED pair at its suspend time T; a sync pair in DUPLEX at the
+        reading (the secondary holds every acknowledged write) and in SUSPENDED_ERROR at the
+        error (or the freeze's T). None otherwise: async pairs outside SUSPENDED (the
+        controllers keep no group consistency time yet), PENDING, SIMPLEX, RECOVERED."""
+        if self.state is PairState.SUSPENDED and self.suspend_at_ns:
+            return self.suspend_at_ns
+        if self.mode is CopyMode.SYNC and self.state is PairState.DUPLEX:
+            return read_at_ns
+        if self.mode is CopyMode.SYNC and self.state is PairState.SUSPENDED_ERROR:
+            return self.suspend_at_ns or self.changed_at_ns or None
+        return None
+
+    def copy_ratio(self) -> float | None:
+        """Share (0..1) of the volume's tracks the same on both ends as far as this end knows:
+        while PENDING, the tracks copied; otherwise those not marked in the change map (1 in
+        DUPLEX once every update is confirmed). None for SIMPLEX, or without the volume's
+        size."""
+        if self.state is PairState.SIMPLEX or not self.tracks:
+            return None
+        left = self.copy_left_tracks if self.state is PairState.PENDING else self.dirty_tracks
+        return max(0, self.tracks - left) / self.tracks
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QueryReply(Message):
