@@ -184,6 +184,7 @@ async def test_metrics_endpoint_answers_only_get_metrics(world):
 
     assert await asyncio.to_thread(garbage) == b""
     assert (await scrape(primary))[0] == 200  # still serving
+    assert await primary.stop() == 0  # SIGTERM: the endpoint stops with the controller
 
 
 async def test_alert_rules_parse_and_name_metrics_the_controllers_export(world):
