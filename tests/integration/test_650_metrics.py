@@ -200,3 +200,37 @@ async def test_alert_rules_parse_and_name_metrics_the_controllers_export(world):
     exported = {name.removesuffix("_total") for name in await samples(world.primaries[0])}
     named = {m for rule in rules for m in re.findall(r"remcopy_[a-z_]+", rule["expr"])}
     assert named and named <= exported, named - exported
+
+
+async def test_metrics_count_holds_and_show_a_lost_secondary(world):
+    """Consistency-group pairs lose their secondary: each device holds host writes, the
+    controller freezes them together, they go SUSPENDED_ERROR; /metrics shows the holds and the
+    freeze counted, the link down, and each pair's state and last change as the query answers
+    them."""
+    primary = world.primaries[0]
+    await establish(world, 0, CopyMode.SYNC, consistency_group=True)
+    before = await samples(primary)
+    async with channel(primary) as ch:
+        events = await ch.subscribe()
+        await world.secondary.kill()
+        left: set[str] = set()
+        while len(left) < len(DEVICES):
+            line = await events.wait_for(r"DUPLEX -> SUSPENDED_ERROR")
+            left.add(line.split()[1])
+        answers = {s.device: s for s in await ch.query(DEVICES)}
+    found = await samples(primary)
+    assert one(found, "remcopy_holds_total") - one(before, "remcopy_holds_total") == len(DEVICES)
+    assert one(found, "remcopy_peer_link_up", peer="cntlb") == 0
+    for device in DEVICES:
+        q, labels = answers[device], {"device": address(device)}
+        assert q.state is PairState.SUSPENDED_ERROR
+        assert one(found, "remcopy_pair_state", **labels, state="SUSPENDED_ERROR") == 1
+        assert q.change_cause == "freeze"  # the held devices were frozen together at T
+        changed = one(found, "remcopy_pair_state_change_time_seconds", **labels, cause="freeze")
+        assert changed == q.changed_at_ns / 1e9
+    started = {"kind": "started"}
+    assert (
+        one(found, "remcopy_freezes_total", **started)
+        - one(before, "remcopy_freezes_total", **started)
+        == 1
+    )
