@@ -99,12 +99,10 @@ _WRITE = struct.Struct("!HQQ")  # device, offset, timestamp_ns; then data
 # device, status, ssid, serial, capacity_bytes, track_size_bytes, state, role, volser
 _IDENTITY = struct.Struct("!HHHIQIBB6s")
 # device, status, state, role, mode, flags, suspend_at_ns, dirty_tracks, lag_bytes, lag_ns,
-# peer serial, peer device, copy_left_tracks
-_DEVICE_STATUS = struct.Struct("!HHBBBBQQQQIHQ")
-# Appended to each status record (the fields above stay as they were): fence, consistency
-# group, the volume's tracks, when the state last changed, the length of the cause that
-# follows (UTF-8, at most _CAUSE_SIZE_MAX_BYTES).
-_DEVICE_STATUS_MORE = struct.Struct("!BBQQB")
+# peer serial, peer device, copy_left_tracks (the record as earlier versions sent it, 54
+# bytes), then fence, consistency group, the volume's tracks, when the state last changed, and
+# the length of the cause that follows (UTF-8, at most _CAUSE_SIZE_MAX_BYTES).
+_DEVICE_STATUS = struct.Struct("!HHBBBBQQQQIHQBBQQB")
 _CAUSE_SIZE_MAX_BYTES: Final = 255
 
 _PAIR_ITEM = struct.Struct("!HIHBBBQ")  # device, peer serial, peer device, mode, fence, cg, size
@@ -768,8 +766,6 @@ def _pack_device_status(s: DeviceStatus) -> bytes:
             s.peer_serial,
             s.peer_device,
             s.copy_left_tracks,
-        )
-        + _DEVICE_STATUS_MORE.pack(
             _FENCES.index(s.fence),
             int(s.consistency_group),
             s.tracks,
@@ -783,16 +779,15 @@ def _pack_device_status(s: DeviceStatus) -> bytes:
 def _decode_query_reply(rid: int, flags: int, body: memoryview) -> Message:
     statuses = []
     offset, end = 0, len(body)
-    fixed = _DEVICE_STATUS.size + _DEVICE_STATUS_MORE.size
+    fixed = _DEVICE_STATUS.size
+    unpack = _DEVICE_STATUS.unpack_from
     while offset < end:
         if end - offset < fixed:
             raise RemoteProtocolError("device status record cut short")
-        d, st, state, role, mode, fl, at, dirty, lag_b, lag_ns, ps, pd, left = (
-            _DEVICE_STATUS.unpack_from(body, offset)
-        )
-        fence, cg, tracks, changed_ns, cause_len = _DEVICE_STATUS_MORE.unpack_from(
-            body, offset + _DEVICE_STATUS.size
-        )
+        (
+            d, st, state, role, mode, fl, at, dirty, lag_b, lag_ns, ps, pd, left,
+            fence, cg, tracks, changed_ns, cause_len,
+        ) = unpack(body, offset)  # fmt: skip
         offset += fixed
         if end - offset < cause_len:
             raise RemoteProtocolError("device status cause cut short")
