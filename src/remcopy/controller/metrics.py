@@ -327,7 +327,8 @@ class MetricsEndpoint:
         self.collector = ControllerCollector(controller, replicator)
         self.scrapes = 0
         self._server: asyncio.Server | None = None
-        self._connections: set[_HttpConnection] = set()
+        self.connections: set[_HttpConnection] = set()
+        """Open client connections (each adds and removes itself), aborted at stop."""
         self._stopping = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
         self._scraping = asyncio.Lock()  # one scrape at a time; others wait their turn
@@ -353,7 +354,7 @@ class MetricsEndpoint:
             self._tasks = tasks
             await self._stopping.wait()
             self._tasks = None
-            for connection in list(self._connections):
+            for connection in list(self.connections):
                 connection.abort()
 
     def stop(self) -> None:
@@ -398,11 +399,11 @@ class _HttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self.endpoint._connections.add(self)
+        self.endpoint.connections.add(self)
         self.timer = asyncio.get_running_loop().call_later(REQUEST_TIMEOUT_S, self.abort)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.endpoint._connections.discard(self)
+        self.endpoint.connections.discard(self)
         if self.timer is not None:
             self.timer.cancel()
 
