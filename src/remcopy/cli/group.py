@@ -449,18 +449,6 @@ def group_pairs_command(
       remcopy group pairs PAYROLL --host hosta
       remcopy group pairs PAYROLL --host hosta --watch --interval 1
     """
-    _pairs_view(name, host_name, expect, watch, interval_s, catalog_location, as_json)
-
-
-def _pairs_view(
-    name: str,
-    host_name: str,
-    expect: str | None,
-    watch: bool,
-    interval_s: float,
-    catalog_location: str,
-    as_json: bool,
-) -> None:
     from rich.live import Live
 
     from remcopy import aio
@@ -543,7 +531,16 @@ def group_status_command(
       remcopy group status PAYROLL --host hosta --pairs --watch
     """
     if per_pair:
-        _pairs_view(name, host_name, expect, watch, interval_s, catalog_location, as_json)
+        click.get_current_context().invoke(
+            group_pairs_command,
+            name=name,
+            host_name=host_name,
+            expect=expect,
+            watch=watch,
+            interval_s=interval_s,
+            catalog_location=catalog_location,
+            as_json=as_json,
+        )
         return
     if watch:
         raise InputError("group status --watch: needs --pairs (the per-pair view is watched)")
