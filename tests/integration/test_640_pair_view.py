@@ -151,7 +151,7 @@ async def test_pair_view_shows_a_suspend_with_its_cause_and_time(world, catalog)
 
 async def test_pair_view_when_the_secondary_is_down(world, catalog):
     """The secondary's controller stopped: each row says only the primary answered, with
-    why, and still shows the primary's answer."""
+    why, and still shows the primary's answer; then the primary's too: exit 1."""
     await world.secondary.kill()
     doc = view("PAYROLL", catalog)
     for row in doc["pairs"]:
@@ -159,6 +159,14 @@ async def test_pair_view_when_the_secondary_is_down(world, catalog):
         assert row["secondary"]["state"] is None
         assert "cntlb" in row["secondary"]["error"]
         assert row["primary"]["role"] == "primary"
+    # Neither end answers: every row says so, UNKNOWN, and the command exits 1 saying why.
+    await world.primaries[0].kill()
+    run = cli("group", "pairs", "PAYROLL", "--host", HOST, "--json", catalog=catalog, code=1)
+    rows = json.loads(run.stdout)["pairs"]
+    assert {(r["answered"], r["state"], r["lag_bytes"]) for r in rows} == {
+        ("none", "UNKNOWN", None)
+    }
+    assert "group PAYROLL: 4 pairs not read at either end" in " ".join(run.stderr.split())
 
 
 async def test_pair_view_bad_input_exits_2_with_one_line(catalog):
