@@ -79,6 +79,7 @@ async def build(
     peer_address: dict[int, str] | None = None,
     primary_settings: dict[str, object] | None = None,
     testing: bool = False,
+    secondary_settings: dict[str, object] | None = None,
 ) -> World:
     """Write configs with fixed ports, start the secondary, then the primaries (`testing`:
     the primaries run with REMCOPY_TESTING=1, for primary_settings with test-only keys)."""
@@ -89,6 +90,7 @@ async def build(
         serial=SECONDARY_SERIAL,
         data_dir=root / "cntlb",
         listen=f"127.0.0.1:{ports[-1]}",
+        settings=dict(secondary_settings or {}),
         lss={
             lss + extra: ssid + (extra << 8)
             for lss, ssid in ((SECONDARY_LSS, 0x2B00), (TERTIARY_LSS, 0x3B00))

@@ -305,6 +305,28 @@ def test_controller_serve_port_in_use(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_controller_serve_metrics_port_in_use(tmp_path: Path) -> None:
+    """`controller serve` exits 2 naming its metrics_listen address when that port is taken."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        text = _edited(
+            (
+                'listen = "127.0.0.1:0"',
+                f'listen = "127.0.0.1:0"\nmetrics_listen = "127.0.0.1:{port}"',
+            )
+        )
+        write_private(tmp_path / CONFIG_NAME, text)
+
+        result = _remcopy(tmp_path, "controller", "serve", CONFIG_NAME)
+
+    assert result.returncode == 2, result.stderr
+    assert "ready" not in result.stdout
+    assert f"controller.metrics_listen: cannot listen on 127.0.0.1:{port}: " in _flat(result.stderr)
+    assert "Traceback" not in result.stderr
+
+
 def test_controller_serve_file_not_a_volume(tmp_path: Path) -> None:
     """`controller serve` exits 2 naming a volume file that holds no label, and leaves it alone."""
     volume_file = tmp_path / "cntl1-data" / "volumes" / "PAY001.vol"

@@ -309,22 +309,34 @@ STATUS = DeviceStatus(
     peer_serial=64016,
     peer_device=0x0A40,
     copy_left_tracks=37,
+    fence=FencePolicy.DATA,
+    consistency_group=True,
+    tracks=1024,
+    changed_at_ns=1_700_000_000_123_456_789,
+    change_cause="suspend",
 )
-STATUS_BYTES = struct.pack(
-    "!HHBBBBQQQQIHQ",
-    0x0A3F,
-    0,
-    3,
-    2,
-    3,
-    0x81,
-    1_700_000_000_123_456_789,
-    812,
-    65536,
-    2_000_000,
-    64016,
-    0x0A40,
-    37,
+# The fields every version had, then fence, consistency group, tracks, when the state last
+# changed and the length of its cause, then the cause.
+NO_MORE_STATUS = struct.pack("!BBQQB", 0, 0, 0, 0, 0)
+STATUS_BYTES = (
+    struct.pack(
+        "!HHBBBBQQQQIHQ",
+        0x0A3F,
+        0,
+        3,
+        2,
+        3,
+        0x81,
+        1_700_000_000_123_456_789,
+        812,
+        65536,
+        2_000_000,
+        64016,
+        0x0A40,
+        37,
+    )
+    + struct.pack("!BBQQB", 1, 1, 1024, 1_700_000_000_123_456_789, 7)
+    + b"suspend"
 )
 
 CASES: list[tuple[Message, bytes]] = [
@@ -404,7 +416,7 @@ CASES: list[tuple[Message, bytes]] = [
     ),
     (
         QueryReply(request_id=11, statuses=(DeviceStatus(device=2),)),
-        frame(KIND_QUERY_REPLY, b"\x00\x02" + b"\0" * 52, request_id=11),
+        frame(KIND_QUERY_REPLY, b"\x00\x02" + b"\0" * 52 + NO_MORE_STATUS, request_id=11),
     ),
     (SubscribeRequest(request_id=12), frame(KIND_SUBSCRIBE, request_id=12)),
     (
@@ -451,7 +463,9 @@ def test_cases_cover_every_message_kind() -> None:
 def test_PairState_wire_codes(state: PairState, code: int) -> None:
     """Each pair state travels as its fixed one-byte code."""
     msg = QueryReply(statuses=(DeviceStatus(device=1, state=state),))
-    data = frame(KIND_QUERY_REPLY, struct.pack("!HHBBBBQQQQIHQ", 1, 0, code, *[0] * 10))
+    data = frame(
+        KIND_QUERY_REPLY, struct.pack("!HHBBBBQQQQIHQ", 1, 0, code, *[0] * 10) + NO_MORE_STATUS
+    )
     assert encode(msg) == data
     assert decode(msg, data) == msg
 
@@ -469,7 +483,9 @@ def test_PairRole_wire_codes(role: PairRole, code: int) -> None:
 def test_CopyMode_wire_codes(mode: CopyMode | None, code: int) -> None:
     """Each copy mode, and no mode, travels as its fixed one-byte code."""
     msg = QueryReply(statuses=(DeviceStatus(device=1, mode=mode),))
-    data = frame(KIND_QUERY_REPLY, struct.pack("!HHBBBBQQQQIHQ", 1, 0, 0, 0, code, *[0] * 8))
+    data = frame(
+        KIND_QUERY_REPLY, struct.pack("!HHBBBBQQQQIHQ", 1, 0, 0, 0, code, *[0] * 8) + NO_MORE_STATUS
+    )
     assert encode(msg) == data
     assert decode(msg, data) == msg
 
@@ -952,6 +968,14 @@ MALFORMED = [
         frame(KIND_QUERY_REPLY, STATUS_BYTES[:6] + b"\x04" + STATUS_BYTES[7:]),
         "malformed",
     ),
+    (
+        Side.CLIENT,
+        2,
+        frame(KIND_QUERY_REPLY, STATUS_BYTES[:54] + b"\x02" + STATUS_BYTES[55:]),
+        "malformed",
+    ),
+    (Side.CLIENT, 2, frame(KIND_QUERY_REPLY, STATUS_BYTES[:60]), "record cut short"),
+    (Side.CLIENT, 2, frame(KIND_QUERY_REPLY, STATUS_BYTES[:-1]), "cause cut short"),
     (Side.CLIENT, 2, frame(KIND_WRITE_REPLY, b"\x00"), "1 unexpected trailing bytes"),
     (Side.CLIENT, 2, frame(KIND_FLUSH_REPLY, b"\x00"), "1 unexpected trailing bytes"),
     (Side.CLIENT, 2, frame(KIND_EVENT, b"\xc3"), "malformed"),
@@ -1081,6 +1105,11 @@ device_statuses = st.builds(
     peer_serial=u32s,
     peer_device=u16s,
     copy_left_tracks=u64s,
+    fence=st.sampled_from(FencePolicy),
+    consistency_group=st.booleans(),
+    tracks=u64s,
+    changed_at_ns=u64s,
+    change_cause=st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", max_size=40),
 )
 
 hellos = st.builds(

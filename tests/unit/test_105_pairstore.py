@@ -6,6 +6,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,39 @@ def test_PairStore_after_kill_9_holds_the_last_committed_state(tmp_path: Path, s
         (found,) = commits
         # It goes on committing until the signal lands: any later commit may be the last.
         assert last <= found <= 1000, f"seed={seed}: reported {last}, found {found}"
+
+
+def test_PairStore_opens_a_store_made_before_the_last_change_columns(tmp_path: Path):
+    """A pairs.db without the columns added since (when and why the state last changed)
+    opens with its rows whole, those fields at their defaults; new commits keep them."""
+    old = sqlite3.connect(tmp_path / "pairs.db")
+    old_columns = [name for name, _ in COLUMNS if name not in ("changed_at_ns", "change_cause")]
+    old.execute(
+        "CREATE TABLE pairs (device INTEGER PRIMARY KEY, "
+        + ", ".join(f"c_{n}" for n in old_columns)
+        + ")"
+    )
+    old.execute(
+        "INSERT INTO pairs VALUES (5, 'SUSPENDED', 'primary', 'sync', 65000, 8192, 42, "
+        "'never', 0, '')"
+    )
+    old.commit()
+    old.close()
+    store = PairStore(tmp_path, serial=64015)
+    devices, _ = store.load()
+    assert devices == {
+        5: _doc(
+            "SUSPENDED",
+            role="primary",
+            mode="sync",
+            peer_serial=65000,
+            peer_device=8192,
+            suspend_at_ns=42,
+        )
+    }
+    assert (devices[5]["changed_at_ns"], devices[5]["change_cause"]) == (0, "")
+    store.commit({5: _doc("DUPLEX", changed_at_ns=99, change_cause="resume")})
+    store.close()
+    again = PairStore(tmp_path, serial=64015)
+    assert again.load()[0] == {5: _doc("DUPLEX", changed_at_ns=99, change_cause="resume")}
+    again.close()

@@ -395,17 +395,114 @@ def _direction_text(direction: str) -> str:
     return "as defined"
 
 
+_EXPECT = ["DUPLEX", "SUSPENDED", "PENDING", "RECOVERED", "SIMPLEX"]
+
+
+def _expect_option(f: Any) -> Any:
+    return click.option(
+        "--expect",
+        type=click.Choice(_EXPECT),
+        help="Exit 1 unless every pair is in this state.",
+    )(f)
+
+
+def _watch_options(f: Any) -> Any:
+    f = click.option(
+        "--interval",
+        "interval_s",
+        type=click.FloatRange(min=0.1),
+        default=2.0,
+        show_default=True,
+        help="With --watch: seconds between readings.",
+    )(f)
+    return click.option(
+        "--watch", is_flag=True, help="Redraw the per-pair view in place (a terminal only)."
+    )(f)
+
+
+@group.command("pairs")
+@click.argument("name")
+@click.option("--host", "host_name", required=True, help="Ask as this host.")
+@_expect_option
+@_watch_options
+@catalog_option
+@json_option
+def group_pairs_command(
+    name: str,
+    host_name: str,
+    expect: str | None,
+    watch: bool,
+    interval_s: float,
+    catalog_location: str,
+    as_json: bool,
+) -> None:
+    """Group NAME pair by pair, both ends read (like pairdisplay -fcx).
+
+    A row per pair: volser, device numbers and addresses of both ends, the state each end
+    reports and which ends answered, mode, fence, lag in bytes and seconds, consistency time
+    and RPO, changed tracks, copy progress, and the last state change with its time and
+    cause (docs/operations.md explains each column). Exit 1 if a pair neither end answers
+    for, or with --expect, a pair not in that state.
+
+    \b
+    Example:
+      remcopy group pairs PAYROLL --host hosta
+      remcopy group pairs PAYROLL --host hosta --watch --interval 1
+    """
+    from rich.live import Live
+
+    from remcopy import aio
+    from remcopy.cli.common import open_catalog
+    from remcopy.cli.output import emit_json, print_wide, stdout
+    from remcopy.cli.pairview import document, refuse_watch, render
+    from remcopy.groups.service import group_pairs
+
+    if watch:
+        refuse_watch(as_json=as_json, terminal=stdout.is_terminal)
+    with open_catalog(catalog_location) as catalog:
+        direction = "reversed" if catalog.group_one(name).reversed else "defined"
+        if watch:
+            with Live(console=stdout, auto_refresh=False) as live:
+
+                def draw(rows: Any) -> None:
+                    live.update(render(name, host_name, rows), refresh=True)
+
+                try:
+                    aio.run(
+                        group_pairs(catalog, name, host_name, watch=draw, interval_s=interval_s)
+                    )
+                except KeyboardInterrupt:
+                    return  # Ctrl-C ends a watch: not an error
+        rows = aio.run(group_pairs(catalog, name, host_name))
+    if as_json:
+        emit_json(document(name, host_name, direction, rows))
+    else:
+        print_wide(render(name, host_name, rows))
+    unread = [r for r in rows if r.answered == "none"]
+    odd = [r for r in rows if expect and r.state is not None and r.state.name != expect]
+    if unread or odd:
+        raise GroupOperationFailed(
+            f"group {name}: "
+            + "; ".join(
+                part
+                for part in (
+                    f"{len(unread)} pairs not read at either end" if unread else "",
+                    f"{len(odd)} pairs not {expect}" if odd else "",
+                )
+                if part
+            )
+        )
+
+
 @group.command("status")
 @click.argument("name")
 @click.option("--host", "host_name", required=True, help="Ask as this host.")
-@click.option(
-    "--expect",
-    type=click.Choice(["DUPLEX", "SUSPENDED", "PENDING", "RECOVERED", "SIMPLEX"]),
-    help="Exit 1 unless every pair is in this state.",
-)
+@_expect_option
 @click.option(
     "--reverse", is_flag=True, help="Read the secondaries first (the primaries if they cannot be)."
 )
+@click.option("--pairs", "per_pair", is_flag=True, help="The per-pair view (as `group pairs`).")
+@_watch_options
 @catalog_option
 @json_option
 def group_status_command(
@@ -413,11 +510,14 @@ def group_status_command(
     host_name: str,
     expect: str | None,
     reverse: bool,
+    per_pair: bool,
+    watch: bool,
+    interval_s: float,
     catalog_location: str,
     as_json: bool,
 ) -> None:
     """Group NAME's pairs by state, the pairs not as expected, lag, last suspend time, and
-    the suspend armed for a T still to come.
+    the suspend armed for a T still to come; --pairs: a row per pair (`group pairs`).
 
     Each state is read at the pair's primary (in the group's current direction); where the
     primary cannot be read (its site lost, no path) it is read at the secondary, and said
@@ -428,7 +528,22 @@ def group_status_command(
     Example:
       remcopy group status PAYROLL --host hosta --expect DUPLEX
       remcopy group status PAYROLL --host hostb    # after losing the primary site
+      remcopy group status PAYROLL --host hosta --pairs --watch
     """
+    if per_pair:
+        click.get_current_context().invoke(
+            group_pairs_command,
+            name=name,
+            host_name=host_name,
+            expect=expect,
+            watch=watch,
+            interval_s=interval_s,
+            catalog_location=catalog_location,
+            as_json=as_json,
+        )
+        return
+    if watch:
+        raise InputError("group status --watch: needs --pairs (the per-pair view is watched)")
     from remcopy import aio
     from remcopy.cli.common import open_catalog
     from remcopy.cli.output import emit_json, say, table
@@ -457,6 +572,7 @@ def group_status_command(
         "read_at": read_at,
         "not_read": not_read,
         "lag_bytes": sum(s.lag_bytes for s in statuses),
+        "lag_s": max((s.lag_ns for s in statuses), default=0) / 1e9,
         "dirty_tracks": sum(s.dirty_tracks for s in statuses),
         "suspend_at_ns": suspended_at[-1] if suspended_at else None,
         "armed": [{"at_ns": at, "pairs": n} for at, n in sorted(armed.items())],
@@ -482,7 +598,8 @@ def group_status_command(
         say(
             f"group {name} ({_direction_text(direction)}): {len(statuses)} pairs: "
             + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-            + f"; lag {doc['lag_bytes']} bytes; {doc['dirty_tracks']} changed tracks"
+            + f"; lag {doc['lag_bytes']} bytes, {doc['lag_s']:.3f} s at most; "
+            f"{doc['dirty_tracks']} changed tracks"
         )
         for at, n in sorted(armed.items()):
             say(f"suspend armed at {_when(at)} on {n} pairs (`group suspend --cancel` disarms)")

@@ -92,6 +92,18 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[obj
     stdout.print(out)
 
 
+def print_wide(renderable: object) -> None:
+    """Print on stdout; off a terminal (a pipe, a file) at the width the content needs, as a
+    pipe has no width to fit and rich would otherwise fold a wide table into 80 columns."""
+    if stdout.is_terminal:
+        stdout.print(renderable)
+    else:
+        Console(soft_wrap=True, width=_PIPE_WIDTH, no_color=True).print(renderable)
+
+
+_PIPE_WIDTH: Final = 1000
+
+
 def fail(message: str) -> None:
     stderr.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
 

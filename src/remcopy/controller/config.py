@@ -230,6 +230,8 @@ class ControllerSection(_Strict):
     """The same, from one client address."""
     handshake_timeout_s: float = Field(default=10.0, gt=0, le=600)
     """A connection that has not authenticated this long after accept is closed."""
+    metrics_listen: Address | None = None
+    """Serve Prometheus metrics at http://ADDRESS/metrics; absent: no metrics port."""
 
 
 class TlsSection(_Strict):

@@ -26,6 +26,7 @@ from typing import Any
 
 from remcopy.controller import atrest
 from remcopy.controller.config import ControllerConfig, HostSection, load_controller_config
+from remcopy.controller.latency import Latency
 from remcopy.controller.pairstore import STORE_FILE_NAME, PairStore
 from remcopy.controller.volume import Volume
 from remcopy.errors import (
@@ -71,6 +72,12 @@ class PairInfo:
     consistency_group: bool = False
     group: str = ""
     """The consistency group's name (establish); its members are in Controller.groups."""
+    changed_at_ns: int = 0
+    """When the state last changed (the commit's time: T for a suspend or freeze); 0 when
+    not known (a pair last changed by a controller that did not keep it)."""
+    change_cause: str = ""
+    """What caused the last state change (commit_states' cause: suspend, replication-error,
+    copy-done, ...); "" when not known."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,6 +90,8 @@ class PairInfo:
             "fence": self.fence.value,
             "consistency_group": self.consistency_group,
             "group": self.group,
+            "changed_at_ns": self.changed_at_ns,
+            "change_cause": self.change_cause,
         }
 
     @classmethod
@@ -97,6 +106,8 @@ class PairInfo:
             fence=FencePolicy(doc.get("fence", "never")),
             consistency_group=bool(doc.get("consistency_group", False)),
             group=str(doc.get("group", "")),
+            changed_at_ns=int(doc.get("changed_at_ns") or 0),
+            change_cause=str(doc.get("change_cause") or ""),
         )
 
 
@@ -171,6 +182,10 @@ class Controller:
             "connections": 0,
             "state_commits": 0,
         }
+        self.commit_latency = Latency()
+        """Seconds per durable state commit (the pair store's transaction)."""
+        self.io_latency = {"read": Latency(), "write": Latency()}
+        """Seconds from a host's read or write request to its answer (controller/server.py)."""
 
     def __repr__(self) -> str:
         return f"<Controller {self.name} serial={self.serial} devices={len(self.devices)}>"
@@ -285,6 +300,7 @@ class Controller:
     ) -> None:
         """Commit the changed devices' pair documents (and groups) durably: one transaction
         whose cost follows what changed, not how many devices are paired."""
+        started = time.perf_counter()
         self.store.commit(
             {
                 key: info.to_json()
@@ -294,6 +310,7 @@ class Controller:
             },
             {name: list(members) for name, members in (groups or {}).items()},
         )
+        self.commit_latency.observe(time.perf_counter() - started)
         self.counters["state_commits"] += 1
         self.counters["state_rows"] = self.counters.get("state_rows", 0) + len(pairs)
 
@@ -341,12 +358,15 @@ class Controller:
         """
         new_pairs = {key: PairInfo(**_fields(self.device(key).pair)) for key in changes}
         old_states = {key: self.devices[key].pair.state for key in changes}
+        changed_at_ns = at_ns or time.time_ns()
         for key, (action, update) in changes.items():
             device = self.devices[key]
             info = new_pairs[key]
             info.state = next_state(info.state, action, device=str(device.address))
             if update is not None:
                 update(info)
+            if info.state is not old_states[key]:
+                info.changed_at_ns, info.change_cause = changed_at_ns, cause
         self._save_states(new_pairs, groups)
         if groups:
             self.groups = {**self.groups, **groups}
@@ -449,19 +469,28 @@ class Controller:
             except RemcopyError as exc:
                 out.append(DeviceStatus(device=key, status=exc.code))
                 continue
-            pair = device.pair
-            out.append(
-                DeviceStatus(
-                    device=key,
-                    state=pair.state,
-                    role=pair.role,
-                    mode=pair.mode,
-                    suspend_at_ns=pair.suspend_at_ns,
-                    peer_serial=pair.peer_serial,
-                    peer_device=pair.peer_device,
-                )
-            )
+            out.append(self.device_status(device))
         return out
+
+    @staticmethod
+    def device_status(device: Device) -> DeviceStatus:
+        """What the controller itself keeps about a device, as the query answers it (the
+        replicator adds what it knows: lag, changed tracks, copy left)."""
+        pair = device.pair
+        return DeviceStatus(
+            device=device.key,
+            state=pair.state,
+            role=pair.role,
+            mode=pair.mode,
+            suspend_at_ns=pair.suspend_at_ns,
+            peer_serial=pair.peer_serial,
+            peer_device=pair.peer_device,
+            fence=pair.fence,
+            consistency_group=pair.consistency_group,
+            tracks=device.volume.tracks,
+            changed_at_ns=pair.changed_at_ns,
+            change_cause=pair.change_cause,
+        )
 
     def read(self, host: HostGrant, key: int, offset: int, length: int) -> bytes:
         device = self.device_for_host(host, key)

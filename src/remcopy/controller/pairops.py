@@ -854,6 +854,13 @@ class PairOperations:
             else:
                 device.volume.pwrite(update.offset, update.data)
         self.rep.counters["updates_applied"] += len(batch.updates)
+        rep = self.rep
+        rep.applied_updates[peer_serial] = rep.applied_updates.get(peer_serial, 0) + len(
+            batch.updates
+        )
+        rep.applied_bytes[peer_serial] = rep.applied_bytes.get(peer_serial, 0) + sum(
+            len(u.data) for u in batch.updates
+        )
         return native.UpdateAck(applied=len(batch.updates))
 
     def peer_op(self, peer_serial: int, request: PairOpRequest) -> PairOpReply:

@@ -51,6 +51,8 @@ COLUMNS: Final = (
     ("fence", "never"),
     ("consistency_group", False),
     ("group", ""),
+    ("changed_at_ns", 0),
+    ("change_cause", ""),
 )
 _NAMES: Final = tuple(name for name, _ in COLUMNS)
 _COLUMN_LIST: Final = ", ".join(f"c_{name}" for name in _NAMES)
@@ -82,6 +84,7 @@ class PairStore:
             self._db.execute("PRAGMA synchronous=FULL")
             for statement in _SCHEMA:
                 self._db.execute(statement)
+            self._add_new_columns()
         except sqlite3.Error as exc:
             raise VolumeIOError(f"pair state {self.path}: cannot open: {exc}") from exc
         except OSError as exc:
@@ -92,6 +95,16 @@ class PairStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def _add_new_columns(self) -> None:
+        """Add the columns a store made by an older controller lacks, each with the value a
+        document without it has (its COLUMNS default): an older pairs.db opens as it was."""
+        present = {str(row[1]) for row in self._db.execute("PRAGMA table_info(pairs)")}
+        for name, default in COLUMNS:
+            if f"c_{name}" not in present:
+                literal = "NULL" if default is None else repr(default)
+                self._db.execute(f"ALTER TABLE pairs ADD COLUMN c_{name} DEFAULT {literal}")
+                log.info("pair state %s: column %s added", self.path, name)
 
     # Reading...
 

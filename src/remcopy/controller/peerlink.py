@@ -66,6 +66,7 @@ class PeerLink:
         self.broken: RemcopyError | None = None
         self.batches_sent = 0
         self.bytes_sent = 0
+        self.updates_sent = 0
         self.heartbeats_sent = 0
         self.connected_once = False
         """Whether the link ever connected since this controller started."""
@@ -101,6 +102,7 @@ class PeerLink:
             )
             return future
         self._queue.append((update, future))
+        self.updates_sent += 1
         self.bytes_sent += len(update.data)
         if len(self._queue) >= BATCH_UPDATES_MAX:
             self._flush()

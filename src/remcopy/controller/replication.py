@@ -153,9 +153,13 @@ class Replicator:
             "bytes_copied",
             "link_errors",
             "held_writes",
+            "holds",
             "busy_writes",
         ):
             self.counters.setdefault(name, 0)
+        # Updates and bytes applied here, per peer controller (serial) that sent them.
+        self.applied_updates: dict[int, int] = {}
+        self.applied_bytes: dict[int, int] = {}
 
     def close(self) -> None:
         for timer in self.timers:
@@ -399,6 +403,7 @@ class Replicator:
         if pair.consistency_group and not self._planted("no_hold"):  # PLANTED BUG when set
             run.held = asyncio.Event()
             run.held_since_ns = time.time_ns()
+            self.counters["holds"] += 1
             self.controller.announce(
                 f"hold {run.device.address} cause=replication-error "
                 f'hold_s={self.hold_s} error="{exc}"'

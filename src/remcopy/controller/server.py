@@ -40,13 +40,15 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from remcopy.configfile import format_address
 from remcopy.controller.admission import Admission
 from remcopy.controller.core import Controller, EventSink, HostGrant
+from remcopy.controller.latency import Latency
 from remcopy.controller.logsafe import escape_name
 from remcopy.controller.nbd_server import NbdServer
 from remcopy.controller.replication import Replicator
@@ -67,6 +69,9 @@ from remcopy.errors import (
 __all__ = ["ControllerServer", "ListenError", "escape_name", "run_controller"]
 from remcopy.wire import auth, native
 from remcopy.wire.native import Side
+
+if TYPE_CHECKING:
+    from remcopy.controller.metrics import MetricsEndpoint
 
 log = logging.getLogger("remcopy.controller")
 
@@ -353,6 +358,12 @@ class ControllerServer:
             total_max=section.unauthenticated_max,
             per_address_max=section.unauthenticated_per_address_max,
         )
+        self._io_latency: dict[type[native.Message], Latency] = {
+            native.ReadRequest: controller.io_latency["read"],
+            native.WriteRequest: controller.io_latency["write"],
+        }
+        self.metrics: MetricsEndpoint | None = None  # /metrics, when metrics_listen is set
+        self.metrics_address: tuple[str, int] | None = None
 
     def __repr__(self) -> str:
         return f"<ControllerServer {self.controller.name} links={len(self._links)}>"
@@ -371,9 +382,12 @@ class ControllerServer:
         sockname = server.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
         try:
+            await self._start_metrics()
             await self._start_nbd()  # --- NBD export ---
         except ListenError:
             server.close()
+            if self.metrics is not None:
+                self.metrics.close()
             raise
         if ready is not None:
             ready(self.address)
@@ -391,10 +405,15 @@ class ControllerServer:
                     if self.nbd is not None
                     else None
                 )
+                # /metrics: answered on this loop, stopped with the native server.
+                if self.metrics is not None:
+                    tasks.create_task(self.metrics.serve(), name="metrics")
                 early, self._early = self._early, []
                 for link in early:
                     self._drive(link)
                 await self._stopping.wait()
+                if self.metrics is not None:
+                    self.metrics.stop()
                 await self._shut_down(server)
                 if nbd_serving is not None:
                     await nbd_serving  # bounded by its own grace; before the replicator stops
@@ -450,6 +469,21 @@ class ControllerServer:
             raise ListenError(
                 f"controller.nbd_listen: cannot listen on "
                 f"{format_address(section.nbd_listen)}: {exc.strerror}"
+            ) from exc
+
+    async def _start_metrics(self) -> None:
+        listen = self.controller.config.controller.metrics_listen
+        if listen is None:
+            return
+        from remcopy.controller.metrics import MetricsEndpoint  # prometheus-client, when used
+
+        self.metrics = MetricsEndpoint(self.controller, self.replicator, listen)
+        try:
+            self.metrics_address = await self.metrics.start()
+        except OSError as exc:
+            raise ListenError(
+                f"controller.metrics_listen: cannot listen on {format_address(listen)}: "
+                f"{exc.strerror}"
             ) from exc
 
     def _flush_all(self) -> None:
@@ -517,9 +551,14 @@ class ControllerServer:
         grant = link.grant
         if grant is not None:
             self.controller.counters["requests"] += 1
+            # Host I/O latency (for /metrics): request read to answer queued.
+            timed = self._io_latency.get(type(msg))
+            started = time.perf_counter() if timed is not None else 0.0
             slow = self._answer(link, grant, msg)
             if slow is not None:
-                link.spawn(self._answer_slow(link, msg, slow))
+                link.spawn(self._answer_slow(link, msg, slow, timed, started))
+            elif timed is not None:
+                timed.observe(time.perf_counter() - started)
             return
         # The handshake: the codec lets nothing but HELLO, then PROOF, through before WELCOME.
         try:
@@ -707,7 +746,12 @@ class ControllerServer:
         return native.WriteReply(request_id=msg.request_id)
 
     async def _answer_slow(
-        self, link: _Link, msg: native.Message, work: Awaitable[native.Message]
+        self,
+        link: _Link,
+        msg: native.Message,
+        work: Awaitable[native.Message],
+        timed: Latency | None = None,
+        started: float = 0.0,
     ) -> None:
         try:
             try:
@@ -727,6 +771,8 @@ class ControllerServer:
                     ),
                 )
             link.send(reply)
+            if timed is not None:
+                timed.observe(time.perf_counter() - started)
         finally:
             link.settled()  # after the reply is queued: settling may close an ending link
 
@@ -799,6 +845,8 @@ async def run_controller(controller: Controller, *, announce_ready: bool = True)
     def ready(address: tuple[str, int]) -> None:
         if announce_ready:
             nbd = f" nbd={format_address(server.nbd_address)}" if server.nbd_address else ""
+            if server.metrics_address:
+                nbd += f" metrics={format_address(server.metrics_address)}"
             print(
                 f"remcopy controller {controller.name} ready serial={controller.serial} "
                 f"listen={format_address(address)} volumes={len(controller.devices)}{nbd}",

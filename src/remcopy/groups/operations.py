@@ -575,6 +575,7 @@ __all__ = [
     "PairStatus",
     "cancel",
     "plan",
+    "read_states",
     "request_timeout_s",
     "run_operation",
     "status",
@@ -602,6 +603,8 @@ class PairStatus:
     suspend_at_ns: int = 0
     dirty_tracks: int = 0
     lag_bytes: int = 0
+    lag_ns: int = 0
+    """Age of the oldest update not yet confirmed by the secondary (0: none waiting)."""
     error: str = ""
     """Why the end read first (the primary) could not be read; for an UNKNOWN state, why
     neither end could."""
@@ -647,7 +650,7 @@ async def status(session: HostSession, group: Group, *, first: str = "primary") 
             wanted[i] = (controller, device)
         else:
             why_not[i] = f"this host has no path to the {first} {device}"
-    read, errors = await _read_states(session, wanted)
+    read, errors = await read_states(session, wanted)
     for i, device_status in read.items():
         found[i] = _from_device(group.pairs[i], device_status, first)
     why_not.update(errors)
@@ -658,7 +661,7 @@ async def status(session: HostSession, group: Group, *, first: str = "primary") 
             wanted[i] = (controller, device)
         else:
             errors[i] = f"this host has no path to the {second} {device}"
-    read, more = await _read_states(session, wanted)
+    read, more = await read_states(session, wanted)
     errors.update(more)
     for i, device_status in read.items():
         found[i] = _from_device(group.pairs[i], device_status, second, error=why_not[i])
@@ -679,11 +682,12 @@ def _from_device(pair: GroupPair, device: DeviceStatus, side: str, error: str = 
         suspend_at_ns=device.suspend_at_ns,
         dirty_tracks=device.dirty_tracks,
         lag_bytes=device.lag_bytes,
+        lag_ns=device.lag_ns,
         error=error,
     )
 
 
-async def _read_states(
+async def read_states(
     session: HostSession, devices: dict[int, tuple[str, HardwareAddress]]
 ) -> tuple[dict[int, DeviceStatus], dict[int, str]]:
     """Query the devices (pair index -> (controller, address)), one request per controller.

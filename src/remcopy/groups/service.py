@@ -5,9 +5,10 @@
 # the same, and every operation is in the operation log for an auditor.
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from remcopy.groups.operations import (
     suspend,
     swap_home,
 )
+from remcopy.groups.pairview import PairRow, pair_rows
 from remcopy.groups.progress import ProgressCallback, copies_started, follow_copies
 from remcopy.host.engine import EngineLimits
 from remcopy.host.service import host_definition
@@ -253,6 +255,30 @@ async def return_home(
         catalog.set_group_direction(name, reversed=False)
     _log(catalog, who, name, started_ns, report)
     return report
+
+
+PairRowsCallback = Callable[[list[PairRow]], None]
+"""Called with every reading of a watched group's pairs."""
+
+
+async def group_pairs(
+    catalog: Catalog,
+    name: str,
+    host: str,
+    *,
+    watch: PairRowsCallback | None = None,
+    interval_s: float = 2.0,
+) -> list[PairRow]:
+    """Every pair of group `name` with both ends read (groups/pairview.py). With `watch`: read
+    again every `interval_s` seconds, passing each reading to `watch`, until cancelled."""
+    group = group_for_host(catalog, name, host)
+    async with HostSession(host_definition(catalog, host)) as session:
+        rows = await pair_rows(session, group)
+        while watch is not None:
+            watch(rows)
+            await asyncio.sleep(interval_s)  # a display's refresh rate, not a synchronisation
+            rows = await pair_rows(session, group)
+        return rows
 
 
 async def group_status(

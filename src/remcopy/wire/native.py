@@ -99,8 +99,11 @@ _WRITE = struct.Struct("!HQQ")  # device, offset, timestamp_ns; then data
 # device, status, ssid, serial, capacity_bytes, track_size_bytes, state, role, volser
 _IDENTITY = struct.Struct("!HHHIQIBB6s")
 # device, status, state, role, mode, flags, suspend_at_ns, dirty_tracks, lag_bytes, lag_ns,
-# peer serial, peer device, copy_left_tracks
-_DEVICE_STATUS = struct.Struct("!HHBBBBQQQQIHQ")
+# peer serial, peer device, copy_left_tracks (the record as earlier versions sent it, 54
+# bytes), then fence, consistency group, the volume's tracks, when the state last changed, and
+# the length of the cause that follows (UTF-8, at most _CAUSE_SIZE_MAX_BYTES).
+_DEVICE_STATUS = struct.Struct("!HHBBBBQQQQIHQBBQQB")
+_CAUSE_SIZE_MAX_BYTES: Final = 255
 
 _PAIR_ITEM = struct.Struct("!HIHBBBQ")  # device, peer serial, peer device, mode, fence, cg, size
 _PAIR_RESULT = struct.Struct("!HHBBQQ")  # device, code, state, role, at_ns, tracks
@@ -306,6 +309,39 @@ class DeviceStatus:
     """Tracks the copy running on this device still has to send: the initial copy or resync
     of a PENDING primary, or a shadow copy of a secondary onto its tertiary; 0 when none runs.
     A copy's progress is its total (the `tracks` its operation answered) minus this."""
+    fence: FencePolicy = FencePolicy.NEVER
+    consistency_group: bool = False
+    tracks: int = 0
+    """The volume's data tracks (its capacity in tracks)."""
+    changed_at_ns: int = 0
+    """When the pair's state last changed (T for a suspend or freeze); 0 when not known."""
+    change_cause: str = ""
+    """What caused that change (suspend, replication-error, copy-done, ...); "" when not
+    known."""
+
+    def consistent_as_of(self, read_at_ns: int) -> int | None:
+        """The time this end's pair is known consistent as of, from this answer read at
+        `read_at_ns`: a SUSPENDED pair at its suspend time T; a sync pair in DUPLEX at the
+        reading (the secondary holds every acknowledged write) and in SUSPENDED_ERROR at the
+        error (or the freeze's T). None otherwise: async pairs outside SUSPENDED (the
+        controllers keep no group consistency time yet), PENDING, SIMPLEX, RECOVERED."""
+        if self.state is PairState.SUSPENDED and self.suspend_at_ns:
+            return self.suspend_at_ns
+        if self.mode is CopyMode.SYNC and self.state is PairState.DUPLEX:
+            return read_at_ns
+        if self.mode is CopyMode.SYNC and self.state is PairState.SUSPENDED_ERROR:
+            return self.suspend_at_ns or self.changed_at_ns or None
+        return None
+
+    def copy_ratio(self) -> float | None:
+        """Share (0..1) of the volume's tracks the same on both ends as far as this end knows:
+        while PENDING, the tracks copied; otherwise those not marked in the change map (1 in
+        DUPLEX once every update is confirmed). None for SIMPLEX, or without the volume's
+        size."""
+        if self.state is PairState.SIMPLEX or not self.tracks:
+            return None
+        left = self.copy_left_tracks if self.state is PairState.PENDING else self.dirty_tracks
+        return max(0, self.tracks - left) / self.tracks
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -584,24 +620,7 @@ def _encode_body(msg: Message) -> tuple[int, list[bytes]]:
             flags = _FLAG_FUA if msg.fua else 0
             return flags, [_WRITE.pack(msg.device, msg.offset, msg.timestamp_ns), msg.data]
         case QueryReply():
-            return 0, [
-                _DEVICE_STATUS.pack(
-                    s.device,
-                    s.status,
-                    _state_code(s.state),
-                    _ROLES.index(s.role),
-                    _mode_code(s.mode),
-                    s.flags,
-                    s.suspend_at_ns,
-                    s.dirty_tracks,
-                    s.lag_bytes,
-                    s.lag_ns,
-                    s.peer_serial,
-                    s.peer_device,
-                    s.copy_left_tracks,
-                )
-                for s in msg.statuses
-            ]
+            return 0, [_pack_device_status(s) for s in msg.statuses]
         case EventNotice():
             return 0, [_pack_text(msg.line)]
         case StatusReply():
@@ -730,28 +749,73 @@ def _decode_write(rid: int, flags: int, body: memoryview) -> Message:
     )
 
 
-def _decode_query_reply(rid: int, flags: int, body: memoryview) -> Message:
-    statuses = tuple(
-        DeviceStatus(
-            device=d,
-            status=st,
-            state=_STATES[state],
-            role=_ROLES[role],
-            mode=_MODES[mode],
-            flags=fl,
-            suspend_at_ns=at,
-            dirty_tracks=dirty,
-            lag_bytes=lag_b,
-            lag_ns=lag_ns,
-            peer_serial=ps,
-            peer_device=pd,
-            copy_left_tracks=left,
+def _pack_device_status(s: DeviceStatus) -> bytes:
+    cause = s.change_cause.encode("utf-8", errors="replace")[:_CAUSE_SIZE_MAX_BYTES]
+    return (
+        _DEVICE_STATUS.pack(
+            s.device,
+            s.status,
+            _state_code(s.state),
+            _ROLES.index(s.role),
+            _mode_code(s.mode),
+            s.flags,
+            s.suspend_at_ns,
+            s.dirty_tracks,
+            s.lag_bytes,
+            s.lag_ns,
+            s.peer_serial,
+            s.peer_device,
+            s.copy_left_tracks,
+            _FENCES.index(s.fence),
+            int(s.consistency_group),
+            s.tracks,
+            s.changed_at_ns,
+            len(cause),
         )
-        for d, st, state, role, mode, fl, at, dirty, lag_b, lag_ns, ps, pd, left in (
-            _unpack_records(body, _DEVICE_STATUS)
-        )
+        + cause
     )
-    return QueryReply(request_id=rid, statuses=statuses)
+
+
+def _decode_query_reply(rid: int, flags: int, body: memoryview) -> Message:
+    statuses = []
+    offset, end = 0, len(body)
+    fixed = _DEVICE_STATUS.size
+    unpack = _DEVICE_STATUS.unpack_from
+    while offset < end:
+        if end - offset < fixed:
+            raise RemoteProtocolError("device status record cut short")
+        (
+            d, st, state, role, mode, fl, at, dirty, lag_b, lag_ns, ps, pd, left,
+            fence, cg, tracks, changed_ns, cause_len,
+        ) = unpack(body, offset)  # fmt: skip
+        offset += fixed
+        if end - offset < cause_len:
+            raise RemoteProtocolError("device status cause cut short")
+        cause = str(body[offset : offset + cause_len], "utf-8")
+        offset += cause_len
+        statuses.append(
+            DeviceStatus(
+                device=d,
+                status=st,
+                state=_STATES[state],
+                role=_ROLES[role],
+                mode=_MODES[mode],
+                flags=fl,
+                suspend_at_ns=at,
+                dirty_tracks=dirty,
+                lag_bytes=lag_b,
+                lag_ns=lag_ns,
+                peer_serial=ps,
+                peer_device=pd,
+                copy_left_tracks=left,
+                fence=_FENCES[fence],
+                consistency_group=bool(cg),
+                tracks=tracks,
+                changed_at_ns=changed_ns,
+                change_cause=cause,
+            )
+        )
+    return QueryReply(request_id=rid, statuses=tuple(statuses))
 
 
 def _decode_status_reply(rid: int, flags: int, body: memoryview) -> Message:
