@@ -36,7 +36,14 @@ from remcopy.errors import (
     SuspendTimeInPast,
     WriteProtected,
 )
-from remcopy.states import OPERATION_PERMITTED, PairAction, PairRole, PairState, next_state
+from remcopy.states import (
+    OPERATION_PERMITTED,
+    CopyMode,
+    PairAction,
+    PairRole,
+    PairState,
+    next_state,
+)
 from remcopy.wire import native
 from remcopy.wire.native import PairItem, PairOp, PairOpReply, PairOpRequest, PairResult
 
@@ -97,6 +104,10 @@ class PairOperations:
             return await self._suspend_wait(grant, request)
         if op is PairOp.SUSPEND_CANCEL:
             return self._suspend_cancel(grant, request)
+        if op is PairOp.GROUP_CUT:
+            return PairOpReply(
+                document=self.rep.consistency.cut_document(str(request.options.get("group", "")))
+            )
         raise InputError(f"pair operation {op.name} is for controllers, not hosts")
 
     def _devices(
@@ -174,8 +185,9 @@ class PairOperations:
                 results.append(_refused(item.device, exc, run.device))
                 continue
             by_peer.setdefault(item.peer_serial, []).append((item, run))
+        named = request.options.get("secondaries")
         for serial, items in by_peer.items():
-            results.extend(await self._establish_on(serial, items, group))
+            results.extend(await self._establish_on(serial, items, group, named))
         return PairOpReply(results=tuple(sorted(results, key=lambda r: r.device)))
 
     async def _establish_on(
@@ -183,8 +195,15 @@ class PairOperations:
         serial: int,
         items: list[tuple[PairItem, DeviceRun]],
         group: tuple[str, tuple[int, ...]] | None,
+        secondaries: object = None,
     ) -> list[PairResult]:
         link = self.rep.link(serial)
+        options: dict[str, Any] = {}
+        if group is not None and any(
+            item.consistency_group and item.mode is CopyMode.ASYNC for item, _ in items
+        ):
+            # The secondaries of an async group keep its consistency time together.
+            options = {"group": group[0], "secondaries": secondaries or [serial]}
         peer_items = tuple(
             PairItem(
                 device=item.peer_device,
@@ -198,7 +217,9 @@ class PairOperations:
             for item, run in items
         )
         try:
-            reply = await link.operate(PairOpRequest(op=PairOp.PEER_ESTABLISH, items=peer_items))
+            reply = await link.operate(
+                PairOpRequest(op=PairOp.PEER_ESTABLISH, items=peer_items, options=options)
+            )
         except RemcopyError as exc:
             return [_refused(item.device, exc, run.device) for item, run in items]
         answers = {r.device: r for r in reply.results}
@@ -646,12 +667,27 @@ class PairOperations:
                 results.append(_refused(item.device, exc, run.device))
                 continue
             changes[run.device.key] = (PairAction.RECOVER, None)
+        document: dict[str, Any] = {}
         if changes:
-            for key in changes:
-                self.rep.runs[key].changemap.clear_all()
+            runs = [self.rep.runs[key] for key in changes]
+            for run in runs:
+                run.changemap.clear_all()
+            if request.at_ns:
+                # An async consistency group: exactly up to the C the group agreed on; the
+                # later updates' tracks are set in the (cleared) maps for the failback.
+                dropped = self.rep.consistency.recover_to(runs, request.at_ns)
+                document = {
+                    "consistency_ns": request.at_ns,
+                    "dropped": sum(dropped.values()),
+                    "applied_ns": max(
+                        (self.rep.consistency.consistency_ns(r) for r in runs), default=0
+                    ),
+                }
             self.rep.controller.commit_states(changes, cause="recover")
-        results.extend(_ok(self.rep.runs[key].device) for key in changes)
-        return PairOpReply(results=tuple(sorted(results, key=lambda r: r.device)))
+        results.extend(_ok(self.rep.runs[key].device, at_ns=request.at_ns) for key in changes)
+        return PairOpReply(
+            results=tuple(sorted(results, key=lambda r: r.device)), document=document
+        )
 
     async def _failback(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
         """On the recovered secondary: reverse the pairs, copy tracks changed on either side.
@@ -847,7 +883,12 @@ class PairOperations:
                 )
             device.volume.check_range("update", update.offset, native.update_length(update))
             targets.append(device)
+        consistency = self.rep.consistency
         for device, update in zip(targets, batch.updates, strict=True):
+            group = consistency.group_of(device)
+            if group is not None:
+                consistency.arrived(group, peer_serial, update)  # waits for C
+                continue
             if update.flags & native.UPDATE_ZERO:
                 device.volume.zero(update.offset, native.update_length(update))
             else:
@@ -860,6 +901,11 @@ class PairOperations:
             return self.rep.freezer.peer_freeze(peer_serial, request)
         if request.op is PairOp.PEER_GROUP_QUERY:
             return self.rep.freezer.peer_group_query(peer_serial, request)
+        if request.op is PairOp.PEER_WATERMARK:
+            return self.rep.consistency.peer_watermark(peer_serial, request)
+        group = str(request.options.get("group", ""))
+        if request.op is PairOp.PEER_ESTABLISH and group:
+            self.rep.consistency.join(group, request.options)  # checked: refuses them all
         results: list[PairResult] = []
         chunks: list[bytes] = []  # PEER_CHANGEMAP: each device's bitmap, in item order
         changes: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]] = {}
@@ -884,7 +930,10 @@ class PairOperations:
                             f"{device.address} holds {device.volume.capacity_bytes} bytes: the "
                             f"primary has {item.size_bytes}: the secondary must be as large"
                         )
-                    changes[device.key] = (PairAction.ESTABLISH, _as_secondary(item))
+                    changes[device.key] = (
+                        PairAction.ESTABLISH,
+                        _as_secondary(item, group if item.consistency_group else ""),
+                    )
                 elif device.pair.peer_serial != peer_serial:
                     raise WriteProtected(
                         f"{device.address}: its pair's other side is controller "
@@ -930,6 +979,16 @@ class PairOperations:
             results.append(_ok(device))
         if changes:
             phases.insert(0, changes)
+        leaving = [
+            self.rep.runs[key]
+            for phase_changes in phases[:1]
+            for key in phase_changes
+            if self.rep.controller.devices[key].pair.state is PairState.DUPLEX
+        ]
+        if leaving:
+            # An async group's updates still waiting for C: the primary drained what belongs
+            # before its T, so they are written now (C = T for a suspend), then it moves.
+            self.rep.consistency.settle(leaving)
         action = str(request.options.get("action", cause))
         at = request.at_ns if action == "suspend" else None
         for phase_changes in phases:
@@ -988,11 +1047,12 @@ def _as_primary(item: PairItem, group: str) -> Callable[[PairInfo], None]:
     return update
 
 
-def _as_secondary(item: PairItem) -> Callable[[PairInfo], None]:
+def _as_secondary(item: PairItem, group: str) -> Callable[[PairInfo], None]:
     def update(info: PairInfo) -> None:
         info.role, info.mode, info.fence = PairRole.SECONDARY, item.mode, item.fence
         info.peer_serial, info.peer_device = item.peer_serial, item.peer_device
         info.consistency_group, info.suspend_at_ns = item.consistency_group, 0
+        info.group = group
 
     return update
 

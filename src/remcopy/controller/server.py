@@ -595,6 +595,12 @@ class ControllerServer:
                     reply = replace(
                         self.replicator.apply_updates(grant.serial, msg), request_id=rid
                     )
+                case native.Watermark():
+                    if not grant.is_peer:
+                        raise DeviceNotAllowed(
+                            f"{grant.name}: only peer controllers send replication watermarks"
+                        )
+                    reply = replace(self.replicator.watermark(grant.serial, msg), request_id=rid)
                 case native.PairOpRequest():
                     if grant.is_peer:
                         reply = replace(self.replicator.peer_op(grant.serial, msg), request_id=rid)

@@ -90,6 +90,7 @@ _LENGTH = struct.Struct("!I")
 _HEADER = struct.Struct("!IBBHQ")  # length, kind, flags, reserved, request_id
 _HEADER_AFTER_LENGTH_BYTES: Final = _HEADER.size - _LENGTH.size
 _U16 = struct.Struct("!H")
+_U64 = struct.Struct("!Q")
 _HELLO = struct.Struct(f"!HB{NONCE_SIZE_BYTES}s")  # version, role, nonce; then name
 _CHALLENGE = struct.Struct(f"!H{NONCE_SIZE_BYTES}s{PROOF_SIZE_BYTES}s")  # version, nonce, proof
 _WELCOME = struct.Struct("!I")  # serial; then name
@@ -99,8 +100,8 @@ _WRITE = struct.Struct("!HQQ")  # device, offset, timestamp_ns; then data
 # device, status, ssid, serial, capacity_bytes, track_size_bytes, state, role, volser
 _IDENTITY = struct.Struct("!HHHIQIBB6s")
 # device, status, state, role, mode, flags, suspend_at_ns, dirty_tracks, lag_bytes, lag_ns,
-# peer serial, peer device, copy_left_tracks
-_DEVICE_STATUS = struct.Struct("!HHBBBBQQQQIHQ")
+# peer serial, peer device, copy_left_tracks, consistency_time_ns
+_DEVICE_STATUS = struct.Struct("!HHBBBBQQQQIHQQ")
 
 _PAIR_ITEM = struct.Struct("!HIHBBBQ")  # device, peer serial, peer device, mode, fence, cg, size
 _PAIR_RESULT = struct.Struct("!HHBBQQ")  # device, code, state, role, at_ns, tracks
@@ -306,6 +307,9 @@ class DeviceStatus:
     """Tracks the copy running on this device still has to send: the initial copy or resync
     of a PENDING primary, or a shadow copy of a secondary onto its tertiary; 0 when none runs.
     A copy's progress is its total (the `tracks` its operation answered) minus this."""
+    consistency_time_ns: int = 0
+    """Async consistency group: the consistency time C the secondary site is a cut at (every
+    update stamped < C applied at every secondary of the group, none later); 0 when none."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -365,6 +369,14 @@ class PairOp(enum.IntEnum):
     """Sent by a primary of a consistency group that starts again, to its siblings: answer
     with the state and T of each of the group's devices here (did the group freeze while
     the asker was down?)."""
+    GROUP_CUT = 26
+    """Host -> a secondary controller of an async consistency group (options["group"]):
+    answer how far the group's updates have arrived and been applied here (document
+    arrived_ns, applied_ns, pending); recover then applies up to the least arrived_ns."""
+    PEER_WATERMARK = 27
+    """Sent by a secondary controller of an async consistency group to its sibling
+    secondaries: options["group"] and at_ns = every update stamped < at_ns has arrived here
+    (journaled) from every primary that ships to this controller for the group."""
     # Host operations on an armed suspend (scheduled suspends, docs/protocol.md).
     SUSPEND_WAIT = 8
     """Answer once the suspend armed for at_ns on these devices has been sealed."""
@@ -461,6 +473,16 @@ class Update:
 class UpdateBatch(Message):
     KIND: ClassVar[int] = 26
     updates: tuple[Update, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Watermark(Message):
+    """Primary -> secondary, on the replication link, behind every update queued before it:
+    every update stamped < watermark_ns that the sender will ever ship on this link has been
+    sent. Answered with an UpdateAck of 0."""
+
+    KIND: ClassVar[int] = 30
+    watermark_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -599,6 +621,7 @@ def _encode_body(msg: Message) -> tuple[int, list[bytes]]:
                     s.peer_serial,
                     s.peer_device,
                     s.copy_left_tracks,
+                    s.consistency_time_ns,
                 )
                 for s in msg.statuses
             ]
@@ -641,6 +664,8 @@ def _encode_body(msg: Message) -> tuple[int, list[bytes]]:
             return 0, pieces
         case UpdateAck():
             return 0, [_U32.pack(msg.applied)]
+        case Watermark():
+            return 0, [_U64.pack(msg.watermark_ns)]
         case WriteReply() | FlushReply() | SubscribeRequest() | StatusRequest():
             return 0, []
     raise LocalProtocolError(f"cannot encode {type(msg).__name__}")
@@ -746,8 +771,9 @@ def _decode_query_reply(rid: int, flags: int, body: memoryview) -> Message:
             peer_serial=ps,
             peer_device=pd,
             copy_left_tracks=left,
+            consistency_time_ns=cons,
         )
-        for d, st, state, role, mode, fl, at, dirty, lag_b, lag_ns, ps, pd, left in (
+        for d, st, state, role, mode, fl, at, dirty, lag_b, lag_ns, ps, pd, left, cons in (
             _unpack_records(body, _DEVICE_STATUS)
         )
     )
@@ -903,6 +929,9 @@ _DECODERS: Final[dict[int, _Decoder]] = {
     UpdateAck.KIND: lambda rid, flags, body: UpdateAck(
         request_id=rid, applied=_U32.unpack(body)[0]
     ),
+    Watermark.KIND: lambda rid, flags, body: Watermark(
+        request_id=rid, watermark_ns=_U64.unpack(body)[0]
+    ),
 }
 
 _HANDSHAKE_FROM_CLIENT: Final = frozenset({Hello.KIND, Proof.KIND})
@@ -919,6 +948,7 @@ REQUEST_KINDS: Final = frozenset(
         StatusRequest.KIND,
         PairOpRequest.KIND,
         UpdateBatch.KIND,
+        Watermark.KIND,
     }
 )
 REPLY_KINDS: Final = frozenset(

@@ -60,7 +60,7 @@ from typing import Final
 
 from remcopy.controller.process import ControllerProcess
 from remcopy.errors import RemcopyError
-from remcopy.groups import GroupPair, run_operation, suspend
+from remcopy.groups import GroupPair, recover, run_operation, suspend
 from remcopy.groups.freeze import watch_and_freeze
 from remcopy.states import CopyMode, PairState
 from remcopy.wire.native import DeviceStatus, PairItem, PairOp
@@ -95,6 +95,7 @@ CAMPAIGNS: Final = (
     "suspend_shadow",
     "io_fault",
     "rolling",
+    "async_disaster",
 )
 PLANTED_BUGS: Final = (
     "mirror_late_write",
@@ -132,6 +133,10 @@ PLANTED_BUG_EVERY: Final = {
 
 # A stalled link counts as failed after this long without a confirmation.
 ACK_TIMEOUT_S: Final = 1.0
+# async_disaster: the slow link's one-way delay, and how long the stalled link holds its
+# bytes before the site is lost (the fault's shape, as a congested WAN link gives it).
+SLOW_LINK_S: Final = (0.05, 0.2)
+STALL_S: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -405,6 +410,55 @@ async def _link_fault(it: _Iteration) -> None:
     link.heal()
     await resume(w)
     await it.identical(f"resumed after a {what}")
+
+
+async def _async_disaster(it: _Iteration) -> None:
+    """An async consistency group over three primaries: one link slow, another stalled for a
+    second, then the whole primary site lost (every controller kill -9, every link cut). The
+    secondary recovers at the consistency time C: a consistent cut at C, holding every write
+    acknowledged before C. Then the group is set up again for the next iteration."""
+    w = it.w
+    slow, stalled = it.rng.sample(range(len(w.primaries)), 2)
+    for link in w.links:
+        link.delay(it.rng.uniform(0.001, 0.005))
+    w.links[slow].delay(it.rng.uniform(*SLOW_LINK_S))
+    async with it.load() as load:
+        await load.wait(it.acks())
+        w.links[stalled].stall()
+        await asyncio.sleep(STALL_S)  # the fault itself: the host goes on writing meanwhile
+        for proc in w.primaries:
+            assert proc.process is not None
+            proc.process.kill()  # the site is lost with its network: SIGKILL and the cut
+        for link in w.links:
+            link.cut()
+        for proc in w.primaries:
+            await proc.kill()
+        it.tally.faults += 1
+    it.counted(load)
+    report = succeeded(await recover(w.session, w.group), "recover")
+    cut = report.cut or {}
+    at_ns = int(cut.get("consistency_ns", 0))
+    what = f"site lost with cntla{slow}'s link slow and cntla{stalled}'s stalled"
+    image = await it.check(load, Image.SECONDARY, require_all_acked=False, what=what)
+    # A consistent cut AT C: every write present was issued before C, every write
+    # acknowledged before C is present (the first absent one of each chain was acked later).
+    window = image.cut_window_ns
+    at_c = window is not None and window[0] < at_ns and (window[1] is None or at_ns <= window[1])
+    it.passed(
+        at_ns > 0 and at_c,
+        f"{what}: recovered at C={at_ns}, but the image's cut window is {window}",
+        secondary=True,
+    )
+    # Back to DUPLEX for the next iteration, as after kill_primary.
+    for link in w.links:
+        link.heal()
+    await asyncio.gather(*(proc.start() for proc in w.primaries))
+    secondaries = tuple(PairItem(device=p.secondary.device_key) for p in w.group.pairs)
+    reply = await w.session.channels["cntlb"].pair_op(PairOp.TERMINATE, secondaries)
+    if any(r.code for r in reply.results):
+        raise HarnessError(f"terminate at the secondary: {reply.results}")
+    succeeded(await run_operation(w.session, w.group, PairOp.TERMINATE), "terminate")
+    await establish(w)
 
 
 async def _suspend_shadow(it: _Iteration) -> None:
@@ -740,6 +794,10 @@ _RUNS: Final[dict[str, tuple[_Campaign, Shape]]] = {
     "rolling": (
         _rolling,
         Shape(primaries=3, links=True, primary_settings=(("ack_timeout_s", ACK_TIMEOUT_S),)),
+    ),
+    "async_disaster": (
+        _async_disaster,
+        Shape(primaries=3, links=True, mode=CopyMode.ASYNC),
     ),
 }
 
