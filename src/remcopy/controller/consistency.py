@@ -16,6 +16,8 @@
 #   before time t carries a stamp < t, and a write issued after another was acknowledged
 #   carries a larger stamp (synchronized clocks, DESIGN.md section 5). No write can hold a
 #   stamp without being queued, so W = the clock when W is sent (after the queue is flushed).
+# - Stamps rise along a link, so an update stamped s is itself a watermark s + 1: a busy
+#   link moves W with every batch; an idle one with the primary's explicit W frames.
 # - Each secondary controller of a group knows its own links' latest W; `arrived_ns` is
 #   their minimum: every update of the group stamped below it has arrived here (journaled).
 #   It tells each sibling secondary of the group (PEER_WATERMARK, over [[peers]] links) every
@@ -61,7 +63,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("remcopy.replication")
 
 GROUPS_FILE: Final = "async_groups.json"
-# A secondary with no DUPLEX pair of the group does not hold C back.
+# Settling a device writes everything of it still waiting, whatever its stamp.
 UNBOUNDED_NS: Final = (1 << 63) - 1
 
 
@@ -212,15 +214,23 @@ class Consistency:
         return native.UpdateAck(applied=0)
 
     def arrived_ns(self, group: AsyncGroup) -> int:
-        """Every update of the group stamped below this has arrived here."""
+        """Every update of the group stamped below this has arrived here: the least latest W
+        of the links that mirror to this controller's pairs of the group. With none
+        mirroring (the group suspended at T: each pair was settled at T), T; else 0."""
+        runs = self._runs(group)
         sources = {
             run.device.pair.peer_serial
-            for run in self._runs(group)
-            if run.device.pair.state is PairState.DUPLEX
+            for run in runs
+            if run.device.pair.state in (PairState.DUPLEX, PairState.PENDING)
         }
-        if not sources:
-            return UNBOUNDED_NS
-        return min(self.watermarks.get(s, 0) for s in sources)
+        if sources:
+            return min(self.watermarks.get(s, 0) for s in sources)
+        suspended = [
+            run.device.pair.suspend_at_ns
+            for run in runs
+            if run.device.pair.state is PairState.SUSPENDED and run.device.pair.suspend_at_ns
+        ]
+        return min(suspended, default=0)
 
     def _runs(self, group: AsyncGroup) -> list[DeviceRun]:
         return [
@@ -253,7 +263,7 @@ class Consistency:
         cut = min(
             [arrived, *(group.siblings.get(s, 0) for s in group.secondaries if s != self.serial)]
         )
-        if cut == UNBOUNDED_NS or cut <= group.applied_ns:
+        if cut <= group.applied_ns:
             return
         self.apply_to(group, cut)
 
@@ -346,8 +356,9 @@ class Consistency:
             self._heard(group, serial, told)
 
     def _heard(self, group: AsyncGroup, serial: int, arrived: int) -> None:
-        if arrived > group.siblings.get(serial, 0):
-            group.siblings[serial] = arrived
+        # The latest word, not the largest: a sibling's pairs may start mirroring again (its
+        # arrival then starts low). C here never goes back whatever is heard (advance).
+        group.siblings[serial] = arrived
 
     def peer_watermark(self, peer_serial: int, request: PairOpRequest) -> PairOpReply:
         """A sibling secondary says how far it received; answer with how far we did."""

@@ -884,6 +884,9 @@ class PairOperations:
             device.volume.check_range("update", update.offset, native.update_length(update))
             targets.append(device)
         consistency = self.rep.consistency
+        if batch.updates:
+            # Stamps rise along a link: the last one is a watermark of its own.
+            consistency.watermark(peer_serial, batch.updates[-1].timestamp_ns + 1)
         for device, update in zip(targets, batch.updates, strict=True):
             group = consistency.group_of(device)
             if group is not None:

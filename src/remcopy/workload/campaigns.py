@@ -52,6 +52,7 @@ import dataclasses
 import errno
 import os
 import random
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -306,7 +307,9 @@ class _Iteration:
         differ = []
         for pair in self.w.group.pairs:
             primary = await digest(self.w.session.channels[pair.primary_controller], pair.primary)
-            secondary = await digest(self.w.session.channels["cntlb"], pair.secondary)
+            secondary = await digest(
+                self.w.session.channels[pair.secondary_controller or "cntlb"], pair.secondary
+            )
             if primary != secondary:
                 differ.append(f"{pair.secondary} differs from {pair.primary}")
         self.passed(not differ, f"{what}: " + "; ".join(differ), secondary=True)
@@ -449,16 +452,30 @@ async def _async_disaster(it: _Iteration) -> None:
         f"{what}: recovered at C={at_ns}, but the image's cut window is {window}",
         secondary=True,
     )
-    # Back to DUPLEX for the next iteration, as after kill_primary.
+    # Back to DUPLEX for the next iteration: the lost site is replaced by new controllers
+    # (empty data folders: nothing of the old pairs comes back to race the new ones), the
+    # recovered secondaries are ended and the group is established again (a full copy).
+    for spec in w.specs:
+        shutil.rmtree(spec.data_dir)
     for link in w.links:
         link.heal()
     await asyncio.gather(*(proc.start() for proc in w.primaries))
-    secondaries = tuple(PairItem(device=p.secondary.device_key) for p in w.group.pairs)
-    reply = await w.session.channels["cntlb"].pair_op(PairOp.TERMINATE, secondaries)
-    if any(r.code for r in reply.results):
-        raise HarnessError(f"terminate at the secondary: {reply.results}")
-    succeeded(await run_operation(w.session, w.group, PairOp.TERMINATE), "terminate")
+    await _terminate_secondaries(w)
     await establish(w)
+
+
+async def _terminate_secondaries(w: World) -> None:
+    """End every pair at its (recovered) secondary."""
+    for proc in w.secondaries:
+        name = proc.name
+        items = tuple(
+            PairItem(device=p.secondary.device_key)
+            for p in w.group.pairs
+            if p.secondary_controller == name
+        )
+        reply = await w.session.channels[name].pair_op(PairOp.TERMINATE, items)
+        if any(r.code for r in reply.results):
+            raise HarnessError(f"terminate at the secondary {name}: {reply.results}")
 
 
 async def _suspend_shadow(it: _Iteration) -> None:
@@ -797,7 +814,7 @@ _RUNS: Final[dict[str, tuple[_Campaign, Shape]]] = {
     ),
     "async_disaster": (
         _async_disaster,
-        Shape(primaries=3, links=True, mode=CopyMode.ASYNC),
+        Shape(primaries=3, secondaries=2, links=True, mode=CopyMode.ASYNC),
     ),
 }
 
