@@ -242,10 +242,15 @@ class Consistency:
         ]
 
     def consistency_ns(self, run: DeviceRun) -> int:
-        """The C of the device's group here (QUERY); 0 when it is not in one."""
+        """The C the device's secondary is at (QUERY): its group's, or the T it is suspended
+        at (C = T); 0 when it is not the secondary of an async group."""
         pair = run.device.pair
         group = self.groups.get(pair.group) if pair.role is PairRole.SECONDARY else None
-        return group.applied_ns if group is not None else 0
+        if group is None or not pair.consistency_group:
+            return 0
+        if pair.state is PairState.SUSPENDED and pair.suspend_at_ns:
+            return pair.suspend_at_ns
+        return group.applied_ns
 
     # Moving C...
 
@@ -303,7 +308,9 @@ class Consistency:
                 device.volume.zero(w.offset, _length(w))
             else:
                 device.volume.pwrite(w.offset, w.data)
-        self.rep.counters["updates_applied"] += len(updates)
+        self.controller.counters["updates_applied"] = (
+            self.controller.counters.get("updates_applied", 0) + len(updates)
+        )
 
     def _maybe_compact(self, group: AsyncGroup) -> None:
         if not group.waiting and group.journal.size_bytes > 64 * 1024:

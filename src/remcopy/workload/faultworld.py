@@ -400,7 +400,8 @@ async def until_duplex(w: World, subs: dict[str, Subscription]) -> None:
 
 
 async def until_settled(w: World) -> None:
-    """Wait until every pair is DUPLEX with no marked track and no async lag, as queried.
+    """Wait until every pair is DUPLEX with no marked track and no async lag, as queried,
+    and (async consistency group) nothing waits for the consistency time at a secondary.
 
     While a pair is not DUPLEX (a resync after a restart is running), the next query waits for
     the next event line of a primary. A DUPLEX pair with bits still set or a lag is waiting for
@@ -417,9 +418,25 @@ async def until_settled(w: World) -> None:
                 duplex &= all(s.state is PairState.DUPLEX for s in statuses)
                 clean &= all(s.dirty_tracks == 0 and s.lag_bytes == 0 for s in statuses)
             if duplex and clean:
+                clean = await _applied(w)
+            if duplex and clean:
                 return
             if not duplex:
                 await next_event(subs)
+
+
+async def _applied(w: World) -> bool:
+    """An async consistency group: every secondary has written everything that arrived
+    (its consistency time passed the last update)."""
+    if w.group.options.mode is not CopyMode.ASYNC or not w.group.options.consistency_group:
+        return True
+    for proc in w.secondaries:
+        reply = await w.session.channels[proc.name].pair_op(
+            PairOp.GROUP_CUT, (), options={"group": w.group.name}
+        )
+        if reply.document.get("waiting"):
+            return False
+    return True
 
 
 async def next_event(subs: dict[str, Subscription]) -> None:
