@@ -69,6 +69,7 @@ from remcopy.wire.native import (
     Update,
     UpdateAck,
     UpdateBatch,
+    Watermark,
     Welcome,
     WriteReply,
     WriteRequest,
@@ -1513,6 +1514,15 @@ def test_replication_requests_round_trip_in_parts(msg: Message) -> None:
     """Update batches and pair operations, sent in parts and read in place, decode unchanged."""
     parts = connection_at(Side.CLIENT, 2).send_parts(msg)
     assert read_into(connection_at(Side.SERVER, 2), b"".join(parts)) == [msg]
+
+
+def test_a_watermark_and_a_consistency_time_round_trip() -> None:
+    """A primary's watermark W (kind 30), and C in a device's QUERY answer."""
+    watermark = Watermark(request_id=7, watermark_ns=(1 << 63) - 5)
+    reply = QueryReply(statuses=(DeviceStatus(device=3, consistency_time_ns=1 << 62),))
+    assert decode(reply, encode(reply)) == reply
+    parts = connection_at(Side.CLIENT, 2).send_parts(watermark)
+    assert read_into(connection_at(Side.SERVER, 2), b"".join(parts)) == [watermark]
 
 
 @given(msg=st.one_of(pair_op_replies, update_acks))

@@ -672,10 +672,11 @@ class PairOperations:
             runs = [self.rep.runs[key] for key in changes]
             for run in runs:
                 run.changemap.clear_all()
-            if request.at_ns:
-                # An async consistency group: exactly up to the C the group agreed on; the
-                # later updates' tracks are set in the (cleared) maps for the failback.
-                dropped = self.rep.consistency.recover_to(runs, request.at_ns)
+            # An async consistency group: exactly up to the C the group agreed on (at_ns; 0:
+            # this controller's own C); the later updates' tracks are set in the (cleared)
+            # maps, so a failback copies them back.
+            dropped = self.rep.consistency.recover_to(runs, request.at_ns)
+            if request.at_ns or dropped:
                 document = {
                     "consistency_ns": request.at_ns,
                     "dropped": sum(dropped.values()),
