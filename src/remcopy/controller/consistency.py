@@ -24,9 +24,11 @@
 #   watermark_interval_s; C here = the least arrived_ns over every secondary of the group,
 #   its own included. Each secondary computes C itself: no single point of failure, and
 #   nothing from the primary site is needed once it is lost.
-# - Moving C: the journal is synced and C written to it (durable), then the updates stamped
-#   < C are written to the volumes in stamp order. A restart replays the journal: what is
-#   below the last C is written again in the same order (same bytes), C never goes back.
+# - Moving C: C is written to the journal, then the updates stamped < C are written to the
+#   volumes in stamp order. A restart replays the journal: what is below the last C is
+#   written again in the same order (same bytes), C never goes back (kill -9: the file's
+#   page cache survives). The journal is fdatasync'd every watermark_interval_s, off the
+#   event loop (a group commit): power loss can take back what arrived since.
 # - Leaving DUPLEX (suspend at T, a resume after an error, terminate) first writes every
 #   update of the device still waiting: the primary has drained what is stamped < T and
 #   stopped mirroring, so the device is at T (C = T for a suspend).
@@ -263,6 +265,12 @@ class Consistency:
                 arrived = self.arrived_ns(group)
                 self._tell_siblings(group, arrived)
                 self.advance(group, arrived)
+            for group in list(self.groups.values()):
+                if group.journal.size_bytes:
+                    # One fdatasync for everything appended meanwhile (group commit), off the
+                    # event loop; compaction only here, never while a sync runs.
+                    await asyncio.to_thread(group.journal.sync)
+                    self._maybe_compact(group)
 
     def advance(self, group: AsyncGroup, arrived: int) -> None:
         cut = min(
@@ -280,7 +288,7 @@ class Consistency:
         """Write the updates stamped < cut (of `devices`, or all) in stamp order, C first made
         durable; returns how many were written."""
         if devices is None:
-            group.journal.cut(cut)  # durable before the first write below it
+            group.journal.cut(cut)  # in the file before the first write below it
             group.applied_ns = cut
             self.controller.counters["async_cuts"] += 1
         due = [
@@ -289,14 +297,12 @@ class Consistency:
             if w.stamp_ns < cut and (devices is None or w.device in devices)
         ]
         if not due:
-            self._maybe_compact(group)
             return 0
         done = {id(w) for w in due}
         group.waiting = [w for w in group.waiting if id(w) not in done]
         group.live_bytes -= sum(len(w.data) for w in due)
         due.sort(key=lambda w: (w.stamp_ns, w.seq))
         self._write(due)
-        self._maybe_compact(group)
         return len(due)
 
     def _write(self, updates: list[Waiting]) -> None:

@@ -11,9 +11,9 @@
 # Format: an append-only file of records, each `kind u8 | ...`:
 # - `U`: `seq u64 | source u32 | device u16 | flags u8 | stamp u64 | offset u64 | length u32 |
 #   data` — an update from primary controller `source`, in arrival order.
-# - `C`: `at_ns u64` — the consistency time C. Written (and fdatasync'd) before the updates
-#   stamped < C are written to the volumes, so a restart applies them again, in the same
-#   order, and C never goes back.
+# - `C`: `at_ns u64` — the consistency time C. Written before the updates stamped < C are
+#   written to the volumes, so a restart applies them again, in the same order, and C never
+#   goes back.
 # - `D`: `device u16` — every earlier update of this device was applied (or its tracks
 #   recorded) outside the order of C: when the pair left DUPLEX, or at a recover. A replay
 #   forgets them (the volume may have newer data since).
@@ -21,8 +21,8 @@
 # temporary file, fsync, rename): the file holds only what a restart needs.
 #
 # Rules this module keeps:
-# - `append` returns once the record is in the file (page cache: it survives kill -9; `sync`
-#   makes it survive power loss, done before C moves past it).
+# - `append` returns once the record is in the file (page cache: it survives kill -9; `sync`,
+#   every watermark interval, makes it survive power loss).
 # - Replay is pure reading: what waits, and the last C.
 from __future__ import annotations
 
@@ -150,9 +150,8 @@ class SecondaryJournal:
         self._write(waiting.record())
 
     def cut(self, at_ns: int) -> None:
-        """Record C durably (with every update before it): before anything < C is applied."""
+        """Record C (after every update before it): before anything < C is applied."""
         self._write(_CUT.pack(b"C", at_ns))
-        self.sync()
 
     def drop(self, device: int) -> None:
         self._write(_DROP.pack(b"D", device))
