@@ -310,9 +310,10 @@ STATUS = DeviceStatus(
     peer_serial=64016,
     peer_device=0x0A40,
     copy_left_tracks=37,
+    consistency_time_ns=1_700_000_000_000_000_001,
 )
 STATUS_BYTES = struct.pack(
-    "!HHBBBBQQQQIHQ",
+    "!HHBBBBQQQQIHQQ",
     0x0A3F,
     0,
     3,
@@ -326,6 +327,7 @@ STATUS_BYTES = struct.pack(
     64016,
     0x0A40,
     37,
+    1_700_000_000_000_000_001,
 )
 
 CASES: list[tuple[Message, bytes]] = [
@@ -405,7 +407,7 @@ CASES: list[tuple[Message, bytes]] = [
     ),
     (
         QueryReply(request_id=11, statuses=(DeviceStatus(device=2),)),
-        frame(KIND_QUERY_REPLY, b"\x00\x02" + b"\0" * 52, request_id=11),
+        frame(KIND_QUERY_REPLY, b"\x00\x02" + b"\0" * 60, request_id=11),
     ),
     (SubscribeRequest(request_id=12), frame(KIND_SUBSCRIBE, request_id=12)),
     (
@@ -452,7 +454,7 @@ def test_cases_cover_every_message_kind() -> None:
 def test_PairState_wire_codes(state: PairState, code: int) -> None:
     """Each pair state travels as its fixed one-byte code."""
     msg = QueryReply(statuses=(DeviceStatus(device=1, state=state),))
-    data = frame(KIND_QUERY_REPLY, struct.pack("!HHBBBBQQQQIHQ", 1, 0, code, *[0] * 10))
+    data = frame(KIND_QUERY_REPLY, struct.pack("!HHBBBBQQQQIHQQ", 1, 0, code, *[0] * 11))
     assert encode(msg) == data
     assert decode(msg, data) == msg
 
@@ -470,7 +472,7 @@ def test_PairRole_wire_codes(role: PairRole, code: int) -> None:
 def test_CopyMode_wire_codes(mode: CopyMode | None, code: int) -> None:
     """Each copy mode, and no mode, travels as its fixed one-byte code."""
     msg = QueryReply(statuses=(DeviceStatus(device=1, mode=mode),))
-    data = frame(KIND_QUERY_REPLY, struct.pack("!HHBBBBQQQQIHQ", 1, 0, 0, 0, code, *[0] * 8))
+    data = frame(KIND_QUERY_REPLY, struct.pack("!HHBBBBQQQQIHQQ", 1, 0, 0, 0, code, *[0] * 9))
     assert encode(msg) == data
     assert decode(msg, data) == msg
 

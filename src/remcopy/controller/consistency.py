@@ -314,9 +314,9 @@ class Consistency:
                 device.volume.zero(w.offset, _length(w))
             else:
                 device.volume.pwrite(w.offset, w.data)
-        self.controller.counters["updates_applied"] = (
-            self.controller.counters.get("updates_applied", 0) + len(updates)
-        )
+        self.controller.counters["updates_applied"] = self.controller.counters.get(
+            "updates_applied", 0
+        ) + len(updates)
 
     def _maybe_compact(self, group: AsyncGroup) -> None:
         if not group.waiting and group.journal.size_bytes > 64 * 1024:
