@@ -83,20 +83,17 @@ class Journal:
                 f"journal {self.path.name} holds {self.size_bytes} bytes of "
                 "unconfirmed updates: the secondary is too far behind: retry"
             )
-        record = (
-            _RECORD.pack(
-                self._next_seq, update.device, update.timestamp_ns, update.offset, len(update.data)
-            )
-            + update.data
+        head = _RECORD.pack(
+            self._next_seq, update.device, update.timestamp_ns, update.offset, len(update.data)
         )
-        try:
-            written = os.write(self._fd, record)
+        try:  # the header and the data as they are: no copy of the data
+            written = os.writev(self._fd, (head, update.data))
         except OSError as exc:
             raise VolumeIOError(f"journal {self.path}: append failed: {exc.strerror}") from exc
-        if written != len(record):
+        if written != len(head) + len(update.data):
             raise VolumeIOError(f"journal {self.path}: short append ({written} bytes)")
         self._next_seq += 1
-        self.size_bytes += len(record)
+        self.size_bytes += written
         self.unconfirmed += 1
         self.appended += 1
 
