@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from common import run_remcopy
+from remcopy.controller.process import ControllerProcess
+from remcopy.demo.world import plan_world, write_files
 from remcopy.errors import ConsistencyUnknown
 from remcopy.groups import recover, suspend
 from remcopy.states import CopyMode, PairState
@@ -134,3 +137,45 @@ async def test_a_suspend_of_an_async_group_is_its_consistency_time(tmp_path: Pat
             reader, read_log(load.log_path), require_all_acked=False, at_ns=report.at_ns
         )
         assert image.consistent, image.summary()
+
+
+async def test_the_cli_recover_of_an_async_group_refuses_without_a_secondary_and_force_warns(
+    tmp_path: Path,
+):
+    """The demo's two sites with the group in async mode: with one secondary controller
+    down, `group recover` refuses (exit 1, naming it, nothing changed); --force recovers the
+    rest and says the group is NOT consistent."""
+    demo = plan_world(tmp_path / "world", 8)
+    write_files(demo, [f"127.0.0.1:{port}" for port in demo.secondary_ports])
+    demo.group_file.write_text(demo.group_file.read_text().replace('"sync"', '"async"'))
+    procs = {
+        name: await ControllerProcess(demo.config(name)).start()
+        for name in (f"{site}{i}" for site in ("cntla", "cntlb") for i in range(demo.primaries))
+    }
+    try:
+        for host in ("hosta", "hostb"):
+            run_remcopy("host", "add", str(demo.host_file(host)), catalog=demo.catalog)
+            run_remcopy("scan", host, catalog=demo.catalog)
+        run_remcopy("group", "define", str(demo.group_file), catalog=demo.catalog)
+        for host in ("hosta", "hostb"):
+            run_remcopy("group", "load", "DRILL", "--host", host, catalog=demo.catalog)
+        run_remcopy(
+            "group", "establish", "DRILL", "--host", "hosta", "--wait", catalog=demo.catalog
+        )
+        for name, proc in procs.items():
+            if name.startswith("cntla") or name == "cntlb1":
+                await proc.kill()  # the primary site, and one secondary controller
+        args = ("group", "recover", "DRILL", "--host", "hostb", "--yes")
+        refused = run_remcopy(*args, catalog=demo.catalog, code=1)
+        assert "cannot agree on the group's consistency time" in refused.stderr
+        assert "cntlb1" in refused.stderr and "Traceback" not in refused.stderr
+        status = run_remcopy(
+            "group", "status", "DRILL", "--host", "hostb", "--json", catalog=demo.catalog, code=None
+        )
+        assert "RECOVERED" not in status.stdout  # refused: nothing changed
+        forced = run_remcopy(*args, "--force", catalog=demo.catalog, code=1)
+        assert "NOT consistent" in forced.stdout and "cntlb1" in forced.stdout
+    finally:
+        for proc in procs.values():
+            if proc.running:
+                await proc.kill()
