@@ -64,14 +64,15 @@ async def test_kill_9_of_a_secondary_replays_its_journal_and_c_never_goes_back(t
             # secondary, settled at their primary) wait in the secondary's journal.
             w.links[0].stall()
             await load.wait(load.count + WRITES // 2)
-        before = await _cut(w, "cntlb")
-        assert before["applied_ns"] > 0 and before["waiting"] > 0
-        await w.secondary.kill()  # SIGKILL: what waits for C is only in its journal now
+            before = await _cut(w, "cntlb")
+            assert before["applied_ns"] > 0 and before["waiting"] > 0
+            await w.secondary.kill()  # SIGKILL mid-load: what waits for C is only in its journal
+            await load.wait(load.count + WRITES // 2)  # the group froze: change-recorded
         w.links[0].heal()
         await w.secondary.start()
         after = await _cut(w, "cntlb")
-        assert after["applied_ns"] >= before["applied_ns"]
-        assert after["waiting"] == before["waiting"]
+        assert after["applied_ns"] >= before["applied_ns"]  # C never goes back
+        assert after["waiting"] >= before["waiting"]  # the journal replayed what waited
         statuses = await w.session.channels["cntlb"].query(
             tuple(p.secondary.device_key for p in w.group.pairs)
         )
