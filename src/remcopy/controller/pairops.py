@@ -885,19 +885,22 @@ class PairOperations:
             device.volume.check_range("update", update.offset, native.update_length(update))
             targets.append(device)
         consistency = self.rep.consistency
-        if batch.updates:
-            # Stamps rise along a link: the last one is a watermark of its own.
-            consistency.watermark(peer_serial, batch.updates[-1].timestamp_ns + 1)
+        waited = 0
         for device, update in zip(targets, batch.updates, strict=True):
             group = consistency.group_of(device)
             if group is not None:
                 consistency.arrived(group, peer_serial, update)  # waits for C
+                waited += 1
                 continue
             if update.flags & native.UPDATE_ZERO:
                 device.volume.zero(update.offset, native.update_length(update))
             else:
                 device.volume.pwrite(update.offset, update.data)
-        self.rep.counters["updates_applied"] += len(batch.updates)
+        if batch.updates:
+            # Stamps rise along a link: the last one, now here, is a watermark of its own.
+            consistency.watermark(peer_serial, batch.updates[-1].timestamp_ns + 1)
+        # Those that wait for C count as applied when they are written (consistency.py).
+        self.rep.counters["updates_applied"] += len(batch.updates) - waited
         return native.UpdateAck(applied=len(batch.updates))
 
     def peer_op(self, peer_serial: int, request: PairOpRequest) -> PairOpReply:
