@@ -220,10 +220,12 @@ class Consistency:
         of the links that mirror to this controller's pairs of the group. With none
         mirroring (the group suspended at T: each pair was settled at T), T; else 0."""
         runs = self._runs(group)
+        holding = {w.device for w in group.waiting}  # suspended by a freeze: not settled
         sources = {
             run.device.pair.peer_serial
             for run in runs
             if run.device.pair.state in (PairState.DUPLEX, PairState.PENDING)
+            or run.device.key in holding
         }
         if sources:
             return min(self.watermarks.get(s, 0) for s in sources)
@@ -250,7 +252,11 @@ class Consistency:
         group = self.groups.get(pair.group) if pair.role is PairRole.SECONDARY else None
         if group is None or not pair.consistency_group:
             return 0
-        if pair.state is PairState.SUSPENDED and pair.suspend_at_ns:
+        if (
+            pair.state is PairState.SUSPENDED
+            and pair.suspend_at_ns
+            and not any(w.device == run.device.key for w in group.waiting)
+        ):
             return pair.suspend_at_ns
         return group.applied_ns
 
@@ -325,12 +331,14 @@ class Consistency:
             group.journal.compact(group.applied_ns, group.waiting)
 
     def settle(self, runs: list[DeviceRun]) -> None:
-        """These secondaries leave DUPLEX: write every update of theirs still waiting (the
-        primary drained what belongs before its T), then forget them in the journal."""
+        """These secondaries leave DUPLEX (or a freeze's SUSPENDED): write every update of
+        theirs still waiting (the primary drained what belongs before its T), then forget
+        them in the journal."""
         by_group: dict[str, set[int]] = {}
         for run in runs:
-            group = self.group_of(run.device)
-            if group is not None:
+            pair = run.device.pair
+            group = self.groups.get(pair.group) if pair.role is PairRole.SECONDARY else None
+            if group is not None and any(w.device == run.device.key for w in group.waiting):
                 by_group.setdefault(group.name, set()).add(run.device.key)
         for name, devices in by_group.items():
             group = self.groups[name]

@@ -458,7 +458,17 @@ class PairOperations:
             commit_ns += time.perf_counter_ns() - commit_started_ns
         commit_ms = commit_ns / 1e6
         for serial, peer_runs in by_peer.items():
-            await self._tell_peer(serial, peer_runs, "suspend", at_ns=at_ns)
+            # A freeze (a replication error somewhere in the group): an async group's
+            # secondaries must not write what waits past their consistency time C, since a
+            # failed link's updates stamped before T may never arrive.
+            froze = any(self.rep.freezer.froze(run) for run in peer_runs)
+            await self._tell_peer(
+                serial,
+                peer_runs,
+                "suspend",
+                at_ns=at_ns,
+                options={"freeze": True} if froze else None,
+            )
         if not done.done():
             done.set_result(
                 {
@@ -482,14 +492,23 @@ class PairOperations:
             )
 
     async def _tell_peer(
-        self, serial: int, runs: list[DeviceRun], action: str, *, at_ns: int = 0
+        self,
+        serial: int,
+        runs: list[DeviceRun],
+        action: str,
+        *,
+        at_ns: int = 0,
+        options: dict[str, Any] | None = None,
     ) -> list[PairResult]:
         """Make the secondaries follow a state change; a dead link is logged, not fatal."""
         items = tuple(PairItem(device=r.device.pair.peer_device) for r in runs)
         try:
             reply = await self.rep.link(serial).operate(
                 PairOpRequest(
-                    op=PairOp.PEER_STATE, at_ns=at_ns, items=items, options={"action": action}
+                    op=PairOp.PEER_STATE,
+                    at_ns=at_ns,
+                    items=items,
+                    options={**(options or {}), "action": action},
                 )
             )
         except RemcopyError as exc:
@@ -986,17 +1005,13 @@ class PairOperations:
             results.append(_ok(device))
         if changes:
             phases.insert(0, changes)
-        leaving = [
-            self.rep.runs[key]
-            for phase_changes in phases[:1]
-            for key in phase_changes
-            if self.rep.controller.devices[key].pair.state is PairState.DUPLEX
-        ]
-        if leaving:
-            # An async group's updates still waiting for C: the primary drained what belongs
-            # before its T, so they are written now (C = T for a suspend), then it moves.
-            self.rep.consistency.settle(leaving)
         action = str(request.options.get("action", cause))
+        leaving = [self.rep.runs[key] for phase_changes in phases[:1] for key in phase_changes]
+        if leaving and not (action == "suspend" and request.options.get("freeze")):
+            # An async group's updates still waiting for C: the primary drained what belongs
+            # before its T, so they are written now (C = T for a suspend), then it moves. Not
+            # after a freeze: another link of the group failed, so what waits stays under C.
+            self.rep.consistency.settle(leaving)
         at = request.at_ns if action == "suspend" else None
         for phase_changes in phases:
             self.rep.controller.commit_states(phase_changes, cause=action, at_ns=at)

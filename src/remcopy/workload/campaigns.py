@@ -417,18 +417,32 @@ async def _link_fault(it: _Iteration) -> None:
 
 async def _async_disaster(it: _Iteration) -> None:
     """An async consistency group over three primaries: one link slow, another stalled for a
-    second, then the whole primary site lost (every controller kill -9, every link cut). The
-    secondary recovers at the consistency time C: a consistent cut at C, holding every write
-    acknowledged before C. Then the group is set up again for the next iteration."""
+    second (or cut: the controllers freeze the group at one T), then the whole primary site
+    lost (every controller kill -9, every link cut). The secondaries recover at the
+    consistency time C: a consistent cut at C, holding every write acknowledged before C.
+    Then the group is set up again for the next iteration."""
     w = it.w
-    slow, stalled = it.rng.sample(range(len(w.primaries)), 2)
+    slow, faulted = it.rng.sample(range(len(w.primaries)), 2)
+    fault = it.rng.choice(("stall", "cut"))
     for link in w.links:
         link.delay(it.rng.uniform(0.001, 0.005))
     w.links[slow].delay(it.rng.uniform(*SLOW_LINK_S))
-    async with it.load() as load:
+    addresses = {str(p.primary) for p in w.group.pairs}
+    async with recorded(w.primaries) as recorder, it.load() as load:
         await load.wait(it.acks())
-        w.links[stalled].stall()
-        await asyncio.sleep(STALL_S)  # the fault itself: the host goes on writing meanwhile
+        if fault == "stall":
+            w.links[faulted].stall()
+            await asyncio.sleep(STALL_S)  # the fault itself: the host goes on writing meanwhile
+        else:
+            w.links[faulted].cut()  # a replication error: the group freezes at one T
+            froze = await recorder.wait(
+                lambda events: len(_left_duplex(events, addresses)) == len(addresses),
+                timeout_s=FREEZE_WAIT_S,
+            )
+            it.passed(
+                froze, f"cut of cntla{faulted}'s link: the group did not freeze", secondary=False
+            )
+            await load.more(it.acks() // 4)  # after T: change-recorded
         for proc in w.primaries:
             assert proc.process is not None
             proc.process.kill()  # the site is lost with its network: SIGKILL and the cut
@@ -441,7 +455,8 @@ async def _async_disaster(it: _Iteration) -> None:
     report = succeeded(await recover(w.session, w.group), "recover")
     cut = report.cut or {}
     at_ns = int(cut.get("consistency_ns", 0))
-    what = f"site lost with cntla{slow}'s link slow and cntla{stalled}'s stalled"
+    verb = "stalled" if fault == "stall" else "cut (frozen)"
+    what = f"site lost with cntla{slow}'s link slow and cntla{faulted}'s {verb}"
     image = await it.check(load, Image.SECONDARY, require_all_acked=False, what=what)
     # A consistent cut AT C: every write present was issued before C, every write
     # acknowledged before C is present (the first absent one of each chain was acked later).
