@@ -114,7 +114,10 @@ class Consistency:
         group.next_seq = replayed.next_seq
         # What was below C was written before the restart (or was being): write it again, in
         # the same order; what is above waits as before.
-        below = [w for w in replayed.waiting if w.stamp_ns < group.applied_ns]
+        below = sorted(
+            (w for w in replayed.waiting if w.stamp_ns < group.applied_ns),
+            key=lambda w: (w.stamp_ns, w.seq),
+        )
         group.waiting = [w for w in replayed.waiting if w.stamp_ns >= group.applied_ns]
         group.live_bytes = sum(len(w.data) for w in group.waiting)
         self._write(below)
