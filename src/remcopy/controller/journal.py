@@ -33,17 +33,22 @@ JOURNAL_SIZE_MAX_BYTES: Final = 1024 * 1024 * 1024
 _RECORD = struct.Struct("!QHQQI")
 
 
+def open_append(path: Path, what: str) -> tuple[int, int]:
+    """Open (create) an append-only file only the controller may read: (fd, size now)."""
+    try:
+        atrest.make_folder(path.parent)
+        fd = atrest.open_private(path, os.O_RDWR | os.O_APPEND)
+        return fd, os.fstat(fd).st_size
+    except OSError as exc:
+        raise VolumeIOError(f"{what} {path}: cannot open: {exc.strerror}") from exc
+
+
 class Journal:
     """An append-only file of unconfirmed async updates for one replication link."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
-            atrest.make_folder(path.parent)
-            self._fd = atrest.open_private(path, os.O_RDWR | os.O_APPEND)
-            self.size_bytes = os.fstat(self._fd).st_size
-        except OSError as exc:
-            raise VolumeIOError(f"journal {path}: cannot open: {exc.strerror}") from exc
+        self._fd, self.size_bytes = open_append(path, "journal")
         self._next_seq = 1
         self.unconfirmed = 0
         self.appended = 0

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Final
 
 from remcopy.controller import atrest
+from remcopy.controller.journal import open_append
 from remcopy.errors import VolumeIOError
 
 _UPDATE = struct.Struct("!cQIHBQQI")
@@ -84,12 +85,7 @@ class SecondaryJournal:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
-            atrest.make_folder(path.parent)
-            self._fd = atrest.open_private(path, os.O_RDWR | os.O_APPEND)
-            self.size_bytes = os.fstat(self._fd).st_size
-        except OSError as exc:
-            raise VolumeIOError(f"secondary journal {path}: cannot open: {exc.strerror}") from exc
+        self._fd, self.size_bytes = open_append(path, "secondary journal")
 
     def __repr__(self) -> str:
         return f"<SecondaryJournal {self.path.name} bytes={self.size_bytes}>"
