@@ -77,13 +77,14 @@ class World:
     secondary: ControllerProcess
     sizes: dict[int, int] = field(default_factory=dict)  # CCA -> bytes
 
-    def item(self, cca: int, mode: CopyMode) -> PairItem:
+    def item(self, cca: int, mode: CopyMode, *, consistency_group: bool = False) -> PairItem:
         """The pair primary (0A, cca) -> secondary (20, cca) in `mode`."""
         return PairItem(
             device=primary_device(cca),
             peer_serial=SECONDARY_SERIAL,
             peer_device=secondary_device(cca),
             mode=mode,
+            consistency_group=consistency_group,
         )
 
     def host_channel(self, proc: ControllerProcess) -> Channel:
@@ -168,15 +169,34 @@ def all_ok(reply: PairOpReply, what: str) -> None:
 
 
 async def establish(
-    ch: Channel, events: Subscription, world: World, ccas: Iterable[int], mode: CopyMode
+    ch: Channel,
+    events: Subscription,
+    world: World,
+    ccas: Iterable[int],
+    mode: CopyMode,
+    *,
+    group: str = "",
 ) -> float:
     """Establish pairs (0A, cca) -> (20, cca) and wait until all are DUPLEX; seconds taken.
+    With `group`, the pairs form that consistency group (an async one keeps a consistency
+    time at the secondary, its updates waiting in the secondary journal).
 
     `events` must be a subscription on `ch`'s controller made before this call.
     """
     ccas = list(ccas)
     started = time.perf_counter()
-    reply = await ch.pair_op(PairOp.ESTABLISH, tuple(world.item(c, mode) for c in ccas))
+    options: dict[str, object] = {}
+    if group:
+        options = {
+            "group": group,
+            "members": [PRIMARY_SERIAL],
+            "secondaries": [SECONDARY_SERIAL],
+        }
+    reply = await ch.pair_op(
+        PairOp.ESTABLISH,
+        tuple(world.item(c, mode, consistency_group=bool(group)) for c in ccas),
+        options=options,
+    )
     all_ok(reply, f"establish {mode.value}")
     await wait_duplex(events, len(ccas))
     return time.perf_counter() - started

@@ -35,6 +35,9 @@
 #   timeout 2 s).
 # - rolling_iterations, rolling_inconsistent (inconsistent secondaries: must be 0), and
 #   rolling_findings (every failed check of the campaign, e.g. a group that did not freeze).
+# - async_disaster_iterations, async_disaster_inconsistent (must be 0): an async group over
+#   three primaries, one link slow and one stalled, the site lost, recovered at C; a
+#   recovery whose secondary is not a consistent cut at C counts as inconsistent.
 #
 # Run: .venv/bin/python bench/faults.py [--quick] [--seed N] [--iterations N] [--campaign NAME]
 # [--detect-iterations N]. --campaign runs one campaign (and only the hunts that use it). The
@@ -249,6 +252,19 @@ def _rolling_figures(results: Results) -> dict[str, Any]:
     return figures
 
 
+def _async_figures(results: Results) -> dict[str, Any]:
+    """The async_disaster campaign's figures (empty when it did not run): recoveries at the
+    consistency time C, and how many found the secondary not a consistent cut at C."""
+    found = next((r for r in results.campaigns if r.campaign == "async_disaster"), None)
+    if found is None:
+        return {}
+    return {
+        "async_disaster_iterations": found.iterations,
+        "async_disaster_inconsistent": found.inconsistent_secondaries,
+        "async_disaster_findings": len(found.findings),
+    }
+
+
 def _result_json(plan: Plan, results: Results, load: list[float]) -> dict[str, Any]:
     campaigns = results.campaigns
     caught = results.caught_by()
@@ -277,6 +293,7 @@ def _result_json(plan: Plan, results: Results, load: list[float]) -> dict[str, A
             for r in campaigns
         },
         **_rolling_figures(results),
+        **_async_figures(results),
         "rolling_findings_text": [f[:300] for f in r.findings] if (r := results.rolling()) else [],
         "elapsed_s": round(results.elapsed_s, 2),
         "seed": plan.seed,

@@ -37,6 +37,10 @@
 #   Why not a suspend at T = now + margin: its drain time is one sample per suspend (and ends
 #   the pair), so it is taken once per round, at the end of the saturated phase, as a
 #   cross-check (the controller's own `drained_ns - sealed_ns` from the suspend reply);
+# - the RPO of the async pair (a consistency group: its updates wait at the secondary for the
+#   consistency time C): after each lag sample of the paced and saturated phases, the
+#   secondary is asked for C and now - C is taken (`async_rpo_p50_s`, `async_rpo_p99_s`,
+#   pooled). The marker lag of the async pair therefore includes the wait for C;
 # - the CPU seconds per GiB of the primary, the secondary and the host process in the 64 KiB
 #   QD16 pass: on a 2-CPU machine three busy processes share two CPUs; this says who used them.
 # Every measured write overwrites a block that was written before (the volumes are filled
@@ -109,6 +113,9 @@ _MARKER = struct.Struct("!8sQ")
 _MARKER_MAGIC: Final = b"RCLAGMK1"
 
 MODES: Final = ("SIMPLEX", "sync", "async", "semisync")
+# The async pair is a consistency group of its own: its updates wait in the secondary
+# journal for the consistency time C, as every async group's do.
+ASYNC_GROUP: Final = "BENCHASYNC"
 COPY_MODES: Final = {"sync": CopyMode.SYNC, "async": CopyMode.ASYNC, "semisync": CopyMode.SEMISYNC}
 PASSES: Final = (("seq", 1), ("seq", 16), ("rand", 1), ("rand", 16))
 PASS_LABELS: Final = {"seq": "64 KiB seq", "rand": "4 KiB rand"}
@@ -173,6 +180,8 @@ class Results:
     suspend_drain_ms: list[float] = field(default_factory=list)
     suspend_in_flight: list[int] = field(default_factory=list)
     rtt_ns: list[int] = field(default_factory=list)
+    rpo_ns: dict[str, list[int]] = field(default_factory=dict)
+    """now - C at the secondary (its consistency time), per loaded lag phase."""
     updates_sent: int = 0
     updates_applied: int = 0
 
@@ -268,7 +277,14 @@ class Bench:
         device = primary_device(cca)
         paired = mode != "SIMPLEX"
         if paired:
-            took = await establish(self.ch, self.events, self.world, [cca], COPY_MODES[mode])
+            took = await establish(
+                self.ch,
+                self.events,
+                self.world,
+                [cca],
+                COPY_MODES[mode],
+                group=ASYNC_GROUP if mode == "async" else "",
+            )
             self.results.establish_s.setdefault(mode, []).append(took)
         for kind, qd in PASSES:
             await self._flush(cca, paired)
@@ -357,6 +373,9 @@ class Bench:
                 high, low = await self._lag_sample(cca)
                 lag.high_ns.append(high)
                 lag.low_ns.append(low)
+                (status,) = await self.sec.query((secondary_device(cca),))
+                rpo_ns = time.time_ns() - status.consistency_time_ns
+                self.results.rpo_ns.setdefault(phase, []).append(rpo_ns)
             lag.load_mib_s.append(self._load_bytes / MIB / (time.perf_counter() - started))
         except BaseException:
             await self._stop_load(loaders)
@@ -568,6 +587,18 @@ def _sync_added_us(res: Results) -> float:
     return res.best("sync", "seq", 1).p50_us - res.best("SIMPLEX", "seq", 1).p50_us
 
 
+def _rpo_figures(res: Results) -> dict[str, float]:
+    """RPO = now - C at the secondary, pooled over the paced and saturated phases, and each."""
+    pooled = [n for phase in ("paced", "saturated") for n in res.rpo_ns.get(phase, [])]
+    doc = {
+        "async_rpo_p50_s": round(percentile(pooled, 0.5) / 1e9, 4) if pooled else -1.0,
+        "async_rpo_p99_s": round(percentile(pooled, 0.99) / 1e9, 4) if pooled else -1.0,
+    }
+    for phase, samples in sorted(res.rpo_ns.items()):
+        doc[f"async_rpo_{phase}_p99_s"] = round(percentile(samples, 0.99) / 1e9, 4)
+    return doc
+
+
 def _result_json(plan: Plan, res: Results, load: list[float]) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "sync_ratio_64k": round(res.ratio("sync", "seq", 16), 4),
@@ -586,6 +617,7 @@ def _result_json(plan: Plan, res: Results, load: list[float]) -> dict[str, Any]:
             res.best("async", "seq", 16).drained_mib_s / res.best("SIMPLEX", "seq", 16).mib_s, 4
         ),
         "async_suspend_drain_ms_max": round(max(res.suspend_drain_ms, default=0.0), 3),
+        **_rpo_figures(res),
     }
     for mode in MODES[1:]:
         doc[f"{mode}_ratio_64k_qd1"] = round(res.ratio(mode, "seq", 1), 4)

@@ -164,6 +164,13 @@ class SuspendNotArmed(RemcopyError):
     code = 29
 
 
+class ConsistencyUnknown(RemcopyError):
+    """the async group's consistency time cannot be agreed: a secondary controller of the
+    group cannot be reached (recover --force goes on without it, not consistent)"""
+
+    code = 30
+
+
 class VolumeIOError(RemcopyError):
     """the volume's backing file failed a read or write"""
 

@@ -108,3 +108,13 @@ async def test_kill_9_of_one_primary_of_a_group_leaves_a_consistent_cut_with_not
         iterations=1,
         faults=("kill",),
     )
+
+
+async def test_an_async_group_over_three_primaries_recovers_a_consistent_cut_at_c(
+    tmp_path, campaign_seed, record_property
+):
+    """An async consistency group over three primaries, one link slow (50-200 ms) and another
+    stalled for a second, then every primary controller and link lost: the secondary is
+    recovered at the group's consistency time C, a consistent cut at C holding every write
+    acknowledged before it."""
+    await _campaign("async_disaster", tmp_path, campaign_seed, record_property, iterations=2)

@@ -69,6 +69,7 @@ from remcopy.wire.native import (
     Update,
     UpdateAck,
     UpdateBatch,
+    Watermark,
     Welcome,
     WriteReply,
     WriteRequest,
@@ -314,10 +315,11 @@ STATUS = DeviceStatus(
     tracks=1024,
     changed_at_ns=1_700_000_000_123_456_789,
     change_cause="suspend",
+    consistency_time_ns=1_700_000_000_000_000_001,
 )
 # The fields every version had, then fence, consistency group, tracks, when the state last
-# changed and the length of its cause, then the cause.
-NO_MORE_STATUS = struct.pack("!BBQQB", 0, 0, 0, 0, 0)
+# changed, the async consistency time C and the length of its cause, then the cause.
+NO_MORE_STATUS = struct.pack("!BBQQQB", 0, 0, 0, 0, 0, 0)
 STATUS_BYTES = (
     struct.pack(
         "!HHBBBBQQQQIHQ",
@@ -335,7 +337,7 @@ STATUS_BYTES = (
         0x0A40,
         37,
     )
-    + struct.pack("!BBQQB", 1, 1, 1024, 1_700_000_000_123_456_789, 7)
+    + struct.pack("!BBQQQB", 1, 1, 1024, 1_700_000_000_123_456_789, 1_700_000_000_000_000_001, 7)
     + b"suspend"
 )
 
@@ -1542,6 +1544,15 @@ def test_replication_requests_round_trip_in_parts(msg: Message) -> None:
     """Update batches and pair operations, sent in parts and read in place, decode unchanged."""
     parts = connection_at(Side.CLIENT, 2).send_parts(msg)
     assert read_into(connection_at(Side.SERVER, 2), b"".join(parts)) == [msg]
+
+
+def test_a_watermark_and_a_consistency_time_round_trip() -> None:
+    """A primary's watermark W (kind 30), and C in a device's QUERY answer."""
+    watermark = Watermark(request_id=7, watermark_ns=(1 << 63) - 5)
+    reply = QueryReply(statuses=(DeviceStatus(device=3, consistency_time_ns=1 << 62),))
+    assert decode(reply, encode(reply)) == reply
+    parts = connection_at(Side.CLIENT, 2).send_parts(watermark)
+    assert read_into(connection_at(Side.SERVER, 2), b"".join(parts)) == [watermark]
 
 
 @given(msg=st.one_of(pair_op_replies, update_acks))

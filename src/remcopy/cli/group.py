@@ -746,6 +746,8 @@ def _report(report: GroupReport, as_json: bool, expected: str) -> None:
                     f"{len(report.already)} pairs needed nothing (counted done): "
                     + "; ".join(said[:5])
                 )
+        if report.cut is not None:
+            _say_cut(report.cut)
         if report.op == "suspend" and report.seal:
             _print_seal(report)
         if report.op == "suspend" and report.armed:
@@ -912,6 +914,7 @@ def _op_command(op: PairOp, expected: str, doc: str) -> click.Command:
                         else None,
                         wait=op is not PairOp.SUSPEND or extra.get("wait") is not False,
                         on_armed=None if as_json else _say_armed,
+                        force=bool(extra.get("force")),
                     )
                 )
         if acting is PairOp.SUSPEND_CANCEL:
@@ -924,6 +927,14 @@ def _op_command(op: PairOp, expected: str, doc: str) -> click.Command:
 
     if op in _COPYING:
         command = _wait_option(command)
+
+    if op is PairOp.RECOVER:
+        command = click.option(
+            "--force",
+            is_flag=True,
+            help="Async consistency group: recover even if a secondary controller of the "
+            "group cannot be reached (the group is then NOT consistent).",
+        )(command)
 
     if op is PairOp.SUSPEND:
         command = click.option(
@@ -951,6 +962,26 @@ def _op_command(op: PairOp, expected: str, doc: str) -> click.Command:
             help="Disarm the group's armed suspend before its T (nothing else may be given).",
         )(command)
     return command
+
+
+def _say_cut(cut: dict[str, Any]) -> None:
+    """An async consistency group's recover: where its secondaries stand."""
+    from remcopy.cli.output import say
+
+    at_ns = int(cut["consistency_ns"])
+    line = (
+        f"recovered consistent at C={at_ns} "
+        f"({datetime.fromtimestamp(at_ns / 1e9).isoformat()}); RPO (loss to C) "
+        f"{cut['rpo_s']} s; {cut['updates_not_applied']} updates after C not applied "
+        "(their tracks are recorded: a failback copies them back)"
+    )
+    if not cut["consistent"]:
+        line = (
+            f"NOT consistent: secondary controller(s) {', '.join(cut['unreachable']) or '?'} "
+            f"not reached (--force); the others at C={at_ns}; RPO {cut['rpo_s']} s; "
+            f"{cut['updates_not_applied']} updates after C not applied"
+        )
+    say(line)
 
 
 def _check_cancel(dry_run: bool, extra: dict[str, Any]) -> None:

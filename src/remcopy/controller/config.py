@@ -173,6 +173,10 @@ class ControllerSection(_Strict):
     freeze_margin_s: float = Field(default=0.25, gt=0, le=60)
     """A controller-initiated freeze seals the group at T = now + this (at least 4 round
     trips to the slowest sibling): every sibling must be armed before T."""
+    watermark_interval_s: float = Field(default=0.1, gt=0, le=60)
+    """Async consistency groups: how often a primary sends its watermark on each link that
+    ships them, and a secondary moves the consistency time C and tells its sibling
+    secondaries how far it has received (the RPO is about this plus the link's delay)."""
     freeze_unreachable: Literal["go", "stop"] = "go"
     """A sibling primary not confirmed armed within hold_s: "go" releases the held writes
     (change-recorded; the group is reported not consistent), "stop" refuses them until an

@@ -33,17 +33,22 @@ JOURNAL_SIZE_MAX_BYTES: Final = 1024 * 1024 * 1024
 _RECORD = struct.Struct("!QHQQI")
 
 
+def open_append(path: Path, what: str) -> tuple[int, int]:
+    """Open (create) an append-only file only the controller may read: (fd, size now)."""
+    try:
+        atrest.make_folder(path.parent)
+        fd = atrest.open_private(path, os.O_RDWR | os.O_APPEND)
+        return fd, os.fstat(fd).st_size
+    except OSError as exc:
+        raise VolumeIOError(f"{what} {path}: cannot open: {exc.strerror}") from exc
+
+
 class Journal:
     """An append-only file of unconfirmed async updates for one replication link."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
-            atrest.make_folder(path.parent)
-            self._fd = atrest.open_private(path, os.O_RDWR | os.O_APPEND)
-            self.size_bytes = os.fstat(self._fd).st_size
-        except OSError as exc:
-            raise VolumeIOError(f"journal {path}: cannot open: {exc.strerror}") from exc
+        self._fd, self.size_bytes = open_append(path, "journal")
         self._next_seq = 1
         self.unconfirmed = 0
         self.appended = 0
@@ -83,20 +88,17 @@ class Journal:
                 f"journal {self.path.name} holds {self.size_bytes} bytes of "
                 "unconfirmed updates: the secondary is too far behind: retry"
             )
-        record = (
-            _RECORD.pack(
-                self._next_seq, update.device, update.timestamp_ns, update.offset, len(update.data)
-            )
-            + update.data
+        head = _RECORD.pack(
+            self._next_seq, update.device, update.timestamp_ns, update.offset, len(update.data)
         )
-        try:
-            written = os.write(self._fd, record)
+        try:  # the header and the data as they are: no copy of the data
+            written = os.writev(self._fd, (head, update.data))
         except OSError as exc:
             raise VolumeIOError(f"journal {self.path}: append failed: {exc.strerror}") from exc
-        if written != len(record):
+        if written != len(head) + len(update.data):
             raise VolumeIOError(f"journal {self.path}: short append ({written} bytes)")
         self._next_seq += 1
-        self.size_bytes += len(record)
+        self.size_bytes += written
         self.unconfirmed += 1
         self.appended += 1
 

@@ -37,7 +37,14 @@ from remcopy.errors import (
     SuspendTimeInPast,
     WriteProtected,
 )
-from remcopy.states import OPERATION_PERMITTED, PairAction, PairRole, PairState, next_state
+from remcopy.states import (
+    OPERATION_PERMITTED,
+    CopyMode,
+    PairAction,
+    PairRole,
+    PairState,
+    next_state,
+)
 from remcopy.wire import native
 from remcopy.wire.native import PairItem, PairOp, PairOpReply, PairOpRequest, PairResult
 
@@ -98,6 +105,10 @@ class PairOperations:
             return await self._suspend_wait(grant, request)
         if op is PairOp.SUSPEND_CANCEL:
             return self._suspend_cancel(grant, request)
+        if op is PairOp.GROUP_CUT:
+            return PairOpReply(
+                document=self.rep.consistency.cut_document(str(request.options.get("group", "")))
+            )
         raise InputError(f"pair operation {op.name} is for controllers, not hosts")
 
     def _devices(
@@ -175,8 +186,9 @@ class PairOperations:
                 results.append(_refused(item.device, exc, run.device))
                 continue
             by_peer.setdefault(item.peer_serial, []).append((item, run))
+        named = request.options.get("secondaries")
         for serial, items in by_peer.items():
-            results.extend(await self._establish_on(serial, items, group))
+            results.extend(await self._establish_on(serial, items, group, named))
         return PairOpReply(results=tuple(sorted(results, key=lambda r: r.device)))
 
     async def _establish_on(
@@ -184,8 +196,15 @@ class PairOperations:
         serial: int,
         items: list[tuple[PairItem, DeviceRun]],
         group: tuple[str, tuple[int, ...]] | None,
+        secondaries: object = None,
     ) -> list[PairResult]:
         link = self.rep.link(serial)
+        options: dict[str, Any] = {}
+        if group is not None and any(
+            item.consistency_group and item.mode is CopyMode.ASYNC for item, _ in items
+        ):
+            # The secondaries of an async group keep its consistency time together.
+            options = {"group": group[0], "secondaries": secondaries or [serial]}
         peer_items = tuple(
             PairItem(
                 device=item.peer_device,
@@ -199,7 +218,9 @@ class PairOperations:
             for item, run in items
         )
         try:
-            reply = await link.operate(PairOpRequest(op=PairOp.PEER_ESTABLISH, items=peer_items))
+            reply = await link.operate(
+                PairOpRequest(op=PairOp.PEER_ESTABLISH, items=peer_items, options=options)
+            )
         except RemcopyError as exc:
             return [_refused(item.device, exc, run.device) for item, run in items]
         answers = {r.device: r for r in reply.results}
@@ -438,7 +459,17 @@ class PairOperations:
             commit_ns += time.perf_counter_ns() - commit_started_ns
         commit_ms = commit_ns / 1e6
         for serial, peer_runs in by_peer.items():
-            await self._tell_peer(serial, peer_runs, "suspend", at_ns=at_ns)
+            # A freeze (a replication error somewhere in the group): an async group's
+            # secondaries must not write what waits past their consistency time C, since a
+            # failed link's updates stamped before T may never arrive.
+            froze = any(self.rep.freezer.froze(run) for run in peer_runs)
+            await self._tell_peer(
+                serial,
+                peer_runs,
+                "suspend",
+                at_ns=at_ns,
+                options={"freeze": True} if froze else None,
+            )
         if not done.done():
             done.set_result(
                 {
@@ -462,14 +493,23 @@ class PairOperations:
             )
 
     async def _tell_peer(
-        self, serial: int, runs: list[DeviceRun], action: str, *, at_ns: int = 0
+        self,
+        serial: int,
+        runs: list[DeviceRun],
+        action: str,
+        *,
+        at_ns: int = 0,
+        options: dict[str, Any] | None = None,
     ) -> list[PairResult]:
         """Make the secondaries follow a state change; a dead link is logged, not fatal."""
         items = tuple(PairItem(device=r.device.pair.peer_device) for r in runs)
         try:
             reply = await self.rep.link(serial).operate(
                 PairOpRequest(
-                    op=PairOp.PEER_STATE, at_ns=at_ns, items=items, options={"action": action}
+                    op=PairOp.PEER_STATE,
+                    at_ns=at_ns,
+                    items=items,
+                    options={**(options or {}), "action": action},
                 )
             )
         except RemcopyError as exc:
@@ -647,12 +687,28 @@ class PairOperations:
                 results.append(_refused(item.device, exc, run.device))
                 continue
             changes[run.device.key] = (PairAction.RECOVER, None)
+        document: dict[str, Any] = {}
         if changes:
-            for key in changes:
-                self.rep.runs[key].changemap.clear_all()
+            runs = [self.rep.runs[key] for key in changes]
+            for run in runs:
+                run.changemap.clear_all()
+            # An async consistency group: exactly up to the C the group agreed on (at_ns; 0:
+            # this controller's own C); the later updates' tracks are set in the (cleared)
+            # maps, so a failback copies them back.
+            dropped = self.rep.consistency.recover_to(runs, request.at_ns)
+            if request.at_ns or dropped:
+                document = {
+                    "consistency_ns": request.at_ns,
+                    "dropped": sum(dropped.values()),
+                    "applied_ns": max(
+                        (self.rep.consistency.consistency_ns(r) for r in runs), default=0
+                    ),
+                }
             self.rep.controller.commit_states(changes, cause="recover")
-        results.extend(_ok(self.rep.runs[key].device) for key in changes)
-        return PairOpReply(results=tuple(sorted(results, key=lambda r: r.device)))
+        results.extend(_ok(self.rep.runs[key].device, at_ns=request.at_ns) for key in changes)
+        return PairOpReply(
+            results=tuple(sorted(results, key=lambda r: r.device)), document=document
+        )
 
     async def _failback(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
         """On the recovered secondary: reverse the pairs, copy tracks changed on either side.
@@ -848,12 +904,18 @@ class PairOperations:
                 )
             device.volume.check_range("update", update.offset, native.update_length(update))
             targets.append(device)
+        consistency = self.rep.consistency
+        waited = 0
         for device, update in zip(targets, batch.updates, strict=True):
+            group = consistency.group_of(device)
+            if group is not None:
+                consistency.arrived(group, peer_serial, update)  # waits for C
+                waited += 1
+                continue
             if update.flags & native.UPDATE_ZERO:
                 device.volume.zero(update.offset, native.update_length(update))
             else:
                 device.volume.pwrite(update.offset, update.data)
-        self.rep.counters["updates_applied"] += len(batch.updates)
         rep = self.rep
         rep.applied_updates[peer_serial] = rep.applied_updates.get(peer_serial, 0) + len(
             batch.updates
@@ -861,6 +923,11 @@ class PairOperations:
         rep.applied_bytes[peer_serial] = rep.applied_bytes.get(peer_serial, 0) + sum(
             len(u.data) for u in batch.updates
         )
+        if batch.updates:
+            # Stamps rise along a link: the last one, now here, is a watermark of its own.
+            consistency.watermark(peer_serial, batch.updates[-1].timestamp_ns + 1)
+        # Those that wait for C count as applied when they are written (consistency.py).
+        self.rep.counters["updates_applied"] += len(batch.updates) - waited
         return native.UpdateAck(applied=len(batch.updates))
 
     def peer_op(self, peer_serial: int, request: PairOpRequest) -> PairOpReply:
@@ -868,6 +935,11 @@ class PairOperations:
             return self.rep.freezer.peer_freeze(peer_serial, request)
         if request.op is PairOp.PEER_GROUP_QUERY:
             return self.rep.freezer.peer_group_query(peer_serial, request)
+        if request.op is PairOp.PEER_WATERMARK:
+            return self.rep.consistency.peer_watermark(peer_serial, request)
+        group = str(request.options.get("group", ""))
+        if request.op is PairOp.PEER_ESTABLISH and group:
+            self.rep.consistency.join(group, request.options)  # checked: refuses them all
         results: list[PairResult] = []
         chunks: list[bytes] = []  # PEER_CHANGEMAP: each device's bitmap, in item order
         changes: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]] = {}
@@ -895,7 +967,10 @@ class PairOperations:
                             f"{device.address} holds {device.volume.capacity_bytes} bytes: the "
                             f"primary has {item.size_bytes}: the secondary must be as large"
                         )
-                    changes[device.key] = (PairAction.ESTABLISH, _as_secondary(item))
+                    changes[device.key] = (
+                        PairAction.ESTABLISH,
+                        _as_secondary(item, group if item.consistency_group else ""),
+                    )
                 elif device.pair.peer_serial != peer_serial:
                     raise NotOffered(
                         f"{device.address}: controller {peer_serial} is not the other side "
@@ -946,6 +1021,12 @@ class PairOperations:
         if changes:
             phases.insert(0, changes)
         action = str(request.options.get("action", cause))
+        leaving = [self.rep.runs[key] for phase_changes in phases[:1] for key in phase_changes]
+        if leaving and not (action == "suspend" and request.options.get("freeze")):
+            # An async group's updates still waiting for C: the primary drained what belongs
+            # before its T, so they are written now (C = T for a suspend), then it moves. Not
+            # after a freeze: another link of the group failed, so what waits stays under C.
+            self.rep.consistency.settle(leaving)
         at = request.at_ns if action == "suspend" else None
         for phase_changes in phases:
             self.rep.controller.commit_states(phase_changes, cause=action, at_ns=at)
@@ -1003,11 +1084,12 @@ def _as_primary(item: PairItem, group: str) -> Callable[[PairInfo], None]:
     return update
 
 
-def _as_secondary(item: PairItem) -> Callable[[PairInfo], None]:
+def _as_secondary(item: PairItem, group: str) -> Callable[[PairInfo], None]:
     def update(info: PairInfo) -> None:
         info.role, info.mode, info.fence = PairRole.SECONDARY, item.mode, item.fence
         info.peer_serial, info.peer_device = item.peer_serial, item.peer_device
         info.consistency_group, info.suspend_at_ns = item.consistency_group, 0
+        info.group = group
 
     return update
 

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Final
 
 from remcopy.controller.config import PeerSection
@@ -71,6 +72,10 @@ class PeerLink:
         self.connected_once = False
         """Whether the link ever connected since this controller started."""
         self.heartbeat_rtt_ns = 0
+        self.stamp_ns = 0
+        """The last stamp given to an update queued here, or W sent, whichever is later:
+        every later update is stamped above it (consistency.py)."""
+        self.watermarks_sent = 0
 
     def __repr__(self) -> str:
         return (
@@ -93,7 +98,9 @@ class PeerLink:
     # Updates...
 
     def push(self, update: native.Update) -> asyncio.Future[None]:
-        """Queue an update for the next batch, in call order; the future is its confirmation."""
+        """Queue an update for the next batch, in call order; the future is its confirmation.
+        The update is stamped as it is queued: max(its host stamp, this clock, the last stamp
+        + 1), so stamps rise along the link and a watermark is simply the clock."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.broken is not None or not self.channel.connected:
             future.set_exception(
@@ -101,6 +108,9 @@ class PeerLink:
                 or BrokenResourceError(f"replication link to {self.peer.name} is not connected")
             )
             return future
+        self.stamp_ns = max(update.timestamp_ns, time.time_ns(), self.stamp_ns + 1)
+        if update.timestamp_ns != self.stamp_ns:
+            update = replace(update, timestamp_ns=self.stamp_ns)
         self._queue.append((update, future))
         self.updates_sent += 1
         self.bytes_sent += len(update.data)
@@ -230,6 +240,32 @@ class PeerLink:
 
         reply.add_done_callback(answered)
         return reply
+
+    def send_watermark(self) -> None:
+        """Send W behind everything queued: every update stamped < W that this link will
+        ever ship has been sent (later pushes are stamped >= W). Nothing when not connected
+        or failed: the secondaries' C then waits, as it must."""
+        if self.broken is not None or not self.channel.connected:
+            return
+        self._flush()
+        self.stamp_ns = max(time.time_ns(), self.stamp_ns + 1)
+        try:
+            reply = self.channel.send_nowait(native.Watermark(watermark_ns=self.stamp_ns))
+        except RemcopyError as exc:
+            self.mark_broken(exc)
+            return
+        self.watermarks_sent += 1
+
+        def answered(r: asyncio.Future[native.Message]) -> None:
+            if r.cancelled():
+                return
+            err = r.exception()
+            if err is not None:
+                self.mark_broken(
+                    err if isinstance(err, RemcopyError) else BrokenResourceError(str(err))
+                )
+
+        reply.add_done_callback(answered)
 
     # Peer operations (ordered with the updates)...
 

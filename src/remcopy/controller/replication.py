@@ -41,6 +41,7 @@ from dataclasses import dataclass, field, replace
 from typing import Final, Literal
 
 from remcopy.controller.changemap import ChangeMap
+from remcopy.controller.consistency import Consistency
 from remcopy.controller.core import Controller, Device, HostGrant, PairInfo
 from remcopy.controller.freeze import Freezer
 from remcopy.controller.journal import Journal
@@ -135,6 +136,7 @@ class Replicator:
         self.ack_timeout_s = controller.config.controller.ack_timeout_s
         self.ops = PairOperations(self)
         self.freezer = Freezer(self)
+        self.consistency = Consistency(self)  # replays the secondary journals
         self._tasks: asyncio.TaskGroup | None = None
         self._copy_slots = asyncio.Semaphore(COPY_IN_FLIGHT_MAX)
         # Copies that finished and wait to be confirmed, per secondary controller: one
@@ -166,6 +168,7 @@ class Replicator:
             timer.cancel()
         for run in self.runs.values():
             run.changemap.close()
+        self.consistency.close()
 
     async def run(self) -> None:
         """Own the background tasks (copies, seals, heartbeats) until cancelled; resume
@@ -188,6 +191,8 @@ class Replicator:
         self.freezer.rejoin_all()  # before the restart's resyncs, which wait for it
         self._resume_after_restart()
         self.spawn(self._heartbeats(), name="heartbeats")
+        self.spawn(self._watermarks(), name="watermarks")
+        self.spawn(self.consistency.run(), name="consistency time")
 
     def spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
         """Start a background task owned by the replicator. A RemcopyError (a volume or a
@@ -334,6 +339,25 @@ class Replicator:
                 beat = link.heartbeat(section.heartbeat_timeout_s)
                 if beat is not None:
                     waiting[serial] = beat
+
+    async def _watermarks(self) -> None:
+        """Every watermark_interval_s, send W on each link that ships an async consistency
+        group's updates (idle or not), so its secondaries can move C (consistency.py)."""
+        interval_s = self.controller.config.controller.watermark_interval_s
+        while True:
+            await asyncio.sleep(interval_s)
+            serials = {
+                run.device.pair.peer_serial
+                for run in self.runs.values()
+                if run.device.pair.role is PairRole.PRIMARY
+                and run.device.pair.mode is CopyMode.ASYNC
+                and run.device.pair.consistency_group
+                and run.device.pair.state in (PairState.DUPLEX, PairState.PENDING)
+            }
+            for serial in serials:
+                link = self.link(serial)
+                if link.replayed.is_set():  # replayed updates are stamped when pushed
+                    link.send_watermark()
 
     def _mirroring_peers(self) -> set[int]:
         return {
@@ -880,6 +904,7 @@ class Replicator:
                     else 0,
                     flags=int(run.shadow_running) | (int(run.held is not None) << 1),
                     copy_left_tracks=self._copy_left(run),
+                    consistency_time_ns=self.consistency.consistency_ns(run),
                 )
             )
         return out
@@ -912,6 +937,9 @@ class Replicator:
 
     def apply_updates(self, peer_serial: int, batch: native.UpdateBatch) -> native.UpdateAck:
         return self.ops.apply_updates(peer_serial, batch)
+
+    def watermark(self, peer_serial: int, msg: native.Watermark) -> native.UpdateAck:
+        return self.consistency.watermark(peer_serial, msg.watermark_ns)
 
 
 def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:

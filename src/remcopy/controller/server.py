@@ -83,7 +83,12 @@ IN_FLIGHT_MAX: Final = 64
 WRITE_BUFFER_HIGH_BYTES: Final = 4 * 1024 * 1024
 # What a peer controller may send once authenticated: it acts on pairs, never as a host
 # (host verbs name devices by grant; a peer's reach is its pairs and its offer, pairops.py).
-_PEER_KINDS: Final = (native.UpdateBatch, native.PairOpRequest, native.SubscribeRequest)
+_PEER_KINDS: Final = (
+    native.UpdateBatch,
+    native.Watermark,
+    native.PairOpRequest,
+    native.SubscribeRequest,
+)
 # An event subscriber that falls this far behind is dropped rather than buffered.
 SUBSCRIBER_BUFFER_MAX_BYTES: Final = 8 * 1024 * 1024
 
@@ -669,6 +674,12 @@ class ControllerServer:
                     reply = replace(
                         self.replicator.apply_updates(grant.serial, msg), request_id=rid
                     )
+                case native.Watermark():
+                    if not grant.is_peer:
+                        raise DeviceNotAllowed(
+                            f"{grant.name}: only peer controllers send replication watermarks"
+                        )
+                    reply = replace(self.replicator.watermark(grant.serial, msg), request_id=rid)
                 case native.PairOpRequest():
                     if grant.is_peer:
                         reply = replace(self.replicator.peer_op(grant.serial, msg), request_id=rid)

@@ -154,7 +154,18 @@ def controller_specs(world: DemoWorld, link_endpoints: list[str]) -> list[Contro
                         serial=64015 + i,
                         address=f"127.0.0.1:{world.primary_ports[i]}",
                         secret=LINK_SECRET,
-                    )
+                    ),
+                    # Sibling secondaries: an async group's consistency time is agreed here.
+                    *(
+                        PeerSpec(
+                            name=f"cntlb{other.index}",
+                            serial=65015 + other.index,
+                            address=f"127.0.0.1:{world.secondary_ports[other.index]}",
+                            secret=LINK_SECRET,
+                        )
+                        for other in world.sites
+                        if other.index != i
+                    ),
                 ],
             )
         )

@@ -1,7 +1,14 @@
 """Copy groups: definitions, pair lookup, group maps, and group operations."""
 
 from remcopy.groups.model import Group, GroupOptions, GroupPair
-from remcopy.groups.operations import GroupReport, PairOutcome, plan, run_operation, suspend
+from remcopy.groups.operations import (
+    GroupReport,
+    PairOutcome,
+    plan,
+    recover,
+    run_operation,
+    suspend,
+)
 from remcopy.groups.preview import PlannedPair, preview
 from remcopy.groups.progress import (
     OperationProgress,
@@ -23,6 +30,7 @@ __all__ = [
     "follow_copies",
     "plan",
     "preview",
+    "recover",
     "run_operation",
     "suspend",
 ]

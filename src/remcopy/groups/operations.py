@@ -27,14 +27,20 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from remcopy.errors import IllegalTransition, InputError, SuspendNotArmed, SuspendTimeInPast
+from remcopy.errors import (
+    ConsistencyUnknown,
+    IllegalTransition,
+    InputError,
+    SuspendNotArmed,
+    SuspendTimeInPast,
+)
 from remcopy.groups.model import Group, GroupPair
 from remcopy.groups.preview import AT_PRIMARY, PlannedPair, already_there, plan_summary, preview
 from remcopy.host.channel import Channel
 from remcopy.host.engine import Job, JobResult
 from remcopy.host.session import HostSession
 from remcopy.ids import HardwareAddress
-from remcopy.states import DISPLAY_NAMES, PairRole, PairState
+from remcopy.states import DISPLAY_NAMES, CopyMode, PairRole, PairState
 from remcopy.wire.native import DeviceStatus, PairItem, PairOp, PairOpReply, PairResult
 
 # A suspend margin is never below this many measured round trips to the slowest controller.
@@ -97,6 +103,9 @@ class GroupReport:
     """A suspend that did not wait: armed for T on the controllers, to be sealed at T."""
     disarmed: int = 0
     """suspend_cancel: pairs whose armed suspend was cancelled."""
+    cut: dict[str, Any] | None = None
+    """recover of an async consistency group: the consistency time C agreed and applied,
+    the RPO (loss to C), updates after C not applied, controllers not reached (--force)."""
 
     def __repr__(self) -> str:
         # Short on purpose: asyncio and enum error paths repr a finished task's result, and
@@ -147,6 +156,7 @@ class GroupReport:
                 (float(d.get("host_io_held_ms", 0.0)) for d in self.seal.values()), default=0.0
             ),
             "copy_s": round(self.copy_s, 6),
+            **({"recover": self.cut} if self.cut is not None else {}),
             "pair_states": {p.pair.name: p.state.name for p in self.pairs},
             "already": len(self.already),
             "already_states": _tally(p.state.name for p in self.already),
@@ -227,6 +237,8 @@ def membership(group: Group) -> dict[str, Any]:
     return {
         "group": group.name,
         "members": sorted({pair.primary.serial for pair in group.pairs}),
+        # An async group's secondaries keep its consistency time C among themselves.
+        "secondaries": sorted({pair.secondary.serial for pair in group.pairs}),
     }
 
 
@@ -347,6 +359,67 @@ def _collect(report: GroupReport, result: JobResult[PairOpReply], op: PairOp) ->
         report.seal[batch.controller] = result.value.document
 
 
+def is_async_group(group: Group) -> bool:
+    """An async consistency group: its secondaries keep a consistency time C."""
+    return group.options.consistency_group and group.options.mode is CopyMode.ASYNC
+
+
+async def recover(session: HostSession, group: Group, *, force: bool = False) -> GroupReport:
+    """Take the secondaries over. For an async consistency group, first agree on one C: ask
+    every secondary controller of the group how far the updates have arrived there
+    (GROUP_CUT), take the least (everything stamped below it is at every one of them), and
+    recover each exactly up to it; later updates are dropped, their tracks recorded for the
+    failback. A secondary controller that cannot be asked refuses the whole recover
+    (ConsistencyUnknown, nothing changed) unless `force`: then the rest is recovered and
+    the report says the group is not consistent."""
+    if not is_async_group(group):
+        return await run_operation(session, group, PairOp.RECOVER)
+    started = time.perf_counter()
+    planned = plan(group, PairOp.RECOVER)
+    controllers = [batch.controller for batch in planned[0]]
+
+    async def ask(channel: Channel) -> PairOpReply:
+        return await channel.pair_op(PairOp.GROUP_CUT, (), options={"group": group.name})
+
+    answers: dict[str, dict[str, Any]] = {}
+    unreachable: dict[str, str] = {}
+    jobs = [Job(controller=c, tag=c, run=ask) for c in controllers]
+    for result in await session.engine.run_all(jobs):
+        if result.error is not None or result.value is None:
+            unreachable[result.job.tag] = str(result.error)
+        else:
+            answers[result.job.tag] = result.value.document
+    if unreachable and not force:
+        said = "; ".join(f"{c}: {why}" for c, why in sorted(unreachable.items()))
+        raise ConsistencyUnknown(
+            f"recover {group.name}: cannot agree on the group's consistency time: secondary "
+            f"controller(s) not reached: {said}: nothing was recovered (bring them back, or "
+            "recover --force, which leaves the group NOT consistent)"
+        )
+    if not answers:
+        raise ConsistencyUnknown(
+            f"recover {group.name}: no secondary controller of the group answered: "
+            "nothing was recovered"
+        )
+    cut = min(int(doc["arrived_ns"]) for doc in answers.values())
+    cut = max(cut, *(int(doc["applied_ns"]) for doc in answers.values()))
+    report = await run_operation(session, group, PairOp.RECOVER, at_ns=cut, planned=planned)
+    now_ns = time.time_ns()
+    dropped = sum(int(doc.get("dropped", 0)) for doc in report.seal.values())
+    report.seal = {}
+    report.at_ns = cut
+    report.consistent = not unreachable and not report.failed
+    report.cut = {
+        "consistency_ns": cut,
+        "rpo_s": round(max(0, now_ns - cut) / 1e9, 3) if cut else None,
+        "updates_not_applied": dropped,
+        "consistent": report.consistent,
+        "unreachable": sorted(unreachable),
+    }
+    report.elapsed_s = time.perf_counter() - started
+    return report
+
+
 _HOME = frozenset({PairState.PENDING, PairState.DUPLEX})
 
 
@@ -357,7 +430,7 @@ async def swap_home(session: HostSession, group: Group) -> GroupReport:
     A pair whose secondary is already the primary (PENDING or DUPLEX) counts as done,
     "already home"; one recovered by an earlier attempt goes on to the failback."""
     started = time.perf_counter()
-    recovered = await run_operation(session, group, PairOp.RECOVER)
+    recovered = await recover(session, group)
     onward: list[GroupPair] = []
     settled: dict[str, PairOutcome] = {}
     for outcome in recovered.pairs:

@@ -29,6 +29,7 @@ from remcopy.groups.operations import (
     GroupReport,
     PairStatus,
     cancel,
+    recover,
     run_operation,
     shadow,
     status,
@@ -170,6 +171,7 @@ async def operate(
     progress: ProgressCallback | None = None,
     wait: bool = True,
     on_armed: ArmedCallback | None = None,
+    force: bool = False,
 ) -> GroupReport:
     """Run one group operation as `host` and record it in the operation log.
 
@@ -205,6 +207,8 @@ async def operate(
             )
         elif op is PairOp.SUSPEND_CANCEL:
             report = await cancel(session, group)
+        elif op is PairOp.RECOVER and not dry_run:
+            report = await recover(session, group, force=force)
         else:
             report = await run_operation(session, group, op, dry_run=dry_run)
         if progress is not None and copies_started(report):

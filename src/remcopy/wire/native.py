@@ -90,6 +90,7 @@ _LENGTH = struct.Struct("!I")
 _HEADER = struct.Struct("!IBBHQ")  # length, kind, flags, reserved, request_id
 _HEADER_AFTER_LENGTH_BYTES: Final = _HEADER.size - _LENGTH.size
 _U16 = struct.Struct("!H")
+_U64 = struct.Struct("!Q")
 _HELLO = struct.Struct(f"!HB{NONCE_SIZE_BYTES}s")  # version, role, nonce; then name
 _CHALLENGE = struct.Struct(f"!H{NONCE_SIZE_BYTES}s{PROOF_SIZE_BYTES}s")  # version, nonce, proof
 _WELCOME = struct.Struct("!I")  # serial; then name
@@ -101,8 +102,9 @@ _IDENTITY = struct.Struct("!HHHIQIBB6s")
 # device, status, state, role, mode, flags, suspend_at_ns, dirty_tracks, lag_bytes, lag_ns,
 # peer serial, peer device, copy_left_tracks (the record as earlier versions sent it, 54
 # bytes), then fence, consistency group, the volume's tracks, when the state last changed, and
-# the length of the cause that follows (UTF-8, at most _CAUSE_SIZE_MAX_BYTES).
-_DEVICE_STATUS = struct.Struct("!HHBBBBQQQQIHQBBQQB")
+# the async consistency time C, and the length of the cause that follows (UTF-8, at most
+# _CAUSE_SIZE_MAX_BYTES).
+_DEVICE_STATUS = struct.Struct("!HHBBBBQQQQIHQBBQQQB")
 _CAUSE_SIZE_MAX_BYTES: Final = 255
 
 _PAIR_ITEM = struct.Struct("!HIHBBBQ")  # device, peer serial, peer device, mode, fence, cg, size
@@ -318,15 +320,20 @@ class DeviceStatus:
     change_cause: str = ""
     """What caused that change (suspend, replication-error, copy-done, ...); "" when not
     known."""
+    consistency_time_ns: int = 0
+    """Async consistency group: the consistency time C the secondary site is a cut at (every
+    update stamped < C applied at every secondary of the group, none later); 0 when none."""
 
     def consistent_as_of(self, read_at_ns: int) -> int | None:
         """The time this end's pair is known consistent as of, from this answer read at
         `read_at_ns`: a SUSPENDED pair at its suspend time T; a sync pair in DUPLEX at the
         reading (the secondary holds every acknowledged write) and in SUSPENDED_ERROR at the
-        error (or the freeze's T). None otherwise: async pairs outside SUSPENDED (the
-        controllers keep no group consistency time yet), PENDING, SIMPLEX, RECOVERED."""
+        error (or the freeze's T); an async secondary of a consistency group at its consistency
+        time C. None otherwise: async pairs without C, PENDING, SIMPLEX, RECOVERED."""
         if self.state is PairState.SUSPENDED and self.suspend_at_ns:
             return self.suspend_at_ns
+        if self.mode is CopyMode.ASYNC and self.consistency_time_ns:
+            return self.consistency_time_ns
         if self.mode is CopyMode.SYNC and self.state is PairState.DUPLEX:
             return read_at_ns
         if self.mode is CopyMode.SYNC and self.state is PairState.SUSPENDED_ERROR:
@@ -401,6 +408,14 @@ class PairOp(enum.IntEnum):
     """Sent by a primary of a consistency group that starts again, to its siblings: answer
     with the state and T of each of the group's devices here (did the group freeze while
     the asker was down?)."""
+    GROUP_CUT = 26
+    """Host -> a secondary controller of an async consistency group (options["group"]):
+    answer how far the group's updates have arrived and been applied here (document
+    arrived_ns, applied_ns, pending); recover then applies up to the least arrived_ns."""
+    PEER_WATERMARK = 27
+    """Sent by a secondary controller of an async consistency group to its sibling
+    secondaries: options["group"] and at_ns = every update stamped < at_ns has arrived here
+    (journaled) from every primary that ships to this controller for the group."""
     # Host operations on an armed suspend (scheduled suspends, docs/protocol.md).
     SUSPEND_WAIT = 8
     """Answer once the suspend armed for at_ns on these devices has been sealed."""
@@ -497,6 +512,16 @@ class Update:
 class UpdateBatch(Message):
     KIND: ClassVar[int] = 26
     updates: tuple[Update, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Watermark(Message):
+    """Primary -> secondary, on the replication link, behind every update queued before it:
+    every update stamped < watermark_ns that the sender will ever ship on this link has been
+    sent. Answered with an UpdateAck of 0."""
+
+    KIND: ClassVar[int] = 30
+    watermark_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -660,6 +685,8 @@ def _encode_body(msg: Message) -> tuple[int, list[bytes]]:
             return 0, pieces
         case UpdateAck():
             return 0, [_U32.pack(msg.applied)]
+        case Watermark():
+            return 0, [_U64.pack(msg.watermark_ns)]
         case WriteReply() | FlushReply() | SubscribeRequest() | StatusRequest():
             return 0, []
     raise LocalProtocolError(f"cannot encode {type(msg).__name__}")
@@ -770,6 +797,7 @@ def _pack_device_status(s: DeviceStatus) -> bytes:
             int(s.consistency_group),
             s.tracks,
             s.changed_at_ns,
+            s.consistency_time_ns,
             len(cause),
         )
         + cause
@@ -786,7 +814,7 @@ def _decode_query_reply(rid: int, flags: int, body: memoryview) -> Message:
             raise RemoteProtocolError("device status record cut short")
         (
             d, st, state, role, mode, fl, at, dirty, lag_b, lag_ns, ps, pd, left,
-            fence, cg, tracks, changed_ns, cause_len,
+            fence, cg, tracks, changed_ns, cons, cause_len,
         ) = unpack(body, offset)  # fmt: skip
         offset += fixed
         if end - offset < cause_len:
@@ -813,6 +841,7 @@ def _decode_query_reply(rid: int, flags: int, body: memoryview) -> Message:
                 tracks=tracks,
                 changed_at_ns=changed_ns,
                 change_cause=cause,
+                consistency_time_ns=cons,
             )
         )
     return QueryReply(request_id=rid, statuses=tuple(statuses))
@@ -967,6 +996,9 @@ _DECODERS: Final[dict[int, _Decoder]] = {
     UpdateAck.KIND: lambda rid, flags, body: UpdateAck(
         request_id=rid, applied=_U32.unpack(body)[0]
     ),
+    Watermark.KIND: lambda rid, flags, body: Watermark(
+        request_id=rid, watermark_ns=_U64.unpack(body)[0]
+    ),
 }
 
 _HANDSHAKE_FROM_CLIENT: Final = frozenset({Hello.KIND, Proof.KIND})
@@ -983,6 +1015,7 @@ REQUEST_KINDS: Final = frozenset(
         StatusRequest.KIND,
         PairOpRequest.KIND,
         UpdateBatch.KIND,
+        Watermark.KIND,
     }
 )
 REPLY_KINDS: Final = frozenset(

@@ -52,6 +52,7 @@ import dataclasses
 import errno
 import os
 import random
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -60,7 +61,7 @@ from typing import Final
 
 from remcopy.controller.process import ControllerProcess
 from remcopy.errors import RemcopyError
-from remcopy.groups import GroupPair, run_operation, suspend
+from remcopy.groups import GroupPair, recover, run_operation, suspend
 from remcopy.groups.freeze import watch_and_freeze
 from remcopy.states import CopyMode, PairState
 from remcopy.wire.native import DeviceStatus, PairItem, PairOp
@@ -95,6 +96,7 @@ CAMPAIGNS: Final = (
     "suspend_shadow",
     "io_fault",
     "rolling",
+    "async_disaster",
 )
 PLANTED_BUGS: Final = (
     "mirror_late_write",
@@ -132,6 +134,10 @@ PLANTED_BUG_EVERY: Final = {
 
 # A stalled link counts as failed after this long without a confirmation.
 ACK_TIMEOUT_S: Final = 1.0
+# async_disaster: the slow link's one-way delay, and how long the stalled link holds its
+# bytes before the site is lost (the fault's shape, as a congested WAN link gives it).
+SLOW_LINK_S: Final = (0.05, 0.2)
+STALL_S: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -301,7 +307,9 @@ class _Iteration:
         differ = []
         for pair in self.w.group.pairs:
             primary = await digest(self.w.session.channels[pair.primary_controller], pair.primary)
-            secondary = await digest(self.w.session.channels["cntlb"], pair.secondary)
+            secondary = await digest(
+                self.w.session.channels[pair.secondary_controller or "cntlb"], pair.secondary
+            )
             if primary != secondary:
                 differ.append(f"{pair.secondary} differs from {pair.primary}")
         self.passed(not differ, f"{what}: " + "; ".join(differ), secondary=True)
@@ -405,6 +413,84 @@ async def _link_fault(it: _Iteration) -> None:
     link.heal()
     await resume(w)
     await it.identical(f"resumed after a {what}")
+
+
+async def _async_disaster(it: _Iteration) -> None:
+    """An async consistency group over three primaries: one link slow, another stalled for a
+    second (or cut: the controllers freeze the group at one T), then the whole primary site
+    lost (every controller kill -9, every link cut). The secondaries recover at the
+    consistency time C: a consistent cut at C, holding every write acknowledged before C.
+    Then the group is set up again for the next iteration."""
+    w = it.w
+    slow, faulted = it.rng.sample(range(len(w.primaries)), 2)
+    fault = it.rng.choice(("stall", "cut"))
+    for link in w.links:
+        link.delay(it.rng.uniform(0.001, 0.005))
+    w.links[slow].delay(it.rng.uniform(*SLOW_LINK_S))
+    addresses = {str(p.primary) for p in w.group.pairs}
+    async with recorded(w.primaries) as recorder, it.load() as load:
+        await load.wait(it.acks())
+        if fault == "stall":
+            w.links[faulted].stall()
+            await asyncio.sleep(STALL_S)  # the fault itself: the host goes on writing meanwhile
+        else:
+            w.links[faulted].cut()  # a replication error: the group freezes at one T
+            froze = await recorder.wait(
+                lambda events: len(_left_duplex(events, addresses)) == len(addresses),
+                timeout_s=FREEZE_WAIT_S,
+            )
+            it.passed(
+                froze, f"cut of cntla{faulted}'s link: the group did not freeze", secondary=False
+            )
+            await load.more(it.acks() // 4)  # after T: change-recorded
+        for proc in w.primaries:
+            assert proc.process is not None
+            proc.process.kill()  # the site is lost with its network: SIGKILL and the cut
+        for link in w.links:
+            link.cut()
+        for proc in w.primaries:
+            await proc.kill()
+        it.tally.faults += 1
+    it.counted(load)
+    report = succeeded(await recover(w.session, w.group), "recover")
+    cut = report.cut or {}
+    at_ns = int(cut.get("consistency_ns", 0))
+    verb = "stalled" if fault == "stall" else "cut (frozen)"
+    what = f"site lost with cntla{slow}'s link slow and cntla{faulted}'s {verb}"
+    image = await it.check(load, Image.SECONDARY, require_all_acked=False, what=what)
+    # A consistent cut AT C: every write present was issued before C, every write
+    # acknowledged before C is present (the first absent one of each chain was acked later).
+    window = image.cut_window_ns
+    at_c = window is not None and window[0] < at_ns and (window[1] is None or at_ns <= window[1])
+    it.passed(
+        at_ns > 0 and at_c,
+        f"{what}: recovered at C={at_ns}, but the image's cut window is {window}",
+        secondary=True,
+    )
+    # Back to DUPLEX for the next iteration: the lost site is replaced by new controllers
+    # (empty data folders: nothing of the old pairs comes back to race the new ones), the
+    # recovered secondaries are ended and the group is established again (a full copy).
+    for spec in w.specs:
+        shutil.rmtree(spec.data_dir)
+    for link in w.links:
+        link.heal()
+    await asyncio.gather(*(proc.start() for proc in w.primaries))
+    await _terminate_secondaries(w)
+    await establish(w)
+
+
+async def _terminate_secondaries(w: World) -> None:
+    """End every pair at its (recovered) secondary."""
+    for proc in w.secondaries:
+        name = proc.name
+        items = tuple(
+            PairItem(device=p.secondary.device_key)
+            for p in w.group.pairs
+            if p.secondary_controller == name
+        )
+        reply = await w.session.channels[name].pair_op(PairOp.TERMINATE, items)
+        if any(r.code for r in reply.results):
+            raise HarnessError(f"terminate at the secondary {name}: {reply.results}")
 
 
 async def _suspend_shadow(it: _Iteration) -> None:
@@ -740,6 +826,10 @@ _RUNS: Final[dict[str, tuple[_Campaign, Shape]]] = {
     "rolling": (
         _rolling,
         Shape(primaries=3, links=True, primary_settings=(("ack_timeout_s", ACK_TIMEOUT_S),)),
+    ),
+    "async_disaster": (
+        _async_disaster,
+        Shape(primaries=3, secondaries=2, links=True, mode=CopyMode.ASYNC),
     ),
 }
 

@@ -76,17 +76,20 @@ class World:
     session: HostSession
     group: Group
     secondary: ControllerProcess
+    """The first (often the only) secondary controller, cntlb."""
     primaries: list[ControllerProcess]
     specs: list[ControllerSpec]
     links: list[FaultLink]
     tertiaries: dict[HardwareAddress, HardwareAddress]
+    secondaries: list[ControllerProcess]
+    """Every secondary controller: cntlb, cntlb1, ... (primary i mirrors to i mod count)."""
 
     def primary_of(self, pair: GroupPair) -> ControllerProcess:
         return self.primaries[pair.primary.serial - PRIMARY_SERIAL_FIRST]
 
     async def close(self) -> None:
         await self.session.close()
-        for proc in [*self.primaries, self.secondary]:
+        for proc in [*self.primaries, *self.secondaries]:
             if proc.running:
                 await proc.kill()
         for link in self.links:
@@ -103,6 +106,12 @@ class Shape:
     primary_settings: tuple[tuple[str, object], ...] = ()
     mode: CopyMode = CopyMode.SYNC
     """The group's copy mode."""
+    secondaries: int = 1
+    """Secondary controllers (peers of each other); primary i mirrors to secondary i mod n."""
+
+
+def secondary_name(index: int) -> str:
+    return "cntlb" if index == 0 else f"cntlb{index}"
 
 
 def hardware_address(serial: int, ssid: int, lss: int, cca: int) -> HardwareAddress:
@@ -114,36 +123,57 @@ async def world(
     root: Path, shape: Shape, *, planted_bugs: tuple[str, ...] = (), planted_bug_every: int = 1
 ) -> AsyncIterator[World]:
     """Start the secondary, then the primaries at once; establish the group; stop it all."""
-    ports = [free_port() for _ in range(shape.primaries + 1)]
-    secondary_address = ("127.0.0.1", ports[-1])
-    links = [FaultLink(secondary_address) for _ in range(shape.primaries) if shape.links]
+    ports = [free_port() for _ in range(shape.primaries + shape.secondaries)]
+    secondary_ports = ports[shape.primaries :]
+    links = [
+        FaultLink(("127.0.0.1", secondary_ports[i % shape.secondaries]))
+        for i in range(shape.primaries)
+        if shape.links
+    ]
     started: list[ControllerProcess] = []
     try:
         for link in links:
             await link.start()
         count = shape.primaries * shape.volumes
-        secondary_spec = ControllerSpec(
-            name="cntlb",
-            serial=SECONDARY_SERIAL,
-            data_dir=root / "cntlb",
-            listen=f"127.0.0.1:{ports[-1]}",
-            lss={SECONDARY_LSS: SECONDARY_SSID, TERTIARY_LSS: TERTIARY_SSID},
-            volumes=[
-                VolumeSpec(lss=lss, cca=i, volser=f"{tag}{i:04X}", size_bytes=VOLUME_BYTES)
-                for lss, tag in ((SECONDARY_LSS, "SB"), (TERTIARY_LSS, "TB"))
-                for i in range(count)
-            ],
-            hosts={HOST_NAME: HOST_SECRET},
-            peers=[
-                PeerSpec(
-                    name=f"cntla{i}",
-                    serial=PRIMARY_SERIAL_FIRST + i,
-                    address=f"127.0.0.1:{ports[i]}",
-                    secret=LINK_SECRET,
-                )
-                for i in range(shape.primaries)
-            ],
-        )
+        secondary_specs = [
+            ControllerSpec(
+                name=secondary_name(k),
+                serial=SECONDARY_SERIAL + k,
+                data_dir=root / secondary_name(k),
+                listen=f"127.0.0.1:{secondary_ports[k]}",
+                lss={SECONDARY_LSS: SECONDARY_SSID, TERTIARY_LSS: TERTIARY_SSID},
+                volumes=[
+                    VolumeSpec(lss=lss, cca=i, volser=f"{tag}{k}{i:03X}", size_bytes=VOLUME_BYTES)
+                    for lss, tag in ((SECONDARY_LSS, "SB"), (TERTIARY_LSS, "TB"))
+                    for i in range(count)
+                ],
+                hosts={HOST_NAME: HOST_SECRET},
+                peers=[
+                    *(
+                        PeerSpec(
+                            name=f"cntla{i}",
+                            serial=PRIMARY_SERIAL_FIRST + i,
+                            address=f"127.0.0.1:{ports[i]}",
+                            secret=LINK_SECRET,
+                        )
+                        for i in range(shape.primaries)
+                    ),
+                    # Sibling secondaries: they tell each other how far an async group's
+                    # updates have arrived (its consistency time).
+                    *(
+                        PeerSpec(
+                            name=secondary_name(j),
+                            serial=SECONDARY_SERIAL + j,
+                            address=f"127.0.0.1:{secondary_ports[j]}",
+                            secret=LINK_SECRET,
+                        )
+                        for j in range(shape.secondaries)
+                        if j != k
+                    ),
+                ],
+            )
+            for k in range(shape.secondaries)
+        ]
         settings_toml: dict[str, object] = {"hold_s": HOLD_S}
         settings_toml.update(shape.primary_settings)
         if planted_bugs:  # TESTING ONLY
@@ -166,9 +196,11 @@ async def world(
                 hosts={HOST_NAME: HOST_SECRET},
                 peers=[
                     PeerSpec(
-                        name="cntlb",
-                        serial=SECONDARY_SERIAL,
-                        address=links[i].endpoint if links else f"127.0.0.1:{ports[-1]}",
+                        name=secondary_name(i % shape.secondaries),
+                        serial=SECONDARY_SERIAL + i % shape.secondaries,
+                        address=links[i].endpoint
+                        if links
+                        else f"127.0.0.1:{secondary_ports[i % shape.secondaries]}",
                         secret=LINK_SECRET,
                     ),
                     # Sibling primaries: the group freezes over these links by itself.
@@ -186,15 +218,18 @@ async def world(
             )
             for i in range(shape.primaries)
         ]
-        secondary = ControllerProcess(secondary_spec.write(root / "cntlb.toml"))
+        secondaries = [
+            ControllerProcess(spec.write(root / f"{spec.name}.toml")) for spec in secondary_specs
+        ]
+        secondary = secondaries[0]
         # The primaries are the fault campaigns' test subjects: planted bugs and volume_faults
         # (set at any restart) are test-only keys, accepted only with REMCOPY_TESTING=1.
         primaries = [
             ControllerProcess(s.write(root / f"{s.name}.toml"), extra_env=TESTING_ENV)
             for s in specs
         ]
-        started.append(secondary)
-        await secondary.start()
+        started.extend(secondaries)
+        await asyncio.gather(*(proc.start() for proc in secondaries))
         started.extend(primaries)
         await asyncio.gather(*(p.start() for p in primaries))
         pairs = []
@@ -208,10 +243,13 @@ async def world(
                             PRIMARY_SERIAL_FIRST + i, PRIMARY_SSID, PRIMARY_LSS, c
                         ),
                         secondary=hardware_address(
-                            SECONDARY_SERIAL, SECONDARY_SSID, SECONDARY_LSS, n
+                            SECONDARY_SERIAL + i % shape.secondaries,
+                            SECONDARY_SSID,
+                            SECONDARY_LSS,
+                            n,
                         ),
                         primary_controller=f"cntla{i}",
-                        secondary_controller="cntlb",
+                        secondary_controller=secondary_name(i % shape.secondaries),
                     )
                 )
         group = Group(
@@ -224,7 +262,7 @@ async def world(
                 "host": {"name": HOST_NAME, "secret": HOST_SECRET},
                 "controllers": [
                     *({"name": p.name, "address": p.endpoint} for p in primaries),
-                    {"name": "cntlb", "address": secondary.endpoint},
+                    *({"name": p.name, "address": p.endpoint} for p in secondaries),
                 ],
                 "paths": [
                     {
@@ -249,10 +287,11 @@ async def world(
             links=links,
             tertiaries={
                 p.secondary: hardware_address(
-                    SECONDARY_SERIAL, TERTIARY_SSID, TERTIARY_LSS, p.secondary.cca
+                    p.secondary.serial, TERTIARY_SSID, TERTIARY_LSS, p.secondary.cca
                 )
                 for p in pairs
             },
+            secondaries=secondaries,
         )
     except BaseException:
         for proc in started:
@@ -361,7 +400,8 @@ async def until_duplex(w: World, subs: dict[str, Subscription]) -> None:
 
 
 async def until_settled(w: World) -> None:
-    """Wait until every pair is DUPLEX with no marked track and no async lag, as queried.
+    """Wait until every pair is DUPLEX with no marked track and no async lag, as queried,
+    and (async consistency group) nothing waits for the consistency time at a secondary.
 
     While a pair is not DUPLEX (a resync after a restart is running), the next query waits for
     the next event line of a primary. A DUPLEX pair with bits still set or a lag is waiting for
@@ -378,9 +418,25 @@ async def until_settled(w: World) -> None:
                 duplex &= all(s.state is PairState.DUPLEX for s in statuses)
                 clean &= all(s.dirty_tracks == 0 and s.lag_bytes == 0 for s in statuses)
             if duplex and clean:
+                clean = await _applied(w)
+            if duplex and clean:
                 return
             if not duplex:
                 await next_event(subs)
+
+
+async def _applied(w: World) -> bool:
+    """An async consistency group: every secondary has written everything that arrived
+    (its consistency time passed the last update)."""
+    if w.group.options.mode is not CopyMode.ASYNC or not w.group.options.consistency_group:
+        return True
+    for proc in w.secondaries:
+        reply = await w.session.channels[proc.name].pair_op(
+            PairOp.GROUP_CUT, (), options={"group": w.group.name}
+        )
+        if reply.document.get("waiting"):
+            return False
+    return True
 
 
 async def next_event(subs: dict[str, Subscription]) -> None:
