@@ -177,6 +177,12 @@ class ControllerSection(_Strict):
     """Async consistency groups: how often a primary sends its watermark on each link that
     ships them, and a secondary moves the consistency time C and tells its sibling
     secondaries how far it has received (the RPO is about this plus the link's delay)."""
+    max_lag_s: float | None = Field(default=None, gt=0, le=3600)
+    """Async pairs: a host write to a device whose oldest unconfirmed update is older than
+    this waits up to max_lag_delay_s for the lag to fall, then is answered busy (native;
+    the host channel retries) or keeps waiting (NBD). None: the lag may grow without bound."""
+    max_lag_delay_s: float = Field(default=0.05, gt=0, le=10)
+    """How long a write over max_lag_s waits for the lag to fall before it is answered busy."""
     freeze_unreachable: Literal["go", "stop"] = "go"
     """A sibling primary not confirmed armed within hold_s: "go" releases the held writes
     (change-recorded; the group is reported not consistent), "stop" refuses them until an

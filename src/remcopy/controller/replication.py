@@ -123,6 +123,9 @@ class Replicator:
             )
         self.links: dict[int, PeerLink] = {}
         self.hold_s = controller.config.controller.hold_s
+        max_lag_s = controller.config.controller.max_lag_s
+        self.max_lag_ns = int(max_lag_s * 1e9) if max_lag_s else 0
+        self.max_lag_delay_s = controller.config.controller.max_lag_delay_s
         self._zeros: dict[int, bytes] = {}
         self.planted_bugs = frozenset(controller.config.controller.planted_bugs)
         self.planted_bug_every = controller.config.controller.planted_bug_every
@@ -157,6 +160,7 @@ class Replicator:
             "held_writes",
             "holds",
             "busy_writes",
+            "lag_busy_writes",
         ):
             self.counters.setdefault(name, 0)
         # Updates and bytes applied here, per peer controller (serial) that sent them.
@@ -560,7 +564,40 @@ class Replicator:
                     "previous write yet (semisync): retry"
                 )
             return self._semisync_after(run, grant, msg, run.last_update)
+        if pair.mode is CopyMode.ASYNC and self._over_max_lag(run):
+            return self._after_lag(run, grant, msg, busy_waits)
         return self._mirror(run, msg)
+
+    def _over_max_lag(self, run: DeviceRun) -> bool:
+        """Whether the device's oldest unconfirmed update is older than max_lag_s."""
+        if not self.max_lag_ns or not run.pending_since:
+            return False
+        return time.time_ns() - min(run.pending_since.values()) > self.max_lag_ns
+
+    async def _after_lag(
+        self, run: DeviceRun, grant: HostGrant, msg: native.WriteRequest, busy_waits: bool
+    ) -> None:
+        """A write to an async device whose lag is over max_lag_s: wait for the oldest
+        update's confirmation up to max_lag_delay_s (NBD: as long as it takes), then write
+        it by the state of then, or answer busy (nothing written; the host asks again)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_lag_delay_s
+        while self._over_max_lag(run):
+            left = deadline - loop.time()
+            if left <= 0 and not busy_waits:
+                self.counters["lag_busy_writes"] += 1
+                raise DeviceBusy(
+                    f"write to {run.device.address}: the secondary is more than "
+                    f"{self.max_lag_ns / 1e9:g} s behind (max_lag_s): retry"
+                )
+            oldest = min(run.pending_since, key=run.pending_since.__getitem__)
+            # The oldest update settles (confirmed, or failed by the link's own deadlines),
+            # or the delay ends: either way the loop looks again.
+            with contextlib.suppress(RemcopyError, TimeoutError):
+                await asyncio.wait_for(asyncio.shield(oldest), None if busy_waits else left)
+        follow = self.host_write(grant, msg, busy_waits=busy_waits)
+        if follow is not None:
+            await follow
 
     def _zero_track(self, size: int) -> bytes:
         zero = self._zeros.get(size)
