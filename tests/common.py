@@ -8,10 +8,25 @@ import sys
 from pathlib import Path
 
 from remcopy.controller.process import ControllerSpec, VolumeSpec
+from remcopy.pki import Site
 
 HOST = "hosta"
 SECRET = "s3cret-hosta-key"
 MiB = 1024 * 1024
+
+
+_SITES: list[Site] = []
+
+
+def use_site(site_: Site) -> None:
+    """conftest.py: the session's certificates (made once, issued per name on demand)."""
+    _SITES[:] = [site_]
+
+
+def site() -> Site:
+    """The session's site CA and certificates: every test controller speaks TLS by default."""
+    assert _SITES, "the session fixture did not set up the site's certificates"
+    return _SITES[0]
 
 
 def controller_spec(
@@ -37,6 +52,7 @@ def controller_spec(
             for c in range(volumes)
         ],
         hosts=hosts if hosts is not None else {HOST: SECRET},
+        site=site(),
     )
 
 

@@ -7,8 +7,15 @@ from typing import Protocol
 
 import pytest
 
-from common import HOST, SECRET, MiB, controller_spec  # noqa: F401
+from common import HOST, SECRET, MiB, controller_spec, use_site  # noqa: F401
 from remcopy.controller.process import ControllerProcess, ControllerSpec
+from remcopy.pki import Site
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _site_certificates(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """One site CA per test session; certificates are issued once per name, on demand."""
+    use_site(Site(tmp_path_factory.mktemp("pki")))
 
 
 class Start(Protocol):

@@ -21,7 +21,6 @@ from common import HOST, SECRET, controller_spec
 from helpers import RawClient
 from remcopy.controller.process import ControllerProcess
 from remcopy.errors import ProtocolError, RemcopyError, RemcopyInternalError, error_from_wire
-from remcopy.host.channel import Channel
 from remcopy.states import CopyMode
 from remcopy.wire import native
 from remcopy.wire.native import PairItem, PairOp
@@ -206,7 +205,7 @@ def _answered_as_allowed(errors: list[RemcopyError], *, authenticated: bool) -> 
 
 
 async def _still_serves(proc: ControllerProcess) -> None:
-    async with Channel(proc.address, name=HOST, secret=SECRET) as channel:
+    async with proc.channel(name=HOST, secret=SECRET) as channel:
         assert len(await channel.identify()) == 4
 
 
@@ -248,7 +247,7 @@ async def _largest_reads(proc: ControllerProcess) -> None:
     such a buffer's memory after it is freed, which is a high-water mark and not a leak, so
     the warm-up reaches it first.
     """
-    async with Channel(proc.address, name=HOST, secret=SECRET) as channel:
+    async with proc.channel(name=HOST, secret=SECRET) as channel:
         for _ in range(2):
             for identity in await channel.identify():
                 await channel.read(identity.device, 0, identity.capacity_bytes)

@@ -18,7 +18,6 @@ from remcopy.errors import (
     VersionMismatch,
     error_from_wire,
 )
-from remcopy.host.channel import Channel
 from remcopy.wire import native
 
 Start = Callable[[ControllerSpec], Awaitable[ControllerProcess]]
@@ -33,7 +32,7 @@ async def controller(start_controller: Start, tmp_path) -> ControllerProcess:
 
 
 async def _still_serves(proc: ControllerProcess) -> None:
-    async with Channel(proc.address, name=HOST, secret=SECRET) as channel:
+    async with proc.channel(name=HOST, secret=SECRET) as channel:
         assert len(await channel.identify()) == 4
 
 
@@ -45,7 +44,7 @@ def _error(msg: native.Message | None) -> Exception:
 async def test_unknown_host_is_refused_and_logged(controller: ControllerProcess):
     """A host missing from the config gets an error naming it, and a log line."""
     with pytest.raises(AuthenticationFailed, match="host 'intruder' is not in controller cntla"):
-        async with Channel(controller.address, name="intruder", secret="whatever-secret"):
+        async with controller.channel(name="intruder", secret="whatever-secret"):
             pass
     assert "refused" in controller.log_text()
     assert "'intruder' is not in controller cntla" in controller.log_text()
@@ -55,7 +54,7 @@ async def test_unknown_host_is_refused_and_logged(controller: ControllerProcess)
 async def test_wrong_secret_is_refused_by_both_ends(controller: ControllerProcess):
     """The client sees the controller cannot prove the secret; the controller logs it too."""
     with pytest.raises(AuthenticationFailed, match="wrong secret"):
-        async with Channel(controller.address, name=HOST, secret="not-the-secret"):
+        async with controller.channel(name=HOST, secret="not-the-secret"):
             pass
     # A client that ignores the server's failed proof and answers anyway is refused too.
     raw = await RawClient.open(controller.address)
@@ -116,7 +115,7 @@ async def test_nothing_is_done_before_authentication(controller: ControllerProce
     assert isinstance(err, RemoteProtocolError)
     assert "before authentication" in str(err)
     writer.close()
-    async with Channel(controller.address, name=HOST, secret=SECRET) as channel:
+    async with controller.channel(name=HOST, secret=SECRET) as channel:
         assert await channel.read(0x0A00, 0, 512) == bytes(512)
     assert "before authentication" in controller.log_text()
 
@@ -161,7 +160,7 @@ async def test_host_reaches_only_its_granted_lss(start_controller: Start, tmp_pa
     proc = ControllerProcess(config)
     await proc.start()
     try:
-        async with Channel(proc.address, name=HOST, secret=SECRET) as channel:
+        async with proc.channel(name=HOST, secret=SECRET) as channel:
             with pytest.raises(DeviceNotAllowed, match="not in the host's grant"):
                 await channel.read(0x0A00, 0, 1)
             assert await channel.identify() == ()

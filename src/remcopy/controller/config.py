@@ -30,6 +30,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from remcopy import configfile
+from remcopy.configfile import format_address
 from remcopy.controller import atrest
 from remcopy.controller.volume import (
     TRACK_SIZE_DEFAULT_BYTES,
@@ -39,6 +40,7 @@ from remcopy.controller.volume import (
 )
 from remcopy.errors import ConfigError, InvalidIdentifier
 from remcopy.ids import Volser, parse_serial
+from remcopy.tls import TlsFiles
 
 
 def _hex(digits: int, what: str) -> Any:
@@ -177,6 +179,10 @@ class ControllerSection(_Strict):
     """A sibling primary not confirmed armed within hold_s: "go" releases the held writes
     (change-recorded; the group is reported not consistent), "stop" refuses them until an
     operator acts, so nothing that depends on them can be written anywhere."""
+    auth_failures_max: int = Field(default=10, ge=1, le=1_000_000)
+    """Failed handshakes from one address within auth_failures_window_s before its
+    connections are refused until the oldest ages out."""
+    auth_failures_window_s: float = Field(default=60.0, gt=0, le=86400)
     planted_bugs: list[
         Literal[
             "mirror_late_write",
@@ -243,12 +249,32 @@ class PeerSection(_Strict):
     secret: Secret
 
 
+class TlsSection(_Strict):
+    """TLS on the controller's links (docs/security.md): paths relative to the config's folder."""
+
+    ca: Path
+    """The site CA: it signs the certificates of hosts and peers this controller accepts."""
+    cert: Path
+    """This controller's certificate (`remcopy pki issue --kind controller`)."""
+    key: Path
+    """Its private key: must be 0600."""
+
+
 class ControllerConfig(_Strict):
     controller: ControllerSection
+    tls: TlsSection | None = None
+    plain_tcp: bool = False
+    """No TLS on this controller's links: allowed only when every listen address is loopback."""
     lss: list[LssSection] = Field(min_length=1)
     volumes: list[VolumeSection] = Field(default_factory=list)
     hosts: list[HostSection] = Field(default_factory=list)
     peers: list[PeerSection] = Field(default_factory=list)
+
+    def tls_files(self) -> TlsFiles | None:
+        """The TLS files of this controller's links; None with plain_tcp."""
+        if self.plain_tcp or self.tls is None:
+            return None
+        return TlsFiles(ca=self.tls.ca, cert=self.tls.cert, key=self.tls.key)
 
     def testing(self) -> dict[str, Any]:
         """The test-only switches this config sets, by key (empty in production)."""
@@ -266,9 +292,51 @@ class ControllerConfig(_Strict):
         return path if path.is_absolute() else self.controller.data_dir / path
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a listen host is a loopback address ("localhost" counts)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _tls_checks(config: ControllerConfig, source: str) -> list[str]:
+    """TLS is required unless plain_tcp says otherwise, and plain TCP only on loopback."""
+    section = config.controller
+    if not config.plain_tcp:
+        if config.tls is None:
+            return [
+                f"{source}: tls: missing: every link is TLS (add [tls] with ca, cert and key, "
+                "made with `remcopy pki`), or set plain_tcp = true on a loopback-only controller"
+            ]
+        problems = [
+            f"{source}: tls.{key}: cannot read {path}"
+            for key, path in (
+                ("ca", config.tls.ca),
+                ("cert", config.tls.cert),
+                ("key", config.tls.key),
+            )
+            if not path.is_file()
+        ]
+        if not problems and (problem := atrest.private_problem(config.tls.key, "TLS key")):
+            problems.append(f"{source}: tls.key: {problem}")
+        return problems
+    listens = [("controller.listen", section.listen)]
+    if section.nbd_listen is not None:
+        listens.append(("controller.nbd_listen", section.nbd_listen))
+    return [
+        f"{source}: plain_tcp: refused: {key} {format_address(address)} is not a loopback "
+        "address (plain TCP only on loopback; use [tls] to listen elsewhere)"
+        for key, address in listens
+        if not is_loopback(address[0])
+    ]
+
+
 def _cross_checks(config: ControllerConfig, source: str) -> list[str]:
     """Rules that span entries; each problem names the key path and the value."""
-    problems: list[str] = []
+    problems: list[str] = _tls_checks(config, source)
     track = config.controller.track_size
     if not (TRACK_SIZE_MIN_BYTES <= track <= TRACK_SIZE_MAX_BYTES) or track & (track - 1):
         problems.append(
@@ -353,6 +421,12 @@ def load_controller_config(
     if not data_dir.is_absolute():
         section = config.controller.model_copy(update={"data_dir": path.parent / data_dir})
         config = config.model_copy(update={"controller": section})
+    if config.tls is not None:
+        tls = config.tls
+        absolute = {
+            k: path.parent / p for k, p in (("ca", tls.ca), ("cert", tls.cert), ("key", tls.key))
+        }
+        config = config.model_copy(update={"tls": tls.model_copy(update=absolute)})
     problems = _cross_checks(config, str(path))
     if problems:
         raise configfile.problems_error(str(path), problems)

@@ -475,6 +475,11 @@ class Controller:
     def flush_targets(self, host: HostGrant, keys: Iterable[int]) -> list[Volume]:
         return [self.device_for_host(host, key).volume for key in self.host_devices(host, keys)]
 
+    @property
+    def links(self) -> str:
+        """How hosts and peers reach this controller: "tls" or "plain_tcp"."""
+        return "plain_tcp" if self.config.tls_files() is None else "tls"
+
     def status(self) -> dict[str, Any]:
         by_state: dict[str, int] = {}
         for device in self.devices.values():
@@ -485,6 +490,7 @@ class Controller:
             **({"testing": testing} if testing else {}),
             "name": self.name,
             "serial": self.serial,
+            "links": self.links,
             "uptime_s": round((time.time_ns() - self.started_ns) / 1e9, 3),
             "volumes": len(self.devices),
             "states": by_state,

@@ -15,11 +15,14 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
-from remcopy.configfile import parse_address
+from remcopy import pki
+from remcopy.configfile import parse_address, read_toml
 from remcopy.controller import atrest
 from remcopy.errors import RemcopyError
+from remcopy.host.channel import Channel
+from remcopy.wire.native import PeerRole
 
 READY_TIMEOUT_S: Final = 30.0
 TESTING_ENV: Final = {"REMCOPY_TESTING": "1"}
@@ -28,6 +31,7 @@ volume_faults, identify_delay_s...; docs/security.md). Pass it only to the contr
 config sets one: `ControllerProcess(path, extra_env=TESTING_ENV)`."""
 _READY = re.compile(r"^remcopy controller (\S+) ready serial=(\d+) listen=(\S+)")
 _READY_NBD = re.compile(r" nbd=(\S+)")  # NBD export address, when nbd_listen is configured
+_READY_LINKS = re.compile(r" links=(\S+)")  # "tls" or "plain_tcp"
 
 
 @dataclass(kw_only=True)
@@ -68,9 +72,13 @@ class ControllerSpec:
     """Client networks allowed on the NBD port; None: the default (127.0.0.1 and ::1)."""
     nbd_multi_conn: bool | None = None
     """Advertise NBD multi-conn on every export; None: the config default (yes)."""
+    site: pki.Site | None = None
+    """The site whose certificate this controller presents (issued on demand): TLS on every
+    link. None: plain_tcp = true (the listen address must be loopback)."""
 
     def toml(self) -> str:
-        lines = [
+        lines = [] if self.site is not None else ["plain_tcp = true", ""]
+        lines += [
             "[controller]",
             f'name = "{self.name}"',
             f"serial = {self.serial}",
@@ -89,6 +97,15 @@ class ControllerSpec:
         if self.nbd_multi_conn is not None:
             lines.append(f"nbd_multi_conn = {'true' if self.nbd_multi_conn else 'false'}")
         lines.append("")
+        if self.site is not None:
+            files = self.site.files(self.name, "controller")
+            lines += [
+                "[tls]",
+                f"ca = {_toml_value(str(files.ca))}",
+                f"cert = {_toml_value(str(files.cert))}",
+                f"key = {_toml_value(str(files.key))}",
+                "",
+            ]
         for lss, ssid in sorted(self.lss.items()):
             lines += ["[[lss]]", f'id = "{lss:02X}"', f'ssid = "{ssid:04X}"', ""]
         for vol in self.volumes:
@@ -172,6 +189,8 @@ class ControllerProcess:
         self.address: tuple[str, int] = ("", 0)
         self.nbd_address: tuple[str, int] | None = None
         """The NBD export address from the ready line; None when NBD is not configured."""
+        self.links = ""
+        """"tls" or "plain_tcp", from the ready line."""
         self._drain: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -234,8 +253,31 @@ class ControllerProcess:
         self.address = parse_address(match.group(3))
         nbd = _READY_NBD.search(raw.decode(errors="replace"))
         self.nbd_address = parse_address(nbd.group(1)) if nbd else None
+        links = _READY_LINKS.search(raw.decode(errors="replace"))
+        self.links = links.group(1) if links else ""
         self._drain = asyncio.get_running_loop().create_task(self._drain_stdout())
         return self
+
+    def site(self) -> pki.Site | None:
+        """The site of this controller's CA (from its config's [tls]); None for plain TCP."""
+        section = read_toml(self.config_path).get("tls")
+        if self.links != "tls" or not isinstance(section, dict):
+            return None
+        return pki.Site((self.config_path.parent / str(section["ca"])).parent)
+
+    def channel(self, name: str, secret: str | bytes, **options: Any) -> Channel:
+        """A channel to this controller as host (or peer) NAME: over TLS with NAME's
+        certificate from the controller's site when the controller speaks TLS."""
+        site = self.site()
+        kind: pki.Kind = "controller" if options.get("role") is PeerRole.PEER else "host"
+        return Channel(
+            self.address,
+            name=name,
+            secret=secret,
+            tls=None if site is None else site.client(name, kind),
+            server_name=self.name,
+            **options,
+        )
 
     async def _drain_stdout(self) -> None:
         assert self.process is not None

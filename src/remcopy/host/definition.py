@@ -6,9 +6,14 @@
 # volser are learned by asking the controller (scan), never written here.
 #
 # File format (TOML), e.g. docs/hosts-and-scan.md:
+#   plain_tcp = true                      # only instead of [tls], only to loopback controllers
 #   [host]
 #   name = "hosta"
 #   secret = "s3cret-hosta-key"           # proves the host to its controllers (HMAC)
+#   [tls]                                 # the host's certificate (remcopy pki issue --name hosta)
+#   ca = "pki/ca.pem"
+#   cert = "pki/hosta.pem"
+#   key = "pki/hosta.key"                 # 0600
 #   [[controllers]]
 #   name = "cntla"
 #   address = "127.0.0.1:7401"
@@ -34,9 +39,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from remcopy import configfile
 from remcopy.configfile import format_address
-from remcopy.controller.config import Address, Cca, Lss, Secret, Ssid
+from remcopy.controller.config import Address, Cca, Lss, Secret, Ssid, TlsSection, is_loopback
 from remcopy.errors import InvalidIdentifier
 from remcopy.ids import DeviceNumber
+from remcopy.tls import TlsFiles
 
 
 def _range(value: object) -> tuple[int, int]:
@@ -76,12 +82,21 @@ class PathEntry(_Strict):
 
 class HostDefinition(_Strict):
     host: HostSection
+    tls: TlsSection | None = None
+    """The host's certificate; every controller's certificate must name that controller."""
+    plain_tcp: bool = False
+    """No TLS: only to controllers on loopback addresses that also run with plain_tcp."""
     controllers: list[ControllerEntry] = Field(min_length=1)
     paths: list[PathEntry] = Field(min_length=1)
 
     @property
     def name(self) -> str:
         return self.host.name
+
+    def tls_files(self) -> TlsFiles | None:
+        if self.plain_tcp or self.tls is None:
+            return None
+        return TlsFiles(ca=self.tls.ca, cert=self.tls.cert, key=self.tls.key)
 
     def controller(self, name: str) -> ControllerEntry:
         for entry in self.controllers:
@@ -108,7 +123,15 @@ class HostDefinition(_Strict):
 
     def to_document(self) -> dict[str, Any]:
         """The definition as the file spells it (JSON-able), so it parses back the same."""
+        links: dict[str, Any] = (
+            {"plain_tcp": True}
+            if self.plain_tcp
+            else {"tls": {k: str(v) for k, v in self.tls.model_dump().items()}}
+            if self.tls is not None
+            else {}
+        )
         return {
+            **links,
             "host": {"name": self.host.name, "secret": self.host.secret},
             "controllers": [
                 {"name": c.name, "address": format_address(c.address), "timeout_s": c.timeout_s}
@@ -149,8 +172,24 @@ class HostDevice:
         return f"{self.number:04X}"
 
 
+def _link_checks(definition: HostDefinition, source: str) -> list[str]:
+    if not definition.plain_tcp:
+        if definition.tls is None:
+            return [
+                f"{source}: tls: missing: every link is TLS (add [tls] with ca, cert and key, "
+                "made with `remcopy pki`), or set plain_tcp = true for loopback controllers"
+            ]
+        return []
+    return [
+        f"{source}: plain_tcp: refused: controllers[{i}].address {format_address(c.address)} "
+        "is not a loopback address (plain TCP only on loopback)"
+        for i, c in enumerate(definition.controllers)
+        if not is_loopback(c.address[0])
+    ]
+
+
 def _cross_checks(definition: HostDefinition, source: str) -> list[str]:
-    problems = []
+    problems = _link_checks(definition, source)
     names: dict[str, int] = {}
     for i, entry in enumerate(definition.controllers):
         if entry.name in names:
@@ -203,4 +242,11 @@ def parse_host_definition(data: dict[str, Any], *, source: str) -> HostDefinitio
 
 
 def load_host_definition(path: Path) -> HostDefinition:
-    return parse_host_definition(configfile.read_toml(path), source=str(path))
+    """Read a host file; relative [tls] paths are taken from the file's folder."""
+    data = configfile.read_toml(path)
+    section = data.get("tls")
+    if isinstance(section, dict):
+        data["tls"] = {
+            k: str(path.parent / v) if isinstance(v, str) else v for k, v in section.items()
+        }
+    return parse_host_definition(data, source=str(path))
