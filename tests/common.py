@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from remcopy.controller.process import ControllerSpec, VolumeSpec
+from remcopy.controller.process import ControllerProcess, ControllerSpec, VolumeSpec
 from remcopy.pki import Site
 
 HOST = "hosta"
@@ -54,6 +54,28 @@ def controller_spec(
         hosts=hosts if hosts is not None else {HOST: SECRET},
         site=site(),
     )
+
+
+def status_args(proc: ControllerProcess, folder: Path, *, secret: str = SECRET) -> list[str]:
+    """`remcopy controller status` arguments for host HOST at `proc`: its secret in a 0600
+    file, TLS with the session site's certificate when the controller speaks TLS."""
+    secret_file = folder / f"{HOST}-{len(secret)}.secret"
+    secret_file.write_text(secret)
+    secret_file.chmod(0o600)
+    args = [
+        "controller",
+        "status",
+        proc.endpoint,
+        "--name",
+        HOST,
+        "--secret-file",
+        str(secret_file),
+    ]
+    site_ = proc.site()
+    if site_ is not None:
+        site_.files(HOST, "host")
+        args += ["--pki", str(site_.folder), "--controller", proc.name]
+    return args
 
 
 def run_remcopy(

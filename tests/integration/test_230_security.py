@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from common import HOST, SECRET, controller_spec
+from common import HOST, SECRET, controller_spec, status_args
 from helpers import RawClient
 from remcopy.catalog import Catalog
 from remcopy.controller import statefile
@@ -121,7 +121,7 @@ async def test_a_controller_with_REMCOPY_TESTING_starts_and_status_shows_the_swi
 
     async with proc.channel(name=HOST, secret=SECRET) as channel:
         status = await channel.status()
-    human = _remcopy("controller", "status", proc.endpoint, "--name", HOST, "--secret", SECRET)
+    human = _remcopy(*status_args(proc, tmp_path))
 
     assert status["testing"] == {
         "planted_bugs": ["no_hold"],
@@ -144,7 +144,7 @@ async def test_a_production_controller_status_has_no_testing_section(
 
     async with proc.channel(name=HOST, secret=SECRET) as channel:
         status = await channel.status()
-    human = _remcopy("controller", "status", proc.endpoint, "--name", HOST, "--secret", SECRET)
+    human = _remcopy(*status_args(proc, tmp_path))
 
     assert "testing" not in status
     assert human.returncode == 0, human.stderr
@@ -327,7 +327,7 @@ async def test_a_name_in_hello_cannot_forge_a_log_line(
 ) -> None:
     """A HELLO name with a newline or control characters is logged escaped, on one line."""
     proc = await start_controller(controller_spec(tmp_path, "cntla", 64015))
-    client = await RawClient.open(proc.address)
+    client = await RawClient.to(proc, HOST)
     try:
         reply = await client.hello(name)
         assert isinstance(reply, native.ErrorReply)

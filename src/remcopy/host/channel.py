@@ -198,7 +198,7 @@ class Channel:
                 else ""
             )
             raise BrokenResourceError(
-                f"controller at {self._where()} closed the connection during the handshake{hint}"
+                f"{self._where()} closed the connection during the handshake{hint}"
             ) from exc
         except ssl.SSLError as exc:  # the controller refused our certificate (TLS alert)
             raise AuthenticationFailed(
