@@ -56,6 +56,17 @@ def controller_spec(
     )
 
 
+def host_tls(name: str = HOST) -> dict[str, str]:
+    """The [tls] table of host NAME's definition: the session site's certificate."""
+    files = site().files(name, "host")
+    return {"ca": str(files.ca), "cert": str(files.cert), "key": str(files.key)}
+
+
+def host_tls_toml(name: str = HOST) -> str:
+    """host_tls as TOML lines, to put at the top of a host file."""
+    return "[tls]\n" + "".join(f'{k} = "{v}"\n' for k, v in host_tls(name).items()) + "\n"
+
+
 def status_args(proc: ControllerProcess, folder: Path, *, secret: str = SECRET) -> list[str]:
     """`remcopy controller status` arguments for host HOST at `proc`: its secret in a 0600
     file, TLS with the session site's certificate when the controller speaks TLS."""

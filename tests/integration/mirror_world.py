@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import HOST, SECRET, MiB, site
+from common import HOST, SECRET, MiB, host_tls_toml, site
 from remcopy.controller.process import (
     TESTING_ENV,
     ControllerProcess,
@@ -298,7 +298,7 @@ def host_file(root: Path, world: World) -> Path:
     """Host `hosta`: both primaries online (1A00-1A03, 1B00-1B03), the secondary offline."""
     p0, p1 = world.primaries
     path = root / "hosta.toml"
-    path.write_text(f"""
+    path.write_text(f"""{host_tls_toml(HOST)}
 [host]
 name = "{HOST}"
 secret = "{SECRET}"
