@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from remcopy import pki
 from remcopy.controller.process import (
     ControllerSpec,
     PeerSpec,
@@ -64,6 +65,11 @@ class DemoWorld:
         return self.root / "hosts" / f"{name}.toml"
 
     @property
+    def pki(self) -> pki.Site:
+        """The demo site's CA and certificates (made on first use): TLS on every link."""
+        return pki.Site(self.root / "pki")
+
+    @property
     def group_file(self) -> Path:
         return self.root / "groups" / "drill.toml"
 
@@ -103,6 +109,7 @@ def _volumes(site: Site, lss_base: int, prefix: str) -> list[VolumeSpec]:
 def controller_specs(world: DemoWorld, link_endpoints: list[str]) -> list[ControllerSpec]:
     """Primary specs (peer address = the link proxy) and secondary specs."""
     specs = []
+    site_pki = world.pki
     for site in world.sites:
         i = site.index
         lss_count = len(site.lss_chunks)
@@ -115,6 +122,7 @@ def controller_specs(world: DemoWorld, link_endpoints: list[str]) -> list[Contro
                 lss={0x0A + n: 0x1A00 + n for n in range(lss_count)},
                 volumes=_volumes(site, 0x0A, "P"),
                 hosts=dict(HOSTS),
+                site=site_pki,
                 peers=[
                     PeerSpec(
                         name=f"cntlb{i}",
@@ -148,6 +156,7 @@ def controller_specs(world: DemoWorld, link_endpoints: list[str]) -> list[Contro
                 },
                 volumes=_volumes(site, 0x20, "S") + _volumes(site, 0x40, "T"),
                 hosts=dict(HOSTS),
+                site=site_pki,
                 peers=[
                     PeerSpec(
                         name=f"cntla{i}",
@@ -189,8 +198,20 @@ def _paths(
 
 def host_files(world: DemoWorld) -> dict[str, str]:
     out = {}
+    site_pki = world.pki
     for name, secret in HOSTS.items():
-        lines = ["[host]", f'name = "{name}"', f'secret = "{secret}"', ""]
+        files = site_pki.files(name, "host")
+        lines = [
+            "[tls]",
+            f'ca = "{files.ca}"',
+            f'cert = "{files.cert}"',
+            f'key = "{files.key}"',
+            "",
+            "[host]",
+            f'name = "{name}"',
+            f'secret = "{secret}"',
+            "",
+        ]
         for i in range(world.primaries):
             lines += [
                 "[[controllers]]",
