@@ -381,7 +381,7 @@ def _tls_config(tmp_path: Path, *, key_mode: int = 0o600, listen: str = "127.0.0
     files.key.chmod(key_mode)
     return GOOD.replace("plain_tcp = true\n", "").replace(
         'listen = "127.0.0.1:7401"', f'listen = "{listen}"'
-    ) + (f'\n[tls]\nca = "pki/ca.pem"\ncert = "pki/cntl1.pem"\nkey = "pki/cntl1.key"\n')
+    ) + ('\n[tls]\nca = "pki/ca.pem"\ncert = "pki/cntl1.pem"\nkey = "pki/cntl1.key"\n')
 
 
 def test_tls_paths_are_taken_from_the_config_folder(tmp_path: Path) -> None:

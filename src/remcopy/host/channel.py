@@ -151,6 +151,10 @@ class Channel:
                 f"TLS handshake with controller {self.server_name} at {self._where()} failed: "
                 f"{tls_reason(exc)}"
             ) from None
+        except ConnectionResetError as exc:
+            if self.tls is None:
+                raise
+            raise self._tls_refused(tls_reason(exc)) from None
         try:
             # The client proves first (wire/auth.py): HELLO, CHALLENGE, PROOF, then WELCOME
             # with the controller's proof, checked here.
@@ -192,22 +196,29 @@ class Channel:
         try:
             reply = await protocol.receive()
         except BrokenResourceError as exc:
-            hint = (
-                " (a TLS controller closes a plain-TCP client at once: give the host its [tls])"
-                if self.tls is None
-                else ""
-            )
+            if self.tls is not None:
+                raise self._tls_refused(str(exc.__cause__ or exc)) from exc
             raise BrokenResourceError(
-                f"{self._where()} closed the connection during the handshake{hint}"
+                f"{self._where()} closed the connection during the handshake (a TLS "
+                "controller closes a plain-TCP client at once: give the host its [tls])"
             ) from exc
-        except ssl.SSLError as exc:  # the controller refused our certificate (TLS alert)
-            raise AuthenticationFailed(
-                f"controller {self.server_name} at {self._where()} refused this TLS client: "
-                f"{tls_reason(exc)}"
-            ) from None
+        except (ssl.SSLError, ConnectionResetError) as exc:
+            if self.tls is None:
+                raise
+            # The controller refused our certificate: a TLS alert, or a reset.
+            raise self._tls_refused(tls_reason(exc)) from None
         if isinstance(reply, native.ErrorReply):
             raise error_from_wire(reply.code, reply.message)
         return reply
+
+    def _tls_refused(self, reason: str) -> AuthenticationFailed:
+        """TLS 1.3 ends the client's handshake before the controller checked its certificate:
+        a refusal shows as a close (or an alert) at the first reply."""
+        return AuthenticationFailed(
+            f"controller {self.server_name} at {self._where()} did not accept this TLS client "
+            f"({reason}): its certificate is expired, from another CA or missing, or this "
+            "address failed too many handshakes; the controller's log says which"
+        )
 
     async def close(self) -> None:
         self._closed = True
