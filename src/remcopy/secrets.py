@@ -56,3 +56,32 @@ def read(path: Path) -> str:
     if problem is not None:
         raise ConfigError(problem, problems=[problem])
     return check_text(path.read_text(encoding="utf-8"), str(path))
+
+
+def resolve_files(entries: object, base: Path, where: str) -> list[str]:
+    """For each TOML table in `entries` with `secret_file` (relative to `base`), read the file
+    into `secret` (in place) and make the path absolute; one problem per bad entry."""
+    problems: list[str] = []
+    if not isinstance(entries, list):
+        return problems
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "secret_file" not in entry:
+            continue
+        key = f"{where}[{i}]" if where else ""
+        prefix = f"{key}." if key else ""
+        if "secret" in entry:
+            problems.append(f"{prefix}secret_file: give secret_file or secret, not both")
+            continue
+        value = entry["secret_file"]
+        if not isinstance(value, str):
+            problems.append(f"{prefix}secret_file: expected a path (got {value!r})")
+            continue
+        path = base / value
+        entry["secret_file"] = str(path)
+        try:
+            entry["secret"] = read(path)
+        except ConfigError as exc:
+            problems.append(f"{prefix}secret_file: {exc}")
+        except OSError as exc:
+            problems.append(f"{prefix}secret_file: cannot read {path}: {exc.strerror}")
+    return problems

@@ -29,7 +29,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from remcopy import configfile
+from remcopy import configfile, secrets
 from remcopy.configfile import format_address
 from remcopy.controller import atrest
 from remcopy.controller.volume import (
@@ -238,6 +238,8 @@ class VolumeSection(_Strict):
 class HostSection(_Strict):
     name: str = Field(min_length=1, max_length=64)
     secret: Secret
+    """The host's secret: read from secret_file (0600) when the config names one."""
+    secret_file: Path | None = None
     lss: list[Lss] | None = None
     """The LSSs this host may reach; absent means every device of the controller."""
 
@@ -247,6 +249,8 @@ class PeerSection(_Strict):
     serial: Serial
     address: Address
     secret: Secret
+    """The link's secret: read from secret_file (0600) when the config names one."""
+    secret_file: Path | None = None
 
 
 class TlsSection(_Strict):
@@ -407,6 +411,11 @@ def load_controller_config(
     data = configfile.read_toml(path)
     refused = _testing_refused(data, str(path), os.environ if environ is None else environ)
     refused += atrest.config_exposure(path, data)
+    for entries in ("hosts", "peers"):
+        refused += [
+            f"{path}: {problem}"
+            for problem in secrets.resolve_files(data.get(entries), path.parent, entries)
+        ]
     if refused:
         # Validate the rest without the refused keys: every problem is named at once, and a
         # refused volume_faults is never armed.

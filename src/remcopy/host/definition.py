@@ -37,7 +37,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from remcopy import configfile
+from remcopy import configfile, secrets
 from remcopy.configfile import format_address
 from remcopy.controller.config import Address, Cca, Lss, Secret, Ssid, TlsSection, is_loopback
 from remcopy.errors import InvalidIdentifier
@@ -63,6 +63,8 @@ class _Strict(BaseModel):
 class HostSection(_Strict):
     name: str = Field(min_length=1, max_length=64)
     secret: Secret
+    """Read from secret_file (0600) when the file names one."""
+    secret_file: Path | None = None
 
 
 class ControllerEntry(_Strict):
@@ -132,7 +134,13 @@ class HostDefinition(_Strict):
         )
         return {
             **links,
-            "host": {"name": self.host.name, "secret": self.host.secret},
+            # A secret kept in a file is stored by its path, never by its value.
+            "host": {"name": self.host.name}
+            | (
+                {"secret_file": str(self.host.secret_file)}
+                if self.host.secret_file is not None
+                else {"secret": self.host.secret}
+            ),
             "controllers": [
                 {"name": c.name, "address": format_address(c.address), "timeout_s": c.timeout_s}
                 for c in self.controllers
@@ -233,7 +241,14 @@ def _cross_checks(definition: HostDefinition, source: str) -> list[str]:
     return problems
 
 
-def parse_host_definition(data: dict[str, Any], *, source: str) -> HostDefinition:
+def parse_host_definition(
+    data: dict[str, Any], *, source: str, base: Path | None = None
+) -> HostDefinition:
+    """Check a host definition; a [host] secret_file is read (relative to `base`)."""
+    host = data.get("host")
+    problems = secrets.resolve_files([host] if isinstance(host, dict) else None, base or Path(), "")
+    if problems:
+        raise configfile.problems_error(source, [f"{source}: host.{p}" for p in problems])
     definition = configfile.validate(HostDefinition, data, source=source)
     problems = _cross_checks(definition, source)
     if problems:
@@ -249,4 +264,4 @@ def load_host_definition(path: Path) -> HostDefinition:
         data["tls"] = {
             k: str(path.parent / v) if isinstance(v, str) else v for k, v in section.items()
         }
-    return parse_host_definition(data, source=str(path))
+    return parse_host_definition(data, source=str(path), base=path.parent)
