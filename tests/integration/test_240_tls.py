@@ -262,6 +262,16 @@ async def _challenge_bytes(proc: ControllerProcess, name: str) -> tuple[bytes, R
     return data, raw
 
 
+def _transcript(raw: RawClient, challenge: native.Challenge) -> auth.Transcript:
+    return auth.Transcript(
+        role=int(PeerRole.HOST),
+        client=HOST,
+        server="cntla",
+        client_nonce=raw.nonce,
+        server_nonce=challenge.nonce,
+    )
+
+
 @pytest.mark.parametrize("links", ["tls", "plain_tcp"])
 async def test_no_byte_derived_from_a_secret_leaves_before_the_clients_proof(
     start_controller: Start, tmp_path, links
@@ -286,13 +296,7 @@ async def test_no_byte_derived_from_a_secret_leaves_before_the_clients_proof(
     # Everything but the nonce is the same whatever the secret: nothing came from it.
     assert challenges[0][0] == challenges[1][0]
     for shape, challenge, raw, secret in challenges:
-        transcript = auth.Transcript(
-            role=int(PeerRole.HOST),
-            client=HOST,
-            server="cntla",
-            client_nonce=raw.nonce,
-            server_nonce=challenge.nonce,
-        )
+        transcript = _transcript(raw, challenge)
         assert auth.server_proof(secret.encode(), transcript) not in shape + challenge.nonce
     # A wrong proof: an error frame, no proof of the controller.
     shape, challenge, raw, secret = challenges[0]
@@ -304,14 +308,8 @@ async def test_no_byte_derived_from_a_secret_leaves_before_the_clients_proof(
     shape, challenge, raw, secret = challenges[1]
     welcome = await raw.prove(secret.encode(), challenge)
     assert isinstance(welcome, native.Welcome)
-    transcript = auth.Transcript(
-        role=int(PeerRole.HOST),
-        client=HOST,
-        server="cntla",
-        client_nonce=raw.nonce,
-        server_nonce=challenge.nonce,
-    )
-    assert auth.proofs_equal(welcome.proof, auth.server_proof(secret.encode(), transcript))
+    proof = auth.server_proof(secret.encode(), _transcript(raw, challenge))
+    assert auth.proofs_equal(welcome.proof, proof)
     await raw.close()
 
 
