@@ -217,6 +217,7 @@ async def test_tls_to_a_plain_listener_is_refused(start_controller: Start, tmp_p
     await _served(proc)
     refused = [line for line in proc.log_text().splitlines() if "refused" in line]
     assert len(refused) == 1, refused
+    assert "a TLS client hello: this controller runs with plain_tcp" in refused[0]
 
 
 @pytest.mark.parametrize(

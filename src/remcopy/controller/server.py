@@ -116,6 +116,8 @@ class _Link(asyncio.BufferedProtocol):
         self.cert: tls.CertIdentity | None = None  # the verified client certificate (TLS)
         self.address = "?"  # the client's IP address (failed handshakes are counted by it)
         self.secure = False  # over TLS
+        self._first_read: memoryview | None = None
+        self.tls_hello: bool | None = None  # the first bytes were a TLS client hello
         self.transport: asyncio.Transport | None = None
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._tasks: asyncio.TaskGroup | None = None
@@ -155,11 +157,19 @@ class _Link(asyncio.BufferedProtocol):
             if self._scratch is None:
                 self._scratch = memoryview(bytearray(4096))
             return self._scratch
-        return self.codec.get_buffer(sizehint)
+        view = self.codec.get_buffer(sizehint)
+        if self.tls_hello is None and not self.secure:
+            self._first_read = view  # looked at once, then dropped (the codec may resize)
+        return view
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._reading_stopped:
             return
+        first, self._first_read = self._first_read, None
+        if first is not None and self.tls_hello is None:
+            # A TLS record of type handshake (0x16, then version 3.x) where a plain frame's
+            # length should be: a TLS client at a plain_tcp controller; the refusal says so.
+            self.tls_hello = nbytes >= 2 and first[0] == 0x16 and first[1] == 0x03
         self.codec.buffer_updated(nbytes)
         self.process()
 
@@ -609,7 +619,10 @@ class ControllerServer:
         self.controller.counters["auth_refused"] += isinstance(exc, AuthenticationFailed)
         if link.grant is None:
             self.limiter.failed(link.address)
-        log.warning("refused %s (%s): %s", link.peer, link.client, escape_name(str(exc)))
+        hint = (
+            " (a TLS client hello: this controller runs with plain_tcp)" if link.tls_hello else ""
+        )
+        log.warning("refused %s (%s): %s%s", link.peer, link.client, escape_name(str(exc)), hint)
         with contextlib.suppress(Exception):
             link.send(native.ErrorReply(code=exc.code, message=told or str(exc)))
         link.end()
