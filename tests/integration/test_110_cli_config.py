@@ -280,7 +280,7 @@ def test_controller_check_invalid_toml(tmp_path: Path) -> None:
     assert result.returncode == 2
     stderr = _flat(result.stderr)
     assert f"error: {CONFIG_NAME}: not valid TOML: " in stderr
-    assert "line 3" in stderr
+    assert "line 5" in stderr
     assert "Traceback" not in result.stderr
 
 

@@ -89,7 +89,12 @@ def issue(
 @click.argument("cert", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 def show(cert: Path, as_json: bool) -> None:
-    """Show a certificate's name, kind, issuer and validity."""
+    """Show a certificate's name, kind, issuer and validity.
+
+    \b
+    Example:
+      remcopy pki show site-pki/hosta.pem
+    """
     info = pki.describe(cert)
     if as_json:
         emit_json({"schema": 1, **info})
