@@ -17,6 +17,7 @@ from remcopy import pki, tls
 from remcopy.controller.process import ControllerProcess, ControllerSpec, PeerSpec
 from remcopy.errors import AuthenticationFailed, BrokenResourceError, RemcopyError
 from remcopy.host.channel import Channel
+from remcopy.states import CopyMode
 from remcopy.wire import auth, native
 from remcopy.wire.native import PeerRole
 
@@ -354,3 +355,67 @@ async def test_failed_handshakes_are_limited_per_address(start_controller: Start
     log = proc.log_text()
     assert log.count("refusing connections from 127.0.0.1") == 1, log
     assert log.count("wrong secret") == 3
+
+
+# Peer links between real controllers...
+
+
+@pytest.mark.parametrize("bad", ["expired", "other-ca", "host-kind"])
+async def test_a_primary_whose_certificate_is_refused_cannot_mirror(
+    start_controller: Start, tmp_path: Path, bad: str
+):
+    """A primary controller dials its peer with a certificate the peer refuses (expired,
+    another CA's, a host's): the establish fails naming the link, the secondary logs the
+    refusal once, nothing is paired there, and it serves the next legitimate client."""
+    secondary = controller_spec(tmp_path, "cntlb", 64016, lss=0x20, ssid=0x2B00, prefix="SB")
+    primary = controller_spec(tmp_path, "cntla", 64015)
+    secondary.peers.append(
+        PeerSpec(name="cntla", serial=64015, address="127.0.0.1:9", secret=PEER_SECRET)
+    )
+    sec = await start_controller(secondary)
+    primary.peers.append(
+        PeerSpec(name="cntlb", serial=64016, address=sec.endpoint, secret=PEER_SECRET)
+    )
+    config = primary.write(tmp_path / "cntla.toml")
+    files = {
+        "expired": lambda: _expired(tmp_path, "cntla", "controller"),
+        "other-ca": lambda: _other_ca(tmp_path, "cntla", "controller"),
+        "host-kind": lambda: _kind_swapped(tmp_path, "cntla", "host"),
+    }[bad]()
+    good = site().files("cntla", "controller")
+    text = config.read_text()
+    text = text.replace(str(good.cert), str(files.cert)).replace(str(good.key), str(files.key))
+    config.write_text(text)
+    prim = await ControllerProcess(config).start()
+    try:
+        # The test's host does not check the primary's (bad) certificate, to reach it at all.
+        unchecked = _context(site().files(HOST, "host"))
+        unchecked.check_hostname = False
+        unchecked.verify_mode = ssl.CERT_NONE
+        host = Channel(prim.address, name=HOST, secret=SECRET, tls=unchecked, server_name="x")
+        async with host as channel:
+            item = native.PairItem(
+                device=0x0A00,
+                peer_serial=64016,
+                peer_device=0x2000,
+                mode=CopyMode.SYNC,
+            )
+            reply = await channel.pair_op(native.PairOp.ESTABLISH, (item,))
+        [result] = reply.results
+        assert result.code != 0
+        assert "cntlb" in result.message
+    finally:
+        await prim.kill()
+    async with sec.channel(name=HOST, secret=SECRET) as channel:  # the next one is served
+        [status] = await channel.query((0x2000,))
+        assert status.state.name == "SIMPLEX"
+    log = sec.log_text()
+    refused = [line for line in log.splitlines() if "refused" in line]
+    assert refused, log
+    expected = {
+        "expired": "certificate has expired",
+        "other-ca": "unable to get local issuer certificate",
+        "host-kind": "certificate names host 'cntla', not controller 'cntla'",
+    }[bad]
+    assert expected in refused[0]
+    assert "authenticated peer" not in log

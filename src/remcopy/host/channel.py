@@ -208,7 +208,11 @@ class Channel:
             # The controller refused our certificate: a TLS alert, or a reset.
             raise self._tls_refused(tls_reason(exc)) from None
         if isinstance(reply, native.ErrorReply):
-            raise error_from_wire(reply.code, reply.message)
+            error = error_from_wire(reply.code, reply.message)
+            if isinstance(error, AuthenticationFailed):  # say which controller refused
+                name = f"controller {self.server_name}" if self.server_name else self._where()
+                raise AuthenticationFailed(f"{name}: {reply.message}")
+            raise error
         return reply
 
     def _tls_refused(self, reason: str) -> AuthenticationFailed:
