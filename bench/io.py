@@ -213,9 +213,9 @@ def _ready_codecs() -> tuple[native.Connection, native.Connection]:
     proof = bytes(auth.PROOF_SIZE_BYTES)
     exchanges: list[tuple[native.Connection, native.Connection, native.Message]] = [
         (client, server, native.Hello(name=HOST, nonce=nonce)),
-        (server, client, native.Challenge(name="bench", nonce=nonce, proof=proof)),
+        (server, client, native.Challenge(name="bench", nonce=nonce)),
         (client, server, native.Proof(proof=proof)),
-        (server, client, native.Welcome(serial=1, name="bench")),
+        (server, client, native.Welcome(serial=1, name="bench", proof=proof)),
     ]
     for sender, receiver, msg in exchanges:
         receiver.receive_data(sender.send(msg))
