@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from remcopy import aio, secrets, tls
+from remcopy import aio, secretfiles, tls
 from remcopy.cli.output import emit_json, say, table
 from remcopy.configfile import format_address, parse_address
 from remcopy.errors import InputError
@@ -255,14 +255,14 @@ def status(
 def _host_secret(secret_file: Path | None) -> str:
     """The host's secret: from a private file, or from the environment (never argv)."""
     if secret_file is not None:
-        return secrets.read(secret_file)
-    value = os.environ.get(secrets.SECRET_ENV_VAR)
+        return secretfiles.read(secret_file)
+    value = os.environ.get(secretfiles.SECRET_ENV_VAR)
     if value is None:
         raise InputError(
             f"--secret-file: missing: give the host's secret file (0600), or the secret in "
-            f"the environment variable {secrets.SECRET_ENV_VAR}"
+            f"the environment variable {secretfiles.SECRET_ENV_VAR}"
         )
-    return secrets.check_text(value, secrets.SECRET_ENV_VAR)
+    return secretfiles.check_text(value, secretfiles.SECRET_ENV_VAR)
 
 
 def _size(n: int) -> str:

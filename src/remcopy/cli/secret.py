@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from remcopy import secrets
+from remcopy import secretfiles
 from remcopy.cli.output import emit_json, say
 
 
@@ -30,8 +30,8 @@ def new(out: Path, force: bool, as_json: bool) -> None:
     Example:
       remcopy secret new --out site-a/hosta.secret
     """
-    path = secrets.new(out, force=force)
+    path = secretfiles.new(out, force=force)
     if as_json:
-        emit_json({"schema": 1, "file": str(path), "bits": secrets.SECRET_BYTES * 8})
+        emit_json({"schema": 1, "file": str(path), "bits": secretfiles.SECRET_BYTES * 8})
         return
-    say(f"secret {path} ({secrets.SECRET_BYTES * 8} random bits, mode 0600)")
+    say(f"secret {path} ({secretfiles.SECRET_BYTES * 8} random bits, mode 0600)")

@@ -29,7 +29,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from remcopy import configfile, secrets
+from remcopy import configfile, secretfiles
 from remcopy.configfile import format_address
 from remcopy.controller import atrest
 from remcopy.controller.volume import (
@@ -414,7 +414,7 @@ def load_controller_config(
     for entries in ("hosts", "peers"):
         refused += [
             f"{path}: {problem}"
-            for problem in secrets.resolve_files(data.get(entries), path.parent, entries)
+            for problem in secretfiles.resolve_files(data.get(entries), path.parent, entries)
         ]
     if refused:
         # Validate the rest without the refused keys: every problem is named at once, and a

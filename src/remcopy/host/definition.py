@@ -37,7 +37,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from remcopy import configfile, secrets
+from remcopy import configfile, secretfiles
 from remcopy.configfile import format_address
 from remcopy.controller.config import Address, Cca, Lss, Secret, Ssid, TlsSection, is_loopback
 from remcopy.errors import InvalidIdentifier
@@ -246,7 +246,9 @@ def parse_host_definition(
 ) -> HostDefinition:
     """Check a host definition; a [host] secret_file is read (relative to `base`)."""
     host = data.get("host")
-    problems = secrets.resolve_files([host] if isinstance(host, dict) else None, base or Path(), "")
+    problems = secretfiles.resolve_files(
+        [host] if isinstance(host, dict) else None, base or Path(), ""
+    )
     if problems:
         raise configfile.problems_error(source, [f"{source}: host.{p}" for p in problems])
     definition = configfile.validate(HostDefinition, data, source=source)
