@@ -154,3 +154,25 @@ def test_secret_and_secret_file_together_are_refused(tmp_path: Path):
     config.write_text(config.read_text() + 'secret = "inline-secret-16-chars"\n')
     run = run_remcopy("controller", "check", str(config), catalog=tmp_path / "x.db", code=2)
     assert "give secret_file or secret, not both" in run.stderr
+
+
+def test_a_host_definition_whose_tls_key_others_can_read_is_refused(tmp_path: Path):
+    """`host add` checks the host's key like a controller's: exit 2, nothing stored."""
+    pki_dir = tmp_path / "pki"
+    catalog = tmp_path / "catalog.db"
+    run_remcopy("pki", "init", "--dir", str(pki_dir), catalog=catalog)
+    run_remcopy("pki", "issue", "--dir", str(pki_dir), "--name", HOST, catalog=catalog)
+    (pki_dir / f"{HOST}.key").chmod(0o640)
+    definition = tmp_path / "hosta.toml"
+    definition.write_text(
+        f'[tls]\nca = "pki/ca.pem"\ncert = "pki/{HOST}.pem"\nkey = "pki/{HOST}.key"\n\n'
+        f'[host]\nname = "{HOST}"\nsecret = "s3cret-hosta-key"\n\n'
+        '[[controllers]]\nname = "cntla"\naddress = "127.0.0.1:7401"\n\n'
+        '[[paths]]\ndevices = "1A00-1A03"\ncontroller = "cntla"\nssid = "1A00"\nlss = "0A"\n'
+        'cca = "00"\n'
+    )
+    definition.chmod(0o600)
+    run = run_remcopy("host", "add", str(definition), catalog=catalog, code=2)
+    assert "tls.key" in run.stderr and "(mode 0640, expected 0600)" in run.stderr
+    listed = run_remcopy("host", "list", "--json", catalog=catalog)  # nothing stored
+    assert HOST not in listed.stdout

@@ -39,6 +39,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from remcopy import configfile, secretfiles
 from remcopy.configfile import format_address
+from remcopy.controller import atrest
 from remcopy.controller.config import Address, Cca, Lss, Secret, Ssid, TlsSection, is_loopback
 from remcopy.errors import InvalidIdentifier
 from remcopy.ids import DeviceNumber
@@ -187,7 +188,8 @@ def _link_checks(definition: HostDefinition, source: str) -> list[str]:
                 f"{source}: tls: missing: every link is TLS (add [tls] with ca, cert and key, "
                 "made with `remcopy pki`), or set plain_tcp = true for loopback controllers"
             ]
-        return []
+        problem = atrest.private_problem(definition.tls.key, "TLS key")
+        return [f"{source}: tls.key: {problem}"] if problem else []
     return [
         f"{source}: plain_tcp: refused: controllers[{i}].address {format_address(c.address)} "
         "is not a loopback address (plain TCP only on loopback)"
