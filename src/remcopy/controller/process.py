@@ -72,6 +72,8 @@ class ControllerSpec:
     """Client networks allowed on the NBD port; None: the default (127.0.0.1 and ::1)."""
     nbd_multi_conn: bool | None = None
     """Advertise NBD multi-conn on every export; None: the config default (yes)."""
+    secret_folder: Path | None = None
+    """Write each secret to a 0600 file here and name it by `secret_file`; None: inline."""
     site: pki.Site | None = None
     """The site whose certificate this controller presents (issued on demand): TLS on every
     link. None: plain_tcp = true (the listen address must be loopback)."""
@@ -118,20 +120,34 @@ class ControllerSpec:
                 "",
             ]
         for name, secret in sorted(self.hosts.items()):
-            lines += ["[[hosts]]", f'name = "{name}"', f'secret = "{secret}"', ""]
+            lines += [
+                "[[hosts]]",
+                f'name = "{name}"',
+                self._secret_line(f"host-{name}", secret),
+                "",
+            ]
         for peer in self.peers:
             lines += [
                 "[[peers]]",
                 f'name = "{peer.name}"',
                 f"serial = {peer.serial}",
                 f'address = "{peer.address}"',
-                f'secret = "{peer.secret}"',
+                self._secret_line(f"link-{peer.name}", peer.secret),
                 "",
             ]
         return "\n".join(lines)
 
+    def _secret_line(self, key: str, secret: str) -> str:
+        """`secret_file = ...` (the secret written 0600 under secret_folder) or inline."""
+        if self.secret_folder is None:
+            return f"secret = {_toml_value(secret)}"
+        path = self.secret_folder / f"{self.name}-{key}.secret"
+        atrest.make_folder(self.secret_folder)
+        write_private(path, secret + "\n")
+        return f"secret_file = {_toml_value(str(path))}"
+
     def write(self, path: Path) -> Path:
-        """Write the config 0600 (it holds secrets: a controller refuses it otherwise)."""
+        """Write the config 0600 (it may hold secrets: a controller refuses it otherwise)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         write_private(path, self.toml())
         return path

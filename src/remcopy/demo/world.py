@@ -13,6 +13,7 @@
 # Every primary's replication link goes through a FaultLink proxy, so the drill can cut one.
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,8 +28,9 @@ from remcopy.controller.process import (
 
 VOLUME_BYTES = 1024 * 1024
 PER_CONTROLLER_MAX = 1024
-HOSTS = {"hosta": "demo-hosta-secret", "hostb": "demo-hostb-secret"}
-LINK_SECRET = "demo-link-secret"
+# Fresh secrets for every demo (256 random bits each), kept in 0600 files under secrets/.
+HOSTS = {name: secrets.token_hex(32) for name in ("hosta", "hostb")}
+LINK_SECRET = secrets.token_hex(32)
 
 
 @dataclass
@@ -123,6 +125,7 @@ def controller_specs(world: DemoWorld, link_endpoints: list[str]) -> list[Contro
                 volumes=_volumes(site, 0x0A, "P"),
                 hosts=dict(HOSTS),
                 site=site_pki,
+                secret_folder=world.root / "secrets",
                 peers=[
                     PeerSpec(
                         name=f"cntlb{i}",
@@ -157,6 +160,7 @@ def controller_specs(world: DemoWorld, link_endpoints: list[str]) -> list[Contro
                 volumes=_volumes(site, 0x20, "S") + _volumes(site, 0x40, "T"),
                 hosts=dict(HOSTS),
                 site=site_pki,
+                secret_folder=world.root / "secrets",
                 peers=[
                     PeerSpec(
                         name=f"cntla{i}",
@@ -196,6 +200,14 @@ def _paths(
     return lines
 
 
+def _secret_file(world: DemoWorld, name: str, secret: str) -> Path:
+    """A host's secret in its own 0600 file (the controllers have theirs)."""
+    path = world.root / "secrets" / f"{name}.secret"
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_private(path, secret + "\n")
+    return path
+
+
 def host_files(world: DemoWorld) -> dict[str, str]:
     out = {}
     site_pki = world.pki
@@ -209,7 +221,7 @@ def host_files(world: DemoWorld) -> dict[str, str]:
             "",
             "[host]",
             f'name = "{name}"',
-            f'secret = "{secret}"',
+            f'secret_file = "{_secret_file(world, name, secret)}"',
             "",
         ]
         for i in range(world.primaries):
