@@ -1,7 +1,9 @@
 # `remcopy pki ...`: a site CA and the certificates of its hosts and controllers (remcopy.pki).
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -14,14 +16,22 @@ def pki_group() -> None:
     """Make a site CA and certificates for hosts and controllers (TLS on every link)."""
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _folder(help_text: str) -> Callable[[F], F]:
+    """The --dir option: the pki folder."""
+    return click.option(
+        "--dir",
+        "folder",
+        required=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help=help_text,
+    )
+
+
 @pki_group.command()
-@click.option(
-    "--dir",
-    "folder",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder for ca.pem and ca.key (created 0700).",
-)
+@_folder("Folder for ca.pem and ca.key (created 0700).")
 @click.option("--days", default=pki.CA_DAYS_DEFAULT, show_default=True, help="CA validity.")
 @click.option(
     "--force",
@@ -41,13 +51,7 @@ def init(folder: Path, days: int, force: bool, as_json: bool) -> None:
 
 
 @pki_group.command()
-@click.option(
-    "--dir",
-    "folder",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="The CA's folder (from `remcopy pki init`).",
-)
+@_folder("The CA's folder (from `remcopy pki init`).")
 @click.option("--name", required=True, help="The host's or controller's name, as configs spell it.")
 @click.option(
     "--kind",
