@@ -419,3 +419,32 @@ async def test_a_primary_whose_certificate_is_refused_cannot_mirror(
     }[bad]
     assert expected in refused[0]
     assert "authenticated peer" not in log
+
+
+async def test_a_primary_refuses_a_secondary_whose_certificate_it_cannot_verify(
+    start_controller: Start, tmp_path: Path
+):
+    """The dialling controller checks its peer: a secondary whose certificate comes from
+    another CA is refused before any secret is used; the establish names the link."""
+    secondary = controller_spec(tmp_path, "cntlb", 64016, lss=0x20, ssid=0x2B00, prefix="SB")
+    secondary.site = pki.Site(tmp_path / "rogue-ca")
+    secondary.peers.append(
+        PeerSpec(name="cntla", serial=64015, address="127.0.0.1:9", secret=PEER_SECRET)
+    )
+    sec = await start_controller(secondary)
+    primary = controller_spec(tmp_path, "cntla", 64015)
+    primary.peers.append(
+        PeerSpec(name="cntlb", serial=64016, address=sec.endpoint, secret=PEER_SECRET)
+    )
+    prim = await start_controller(primary)
+    async with prim.channel(name=HOST, secret=SECRET) as channel:
+        item = native.PairItem(
+            device=0x0A00, peer_serial=64016, peer_device=0x2000, mode=CopyMode.SYNC
+        )
+        [result] = (await channel.pair_op(native.PairOp.ESTABLISH, (item,))).results
+        assert result.code == AuthenticationFailed.code
+        assert "TLS handshake with controller cntlb" in result.message
+        assert "certificate refused" in result.message
+        [status] = await channel.query((0x0A00,))
+        assert status.state.name == "SIMPLEX"
+    assert "authenticated peer" not in sec.log_text()
