@@ -114,7 +114,9 @@ def cli(verbose: int) -> None:
     \b
     Example:
       remcopy controller serve site-a/cntl1.toml
-      remcopy controller status 127.0.0.1:7401 --name hosta --secret s3cret-hosta
+      remcopy pki init --dir site-pki
+      remcopy controller status 127.0.0.1:7401 --controller cntl1 --name hosta \\
+          --pki site-pki --secret-file hosta.secret
     """
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(
