@@ -358,6 +358,7 @@ def host_document(fleet: Fleet, *, timeout_s: float = 120.0) -> dict[str, Any]:
                 }
             )
     return {
+        "plain_tcp": True,  # the fleet's controllers run plain_tcp on loopback
         "host": {"name": HOST, "secret": HOST_SECRET},
         "controllers": controllers,
         "paths": paths,
@@ -378,7 +379,7 @@ def host_toml(document: dict[str, Any]) -> str:
             return str(v)
         return f'"{v}"'
 
-    lines = ["[host]"]
+    lines = ["plain_tcp = true", "", "[host]"] if document.get("plain_tcp") else ["[host]"]
     lines += [f"{k} = {value(v)}" for k, v in document["host"].items()]
     for section in ("controllers", "paths"):
         for entry in document[section]:

@@ -129,6 +129,7 @@ def build_catalog(location: str) -> dict[str, float]:
             for j in range(-(-VOLUMES // CCAS_PER_LSS))
         ]
         document = {
+            "plain_tcp": True,
             "host": {"name": HOST, "secret": HOST_SECRET},
             "controllers": [
                 {"name": f"c{c}", "address": f"127.0.0.1:{7400 + c}"}

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from remcopy import pki
 from remcopy.controller.process import ControllerProcess, ControllerSpec, VolumeSpec
 from remcopy.host.channel import Channel
 from remcopy.wire import auth, native
@@ -212,9 +213,9 @@ def _ready_codecs() -> tuple[native.Connection, native.Connection]:
     proof = bytes(auth.PROOF_SIZE_BYTES)
     exchanges: list[tuple[native.Connection, native.Connection, native.Message]] = [
         (client, server, native.Hello(name=HOST, nonce=nonce)),
-        (server, client, native.Challenge(name="bench", nonce=nonce, proof=proof)),
+        (server, client, native.Challenge(name="bench", nonce=nonce)),
         (client, server, native.Proof(proof=proof)),
-        (server, client, native.Welcome(serial=1, name="bench")),
+        (server, client, native.Welcome(serial=1, name="bench", proof=proof)),
     ]
     for sender, receiver, msg in exchanges:
         receiver.receive_data(sender.send(msg))
@@ -329,23 +330,37 @@ def _own_cpu_s() -> float:
 class LoopBench:
     """One controller with one event loop, and every measurement made against it."""
 
-    def __init__(self, root: Path, plan: Plan, loop: str, block: bytes, offsets: list[int]):
+    def __init__(
+        self,
+        root: Path,
+        plan: Plan,
+        loop: str,
+        block: bytes,
+        offsets: list[int],
+        *,
+        tls: bool = False,
+    ):
         self.root = root
         self.plan = plan
         self.block = block
         self.offsets = offsets
-        self.result = LoopResult(loop=loop)
+        self.loop = loop
+        self.tls = tls
+        self.result = LoopResult(loop=f"{loop}+tls" if tls else loop)
         self.controller_pid = 0
 
     async def run(self) -> LoopResult:
-        loop = self.result.loop
-        data_dir = self.root / loop
-        proc = ControllerProcess(_spec(data_dir, self.plan).write(data_dir / "controller.toml"))
+        loop = self.loop
+        data_dir = self.root / self.result.loop
+        spec = _spec(data_dir, self.plan)
+        if self.tls:  # TLS 1.3 with client certificates, as a production link
+            spec.site = pki.Site(self.root / "pki")
+        proc = ControllerProcess(spec.write(data_dir / "controller.toml"))
         await proc.start(extra_env={"REMCOPY_LOOP": loop})
         assert proc.process is not None
         self.controller_pid = proc.process.pid
         try:
-            async with Channel(proc.address, name=HOST, secret=SECRET) as ch:
+            async with proc.channel(name=HOST, secret=SECRET) as ch:
                 await self._sequential(ch)
                 await self._random(ch)
         finally:
@@ -446,6 +461,10 @@ def run(plan: Plan) -> tuple[dict[str, LoopResult], float]:
         codec_mib_s = measure_codec(plan.codec_frames, block)
         for loop in _loops():
             results[loop] = _run_loop(loop, LoopBench(root, plan, loop, block, offsets).run())
+        # The same measurements over TLS, on the main loop, in the same run (tls_cost_ratio).
+        main_loop = _loops()[0]
+        bench = LoopBench(root, plan, main_loop, block, offsets, tls=True)
+        results[f"{main_loop}+tls"] = _run_loop(main_loop, bench.run())
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return results, codec_mib_s
@@ -549,6 +568,17 @@ def _result_json(
             "asyncio_read_64k_ratio": round(slow.read_ratio, 4),
             "asyncio_write_4k_qd1_iops": round(slow.rand_iops[1]),
             "asyncio_write_4k_qd32_iops": round(slow.rand_iops[32]),
+        }
+    secured = next((r for r in results.values() if r.loop.endswith("+tls")), None)
+    if secured is not None:
+        tls_write, tls_read = secured.best(secured.write)[1], secured.best(secured.read)[1]
+        doc |= {
+            # TLS / plain throughput at each one's best queue depth, 64 KiB, same run.
+            "tls_cost_ratio": round(tls_write.mib_s / write.mib_s, 4),
+            "tls_read_cost_ratio": round(tls_read.mib_s / read.mib_s, 4),
+            "tls_write_64k_mib_s": round(tls_write.mib_s, 1),
+            "tls_read_64k_mib_s": round(tls_read.mib_s, 1),
+            "tls_qd1_4k_p50_us": round(secured.qd1_p50_us, 1),
         }
     doc |= {
         "seed": plan.seed,

@@ -1,20 +1,20 @@
 # Shared fixtures: worlds of real controller processes on 127.0.0.1 in a temporary folder.
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Protocol
 
 import pytest
 
-from common import HOST, SECRET, MiB, controller_spec  # noqa: F401
+from common import HOST, SECRET, MiB, Start, controller_spec, use_site  # noqa: F401
 from remcopy.controller.process import ControllerProcess, ControllerSpec
+from remcopy.pki import Site
 
 
-class Start(Protocol):
-    def __call__(
-        self, spec: ControllerSpec, *, extra_env: dict[str, str] | None = None
-    ) -> Awaitable[ControllerProcess]: ...
+@pytest.fixture(scope="session", autouse=True)
+def _site_certificates(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """One site CA per test session; certificates are issued once per name, on demand."""
+    use_site(Site(tmp_path_factory.mktemp("pki")))
 
 
 @pytest.fixture

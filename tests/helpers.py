@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 
+from remcopy.controller.process import ControllerProcess
 from remcopy.wire import auth, native
 
 
@@ -16,9 +18,29 @@ class RawClient:
         self.codec = native.Connection(native.Side.CLIENT)
 
     @classmethod
-    async def open(cls, address: tuple[str, int]) -> RawClient:
-        reader, writer = await asyncio.open_connection(*address)
+    async def open(
+        cls,
+        address: tuple[str, int],
+        *,
+        tls: ssl.SSLContext | None = None,
+        server_name: str | None = None,
+    ) -> RawClient:
+        reader, writer = await asyncio.open_connection(
+            *address, ssl=tls, server_hostname=server_name if tls else None
+        )
         return cls(reader, writer)
+
+    @classmethod
+    async def to(cls, proc: ControllerProcess, name: str, kind: str = "host") -> RawClient:
+        """A raw connection to `proc` as NAME: over TLS with NAME's certificate when the
+        controller speaks TLS (the certificate is issued by the session's site on demand)."""
+        site = proc.site()
+        tls = (
+            None
+            if site is None
+            else site.client(name, "controller" if kind == "controller" else "host")
+        )
+        return await cls.open(proc.address, tls=tls, server_name=proc.name)
 
     async def receive(self) -> native.Message | None:
         """The next message from the controller, or None when it closed the connection."""
@@ -54,5 +76,5 @@ class RawClient:
         self.writer.close()
         try:
             await self.writer.wait_closed()
-        except OSError:
+        except (OSError, ssl.SSLError):
             pass

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import HOST, SECRET, MiB
+from common import HOST, SECRET, MiB, host_tls_toml, site
 from remcopy.controller.process import (
     TESTING_ENV,
     ControllerProcess,
@@ -86,6 +86,7 @@ async def build(
     world = World(root=root, volumes=volumes, size_bytes=size_bytes)
     ports = [free_port() for _ in range(primaries + 1)]
     secondary_spec = ControllerSpec(
+        site=site(),
         name="cntlb",
         serial=SECONDARY_SERIAL,
         data_dir=root / "cntlb",
@@ -120,6 +121,7 @@ async def build(
     world.secondary = await ControllerProcess(secondary_spec.write(root / "cntlb.toml")).start()
     for i in range(primaries):
         spec = ControllerSpec(
+            site=site(),
             name=f"cntla{i}",
             serial=primary_serial(i),
             data_dir=root / f"cntla{i}",
@@ -175,7 +177,7 @@ async def stop(world: World) -> None:
 
 
 def channel(proc: ControllerProcess) -> Channel:
-    return Channel(proc.address, name=HOST, secret=SECRET)
+    return proc.channel(name=HOST, secret=SECRET)
 
 
 def all_ok(reply: PairOpReply) -> None:
@@ -298,7 +300,7 @@ def host_file(root: Path, world: World) -> Path:
     """Host `hosta`: both primaries online (1A00-1A03, 1B00-1B03), the secondary offline."""
     p0, p1 = world.primaries
     path = root / "hosta.toml"
-    path.write_text(f"""
+    path.write_text(f"""{host_tls_toml(HOST)}
 [host]
 name = "{HOST}"
 secret = "{SECRET}"

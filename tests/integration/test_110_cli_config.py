@@ -20,6 +20,8 @@ CONFIG_NAME = "cntl.toml"
 PROCESS_TIMEOUT_S = 60
 
 GOOD = """\
+plain_tcp = true
+
 [controller]
 name = "cntl1"
 serial = 64015
@@ -121,6 +123,14 @@ def test_controller_check_examples(tmp_path: Path, name: str) -> None:
     """`controller check --json` accepts each example in docs/examples."""
     shutil.copy(EXAMPLES / name, tmp_path / name)
     (tmp_path / name).chmod(0o600)  # it holds secrets: a checkout makes it 0644
+    # The certificates its [tls] names, made as its comments say.
+    made = _remcopy(tmp_path, "pki", "init", "--dir", "site-pki")
+    assert made.returncode == 0, made.stderr
+    controller = name.removesuffix(".toml")
+    made = _remcopy(
+        tmp_path, "pki", "issue", "--dir", "site-pki", "--name", controller, "--kind", "controller"
+    )
+    assert made.returncode == 0, made.stderr
 
     result = _remcopy(tmp_path, "controller", "check", "--json", name)
 
@@ -270,7 +280,7 @@ def test_controller_check_invalid_toml(tmp_path: Path) -> None:
     assert result.returncode == 2
     stderr = _flat(result.stderr)
     assert f"error: {CONFIG_NAME}: not valid TOML: " in stderr
-    assert "line 3" in stderr
+    assert "line 5" in stderr
     assert "Traceback" not in result.stderr
 
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from common import HOST, SECRET, controller_spec
+from common import HOST, SECRET, controller_spec, status_args
 from remcopy.controller.process import ControllerProcess, ControllerSpec
 from remcopy.states import PairAction, PairState
 
@@ -71,21 +71,25 @@ def test_volume_create_bad_input_exits_2_naming_the_value(tmp_path: Path):
 async def test_controller_status_reports_volumes(start_controller: Start, tmp_path: Path):
     """`controller status --json` shows the running controller's volumes; a table without."""
     proc = await start_controller(controller_spec(tmp_path, "cntla", 64015, volumes=2))
-    run = remcopy(
-        "controller", "status", proc.endpoint, "--name", HOST, "--secret", SECRET, "--json"
-    )
+    run = remcopy(*status_args(proc, tmp_path), "--json")
     assert run.returncode == 0, run.stderr
     doc = json.loads(run.stdout)
     assert doc["serial"] == 64015 and doc["volumes"] == 2
     assert [d["address"] for d in doc["devices"]] == ["64015:1A00:0A:00", "64015:1A00:0A:01"]
-    table = remcopy("controller", "status", proc.endpoint, "--name", HOST, "--secret", SECRET)
+    table = remcopy(*status_args(proc, tmp_path))
     assert "64015:1A00:0A:01" in table.stdout and "CN0001" in table.stdout
-    wrong = remcopy(
-        "controller", "status", proc.endpoint, "--name", HOST, "--secret", "wrong-secret"
-    )
-    assert wrong.returncode == 1 and "wrong secret" in wrong.stderr
+    assert "links tls" in table.stdout and doc["links"] == "tls"
+    wrong = remcopy(*status_args(proc, tmp_path, secret="wrong-secret-of-16"))
+    assert wrong.returncode == 1 and "authentication failed" in wrong.stderr
     assert "Traceback" not in wrong.stderr
-    bad = remcopy("controller", "status", "nowhere", "--name", HOST, "--secret", SECRET)
+    bad = remcopy(
+        "controller",
+        "status",
+        "nowhere",
+        "--name",
+        HOST,
+        env={**os.environ, "REMCOPY_SECRET": SECRET},
+    )
     assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
 
 

@@ -77,11 +77,14 @@ def _bad_inputs(tmp: Path) -> list[tuple[tuple[str, ...], int, str]]:
         (("controller", "check", missing), 2, "cannot read"),
         (("controller", "check", str(junk)), 2, "not valid TOML"),
         (("controller", "serve", missing), 2, "cannot read"),
+        (("controller", "status", "nohost", "--name", "h"), 2, "HOST:PORT"),
+        # A secret on the command line is seen by every user in `ps`: the option is gone.
         (
-            ("controller", "status", "nohost", "--name", "h", "--secret", "s3cret-xx"),
+            ("controller", "status", "127.0.0.1:9", "--name", "h", "--secret", "s3cret-xx"),
             2,
-            "HOST:PORT",
+            "No such option '--secret'",
         ),
+        (("controller", "status", "127.0.0.1:9", "--name", "h"), 2, "--secret-file: missing"),
         (("controller", "start", missing), 2, "cannot read"),
         (
             ("volume", "create", str(tmp / "v"), "--volser", "bad-one", "--size", "1MiB"),

@@ -34,6 +34,7 @@ NEEDS_A_CATALOG: dict[tuple[str, ...], tuple[str, ...]] = {
     ("group", "list"): (),
     ("group", "show"): ("PAYROLL", "--host", "hosta"),
     ("group", "status"): ("PAYROLL", "--host", "hosta"),
+    ("group", "pairs"): ("PAYROLL", "--host", "hosta"),
     ("group", "wait"): ("PAYROLL", "--host", "hosta", "--state", "DUPLEX"),
     ("group", "establish"): ("PAYROLL", "--host", "hosta"),
     ("group", "suspend"): ("PAYROLL", "--host", "hosta"),
@@ -145,7 +146,7 @@ def test_host_add_creates_the_catalog(tmp_path, capsys, monkeypatch):
     """`host add` makes a new catalog, folders included, and stores the host in it."""
     definition = tmp_path / "hosta.toml"
     definition.write_text(
-        '[host]\nname = "hosta"\nsecret = "s3cret-hosta"\n\n'
+        'plain_tcp = true\n[host]\nname = "hosta"\nsecret = "s3cret-hosta"\n\n'
         '[[controllers]]\nname = "cntla0"\naddress = "127.0.0.1:7401"\n\n'
         '[[paths]]\ndevices = "1A00-1A03"\ncontroller = "cntla0"\nssid = "1A00"\nlss = "0A"\n'
         'cca = "00"\n'

@@ -29,7 +29,7 @@ async def test_identify_names_every_volume_of_two_controllers(start_controller: 
     procs = await asyncio.gather(*(start_controller(s) for s in specs))
     for spec, proc in zip(specs, procs, strict=True):
         assert (proc.name, proc.serial) == (spec.name, spec.serial)
-        async with Channel(proc.address, name=HOST, secret=SECRET) as channel:
+        async with proc.channel(name=HOST, secret=SECRET) as channel:
             assert channel.controller_serial == spec.serial
             ids = await channel.identify()
             assert [i.device for i in ids] == [v.lss << 8 | v.cca for v in spec.volumes]
@@ -54,7 +54,7 @@ async def test_random_io_reads_back_and_refuses_out_of_range(start_controller: S
     proc = await start_controller(spec)
     capacity = 2 * MiB
     model = {0x0A00: bytearray(capacity), 0x0A01: bytearray(capacity)}
-    async with Channel(proc.address, name=HOST, secret=SECRET) as channel:
+    async with proc.channel(name=HOST, secret=SECRET) as channel:
         pending = []
         for i in range(300):
             device = rng.choice(list(model))
@@ -93,11 +93,11 @@ async def test_data_survives_a_restart(start_controller: Start, tmp_path):
     """Acknowledged and flushed data is there after a clean stop and start."""
     proc = await start_controller(controller_spec(tmp_path, "cntla", 64015, volumes=1))
     data = random.randbytes(3 * TRACK + 123)
-    async with Channel(proc.address, name=HOST, secret=SECRET) as channel:
+    async with proc.channel(name=HOST, secret=SECRET) as channel:
         await channel.write(0x0A00, TRACK - 77, data)
     assert await proc.stop() == 0
     await proc.start()
-    async with Channel(proc.address, name=HOST, secret=SECRET) as channel:
+    async with proc.channel(name=HOST, secret=SECRET) as channel:
         assert await channel.read(0x0A00, TRACK - 77, len(data)) == data
         ids = await channel.identify()
         assert ids[0].volser == "CN0000"
@@ -150,7 +150,7 @@ async def test_stop_during_writes_loses_no_acknowledged_write(
             if total_acks >= kill_after:
                 enough.set()
 
-    async with Channel(proc.address, name=HOST, secret=SECRET, timeout_s=10) as channel:
+    async with proc.channel(name=HOST, secret=SECRET, timeout_s=10) as channel:
         tasks = [asyncio.create_task(writer(channel, w)) for w in range(writers)]
         await enough.wait()
         if stop == "kill":
@@ -159,7 +159,7 @@ async def test_stop_during_writes_loses_no_acknowledged_write(
             assert await proc.stop() == 0  # a clean shutdown exits 0
         await asyncio.gather(*tasks)
     await proc.start()
-    async with Channel(proc.address, name=HOST, secret=SECRET) as channel:
+    async with proc.channel(name=HOST, secret=SECRET) as channel:
         for (w, slot), seq in acked.items():
             device = 0x0A00 + (w % 2)
             got = await channel.read(device, (w * slots_per_writer + slot) * SLOT, SLOT)
@@ -194,7 +194,7 @@ async def test_a_flood_of_writes_does_not_grow_controller_memory(start_controlle
     assert proc.process is not None
     before = _peak_rss_bytes(proc.process.pid)
     block = random.randbytes(256 * 1024)
-    async with Channel(proc.address, name=HOST, secret=SECRET) as channel:
+    async with proc.channel(name=HOST, secret=SECRET) as channel:
         in_flight: set[asyncio.Task[int]] = set()
         for i in range(2048):  # 512 MiB, up to 256 requests in flight (64 MiB)
             task = asyncio.create_task(channel.write(0x0A00, (i % 128) * len(block), block))

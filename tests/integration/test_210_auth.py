@@ -1,5 +1,7 @@
 # Who may talk to a controller: hosts prove they know their secret before anything is done
 # for them, and every refusal is a clear error frame plus a log line, while others go on.
+# Each handshake test runs on a TLS controller (certificate + secret) and on a plain-TCP
+# loopback controller (secret only): the handshake is the same on both.
 from __future__ import annotations
 
 import asyncio
@@ -18,22 +20,31 @@ from remcopy.errors import (
     VersionMismatch,
     error_from_wire,
 )
-from remcopy.host.channel import Channel
 from remcopy.wire import native
 
 Start = Callable[[ControllerSpec], Awaitable[ControllerProcess]]
 
 
-@pytest.fixture
-async def controller(start_controller: Start, tmp_path) -> ControllerProcess:
+@pytest.fixture(params=["tls", "plain_tcp"])
+async def controller(request, start_controller: Start, tmp_path) -> ControllerProcess:
     spec = controller_spec(
         tmp_path, "cntla", 64015, hosts={HOST: SECRET, "hostb": "hostb-secret-key"}
     )
-    return await start_controller(spec)
+    if request.param == "plain_tcp":
+        spec.site = None
+    proc = await start_controller(spec)
+    assert proc.links == request.param
+    return proc
+
+
+def _names_no_host(err: Exception) -> None:
+    """A refusal tells the client nothing about which hosts exist."""
+    assert "authentication failed" in str(err)
+    assert HOST not in str(err) and "hostb" not in str(err)
 
 
 async def _still_serves(proc: ControllerProcess) -> None:
-    async with Channel(proc.address, name=HOST, secret=SECRET) as channel:
+    async with proc.channel(name=HOST, secret=SECRET) as channel:
         assert len(await channel.identify()) == 4
 
 
@@ -43,66 +54,77 @@ def _error(msg: native.Message | None) -> Exception:
 
 
 async def test_unknown_host_is_refused_and_logged(controller: ControllerProcess):
-    """A host missing from the config gets an error naming it, and a log line."""
-    with pytest.raises(AuthenticationFailed, match="host 'intruder' is not in controller cntla"):
-        async with Channel(controller.address, name="intruder", secret="whatever-secret"):
+    """A host missing from the config is refused with an error that names no host, and one
+    escaped log line says why."""
+    with pytest.raises(AuthenticationFailed) as info:
+        async with controller.channel(name="intruder", secret="whatever-secret"):
             pass
-    assert "refused" in controller.log_text()
-    assert "'intruder' is not in controller cntla" in controller.log_text()
+    _names_no_host(info.value)
+    log = controller.log_text()
+    why = (
+        "certificate's name is not in controller cntla"
+        if controller.links == "tls"
+        else ("host intruder: unknown name")
+    )
+    assert log.count(why) == 1, log
     await _still_serves(controller)
 
 
-async def test_wrong_secret_is_refused_by_both_ends(controller: ControllerProcess):
-    """The client sees the controller cannot prove the secret; the controller logs it too."""
-    with pytest.raises(AuthenticationFailed, match="wrong secret"):
-        async with Channel(controller.address, name=HOST, secret="not-the-secret"):
+async def test_wrong_secret_is_refused_and_the_controller_proves_nothing(
+    controller: ControllerProcess,
+):
+    """The client proves first: with a wrong secret it is refused, and nothing it received
+    before (the challenge) was computed from the secret."""
+    with pytest.raises(AuthenticationFailed) as info:
+        async with controller.channel(name=HOST, secret="not-the-secret"):
             pass
-    # A client that ignores the server's failed proof and answers anyway is refused too.
-    raw = await RawClient.open(controller.address)
+    _names_no_host(info.value)
+    raw = await RawClient.to(controller, HOST)
     challenge = await raw.hello(HOST)
     assert isinstance(challenge, native.Challenge)
     err = _error(await raw.prove(b"not-the-secret", challenge))
     assert isinstance(err, AuthenticationFailed)
-    assert "wrong secret" in str(err)
     assert await raw.receive() is None  # and the connection is closed
     await raw.close()
-    assert "host hosta: wrong secret" in controller.log_text()
+    assert controller.log_text().count("host hosta: wrong secret") == 2
     await _still_serves(controller)
 
 
 async def test_replayed_challenge_is_refused(controller: ControllerProcess):
     """A HELLO that reuses a nonce the controller has seen is refused."""
-    first = await RawClient.open(controller.address)
+    first = await RawClient.to(controller, HOST)
     challenge = await first.hello(HOST)
     assert isinstance(challenge, native.Challenge)
     assert isinstance(await first.prove(SECRET.encode(), challenge), native.Welcome)
-    replay = await RawClient.open(controller.address)
+    replay = await RawClient.to(controller, HOST)
     err = _error(await replay.hello(HOST, nonce=first.nonce))
     assert isinstance(err, AuthenticationFailed)
-    assert "replayed challenge" in str(err)
+    _names_no_host(err)
     await first.close()
     await replay.close()
-    assert "replayed challenge refused" in controller.log_text()
+    assert controller.log_text().count("replayed challenge refused") == 1
+    await _still_serves(controller)
 
 
 async def test_reflected_challenge_is_refused(controller: ControllerProcess):
     """A client that sends the controller's own nonce back as its challenge is refused."""
-    first = await RawClient.open(controller.address)
+    first = await RawClient.to(controller, HOST)
     challenge = await first.hello(HOST)
     assert isinstance(challenge, native.Challenge)
-    mirror = await RawClient.open(controller.address)
+    mirror = await RawClient.to(controller, HOST)
     err = _error(await mirror.hello(HOST, nonce=challenge.nonce))
     assert isinstance(err, AuthenticationFailed)
-    assert "reflected challenge" in str(err)
+    _names_no_host(err)
     await first.close()
     await mirror.close()
-    assert "reflected challenge refused" in controller.log_text()
+    assert controller.log_text().count("reflected challenge refused") == 1
     await _still_serves(controller)
 
 
 async def test_nothing_is_done_before_authentication(controller: ControllerProcess):
     """A request sent instead of HELLO is refused and never executed."""
-    reader, writer = await asyncio.open_connection(*controller.address)
+    raw = await RawClient.to(controller, HOST)
+    reader, writer = raw.reader, raw.writer
     frame = native.encode(
         native.WriteRequest(
             request_id=1, device=0x0A00, offset=0, timestamp_ns=1, data=b"\xff" * 512
@@ -116,18 +138,18 @@ async def test_nothing_is_done_before_authentication(controller: ControllerProce
     assert isinstance(err, RemoteProtocolError)
     assert "before authentication" in str(err)
     writer.close()
-    async with Channel(controller.address, name=HOST, secret=SECRET) as channel:
+    async with controller.channel(name=HOST, secret=SECRET) as channel:
         assert await channel.read(0x0A00, 0, 512) == bytes(512)
     assert "before authentication" in controller.log_text()
 
 
 async def test_other_protocol_version_is_refused_naming_both(controller: ControllerProcess):
     """A HELLO of another protocol version is answered with both versions named."""
-    reader, writer = await asyncio.open_connection(*controller.address)
+    raw = await RawClient.to(controller, HOST)
+    writer = raw.writer
     body = struct.pack("!HB32s", 7, 1, b"\1" * 32) + struct.pack("!H", 5) + b"hosta"
     writer.write(struct.pack("!IBBHQ", 12 + len(body), native.Hello.KIND, 0, 0, 0) + body)
     await writer.drain()
-    raw = RawClient(reader, writer)
     raw.codec.send(native.Hello(name="x", nonce=b"\0" * 32))
     err = _error(await raw.receive())
     assert isinstance(err, VersionMismatch)
@@ -138,13 +160,19 @@ async def test_other_protocol_version_is_refused_naming_both(controller: Control
 
 
 async def test_garbage_instead_of_hello_is_refused(controller: ControllerProcess):
-    """Random bytes get a protocol error and a closed connection; others go on."""
+    """Random bytes get a closed connection (after a protocol error frame, on plain TCP; the
+    TLS handshake fails first on a TLS listener) and one log line; others go on."""
     reader, writer = await asyncio.open_connection(*controller.address)
     writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    data = await reader.read()  # the controller answers, then closes
-    assert data, "expected an error frame before the close"
+    data = await reader.read()  # the controller answers (or not), then closes
     writer.close()
-    await _still_serves(controller)
+    await _still_serves(controller)  # after the refusal was logged (one loop, in order)
+    if controller.links == "plain_tcp":
+        assert data, "expected an error frame before the close"
+        assert "refused" in controller.log_text()
+    else:
+        assert data == b""
+        assert controller.log_text().count("TLS handshake failed: not a TLS client hello") == 1
 
 
 async def test_host_reaches_only_its_granted_lss(start_controller: Start, tmp_path):
@@ -161,7 +189,7 @@ async def test_host_reaches_only_its_granted_lss(start_controller: Start, tmp_pa
     proc = ControllerProcess(config)
     await proc.start()
     try:
-        async with Channel(proc.address, name=HOST, secret=SECRET) as channel:
+        async with proc.channel(name=HOST, secret=SECRET) as channel:
             with pytest.raises(DeviceNotAllowed, match="not in the host's grant"):
                 await channel.read(0x0A00, 0, 1)
             assert await channel.identify() == ()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from common import HOST, SECRET, controller_spec
+from common import HOST, SECRET, controller_spec, status_args
 from helpers import RawClient
 from remcopy.catalog import Catalog
 from remcopy.controller import statefile
@@ -22,7 +22,6 @@ from remcopy.controller.journal import Journal
 from remcopy.controller.process import TESTING_ENV, ControllerProcess
 from remcopy.controller.server import escape_name
 from remcopy.controller.volume import Volume
-from remcopy.host.channel import Channel
 from remcopy.ids import Volser
 from remcopy.wire import native
 
@@ -120,9 +119,9 @@ async def test_a_controller_with_REMCOPY_TESTING_starts_and_status_shows_the_swi
     )
     proc = await start_controller(spec, extra_env=TESTING_ENV)
 
-    async with Channel(proc.address, name=HOST, secret=SECRET) as channel:
+    async with proc.channel(name=HOST, secret=SECRET) as channel:
         status = await channel.status()
-    human = _remcopy("controller", "status", proc.endpoint, "--name", HOST, "--secret", SECRET)
+    human = _remcopy(*status_args(proc, tmp_path))
 
     assert status["testing"] == {
         "planted_bugs": ["no_hold"],
@@ -143,9 +142,9 @@ async def test_a_production_controller_status_has_no_testing_section(
     """Without test-only keys the status document has no "testing" and no warning."""
     proc = await start_controller(controller_spec(tmp_path, "cntla", 64015))
 
-    async with Channel(proc.address, name=HOST, secret=SECRET) as channel:
+    async with proc.channel(name=HOST, secret=SECRET) as channel:
         status = await channel.status()
-    human = _remcopy("controller", "status", proc.endpoint, "--name", HOST, "--secret", SECRET)
+    human = _remcopy(*status_args(proc, tmp_path))
 
     assert "testing" not in status
     assert human.returncode == 0, human.stderr
@@ -170,7 +169,7 @@ async def test_a_controller_creates_its_files_0600_in_0700_folders(
     """Volumes, change maps, pairs.db with its -wal and -shm: 0600, in 0700 folders."""
     spec = controller_spec(tmp_path, "cntla", 64015, volumes=2)
     proc = await start_controller(spec)
-    async with Channel(proc.address, name=HOST, secret=SECRET) as channel:
+    async with proc.channel(name=HOST, secret=SECRET) as channel:
         await channel.write(0x0A00, 0, b"x" * 512)  # a running controller, its files open
 
     modes = _modes(spec.data_dir)
@@ -328,13 +327,13 @@ async def test_a_name_in_hello_cannot_forge_a_log_line(
 ) -> None:
     """A HELLO name with a newline or control characters is logged escaped, on one line."""
     proc = await start_controller(controller_spec(tmp_path, "cntla", 64015))
-    client = await RawClient.open(proc.address)
+    client = await RawClient.to(proc, HOST)
     try:
         reply = await client.hello(name)
         assert isinstance(reply, native.ErrorReply)
     finally:
         client.writer.close()
-    async with Channel(proc.address, name=HOST, secret=SECRET):
+    async with proc.channel(name=HOST, secret=SECRET):
         pass  # its "authenticated" line comes after the refusal's
 
     log = proc.log_text()

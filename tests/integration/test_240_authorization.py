@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 from mirror_world import wait_settled
 
-from common import MiB
-from conftest import Start
+from common import MiB, Start
 from remcopy.controller.process import (
     ControllerProcess,
     ControllerSpec,

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from common import HOST, SECRET, controller_spec
-from conftest import Start
+from common import HOST, SECRET, Start, controller_spec
 from helpers import RawClient
 from remcopy.controller.admission import LOG_INTERVAL_S
 from remcopy.controller.process import ControllerProcess
@@ -122,7 +121,7 @@ async def test_a_cap_refuses_the_next_connection_and_a_host_is_still_served(
     next_from: str,
     message: str,
 ) -> None:
-    spec = controller_spec(tmp_path, "cntla", 64015)
+    spec = controller_spec(tmp_path, "cntla", 64015, plain_tcp=True)
     spec.settings[setting] = 4
     proc = await start_controller(spec)
     async with _held([await _connect(proc.address, source) for source in held_from]) as held:
@@ -142,7 +141,7 @@ async def test_a_cap_refuses_the_next_connection_and_a_host_is_still_served(
 async def test_a_connection_that_does_not_authenticate_in_time_is_closed(
     tmp_path: Path, start_controller: Start
 ) -> None:
-    spec = controller_spec(tmp_path, "cntla", 64015)
+    spec = controller_spec(tmp_path, "cntla", 64015, plain_tcp=True)
     spec.settings["handshake_timeout_s"] = 1.0
     spec.nbd_listen = "127.0.0.1:0"
     spec.nbd_allow = ["127.0.0.0/8"]
@@ -183,7 +182,7 @@ async def _hostile(address: tuple[str, int], index: int) -> Conn | None:
 async def test_a_thousand_hostile_connections_hold_bounded_memory_while_a_host_is_served(
     tmp_path: Path, start_controller: Start
 ) -> None:
-    spec = controller_spec(tmp_path, "cntla", 64015)
+    spec = controller_spec(tmp_path, "cntla", 64015, plain_tcp=True)
     spec.nbd_listen = "127.0.0.1:0"
     spec.nbd_allow = ["127.0.0.0/8"]  # the hostile addresses meet the caps, not the fence
     proc = await start_controller(spec)

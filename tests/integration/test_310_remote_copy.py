@@ -281,7 +281,6 @@ async def test_shadow_copy_equals_the_suspended_secondary_and_blocks_resume(tmp_
 async def test_secondary_refuses_host_writes_and_wrong_peer_secret(world, tmp_path):
     """A secondary takes host writes only once RECOVERED; a peer with a bad secret is refused."""
     from remcopy.errors import AuthenticationFailed, WriteProtected
-    from remcopy.host.channel import Channel
     from remcopy.wire.native import PeerRole
 
     await establish(world, 0, CopyMode.SYNC)
@@ -289,8 +288,8 @@ async def test_secondary_refuses_host_writes_and_wrong_peer_secret(world, tmp_pa
         with pytest.raises(WriteProtected):
             await sec.write(world.secondary_device(0, 1), 0, b"no")
     with pytest.raises(AuthenticationFailed):
-        async with Channel(
-            world.secondary.address, name="cntla0", secret="wrong-link-secret", role=PeerRole.PEER
+        async with world.secondary.channel(
+            name="cntla0", secret="wrong-link-secret", role=PeerRole.PEER
         ):
             pass
     async with channel(world.secondary) as sec:
@@ -299,8 +298,8 @@ async def test_secondary_refuses_host_writes_and_wrong_peer_secret(world, tmp_pa
         async with asyncio.timeout(10):
             while (await sec.status())["counters"]["auth_refused"] < 1:
                 pass
-    assert "(peer cntla0): it left after the challenge" in world.secondary.log_text()
-    assert "wrong secret" in world.secondary.log_text()
+    # The peer proves first: the secondary refuses its proof (and never proved anything).
+    assert "(peer cntla0): peer cntla0: wrong secret" in world.secondary.log_text()
 
 
 async def test_async_kill_9_of_primary_ships_the_journal_after_restart(world):

@@ -7,7 +7,7 @@ import random
 
 from mirror_world import SECONDARY_LSS, SECONDARY_SERIAL, SlotLoad, build, primary_serial, stop
 
-from common import HOST, SECRET
+from common import HOST, SECRET, host_tls
 from remcopy.groups import (
     Group,
     GroupOptions,
@@ -38,7 +38,12 @@ def _session(world) -> HostSession:
         for i, p in enumerate(world.primaries)
     ]
     definition = parse_host_definition(
-        {"host": {"name": HOST, "secret": SECRET}, "controllers": controllers, "paths": paths},
+        {
+            "tls": host_tls(HOST),
+            "host": {"name": HOST, "secret": SECRET},
+            "controllers": controllers,
+            "paths": paths,
+        },
         source="test",
     )
     return HostSession(definition)

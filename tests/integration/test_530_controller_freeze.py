@@ -16,7 +16,6 @@ from test_500_group_ops import _group, _session
 from common import HOST, SECRET
 from remcopy.errors import LateWrite, RemcopyError, WriteProtected
 from remcopy.groups import run_operation
-from remcopy.host.channel import Channel
 from remcopy.states import CopyMode, PairState
 from remcopy.wire.native import PairItem, PairOp
 from remcopy.workload.faultlink import FaultLink
@@ -66,7 +65,7 @@ async def test_the_controllers_freeze_a_group_alone_and_the_secondary_is_a_consi
             acked = 0
             enough = asyncio.Event()
             stop_writing = asyncio.Event()
-            channels = [Channel(p.address, name=HOST, secret=SECRET) for p in world.primaries]
+            channels = [p.channel(name=HOST, secret=SECRET) for p in world.primaries]
             for ch in channels:
                 await ch.connect()
             events = [await ch.subscribe() for ch in channels]
@@ -131,7 +130,7 @@ async def test_the_controllers_freeze_a_group_alone_and_the_secondary_is_a_consi
             logs = "\n".join(p.log_text() for p in world.primaries)
             assert "freeze-incomplete" not in logs
             assert f"at={at_ns} confirmed=" in logs  # the controllers froze, nobody else
-            async with Channel(world.secondary.address, name=HOST, secret=SECRET) as sec:
+            async with world.secondary.channel(name=HOST, secret=SECRET) as sec:
                 for c, log in chains.items():
                     present = []
                     for index, device, offset, data in log:
@@ -165,7 +164,7 @@ async def test_an_establish_naming_a_member_that_is_not_a_peer_is_refused_whole(
             )
             for i in items
         )
-        async with Channel(world.primaries[0].address, name=HOST, secret=SECRET) as ch:
+        async with world.primaries[0].channel(name=HOST, secret=SECRET) as ch:
             with pytest.raises(
                 RemcopyError, match=r"99999 not in controller cntla0's \[\[peers\]\]"
             ):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from mirror_world import build, host_file, stop
 
-from common import HOST, SECRET, run_remcopy
+from common import HOST, SECRET, host_tls_toml, run_remcopy
 
 
 def cli(*args: str, catalog: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -166,7 +166,7 @@ async def test_bad_host_definitions_exit_2_naming_every_line(world, tmp_path):
     """Overlaps, bad hex, unknown controller and a range past CCA FF are all named at once."""
     catalog = tmp_path / "catalog.db"
     bad = tmp_path / "bad.toml"
-    bad.write_text(f"""
+    bad.write_text(f"""{host_tls_toml("hostx")}
 [host]
 name = "hostx"
 secret = "{SECRET}"

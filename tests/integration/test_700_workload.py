@@ -24,7 +24,7 @@ from mirror_world import (
     stop,
 )
 
-from common import HOST, SECRET
+from common import HOST, SECRET, host_tls, host_tls_toml
 from remcopy.catalog import Catalog
 from remcopy.cli.workload import verify as verify_command
 from remcopy.errors import InputError
@@ -64,7 +64,12 @@ def _session(world: World) -> HostSession:
         for i, p in enumerate(world.primaries)
     ]
     definition = parse_host_definition(
-        {"host": {"name": HOST, "secret": SECRET}, "controllers": controllers, "paths": paths},
+        {
+            "tls": host_tls(HOST),
+            "host": {"name": HOST, "secret": SECRET},
+            "controllers": controllers,
+            "paths": paths,
+        },
         source="test",
     )
     return HostSession(definition)
@@ -233,7 +238,7 @@ def _host_file(tmp_path: Path, world: World) -> Path:
     assert world.secondary is not None
     p0, p1 = world.primaries
     path = tmp_path / "hosta.toml"
-    path.write_text(f"""
+    path.write_text(f"""{host_tls_toml(HOST)}
 [host]
 name = "{HOST}"
 secret = "{SECRET}"

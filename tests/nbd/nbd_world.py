@@ -8,7 +8,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import HOST, SECRET, MiB
+from common import HOST, SECRET, MiB, site
 from remcopy.controller.nbd_server import export_uri
 from remcopy.controller.process import (
     ControllerProcess,
@@ -69,7 +69,7 @@ def uri(proc: ControllerProcess, volser: str) -> str:
 
 
 def channel(proc: ControllerProcess) -> Channel:
-    return Channel(proc.address, name=HOST, secret=SECRET)
+    return proc.channel(name=HOST, secret=SECRET)
 
 
 def sha256_file(path: Path) -> str:
@@ -106,6 +106,7 @@ async def two_sites(root: Path, *, volumes: int = 2, size_bytes: int = 8 * MiB) 
 
     def spec(name: str, serial: int, lss: int, ssid: int, prefix: str, port: int, peer: PeerSpec):
         return ControllerSpec(
+            site=site(),
             name=name,
             serial=serial,
             data_dir=root / name,

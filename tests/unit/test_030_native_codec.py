@@ -124,7 +124,9 @@ def name_bytes(text: str) -> bytes:
     return struct.pack("!H", len(raw)) + raw
 
 
-def hello_body(version: int = 1, role: int = ROLE_HOST, name: str = CLIENT_NAME) -> bytes:
+def hello_body(
+    version: int = PROTOCOL_VERSION, role: int = ROLE_HOST, name: str = CLIENT_NAME
+) -> bytes:
     return struct.pack("!HB", version, role) + CLIENT_NONCE + name_bytes(name)
 
 
@@ -187,12 +189,10 @@ def handshake(pair: ConnectionPair, *, role: PeerRole = PeerRole.HOST) -> None:
         client_nonce=hello.nonce,
         server_nonce=SERVER_NONCE,
     )
-    proof = auth.server_proof(SECRET, at_server)
-    [challenge] = pair.send(
-        Side.SERVER, Challenge(name=SERVER_NAME, nonce=SERVER_NONCE, proof=proof)
-    )
+    [challenge] = pair.send(Side.SERVER, Challenge(name=SERVER_NAME, nonce=SERVER_NONCE))
     assert isinstance(challenge, Challenge)
-    # The client binds what it sent and what it received, and checks the server first.
+    # The client binds what it sent and what it received, and proves first: the challenge
+    # carries nothing computed from the secret.
     at_client = auth.Transcript(
         role=int(role),
         client=CLIENT_NAME,
@@ -200,12 +200,14 @@ def handshake(pair: ConnectionPair, *, role: PeerRole = PeerRole.HOST) -> None:
         client_nonce=CLIENT_NONCE,
         server_nonce=challenge.nonce,
     )
-    assert auth.proofs_equal(challenge.proof, auth.server_proof(SECRET, at_client))
     [answer] = pair.send(Side.CLIENT, Proof(proof=auth.client_proof(SECRET, at_client)))
     assert isinstance(answer, Proof)
     assert auth.proofs_equal(answer.proof, auth.client_proof(SECRET, at_server))
-    [welcome] = pair.send(Side.SERVER, Welcome(serial=SERIAL, name=SERVER_NAME))
-    assert welcome == Welcome(serial=SERIAL, name=SERVER_NAME)
+    # Only then does the server prove itself, in WELCOME; the client checks it.
+    proof = auth.server_proof(SECRET, at_server)
+    [welcome] = pair.send(Side.SERVER, Welcome(serial=SERIAL, name=SERVER_NAME, proof=proof))
+    assert welcome == Welcome(serial=SERIAL, name=SERVER_NAME, proof=proof)
+    assert auth.proofs_equal(welcome.proof, auth.server_proof(SECRET, at_client))
 
 
 def ready_pair() -> ConnectionPair:
@@ -224,7 +226,7 @@ def connection_at(side: Side, step: int) -> Connection:
     conn = pair.client if side is Side.CLIENT else pair.server
     if step >= 1:
         pair.send(Side.CLIENT, Hello(name=CLIENT_NAME, nonce=CLIENT_NONCE))
-        pair.send(Side.SERVER, Challenge(name=SERVER_NAME, nonce=SERVER_NONCE, proof=SOME_PROOF))
+        pair.send(Side.SERVER, Challenge(name=SERVER_NAME, nonce=SERVER_NONCE))
         if side is Side.CLIENT:
             pair.send(Side.CLIENT, Proof(proof=SOME_PROOF))
     if step >= 2:
@@ -253,7 +255,7 @@ def receiver_for(msg: Message) -> Connection:
     if isinstance(msg, Proof):
         conn = Connection(Side.SERVER)
         feed(conn, frame(KIND_HELLO, hello_body()))
-        conn.send(Challenge(name=SERVER_NAME, nonce=SERVER_NONCE, proof=SOME_PROOF))
+        conn.send(Challenge(name=SERVER_NAME, nonce=SERVER_NONCE))
         return conn
     if isinstance(msg, Challenge):
         conn = Connection(Side.CLIENT)
@@ -262,7 +264,7 @@ def receiver_for(msg: Message) -> Connection:
     if isinstance(msg, Welcome):
         conn = Connection(Side.CLIENT)
         conn.send(Hello(name=CLIENT_NAME, nonce=CLIENT_NONCE))
-        feed(conn, encode(Challenge(name=SERVER_NAME, nonce=SERVER_NONCE, proof=SOME_PROOF)))
+        feed(conn, encode(Challenge(name=SERVER_NAME, nonce=SERVER_NONCE)))
         conn.send(Proof(proof=SOME_PROOF))
         return conn
     if isinstance(msg, REQUEST_TYPES):
@@ -344,24 +346,24 @@ STATUS_BYTES = (
 CASES: list[tuple[Message, bytes]] = [
     (
         Hello(role=PeerRole.HOST, name=CLIENT_NAME, nonce=CLIENT_NONCE),
-        frame(KIND_HELLO, b"\x00\x01" + b"\x01" + CLIENT_NONCE + b"\x00\x05hosta"),
+        frame(KIND_HELLO, b"\x00\x02" + b"\x01" + CLIENT_NONCE + b"\x00\x05hosta"),
     ),
     (
         Hello(role=PeerRole.PEER, name="", nonce=CLIENT_NONCE),
-        frame(KIND_HELLO, b"\x00\x01" + b"\x02" + CLIENT_NONCE + b"\x00\x00"),
+        frame(KIND_HELLO, b"\x00\x02" + b"\x02" + CLIENT_NONCE + b"\x00\x00"),
     ),
     (
-        Challenge(name=SERVER_NAME, nonce=SERVER_NONCE, proof=SOME_PROOF),
-        frame(KIND_CHALLENGE, b"\x00\x01" + SERVER_NONCE + SOME_PROOF + b"\x00\x08ctl-east"),
+        Challenge(name=SERVER_NAME, nonce=SERVER_NONCE),
+        frame(KIND_CHALLENGE, b"\x00\x02" + SERVER_NONCE + b"\x00\x08ctl-east"),
     ),
     (Proof(proof=SOME_PROOF), frame(KIND_PROOF, SOME_PROOF)),
     (
-        Welcome(serial=SERIAL, name=SERVER_NAME),
-        frame(KIND_WELCOME, b"\x00\x00\xfa\x0f" + b"\x00\x08ctl-east"),
+        Welcome(serial=SERIAL, name=SERVER_NAME, proof=SOME_PROOF),
+        frame(KIND_WELCOME, b"\x00\x00\xfa\x0f" + SOME_PROOF + b"\x00\x08ctl-east"),
     ),
     (
         Welcome(serial=U32_MAX, name="é"),
-        frame(KIND_WELCOME, b"\xff\xff\xff\xff" + b"\x00\x02\xc3\xa9"),
+        frame(KIND_WELCOME, b"\xff\xff\xff\xff" + bytes(PROOF_BYTES) + b"\x00\x02\xc3\xa9"),
     ),
     (
         ErrorReply(request_id=7, code=25, message="device busy"),
@@ -555,7 +557,7 @@ def test_ConnectionPair_refused_handshake_closes_both_ends() -> None:
     """A server that refuses the proof sends an error frame and both ends are closed."""
     pair = ConnectionPair()
     pair.send(Side.CLIENT, Hello(name=CLIENT_NAME, nonce=CLIENT_NONCE))
-    pair.send(Side.SERVER, Challenge(name=SERVER_NAME, nonce=SERVER_NONCE, proof=SOME_PROOF))
+    pair.send(Side.SERVER, Challenge(name=SERVER_NAME, nonce=SERVER_NONCE))
     pair.send(Side.CLIENT, Proof(proof=SOME_PROOF))
     refusal = ErrorReply(code=44, message="hosta: wrong secret")
     assert pair.send(Side.SERVER, refusal) == [refusal]
@@ -651,7 +653,7 @@ def test_Connection_refuses_frames_out_of_order(
 def test_Connection_client_refuses_a_challenge_before_hello() -> None:
     """A client that has not sent HELLO refuses a CHALLENGE."""
     conn = Connection(Side.CLIENT)
-    conn.receive_data(encode(Challenge(name="x", nonce=SERVER_NONCE, proof=SOME_PROOF)))
+    conn.receive_data(encode(Challenge(name="x", nonce=SERVER_NONCE)))
     with pytest.raises(RemoteProtocolError, match="CHALLENGE before HELLO was sent"):
         conn.next_event()
 
@@ -662,7 +664,7 @@ def test_Connection_client_refuses_welcome_before_its_proof(challenged: bool) ->
     conn = Connection(Side.CLIENT)
     conn.send(Hello(name=CLIENT_NAME, nonce=CLIENT_NONCE))
     if challenged:
-        feed(conn, encode(Challenge(name="x", nonce=SERVER_NONCE, proof=SOME_PROOF)))
+        feed(conn, encode(Challenge(name="x", nonce=SERVER_NONCE)))
     conn.receive_data(encode(Welcome(serial=1, name="x")))
     with pytest.raises(RemoteProtocolError, match="WELCOME before the challenge was answered"):
         conn.next_event()
@@ -675,7 +677,7 @@ def test_Connection_client_refuses_welcome_before_its_proof(challenged: bool) ->
         (0, Welcome(name="x")),
         (0, Proof(proof=SOME_PROOF)),
         (0, ReadReply(request_id=1)),
-        (1, Challenge(name="x", nonce=SERVER_NONCE, proof=SOME_PROOF)),
+        (1, Challenge(name="x", nonce=SERVER_NONCE)),
         (1, StatusReply(request_id=1)),
         (2, Hello(nonce=CLIENT_NONCE)),
         (2, StatusRequest(request_id=1)),
@@ -733,13 +735,13 @@ def test_Connection_server_may_send_an_error_after_a_protocol_error() -> None:
     "msg",
     [
         Hello(nonce=b"short"),
-        Challenge(name="x", nonce=b"short", proof=SOME_PROOF),
-        Challenge(name="x", nonce=SERVER_NONCE, proof=b"short"),
+        Challenge(name="x", nonce=b"short"),
+        Welcome(name="x", proof=b"short"),
         Proof(proof=b"short"),
         Hello(nonce=CLIENT_NONCE, name="x" * (NAME_SIZE_MAX_BYTES + 1)),
         Welcome(name="é" * 128),
     ],
-    ids=["hello-nonce", "challenge-nonce", "challenge-proof", "proof", "hello-name", "name"],
+    ids=["hello-nonce", "challenge-nonce", "welcome-proof", "proof", "hello-name", "name"],
 )
 def test_encode_refuses_fields_of_the_wrong_size(msg: Message) -> None:
     """A nonce, proof or name of the wrong size is refused instead of padded or cut."""
@@ -772,12 +774,13 @@ def test_Connection_failed_send_changes_no_phase() -> None:
 
 
 def test_Connection_server_refuses_hello_of_another_version() -> None:
-    """A HELLO of version 2 raises VersionMismatch naming both versions."""
+    """A HELLO of version 1 (before the client proved first) raises VersionMismatch naming
+    both versions."""
     conn = Connection(Side.SERVER)
-    conn.receive_data(frame(KIND_HELLO, hello_body(version=2)))
+    conn.receive_data(frame(KIND_HELLO, hello_body(version=1)))
     with pytest.raises(VersionMismatch) as info:
         conn.next_event()
-    assert "version 2" in str(info.value)
+    assert "version 1" in str(info.value)
     assert f"version {PROTOCOL_VERSION}" in str(info.value)
     assert conn.phase is Phase.CLOSED
 
@@ -786,18 +789,16 @@ def test_Connection_server_reads_only_the_version_of_a_future_hello() -> None:
     """A future HELLO is told apart by its first two bytes, whatever layout follows."""
     conn = Connection(Side.SERVER)
     conn.receive_data(frame(KIND_HELLO, b"\x00\x07"))
-    with pytest.raises(VersionMismatch, match=r"version 7.*version 1"):
+    with pytest.raises(VersionMismatch, match=r"version 7.*version 2"):
         conn.next_event()
 
 
 def test_Connection_client_refuses_challenge_of_another_version() -> None:
-    """A CHALLENGE of version 2 raises VersionMismatch naming both versions."""
+    """A CHALLENGE of version 3 raises VersionMismatch naming both versions."""
     conn = Connection(Side.CLIENT)
     conn.send(Hello(nonce=CLIENT_NONCE))
-    conn.receive_data(
-        frame(KIND_CHALLENGE, b"\x00\x02" + SERVER_NONCE + SOME_PROOF + name_bytes("x"))
-    )
-    with pytest.raises(VersionMismatch, match=r"version 2.*version 1"):
+    conn.receive_data(frame(KIND_CHALLENGE, b"\x00\x03" + SERVER_NONCE + name_bytes("x")))
+    with pytest.raises(VersionMismatch, match=r"version 3.*version 2"):
         conn.next_event()
 
 
@@ -933,7 +934,7 @@ MALFORMED = [
     (
         Side.SERVER,
         0,
-        frame(KIND_HELLO, struct.pack("!HB", 1, 1) + CLIENT_NONCE + b"\x00\x01\xff"),
+        frame(KIND_HELLO, struct.pack("!HB", PROTOCOL_VERSION, 1) + CLIENT_NONCE + b"\x00\x01\xff"),
         "malformed",
     ),
     (Side.SERVER, 1, frame(KIND_PROOF, SOME_PROOF[:-1]), "proof must be 32 bytes"),
@@ -1117,9 +1118,9 @@ device_statuses = st.builds(
 hellos = st.builds(
     Hello, request_id=request_ids, role=st.sampled_from(PeerRole), name=names, nonce=nonces
 )
-challenges = st.builds(Challenge, request_id=request_ids, name=names, nonce=nonces, proof=proofs)
+challenges = st.builds(Challenge, request_id=request_ids, name=names, nonce=nonces)
 proof_messages = st.builds(Proof, request_id=request_ids, proof=proofs)
-welcomes = st.builds(Welcome, request_id=request_ids, serial=u32s, name=names)
+welcomes = st.builds(Welcome, request_id=request_ids, serial=u32s, name=names, proof=proofs)
 error_replies = st.builds(ErrorReply, request_id=request_ids, code=u16s, message=texts)
 identify_requests = st.builds(IdentifyRequest, request_id=request_ids, devices=device_lists)
 identify_replies = st.builds(
@@ -1241,7 +1242,7 @@ def test_Connection_server_decodes_a_handshake_split_anywhere(
     else:
         server.receive_data(stream[cut:])
     assert first == hello
-    server.send(Challenge(name=SERVER_NAME, nonce=SERVER_NONCE, proof=SOME_PROOF))
+    server.send(Challenge(name=SERVER_NAME, nonce=SERVER_NONCE))
     assert drain(server) == [proof]
 
 

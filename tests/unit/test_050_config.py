@@ -9,10 +9,13 @@ import pytest
 
 from remcopy.controller.config import TESTING_KEYS, ControllerConfig, load_controller_config
 from remcopy.errors import ConfigError
+from remcopy.pki import Site
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 
 GOOD = """\
+plain_tcp = true
+
 [controller]
 name = "cntl1"
 serial = 64015
@@ -63,10 +66,12 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def _example(tmp_path: Path, name: str) -> Path:
-    """A copy of docs/examples/NAME made 0600 (a checkout makes it 0644: refused)."""
+    """A copy of docs/examples/NAME made 0600 (a checkout makes it 0644: refused), with the
+    certificates its [tls] names made as the docs say (`remcopy pki` in site-pki/)."""
     path = tmp_path / name
     shutil.copy(EXAMPLES / name, path)
     path.chmod(0o600)
+    Site(tmp_path / "site-pki").files(path.stem, "controller")
     return path
 
 
@@ -270,7 +275,7 @@ def test_load_controller_config_invalid_toml(tmp_path: Path) -> None:
     path, error = _refusal(tmp_path, _edited(("serial = 64015", "serial = = 64015")))
 
     assert str(error).startswith(f"{path}: not valid TOML: ")
-    assert "line 3" in str(error)
+    assert "line 5" in str(error)
 
 
 def test_load_controller_config_missing_file(tmp_path: Path) -> None:
@@ -366,3 +371,57 @@ def test_load_controller_config_accepts_test_only_keys_with_REMCOPY_TESTING_1(
     config = load_controller_config(path, environ={"REMCOPY_TESTING": "1"})
     assert config.testing() == {"planted_bug_every": 5}
     assert load_controller_config(_write(tmp_path, GOOD), environ={}).testing() == {}
+
+
+# TLS or, explicitly, plain TCP on loopback ---------------------------------------------------
+
+
+def _tls_config(tmp_path: Path, *, key_mode: int = 0o600, listen: str = "127.0.0.1:7401") -> str:
+    files = Site(tmp_path / "pki").files("cntl1", "controller")
+    files.key.chmod(key_mode)
+    return GOOD.replace("plain_tcp = true\n", "").replace(
+        'listen = "127.0.0.1:7401"', f'listen = "{listen}"'
+    ) + ('\n[tls]\nca = "pki/ca.pem"\ncert = "pki/cntl1.pem"\nkey = "pki/cntl1.key"\n')
+
+
+def test_tls_paths_are_taken_from_the_config_folder(tmp_path: Path) -> None:
+    """[tls] paths relative to the config's folder; a non-loopback listen is fine with TLS."""
+    config = load_controller_config(_write(tmp_path, _tls_config(tmp_path, listen="0.0.0.0:7401")))
+    files = config.tls_files()
+    assert files is not None and files.key == tmp_path / "pki" / "cntl1.key"
+    assert not config.plain_tcp
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            lambda tmp: GOOD.replace("plain_tcp = true\n", ""),
+            "tls: missing: every link is TLS",
+        ),
+        (
+            lambda tmp: GOOD.replace('listen = "127.0.0.1:7401"', 'listen = "0.0.0.0:7401"'),
+            "plain_tcp: refused: controller.listen 0.0.0.0:7401 is not a loopback address",
+        ),
+        (
+            lambda tmp: GOOD.replace(
+                'listen = "127.0.0.1:7401"',
+                'listen = "127.0.0.1:7401"\nnbd_listen = "192.0.2.7:10809"',
+            ),
+            "controller.nbd_listen 192.0.2.7:10809 is not a loopback address",
+        ),
+        (
+            lambda tmp: _tls_config(tmp, key_mode=0o644),
+            "the TLS key is accessible by group or others (mode 0644, expected 0600)",
+        ),
+        (
+            lambda tmp: _tls_config(tmp).replace('cert = "pki/cntl1.pem"', 'cert = "pki/no.pem"'),
+            "tls.cert: cannot read",
+        ),
+    ],
+    ids=["no-tls", "plain-not-loopback", "plain-nbd-not-loopback", "key-readable", "no-cert"],
+)
+def test_links_without_tls_or_with_an_exposed_key_are_refused(tmp_path: Path, text, expected):
+    """No [tls] without plain_tcp, plain TCP off loopback, a key others may read: refused."""
+    _path, err = _refusal(tmp_path, text(tmp_path))
+    assert expected in str(err.problems), err.problems

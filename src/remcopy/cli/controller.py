@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import click
 
-from remcopy import aio
+from remcopy import aio, secretfiles, tls
 from remcopy.cli.output import emit_json, say, table
 from remcopy.configfile import format_address, parse_address
 from remcopy.errors import InputError
@@ -157,10 +158,27 @@ def _address(value: str) -> tuple[str, int]:
     help="Host name to authenticate as (env REMCOPY_HOST_NAME).",
 )
 @click.option(
-    "--secret",
-    envvar="REMCOPY_SECRET",
-    required=True,
-    help="That host's secret (env REMCOPY_SECRET).",
+    "--secret-file",
+    envvar="REMCOPY_SECRET_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="That host's secret file, 0600 (env REMCOPY_SECRET_FILE; or the secret itself in "
+    "env REMCOPY_SECRET). Never on the command line.",
+)
+@click.option(
+    "--pki",
+    "pki_dir",
+    envvar="REMCOPY_PKI",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder with ca.pem, NAME.pem and NAME.key (env REMCOPY_PKI): TLS as host NAME. "
+    "Without it: plain TCP, which only a plain_tcp controller on loopback accepts.",
+)
+@click.option(
+    "--controller",
+    "controller_name",
+    default=None,
+    help="The controller's name, which its certificate must carry (needed with --pki).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.option(
@@ -171,18 +189,44 @@ def _address(value: str) -> tuple[str, int]:
     show_default=True,
     help="Seconds to wait for the controller.",
 )
-def status(addr: str, name: str, secret: str, as_json: bool, timeout_s: float) -> None:
-    """Show a running controller's volumes and counters.
+def status(
+    addr: str,
+    name: str,
+    secret_file: Path | None,
+    pki_dir: Path | None,
+    controller_name: str | None,
+    as_json: bool,
+    timeout_s: float,
+) -> None:
+    """Show a running controller's volumes and counters, and whether its links are TLS.
 
     \b
     Example:
-      remcopy controller status 127.0.0.1:7401 --name hosta --secret s3cret-hosta
+      remcopy controller status 127.0.0.1:7401 --controller cntl1 --name hosta \\
+          --pki site-pki --secret-file hosta.secret
     """
     address = _address(addr)
+    secret = _host_secret(secret_file)
+    context = None
+    if pki_dir is not None:
+        if not controller_name:
+            raise InputError("--controller: needed with --pki (the name its certificate carries)")
+        context = tls.client_context(
+            tls.TlsFiles(
+                ca=pki_dir / "ca.pem", cert=pki_dir / f"{name}.pem", key=pki_dir / f"{name}.key"
+            ),
+            source=f"--pki {pki_dir}",
+        )
 
     async def ask() -> dict[str, object]:
         async with Channel(
-            address, name=name, secret=secret, connect_timeout_s=timeout_s, timeout_s=timeout_s
+            address,
+            name=name,
+            secret=secret,
+            tls=context,
+            server_name=controller_name,
+            connect_timeout_s=timeout_s,
+            timeout_s=timeout_s,
         ) as channel:
             return await channel.status()
 
@@ -192,7 +236,7 @@ def status(addr: str, name: str, secret: str, as_json: bool, timeout_s: float) -
         return
     say(
         f"controller {doc['name']} serial {doc['serial']} at {addr}: "
-        f"{doc['volumes']} volumes, up {doc['uptime_s']} s"
+        f"{doc['volumes']} volumes, up {doc['uptime_s']} s, links {doc.get('links', '?')}"
     )
     if doc.get("testing"):
         say(_testing_warning(doc["testing"]))
@@ -206,6 +250,19 @@ def status(addr: str, name: str, secret: str, as_json: bool, timeout_s: float) -
             for d in devices
         ],
     )
+
+
+def _host_secret(secret_file: Path | None) -> str:
+    """The host's secret: from a private file, or from the environment (never argv)."""
+    if secret_file is not None:
+        return secretfiles.read(secret_file)
+    value = os.environ.get(secretfiles.SECRET_ENV_VAR)
+    if value is None:
+        raise InputError(
+            f"--secret-file: missing: give the host's secret file (0600), or the secret in "
+            f"the environment variable {secretfiles.SECRET_ENV_VAR}"
+        )
+    return secretfiles.check_text(value, secretfiles.SECRET_ENV_VAR)
 
 
 def _size(n: int) -> str:

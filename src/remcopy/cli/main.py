@@ -58,10 +58,20 @@ COMMANDS: Final = {
         attribute="map_group",
         help="Read device maps: show, diff against the previous scan, check across hosts.",
     ),
+    "pki": LazyCommand(
+        module="remcopy.cli.pki",
+        attribute="pki_group",
+        help="Make a site CA and certificates for hosts and controllers (TLS on every link).",
+    ),
     "scan": LazyCommand(
         module="remcopy.cli.host",
         attribute="scan",
         help="Scan host NAME's devices through its controllers and store its device map.",
+    ),
+    "secret": LazyCommand(
+        module="remcopy.cli.secret",
+        attribute="secret_group",
+        help="Make shared secrets (>= 128 random bits) in 0600 files that configs name.",
     ),
     "states": LazyCommand(
         module="remcopy.cli.states",
@@ -104,7 +114,9 @@ def cli(verbose: int) -> None:
     \b
     Example:
       remcopy controller serve site-a/cntl1.toml
-      remcopy controller status 127.0.0.1:7401 --name hosta --secret s3cret-hosta
+      remcopy pki init --dir site-pki
+      remcopy controller status 127.0.0.1:7401 --controller cntl1 --name hosta \\
+          --pki site-pki --secret-file hosta.secret
     """
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(

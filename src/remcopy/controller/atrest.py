@@ -69,6 +69,21 @@ def config_exposure(path: Path, data: dict[str, Any]) -> list[str]:
     ]
 
 
+def private_problem(path: Path, what: str) -> str | None:
+    """A problem line when a file that must be private (a key, a secret) is accessible by
+    group or others; None when it is private."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError as exc:
+        return f"{path}: cannot read the {what}: {exc.strerror}"
+    if mode & _GROUP_OTHERS:
+        return (
+            f"{path}: the {what} is accessible by group or others "
+            f"(mode {mode:04o}, expected 0600): run `chmod 600 {path}`"
+        )
+    return None
+
+
 def exposed(paths: Iterable[Path]) -> list[Path]:
     """The existing paths accessible by group or others (to warn about, never to chmod)."""
     out = []
@@ -81,4 +96,12 @@ def exposed(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
-__all__ = ["FILE_MODE", "FOLDER_MODE", "config_exposure", "exposed", "make_folder", "open_private"]
+__all__ = [
+    "FILE_MODE",
+    "FOLDER_MODE",
+    "config_exposure",
+    "exposed",
+    "make_folder",
+    "open_private",
+    "private_problem",
+]

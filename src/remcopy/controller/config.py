@@ -29,7 +29,8 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from remcopy import configfile
+from remcopy import configfile, secretfiles
+from remcopy.configfile import format_address
 from remcopy.controller import atrest
 from remcopy.controller.volume import (
     TRACK_SIZE_DEFAULT_BYTES,
@@ -39,6 +40,7 @@ from remcopy.controller.volume import (
 )
 from remcopy.errors import ConfigError, InvalidIdentifier
 from remcopy.ids import Volser, parse_serial
+from remcopy.tls import TlsFiles
 
 
 def _hex(digits: int, what: str) -> Any:
@@ -187,6 +189,10 @@ class ControllerSection(_Strict):
     """A sibling primary not confirmed armed within hold_s: "go" releases the held writes
     (change-recorded; the group is reported not consistent), "stop" refuses them until an
     operator acts, so nothing that depends on them can be written anywhere."""
+    auth_failures_max: int = Field(default=10, ge=1, le=1_000_000)
+    """Failed handshakes from one address within auth_failures_window_s before its
+    connections are refused until the oldest ages out."""
+    auth_failures_window_s: float = Field(default=60.0, gt=0, le=86400)
     planted_bugs: list[
         Literal[
             "mirror_late_write",
@@ -272,6 +278,8 @@ class VolumeSection(_Strict):
 class HostSection(_Strict):
     name: str = Field(min_length=1, max_length=64)
     secret: Secret
+    """The host's secret: read from secret_file (0600) when the config names one."""
+    secret_file: Path | None = None
     lss: list[Lss] | None = None
     """The LSSs this host may reach; absent means every device of the controller."""
 
@@ -284,6 +292,8 @@ class PeerSection(_Strict):
     offer_lss: list[Lss] = Field(default_factory=list)
     """The LSSs whose SIMPLEX volumes this peer may establish pairs onto (become their
     primary); absent or empty: none. Pairs that exist are the peer's to act on either way."""
+    secret_file: Path | None = None
+    """The link's secret: read from secret_file (0600) when the config names one."""
 
     def offers(self, device: int) -> bool:
         return (device >> 8) in self.offer_lss
@@ -291,11 +301,19 @@ class PeerSection(_Strict):
 
 class ControllerConfig(_Strict):
     controller: ControllerSection
+    tls: TlsSection | None = None
+    plain_tcp: bool = False
+    """No TLS on this controller's links: allowed only when every listen address is loopback."""
     lss: list[LssSection] = Field(min_length=1)
     volumes: list[VolumeSection] = Field(default_factory=list)
     hosts: list[HostSection] = Field(default_factory=list)
     peers: list[PeerSection] = Field(default_factory=list)
-    tls: TlsSection | None = None
+
+    def tls_files(self) -> TlsFiles | None:
+        """The TLS files of this controller's links; None with plain_tcp."""
+        if self.plain_tcp or self.tls is None:
+            return None
+        return TlsFiles(ca=self.tls.ca, cert=self.tls.cert, key=self.tls.key)
 
     def testing(self) -> dict[str, Any]:
         """The test-only switches this config sets, by key (empty in production)."""
@@ -324,33 +342,43 @@ def is_loopback(host: str) -> bool:
 
 
 def _tls_checks(config: ControllerConfig, source: str) -> list[str]:
+    """TLS is required unless plain_tcp says otherwise, and plain TCP only on loopback; NBD
+    clients must use TLS where nbd_tls requires it, so [tls] must be there too."""
     section = config.controller
-    problems = []
+    if not config.plain_tcp:
+        if config.tls is None:
+            return [
+                f"{source}: tls: missing: every link is TLS (add [tls] with ca, cert and key, "
+                "made with `remcopy pki`), or set plain_tcp = true on a loopback-only controller"
+            ]
+        return _tls_file_problems(config.tls, source)
+    listens = [("controller.listen", section.listen)]
+    if section.nbd_listen is not None:
+        listens.append(("controller.nbd_listen", section.nbd_listen))
+    problems = [
+        f"{source}: plain_tcp: refused: {key} {format_address(address)} is not a loopback "
+        "address (plain TCP only on loopback; use [tls] to listen elsewhere)"
+        for key, address in listens
+        if not is_loopback(address[0])
+    ]
     if section.nbd_tls_required() and config.tls is None:
-        assert section.nbd_listen is not None
-        why = (
-            "controller.nbd_tls is require"
-            if section.nbd_tls == "require"
-            else f"controller.nbd_listen {configfile.format_address(section.nbd_listen)} is "
-            "not a loopback address"
-        )
         problems.append(
-            f"{source}: tls: missing: {why}, so NBD clients must use TLS: add a [tls] section "
-            "with ca, cert and key (docs/security.md)"
+            f"{source}: tls: missing: controller.nbd_tls is require, so NBD clients must use "
+            "TLS: add a [tls] section with ca, cert and key (docs/security.md)"
         )
-    if config.tls is not None:
-        for name in ("ca", "cert", "key"):
-            path = getattr(config.tls, name)
-            if not path.is_file():
-                problems.append(f"{source}: tls.{name}: no such file: {path}")
-        key = config.tls.key
-        exposure = atrest.exposed([key]) if key.is_file() else []
-        if exposure:
-            mode = key.stat().st_mode & 0o777
-            problems.append(
-                f"{source}: tls.key: {key} is accessible by group or others (mode {mode:04o}, "
-                f"expected 0600): run `chmod 600 {key}`"
-            )
+    elif config.tls is not None:
+        problems += _tls_file_problems(config.tls, source)
+    return problems
+
+
+def _tls_file_problems(tls: TlsSection, source: str) -> list[str]:
+    problems = [
+        f"{source}: tls.{key}: cannot read {path}"
+        for key, path in (("ca", tls.ca), ("cert", tls.cert), ("key", tls.key))
+        if not path.is_file()
+    ]
+    if not problems and (problem := atrest.private_problem(tls.key, "TLS key")):
+        problems.append(f"{source}: tls.key: {problem}")
     return problems
 
 
@@ -433,6 +461,11 @@ def load_controller_config(
     data = configfile.read_toml(path)
     refused = _testing_refused(data, str(path), os.environ if environ is None else environ)
     refused += atrest.config_exposure(path, data)
+    for entries in ("hosts", "peers"):
+        refused += [
+            f"{path}: {problem}"
+            for problem in secretfiles.resolve_files(data.get(entries), path.parent, entries)
+        ]
     if refused:
         # Validate the rest without the refused keys: every problem is named at once, and a
         # refused volume_faults is never armed.

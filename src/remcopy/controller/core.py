@@ -518,6 +518,11 @@ class Controller:
     def flush_targets(self, host: HostGrant, keys: Iterable[int]) -> list[Volume]:
         return [self.device_for_host(host, key).volume for key in self.host_devices(host, keys)]
 
+    @property
+    def links(self) -> str:
+        """How hosts and peers reach this controller: "tls" or "plain_tcp"."""
+        return "plain_tcp" if self.config.tls_files() is None else "tls"
+
     def status(self, host: HostGrant) -> dict[str, Any]:
         """The status document as `host` may see it: only the devices of its grant (their
         count, states and list); the controller's name, serial, uptime and counters."""
@@ -531,6 +536,7 @@ class Controller:
             **({"testing": testing} if testing else {}),
             "name": self.name,
             "serial": self.serial,
+            "links": self.links,
             "uptime_s": round((time.time_ns() - self.started_ns) / 1e9, 3),
             "volumes": len(devices),
             "states": by_state,

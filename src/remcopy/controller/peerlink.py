@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -46,6 +47,7 @@ class PeerLink:
         journal: Journal,
         on_broken: Callable[[PeerLink, RemcopyError], None],
         ack_timeout_s: float = ACK_TIMEOUT_S_DEFAULT,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.ack_timeout_s = ack_timeout_s
         self.peer = peer
@@ -58,6 +60,8 @@ class PeerLink:
             name=local_name,
             secret=peer.secret,
             role=native.PeerRole.PEER,
+            tls=tls,
+            server_name=peer.name,
             timeout_s=ack_timeout_s,
         )
         self._on_broken = on_broken

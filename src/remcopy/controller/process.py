@@ -15,11 +15,14 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
-from remcopy.configfile import parse_address
+from remcopy import pki
+from remcopy.configfile import parse_address, read_toml
 from remcopy.controller import atrest
 from remcopy.errors import RemcopyError
+from remcopy.host.channel import Channel
+from remcopy.wire.native import PeerRole
 
 READY_TIMEOUT_S: Final = 30.0
 TESTING_ENV: Final = {"REMCOPY_TESTING": "1"}
@@ -28,6 +31,7 @@ volume_faults, identify_delay_s...; docs/security.md). Pass it only to the contr
 config sets one: `ControllerProcess(path, extra_env=TESTING_ENV)`."""
 _READY = re.compile(r"^remcopy controller (\S+) ready serial=(\d+) listen=(\S+)")
 _READY_NBD = re.compile(r" nbd=(\S+)")  # NBD export address, when nbd_listen is configured
+_READY_LINKS = re.compile(r" links=(\S+)")  # "tls" or "plain_tcp"
 
 
 @dataclass(kw_only=True)
@@ -75,10 +79,20 @@ class ControllerSpec:
     nbd_tls: str | None = None
     """"auto" or "require"; None: the config default (auto: TLS unless on loopback)."""
     tls: dict[str, Path] | None = None
-    """The [tls] section: {"ca": ..., "cert": ..., "key": ...}; None: none."""
+    """The [tls] section: {"ca": ..., "cert": ..., "key": ...} (NBD TLS with plain native
+    links); None: none, or the site's when `site` is set."""
+    secret_folder: Path | None = None
+    """Write each secret to a 0600 file here and name it by `secret_file`; None: inline."""
+    site: pki.Site | None = None
+    """The site whose certificate this controller presents (issued on demand): TLS on every
+    link. None: plain_tcp = true (the listen address must be loopback)."""
+    plain_tcp: bool | None = None
+    """Write plain_tcp = true or not; None: as `site` says (plain without a site)."""
 
     def toml(self) -> str:
-        lines = [
+        plain = self.site is None if self.plain_tcp is None else self.plain_tcp
+        lines = ["plain_tcp = true", ""] if plain else []
+        lines += [
             "[controller]",
             f'name = "{self.name}"',
             f"serial = {self.serial}",
@@ -99,7 +113,16 @@ class ControllerSpec:
         if self.nbd_tls is not None:
             lines.append(f'nbd_tls = "{self.nbd_tls}"')
         lines.append("")
-        if self.tls is not None:
+        if self.site is not None:
+            files = self.site.files(self.name, "controller")
+            lines += [
+                "[tls]",
+                f"ca = {_toml_value(str(files.ca))}",
+                f"cert = {_toml_value(str(files.cert))}",
+                f"key = {_toml_value(str(files.key))}",
+                "",
+            ]
+        elif self.tls is not None:
             lines.append("[tls]")
             lines += [f"{key} = {_toml_value(str(path))}" for key, path in self.tls.items()]
             lines.append("")
@@ -115,7 +138,7 @@ class ControllerSpec:
                 "",
             ]
         for name, secret in sorted(self.hosts.items()):
-            lines += ["[[hosts]]", f'name = "{name}"', f'secret = "{secret}"']
+            lines += ["[[hosts]]", f'name = "{name}"', self._secret_line(f"host-{name}", secret)]
             if name in self.host_lss:
                 lines.append(f"lss = {_lss_list(self.host_lss[name])}")
             lines.append("")
@@ -126,14 +149,23 @@ class ControllerSpec:
                 f'name = "{peer.name}"',
                 f"serial = {peer.serial}",
                 f'address = "{peer.address}"',
-                f'secret = "{peer.secret}"',
+                self._secret_line(f"link-{peer.name}", peer.secret),
                 f"offer_lss = {_lss_list(offer)}",
                 "",
             ]
         return "\n".join(lines)
 
+    def _secret_line(self, key: str, secret: str) -> str:
+        """`secret_file = ...` (the secret written 0600 under secret_folder) or inline."""
+        if self.secret_folder is None:
+            return f"secret = {_toml_value(secret)}"
+        path = self.secret_folder / f"{self.name}-{key}.secret"
+        atrest.make_folder(self.secret_folder)
+        write_private(path, secret + "\n")
+        return f"secret_file = {_toml_value(str(path))}"
+
     def write(self, path: Path) -> Path:
-        """Write the config 0600 (it holds secrets: a controller refuses it otherwise)."""
+        """Write the config 0600 (it may hold secrets: a controller refuses it otherwise)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         write_private(path, self.toml())
         return path
@@ -195,6 +227,8 @@ class ControllerProcess:
         self.address: tuple[str, int] = ("", 0)
         self.nbd_address: tuple[str, int] | None = None
         """The NBD export address from the ready line; None when NBD is not configured."""
+        self.links = ""
+        """"tls" or "plain_tcp", from the ready line."""
         self._drain: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -257,8 +291,31 @@ class ControllerProcess:
         self.address = parse_address(match.group(3))
         nbd = _READY_NBD.search(raw.decode(errors="replace"))
         self.nbd_address = parse_address(nbd.group(1)) if nbd else None
+        links = _READY_LINKS.search(raw.decode(errors="replace"))
+        self.links = links.group(1) if links else ""
         self._drain = asyncio.get_running_loop().create_task(self._drain_stdout())
         return self
+
+    def site(self) -> pki.Site | None:
+        """The site of this controller's CA (from its config's [tls]); None for plain TCP."""
+        section = read_toml(self.config_path).get("tls")
+        if self.links != "tls" or not isinstance(section, dict):
+            return None
+        return pki.Site((self.config_path.parent / str(section["ca"])).parent)
+
+    def channel(self, name: str, secret: str | bytes, **options: Any) -> Channel:
+        """A channel to this controller as host (or peer) NAME: over TLS with NAME's
+        certificate from the controller's site when the controller speaks TLS."""
+        site = self.site()
+        kind: pki.Kind = "controller" if options.get("role") is PeerRole.PEER else "host"
+        return Channel(
+            self.address,
+            name=name,
+            secret=secret,
+            tls=None if site is None else site.client(name, kind),
+            server_name=self.name,
+            **options,
+        )
 
     async def _drain_stdout(self) -> None:
         assert self.process is not None

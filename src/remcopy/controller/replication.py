@@ -40,6 +40,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Final, Literal
 
+from remcopy import tls
 from remcopy.controller.changemap import ChangeMap
 from remcopy.controller.consistency import Consistency
 from remcopy.controller.core import Controller, Device, HostGrant, PairInfo
@@ -122,6 +123,9 @@ class Replicator:
                 device=device, changemap=ChangeMap(path, volume.tracks, volume.track_size_bytes)
             )
         self.links: dict[int, PeerLink] = {}
+        files = controller.config.tls_files()
+        # Peer links dial with this controller's certificate and check each peer's by its name.
+        self.tls = None if files is None else tls.client_context(files)
         self.hold_s = controller.config.controller.hold_s
         max_lag_s = controller.config.controller.max_lag_s
         self.max_lag_ns = int(max_lag_s * 1e9) if max_lag_s else 0
@@ -405,6 +409,7 @@ class Replicator:
                 journal=journal,
                 on_broken=self._link_broken,
                 ack_timeout_s=self.ack_timeout_s,
+                tls=self.tls,
             )
             self.links[serial] = link
         return link

@@ -39,14 +39,18 @@ import contextlib
 import logging
 import os
 import signal
+import socket
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final, cast
 
+from remcopy import tls
 from remcopy.configfile import format_address
 from remcopy.controller.admission import Admission
+from remcopy.controller.authlimit import FailureLimiter
 from remcopy.controller.core import Controller, EventSink, HostGrant
 from remcopy.controller.latency import Latency
 from remcopy.controller.logsafe import escape_name
@@ -76,6 +80,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("remcopy.controller")
 
 
+AUTH_FAILED_MESSAGE: Final = (
+    "authentication failed: this controller does not accept that name, certificate and secret"
+)
 # Requests that wait on something slower than memory (fdatasync, a peer) at once.
 IN_FLIGHT_MAX: Final = 64
 # Replies queued for a slow reader beyond this make the connection stop taking requests until
@@ -98,7 +105,9 @@ class _Handshake:
     """What a connection between CHALLENGE and PROOF remembers."""
 
     hello: native.Hello
-    secret: bytes
+    secret: bytes | None
+    """None: the name is not configured (the proof is checked against nothing and fails, so
+    the client learns no more than from a wrong secret)."""
     names: auth.Transcript
 
 
@@ -109,13 +118,17 @@ class _Link(asyncio.BufferedProtocol):
         self.server = server
         self.codec = native.Connection(Side.SERVER)
         self.peer = "?"
-        self.host = "?"  # the client's address, without the port
         self.client = "?"
         self.admitted = False  # counted by the listener's Admission until authenticated
         self.sinks: list[EventSink] = []
         """Event sinks of this connection's subscriptions, removed when it ends."""
         self.grant: HostGrant | None = None  # set once authenticated
         self.handshake: _Handshake | None = None  # set while a challenge is outstanding
+        self.cert: tls.CertIdentity | None = None  # the verified client certificate (TLS)
+        self.address = "?"  # the client's IP address (failed handshakes are counted by it)
+        self.secure = False  # over TLS
+        self._first_read: memoryview | None = None
+        self.tls_hello: bool | None = None  # the first bytes were a TLS client hello
         self.transport: asyncio.Transport | None = None
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._tasks: asyncio.TaskGroup | None = None
@@ -143,7 +156,10 @@ class _Link(asyncio.BufferedProtocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.host = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        self.address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        self.secure = transport.get_extra_info("ssl_object") is not None
+        if self.secure:
+            self.cert = tls.identity(transport.get_extra_info("peercert"))
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_BYTES)
         self.server._accepted(self)
 
@@ -152,18 +168,27 @@ class _Link(asyncio.BufferedProtocol):
             if self._scratch is None:
                 self._scratch = memoryview(bytearray(4096))
             return self._scratch
-        return self.codec.get_buffer(sizehint)
+        view = self.codec.get_buffer(sizehint)
+        if self.tls_hello is None and not self.secure:
+            self._first_read = view  # looked at once, then dropped (the codec may resize)
+        return view
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._reading_stopped:
             return
+        first, self._first_read = self._first_read, None
+        if first is not None and self.tls_hello is None:
+            # A TLS record of type handshake (0x16, then version 3.x) where a plain frame's
+            # length should be: a TLS client at a plain_tcp controller; the refusal says so.
+            self.tls_hello = nbytes >= 2 and first[0] == 0x16 and first[1] == 0x03
         self.codec.buffer_updated(nbytes)
         self.process()
 
     def eof_received(self) -> bool:
         self._stop_reading()
         self.process()
-        return True  # keep writing: requests already read are still answered
+        # Keep writing: requests already read are still answered (TLS has no half-close).
+        return not self.secure
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._reading_stopped = self._ending = True
@@ -343,6 +368,43 @@ class _Link(asyncio.BufferedProtocol):
             self._deadline = None
 
 
+class _TlsListener:
+    """The TLS listener: its own accept loop, so that each connection's TLS handshake is a
+    task the server sees fail (a refused certificate is logged and counted, never silent)."""
+
+    def __init__(self, server: ControllerServer, host: str, port: int) -> None:
+        self.server = server
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.create_server((host, port), family=family, backlog=1024)
+        self.sock.setblocking(False)
+        self.accepting: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<_TlsListener {self.sock.getsockname()}>"
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, peer = await loop.sock_accept(self.sock)
+            except (ConnectionAbortedError, InterruptedError):
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.server._accepted_tls(sock, peer)
+
+    async def __aenter__(self) -> _TlsListener:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop accepting (the listening socket is closed)."""
+        if self.accepting is not None:
+            self.accepting.cancel()
+        self.sock.close()
+
+
 class ControllerServer:
     def __init__(self, controller: Controller) -> None:
         self.controller = controller
@@ -353,6 +415,13 @@ class ControllerServer:
         self._stopping = asyncio.Event()
         self._server_nonces = auth.NonceLedger()
         self._client_nonces = auth.NonceLedger()
+        files = controller.config.tls_files()
+        self.tls_context = None if files is None else tls.server_context(files)
+        """None: plain TCP (plain_tcp = true, loopback only)."""
+        section = controller.config.controller
+        self.limiter = FailureLimiter(
+            failures_max=section.auth_failures_max, window_s=section.auth_failures_window_s
+        )
         self.address: tuple[str, int] | None = None
         self.replicator = Replicator(controller)
         self.nbd: NbdServer | None = None  # the NBD export, when nbd_listen is configured
@@ -378,13 +447,21 @@ class ControllerServer:
         host, port = self.controller.config.controller.listen
         loop = asyncio.get_running_loop()
         try:
-            server = await loop.create_server(lambda: _Link(self), host, port, reuse_address=True)
+            server: asyncio.Server | _TlsListener
+            if self.tls_context is None:
+                plain = await loop.create_server(
+                    lambda: _Link(self), host, port, reuse_address=True
+                )
+                server, sockets = plain, list(plain.sockets)
+            else:
+                server = _TlsListener(self, host, port)
+                sockets = [server.sock]
         except OSError as exc:
             raise ListenError(
                 f"controller.listen: cannot listen on "
                 f"{format_address((host, port))}: {exc.strerror}"
             ) from exc
-        sockname = server.sockets[0].getsockname()
+        sockname = sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
         try:
             await self._start_metrics()
@@ -416,6 +493,8 @@ class ControllerServer:
                 early, self._early = self._early, []
                 for link in early:
                     self._drive(link)
+                if isinstance(server, _TlsListener):
+                    server.accepting = tasks.create_task(server.run(), name="tls accept")
                 await self._stopping.wait()
                 if self.metrics is not None:
                     self.metrics.stop()
@@ -430,7 +509,7 @@ class ControllerServer:
             self._flush_all()
             self.replicator.close()
 
-    async def _shut_down(self, server: asyncio.Server) -> None:
+    async def _shut_down(self, server: asyncio.Server | _TlsListener) -> None:
         """SIGTERM: stop accepting, answer what was read (within the grace), then close."""
         server.close()
         if self.nbd is not None:
@@ -500,8 +579,76 @@ class ControllerServer:
 
     # Accepting a connection...
 
+    def _accepted_tls(self, sock: socket.socket, peer: Any) -> None:
+        """A TCP connection to the TLS listener: refuse a blocked address, else handshake."""
+        address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        if self._stopping.is_set() or self._limited(address):
+            sock.close()
+            return
+        # A stranger's TLS handshake is paid for before its _Link exists: it counts against
+        # the listener's caps from the accept (the _Link is admitted anew once it exists).
+        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if self.admission.admit(address, where) is not None:
+            sock.close()
+            return
+        assert self._tasks is not None
+        driver = self._tasks.create_task(self._handshake_tls(sock, peer), name="tls accept")
+        self._drivers.add(driver)
+        driver.add_done_callback(self._drivers.discard)
+
+    async def _handshake_tls(self, sock: socket.socket, peer: Any) -> None:
+        """The TLS handshake of one accepted connection; its _Link takes over when it passed.
+
+        A failed handshake (no, expired or other-CA certificate, a plain-TCP client) is logged
+        once, counted against the address, and the socket is closed."""
+        assert self.tls_context is not None
+        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        address = str(peer[0]) if isinstance(peer, tuple) else where
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: _Link(self),
+                sock,
+                ssl=self.tls_context,
+                ssl_handshake_timeout=self.controller.config.controller.handshake_timeout_s,
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            sock.close()
+            self.controller.counters["auth_refused"] += 1
+            self.controller.counters["tls_refused"] = (
+                self.controller.counters.get("tls_refused", 0) + 1
+            )
+            self.limiter.failed(address)
+            log.warning(
+                "refused %s: TLS handshake failed: %s", where, escape_name(tls.failure_reason(exc))
+            )
+        finally:
+            self.admission.release(address)  # the _Link, if any, was admitted on its own
+
+    def _limited(self, address: str) -> bool:
+        """Whether `address` failed too many handshakes lately (logged once per period)."""
+        wait_s = self.limiter.blocked(address)
+        if not wait_s:
+            return False
+        self.controller.counters["rate_limited"] = (
+            self.controller.counters.get("rate_limited", 0) + 1
+        )
+        if self.limiter.first_refusal(address):
+            log.warning(
+                "refusing connections from %s for %.0f s: %d failed handshakes within %g s",
+                escape_name(address),
+                wait_s,
+                self.limiter.failures_max,
+                self.limiter.window_s,
+            )
+        return True
+
     def _accepted(self, link: _Link) -> None:
         self.controller.counters["connections"] += 1
+        if self.tls_context is None and self._limited(link.address):
+            link.end()
+            if link.transport is not None:
+                link.transport.abort()
+            return
         if self._stopping.is_set():
             link.send(
                 native.ErrorReply(code=ShuttingDown.code, message="controller is shutting down")
@@ -511,7 +658,7 @@ class ControllerServer:
             if link.transport is not None:
                 link.transport.close()
             return
-        refused = self.admission.admit(link.host, link.peer)
+        refused = self.admission.admit(link.address, link.peer)
         if refused is not None:
             # One short error frame and close: nothing is kept for the connection.
             link.send(native.ErrorReply(code=TooManyConnections.code, message=refused))
@@ -537,7 +684,7 @@ class ControllerServer:
         """The link authenticated or closed: it no longer counts as unauthenticated."""
         if link.admitted:
             link.admitted = False
-            self.admission.release(link.host)
+            self.admission.release(link.address)
 
     def _closed(self, link: _Link) -> None:
         self._admitted_done(link)
@@ -545,11 +692,19 @@ class ControllerServer:
         for sink in link.sinks:  # a subscriber that left is forgotten at once
             self.controller.remove_sink(sink)
 
-    def _refuse(self, link: _Link, exc: RemcopyError) -> None:
+    def _refuse(self, link: _Link, exc: RemcopyError, *, told: str | None = None) -> None:
+        """Log why (escaped), tell the client `told` (default: the reason), close.
+
+        A refusal before authentication counts against the client's address."""
         self.controller.counters["auth_refused"] += isinstance(exc, AuthenticationFailed)
-        log.warning("refused %s (%s): %s", link.peer, link.client, exc)
+        if link.grant is None:
+            self.limiter.failed(link.address)
+        hint = (
+            " (a TLS client hello: this controller runs with plain_tcp)" if link.tls_hello else ""
+        )
+        log.warning("refused %s (%s): %s%s", link.peer, link.client, escape_name(str(exc)), hint)
         with contextlib.suppress(Exception):
-            link.send(native.ErrorReply(code=exc.code, message=str(exc)))
+            link.send(native.ErrorReply(code=exc.code, message=told or str(exc)))
         link.end()
 
     def _on_message(self, link: _Link, msg: native.Message) -> None:
@@ -572,6 +727,9 @@ class ControllerServer:
             else:
                 assert isinstance(msg, native.Proof)
                 self._on_proof(link, msg)
+        except AuthenticationFailed as exc:
+            # The log says why; the client learns only that it failed (names no valid host).
+            self._refuse(link, exc, told=AUTH_FAILED_MESSAGE)
         except ProtocolError as exc:
             self._refuse(link, exc)
 
@@ -580,23 +738,17 @@ class ControllerServer:
         if link.handshake is None:
             return
         self.controller.counters["auth_refused"] += 1
+        self.limiter.failed(link.address)
         log.warning(
-            "refused %s (%s): it left after the challenge: it could not verify "
-            "this controller's proof: wrong secret on one side",
-            link.peer,
-            link.client,
+            "refused %s (%s): it left after the challenge without a proof", link.peer, link.client
         )
 
     def _on_hello(self, link: _Link, hello: native.Hello) -> None:
         # link.client is in every later log line and error about this connection: the name is
         # the client's, so it is escaped (a newline in it must not forge a log line).
         link.client = f"{hello.role.name.lower()} {escape_name(hello.name)}"
-        secret = self._secret_for(hello)
-        if secret is None:
-            kind = "host" if hello.role is native.PeerRole.HOST else "peer"
-            raise AuthenticationFailed(
-                f"{kind} {hello.name!r} is not in controller {self.controller.name}'s config"
-            )
+        if self.tls_context is not None:
+            self._check_certificate(link, hello)
         if hello.nonce in self._server_nonces:
             raise AuthenticationFailed(f"{link.client}: reflected challenge refused")
         if hello.nonce in self._client_nonces:
@@ -611,32 +763,58 @@ class ControllerServer:
             client_nonce=hello.nonce,
             server_nonce=server_nonce,
         )
-        link.handshake = _Handshake(hello=hello, secret=secret, names=names)
-        link.send(
-            native.Challenge(
-                name=self.controller.name,
-                nonce=server_nonce,
-                proof=auth.server_proof(secret, names),
+        # The client proves first: the challenge carries nothing computed from the secret, and
+        # an unknown name gets the same challenge as a known one (errors name no valid host).
+        link.handshake = _Handshake(hello=hello, secret=self._secret_for(hello), names=names)
+        link.send(native.Challenge(name=self.controller.name, nonce=server_nonce))
+
+    def _check_certificate(self, link: _Link, hello: native.Hello) -> None:
+        """The verified client certificate must name the HELLO's name and kind."""
+        cert = link.cert
+        kind = tls.KIND_HOST if hello.role is native.PeerRole.HOST else tls.KIND_CONTROLLER
+        if cert is None:
+            raise AuthenticationFailed(f"{link.client}: no client certificate")
+        if cert.name != hello.name or cert.kind != kind:
+            raise AuthenticationFailed(
+                f"{link.client}: certificate names {cert.kind} {cert.name!r}, "
+                f"not {kind} {hello.name!r}"
             )
-        )
+        known = self.controller.hosts if kind == tls.KIND_HOST else self.controller.peers
+        if hello.name not in known:
+            raise AuthenticationFailed(
+                f"{link.client}: the certificate's name is not in controller "
+                f"{self.controller.name}'s config"
+            )
 
     def _on_proof(self, link: _Link, proof: native.Proof) -> None:
         handshake = link.handshake
         assert handshake is not None  # the codec accepts PROOF only after our CHALLENGE
         link.handshake = None
         hello = handshake.hello
-        if not auth.proofs_equal(proof.proof, auth.client_proof(handshake.secret, handshake.names)):
-            raise AuthenticationFailed(f"{link.client}: wrong secret")
-        link.send(native.Welcome(serial=self.controller.serial, name=self.controller.name))
-        log.info("authenticated %s from %s", link.client, link.peer)
+        secret = handshake.secret
+        expected = auth.client_proof(secret or os.urandom(32), handshake.names)
+        if not auth.proofs_equal(proof.proof, expected) or secret is None:
+            why = "unknown name" if secret is None else "wrong secret"
+            raise AuthenticationFailed(f"{link.client}: {why}")
+        link.send(
+            native.Welcome(
+                serial=self.controller.serial,
+                name=self.controller.name,
+                proof=auth.server_proof(secret, handshake.names),
+            )
+        )
+        log.info(
+            "authenticated %s from %s over %s",
+            link.client,
+            link.peer,
+            "TLS" if link.secure else "plain TCP",
+        )
         if hello.role is native.PeerRole.HOST:
             link.authenticated(self.controller.hosts[hello.name])
             return
         peer = self.controller.peers[hello.name]
         link.authenticated(
-            HostGrant(
-                name=hello.name, secret=handshake.secret, lss=None, is_peer=True, serial=peer.serial
-            )
+            HostGrant(name=hello.name, secret=secret, lss=None, is_peer=True, serial=peer.serial)
         )
 
     def _secret_for(self, hello: native.Hello) -> bytes | None:
@@ -860,9 +1038,18 @@ async def run_controller(controller: Controller, *, announce_ready: bool = True)
                 nbd += f" metrics={format_address(server.metrics_address)}"
             print(
                 f"remcopy controller {controller.name} ready serial={controller.serial} "
-                f"listen={format_address(address)} volumes={len(controller.devices)}{nbd}",
+                f"listen={format_address(address)} volumes={len(controller.devices)}{nbd} "
+                f"links={controller.links}",
                 flush=True,
             )
+        log.info(
+            "controller %s listening on %s: links are %s",
+            controller.name,
+            format_address(address),
+            "TLS 1.3 with client certificates"
+            if controller.links == "tls"
+            else "plain TCP (plain_tcp = true, loopback only)",
+        )
 
     try:
         await server.serve(ready=ready)

@@ -130,16 +130,19 @@ async def _drill(d: Drill) -> None:
         d.links.append(link)
     specs = write_files(world, [link.endpoint for link in d.links])
 
-    async def start_all() -> int:
+    async def start_all() -> tuple[int, set[str]]:
         procs = [ControllerProcess(world.config(s.name)) for s in specs]
         await asyncio.gather(*(p.start() for p in procs))
         d.procs.update({p.name: p for p in procs})
-        return len(procs)
+        return len(procs), {p.links for p in procs}
 
     await d.step(
         "start controllers",
         start_all(),
-        lambda c: (f"{c} processes: {world.primaries} per site", c == len(specs)),
+        lambda c: (
+            f"{c[0]} processes: {world.primaries} per site; links: {', '.join(sorted(c[1]))}",
+            c == (len(specs), {"tls"}),
+        ),
     )
 
     catalog = Catalog.open(world.catalog)

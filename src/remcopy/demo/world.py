@@ -13,9 +13,11 @@
 # Every primary's replication link goes through a FaultLink proxy, so the drill can cut one.
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from remcopy import pki
 from remcopy.controller.process import (
     ControllerSpec,
     PeerSpec,
@@ -26,8 +28,9 @@ from remcopy.controller.process import (
 
 VOLUME_BYTES = 1024 * 1024
 PER_CONTROLLER_MAX = 1024
-HOSTS = {"hosta": "demo-hosta-secret", "hostb": "demo-hostb-secret"}
-LINK_SECRET = "demo-link-secret"
+# Fresh secrets for every demo (256 random bits each), kept in 0600 files under secrets/.
+HOSTS = {name: secrets.token_hex(32) for name in ("hosta", "hostb")}
+LINK_SECRET = secrets.token_hex(32)
 
 
 @dataclass
@@ -62,6 +65,11 @@ class DemoWorld:
 
     def host_file(self, name: str) -> Path:
         return self.root / "hosts" / f"{name}.toml"
+
+    @property
+    def pki(self) -> pki.Site:
+        """The demo site's CA and certificates (made on first use): TLS on every link."""
+        return pki.Site(self.root / "pki")
 
     @property
     def group_file(self) -> Path:
@@ -103,6 +111,7 @@ def _volumes(site: Site, lss_base: int, prefix: str) -> list[VolumeSpec]:
 def controller_specs(world: DemoWorld, link_endpoints: list[str]) -> list[ControllerSpec]:
     """Primary specs (peer address = the link proxy) and secondary specs."""
     specs = []
+    site_pki = world.pki
     for site in world.sites:
         i = site.index
         lss_count = len(site.lss_chunks)
@@ -115,6 +124,8 @@ def controller_specs(world: DemoWorld, link_endpoints: list[str]) -> list[Contro
                 lss={0x0A + n: 0x1A00 + n for n in range(lss_count)},
                 volumes=_volumes(site, 0x0A, "P"),
                 hosts=dict(HOSTS),
+                site=site_pki,
+                secret_folder=world.root / "secrets",
                 peers=[
                     PeerSpec(
                         name=f"cntlb{i}",
@@ -148,6 +159,8 @@ def controller_specs(world: DemoWorld, link_endpoints: list[str]) -> list[Contro
                 },
                 volumes=_volumes(site, 0x20, "S") + _volumes(site, 0x40, "T"),
                 hosts=dict(HOSTS),
+                site=site_pki,
+                secret_folder=world.root / "secrets",
                 peers=[
                     PeerSpec(
                         name=f"cntla{i}",
@@ -198,10 +211,30 @@ def _paths(
     return lines
 
 
+def _secret_file(world: DemoWorld, name: str, secret: str) -> Path:
+    """A host's secret in its own 0600 file (the controllers have theirs)."""
+    path = world.root / "secrets" / f"{name}.secret"
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_private(path, secret + "\n")
+    return path
+
+
 def host_files(world: DemoWorld) -> dict[str, str]:
     out = {}
+    site_pki = world.pki
     for name, secret in HOSTS.items():
-        lines = ["[host]", f'name = "{name}"', f'secret = "{secret}"', ""]
+        files = site_pki.files(name, "host")
+        lines = [
+            "[tls]",
+            f'ca = "{files.ca}"',
+            f'cert = "{files.cert}"',
+            f'key = "{files.key}"',
+            "",
+            "[host]",
+            f'name = "{name}"',
+            f'secret_file = "{_secret_file(world, name, secret)}"',
+            "",
+        ]
         for i in range(world.primaries):
             lines += [
                 "[[controllers]]",

@@ -22,6 +22,7 @@ import contextlib
 import itertools
 import os
 import re
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final, TypeVar, cast
@@ -36,6 +37,7 @@ from remcopy.errors import (
     RequestTimeout,
     error_from_wire,
 )
+from remcopy.tls import failure_reason as tls_reason
 from remcopy.wire import auth, native
 
 CONNECT_TIMEOUT_S_DEFAULT: Final = 5.0
@@ -63,9 +65,18 @@ class Channel:
         name: str,
         secret: str | bytes,
         role: native.PeerRole = native.PeerRole.HOST,
+        tls: ssl.SSLContext | None = None,
+        server_name: str | None = None,
         connect_timeout_s: float = CONNECT_TIMEOUT_S_DEFAULT,
         timeout_s: float = REQUEST_TIMEOUT_S_DEFAULT,
     ) -> None:
+        """`tls`: a client context (remcopy.tls.client_context) whose certificate names this
+        host or controller; None speaks plain TCP (a controller with plain_tcp, loopback only).
+        `server_name`: the controller's name, which its certificate must carry (TLS only)."""
+        if tls is not None and not server_name:
+            raise ValueError("a TLS channel needs the controller's name (server_name)")
+        self.tls = tls
+        self.server_name = server_name
         self.address = address
         self.name = name
         self._secret = secret.encode() if isinstance(secret, str) else secret
@@ -128,17 +139,30 @@ class Channel:
 
     async def _open(self) -> None:
         codec = native.Connection(native.Side.CLIENT)
-        transport, protocol = await asyncio.get_running_loop().create_connection(
-            lambda: _ChannelProtocol(codec), *self.address
-        )
         try:
+            transport, protocol = await asyncio.get_running_loop().create_connection(
+                lambda: _ChannelProtocol(codec),
+                *self.address,
+                ssl=self.tls,
+                server_hostname=self.server_name if self.tls is not None else None,
+            )
+        except ssl.SSLError as exc:
+            raise AuthenticationFailed(
+                f"TLS handshake with controller {self.server_name} at {self._where()} failed: "
+                f"{tls_reason(exc)}"
+            ) from None
+        except ConnectionResetError as exc:
+            if self.tls is None:
+                raise
+            raise self._tls_refused(tls_reason(exc)) from None
+        try:
+            # The client proves first (wire/auth.py): HELLO, CHALLENGE, PROOF, then WELCOME
+            # with the controller's proof, checked here.
             nonce = os.urandom(auth.NONCE_SIZE_BYTES)
             transport.writelines(
                 codec.send_parts(native.Hello(role=self.role, name=self.name, nonce=nonce))
             )
-            challenge = await protocol.receive()
-            if isinstance(challenge, native.ErrorReply):
-                raise error_from_wire(challenge.code, challenge.message)
+            challenge = await self._handshake_reply(protocol)
             if not isinstance(challenge, native.Challenge):
                 raise RemoteProtocolError(f"{self._where()}: expected a challenge")
             names = auth.Transcript(
@@ -148,25 +172,57 @@ class Channel:
                 client_nonce=nonce,
                 server_nonce=challenge.nonce,
             )
-            if not auth.proofs_equal(challenge.proof, auth.server_proof(self._secret, names)):
+            transport.writelines(
+                codec.send_parts(native.Proof(proof=auth.client_proof(self._secret, names)))
+            )
+            welcome = await self._handshake_reply(protocol)
+            if not isinstance(welcome, native.Welcome):
+                raise RemoteProtocolError(f"{self._where()}: expected WELCOME")
+            if not auth.proofs_equal(welcome.proof, auth.server_proof(self._secret, names)):
                 raise AuthenticationFailed(
                     f"controller at {self._where()} could not prove it "
                     "knows the secret: wrong secret on one side"
                 )
-            transport.writelines(
-                codec.send_parts(native.Proof(proof=auth.client_proof(self._secret, names)))
-            )
-            welcome = await protocol.receive()
-            if isinstance(welcome, native.ErrorReply):
-                raise error_from_wire(welcome.code, welcome.message)
-            if not isinstance(welcome, native.Welcome):
-                raise RemoteProtocolError(f"{self._where()}: expected WELCOME")
         except BaseException:
             transport.close()
             raise
         self.controller_name, self.controller_serial = welcome.name, welcome.serial
         self._transport, self._protocol, self._codec = transport, protocol, codec
         protocol.attach(self._dispatch, lambda cause: self._broken(protocol, cause))
+
+    async def _handshake_reply(self, protocol: _ChannelProtocol) -> native.Message:
+        """The controller's next handshake frame; an error frame or a close becomes an error
+        that says what likely happened."""
+        try:
+            reply = await protocol.receive()
+        except BrokenResourceError as exc:
+            if self.tls is not None:
+                raise self._tls_refused(str(exc.__cause__ or exc)) from exc
+            raise BrokenResourceError(
+                f"{self._where()} closed the connection during the handshake (a TLS "
+                "controller closes a plain-TCP client at once: give the host its [tls])"
+            ) from exc
+        except (ssl.SSLError, ConnectionResetError) as exc:
+            if self.tls is None:
+                raise
+            # The controller refused our certificate: a TLS alert, or a reset.
+            raise self._tls_refused(tls_reason(exc)) from None
+        if isinstance(reply, native.ErrorReply):
+            error = error_from_wire(reply.code, reply.message)
+            if isinstance(error, AuthenticationFailed):  # say which controller refused
+                name = f"controller {self.server_name}" if self.server_name else self._where()
+                raise AuthenticationFailed(f"{name}: {reply.message}")
+            raise error
+        return reply
+
+    def _tls_refused(self, reason: str) -> AuthenticationFailed:
+        """TLS 1.3 ends the client's handshake before the controller checked its certificate:
+        a refusal shows as a close (or an alert) at the first reply."""
+        return AuthenticationFailed(
+            f"controller {self.server_name} at {self._where()} did not accept this TLS client "
+            f"({reason}): its certificate is expired, from another CA or missing, or this "
+            "address failed too many handshakes; the controller's log says which"
+        )
 
     async def close(self) -> None:
         self._closed = True

@@ -6,9 +6,14 @@
 # volser are learned by asking the controller (scan), never written here.
 #
 # File format (TOML), e.g. docs/hosts-and-scan.md:
+#   plain_tcp = true                      # only instead of [tls], only to loopback controllers
 #   [host]
 #   name = "hosta"
 #   secret = "s3cret-hosta-key"           # proves the host to its controllers (HMAC)
+#   [tls]                                 # the host's certificate (remcopy pki issue --name hosta)
+#   ca = "pki/ca.pem"
+#   cert = "pki/hosta.pem"
+#   key = "pki/hosta.key"                 # 0600
 #   [[controllers]]
 #   name = "cntla"
 #   address = "127.0.0.1:7401"
@@ -32,11 +37,13 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from remcopy import configfile
+from remcopy import configfile, secretfiles
 from remcopy.configfile import format_address
-from remcopy.controller.config import Address, Cca, Lss, Secret, Ssid
+from remcopy.controller import atrest
+from remcopy.controller.config import Address, Cca, Lss, Secret, Ssid, TlsSection, is_loopback
 from remcopy.errors import InvalidIdentifier
 from remcopy.ids import DeviceNumber
+from remcopy.tls import TlsFiles
 
 
 def _range(value: object) -> tuple[int, int]:
@@ -57,6 +64,8 @@ class _Strict(BaseModel):
 class HostSection(_Strict):
     name: str = Field(min_length=1, max_length=64)
     secret: Secret
+    """Read from secret_file (0600) when the file names one."""
+    secret_file: Path | None = None
 
 
 class ControllerEntry(_Strict):
@@ -76,12 +85,21 @@ class PathEntry(_Strict):
 
 class HostDefinition(_Strict):
     host: HostSection
+    tls: TlsSection | None = None
+    """The host's certificate; every controller's certificate must name that controller."""
+    plain_tcp: bool = False
+    """No TLS: only to controllers on loopback addresses that also run with plain_tcp."""
     controllers: list[ControllerEntry] = Field(min_length=1)
     paths: list[PathEntry] = Field(min_length=1)
 
     @property
     def name(self) -> str:
         return self.host.name
+
+    def tls_files(self) -> TlsFiles | None:
+        if self.plain_tcp or self.tls is None:
+            return None
+        return TlsFiles(ca=self.tls.ca, cert=self.tls.cert, key=self.tls.key)
 
     def controller(self, name: str) -> ControllerEntry:
         for entry in self.controllers:
@@ -108,8 +126,22 @@ class HostDefinition(_Strict):
 
     def to_document(self) -> dict[str, Any]:
         """The definition as the file spells it (JSON-able), so it parses back the same."""
+        links: dict[str, Any] = (
+            {"plain_tcp": True}
+            if self.plain_tcp
+            else {"tls": {k: str(v) for k, v in self.tls.model_dump().items()}}
+            if self.tls is not None
+            else {}
+        )
         return {
-            "host": {"name": self.host.name, "secret": self.host.secret},
+            **links,
+            # A secret kept in a file is stored by its path, never by its value.
+            "host": {"name": self.host.name}
+            | (
+                {"secret_file": str(self.host.secret_file)}
+                if self.host.secret_file is not None
+                else {"secret": self.host.secret}
+            ),
             "controllers": [
                 {"name": c.name, "address": format_address(c.address), "timeout_s": c.timeout_s}
                 for c in self.controllers
@@ -149,8 +181,25 @@ class HostDevice:
         return f"{self.number:04X}"
 
 
+def _link_checks(definition: HostDefinition, source: str) -> list[str]:
+    if not definition.plain_tcp:
+        if definition.tls is None:
+            return [
+                f"{source}: tls: missing: every link is TLS (add [tls] with ca, cert and key, "
+                "made with `remcopy pki`), or set plain_tcp = true for loopback controllers"
+            ]
+        problem = atrest.private_problem(definition.tls.key, "TLS key")
+        return [f"{source}: tls.key: {problem}"] if problem else []
+    return [
+        f"{source}: plain_tcp: refused: controllers[{i}].address {format_address(c.address)} "
+        "is not a loopback address (plain TCP only on loopback)"
+        for i, c in enumerate(definition.controllers)
+        if not is_loopback(c.address[0])
+    ]
+
+
 def _cross_checks(definition: HostDefinition, source: str) -> list[str]:
-    problems = []
+    problems = _link_checks(definition, source)
     names: dict[str, int] = {}
     for i, entry in enumerate(definition.controllers):
         if entry.name in names:
@@ -194,7 +243,16 @@ def _cross_checks(definition: HostDefinition, source: str) -> list[str]:
     return problems
 
 
-def parse_host_definition(data: dict[str, Any], *, source: str) -> HostDefinition:
+def parse_host_definition(
+    data: dict[str, Any], *, source: str, base: Path | None = None
+) -> HostDefinition:
+    """Check a host definition; a [host] secret_file is read (relative to `base`)."""
+    host = data.get("host")
+    problems = secretfiles.resolve_files(
+        [host] if isinstance(host, dict) else None, base or Path(), ""
+    )
+    if problems:
+        raise configfile.problems_error(source, [f"{source}: host.{p}" for p in problems])
     definition = configfile.validate(HostDefinition, data, source=source)
     problems = _cross_checks(definition, source)
     if problems:
@@ -203,4 +261,11 @@ def parse_host_definition(data: dict[str, Any], *, source: str) -> HostDefinitio
 
 
 def load_host_definition(path: Path) -> HostDefinition:
-    return parse_host_definition(configfile.read_toml(path), source=str(path))
+    """Read a host file; relative [tls] paths are taken from the file's folder."""
+    data = configfile.read_toml(path)
+    section = data.get("tls")
+    if isinstance(section, dict):
+        data["tls"] = {
+            k: str(path.parent / v) if isinstance(v, str) else v for k, v in section.items()
+        }
+    return parse_host_definition(data, source=str(path), base=path.parent)

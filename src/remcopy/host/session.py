@@ -5,6 +5,7 @@
 # reach. A HostSession owns one Channel per controller and closes them all on exit.
 from __future__ import annotations
 
+from remcopy import tls
 from remcopy.host.channel import Channel
 from remcopy.host.definition import HostDefinition
 from remcopy.host.engine import EngineLimits, IOEngine
@@ -15,11 +16,15 @@ class HostSession:
 
     def __init__(self, definition: HostDefinition, *, limits: EngineLimits | None = None) -> None:
         self.definition = definition
+        files = definition.tls_files()
+        context = None if files is None else tls.client_context(files, source=definition.name)
         self.channels = {
             entry.name: Channel(
                 entry.address,
                 name=definition.host.name,
                 secret=definition.host.secret,
+                tls=context,
+                server_name=entry.name,
                 timeout_s=entry.timeout_s,
             )
             for entry in definition.controllers

@@ -52,7 +52,7 @@ from remcopy.errors import (
 from remcopy.states import CopyMode, FencePolicy, PairRole, PairState
 from remcopy.wire.auth import NONCE_SIZE_BYTES, PROOF_SIZE_BYTES
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 
 # The largest single read or write: 16 MiB is 256 tracks of 64 KiB, far above what a host or a
 # resync batch needs per request, and small enough that a connection's buffer stays bounded.
@@ -92,8 +92,8 @@ _HEADER_AFTER_LENGTH_BYTES: Final = _HEADER.size - _LENGTH.size
 _U16 = struct.Struct("!H")
 _U64 = struct.Struct("!Q")
 _HELLO = struct.Struct(f"!HB{NONCE_SIZE_BYTES}s")  # version, role, nonce; then name
-_CHALLENGE = struct.Struct(f"!H{NONCE_SIZE_BYTES}s{PROOF_SIZE_BYTES}s")  # version, nonce, proof
-_WELCOME = struct.Struct("!I")  # serial; then name
+_CHALLENGE = struct.Struct(f"!H{NONCE_SIZE_BYTES}s")  # version, nonce; then name
+_WELCOME = struct.Struct(f"!I{PROOF_SIZE_BYTES}s")  # serial, server proof; then name
 _ERROR = struct.Struct("!H")  # code; then message
 _READ = struct.Struct("!HQI")  # device, offset, length
 _WRITE = struct.Struct("!HQQ")  # device, offset, timestamp_ns; then data
@@ -187,9 +187,7 @@ class Challenge(Message):
     name: str = ""
     """The server's name (for a controller, its configured name)."""
     nonce: bytes = b""
-    """The server's fresh random challenge for the client."""
-    proof: bytes = b""
-    """The server's proof that it knows the secret (wire.auth.server_proof)."""
+    """The server's fresh random challenge for the client (no proof: the client proves first)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -205,6 +203,9 @@ class Welcome(Message):
     serial: int = 0
     """The controller's serial number."""
     name: str = ""
+    proof: bytes = bytes(PROOF_SIZE_BYTES)
+    """The server's proof that it knows the secret (wire.auth.server_proof), sent only after
+    the client's proof was verified."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -607,15 +608,17 @@ def _encode_body(msg: Message) -> tuple[int, list[bytes]]:
                 raise LocalProtocolError("hello nonce has the wrong size")
             return 0, [_HELLO.pack(msg.version, msg.role, msg.nonce) + _pack_name(msg.name)]
         case Challenge():
-            if len(msg.nonce) != NONCE_SIZE_BYTES or len(msg.proof) != PROOF_SIZE_BYTES:
-                raise LocalProtocolError("challenge nonce or proof has the wrong size")
-            return 0, [_CHALLENGE.pack(msg.version, msg.nonce, msg.proof) + _pack_name(msg.name)]
+            if len(msg.nonce) != NONCE_SIZE_BYTES:
+                raise LocalProtocolError("challenge nonce has the wrong size")
+            return 0, [_CHALLENGE.pack(msg.version, msg.nonce) + _pack_name(msg.name)]
         case Proof():
             if len(msg.proof) != PROOF_SIZE_BYTES:
                 raise LocalProtocolError("proof has the wrong size")
             return 0, [msg.proof]
         case Welcome():
-            return 0, [_WELCOME.pack(msg.serial) + _pack_name(msg.name)]
+            if len(msg.proof) != PROOF_SIZE_BYTES:
+                raise LocalProtocolError("welcome proof has the wrong size")
+            return 0, [_WELCOME.pack(msg.serial, msg.proof) + _pack_name(msg.name)]
         case ErrorReply():
             return 0, [_ERROR.pack(msg.code) + _pack_text(msg.message)]
         case IdentifyRequest() | FlushRequest() | QueryRequest():
@@ -712,10 +715,10 @@ def _decode_challenge(rid: int, flags: int, body: memoryview) -> Message:
             f"protocol version mismatch: controller speaks version {version}, "
             f"this end speaks version {PROTOCOL_VERSION}"
         )
-    _v, nonce, proof = _CHALLENGE.unpack_from(body, 0)
+    _v, nonce = _CHALLENGE.unpack_from(body, 0)
     name, end = _unpack_name(body, _CHALLENGE.size)
     _expect_end(body, end)
-    return Challenge(request_id=rid, version=version, name=name, nonce=nonce, proof=proof)
+    return Challenge(request_id=rid, version=version, name=name, nonce=nonce)
 
 
 def _decode_proof(rid: int, flags: int, body: memoryview) -> Message:
@@ -725,10 +728,10 @@ def _decode_proof(rid: int, flags: int, body: memoryview) -> Message:
 
 
 def _decode_welcome(rid: int, flags: int, body: memoryview) -> Message:
-    (serial,) = _WELCOME.unpack_from(body, 0)
+    serial, proof = _WELCOME.unpack_from(body, 0)
     name, end = _unpack_name(body, _WELCOME.size)
     _expect_end(body, end)
-    return Welcome(request_id=rid, serial=serial, name=name)
+    return Welcome(request_id=rid, serial=serial, name=name, proof=proof)
 
 
 def _decode_error(rid: int, flags: int, body: memoryview) -> Message:

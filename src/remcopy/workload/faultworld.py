@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from remcopy import pki
 from remcopy.controller.process import (
     TESTING_ENV,
     ControllerProcess,
@@ -130,6 +131,7 @@ async def world(
         for i in range(shape.primaries)
         if shape.links
     ]
+    site = pki.Site(root / "pki")  # TLS on every link; the fault links forward TLS bytes
     started: list[ControllerProcess] = []
     try:
         for link in links:
@@ -148,6 +150,7 @@ async def world(
                     for i in range(count)
                 ],
                 hosts={HOST_NAME: HOST_SECRET},
+                site=site,
                 peers=[
                     *(
                         PeerSpec(
@@ -194,6 +197,7 @@ async def world(
                     for c in range(shape.volumes)
                 ],
                 hosts={HOST_NAME: HOST_SECRET},
+                site=site,
                 peers=[
                     PeerSpec(
                         name=secondary_name(i % shape.secondaries),
@@ -257,8 +261,14 @@ async def world(
             options=GroupOptions(mode=shape.mode, consistency_group=shape.consistency_group),
             pairs=tuple(pairs),
         )
+        host_files = site.files(HOST_NAME, "host")
         definition = parse_host_definition(
             {
+                "tls": {
+                    "ca": str(host_files.ca),
+                    "cert": str(host_files.cert),
+                    "key": str(host_files.key),
+                },
                 "host": {"name": HOST_NAME, "secret": HOST_SECRET},
                 "controllers": [
                     *({"name": p.name, "address": p.endpoint} for p in primaries),
@@ -313,7 +323,7 @@ async def world(
 @contextlib.asynccontextmanager
 async def events(procs: list[ControllerProcess]) -> AsyncIterator[dict[str, Subscription]]:
     """Live event streams of these controllers, each on a channel of its own (closed after)."""
-    channels = {p.name: Channel(p.address, name=HOST_NAME, secret=HOST_SECRET) for p in procs}
+    channels = {p.name: p.channel(name=HOST_NAME, secret=HOST_SECRET) for p in procs}
     try:
         yield {name: await ch.subscribe() for name, ch in channels.items()}
     finally:
