@@ -78,6 +78,13 @@ class PairOperations:
     # Pair operations from hosts (one request carries a batch of devices)...
 
     async def pair_op(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
+        """Carry out a host's pair operation; answered once every state it changed (and any
+        commit before) is durable, so an answer never tells of a state a crash could undo."""
+        reply = await self._pair_op(grant, request)
+        await self.rep.controller.settled()
+        return reply
+
+    async def _pair_op(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
         op = request.op
         if op is PairOp.ESTABLISH:
             return await self._establish(grant, request)
@@ -223,7 +230,7 @@ class PairOperations:
                 _as_primary(item, group[0] if group and item.consistency_group else ""),
             )
         if accepted:
-            self.rep.controller.commit_states(
+            await self.rep.controller.commit(
                 accepted,
                 cause="establish",
                 groups={group[0]: group[1]} if group else None,
@@ -273,7 +280,9 @@ class PairOperations:
         if armed:
             # Arm: persisted, so a restart before T still suspends at T.
             arm_started_ns = time.perf_counter_ns()
-            self.rep.controller.commit_armed({r.device.key: at_ns for r in armed})
+            pending = self.rep.controller.commit_armed({r.device.key: at_ns for r in armed})
+            if pending is not None:
+                await pending
             arm_ms = (time.perf_counter_ns() - arm_started_ns) / 1e6
             self.rep.controller.announce(f"armed suspend at={at_ns} devices={len(armed)}")
             sealed = self._arm_timer(armed, at_ns)
@@ -424,7 +433,11 @@ class PairOperations:
                 by_peer.setdefault(run.device.pair.peer_serial, []).append(run)
         commit_started_ns = time.perf_counter_ns()
         if changes:
-            self.rep.controller.commit_states(changes, cause="suspend", at_ns=at_ns)
+            # Host writes to these devices go on meanwhile: armed at T and SUSPENDED at T
+            # treat a write alike (recorded if stamped >= T, refused as late before T).
+            await self.rep.controller.commit(
+                changes, cause="suspend", at_ns=at_ns, hold_writes=False
+            )
         commit_ns = time.perf_counter_ns() - commit_started_ns
         if frozen:
             # Released only once every sibling primary is armed at T (or the hold ended):
@@ -584,7 +597,7 @@ class PairOperations:
             if answer is not None and answer.code == 0:
                 changes[run.device.key] = (PairAction.RESUME, None)
         if changes:
-            self.rep.controller.commit_states(changes, cause="resync-after-cancel")
+            await self.rep.controller.commit(changes, cause="resync-after-cancel")
         for run in runs:
             if run.device.key in changes:
                 self.rep.start_copier(run)
@@ -624,7 +637,7 @@ class PairOperations:
                     continue
                 changes[run.device.key] = (PairAction.RESUME, _clear_armed)
             if changes:
-                self.rep.controller.commit_states(changes, cause="resume")
+                await self.rep.controller.commit(changes, cause="resume")
             for run in runs:
                 if run.device.key in changes:
                     results.append(_ok(run.device, tracks=run.changemap.count()))
@@ -737,7 +750,7 @@ class PairOperations:
                 continue
             changes[run.device.key] = (PairAction.FAILBACK, _swap_to_primary)
         if changes:
-            self.rep.controller.commit_states(changes, cause="failback")
+            await self.rep.controller.commit(changes, cause="failback")
         for run in merged:
             if run.device.key in changes:
                 results.append(_ok(run.device, tracks=run.changemap.count()))
@@ -765,7 +778,7 @@ class PairOperations:
                 run.copier.cancel()
             run.changemap.clear_all()
         if changes:
-            self.rep.controller.commit_states(changes, cause="terminate")
+            await self.rep.controller.commit(changes, cause="terminate")
         results.extend(_ok(self.rep.runs[key].device) for key in changes)
         return PairOpReply(results=tuple(sorted(results, key=lambda r: r.device)))
 

@@ -154,6 +154,7 @@ class Replicator:
             "link_errors",
             "held_writes",
             "busy_writes",
+            "commit_waits",
         ):
             self.counters.setdefault(name, 0)
 
@@ -300,7 +301,7 @@ class Replicator:
             if answer is not None and answer.code == 0:
                 changes[run.device.key] = (PairAction.RESUME, None)
         if changes:
-            self.controller.commit_states(changes, cause="resync-after-restart")
+            await self.controller.commit(changes, cause="resync-after-restart")
         for run in runs:
             if run.device.key in changes:
                 self.start_copier(run)
@@ -470,6 +471,10 @@ class Replicator:
         busy would be an I/O error to a filesystem) waits for that confirmation instead."""
         device = self.controller.device_for_host(grant, msg.device)
         device.volume.check_range("write", msg.offset, len(msg.data))  # before any bit is set
+        if device.committing is not None:
+            # Its pair state is changing and the change is not durable yet: the write is
+            # treated by the state that survives a crash, so it waits for the commit.
+            return self._after_commit(device.committing, grant, msg, busy_waits)
         run = self.runs[device.key]
         pair = device.pair
         if pair.role is PairRole.NONE:
@@ -690,6 +695,19 @@ class Replicator:
                 f"resume or terminate the pair first: {exc}"
             )
 
+    async def _after_commit(
+        self,
+        committing: asyncio.Future[None],
+        grant: HostGrant,
+        msg: native.WriteRequest,
+        busy_waits: bool,
+    ) -> None:
+        self.counters["commit_waits"] += 1
+        await committing
+        follow = self.host_write(grant, msg, busy_waits=busy_waits)
+        if follow is not None:
+            await follow
+
     async def _held_write(
         self, run: DeviceRun, grant: HostGrant, msg: native.WriteRequest, busy_waits: bool
     ) -> None:
@@ -846,7 +864,7 @@ class Replicator:
                     else:
                         ends.append((done, "again"))
                 if finished:
-                    self.controller.commit_states(finished, cause="copy-done")
+                    await self.controller.commit(finished, cause="copy-done")
                 for done, end in ends:
                     if not done.done():
                         done.set_result(end)
