@@ -836,7 +836,15 @@ async def cli_round(
             before = await pair_ops(world.session, primaries_of(group))
             wall, code, out, err = await run_cli(*args)
             after = await pair_ops(world.session, primaries_of(group))
-            doc = json.loads(out) if out.strip().startswith("{") else None
+            try:
+                doc = json.loads(out) if out.strip().startswith("{") else None
+            except json.JSONDecodeError as exc:
+                # Say everything that tells a cut document from a mixed one: the exit code,
+                # the length, the parser's place, and stderr.
+                raise RuntimeError(
+                    f"remcopy group suspend --json: not one JSON document ({exc}; "
+                    f"{len(out)} characters, exit {code}): {err[-2000:]}"
+                ) from exc
             if doc is None or "error" in doc:  # an error document: the command failed early
                 raise RuntimeError(f"remcopy group suspend exited {code}: {err[-2000:]}")
             chosen_ns = int(doc["at_ns"] - doc["margin_s"] * 1e9)
