@@ -1,17 +1,19 @@
 # `remcopy group suspend --json` writes exactly one JSON document on stdout, whole, whatever
 # stdout is: here a Unix socket (what bench/groups.py's uvloop gives a child) that is
-# non-blocking, with the smallest send buffer, with debug logging, every warning, Python's dev
-# mode and asyncio's debug mode on (whatever they write goes to stderr). The document is several times the
-# send buffer, so it cannot leave in one write: before emit_json wrote to the descriptor
-# itself, Python's stdout stopped at the first full buffer and the command exited 0 with the
-# document cut there (bench/groups.py's parse error at line 8127 column 2 on 10,000 pairs).
+# non-blocking, with the smallest send buffer, with debug logging, every warning, Python's
+# dev mode and asyncio's debug mode on (whatever they write goes to stderr). The document is
+# several times the send buffer, so it cannot leave in one write: with Python's own stdout
+# the command stops at the first full buffer and exits 0 with the document cut there
+# (bench/groups.py's parse error at line 8127 column 2 on 10,000 pairs).
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from mirror_world import build, stop
@@ -59,6 +61,39 @@ def _group_file(root: Path) -> Path:
     return path
 
 
+def _suspend_on_a_socket(catalog: Path) -> tuple[int, bytes, str, int]:
+    """`remcopy group suspend BIG --json` with stdout a non-blocking Unix socket with the
+    smallest send buffer; returns the exit code, stdout, stderr and the buffer's size."""
+    ours, theirs = socket.socketpair()
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)  # the kernel's minimum
+    sndbuf = theirs.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    theirs.setblocking(False)  # O_NONBLOCK on the description the child's stdout is
+    with ours, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(
+            [
+                *(sys.executable, "-X", "dev", "-m", "remcopy", "-vv", "group", "suspend"),
+                *("BIG", "--host", HOST, "--json"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=theirs.fileno(),
+            stderr=err,
+            env=dict(
+                os.environ,
+                REMCOPY_CATALOG=str(catalog),
+                COLUMNS="20",
+                PYTHONWARNINGS="always",
+                PYTHONASYNCIODEBUG="1",
+            ),
+        )
+        theirs.close()
+        chunks = []
+        while chunk := ours.recv(65536):
+            chunks.append(chunk)
+        code = child.wait(timeout=120)
+        err.seek(0)
+        return code, b"".join(chunks), err.read(), sndbuf
+
+
 async def test_group_suspend_json_is_one_whole_document_on_a_nonblocking_socket(tmp_path):
     world = await build(tmp_path, volumes=VOLUMES, size_bytes=65536)
     catalog = tmp_path / "catalog.db"
@@ -69,35 +104,7 @@ async def test_group_suspend_json_is_one_whole_document_on_a_nonblocking_socket(
         run_remcopy("scan", HOST, catalog=catalog)
         run_remcopy("group", "define", str(_group_file(tmp_path)), catalog=catalog)
         run_remcopy("group", "establish", "BIG", "--host", HOST, "--wait", catalog=catalog)
-        ours, theirs = socket.socketpair()
-        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)  # the kernel's minimum
-        sndbuf = theirs.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-        theirs.setblocking(False)  # O_NONBLOCK on the description the child's stdout is
-        with ours, (tmp_path / "stderr").open("w+") as err:
-            child = subprocess.Popen(
-                [
-                    *(sys.executable, "-X", "dev", "-m", "remcopy", "-vv", "group", "suspend"),
-                    *("BIG", "--host", HOST, "--json"),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=theirs.fileno(),
-                stderr=err,
-                env=dict(
-                    os.environ,
-                    REMCOPY_CATALOG=str(catalog),
-                    COLUMNS="20",
-                    PYTHONWARNINGS="always",
-                    PYTHONASYNCIODEBUG="1",
-                ),
-            )
-            theirs.close()
-            chunks = []
-            while chunk := ours.recv(65536):
-                chunks.append(chunk)
-            code = child.wait(timeout=120)
-            err.seek(0)
-            stderr = err.read()
-        out = b"".join(chunks)
+        code, out, stderr, sndbuf = await asyncio.to_thread(_suspend_on_a_socket, catalog)
         assert "Traceback" not in stderr and "BlockingIOError" not in stderr, stderr[-2000:]
         assert code == 0, stderr[-2000:]
         assert len(out) > 2 * sndbuf, (len(out), sndbuf)  # more than one write's worth
