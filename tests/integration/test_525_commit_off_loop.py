@@ -124,3 +124,32 @@ async def test_host_writes_outside_a_held_commit_are_served(tmp_path, volumes):
             )
     finally:
         await stop(world)
+
+
+async def test_a_resume_with_nothing_to_copy_goes_to_DUPLEX_in_one_transaction_a_side(tmp_path):
+    """Suspended with no write since, a resume answers DUPLEX on both sides at once: each
+    controller's RESUME and COPY_DONE share one durable transaction, and no copy runs."""
+    world = await build(tmp_path, volumes=2, size_bytes=16 * BLOCK)
+    primary, secondary = world.primaries[0], world.secondary
+    assert secondary is not None
+    items = world.pair_items(0, CopyMode.SYNC)
+    try:
+        await establish(world, 0, CopyMode.SYNC)
+        async with channel(primary) as ch, channel(secondary) as sec:
+            at_ns = time.time_ns() + int(MARGIN_S_DEFAULT * 1e9)
+            all_ok(await ch.pair_op(PairOp.SUSPEND, items, at_ns=at_ns))
+            ours = (await ch.status())["counters"]
+            theirs = (await sec.status())["counters"]
+            reply = await ch.pair_op(PairOp.RESUME, items)
+            all_ok(reply)
+            assert {r.state for r in reply.results} == {PairState.DUPLEX}
+            statuses = await sec.query(tuple(item.peer_device for item in items))
+            assert {s.state for s in statuses} == {PairState.DUPLEX}
+            after_ours = (await ch.status())["counters"]
+            after_theirs = (await sec.status())["counters"]
+            assert after_ours["state_transactions"] - ours["state_transactions"] == 1
+            assert after_theirs["state_transactions"] - theirs["state_transactions"] == 1
+            assert after_ours["state_commits"] - ours["state_commits"] == 2  # RESUME, COPY_DONE
+            assert after_ours["tracks_copied"] == ours["tracks_copied"]
+    finally:
+        await stop(world)

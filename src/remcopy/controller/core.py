@@ -446,6 +446,27 @@ class Controller:
             self.devices[key].pair.suspend_at_ns = at_ns
         return pending
 
+    def hold_writes(self, keys: Iterable[int]) -> asyncio.Future[None] | None:
+        """Make host writes to these devices wait (as for a commit) until release_writes:
+        a resume holds them while it asks the secondary, so that "nothing to copy" is still
+        true when it commits."""
+        keys = list(keys)
+        if not keys:
+            return None
+        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for key in keys:
+            if self.devices[key].committing is None:
+                self.devices[key].committing = gate
+        return gate
+
+    def release_writes(self, keys: Iterable[int], gate: asyncio.Future[None] | None) -> None:
+        if gate is None:
+            return
+        for key in keys:
+            if self.devices[key].committing is gate:
+                self.devices[key].committing = None
+        gate.set_result(None)
+
     async def settled(self) -> None:
         """Return once every state change made so far is durable."""
         await self.writer.settled()
@@ -565,7 +586,11 @@ class Controller:
             "uptime_s": round((time.time_ns() - self.started_ns) / 1e9, 3),
             "volumes": len(self.devices),
             "states": by_state,
-            "counters": dict(self.counters),
+            "counters": {
+                **self.counters,
+                # Durable transactions the commits took (fewer: commits shared one).
+                "state_transactions": self.writer.figures.transactions,
+            },
             "devices": [
                 {
                     "address": str(d.address),

@@ -474,15 +474,23 @@ class PairOperations:
             )
 
     async def _tell_peer(
-        self, serial: int, runs: list[DeviceRun], action: str, *, at_ns: int = 0
+        self,
+        serial: int,
+        runs: list[DeviceRun],
+        action: str,
+        *,
+        at_ns: int = 0,
+        empty: list[int] | None = None,
     ) -> list[PairResult]:
-        """Make the secondaries follow a state change; a dead link is logged, not fatal."""
+        """Make the secondaries follow a state change; a dead link is logged, not fatal.
+        `empty`: secondary devices a resume has nothing to copy to (they go to DUPLEX)."""
         items = tuple(PairItem(device=r.device.pair.peer_device) for r in runs)
+        options: dict[str, Any] = {"action": action}
+        if empty:
+            options["empty"] = empty
         try:
             reply = await self.rep.link(serial).operate(
-                PairOpRequest(
-                    op=PairOp.PEER_STATE, at_ns=at_ns, items=items, options={"action": action}
-                )
+                PairOpRequest(op=PairOp.PEER_STATE, at_ns=at_ns, items=items, options=options)
             )
         except RemcopyError as exc:
             log.warning("could not tell peer %s to %s: %s", serial, action, exc)
@@ -618,31 +626,75 @@ class PairOperations:
                 continue
             by_peer.setdefault(run.device.pair.peer_serial, []).append(run)
         for serial, runs in by_peer.items():
-            answers = {r.device: r for r in await self._tell_peer(serial, runs, "resume")}
-            changes: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]] = {}
-            for run in runs:
-                answer = answers.get(run.device.pair.peer_device)
-                if answer is None or answer.code:
-                    reason = answer.message if answer else "no answer"
-                    results.append(
-                        PairResult(
-                            device=run.device.key,
-                            code=answer.code if answer else 1,
-                            state=run.device.pair.state,
-                            role=run.device.pair.role,
-                            message=f"cannot resume {run.device.address}: secondary refused: "
-                            f"{reason}",
-                        )
+            # Nothing to copy: the secondary goes straight to DUPLEX and so does the primary,
+            # one commit on each side instead of two. Host writes to these devices wait for
+            # the primary's commit (a write recorded meanwhile would need a copy).
+            empty = {r.device.key for r in runs if r.changemap.count() == 0}
+            gate = self.rep.controller.hold_writes(empty)
+            try:
+                answers = {
+                    r.device: r
+                    for r in await self._tell_peer(
+                        serial,
+                        runs,
+                        "resume",
+                        empty=[r.device.pair.peer_device for r in runs if r.device.key in empty],
                     )
-                    continue
-                changes[run.device.key] = (PairAction.RESUME, _clear_armed)
-            if changes:
-                await self.rep.controller.commit(changes, cause="resume")
+                }
+                changes, copies = self._resumed(runs, answers, empty, results)
+                if changes:
+                    controller = self.rep.controller
+                    controller.commit_states(changes, cause="resume")
+                    done: Changes = {
+                        k: (PairAction.COPY_DONE, None) for k in changes if k not in copies
+                    }
+                    # Submitted at once: both go to disk in one transaction (group commit).
+                    if done:
+                        controller.commit_states(done, cause="copy-done")
+                    await controller.settled()
+            finally:
+                self.rep.controller.release_writes(empty, gate)
             for run in runs:
                 if run.device.key in changes:
                     results.append(_ok(run.device, tracks=run.changemap.count()))
-                    self.rep.start_copier(run)
+                    if run.device.key in copies:
+                        self.rep.start_copier(run)
         return PairOpReply(results=tuple(sorted(results, key=lambda r: r.device)))
+
+    def _resumed(
+        self,
+        runs: list[DeviceRun],
+        answers: dict[int, PairResult],
+        empty: set[int],
+        results: list[PairResult],
+    ) -> tuple[Changes, set[int]]:
+        """What the primary commits once its secondary answered a resume (RESUME), and which
+        of them copy: not those the secondary took straight to DUPLEX, still with nothing to
+        copy here (they commit COPY_DONE too)."""
+        changes: Changes = {}
+        copies: set[int] = set()
+        for run in runs:
+            answer = answers.get(run.device.pair.peer_device)
+            if answer is None or answer.code:
+                reason = answer.message if answer else "no answer"
+                results.append(
+                    PairResult(
+                        device=run.device.key,
+                        code=answer.code if answer else 1,
+                        state=run.device.pair.state,
+                        role=run.device.pair.role,
+                        message=f"cannot resume {run.device.address}: secondary refused: {reason}",
+                    )
+                )
+                continue
+            changes[run.device.key] = (PairAction.RESUME, _clear_armed)
+            if not (
+                run.device.key in empty
+                and answer.state is PairState.DUPLEX
+                and run.changemap.count() == 0
+            ):
+                copies.add(run.device.key)
+        return changes, copies
 
     def _recover(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
         good, results = self._devices(grant, request)
@@ -882,6 +934,7 @@ class PairOperations:
         phases: list[dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]]] = []
         cause = "failback" if request.op is PairOp.PEER_FAILBACK else request.op.name.lower()
         cleared: list[DeviceRun] = []  # PEER_FAILBACK: change maps to clear after the commits
+        empty = {int(key) for key in request.options.get("empty", ())}
         seen: set[int] = set()
         for item in request.items:
             try:
@@ -912,7 +965,10 @@ class PairOperations:
                             "tracks): resume after it completes"
                         )
                     state = device.pair.state
-                    for phase, step in enumerate(_follow(state, action)):
+                    steps = _follow(state, action)
+                    if action == "resume" and device.key in empty:
+                        steps.append(PairAction.COPY_DONE)  # nothing to copy: DUPLEX now
+                    for phase, step in enumerate(steps):
                         state = next_state(state, step, device=str(device.address))
                         update = _follow_update(step, request.at_ns)
                         while len(phases) <= phase:
@@ -1057,7 +1113,7 @@ def _follow(state: PairState, action: str) -> list[PairAction]:
     except ValueError:
         raise InputError(f"unknown peer action {action!r}") from None
     if (state, wanted) in _FOLLOW_VIA:
-        return _FOLLOW_VIA[(state, wanted)]
+        return list(_FOLLOW_VIA[(state, wanted)])
     return [wanted]
 
 
