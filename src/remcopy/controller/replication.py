@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Final, Literal
 
-from remcopy.controller.changemap import ChangeMap
+from remcopy.controller.changemap import ChangeMap, ChangeMapFile
 from remcopy.controller.core import Controller, Device, HostGrant, PairInfo
 from remcopy.controller.freeze import Freezer
 from remcopy.controller.journal import Journal
@@ -104,6 +104,10 @@ class DeviceRun:
     """The T a controller freeze armed this device at (freeze.py); a host suspend joins it."""
 
 
+# A FLUSH naming more devices than this msyncs the whole change-map file once (28-33 ms with
+# 1 % of 10,000 maps dirty, 0.1 ms clean) instead of once per device (0.2 ms each).
+FLUSH_EACH_MAX: Final = 8
+
 _CopyEnd = Literal["duplex", "again"] | RemcopyError
 """How a finished copy ended: DUPLEX, marked again meanwhile (copy more), or refused."""
 
@@ -113,13 +117,24 @@ class Replicator:
 
     def __init__(self, controller: Controller) -> None:
         self.controller = controller
-        self.runs: dict[int, DeviceRun] = {}
-        for key, device in controller.devices.items():
-            volume = device.volume
-            path = controller.data_dir / "changemaps" / f"{key:04X}.map"
-            self.runs[key] = DeviceRun(
-                device=device, changemap=ChangeMap(path, volume.tracks, volume.track_size_bytes)
+        # Every device's change map in one file, mapped once (changemap.py).
+        self.changemaps = ChangeMapFile(
+            controller.data_dir / "changemaps",
+            {
+                key: (device.volume.tracks, device.volume.track_size_bytes)
+                for key, device in controller.devices.items()
+            },
+        )
+        if self.changemaps.migrated:
+            log.info(
+                "change maps: %d moved from their own files into %s",
+                self.changemaps.migrated,
+                self.changemaps.path,
             )
+        self.runs: dict[int, DeviceRun] = {
+            key: DeviceRun(device=device, changemap=self.changemaps.maps[key])
+            for key, device in controller.devices.items()
+        }
         self.links: dict[int, PeerLink] = {}
         self.hold_s = controller.config.controller.hold_s
         self._zeros: dict[int, bytes] = {}
@@ -161,8 +176,7 @@ class Replicator:
     def close(self) -> None:
         for timer in self.timers:
             timer.cancel()
-        for run in self.runs.values():
-            run.changemap.close()
+        self.changemaps.close()
 
     async def run(self) -> None:
         """Own the background tasks (copies, seals, heartbeats) until cancelled; resume
@@ -908,10 +922,15 @@ class Replicator:
         return 0
 
     def flush_changemaps(self, keys: list[int]) -> None:
-        for key in keys:
-            run = self.runs.get(key)
-            if run is not None:
-                run.changemap.flush()
+        """msync the change maps of these devices (before a FLUSH's fdatasync): one msync of
+        the whole file when they are more than a few, one per device otherwise."""
+        if len(keys) > FLUSH_EACH_MAX:
+            self.changemaps.flush_all()
+        else:
+            for key in keys:
+                run = self.runs.get(key)
+                if run is not None:
+                    run.changemap.flush()
         for link in self.links.values():
             link.journal.flush()
 
