@@ -300,10 +300,11 @@ class ChangeMapFile:
                         f"there, its volume {tracks}: remove the file only if every pair is "
                         "re-established"
                     )
+            present = set(os.listdir(folder))
             legacy = {
                 key: folder / f"{key:04X}.map"
                 for key in devices
-                if key not in stored and (folder / f"{key:04X}.map").exists()
+                if key not in stored and f"{key:04X}.map" in present
             }
             table, offsets, size = _layout(tracks_of)
             if tracks_of != stored or not self.path.exists():
@@ -319,7 +320,7 @@ class ChangeMapFile:
             raise VolumeIOError(f"change maps {self.path}: {exc.strerror}") from exc
         self.maps = {
             key: ChangeMap.in_slot(
-                self.path.with_name(f"{FILE_NAME}#{key:04X}"),
+                self.path,
                 self._mm,
                 offsets[key],
                 tracks,
