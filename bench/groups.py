@@ -38,8 +38,8 @@
 #     writers' p99 before the suspend. A write refused as late (LateWrite) is reissued and
 #     counted as one write with its whole latency.
 #     Beside it, from the suspend record: the most host I/O one controller says it held
-#     (`host_io_held_ms`: writes refused as late between seal and drain, a freeze's hold,
-#     and its arm and seal commits, which run on its event loop).
+#     (`host_io_held_ms`: writes refused as late between seal and drain, or a freeze's
+#     hold; the arm and seal commits run off its event loop and hold no host write).
 #   - The naive way, side by side in the same run: 100 spare pairs suspended one request per
 #     pair, one at a time (`Channel.pair_op(SUSPEND, (item,), at_ns=T)`), each with its own
 #     T = now + max(4 round trips, 2 ms): a controller refuses a T in the past and a suspend

@@ -24,19 +24,26 @@ VOLUMES = 600
 LSS_COUNT = (VOLUMES + 255) // 256
 
 
-def _host_file(root: Path, primary: str, secondary: str) -> Path:
-    paths = []
+def _ranges(side_base: int) -> list[str]:
+    """Device numbers of one side, one range per LSS: XX00-XXFF from `side_base` up."""
+    out = []
     for j in range(LSS_COUNT):
         last = min(VOLUMES, (j + 1) * 256) - 1 - j * 256
+        out.append(f"{side_base + j * 0x100:04X}-{side_base + j * 0x100 + last:04X}")
+    return out
+
+
+def _host_file(root: Path, primary: str, secondary: str) -> Path:
+    paths = []
+    for j, (ours, theirs) in enumerate(zip(_ranges(0x1A00), _ranges(0x2B00), strict=True)):
         paths.append(
-            f'[[paths]]\ndevices = "{0x1A00 + j * 0x100:04X}-{0x1A00 + j * 0x100 + last:04X}"\n'
-            f'controller = "cntla0"\nssid = "{0x1A00 + j * 0x100:04X}"\n'
-            f'lss = "{0x0A + j:02X}"\ncca = "00"\n'
+            f'[[paths]]\ndevices = "{ours}"\ncontroller = "cntla0"\n'
+            f'ssid = "{0x1A00 + j * 0x100:04X}"\nlss = "{0x0A + j:02X}"\ncca = "00"\n'
         )
         paths.append(
-            f'[[paths]]\ndevices = "{0x2B00 + j * 0x100:04X}-{0x2B00 + j * 0x100 + last:04X}"\n'
-            f'controller = "cntlb"\nssid = "{0x2B00 + j * 0x100:04X}"\n'
-            f'lss = "{0x20 + j:02X}"\ncca = "00"\nonline = false\n'
+            f'[[paths]]\ndevices = "{theirs}"\ncontroller = "cntlb"\n'
+            f'ssid = "{0x2B00 + j * 0x100:04X}"\nlss = "{0x20 + j:02X}"\ncca = "00"\n'
+            "online = false\n"
         )
     path = root / "hosta.toml"
     path.write_text(
@@ -48,14 +55,10 @@ def _host_file(root: Path, primary: str, secondary: str) -> Path:
 
 
 def _group_file(root: Path) -> Path:
-    pairs = []
-    for j in range(LSS_COUNT):
-        last = min(VOLUMES, (j + 1) * 256) - 1 - j * 256
-        pairs.append(
-            f'[[pairs]]\nhost = "{HOST}"\n'
-            f'devices = "{0x1A00 + j * 0x100:04X}-{0x1A00 + j * 0x100 + last:04X}"\n'
-            f'secondary_devices = "{0x2B00 + j * 0x100:04X}-{0x2B00 + j * 0x100 + last:04X}"\n'
-        )
+    pairs = [
+        f'[[pairs]]\nhost = "{HOST}"\ndevices = "{ours}"\nsecondary_devices = "{theirs}"\n'
+        for ours, theirs in zip(_ranges(0x1A00), _ranges(0x2B00), strict=True)
+    ]
     path = root / "big.toml"
     path.write_text('[group]\nname = "BIG"\nmode = "sync"\n\n' + "\n".join(pairs))
     return path

@@ -82,6 +82,24 @@ asyncio.run(main())
 """
 
 
+def _killed_after(stop_after: int, script: str, folder: Path, argument: str) -> int:
+    """Run a writer script, SIGKILL it once it reported commit `stop_after` durable (or
+    later); returns the last commit it reported. Reports come in commit order."""
+    last = 0
+    with subprocess.Popen(
+        [sys.executable, "-c", script, str(folder), argument], stdout=subprocess.PIPE, text=True
+    ) as writer:
+        assert writer.stdout is not None
+        for line in writer.stdout:
+            assert int(line) == last + 1, "reported durable out of order"
+            last = int(line)
+            if last >= stop_after:
+                break
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    return last
+
+
 def test_PairStore_commits_only_the_devices_it_is_given(tmp_path: Path):
     """A commit changes the rows it names; others keep their last committed document."""
     store = PairStore(tmp_path, serial=64015)
@@ -137,20 +155,7 @@ def test_PairStore_after_kill_9_holds_the_last_committed_state(tmp_path: Path, s
     for round_ in range(4):
         folder = tmp_path / str(round_)
         folder.mkdir()
-        stop_after = rng.randrange(1, 400)
-        last = 0
-        with subprocess.Popen(
-            [sys.executable, "-c", _WRITER, str(folder), str(devices)],
-            stdout=subprocess.PIPE,
-            text=True,
-        ) as writer:
-            assert writer.stdout is not None
-            for line in writer.stdout:
-                last = int(line)
-                if last >= stop_after:
-                    break
-            writer.send_signal(signal.SIGKILL)
-            writer.wait()
+        last = _killed_after(rng.randrange(1, 400), _WRITER, folder, str(devices))
         store = PairStore(folder, serial=64015)
         documents, _groups = store.load()
         store.close()
@@ -171,21 +176,7 @@ def test_StateWriter_after_kill_9_holds_the_last_committed_state(tmp_path: Path,
     for round_ in range(4):
         folder = tmp_path / str(round_)
         folder.mkdir()
-        stop_after = rng.randrange(1, 900)
-        last = 0
-        with subprocess.Popen(
-            [sys.executable, "-c", _ASYNC_WRITER, str(folder), str(seed * 10 + round_)],
-            stdout=subprocess.PIPE,
-            text=True,
-        ) as writer:
-            assert writer.stdout is not None
-            for line in writer.stdout:
-                assert int(line) == last + 1, "reported durable out of order"
-                last = int(line)
-                if last >= stop_after:
-                    break
-            writer.send_signal(signal.SIGKILL)
-            writer.wait()
+        last = _killed_after(rng.randrange(1, 900), _ASYNC_WRITER, folder, str(seed * 10 + round_))
         store = PairStore(folder, serial=64015)
         documents, _groups = store.load()
         store.close()

@@ -272,19 +272,20 @@ class Controller:
     @property
     def store(self) -> PairStore:
         if self._store is None:
-            raise RemcopyInternalError(
-                f"controller {self.name}: pair state used before open(): this should never happen"
-            )
+            raise self._not_open()
         return self._store
 
     @property
     def writer(self) -> StateWriter:
         """The pair-state writer (its task runs in the server's TaskGroup)."""
         if self._writer is None:
-            raise RemcopyInternalError(
-                f"controller {self.name}: pair state used before open(): this should never happen"
-            )
+            raise self._not_open()
         return self._writer
+
+    def _not_open(self) -> RemcopyInternalError:
+        return RemcopyInternalError(
+            f"controller {self.name}: pair state used before open(): this should never happen"
+        )
 
     def _load_states(self) -> None:
         self._store = PairStore(self.data_dir, serial=self.serial)

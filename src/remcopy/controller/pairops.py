@@ -301,9 +301,9 @@ class PairOperations:
             )
         if armed:
             document = dict(await sealed)
-            # The arm's commit ran on the event loop too: no host I/O was served meanwhile.
+            # Off the event loop, and host writes need not wait for it (commit_armed): no
+            # part of host_io_held_ms.
             document["arm_commit_ms"] = round(arm_ms, 3)
-            document["host_io_held_ms"] = round(document.get("host_io_held_ms", 0.0) + arm_ms, 3)
         if joined:
             # Wait for the freeze's seal; another freeze may still move it earlier.
             for _ in range(len(joined) + 1):
@@ -444,10 +444,11 @@ class PairOperations:
             # from then on a write that depends on a held one is mirrored nowhere.
             held_since_ns = min(run.held_since_ns for run in frozen)
             await self.rep.freezer.wait_confirmed(frozen)
-            held_ns = max(held_ns, time.time_ns() - held_since_ns)
             commit_started_ns = time.perf_counter_ns()
             self.rep.to_error_all(frozen, at_ns=at_ns)
+            await self.rep.controller.settled()  # their released writes wait for this commit
             commit_ns += time.perf_counter_ns() - commit_started_ns
+            held_ns = max(held_ns, time.time_ns() - held_since_ns)
         commit_ms = commit_ns / 1e6
         for serial, peer_runs in by_peer.items():
             await self._tell_peer(serial, peer_runs, "suspend", at_ns=at_ns)
@@ -464,12 +465,11 @@ class PairOperations:
                     # How long host writes could not complete as issued because of this
                     # suspend: from the seal until the updates stamped < T were confirmed, a
                     # write stamped < T is refused (the host reissues it), or a frozen device
-                    # held its writes from its replication error until this freeze, whichever
-                    # is longer; plus the commits (seal here, arm in _suspend), which run on
-                    # the event loop, so no host I/O of this controller is served during them.
-                    "host_io_held_ms": round(
-                        max(drained_ns - sealed_ns, held_ns) / 1e6 + commit_ms, 3
-                    ),
+                    # held its writes from its replication error until this freeze's commit
+                    # of SUSPENDED_ERROR was durable, whichever is longer. The seal's commit
+                    # and the arm's run off the event loop and hold no host write
+                    # (docs/replication.md 4.5), so they are not part of it.
+                    "host_io_held_ms": round(max(drained_ns - sealed_ns, held_ns) / 1e6, 3),
                 }
             )
 
