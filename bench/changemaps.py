@@ -1,14 +1,14 @@
 # Benchmark: change maps at 10,000 devices per controller, two layouts side by side.
 #
-# What is measured, and why (issue 15, item 3): a controller keeps one change map per device
-# (`controller/changemap.py`). Today each map is its own file `DATA_DIR/changemaps/LLCC.map`
-# mapped on its own. At 10,000 devices per controller that is 10,000 files, 10,000 mappings and,
-# because CPython's `mmap.mmap` keeps a dup() of the file descriptor for the map's lifetime,
-# 10,000 open descriptors. The peer is a prototype with one file per controller holding every
-# device's bitmap at a fixed, page-aligned offset behind a directory, mapped once
-# (`ControllerChangeMaps` below; each device's view is a `ChangeMap` subclass, so mark,
-# mark_intent, release, clear_if and count are the product's own code and only the layout
-# differs). The product's ChangeMap is not changed.
+# What is measured, and why: a controller keeps one change map per device
+# (`controller/changemap.py`). The older layout made each map its own file
+# `DATA_DIR/changemaps/LLCC.map` mapped on its own (`ChangeMap(path, ...)`, still there to
+# migrate such files). At 10,000 devices per controller that is 10,000 files, 10,000 mappings
+# and, because CPython's `mmap.mmap` keeps a dup() of the file descriptor for the map's
+# lifetime, 10,000 open descriptors. The controller now uses one file per controller holding
+# every device's bitmap at a fixed, page-aligned offset behind a directory, mapped once
+# (`ChangeMapFile`; each device's map is a `ChangeMap` over its slice, so mark, mark_intent,
+# release, clear_if and count are the same code in both layouts and only the layout differs).
 #
 # For each volume size (1 GiB and 16 GiB at 64 KiB tracks: 2 KiB and 32 KiB of bitmap per
 # device) and each layout, in separate processes so descriptor, map and RSS figures do not mix:
@@ -19,12 +19,12 @@
 # - a random 1 % of every device's tracks set (bits OR-ed in bulk, so every bitmap page is
 #   touched as real use spread over time would), RSS after;
 # - flush all: msync of everything dirtied, as a host FLUSH naming every device calls it
-#   (`Replicator.flush_changemaps`): one msync per device for today's layout; for the
-#   prototype both one msync of the whole file and one per device (its page range); then the
-#   same again with nothing dirty (what every later host FLUSH costs); fsync of the prototype's
-#   file descriptor next to it;
+#   (`Replicator.flush_changemaps`): one msync per device for the older layout; for the
+#   per-controller file both one msync of the whole file and one per device (its page
+#   range); then the same again with nothing dirty (what every later host FLUSH costs);
+#   fsync of the one file next to it;
 # - flush one: one 4 KiB write marked on one device, then that device's flush (msync of its
-#   pages), p50 over 50 devices; for the prototype also fsync of the whole file instead;
+#   pages), p50 over 50 devices; for the one file also fsync of the whole file instead;
 # - 100,000 random 4 KiB writes marked (`ChangeMap.mark`) on random devices, time and RSS after;
 #   count() on every device (QUERY, status) timed;
 # - limits: with the soft descriptor limit at 1024 (systemd's default for services), how many
@@ -32,7 +32,7 @@
 #   already held for its volume (the controller keeps each volume file open); vm.max_map_count
 #   against the mappings used;
 # - a check, not a figure: a new process opens the maps again and finds the same bits on every
-#   device (the prototype's slots keep their offsets and do not overlap). The prototype's count
+#   device (the one file's slots keep their offsets and do not overlap). The one file's count
 #   is higher: its flush steps XOR two more patterns in.
 #
 # Run: .venv/bin/python bench/changemaps.py [--quick] [--seed N]. --quick uses 2,000 devices.
@@ -48,7 +48,6 @@ import random
 import resource
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -58,7 +57,7 @@ from typing import Any, Final
 
 from bitarray import bitarray
 
-from remcopy.controller.changemap import ChangeMap
+from remcopy.controller.changemap import ChangeMap, ChangeMapFile
 from remcopy.errors import VolumeIOError
 
 SEED_DEFAULT: Final = 20261206
@@ -74,109 +73,6 @@ FLUSH_ONE_SAMPLES: Final = 50
 NOFILE_SERVICE_DEFAULT: Final = 1024  # systemd DefaultLimitNOFILE soft value
 PAGE_BYTES: Final = mmap.PAGESIZE
 LAYOUTS: Final = ("per_device", "per_controller")
-
-
-# The prototype: one file per controller...
-#
-# File: page 0 holds the header (magic, version, slot count); then the directory, one entry per
-# device (key, tracks, offset of its bitmap), in whole pages; then each device's bitmap at its
-# offset, each starting on a page of its own so one device's msync covers only its own pages.
-# The file is sparse: pages of bitmaps never written take no disk. A device set that differs
-# from the directory is refused here (the product would have to add and drop slots).
-
-_FILE_MAGIC: Final = b"RMCPYCMF"
-_FILE_HEADER = struct.Struct("!8sII")  # magic, version, slots
-_ENTRY = struct.Struct("!IQQ")  # key, tracks, offset
-
-
-def _pages(size_bytes: int) -> int:
-    return (size_bytes + PAGE_BYTES - 1) // PAGE_BYTES * PAGE_BYTES
-
-
-class SlotChangeMap(ChangeMap):
-    """One device's change map: a page-aligned slice of the controller's one mapped file."""
-
-    def __init__(
-        self, owner: ControllerChangeMaps, key: int, offset: int, tracks: int, track_size: int
-    ) -> None:
-        # Deliberately not ChangeMap.__init__ (that opens a file of its own); the same fields.
-        self.path = owner.path
-        self.tracks = tracks
-        self.track_size_bytes = track_size
-        bitmap_bytes = (tracks + 7) // 8
-        self._mm = owner.mm
-        self._offset = offset
-        self._flush_bytes = _pages(bitmap_bytes)
-        self._view = memoryview(owner.mm)[offset : offset + bitmap_bytes]
-        self._bits = bitarray(buffer=self._view, endian="big")
-        self._marks = 0
-        self._marked_at: dict[int, int] = {}
-        self._intents: dict[int, int] = {}
-        self._intent_only: dict[int, int] = {}
-        self.key = key
-
-    def close(self) -> None:
-        if self._view is None:
-            return
-        del self._bits
-        self._view.release()
-        self._view = None  # type: ignore[assignment]
-
-    def flush(self) -> None:
-        try:
-            self._mm.flush(self._offset, self._flush_bytes)
-        except OSError as exc:
-            raise VolumeIOError(f"change map {self.path}: msync failed: {exc.strerror}") from exc
-
-
-class ControllerChangeMaps:
-    """Every device's change map in one file, mapped once (the prototype)."""
-
-    def __init__(self, path: Path, devices: dict[int, int], track_size: int) -> None:
-        self.path = path
-        keys = sorted(devices)
-        directory_bytes = _pages(_FILE_HEADER.size + len(keys) * _ENTRY.size)
-        offsets: dict[int, int] = {}
-        position = directory_bytes
-        for key in keys:
-            offsets[key] = position
-            position += _pages(max((devices[key] + 7) // 8, 1))
-        size = position
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        if os.fstat(self.fd).st_size == 0:
-            table = bytearray(_FILE_HEADER.pack(_FILE_MAGIC, 1, len(keys)))
-            for key in keys:
-                table += _ENTRY.pack(key, devices[key], offsets[key])
-            os.ftruncate(self.fd, size)
-            os.pwrite(self.fd, bytes(table), 0)
-        else:
-            stored = os.pread(self.fd, directory_bytes, 0)
-            magic, _version, slots = _FILE_HEADER.unpack_from(stored)
-            entries = [
-                _ENTRY.unpack_from(stored, _FILE_HEADER.size + i * _ENTRY.size)
-                for i in range(slots)
-            ]
-            if magic != _FILE_MAGIC or entries != [(k, devices[k], offsets[k]) for k in keys]:
-                os.close(self.fd)
-                raise VolumeIOError(f"change maps {path}: directory does not match the devices")
-        self.mm = mmap.mmap(self.fd, size)
-        self.maps = {
-            key: SlotChangeMap(self, key, offsets[key], devices[key], track_size) for key in keys
-        }
-
-    def flush_all(self) -> None:
-        """One msync of the whole file."""
-        self.mm.flush()
-
-    def fsync(self) -> None:
-        os.fsync(self.fd)
-
-    def close(self) -> None:
-        for one in self.maps.values():
-            one.close()
-        self.mm.close()
-        os.close(self.fd)
 
 
 # Measuring inside one process...
@@ -211,15 +107,15 @@ def _keys(devices: int) -> list[int]:
 class _Opened:
     def __init__(self, layout: str, root: Path, devices: int, tracks: int) -> None:
         self.layout = layout
-        self.controller: ControllerChangeMaps | None = None
+        self.controller: ChangeMapFile | None = None
         if layout == "per_device":
             self.maps: dict[int, ChangeMap] = {
                 key: ChangeMap(root / f"{key:04X}.map", tracks, TRACK_BYTES)
                 for key in _keys(devices)
             }
         else:
-            self.controller = ControllerChangeMaps(
-                root / "controller.map", dict.fromkeys(_keys(devices), tracks), TRACK_BYTES
+            self.controller = ChangeMapFile(
+                root, dict.fromkeys(_keys(devices), (tracks, TRACK_BYTES))
             )
             self.maps = dict(self.controller.maps)
 
@@ -328,15 +224,13 @@ def child_limit(layout: str, root: Path, devices: int, tracks: int, held: int) -
     volumes = [os.open("/dev/null", os.O_RDONLY) for _ in range(held)]
     opened_maps: list[ChangeMap] = []
     error = ""
-    controller: ControllerChangeMaps | None = None
+    controller: ChangeMapFile | None = None
     try:
         if layout == "per_device":
             for key in _keys(devices):
                 opened_maps.append(ChangeMap(root / f"{key:04X}.map", tracks, TRACK_BYTES))
         else:
-            controller = ControllerChangeMaps(
-                root / "controller.map", dict.fromkeys(_keys(devices), tracks), TRACK_BYTES
-            )
+            controller = ChangeMapFile(root, dict.fromkeys(_keys(devices), (tracks, TRACK_BYTES)))
             opened_maps = list(controller.maps.values())
     except (OSError, VolumeIOError) as exc:
         error = "EMFILE" if "Too many open files" in str(exc) else str(exc)[:60]
@@ -418,7 +312,7 @@ def _table(runs: dict[str, dict[str, Any]], devices: int, load: list[float]) -> 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     lines = [
         f"remcopy bench/changemaps: {devices:,} devices' change maps, one file per device "
-        "(today) vs one file per controller (prototype)",
+        "(the older layout) vs one file per controller (the controller's)",
         f"  {os.cpu_count()} CPUs, Python {platform.python_version()}, ext4 under /tmp; "
         f"load average {load[0]} at start, {load[1]} at end; RLIMIT_NOFILE here {soft}/{hard}, "
         f"vm.max_map_count {map_max}",

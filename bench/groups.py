@@ -38,8 +38,8 @@
 #     writers' p99 before the suspend. A write refused as late (LateWrite) is reissued and
 #     counted as one write with its whole latency.
 #     Beside it, from the suspend record: the most host I/O one controller says it held
-#     (`host_io_held_ms`: writes refused as late between seal and drain, a freeze's hold,
-#     and its arm and seal commits, which run on its event loop).
+#     (`host_io_held_ms`: writes refused as late between seal and drain, or a freeze's
+#     hold; the arm and seal commits run off its event loop and hold no host write).
 #   - The naive way, side by side in the same run: 100 spare pairs suspended one request per
 #     pair, one at a time (`Channel.pair_op(SUSPEND, (item,), at_ns=T)`), each with its own
 #     T = now + max(4 round trips, 2 ms): a controller refuses a T in the past and a suspend
@@ -836,7 +836,15 @@ async def cli_round(
             before = await pair_ops(world.session, primaries_of(group))
             wall, code, out, err = await run_cli(*args)
             after = await pair_ops(world.session, primaries_of(group))
-            doc = json.loads(out) if out.strip().startswith("{") else None
+            try:
+                doc = json.loads(out) if out.strip().startswith("{") else None
+            except json.JSONDecodeError as exc:
+                # Say everything that tells a cut document from a mixed one: the exit code,
+                # the length, the parser's place, and stderr.
+                raise RuntimeError(
+                    f"remcopy group suspend --json: not one JSON document ({exc}; "
+                    f"{len(out)} characters, exit {code}): {err[-2000:]}"
+                ) from exc
             if doc is None or "error" in doc:  # an error document: the command failed early
                 raise RuntimeError(f"remcopy group suspend exited {code}: {err[-2000:]}")
             chosen_ns = int(doc["at_ns"] - doc["margin_s"] * 1e9)

@@ -15,9 +15,10 @@
 #   `status()["counters"]["bytes_copied"]` before and after (checked against X % of the
 #   tracks: a resync must copy exactly the changed tracks);
 # - the fixed cost of a resume with nothing to copy (suspend, resume at once): the floor the
-#   small resyncs stand on; and the time of one durable state-file commit in the same folder
-#   (write, fsync, rename, directory fsync — what every pair state change costs), since a
-#   resume commits the state on both controllers before copying and once more after;
+#   small resyncs stand on; and the time of one durable pair-state commit of one device in
+#   the same folder (the pair store's SQLite WAL transaction and its fsync), since a resume
+#   with nothing to copy commits once on the secondary and then once on the primary (with
+#   tracks to copy: once more on each side after the copy);
 # - the raw copy next to it: `shutil.copyfile` of a file of the volume's size in the same
 #   folder, the source written (and fdatasync'ed, like the flushed volumes) just before, so
 #   source pages are cached and clean on both sides; the copy's destination is new, its
@@ -63,7 +64,7 @@ from _world import (
     wait_duplex,
 )
 from remcopy import aio
-from remcopy.controller import statefile
+from remcopy.controller.pairstore import PairStore
 from remcopy.host.channel import Channel, Subscription
 from remcopy.states import CopyMode, PairState
 from remcopy.wire.native import PairOp
@@ -76,6 +77,7 @@ REPEATS_QUICK: Final = 2
 PERCENTS: Final = (1, 10, 100)
 EMPTY_RESUMES: Final = 5
 COMMIT_SAMPLES: Final = 20
+SERIAL_PROBE: Final = 99999  # the commit probe's own pair store (no controller's)
 SUSPEND_MARGIN_NS: Final = 50_000_000
 CCA: Final = 0
 READ_STEP_BYTES: Final = 1 * MIB
@@ -256,14 +258,20 @@ class Bench:
         return took
 
     def _commit_cost(self) -> None:
-        """The time of one durable state-file commit (the controllers' write_atomic) here."""
-        path = self.root / "commit-probe.json"
-        doc = {"devices": {f"{i:04X}": {"state": "DUPLEX"} for i in range(4)}}
-        for _ in range(COMMIT_SAMPLES):
-            started = time.perf_counter()
-            statefile.write_atomic(path, doc)
-            self.results.commit_s.append(time.perf_counter() - started)
-        path.unlink()
+        """The time of one durable pair-state commit of one device (what a controller's
+        pair store does per commit: one SQLite WAL transaction, fsync'ed) here."""
+        folder = self.root / "commit-probe"
+        folder.mkdir()
+        store = PairStore(folder, serial=SERIAL_PROBE)
+        store.load()
+        try:
+            for n in range(COMMIT_SAMPLES):
+                started = time.perf_counter()
+                store.commit({0: {"state": "DUPLEX", "suspend_at_ns": n}})
+                self.results.commit_s.append(time.perf_counter() - started)
+        finally:
+            store.close()
+        shutil.rmtree(folder)
 
     async def _identical(self) -> bool:
         async with self.world.host_channel(self.world.secondary) as sec:
@@ -351,11 +359,12 @@ def _table(plan: Plan, res: Results, load: str) -> str:
         f"  resume with nothing to copy (fixed cost) until DUPLEX: p50 "
         f"{percentile(res.empty_resume_s, 0.5) * 1000:.2f} ms, min "
         f"{min(res.empty_resume_s) * 1000:.2f} ms over {len(res.empty_resume_s)}; of which "
-        f"until the answer (both sides committed PENDING): p50 "
+        f"until the answer (both sides committed): p50 "
         f"{percentile(res.empty_answer_s, 0.5) * 1000:.2f} ms",
-        f"  one durable state commit (write + fsync + rename + dir fsync) here: p50 "
+        f"  one durable pair-state commit (SQLite WAL, fsync) here: p50 "
         f"{percentile(res.commit_s, 0.5) * 1000:.2f} ms, p90 "
-        f"{percentile(res.commit_s, 0.9) * 1000:.2f} ms; a resume makes 3 before DUPLEX",
+        f"{percentile(res.commit_s, 0.9) * 1000:.2f} ms; a resume with nothing to copy makes "
+        "one on each side before DUPLEX, one after the other",
         "  CPU in the best full resync, primary / secondary / host: "
         + " / ".join(f"{c / gib:.2f}" for c in res.best(100).cpu_s)
         + " s per GiB copied; busy "

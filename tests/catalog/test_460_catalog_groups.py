@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from catalog_helpers import FakeClock, address, map_row, pair
+from catalog_helpers import FakeClock, address, entry, map_row, pair, scanned
 
 from remcopy.catalog import (
     Catalog,
@@ -13,6 +13,7 @@ from remcopy.catalog import (
     GroupNotFound,
     HostNotFound,
     PairConflict,
+    ScanNotFound,
 )
 
 OPTIONS = {"mode": "sync", "consistency_group": True, "suspend_margin_s": 0.05}
@@ -251,3 +252,45 @@ def test_Catalog_group_of_ten_thousand_pairs(catalog: Catalog) -> None:
     assert len(catalog.group_map_all("big", "hosta")) == 10_000
     with pytest.raises(PairConflict):
         catalog.put_group("other", {}, pairs[-1:], replace=False)
+
+
+def test_Catalog_pairs_as_seen_joins_the_pairs_with_the_hosts_current_map(
+    catalog: Catalog,
+) -> None:
+    """Each pair in definition order with the controller and device number the host's newest
+    scan shows at either address; None where the map lacks one; an address at two device
+    numbers gives the highest, as the whole map indexed in Python did."""
+    pairs = list(reversed(PAIRS))
+    catalog.put_group("pay", OPTIONS, pairs, replace=False)
+    scanned(catalog, "hosta", [entry("0100", PAIRS[0].primary_address, "OLD")], at_ns=1)
+    scanned(
+        catalog,
+        "hosta",
+        [
+            entry("1000", PAIRS[0].primary_address, "PAY000", controller="a"),
+            entry("2000", PAIRS[0].secondary_address, "PAY000", controller="b"),
+            entry("1001", PAIRS[1].primary_address, "PAY001", controller="a"),
+            entry("1002", PAIRS[2].primary_address, "PAY002", controller="a"),
+            entry("1F02", PAIRS[2].primary_address, "PAY002", controller="c"),
+        ],
+        at_ns=2,
+    )
+    seen = catalog.pairs_as_seen("pay", "hosta")
+    assert seen == [
+        (pairs[0].primary_address, pairs[0].secondary_address, "PAY003", None, None, None, None),
+        (
+            pairs[1].primary_address,
+            pairs[1].secondary_address,
+            "PAY002",
+            "c",
+            "1F02",
+            None,
+            None,
+        ),
+        (pairs[2].primary_address, pairs[2].secondary_address, "PAY001", "a", "1001", None, None),
+        (pairs[3].primary_address, pairs[3].secondary_address, "PAY000", "a", "1000", "b", "2000"),
+    ]
+    with pytest.raises(GroupNotFound):
+        catalog.pairs_as_seen("nope", "hosta")
+    with pytest.raises((ScanNotFound, HostNotFound)):
+        catalog.pairs_as_seen("pay", "hostb")

@@ -349,7 +349,8 @@ def test_load_controller_config_refuses_test_only_keys_without_REMCOPY_TESTING_1
         GOOD.replace(
             'data_dir = "cntl1-data"\n',
             'data_dir = "cntl1-data"\nplanted_bugs = []\nidentify_delay_s = 0.0\n'
-            'volume_faults = {PAY001 = "eio_after:1"}\nplanted_bug_every = 5\n',
+            'volume_faults = {PAY001 = "eio_after:1"}\nplanted_bug_every = 5\n'
+            'commit_pause_dir = "pause"\n',
         ),
     )
     with pytest.raises(ConfigError) as info:

@@ -2,6 +2,7 @@
 # state, and a legacy pairs.json is imported once.
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from remcopy.controller import statefile
+from remcopy.controller.committer import StateWriter
 from remcopy.controller.pairstore import COLUMNS, LEGACY_FILE_NAME, PairStore
 from remcopy.errors import ConfigError
 
@@ -37,6 +39,66 @@ for n in range(1, 1001):
     store.commit({key: {"state": "DUPLEX", "suspend_at_ns": n} for key in range(devices)})
     print(n, flush=True)
 """
+
+
+# The same through the writer thread: commits submitted in bursts from an event loop, a burst
+# queued while the previous transaction runs (so commits share transactions), each printed
+# once its future says durable. Commit n writes n into device 0 and into every device d with
+# d % 4 == n % 4, so a lost, torn or reordered commit shows in the rows.
+_ASYNC_WRITER = """
+import asyncio
+import random
+import sys
+from pathlib import Path
+from remcopy.controller.committer import StateWriter
+from remcopy.controller.pairstore import PairStore
+
+
+async def main() -> None:
+    store = PairStore(Path(sys.argv[1]), serial=64015)
+    store.load()
+    writer = StateWriter(store)
+    rng = random.Random(int(sys.argv[2]))
+    async with asyncio.TaskGroup() as tasks:
+        running = tasks.create_task(writer.run())
+        await asyncio.sleep(0)  # the writer runs: commits go to its thread
+        n = 0
+        while n < 1000:
+            burst = []
+            for _ in range(rng.randint(1, 20)):
+                n += 1
+                if n > 1000:
+                    break
+                docs = {d: {"state": "DUPLEX", "suspend_at_ns": n} for d in range(64)
+                        if d == 0 or d % 4 == n % 4}
+                done = writer.submit(docs)
+                done.add_done_callback(lambda _, n=n: print(n, flush=True))
+                burst.append(done)
+            await burst[0]
+        await writer.settled()
+        running.cancel()
+
+
+asyncio.run(main())
+"""
+
+
+def _killed_after(stop_after: int, script: str, folder: Path, argument: str) -> int:
+    """Run a writer script, SIGKILL it once it reported commit `stop_after` durable (or
+    later); returns the last commit it reported. Reports come in commit order."""
+    last = 0
+    with subprocess.Popen(
+        [sys.executable, "-c", script, str(folder), argument], stdout=subprocess.PIPE, text=True
+    ) as writer:
+        assert writer.stdout is not None
+        for line in writer.stdout:
+            assert int(line) == last + 1, "reported durable out of order"
+            last = int(line)
+            if last >= stop_after:
+                break
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    return last
 
 
 def test_PairStore_commits_only_the_devices_it_is_given(tmp_path: Path):
@@ -94,20 +156,7 @@ def test_PairStore_after_kill_9_holds_the_last_committed_state(tmp_path: Path, s
     for round_ in range(4):
         folder = tmp_path / str(round_)
         folder.mkdir()
-        stop_after = rng.randrange(1, 400)
-        last = 0
-        with subprocess.Popen(
-            [sys.executable, "-c", _WRITER, str(folder), str(devices)],
-            stdout=subprocess.PIPE,
-            text=True,
-        ) as writer:
-            assert writer.stdout is not None
-            for line in writer.stdout:
-                last = int(line)
-                if last >= stop_after:
-                    break
-            writer.send_signal(signal.SIGKILL)
-            writer.wait()
+        last = _killed_after(rng.randrange(1, 400), _WRITER, folder, str(devices))
         store = PairStore(folder, serial=64015)
         documents, _groups = store.load()
         store.close()
@@ -152,4 +201,85 @@ def test_PairStore_opens_a_store_made_before_the_last_change_columns(tmp_path: P
     store.close()
     again = PairStore(tmp_path, serial=64015)
     assert again.load()[0] == {5: _doc("DUPLEX", changed_at_ns=99, change_cause="resume")}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_StateWriter_after_kill_9_holds_the_last_committed_state(tmp_path: Path, seed: int):
+    """Killed at a random point of 1,000 commits submitted from an event loop (many sharing
+    one transaction), the store holds exactly the state after some commit f, every row as
+    commit f left it, and f is not older than the last commit reported durable."""
+    rng = random.Random(seed)
+    for round_ in range(4):
+        folder = tmp_path / str(round_)
+        folder.mkdir()
+        last = _killed_after(rng.randrange(1, 900), _ASYNC_WRITER, folder, str(seed * 10 + round_))
+        store = PairStore(folder, serial=64015)
+        documents, _groups = store.load()
+        store.close()
+        found = documents[0]["suspend_at_ns"]
+        assert last <= found <= 1000, f"seed={seed}: reported {last}, found {found}"
+        expected = {0: found}
+        for device in range(1, 64):
+            touched = [n for n in range(1, found + 1) if n % 4 == device % 4]
+            if touched:
+                expected[device] = touched[-1]
+        assert {d: doc["suspend_at_ns"] for d, doc in documents.items()} == expected
+
+
+async def test_StateWriter_commits_queued_during_one_share_the_next(tmp_path: Path):
+    """Commits submitted while one transaction is held open on the writer thread are written
+    together in the next transaction, in order (the later document of a device wins)."""
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    os.mkfifo(pause / "paused")
+    os.mkfifo(pause / "release")
+    store = PairStore(tmp_path, serial=64015)
+    store.load()
+    writer = StateWriter(store, pause_dir=pause)
+    async with asyncio.TaskGroup() as tasks:
+        running = tasks.create_task(writer.run())
+        await asyncio.sleep(0)  # the writer task runs: submissions now queue
+        first = writer.submit({1: _doc("PENDING")})
+        assert first is not None
+
+        def read_paused() -> str:
+            with (pause / "paused").open() as fifo:
+                return fifo.readline().strip()
+
+        assert await asyncio.to_thread(read_paused) == "devices=1 states=PENDING:1"
+        later = [writer.submit({1: _doc("DUPLEX", suspend_at_ns=n), 2: None}) for n in range(50)]
+        assert not first.done()
+        (pause / "paused").unlink()
+
+        def release() -> None:
+            with (pause / "release").open("w") as fifo:
+                fifo.write("go\n")
+
+        await asyncio.to_thread(release)
+        await asyncio.gather(*[f for f in later if f is not None])
+        assert first.done()
+        running.cancel()
+    assert (writer.figures.commits, writer.figures.transactions) == (51, 2)
+    assert writer.figures.largest_batch == 50
+    store.close()
+    again = PairStore(tmp_path, serial=64015)
+    assert again.load() == ({1: _doc("DUPLEX", suspend_at_ns=49)}, {})
+    again.close()
+
+
+async def test_StateWriter_commits_what_is_queued_when_cancelled(tmp_path: Path):
+    """A stopping controller cancels the writer: what was submitted is still committed."""
+    store = PairStore(tmp_path, serial=64015)
+    store.load()
+    writer = StateWriter(store)
+    async with asyncio.TaskGroup() as tasks:
+        running = tasks.create_task(writer.run())
+        await asyncio.sleep(0)  # the writer task runs: submissions now queue
+        queued = [writer.submit({n: _doc("DUPLEX")}) for n in range(5)]
+        running.cancel()
+    assert all(f is not None and f.done() and f.exception() is None for f in queued)
+    assert writer.submit({9: _doc("PENDING")}) is None  # stopped: committed at once
+    store.close()
+    again = PairStore(tmp_path, serial=64015)
+    assert set(again.load()[0]) == {0, 1, 2, 3, 4, 9}
     again.close()

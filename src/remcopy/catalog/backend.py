@@ -23,7 +23,6 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from remcopy.catalog.errors import CatalogUnavailable
-from remcopy.catalog.postgresql import PostgreSQLBackend
 from remcopy.catalog.queries import BulkInsert
 from remcopy.catalog.sqlite import SQLiteBackend
 
@@ -57,11 +56,13 @@ class Backend(Protocol):
         ...
 
 
-_DRIVERS: dict[str, tuple[str, Backend]] = {
-    "sqlite": ("sqlite+pysqlite", SQLiteBackend()),
-    "sqlite+pysqlite": ("sqlite+pysqlite", SQLiteBackend()),
-    "postgresql": ("postgresql+psycopg", PostgreSQLBackend()),
-    "postgresql+psycopg": ("postgresql+psycopg", PostgreSQLBackend()),
+# Each accepted driver name -> the driver used. The PostgreSQL backend (and psycopg, ~25 ms to
+# import) is loaded only for a PostgreSQL catalog (backend_for).
+_DRIVERS: dict[str, str] = {
+    "sqlite": "sqlite+pysqlite",
+    "sqlite+pysqlite": "sqlite+pysqlite",
+    "postgresql": "postgresql+psycopg",
+    "postgresql+psycopg": "postgresql+psycopg",
 }
 
 
@@ -83,12 +84,16 @@ def catalog_url(location: str | os.PathLike[str]) -> URL:
             f"catalog: unsupported database: driver={url.drivername}: "
             "hint: use sqlite:///PATH or postgresql+psycopg://USER@HOST/DATABASE"
         )
-    return url.set(drivername=known[0])
+    return url.set(drivername=known)
 
 
 def backend_for(url: URL) -> Backend:
     """The backend for a URL that `catalog_url` returned."""
-    return _DRIVERS[url.drivername][1]
+    if url.drivername == "postgresql+psycopg":
+        from remcopy.catalog.postgresql import PostgreSQLBackend
+
+        return PostgreSQLBackend()
+    return SQLiteBackend()
 
 
 def shown_url(url: URL) -> str:

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Dialect,
     Select,
     Table,
+    and_,
     bindparam,
     delete,
     func,
@@ -332,6 +333,47 @@ PAIRS_ALL = (
 PAIR_INSERT = BulkInsert(copy_pairs, ("group_name", "position", *Pair.columns()))
 # pair_move: executemany, the pair with primary :address moves to :position
 PAIR_MOVE = update(copy_pairs).where(copy_pairs.c.primary_address == bindparam("address"))
+
+
+# pairs_as_seen: the pairs of :group in definition order, each with the controller and the
+# device number scan :scan_id shows at its primary and at its secondary address (NULL where
+# that map lacks it). One query on the (scan_id, hardware_address) index, instead of the whole
+# map read and indexed in Python. An address a map shows at two device numbers gives a row for
+# each, the highest device number last (the caller keeps the last, as MapIndex does).
+_primary_entry = map_entries.alias("primary_entry")
+_secondary_entry = map_entries.alias("secondary_entry")
+PAIRS_AS_SEEN = (
+    select(
+        copy_pairs.c.primary_address,
+        copy_pairs.c.secondary_address,
+        copy_pairs.c.volser,
+        _primary_entry.c.controller,
+        _primary_entry.c.device_number,
+        _secondary_entry.c.controller,
+        _secondary_entry.c.device_number,
+    )
+    .select_from(copy_pairs)
+    .outerjoin(
+        _primary_entry,
+        and_(
+            _primary_entry.c.scan_id == bindparam("scan_id"),
+            _primary_entry.c.hardware_address == copy_pairs.c.primary_address,
+        ),
+    )
+    .outerjoin(
+        _secondary_entry,
+        and_(
+            _secondary_entry.c.scan_id == bindparam("scan_id"),
+            _secondary_entry.c.hardware_address == copy_pairs.c.secondary_address,
+        ),
+    )
+    .where(copy_pairs.c.group_name == bindparam("group"))
+    .order_by(
+        copy_pairs.c.position,
+        _primary_entry.c.device_number,
+        _secondary_entry.c.device_number,
+    )
+)
 
 
 def pairs_delete(primary_addresses: Sequence[str]) -> Delete:

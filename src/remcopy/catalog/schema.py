@@ -83,6 +83,8 @@ map_entries = Table(
     Column("online", Boolean, nullable=False),
     Column("controller", String, nullable=False),
     PrimaryKeyConstraint("scan_id", "device_number"),
+    # A group's pairs joined with a host's map by address (queries.PAIRS_AS_SEEN; 0003).
+    Index(None, "scan_id", "hardware_address"),
 )
 
 scan_failures = Table(

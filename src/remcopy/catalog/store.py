@@ -476,6 +476,22 @@ class Catalog:
             groups = [Group.from_row(row) for row in conn.execute(q.GROUPS_ALL)]
         return sorted(groups, key=lambda group: group.name)  # code point order on every backend
 
+    def pairs_as_seen(
+        self, group: str, host: str
+    ) -> list[tuple[str, str, str, str | None, str | None, str | None, str | None]]:
+        """The pairs of `group` in definition order as `host`'s current map shows them:
+        (primary address, secondary address, volser, primary controller, primary device
+        number, secondary controller, secondary device number), None where the map lacks the
+        address. GroupNotFound / ScanNotFound when there is no such group / map."""
+        with self._reading() as conn:
+            scan_id = self._scan_id(conn, host, None)
+            rows = conn.execute(q.PAIRS_AS_SEEN, {"group": group, "scan_id": scan_id}).all()
+            if not rows:
+                self._group_required(conn, group)
+        # One row per pair: an address seen at two device numbers keeps the last (highest).
+        seen = {row[0]: tuple(row) for row in rows}
+        return list(seen.values())
+
     def pairs_all(self, group: str) -> list[Pair]:
         """The pairs of `group` in definition order; GroupNotFound if there is no such group."""
         with self._reading() as conn:

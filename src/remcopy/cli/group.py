@@ -5,6 +5,7 @@ from __future__ import annotations
 # Imports: only what defining the commands needs is imported at the top (click, the options,
 # PairOp); the catalog, rich, the event loop and the group operations are imported inside the
 # command that uses them, so `remcopy group --help` stays fast (cli/lazy.py).
+import contextlib
 import sys
 import time
 from datetime import datetime
@@ -899,7 +900,9 @@ def _op_command(op: PairOp, expected: str, doc: str) -> click.Command:
         with open_catalog(catalog_location) as catalog:
             if ask:
                 _confirm(catalog, command_name, name, host_name)
-            with CopyProgress() as bars:
+            with contextlib.ExitStack() as stack:
+                # Progress bars (rich.progress) only for operations that copy.
+                bars = stack.enter_context(CopyProgress()) if op in _COPYING else None
                 report = aio.run(
                     operate(
                         catalog,
@@ -910,7 +913,7 @@ def _op_command(op: PairOp, expected: str, doc: str) -> click.Command:
                         at_ns=at,
                         margin_s=None if margin is None else margin / 1000,
                         progress=_progress(bars, extra.get("wait"), as_json)
-                        if op in _COPYING
+                        if bars is not None
                         else None,
                         wait=op is not PairOp.SUSPEND or extra.get("wait") is not False,
                         on_armed=None if as_json else _say_armed,

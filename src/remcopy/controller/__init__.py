@@ -1,15 +1,5 @@
-"""Controllers: volumes, pair states, and the asyncio servers that expose them."""
+"""Controllers: volumes, pair states, and the asyncio servers that expose them.
 
-from remcopy.controller.config import ControllerConfig, load_controller_config
-from remcopy.controller.core import Controller
-from remcopy.controller.server import ControllerServer, run_controller
-from remcopy.controller.volume import Volume
-
-__all__ = [
-    "Controller",
-    "ControllerConfig",
-    "ControllerServer",
-    "Volume",
-    "load_controller_config",
-    "run_controller",
-]
+Import the modules themselves (controller.core, controller.server, ...): this package imports
+nothing, so a host-side command that needs only controller.config's types does not load the
+controller's servers."""

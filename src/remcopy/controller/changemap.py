@@ -12,16 +12,30 @@
 # The file holds a small header (magic, track count) and then the bitmap, one bit per track:
 # 1 TiB of 64 KiB tracks is 2 MiB of map.
 #
+# Layout (docs/replication.md 7.1): every device's map lives in one file per controller,
+# `DATA_DIR/changemaps/controller.map` (`ChangeMapFile`), mapped once: a header page, a
+# directory of (device key, tracks, offset) in whole pages, then each device's bitmap starting
+# on its own page. One map per file held one file descriptor per device (CPython's mmap keeps
+# a dup), which stops a controller at about 1,020 devices under the default limit of 1,024,
+# and a host FLUSH of every device cost one msync each (seconds at 10,000 devices) instead of
+# one. A `ChangeMap` is a view over its device's slice; `ChangeMap(path, ...)` still opens a
+# map in its own file: the older layout, read once to migrate it.
+#
 # Rules this module keeps:
 # - `mark(offset, length)` is called *before* the volume write it covers (write-intent).
 # - A bit is cleared only by the copier, after the secondary confirmed the track's copy, and
 #   only if no newer write marked it again meanwhile (the generation check in `clear_if`).
+# - The file changes shape (devices added, maps migrated from their own files) only by
+#   writing a new file with every bit carried over, fsync, rename, fsync of the folder; the
+#   old files go only after that. A device configured no more keeps its slot (and bits), so
+#   configuring it again finds them. A map that does not match its volume's track count is
+#   refused, as before.
 from __future__ import annotations
 
 import mmap
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Final
 
@@ -39,9 +53,7 @@ class ChangeMap:
     """A persistent bitmap of tracks that may differ from the other side of the pair."""
 
     def __init__(self, path: Path, tracks: int, track_size_bytes: int) -> None:
-        self.path = path
-        self.tracks = tracks
-        self.track_size_bytes = track_size_bytes
+        """The map in its own file at `path` (the layout before ChangeMapFile)."""
         bitmap_bytes = (tracks + 7) // 8
         size = _HEADER_BYTES + max(bitmap_bytes, 1)
         try:
@@ -59,10 +71,40 @@ class ChangeMap:
                     f"change map {path}: does not match a volume of {tracks} "
                     "tracks: remove it only if the pair is re-established"
                 )
-            self._mm = mmap.mmap(fd, size)
+            mm = mmap.mmap(fd, size)
         finally:
             os.close(fd)
-        self._view = memoryview(self._mm)[_HEADER_BYTES : _HEADER_BYTES + bitmap_bytes]
+        self._attach(path, mm, _HEADER_BYTES, tracks, track_size_bytes, own=True)
+
+    @classmethod
+    def in_slot(
+        cls, path: Path, mm: mmap.mmap, offset: int, tracks: int, track_size_bytes: int
+    ) -> ChangeMap:
+        """The map of one device in a ChangeMapFile's mapping, its bitmap at `offset` (on a
+        page boundary)."""
+        self = cls.__new__(cls)
+        self._attach(path, mm, offset, tracks, track_size_bytes, own=False)
+        return self
+
+    def _attach(
+        self,
+        path: Path,
+        mm: mmap.mmap,
+        offset: int,
+        tracks: int,
+        track_size_bytes: int,
+        *,
+        own: bool,
+    ) -> None:
+        self.path = path
+        self.tracks = tracks
+        self.track_size_bytes = track_size_bytes
+        bitmap_bytes = (tracks + 7) // 8
+        self._mm = mm
+        self._own = own  # the mapping is this map's alone (closed with it)
+        self._offset = offset
+        self._span = _pages(max(bitmap_bytes, 1))  # what flush msyncs (slots: its own pages)
+        self._view: memoryview | None = memoryview(mm)[offset : offset + bitmap_bytes]
         self._bits = bitarray(buffer=self._view, endian="big")
         # Generation per marked track since the copier read it: see clear_if.
         self._marks = 0
@@ -75,11 +117,13 @@ class ChangeMap:
         return f"<ChangeMap {self.path.name} tracks={self.tracks} dirty={self.count()}>"
 
     def close(self) -> None:
-        if self._mm.closed:
+        if self._view is None:
             return
         del self._bits
         self._view.release()
-        self._mm.close()
+        self._view = None
+        if self._own:
+            self._mm.close()
 
     # Marking and clearing...
 
@@ -195,11 +239,182 @@ class ChangeMap:
         return self._bits.tobytes()
 
     def flush(self) -> None:
-        """msync: the bits survive power loss, not only a killed process."""
+        """msync of this map's pages: the bits survive power loss, not only a killed
+        process."""
         try:
-            self._mm.flush()
+            if self._own:
+                self._mm.flush()
+            else:
+                self._mm.flush(self._offset, self._span)
         except OSError as exc:
             raise VolumeIOError(f"change map {self.path}: msync failed: {exc.strerror}") from exc
 
     def _invariants(self) -> bool:
         return len(self._bits) >= self.tracks
+
+
+# One file per controller...
+
+FILE_NAME: Final = "controller.map"
+_FILE_MAGIC: Final = b"RMCPYCMF"
+_FILE_VERSION: Final = 1
+_FILE_HEADER = struct.Struct("!8sII")  # magic, version, devices
+_ENTRY = struct.Struct("!IQQ")  # device key, tracks, offset of its bitmap
+_PAGE: Final = mmap.PAGESIZE
+
+
+def _pages(size: int) -> int:
+    return -(-size // _PAGE) * _PAGE
+
+
+def _layout(tracks_of: Mapping[int, int]) -> tuple[bytes, dict[int, int], int]:
+    """The header and directory (whole pages), each device's bitmap offset, the file size."""
+    keys = sorted(tracks_of)
+    directory_bytes = _pages(_FILE_HEADER.size + len(keys) * _ENTRY.size)
+    offsets: dict[int, int] = {}
+    position = directory_bytes
+    for key in keys:
+        offsets[key] = position
+        position += _pages(max((tracks_of[key] + 7) // 8, 1))
+    table = bytearray(_FILE_HEADER.pack(_FILE_MAGIC, _FILE_VERSION, len(keys)))
+    for key in keys:
+        table += _ENTRY.pack(key, tracks_of[key], offsets[key])
+    return bytes(table), offsets, position
+
+
+class ChangeMapFile:
+    """Every device's change map of one controller in one file, mapped once."""
+
+    def __init__(self, folder: Path, devices: Mapping[int, tuple[int, int]]) -> None:
+        """Open (creating, extending or migrating first when needed) the maps of `devices`:
+        device key -> (tracks, track size in bytes)."""
+        self.path = folder / FILE_NAME
+        try:
+            atrest.make_folder(folder)
+            stored = self._directory()
+            tracks_of = {**stored, **{key: tracks for key, (tracks, _) in devices.items()}}
+            for key, (tracks, _size) in devices.items():
+                if key in stored and stored[key] != tracks:
+                    raise VolumeIOError(
+                        f"change maps {self.path}: device {key:04X} has {stored[key]} tracks "
+                        f"there, its volume {tracks}: remove the file only if every pair is "
+                        "re-established"
+                    )
+            present = set(os.listdir(folder))
+            legacy = {
+                key: folder / f"{key:04X}.map"
+                for key in devices
+                if key not in stored and f"{key:04X}.map" in present
+            }
+            table, offsets, size = _layout(tracks_of)
+            if tracks_of != stored or not self.path.exists():
+                self._rebuild(table, offsets, size, stored, legacy, devices)
+            fd = atrest.open_private(self.path, os.O_RDWR)
+            try:
+                if os.fstat(fd).st_size != size or os.pread(fd, len(table), 0) != table:
+                    raise VolumeIOError(f"change maps {self.path}: damaged: its directory")
+                self._mm = mmap.mmap(fd, size)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise VolumeIOError(f"change maps {self.path}: {exc.strerror}") from exc
+        self.maps = {
+            key: ChangeMap.in_slot(
+                self.path,
+                self._mm,
+                offsets[key],
+                tracks,
+                track_size,
+            )
+            for key, (tracks, track_size) in devices.items()
+        }
+        self.migrated = len(legacy)
+
+    def __repr__(self) -> str:
+        return f"<ChangeMapFile {self.path} devices={len(self.maps)}>"
+
+    def _directory(self) -> dict[int, int]:
+        """The stored directory: device key -> tracks (empty when there is no file)."""
+        try:
+            with self.path.open("rb") as stored:
+                head = stored.read(_FILE_HEADER.size)
+                if len(head) < _FILE_HEADER.size:
+                    raise VolumeIOError(f"change maps {self.path}: damaged: too short")
+                magic, version, count = _FILE_HEADER.unpack(head)
+                if magic != _FILE_MAGIC or version != _FILE_VERSION:
+                    raise VolumeIOError(
+                        f"change maps {self.path}: not a change-map file of version {_FILE_VERSION}"
+                    )
+                raw = stored.read(count * _ENTRY.size)
+        except FileNotFoundError:
+            return {}
+        if len(raw) != count * _ENTRY.size:
+            raise VolumeIOError(f"change maps {self.path}: damaged: its directory is cut")
+        entries = [_ENTRY.unpack_from(raw, i * _ENTRY.size) for i in range(count)]
+        return {key: tracks for key, tracks, _offset in entries}
+
+    def _rebuild(
+        self,
+        table: bytes,
+        offsets: dict[int, int],
+        size: int,
+        stored: dict[int, int],
+        legacy: dict[int, Path],
+        devices: Mapping[int, tuple[int, int]],
+    ) -> None:
+        """Write the file anew with every bit carried over (from the current file and from
+        maps in their own files), durably, then remove the migrated files."""
+        carried: dict[int, bytes] = {}
+        if stored:
+            _table, old_offsets, _size = _layout(stored)
+            with self.path.open("rb") as old:
+                for key, tracks in stored.items():
+                    old.seek(old_offsets[key])
+                    carried[key] = old.read((tracks + 7) // 8)
+        for key, path in legacy.items():
+            tracks, track_size = devices[key]
+            one = ChangeMap(path, tracks, track_size)  # refuses a map that does not match
+            try:
+                carried[key] = one.to_bytes()
+            finally:
+                one.close()
+        new = self.path.with_name(f".{FILE_NAME}.new")
+        fd = atrest.open_private(new, os.O_RDWR | os.O_TRUNC)
+        try:
+            os.ftruncate(fd, size)
+            os.pwrite(fd, table, 0)
+            for key, bits in carried.items():
+                if any(bits):
+                    os.pwrite(fd, bits, offsets[key])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(new, self.path)
+        folder_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder_fd)
+        finally:
+            os.close(folder_fd)
+        for path in legacy.values():
+            path.unlink()
+
+    def flush_all(self) -> None:
+        """One msync of the whole file: every device's bits survive power loss."""
+        try:
+            self._mm.flush()
+        except OSError as exc:
+            raise VolumeIOError(f"change maps {self.path}: msync failed: {exc.strerror}") from exc
+
+    def fsync(self) -> None:
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        if self._mm.closed:
+            return
+        for one in self.maps.values():
+            one.close()
+        self._mm.close()

@@ -121,7 +121,13 @@ Network = Annotated[IpNetwork, BeforeValidator(_network)]  # NBD export
 
 # --- TESTING ONLY switches (docs/security.md) ---
 TESTING_ENV_VAR: Final = "REMCOPY_TESTING"
-TESTING_KEYS: Final = ("planted_bugs", "planted_bug_every", "volume_faults", "identify_delay_s")
+TESTING_KEYS: Final = (
+    "planted_bugs",
+    "planted_bug_every",
+    "volume_faults",
+    "identify_delay_s",
+    "commit_pause_dir",
+)
 """[controller] keys a config may hold only when the controller runs with REMCOPY_TESTING=1."""
 
 
@@ -212,6 +218,10 @@ class ControllerSection(_Strict):
     """Testing aid: answer every identify this much later (a slow controller)."""
     volume_faults: dict[VolserText, str] = Field(default_factory=dict)
     """TESTING ONLY: {VOLSER = "eio_after:N" | "enospc_after:N"}: writes after the n-th fail."""
+
+    commit_pause_dir: Path | None = None
+    """TESTING ONLY: the pair-state writer stops before each commit while <dir>/paused exists
+    (a FIFO it reports the commit into) until a line comes from the FIFO <dir>/release."""
 
     @field_validator("volume_faults")
     @classmethod

@@ -12,11 +12,17 @@
 #   own is DeviceNotFound. Both checks happen before any volume I/O. Status, identify and
 #   query name only the devices of the asking host's grant.
 # - Pair states change only through `commit_states`, which computes every new state first
-#   (states.next_state), persists the whole table atomically, and only then makes it visible
-#   and announces one event line per changed device. A refused batch changes nothing.
+#   (states.next_state), hands the changed devices to the writer thread (committer.py) and
+#   applies them in memory at once, so the next commit builds on them; the event lines (one
+#   per changed device) are announced once the commit is durable. A refused batch changes
+#   nothing.
+# - A device whose commit is not durable yet is `committing`: host writes to it wait for the
+#   commit (replication.host_write), and whoever answers a host or a peer about it awaits
+#   the commit first. Devices outside the commit never wait for it.
 # - Host writes to a device whose role is SECONDARY are refused unless it is RECOVERED.
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -25,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from remcopy.controller import atrest
+from remcopy.controller.committer import StateWriter
 from remcopy.controller.config import ControllerConfig, HostSection, load_controller_config
 from remcopy.controller.latency import Latency
 from remcopy.controller.pairstore import STORE_FILE_NAME, PairStore
@@ -116,6 +123,8 @@ class Device:
     address: HardwareAddress
     volume: Volume
     pair: PairInfo = field(default_factory=PairInfo)
+    committing: asyncio.Future[None] | None = None
+    """The commit of this device's pair state while it is not durable yet (else None)."""
 
     @property
     def key(self) -> int:
@@ -164,6 +173,7 @@ class Controller:
         self.hosts = {h.name: HostGrant.from_section(h) for h in config.hosts}
         self.peers = {p.name: p for p in config.peers}
         self._store: PairStore | None = None
+        self._writer: StateWriter | None = None
         self.groups: dict[str, tuple[int, ...]] = {}
         """Consistency groups with devices here -> their primary controllers' serials (given
         at establish, persisted): the siblings a freeze must reach."""
@@ -271,6 +281,7 @@ class Controller:
         if self._store is not None:
             self._store.close()
             self._store = None
+            self._writer = None
 
     @property
     def state_path(self) -> Path:
@@ -279,13 +290,24 @@ class Controller:
     @property
     def store(self) -> PairStore:
         if self._store is None:
-            raise RemcopyInternalError(
-                f"controller {self.name}: pair state used before open(): this should never happen"
-            )
+            raise self._not_open()
         return self._store
+
+    @property
+    def writer(self) -> StateWriter:
+        """The pair-state writer (its task runs in the server's TaskGroup)."""
+        if self._writer is None:
+            raise self._not_open()
+        return self._writer
+
+    def _not_open(self) -> RemcopyInternalError:
+        return RemcopyInternalError(
+            f"controller {self.name}: pair state used before open(): this should never happen"
+        )
 
     def _load_states(self) -> None:
         self._store = PairStore(self.data_dir, serial=self.serial)
+        self._writer = StateWriter(self._store, pause_dir=self.config.controller.commit_pause_dir)
         documents, groups = self.store.load()
         self.groups = {name: tuple(members) for name, members in groups.items()}
         for key, pair_doc in documents.items():
@@ -296,12 +318,17 @@ class Controller:
             device.pair = PairInfo.from_json(pair_doc)
 
     def _save_states(
-        self, pairs: Mapping[int, PairInfo], groups: Mapping[str, tuple[int, ...]] | None = None
-    ) -> None:
-        """Commit the changed devices' pair documents (and groups) durably: one transaction
-        whose cost follows what changed, not how many devices are paired."""
+        self,
+        pairs: Mapping[int, PairInfo],
+        groups: Mapping[str, tuple[int, ...]] | None = None,
+        *,
+        hold_writes: bool = True,
+    ) -> asyncio.Future[None] | None:
+        """Submit the changed devices' pair documents (and groups) for one durable commit
+        whose cost follows what changed, not how many devices are paired; they are applied in
+        memory by the caller at once. Returns the commit's future (None: durable already)."""
         started = time.perf_counter()
-        self.store.commit(
+        pending = self.writer.submit(
             {
                 key: info.to_json()
                 if info.state is not PairState.SIMPLEX or info.role is not PairRole.NONE
@@ -310,9 +337,25 @@ class Controller:
             },
             {name: list(members) for name, members in (groups or {}).items()},
         )
-        self.commit_latency.observe(time.perf_counter() - started)
+        if pending is None:
+            self.commit_latency.observe(time.perf_counter() - started)
+        else:  # submitted to durable: what a commit costs whoever waits for it
+            pending.add_done_callback(
+                lambda _: self.commit_latency.observe(time.perf_counter() - started)
+            )
         self.counters["state_commits"] += 1
         self.counters["state_rows"] = self.counters.get("state_rows", 0) + len(pairs)
+        if pending is not None and hold_writes:
+            for key in pairs:
+                self.devices[key].committing = pending
+            pending.add_done_callback(lambda _: self._committed(pairs, pending))
+        return pending
+
+    def _committed(self, keys: Iterable[int], pending: asyncio.Future[None]) -> None:
+        for key in keys:
+            device = self.devices[key]
+            if device.committing is pending:
+                device.committing = None
 
     # Events...
 
@@ -348,12 +391,18 @@ class Controller:
         cause: str,
         at_ns: int | None = None,
         groups: Mapping[str, tuple[int, ...]] | None = None,
+        hold_writes: bool = True,
         **tags: str,
-    ) -> None:
-        """Apply actions to devices all-or-nothing: compute, validate, persist, then announce.
+    ) -> asyncio.Future[None] | None:
+        """Apply actions to devices all-or-nothing: compute, validate, submit, apply; the
+        event lines follow once durable. Returns the commit's future (None: durable already);
+        `commit` awaits it.
 
         Each change is (action, update) where update adjusts the new PairInfo's other fields.
         `groups` sets consistency-group memberships in the same durable write (establish).
+        `hold_writes=False`: host writes to these devices need not wait for the commit,
+        because they are treated alike before and after it (the seal: armed at T and
+        SUSPENDED at T both record writes stamped >= T and refuse those stamped < T).
         Raises IllegalTransition (nothing changed) if any device's state forbids its action.
         """
         new_pairs = {key: PairInfo(**_fields(self.device(key).pair)) for key in changes}
@@ -367,7 +416,7 @@ class Controller:
                 update(info)
             if info.state is not old_states[key]:
                 info.changed_at_ns, info.change_cause = changed_at_ns, cause
-        self._save_states(new_pairs, groups)
+        pending = self._save_states(new_pairs, groups, hold_writes=hold_writes)
         if groups:
             self.groups = {**self.groups, **groups}
         lines = []
@@ -385,16 +434,71 @@ class Controller:
                         **tags,
                     )
                 )
-        self.announce_all(lines)
+        if pending is None:
+            self.announce_all(lines)
+        elif lines:
+            pending.add_done_callback(lambda f: self._announce_durable(f, lines))
+        return pending
 
-    def commit_armed(self, armed: dict[int, int]) -> None:
-        """Persist armed suspend times (device -> T) without a state change."""
+    async def commit(
+        self,
+        changes: Mapping[int, tuple[PairAction, Callable[[PairInfo], None] | None]],
+        *,
+        cause: str,
+        at_ns: int | None = None,
+        groups: Mapping[str, tuple[int, ...]] | None = None,
+        hold_writes: bool = True,
+        **tags: str,
+    ) -> None:
+        """commit_states, returning once the commit is durable."""
+        pending = self.commit_states(
+            changes, cause=cause, at_ns=at_ns, groups=groups, hold_writes=hold_writes, **tags
+        )
+        if pending is not None:
+            await pending
+
+    def _announce_durable(self, done: asyncio.Future[None], lines: list[str]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            self.announce_all(lines)
+
+    def commit_armed(self, armed: dict[int, int]) -> asyncio.Future[None] | None:
+        """Persist armed suspend times (device -> T) without a state change; applied in
+        memory at once. Returns the commit's future (None: durable already). Host writes
+        need not wait for it: before T an armed device mirrors a write as an unarmed one
+        does, and a write stamped >= T before the arm is durable is change-recorded, which
+        a restart finds (a DUPLEX pair with marked tracks is resynced)."""
         new_pairs = {key: PairInfo(**_fields(self.devices[key].pair)) for key in armed}
         for key, at_ns in armed.items():
             new_pairs[key].suspend_at_ns = at_ns
-        self._save_states(new_pairs)
+        pending = self._save_states(new_pairs, hold_writes=False)
         for key, at_ns in armed.items():
             self.devices[key].pair.suspend_at_ns = at_ns
+        return pending
+
+    def hold_writes(self, keys: Iterable[int]) -> asyncio.Future[None] | None:
+        """Make host writes to these devices wait (as for a commit) until release_writes:
+        a resume holds them while it asks the secondary, so that "nothing to copy" is still
+        true when it commits."""
+        keys = list(keys)
+        if not keys:
+            return None
+        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for key in keys:
+            if self.devices[key].committing is None:
+                self.devices[key].committing = gate
+        return gate
+
+    def release_writes(self, keys: Iterable[int], gate: asyncio.Future[None] | None) -> None:
+        if gate is None:
+            return
+        for key in keys:
+            if self.devices[key].committing is gate:
+                self.devices[key].committing = None
+        gate.set_result(None)
+
+    async def settled(self) -> None:
+        """Return once every state change made so far is durable."""
+        await self.writer.settled()
 
     # Looking devices up...
 
@@ -540,7 +644,11 @@ class Controller:
             "uptime_s": round((time.time_ns() - self.started_ns) / 1e9, 3),
             "volumes": len(devices),
             "states": by_state,
-            "counters": dict(self.counters),
+            "counters": {
+                **self.counters,
+                # Durable transactions the commits took (fewer: commits shared one).
+                "state_transactions": self.writer.figures.transactions,
+            },
             "devices": [
                 {
                     "address": str(d.address),

@@ -86,6 +86,13 @@ class PairOperations:
     # Pair operations from hosts (one request carries a batch of devices)...
 
     async def pair_op(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
+        """Carry out a host's pair operation; answered once every state it changed (and any
+        commit before) is durable, so an answer never tells of a state a crash could undo."""
+        reply = await self._pair_op(grant, request)
+        await self.rep.controller.settled()
+        return reply
+
+    async def _pair_op(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
         op = request.op
         if op is PairOp.ESTABLISH:
             return await self._establish(grant, request)
@@ -245,7 +252,7 @@ class PairOperations:
                 _as_primary(item, group[0] if group and item.consistency_group else ""),
             )
         if accepted:
-            self.rep.controller.commit_states(
+            await self.rep.controller.commit(
                 accepted,
                 cause="establish",
                 groups={group[0]: group[1]} if group else None,
@@ -295,7 +302,9 @@ class PairOperations:
         if armed:
             # Arm: persisted, so a restart before T still suspends at T.
             arm_started_ns = time.perf_counter_ns()
-            self.rep.controller.commit_armed({r.device.key: at_ns for r in armed})
+            pending = self.rep.controller.commit_armed({r.device.key: at_ns for r in armed})
+            if pending is not None:
+                await pending
             arm_ms = (time.perf_counter_ns() - arm_started_ns) / 1e6
             self.rep.controller.announce(f"armed suspend at={at_ns} devices={len(armed)}")
             sealed = self._arm_timer(armed, at_ns)
@@ -314,9 +323,9 @@ class PairOperations:
             )
         if armed:
             document = dict(await sealed)
-            # The arm's commit ran on the event loop too: no host I/O was served meanwhile.
+            # Off the event loop, and host writes need not wait for it (commit_armed): no
+            # part of host_io_held_ms.
             document["arm_commit_ms"] = round(arm_ms, 3)
-            document["host_io_held_ms"] = round(document.get("host_io_held_ms", 0.0) + arm_ms, 3)
         if joined:
             # Wait for the freeze's seal; another freeze may still move it earlier.
             for _ in range(len(joined) + 1):
@@ -446,17 +455,22 @@ class PairOperations:
                 by_peer.setdefault(run.device.pair.peer_serial, []).append(run)
         commit_started_ns = time.perf_counter_ns()
         if changes:
-            self.rep.controller.commit_states(changes, cause="suspend", at_ns=at_ns)
+            # Host writes to these devices go on meanwhile: armed at T and SUSPENDED at T
+            # treat a write alike (recorded if stamped >= T, refused as late before T).
+            await self.rep.controller.commit(
+                changes, cause="suspend", at_ns=at_ns, hold_writes=False
+            )
         commit_ns = time.perf_counter_ns() - commit_started_ns
         if frozen:
             # Released only once every sibling primary is armed at T (or the hold ended):
             # from then on a write that depends on a held one is mirrored nowhere.
             held_since_ns = min(run.held_since_ns for run in frozen)
             await self.rep.freezer.wait_confirmed(frozen)
-            held_ns = max(held_ns, time.time_ns() - held_since_ns)
             commit_started_ns = time.perf_counter_ns()
             self.rep.to_error_all(frozen, at_ns=at_ns)
+            await self.rep.controller.settled()  # their released writes wait for this commit
             commit_ns += time.perf_counter_ns() - commit_started_ns
+            held_ns = max(held_ns, time.time_ns() - held_since_ns)
         commit_ms = commit_ns / 1e6
         for serial, peer_runs in by_peer.items():
             # A freeze (a replication error somewhere in the group): an async group's
@@ -483,12 +497,11 @@ class PairOperations:
                     # How long host writes could not complete as issued because of this
                     # suspend: from the seal until the updates stamped < T were confirmed, a
                     # write stamped < T is refused (the host reissues it), or a frozen device
-                    # held its writes from its replication error until this freeze, whichever
-                    # is longer; plus the commits (seal here, arm in _suspend), which run on
-                    # the event loop, so no host I/O of this controller is served during them.
-                    "host_io_held_ms": round(
-                        max(drained_ns - sealed_ns, held_ns) / 1e6 + commit_ms, 3
-                    ),
+                    # held its writes from its replication error until this freeze's commit
+                    # of SUSPENDED_ERROR was durable, whichever is longer. The seal's commit
+                    # and the arm's run off the event loop and hold no host write
+                    # (docs/replication.md 4.5), so they are not part of it.
+                    "host_io_held_ms": round(max(drained_ns - sealed_ns, held_ns) / 1e6, 3),
                 }
             )
 
@@ -500,17 +513,17 @@ class PairOperations:
         *,
         at_ns: int = 0,
         options: dict[str, Any] | None = None,
+        empty: list[int] | None = None,
     ) -> list[PairResult]:
-        """Make the secondaries follow a state change; a dead link is logged, not fatal."""
+        """Make the secondaries follow a state change; a dead link is logged, not fatal.
+        `empty`: secondary devices a resume has nothing to copy to (they go to DUPLEX)."""
         items = tuple(PairItem(device=r.device.pair.peer_device) for r in runs)
+        sent: dict[str, Any] = {**(options or {}), "action": action}
+        if empty:
+            sent["empty"] = empty
         try:
             reply = await self.rep.link(serial).operate(
-                PairOpRequest(
-                    op=PairOp.PEER_STATE,
-                    at_ns=at_ns,
-                    items=items,
-                    options={**(options or {}), "action": action},
-                )
+                PairOpRequest(op=PairOp.PEER_STATE, at_ns=at_ns, items=items, options=sent)
             )
         except RemcopyError as exc:
             log.warning("could not tell peer %s to %s: %s", serial, action, exc)
@@ -625,7 +638,7 @@ class PairOperations:
             if answer is not None and answer.code == 0:
                 changes[run.device.key] = (PairAction.RESUME, None)
         if changes:
-            self.rep.controller.commit_states(changes, cause="resync-after-cancel")
+            await self.rep.controller.commit(changes, cause="resync-after-cancel")
         for run in runs:
             if run.device.key in changes:
                 self.rep.start_copier(run)
@@ -646,31 +659,75 @@ class PairOperations:
                 continue
             by_peer.setdefault(run.device.pair.peer_serial, []).append(run)
         for serial, runs in by_peer.items():
-            answers = {r.device: r for r in await self._tell_peer(serial, runs, "resume")}
-            changes: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]] = {}
-            for run in runs:
-                answer = answers.get(run.device.pair.peer_device)
-                if answer is None or answer.code:
-                    reason = answer.message if answer else "no answer"
-                    results.append(
-                        PairResult(
-                            device=run.device.key,
-                            code=answer.code if answer else 1,
-                            state=run.device.pair.state,
-                            role=run.device.pair.role,
-                            message=f"cannot resume {run.device.address}: secondary refused: "
-                            f"{reason}",
-                        )
+            # Nothing to copy: the secondary goes straight to DUPLEX and so does the primary,
+            # one commit on each side instead of two. Host writes to these devices wait for
+            # the primary's commit (a write recorded meanwhile would need a copy).
+            empty = {r.device.key for r in runs if r.changemap.count() == 0}
+            gate = self.rep.controller.hold_writes(empty)
+            try:
+                answers = {
+                    r.device: r
+                    for r in await self._tell_peer(
+                        serial,
+                        runs,
+                        "resume",
+                        empty=[r.device.pair.peer_device for r in runs if r.device.key in empty],
                     )
-                    continue
-                changes[run.device.key] = (PairAction.RESUME, _clear_armed)
-            if changes:
-                self.rep.controller.commit_states(changes, cause="resume")
+                }
+                changes, copies = self._resumed(runs, answers, empty, results)
+                if changes:
+                    controller = self.rep.controller
+                    controller.commit_states(changes, cause="resume")
+                    done: Changes = {
+                        k: (PairAction.COPY_DONE, None) for k in changes if k not in copies
+                    }
+                    # Submitted at once: both go to disk in one transaction (group commit).
+                    if done:
+                        controller.commit_states(done, cause="copy-done")
+                    await controller.settled()
+            finally:
+                self.rep.controller.release_writes(empty, gate)
             for run in runs:
                 if run.device.key in changes:
                     results.append(_ok(run.device, tracks=run.changemap.count()))
-                    self.rep.start_copier(run)
+                    if run.device.key in copies:
+                        self.rep.start_copier(run)
         return PairOpReply(results=tuple(sorted(results, key=lambda r: r.device)))
+
+    def _resumed(
+        self,
+        runs: list[DeviceRun],
+        answers: dict[int, PairResult],
+        empty: set[int],
+        results: list[PairResult],
+    ) -> tuple[Changes, set[int]]:
+        """What the primary commits once its secondary answered a resume (RESUME), and which
+        of them copy: not those the secondary took straight to DUPLEX, still with nothing to
+        copy here (they commit COPY_DONE too)."""
+        changes: Changes = {}
+        copies: set[int] = set()
+        for run in runs:
+            answer = answers.get(run.device.pair.peer_device)
+            if answer is None or answer.code:
+                reason = answer.message if answer else "no answer"
+                results.append(
+                    PairResult(
+                        device=run.device.key,
+                        code=answer.code if answer else 1,
+                        state=run.device.pair.state,
+                        role=run.device.pair.role,
+                        message=f"cannot resume {run.device.address}: secondary refused: {reason}",
+                    )
+                )
+                continue
+            changes[run.device.key] = (PairAction.RESUME, _clear_armed)
+            if not (
+                run.device.key in empty
+                and answer.state is PairState.DUPLEX
+                and run.changemap.count() == 0
+            ):
+                copies.add(run.device.key)
+        return changes, copies
 
     def _recover(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
         good, results = self._devices(grant, request)
@@ -794,7 +851,7 @@ class PairOperations:
                 continue
             changes[run.device.key] = (PairAction.FAILBACK, _swap_to_primary)
         if changes:
-            self.rep.controller.commit_states(changes, cause="failback")
+            await self.rep.controller.commit(changes, cause="failback")
         for run in merged:
             if run.device.key in changes:
                 results.append(_ok(run.device, tracks=run.changemap.count()))
@@ -822,7 +879,7 @@ class PairOperations:
                 run.copier.cancel()
             run.changemap.clear_all()
         if changes:
-            self.rep.controller.commit_states(changes, cause="terminate")
+            await self.rep.controller.commit(changes, cause="terminate")
         results.extend(_ok(self.rep.runs[key].device) for key in changes)
         return PairOpReply(results=tuple(sorted(results, key=lambda r: r.device)))
 
@@ -949,6 +1006,7 @@ class PairOperations:
         phases: list[dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]]] = []
         cause = "failback" if request.op is PairOp.PEER_FAILBACK else request.op.name.lower()
         cleared: list[DeviceRun] = []  # PEER_FAILBACK: change maps to clear after the commits
+        empty = {int(key) for key in request.options.get("empty", ())}
         seen: set[int] = set()
         for item in request.items:
             try:
@@ -985,7 +1043,10 @@ class PairOperations:
                             "tracks): resume after it completes"
                         )
                     state = device.pair.state
-                    for phase, step in enumerate(_follow(state, action)):
+                    steps = _follow(state, action)
+                    if action == "resume" and device.key in empty:
+                        steps.append(PairAction.COPY_DONE)  # nothing to copy: DUPLEX now
+                    for phase, step in enumerate(steps):
                         state = next_state(state, step, device=str(device.address))
                         update = _follow_update(step, request.at_ns)
                         while len(phases) <= phase:
@@ -1141,7 +1202,7 @@ def _follow(state: PairState, action: str) -> list[PairAction]:
     except ValueError:
         raise InputError(f"unknown peer action {action!r}") from None
     if (state, wanted) in _FOLLOW_VIA:
-        return _FOLLOW_VIA[(state, wanted)]
+        return list(_FOLLOW_VIA[(state, wanted)])
     return [wanted]
 
 

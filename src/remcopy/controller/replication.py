@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, replace
 from typing import Final, Literal
 
 from remcopy import tls
-from remcopy.controller.changemap import ChangeMap
+from remcopy.controller.changemap import ChangeMap, ChangeMapFile
 from remcopy.controller.consistency import Consistency
 from remcopy.controller.core import Controller, Device, HostGrant, PairInfo
 from remcopy.controller.freeze import Freezer
@@ -106,6 +106,10 @@ class DeviceRun:
     """The T a controller freeze armed this device at (freeze.py); a host suspend joins it."""
 
 
+# A FLUSH naming more devices than this msyncs the whole change-map file once (28-33 ms with
+# 1 % of 10,000 maps dirty, 0.1 ms clean) instead of once per device (0.2 ms each).
+FLUSH_EACH_MAX: Final = 8
+
 _CopyEnd = Literal["duplex", "again"] | RemcopyError
 """How a finished copy ended: DUPLEX, marked again meanwhile (copy more), or refused."""
 
@@ -115,13 +119,24 @@ class Replicator:
 
     def __init__(self, controller: Controller) -> None:
         self.controller = controller
-        self.runs: dict[int, DeviceRun] = {}
-        for key, device in controller.devices.items():
-            volume = device.volume
-            path = controller.data_dir / "changemaps" / f"{key:04X}.map"
-            self.runs[key] = DeviceRun(
-                device=device, changemap=ChangeMap(path, volume.tracks, volume.track_size_bytes)
+        # Every device's change map in one file, mapped once (changemap.py).
+        self.changemaps = ChangeMapFile(
+            controller.data_dir / "changemaps",
+            {
+                key: (device.volume.tracks, device.volume.track_size_bytes)
+                for key, device in controller.devices.items()
+            },
+        )
+        if self.changemaps.migrated:
+            log.info(
+                "change maps: %d moved from their own files into %s",
+                self.changemaps.migrated,
+                self.changemaps.path,
             )
+        self.runs: dict[int, DeviceRun] = {
+            key: DeviceRun(device=device, changemap=self.changemaps.maps[key])
+            for key, device in controller.devices.items()
+        }
         self.links: dict[int, PeerLink] = {}
         files = controller.config.tls_files()
         # Peer links dial with this controller's certificate and check each peer's by its name.
@@ -165,6 +180,7 @@ class Replicator:
             "holds",
             "busy_writes",
             "lag_busy_writes",
+            "commit_waits",
         ):
             self.counters.setdefault(name, 0)
         # Updates and bytes applied here, per peer controller (serial) that sent them.
@@ -174,8 +190,7 @@ class Replicator:
     def close(self) -> None:
         for timer in self.timers:
             timer.cancel()
-        for run in self.runs.values():
-            run.changemap.close()
+        self.changemaps.close()
         self.consistency.close()
 
     async def run(self) -> None:
@@ -317,7 +332,7 @@ class Replicator:
             if answer is not None and answer.code == 0:
                 changes[run.device.key] = (PairAction.RESUME, None)
         if changes:
-            self.controller.commit_states(changes, cause="resync-after-restart")
+            await self.controller.commit(changes, cause="resync-after-restart")
         for run in runs:
             if run.device.key in changes:
                 self.start_copier(run)
@@ -508,6 +523,10 @@ class Replicator:
         busy would be an I/O error to a filesystem) waits for that confirmation instead."""
         device = self.controller.device_for_host(grant, msg.device)
         device.volume.check_range("write", msg.offset, len(msg.data))  # before any bit is set
+        if device.committing is not None:
+            # Its pair state is changing and the change is not durable yet: the write is
+            # treated by the state that survives a crash, so it waits for the commit.
+            return self._after_commit(device.committing, grant, msg, busy_waits)
         run = self.runs[device.key]
         pair = device.pair
         if pair.role is PairRole.NONE:
@@ -761,6 +780,19 @@ class Replicator:
                 f"resume or terminate the pair first: {exc}"
             )
 
+    async def _after_commit(
+        self,
+        committing: asyncio.Future[None],
+        grant: HostGrant,
+        msg: native.WriteRequest,
+        busy_waits: bool,
+    ) -> None:
+        self.counters["commit_waits"] += 1
+        await committing
+        follow = self.host_write(grant, msg, busy_waits=busy_waits)
+        if follow is not None:
+            await follow
+
     async def _held_write(
         self, run: DeviceRun, grant: HostGrant, msg: native.WriteRequest, busy_waits: bool
     ) -> None:
@@ -917,7 +949,7 @@ class Replicator:
                     else:
                         ends.append((done, "again"))
                 if finished:
-                    self.controller.commit_states(finished, cause="copy-done")
+                    await self.controller.commit(finished, cause="copy-done")
                 for done, end in ends:
                     if not done.done():
                         done.set_result(end)
@@ -962,10 +994,15 @@ class Replicator:
         return 0
 
     def flush_changemaps(self, keys: list[int]) -> None:
-        for key in keys:
-            run = self.runs.get(key)
-            if run is not None:
-                run.changemap.flush()
+        """msync the change maps of these devices (before a FLUSH's fdatasync): one msync of
+        the whole file when they are more than a few, one per device otherwise."""
+        if len(keys) > FLUSH_EACH_MAX:
+            self.changemaps.flush_all()
+        else:
+            for key in keys:
+                run = self.runs.get(key)
+                if run is not None:
+                    run.changemap.flush()
         for link in self.links.values():
             link.journal.flush()
 

@@ -480,6 +480,8 @@ class ControllerServer:
         try:
             async with server, asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
+                # The pair-state writer first: commits made from here on leave the loop.
+                writer = tasks.create_task(self.controller.writer.run(), name="pair state")
                 replication = tasks.create_task(self.replicator.run(), name="replication")
                 # --- NBD export: served next to the native server, stopped with it ---
                 nbd_serving = (
@@ -502,6 +504,8 @@ class ControllerServer:
                 if nbd_serving is not None:
                     await nbd_serving  # bounded by its own grace; before the replicator stops
                 replication.cancel()
+                await asyncio.wait([replication])
+                writer.cancel()  # it commits what is still queued first
         except BaseExceptionGroup as group:
             raise _failure_of(group) from None  # the CLI prints it: one line, exit 1
         finally:
@@ -861,6 +865,9 @@ class ControllerServer:
                 case native.PairOpRequest():
                     if grant.is_peer:
                         reply = replace(self.replicator.peer_op(grant.serial, msg), request_id=rid)
+                        if not self.controller.writer.idle:
+                            # Answered once the states it changed are durable.
+                            return _after(self.controller.settled(), reply)
                     else:
                         core.counters["pair_ops"] += 1
                         return _with_rid(self.replicator.pair_op(grant, msg), rid)

@@ -22,7 +22,7 @@ from remcopy.groups.definition import (
     load_group_definition,
     resolve,
 )
-from remcopy.groups.load import group_map, lookup, unseen
+from remcopy.groups.load import lookup, unseen
 from remcopy.groups.model import Group, GroupOptions, GroupPair
 from remcopy.groups.operations import (
     ArmedCallback,
@@ -114,20 +114,27 @@ def group_for_host(catalog: Catalog, name: str, host: str, *, as_defined: bool =
     the direction the catalog records: after a failback each pair's primary is the defined
     secondary (`as_defined`: as the definition has them, whatever the direction)."""
     stored = catalog.group_one(name)
-    from remcopy.groups.definition import ResolvedPair
-
     with _gc_paused():
-        index = MapIndex({host: catalog.map_all(host)})
-        resolved = [
-            ResolvedPair(
-                primary=HardwareAddress.parse(p.primary_address),
-                secondary=HardwareAddress.parse(p.secondary_address),
-                volser=p.volser or "",
-                where=name,
+        pairs = tuple(
+            GroupPair(
+                volser=volser or "",
+                primary=HardwareAddress.parse(primary),
+                secondary=HardwareAddress.parse(secondary),
+                primary_controller=primary_controller or "",
+                secondary_controller=secondary_controller or "",
+                primary_number=None if primary_number is None else int(primary_number, 16),
+                secondary_number=None if secondary_number is None else int(secondary_number, 16),
             )
-            for p in catalog.pairs_all(name)
-        ]
-        pairs = tuple(group_map(host, resolved, index))
+            for (
+                primary,
+                secondary,
+                volser,
+                primary_controller,
+                primary_number,
+                secondary_controller,
+                secondary_number,
+            ) in catalog.pairs_as_seen(name, host)
+        )
     group = Group(name=name, options=options_from(dict(stored.options)), pairs=pairs)
     return group.reversed() if stored.reversed and not as_defined else group
 
