@@ -21,7 +21,7 @@ from remcopy.controller.process import (
 )
 from remcopy.errors import LateWrite
 from remcopy.host.channel import Channel
-from remcopy.states import CopyMode, FencePolicy
+from remcopy.states import CopyMode, FencePolicy, PairState
 from remcopy.wire.native import PairItem, PairOp, PairOpReply
 
 LINK_SECRET = "link-secret-a-b"
@@ -196,8 +196,8 @@ async def establish(world: World, index: int, mode: CopyMode, **kwargs: object) 
         all_ok(await ch.pair_op(PairOp.ESTABLISH, world.pair_items(index, mode, **kwargs)))
         duplex: set[str] = set()
         while len(duplex) < world.volumes:
-            line = await events.wait_for(r"-> DUPLEX")
-            duplex.add(line.split()[1])
+            event = await events.wait_until(lambda e: e.new is PairState.DUPLEX)
+            duplex.add(event.device)
 
 
 SLOT_BYTES = 4096

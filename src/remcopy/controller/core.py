@@ -11,19 +11,23 @@
 #   host's entry does not allow is DeviceNotAllowed. Both checks happen before any volume I/O.
 # - Pair states change only through `commit_states`, which computes every new state first
 #   (states.next_state), persists the whole table atomically, and only then makes it visible
-#   and announces one event line per changed device. A refused batch changes nothing.
+#   and records one STATE event per changed device. A refused batch changes nothing.
+# - Every event goes through `emit_all`: numbered (controller/eventlog.py), logged, and handed
+#   to each subscriber's sink; whether a subscriber may see an event is `visible_to`'s call.
 # - Host writes to a device whose role is SECONDARY are refused unless it is RECOVERED.
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from remcopy.controller import atrest
 from remcopy.controller.config import ControllerConfig, HostSection, load_controller_config
+from remcopy.controller.eventlog import EventLog
 from remcopy.controller.pairstore import STORE_FILE_NAME, PairStore
 from remcopy.controller.volume import Volume
 from remcopy.errors import (
@@ -34,6 +38,7 @@ from remcopy.errors import (
     RemcopyInternalError,
     WriteProtected,
 )
+from remcopy.events import Event, EventKind
 from remcopy.ids import HardwareAddress, Volser
 from remcopy.states import (
     CopyMode,
@@ -44,7 +49,7 @@ from remcopy.states import (
     event_line,
     next_state,
 )
-from remcopy.wire.native import DeviceIdentity, DeviceStatus
+from remcopy.wire.native import EVENT_TEXT_MAX_CHARS, DeviceIdentity, DeviceStatus
 
 log = logging.getLogger("remcopy.controller")
 
@@ -134,7 +139,19 @@ class HostGrant:
         )
 
 
-EventSink = Callable[[str], None]
+EventSink = Callable[[Event], None]
+# A batch of events is logged as one record naming at most this many of them (a suspend of
+# 1,250 devices is 1,250 events; every one is in the event log, events.jsonl).
+_EVENTS_LOGGED_MAX = 4
+
+
+def visible_to(grant: HostGrant, event: Event) -> bool:
+    """Whether a subscriber authenticated as `grant` may see `event` (replayed or live).
+
+    Every event, today. This is the one place that decides it: a filter by the host's grant
+    (DESIGN.md section 6: a host sees only the devices its grant names) goes here."""
+    del grant, event
+    return True
 
 
 class Controller:
@@ -154,6 +171,7 @@ class Controller:
         """Consistency groups with devices here -> their primary controllers' serials (given
         at establish, persisted): the siblings a freeze must reach."""
         self._sinks: list[EventSink] = []
+        self._event_log: EventLog | None = None
         self.started_ns = time.time_ns()
         self.counters: dict[str, int] = {
             "requests": 0,
@@ -196,6 +214,7 @@ class Controller:
                 f"controller.data_dir: cannot create {self.data_dir}: {exc.strerror}"
             ) from exc
         self._warn_exposed([cfg.volume_path(section) for section in cfg.volumes])
+        self._event_log = EventLog(self.data_dir)
         problems: list[str] = []
         for i, section in enumerate(cfg.volumes):
             path = cfg.volume_path(section)
@@ -253,6 +272,9 @@ class Controller:
         if self._store is not None:
             self._store.close()
             self._store = None
+        if self._event_log is not None:
+            self._event_log.close()
+            self._event_log = None
 
     @property
     def state_path(self) -> Path:
@@ -296,6 +318,14 @@ class Controller:
 
     # Events...
 
+    @property
+    def event_log(self) -> EventLog:
+        if self._event_log is None:
+            raise RemcopyInternalError(
+                f"controller {self.name}: event used before open(): this should never happen"
+            )
+        return self._event_log
+
     def add_sink(self, sink: EventSink) -> None:
         self._sinks.append(sink)
 
@@ -303,21 +333,54 @@ class Controller:
         if sink in self._sinks:
             self._sinks.remove(sink)
 
-    def announce(self, line: str) -> None:
-        log.info("%s", line)
-        for sink in list(self._sinks):
-            sink(line)
+    def emit(self, kind: EventKind, text: str, **fields: Any) -> None:
+        """Record one event (see emit_all); `fields` are Event fields (device, peer, ...)."""
+        self.emit_all([Event(kind=kind, text=text, **fields)])
 
-    def announce_all(self, lines: list[str]) -> None:
-        """Announce many lines (a batch of pairs changing together): one log record for all,
-        each line to every subscriber. A log record per line cost ~20 µs each, 25 ms for a
-        1,250-device suspend, between T and the answer."""
-        if not lines:
+    def emit_all(self, drafts: list[Event]) -> None:
+        """Number, keep, log and hand out events (a batch of pairs changing together).
+
+        The drafts' kind and fields are kept; their number, serial, controller name and time
+        are set here. The batch is one log record, and reaches the event log file in one
+        write at the end of this loop step."""
+        if not drafts:
             return
-        log.info("%s", "\n".join(lines))
+        event_log = self.event_log
+        now_ns = time.time_ns()
+        first = event_log.last_seq + 1
+        events = [
+            replace(
+                draft,
+                seq=first + i,
+                serial=self.serial,
+                controller=self.name,
+                time_ns=now_ns,
+                text=draft.text[:EVENT_TEXT_MAX_CHARS],
+            )
+            for i, draft in enumerate(drafts)
+        ]
+        was_unwritten = event_log.unwritten
+        event_log.record(events)
+        if not was_unwritten:
+            try:
+                asyncio.get_running_loop().call_soon(event_log.write)
+            except RuntimeError:  # no event loop (a tool, a unit test): now
+                event_log.write()
+        if len(events) == 1:
+            log.info("event %d: %s", first, events[0].text)
+        else:
+            shown = "; ".join(e.text for e in events[:_EVENTS_LOGGED_MAX])
+            more = len(events) - _EVENTS_LOGGED_MAX
+            log.info(
+                "events %d..%d: %s%s",
+                first,
+                events[-1].seq,
+                shown,
+                f"; and {more} more (in {event_log.path.name})" if more > 0 else "",
+            )
         for sink in list(self._sinks):
-            for line in lines:
-                sink(line)
+            for event in events:
+                sink(event)
 
     # Committing state changes...
 
@@ -347,22 +410,27 @@ class Controller:
         self._save_states(new_pairs, groups)
         if groups:
             self.groups = {**self.groups, **groups}
-        lines = []
+        events = []
         for key in changes:
             device = self.devices[key]
             device.pair = new_pairs[key]
-            if old_states[key] is not device.pair.state:
-                lines.append(
-                    event_line(
-                        str(device.address),
-                        old_states[key],
-                        device.pair.state,
+            old, new = old_states[key], device.pair.state
+            if old is not new:
+                address = str(device.address)
+                events.append(
+                    Event(
+                        kind=EventKind.STATE,
+                        text=event_line(address, old, new, cause=cause, at_ns=at_ns, **tags),
+                        device=address,
+                        old=old,
+                        new=new,
                         cause=cause,
-                        at_ns=at_ns,
-                        **tags,
+                        at_ns=at_ns or 0,
+                        group=device.pair.group,
+                        detail=tags,
                     )
                 )
-        self.announce_all(lines)
+        self.emit_all(events)
 
     def commit_armed(self, armed: dict[int, int]) -> None:
         """Persist armed suspend times (device -> T) without a state change."""

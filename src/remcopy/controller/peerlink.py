@@ -44,6 +44,7 @@ class PeerLink:
         local_name: str,
         journal: Journal,
         on_broken: Callable[[PeerLink, RemcopyError], None],
+        on_up: Callable[[PeerLink], None] | None = None,
         ack_timeout_s: float = ACK_TIMEOUT_S_DEFAULT,
     ) -> None:
         self.ack_timeout_s = ack_timeout_s
@@ -60,6 +61,7 @@ class PeerLink:
             timeout_s=ack_timeout_s,
         )
         self._on_broken = on_broken
+        self._on_up = on_up
         self._queue: list[tuple[native.Update, asyncio.Future[None]]] = []
         self._flush_scheduled = False
         self._connecting: asyncio.Lock = asyncio.Lock()
@@ -70,6 +72,8 @@ class PeerLink:
         self.connected_once = False
         """Whether the link ever connected since this controller started."""
         self.heartbeat_rtt_ns = 0
+        self.heartbeat_lost = False
+        """The last failure was a heartbeat not answered in time."""
 
     def __repr__(self) -> str:
         return (
@@ -87,7 +91,10 @@ class PeerLink:
                 await self.channel.disconnect(f"after a failure: {self.broken}")
             await self.channel.connect()
             self.broken = None
+            self.heartbeat_lost = False
             self.connected_once = True
+            if self._on_up is not None:
+                self._on_up(self)
 
     # Updates...
 
@@ -205,6 +212,7 @@ class PeerLink:
 
         def expired() -> None:
             if not reply.done():
+                self.heartbeat_lost = self.broken is None
                 reply.set_exception(
                     BrokenResourceError(
                         f"replication link to {self.peer.name}: no heartbeat answer within "

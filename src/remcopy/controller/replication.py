@@ -55,6 +55,7 @@ from remcopy.errors import (
     RemcopyError,
     WriteProtected,
 )
+from remcopy.events import EventKind
 from remcopy.states import (
     CopyMode,
     FencePolicy,
@@ -200,6 +201,12 @@ class Replicator:
         except RemcopyError as exc:  # logged, never silent: this is a failure of `name` alone
             self.counters["task_failures"] = self.counters.get("task_failures", 0) + 1
             log.error("background task %s failed: %s", name, exc)
+            self.controller.emit(
+                EventKind.ERROR,
+                f"error: background task {name} failed: {exc}",
+                cause=name,
+                detail={"error": str(exc)},
+            )
         except Exception as exc:
             raise ControllerFailed(
                 f"controller {self.controller.name}: background task {name!r} failed: "
@@ -348,9 +355,13 @@ class Replicator:
             up_s = (time.time_ns() - self.controller.started_ns) / 1e9
             if not link.connected_once and up_s < grace_s:
                 # Just started, and the peer perhaps not yet: try again next beat.
-                self.controller.announce(
+                self.controller.emit(
+                    EventKind.LINK_DOWN,
                     f"link {link.peer.name} not up yet: retrying for "
-                    f"{grace_s - up_s:.1f} s more (link_start_grace_s): {exc}"
+                    f"{grace_s - up_s:.1f} s more (link_start_grace_s): {exc}",
+                    peer=link.peer.name,
+                    cause="not-up-yet",
+                    detail={"serial": link.serial, "error": str(exc)},
                 )
                 return
             link.mark_broken(exc)
@@ -372,13 +383,32 @@ class Replicator:
                 local_name=self.controller.name,
                 journal=journal,
                 on_broken=self._link_broken,
+                on_up=self._link_up,
                 ack_timeout_s=self.ack_timeout_s,
             )
             self.links[serial] = link
         return link
 
+    def _link_up(self, link: PeerLink) -> None:
+        self.controller.emit(
+            EventKind.LINK_UP,
+            f"link {link.peer.name} up serial={link.serial}",
+            peer=link.peer.name,
+            detail={"serial": link.serial},
+        )
+
     def _link_broken(self, link: PeerLink, exc: RemcopyError) -> None:
         self.counters["link_errors"] += 1
+        if link.heartbeat_lost:
+            kind, what = EventKind.HEARTBEAT_LOSS, "heartbeat lost"
+        else:
+            kind, what = EventKind.LINK_DOWN, "down"
+        self.controller.emit(
+            kind,
+            f"link {link.peer.name} {what}: {exc}",
+            peer=link.peer.name,
+            detail={"serial": link.serial, "error": str(exc)},
+        )
         failed = [
             run
             for run in self.runs.values()
@@ -399,9 +429,14 @@ class Replicator:
         if pair.consistency_group and not self._planted("no_hold"):  # PLANTED BUG when set
             run.held = asyncio.Event()
             run.held_since_ns = time.time_ns()
-            self.controller.announce(
+            self.controller.emit(
+                EventKind.HOLD,
                 f"hold {run.device.address} cause=replication-error "
-                f'hold_s={self.hold_s} error="{exc}"'
+                f'hold_s={self.hold_s} error="{exc}"',
+                device=str(run.device.address),
+                cause="replication-error",
+                group=pair.group,
+                detail={"hold_s": self.hold_s, "error": str(exc)},
             )
             handle = asyncio.get_running_loop().call_later(
                 self.hold_s, self._hold_expired, run, run.held, exc

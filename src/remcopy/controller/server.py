@@ -40,12 +40,13 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any, Final, cast
 
 from remcopy.configfile import format_address
-from remcopy.controller.core import Controller, EventSink, HostGrant
+from remcopy.controller.core import Controller, EventSink, HostGrant, visible_to
 from remcopy.controller.nbd_server import NbdServer
 from remcopy.controller.replication import Replicator
 from remcopy.controller.volume import Volume
@@ -58,6 +59,7 @@ from remcopy.errors import (
     RemcopyInternalError,
     ShuttingDown,
 )
+from remcopy.events import Event, EventKind
 from remcopy.wire import auth, native
 from remcopy.wire.native import Side
 
@@ -363,6 +365,11 @@ class ControllerServer:
         except ListenError:
             server.close()
             raise
+        self.controller.emit(
+            EventKind.START,
+            f"controller {self.controller.name} started serial={self.controller.serial} "
+            f"listen={format_address(self.address)}",
+        )
         if ready is not None:
             ready(self.address)
         # Fail-stop: the replicator and the NBD export run in the server's TaskGroup. If one
@@ -397,6 +404,8 @@ class ControllerServer:
     async def _shut_down(self, server: asyncio.Server) -> None:
         """SIGTERM: stop accepting, answer what was read (within the grace), then close."""
         server.close()
+        # Subscribers see it before their connection ends.
+        self.controller.emit(EventKind.STOP, f"controller {self.controller.name} stopping")
         if self.nbd is not None:
             self.nbd.stop()
         for link in list(self._links):
@@ -625,7 +634,7 @@ class ControllerServer:
                 case native.StatusRequest():
                     reply = native.StatusReply(request_id=rid, document=core.status())
                 case native.SubscribeRequest():
-                    self._subscribe(link, rid)
+                    self._subscribe(link, grant, msg)
                     return None
                 case _:
                     raise RemcopyInternalError(f"no handler for {type(msg).__name__}")
@@ -701,23 +710,44 @@ class ControllerServer:
             log.warning("refused request from %s: %s", link.client, exc)
         return native.ErrorReply(request_id=rid, code=exc.code, message=str(exc))
 
-    def _subscribe(self, link: _Link, rid: int) -> None:
+    def _subscribe(self, link: _Link, grant: HostGrant, request: native.SubscribeRequest) -> None:
+        """Replay what the subscriber missed (if asked), say SUBSCRIBED, then go live. All in
+        one loop step, so no event falls between the replay and the live stream."""
         transport = link.transport
         assert transport is not None
+        rid = request.request_id
+        core = self.controller
 
-        def sink(line: str) -> None:
+        def sink(event: Event) -> None:
             if transport.is_closing():
-                self.controller.remove_sink(sink)
+                core.remove_sink(sink)
             elif transport.get_write_buffer_size() > SUBSCRIBER_BUFFER_MAX_BYTES:
                 log.warning("dropped slow event subscriber %s", link.client)
-                self.controller.remove_sink(sink)
+                core.remove_sink(sink)
                 transport.close()
-            else:
-                link.send(native.EventNotice(request_id=rid, line=line))
+            elif visible_to(grant, event):
+                link.send(native.EventNotice(request_id=rid, event=event))
 
+        if request.replay:
+            for event in core.event_log.since(request.after_seq):
+                if not event.numbered or visible_to(grant, event):
+                    link.send(native.EventNotice(request_id=rid, event=event))
         link.sinks.append(sink)
-        self.controller.add_sink(sink)
-        link.send(native.EventNotice(request_id=rid, line=f"subscribed {self.controller.name}"))
+        core.add_sink(sink)
+        last = core.event_log.last_seq
+        link.send(
+            native.EventNotice(
+                request_id=rid,
+                event=Event(
+                    kind=EventKind.SUBSCRIBED,
+                    seq=last,
+                    serial=core.serial,
+                    controller=core.name,
+                    time_ns=time.time_ns(),
+                    text=f"subscribed {core.name} last={last}",
+                ),
+            )
+        )
 
 
 def _failure_of(group: BaseExceptionGroup[BaseException]) -> RemcopyError:
