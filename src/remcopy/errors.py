@@ -238,6 +238,12 @@ class ShuttingDown(ResourceError):
     retryable = True
 
 
+class EventsNotAsked(ResourceError):
+    """some controllers could not be asked for their events"""
+
+    code = 68
+
+
 class ControllerFailed(RemcopyError):
     """the controller stopped: a background task (replication, a copy, a timer) failed"""
 

@@ -38,6 +38,11 @@ COMMANDS: Final = {
         attribute="demo",
         help="Run a whole disaster-recovery drill on real controller processes.",
     ),
+    "events": LazyCommand(
+        module="remcopy.cli.events",
+        attribute="events",
+        help='Print the controllers\' events, one JSON line each (`"schema": 1`).',
+    ),
     "group": LazyCommand(
         module="remcopy.cli.group",
         attribute="group",

@@ -71,6 +71,20 @@ def error_json(message: str, exit_code: int) -> None:
         emit_json({"error": message, "exit_code": exit_code})
 
 
+def emit_json_line(document: dict[str, Any]) -> None:
+    """One JSON object on one line of stdout, written at once (a stream of documents, as
+    `remcopy events` prints them; each carries its own `schema`)."""
+    data = (json.dumps(document, sort_keys=True, separators=(",", ":")) + "\n").encode()
+    sys.stdout.flush()
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by a test harness: no descriptor
+        sys.stdout.write(data.decode())
+        sys.stdout.flush()
+        return
+    _write_all(fd, data)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     """Write all of `data` to `fd`, blocking or not (BrokenPipeError goes to the caller)."""
     view = memoryview(data)

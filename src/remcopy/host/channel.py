@@ -404,8 +404,6 @@ class Subscription:
     ) -> None:
         self._queue = queue
         self._replayed = collections.deque(replayed or ())
-        self.replayed_count = len(self._replayed)
-        """How many events the controller replayed (a GAP among them) before going live."""
         self.live_after_seq = live_after_seq
         """The controller's last event number when the stream went live."""
         self.seen: list[Event] = []
@@ -415,6 +413,13 @@ class Subscription:
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._events()
+
+    def take_replayed(self) -> list[Event]:
+        """The events the controller replayed before going live (a GAP first if some were
+        gone), taken out of the stream: iterating goes on with the live ones."""
+        replayed, self._replayed = list(self._replayed), collections.deque()
+        self.seen.extend(replayed)
+        return replayed
 
     async def _events(self) -> AsyncIterator[Event]:
         while True:
