@@ -48,6 +48,7 @@ from typing import Any, Final, cast
 from remcopy.configfile import format_address
 from remcopy.controller.core import Controller, EventSink, HostGrant, visible_to
 from remcopy.controller.nbd_server import NbdServer
+from remcopy.controller.notify import ServiceNotifier
 from remcopy.controller.replication import Replicator
 from remcopy.controller.volume import Volume
 from remcopy.errors import (
@@ -343,6 +344,7 @@ class ControllerServer:
         self.replicator = Replicator(controller)
         self.nbd: NbdServer | None = None  # the NBD export, when nbd_listen is configured
         self.nbd_address: tuple[str, int] | None = None
+        self.notifier = ServiceNotifier()  # systemd's sd_notify, when NOTIFY_SOCKET is set
 
     def __repr__(self) -> str:
         return f"<ControllerServer {self.controller.name} links={len(self._links)}>"
@@ -372,6 +374,9 @@ class ControllerServer:
         )
         if ready is not None:
             ready(self.address)
+        self.notifier.ready(
+            f"serving {len(self.controller.devices)} volumes on {format_address(self.address)}"
+        )
         # Fail-stop: the replicator and the NBD export run in the server's TaskGroup. If one
         # fails, the group cancels everything else and serve() raises ControllerFailed: the
         # controller exits non-zero (a service manager restarts it); it never goes on serving
@@ -386,6 +391,8 @@ class ControllerServer:
                     if self.nbd is not None
                     else None
                 )
+                # --- service manager: WATCHDOG=1 while the loop turns ---
+                watchdog = tasks.create_task(self.notifier.keep_alive(), name="watchdog")
                 early, self._early = self._early, []
                 for link in early:
                     self._drive(link)
@@ -394,16 +401,19 @@ class ControllerServer:
                 if nbd_serving is not None:
                     await nbd_serving  # bounded by its own grace; before the replicator stops
                 replication.cancel()
+                watchdog.cancel()
         except BaseExceptionGroup as group:
             raise _failure_of(group) from None  # the CLI prints it: one line, exit 1
         finally:
             self._tasks = None
             self._flush_all()
             self.replicator.close()
+            self.notifier.close()
 
     async def _shut_down(self, server: asyncio.Server) -> None:
         """SIGTERM: stop accepting, answer what was read (within the grace), then close."""
         server.close()
+        self.notifier.stopping()
         # Subscribers see it before their connection ends.
         self.controller.emit(EventKind.STOP, f"controller {self.controller.name} stopping")
         if self.nbd is not None:
