@@ -4,62 +4,21 @@
 # starts a real controller process pointed at it.
 from __future__ import annotations
 
-import asyncio
-import os
-import socket
-from pathlib import Path
-
 import pytest
 
 from common import controller_spec
+from helpers import NotifySocket
 from remcopy.controller.notify import notify_address, watchdog_interval_s
-from remcopy.controller.process import ControllerProcess, free_port
+from remcopy.controller.process import ControllerProcess
 
-DATAGRAM_TIMEOUT_S = 30.0
 WATCHDOG_USEC = 100_000  # a WATCHDOG=1 every 50 ms
-
-
-class Manager:
-    """The service manager's end: a bound unix datagram socket and what arrived on it."""
-
-    def __init__(self, sock: socket.socket, value: str) -> None:
-        self.sock = sock
-        self.value = value
-        """What NOTIFY_SOCKET holds for this socket."""
-        self.messages: list[dict[str, str]] = []
-
-    async def receive(self) -> dict[str, str]:
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(DATAGRAM_TIMEOUT_S):
-            data = await loop.sock_recv(self.sock, 4096)
-        message = dict(line.split("=", 1) for line in data.decode().splitlines())
-        self.messages.append(message)
-        return message
-
-    async def until(self, key: str) -> dict[str, str]:
-        while True:
-            message = await self.receive()
-            if key in message:
-                return message
-
-
-def _bound(tmp_path: Path, *, abstract: bool) -> Manager:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.setblocking(False)
-    if abstract:
-        name = f"remcopy-test-{os.getpid()}-{free_port()}"
-        sock.bind("\0" + name)
-        return Manager(sock, "@" + name)
-    path = tmp_path / "notify.sock"
-    sock.bind(str(path))
-    return Manager(sock, str(path))
 
 
 @pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
 async def test_controller_notifies_ready_watchdog_and_stopping(tmp_path, abstract):
     """READY=1 (with a STATUS naming the address) once it serves, then WATCHDOG=1 again and
     again, then STOPPING=1 on SIGTERM, to a path or an abstract ('@') socket."""
-    manager = _bound(tmp_path, abstract=abstract)
+    manager = NotifySocket(tmp_path, abstract=abstract)
     spec = controller_spec(tmp_path, "cntla", 64015)
     proc = ControllerProcess(
         spec.write(tmp_path / "cntla.toml"),
@@ -78,7 +37,7 @@ async def test_controller_notifies_ready_watchdog_and_stopping(tmp_path, abstrac
     finally:
         if proc.running:
             await proc.kill()
-        manager.sock.close()
+        manager.close()
     assert [m for m in manager.messages if "READY" in m] == [ready]
 
 

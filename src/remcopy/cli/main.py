@@ -111,12 +111,12 @@ def cli(verbose: int) -> None:
       remcopy controller serve site-a/cntl1.toml
       remcopy controller status 127.0.0.1:7401 --name hosta --secret s3cret-hosta
     """
+    from remcopy.logformat import OneLineFormatter
+
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(
-        level=max(level, logging.DEBUG),
-        stream=sys.stderr,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter())  # a record is one line (docs/operations.md)
+    logging.basicConfig(level=max(level, logging.DEBUG), handlers=[handler])
 
 
 def fail(message: str) -> None:

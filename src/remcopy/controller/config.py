@@ -173,6 +173,9 @@ class ControllerSection(_Strict):
     freeze_margin_s: float = Field(default=0.25, gt=0, le=60)
     """A controller-initiated freeze seals the group at T = now + this (at least 4 round
     trips to the slowest sibling): every sibling must be armed before T."""
+    log_format: Literal["text", "json"] = "text"
+    """Each log record is one line: "text" (`TIME LOGGER LEVEL MESSAGE`, control characters
+    escaped) or "json" (one JSON object per line, for a log collector)."""
     freeze_unreachable: Literal["go", "stop"] = "go"
     """A sibling primary not confirmed armed within hold_s: "go" releases the held writes
     (change-recorded; the group is reported not consistent), "stop" refuses them until an

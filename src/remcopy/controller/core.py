@@ -190,6 +190,13 @@ class Controller:
     def __repr__(self) -> str:
         return f"<Controller {self.name} serial={self.serial} devices={len(self.devices)}>"
 
+    def reconfigure(self, config: ControllerConfig) -> None:
+        """Run with a reloaded config (controller/reload.py decided what of it changes live):
+        its hosts and peers take effect for the next authentication."""
+        self.config = config
+        self.hosts = {h.name: HostGrant.from_section(h) for h in config.hosts}
+        self.peers = {p.name: p for p in config.peers}
+
     # Opening and closing...
 
     @classmethod

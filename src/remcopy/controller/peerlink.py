@@ -53,13 +53,9 @@ class PeerLink:
         self.replayed = asyncio.Event()
         self.replayed.set()
         self.serial = peer.serial
-        self.channel = Channel(
-            peer.address,
-            name=local_name,
-            secret=peer.secret,
-            role=native.PeerRole.PEER,
-            timeout_s=ack_timeout_s,
-        )
+        self.local_name = local_name
+        self._channel_peer = peer  # the settings self.channel connects with
+        self.channel = self._channel(peer)
         self._on_broken = on_broken
         self._on_up = on_up
         self._queue: list[tuple[native.Update, asyncio.Future[None]]] = []
@@ -89,12 +85,30 @@ class PeerLink:
                 return
             if self.channel.connected:
                 await self.channel.disconnect(f"after a failure: {self.broken}")
+            if self._channel_peer != self.peer:  # a reload changed its address or secret
+                old, self._channel_peer = self.channel, self.peer
+                self.channel = self._channel(self.peer)
+                await old.close()
             await self.channel.connect()
             self.broken = None
             self.heartbeat_lost = False
             self.connected_once = True
             if self._on_up is not None:
                 self._on_up(self)
+
+    def _channel(self, peer: PeerSection) -> Channel:
+        return Channel(
+            peer.address,
+            name=self.local_name,
+            secret=peer.secret,
+            role=native.PeerRole.PEER,
+            timeout_s=self.ack_timeout_s,
+        )
+
+    def reconfigure(self, peer: PeerSection) -> None:
+        """A reload changed this peer's address or secret: used from the next connection (a
+        connection up now stays up)."""
+        self.peer = peer
 
     # Updates...
 

@@ -389,6 +389,14 @@ class Replicator:
             self.links[serial] = link
         return link
 
+    def peers_reloaded(self) -> None:
+        """The config's peers changed (a reload): each link takes its peer's new settings."""
+        by_serial = {p.serial: p for p in self.controller.peers.values()}
+        for serial, link in self.links.items():
+            peer = by_serial.get(serial)
+            if peer is not None:
+                link.reconfigure(peer)
+
     def _link_up(self, link: PeerLink) -> None:
         self.controller.emit(
             EventKind.LINK_UP,

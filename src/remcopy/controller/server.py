@@ -45,14 +45,18 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any, Final, cast
 
+from remcopy import logformat
 from remcopy.configfile import format_address
+from remcopy.controller.config import load_controller_config
 from remcopy.controller.core import Controller, EventSink, HostGrant, visible_to
 from remcopy.controller.nbd_server import NbdServer
 from remcopy.controller.notify import ServiceNotifier
+from remcopy.controller.reload import plan_reload
 from remcopy.controller.replication import Replicator
 from remcopy.controller.volume import Volume
 from remcopy.errors import (
     AuthenticationFailed,
+    ConfigError,
     ControllerFailed,
     DeviceNotAllowed,
     ProtocolError,
@@ -61,6 +65,7 @@ from remcopy.errors import (
     ShuttingDown,
 )
 from remcopy.events import Event, EventKind
+from remcopy.logformat import escape_text
 from remcopy.wire import auth, native
 from remcopy.wire.native import Side
 
@@ -69,11 +74,9 @@ log = logging.getLogger("remcopy.controller")
 
 def escape_name(name: str) -> str:
     """A name from the network as a log may show it: unchanged when every character is
-    printable, else Python's escapes (`\\n`, `\\x1b`, `\\u2028`) and a backslash doubled,
-    so a name can never start a line of its own or move the terminal's cursor."""
-    if name.isprintable() and "\\" not in name:
-        return name
-    return name.encode("unicode_escape").decode("ascii")
+    printable, else with escapes (`\\n`, `\\x1b`, `\\u2028`) and a backslash doubled, so a
+    name can never start a line of its own or move the terminal's cursor."""
+    return escape_text(name)
 
 
 HANDSHAKE_TIMEOUT_S: Final = 10.0
@@ -433,6 +436,47 @@ class ControllerServer:
     def stop(self) -> None:
         self._stopping.set()
 
+    def reload(self) -> None:
+        """SIGHUP: read the config again; apply what changes live, say in the log (a line
+        each) what changed and what needs a restart; a config that does not load is refused
+        whole, the running one kept (controller/reload.py)."""
+        core = self.controller
+        path = core.config_path
+        if path is None:
+            log.warning("reload: this controller was not started from a config file: nothing to do")
+            return
+        self.notifier.reloading()
+        try:
+            try:
+                new = load_controller_config(path)
+            except ConfigError as exc:
+                log.error("reload: %s refused, the running config is kept: %s", path, exc)
+                return
+            plan = plan_reload(core.config, new)
+            core.reconfigure(plan.config)
+            for link in list(self._links):
+                grant = link.grant
+                if grant is None or grant.is_peer:
+                    continue
+                if grant.name in plan.hosts_closed:
+                    link.abort()
+                elif grant.name in plan.hosts_regranted:
+                    link.grant = core.hosts[grant.name]
+            self.replicator.peers_reloaded()
+            logformat.use(plan.config.controller.log_format)
+            for line in plan.applied:
+                log.info("reload: %s", line)
+            for line in plan.restart:
+                log.warning("reload: %s", line)
+            log.info(
+                "reload: %s: %d changes applied, %d need a restart",
+                path,
+                len(plan.applied),
+                len(plan.restart),
+            )
+        finally:
+            self.notifier.ready(f"serving {len(core.devices)} volumes (reloaded)")
+
     async def _start_nbd(self) -> None:
         # --- NBD export (controller/nbd_server.py, docs/nbd.md) ---
         section = self.controller.config.controller
@@ -735,7 +779,7 @@ class ControllerServer:
                 log.warning("dropped slow event subscriber %s", link.client)
                 core.remove_sink(sink)
                 transport.close()
-            elif visible_to(grant, event):
+            elif visible_to(link.grant or grant, event):  # a reload may change the grant
                 link.send(native.EventNotice(request_id=rid, event=event))
 
         if request.replay:
@@ -800,6 +844,7 @@ async def run_controller(controller: Controller, *, announce_ready: bool = True)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, server.stop)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
 
     def ready(address: tuple[str, int]) -> None:
         if announce_ready:
