@@ -139,14 +139,17 @@ class Event:
             out["detail"] = dict(self.detail)
         return out
 
-    def to_json(self) -> dict[str, Any]:
-        """The JSON form (schema 1): what `remcopy events` prints and the event log keeps."""
-        when = datetime.datetime.fromtimestamp(self.time_ns / 1e9, tz=datetime.UTC)
+    def to_json(self, *, time_text: str | None = None) -> dict[str, Any]:
+        """The JSON form (schema 1): what `remcopy events` prints and the event log keeps.
+        `time_text`: `time_ns` already formatted (a batch of events shares its time)."""
+        if time_text is None:
+            when = datetime.datetime.fromtimestamp(self.time_ns / 1e9, tz=datetime.UTC)
+            time_text = when.isoformat(timespec="microseconds").replace("+00:00", "Z")
         return {
             "schema": SCHEMA,
             "serial": self.serial,
             "seq": self.seq,
-            "time": when.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "time": time_text,
             "time_ns": self.time_ns,
             "kind": self.kind.value,
             **self.fields(),

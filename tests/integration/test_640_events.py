@@ -177,6 +177,11 @@ async def test_events_follow_resumes_after_a_controller_restart(world, catalog):
                     e.get("device") == f"64015:1A00:0A:{c:02X}" and e.get("new") == "DUPLEX"
                 )
             )
+        # A stop with SIGTERM is told before the stream ends, and the restart after it.
+        p1 = world.primaries[1]
+        await p1.stop()
+        await p1.start()
+        await follower.until(lambda e: e["serial"] == p1.serial and e["kind"] == "start")
     finally:
         said = await follower.stop()
     assert "Traceback" not in said
@@ -189,3 +194,6 @@ async def test_events_follow_resumes_after_a_controller_restart(world, catalog):
     after = mine[mine.index(starts[1]) :]
     resumed = [e["device"] for e in after if e["kind"] == "state" and e["old"] == "SUSPENDED"]
     assert resumed == [f"64015:1A00:0A:{c:02X}" for c in range(4)]
+    other = _by_serial(follower.events, world.primaries[1].serial)
+    assert _numbered_without_holes(other)
+    assert [e["kind"] for e in other[-2:]] == ["stop", "start"]

@@ -8,10 +8,11 @@
 # Theory of operation
 # - Events are numbered 1, 2, 3, ...; the last RING_EVENTS_MAX are kept in memory (a ring)
 #   and in `events.jsonl` in the state folder, one JSON line each (events.Event.to_json).
-# - Recording costs what changed: the lines of a batch are appended with one write() at the
-#   end of the loop step that recorded them (after the answer that caused them was queued),
-#   never with an fsync. A process that is killed loses nothing (the kernel has the bytes);
-#   the file is made durable when the controller stops.
+# - Recording costs what changed: `record` only keeps the events; `write`, called at the end of
+#   the loop step that recorded them (after the answer that caused them was queued), encodes
+#   them and appends the lines with one write(), never with an fsync. A process that is killed
+#   loses nothing (the kernel has the bytes); the file is made durable when the controller
+#   stops.
 # - When the file holds twice the ring, it is rewritten with the ring alone (a new file
 #   renamed over the old one), so it never grows past 2 x RING_EVENTS_MAX lines.
 # - At start the file's last number is the numbering's start: events go on at last + 1.
@@ -21,6 +22,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import logging
 import os
@@ -46,8 +48,10 @@ class EventLog:
     def __init__(self, data_dir: Path, *, ring_max: int = RING_EVENTS_MAX) -> None:
         self.path = data_dir / EVENTS_FILE_NAME
         self.ring_max = ring_max
-        self._ring: collections.deque[tuple[Event, bytes]] = collections.deque(maxlen=ring_max)
-        self._unwritten: list[bytes] = []
+        self._ring: collections.deque[Event] = collections.deque(maxlen=ring_max)
+        # The file's lines of the kept events, once written (what a compaction writes).
+        self._lines: collections.deque[bytes] = collections.deque(maxlen=ring_max)
+        self._unwritten: list[Event] = []
         self._lines_in_file = 0
         self.last_seq = 0
         self._load()
@@ -60,8 +64,9 @@ class EventLog:
         )
 
     def _invariants(self) -> None:
-        assert not self._ring or self._ring[-1][0].seq == self.last_seq
+        assert not self._ring or self._ring[-1].seq == self.last_seq
         assert len(self._ring) <= self.ring_max
+        assert len(self._lines) + len(self._unwritten) >= len(self._ring)
 
     def _load(self) -> None:
         """The kept events and the last number, from the file; lines that cannot be read (a
@@ -80,7 +85,8 @@ class EventLog:
             if event.seq <= self.last_seq:
                 bad += 1
                 continue
-            self._ring.append((event, line + b"\n"))
+            self._ring.append(event)
+            self._lines.append(line + b"\n")
             self.last_seq = event.seq
             self._lines_in_file += 1
         if bad:
@@ -90,15 +96,14 @@ class EventLog:
     @property
     def first_kept_seq(self) -> int:
         """The oldest number still kept (last + 1 when none is)."""
-        return self._ring[0][0].seq if self._ring else self.last_seq + 1
+        return self._ring[0].seq if self._ring else self.last_seq + 1
 
     def record(self, events: Iterable[Event]) -> None:
         """Keep events already numbered last + 1, last + 2, ...; written by `write`."""
         for event in events:
             assert event.seq == self.last_seq + 1, (event.seq, self.last_seq)
-            line = json.dumps(event.to_json(), separators=(",", ":")).encode() + b"\n"
-            self._ring.append((event, line))
-            self._unwritten.append(line)
+            self._ring.append(event)
+            self._unwritten.append(event)
             self.last_seq = event.seq
         self._invariants()
 
@@ -110,7 +115,9 @@ class EventLog:
         """Append what was recorded since the last write: one write(), no fsync."""
         if not self._unwritten:
             return
-        lines, self._unwritten = self._unwritten, []
+        events, self._unwritten = self._unwritten, []
+        lines = _encoded(events)
+        self._lines.extend(lines)
         os.write(self._fd, b"".join(lines))
         self._lines_in_file += len(lines)
         if self._lines_in_file >= 2 * self.ring_max:
@@ -121,7 +128,7 @@ class EventLog:
         temporary = self.path.with_suffix(".jsonl.new")
         fd = atrest.open_private(temporary, os.O_WRONLY | os.O_TRUNC)
         try:
-            os.write(fd, b"".join(line for _, line in self._ring))
+            os.write(fd, b"".join(self._lines))
         finally:
             os.close(fd)
         os.replace(temporary, self.path)
@@ -161,7 +168,7 @@ class EventLog:
             )
         # The ring is in number order: skip to the first wanted without a scan of all of it.
         skip = max(0, after_seq + 1 - first)
-        out.extend(event for event, _ in list(self._ring)[skip:])
+        out.extend(itertools.islice(self._ring, skip, None))
         return out
 
     def close(self) -> None:
@@ -171,3 +178,14 @@ class EventLog:
             os.fdatasync(self._fd)
         finally:
             os.close(self._fd)
+
+
+def _encoded(events: list[Event]) -> list[bytes]:
+    """The file lines of events (Event.to_json); a batch shares its time, formatted once."""
+    lines = []
+    times: dict[int, str] = {}
+    for event in events:
+        doc = event.to_json(time_text=times.get(event.time_ns))
+        times[event.time_ns] = doc["time"]
+        lines.append(json.dumps(doc, separators=(",", ":")).encode() + b"\n")
+    return lines

@@ -417,8 +417,10 @@ class ControllerServer:
         """SIGTERM: stop accepting, answer what was read (within the grace), then close."""
         server.close()
         self.notifier.stopping()
-        # Subscribers see it before their connection ends.
+        # Subscribers see it before their connection ends: it is handed out at the end of
+        # this loop step, so let that step end first.
         self.controller.emit(EventKind.STOP, f"controller {self.controller.name} stopping")
+        await asyncio.sleep(0)
         if self.nbd is not None:
             self.nbd.stop()
         for link in list(self._links):
