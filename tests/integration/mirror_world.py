@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import HOST, SECRET, MiB
+from common import HOST, SECRET, MiB, run_remcopy
 from remcopy.controller.process import (
     TESTING_ENV,
     ControllerProcess,
@@ -331,4 +331,24 @@ lss = "20"
 cca = "00"
 online = false
 """)
+    return path
+
+
+def two_group_catalog(root: Path, world: World) -> Path:
+    """A catalog of host hosta (host_file) with two groups of 4 pairs, established and
+    DUPLEX: PAYROLL on cntla0 and OTHER on cntla1, both to cntlb (a world of 2 primaries)."""
+    path = root / "catalog.db"
+    run_remcopy("host", "add", str(host_file(root, world)), catalog=path)
+    run_remcopy("scan", HOST, catalog=path)
+    for name, devices, secondaries in (
+        ("PAYROLL", "1A00-1A03", "2B00-2B03"),
+        ("OTHER", "1B00-1B03", "2B04-2B07"),
+    ):
+        definition = root / f"{name}.toml"
+        definition.write_text(
+            f'[group]\nname = "{name}"\n[[pairs]]\nhost = "{HOST}"\ndevices = "{devices}"\n'
+            f'secondary_devices = "{secondaries}"\n'
+        )
+        run_remcopy("group", "define", str(definition), catalog=path)
+        run_remcopy("group", "establish", name, "--host", HOST, "--wait", catalog=path)
     return path

@@ -47,7 +47,11 @@ def emit_json(document: Any) -> None:
     if isinstance(document, dict):
         document = {**document, "schema": SCHEMA_VERSION}
     _emitted = True
-    data = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+    _write_stdout((json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _write_stdout(data: bytes) -> None:
+    """All of `data` on stdout, after what Python's stdout holds (see emit_json)."""
     sys.stdout.flush()  # nothing else belongs on stdout; if something was, it goes first
     try:
         fd = sys.stdout.fileno()
@@ -74,15 +78,7 @@ def error_json(message: str, exit_code: int) -> None:
 def emit_json_line(document: dict[str, Any]) -> None:
     """One JSON object on one line of stdout, written at once (a stream of documents, as
     `remcopy events` prints them; each carries its own `schema`)."""
-    data = (json.dumps(document, sort_keys=True, separators=(",", ":")) + "\n").encode()
-    sys.stdout.flush()
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):  # replaced by a test harness: no descriptor
-        sys.stdout.write(data.decode())
-        sys.stdout.flush()
-        return
-    _write_all(fd, data)
+    _write_stdout((json.dumps(document, sort_keys=True, separators=(",", ":")) + "\n").encode())
 
 
 def _write_all(fd: int, data: bytes) -> None:
