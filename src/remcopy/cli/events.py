@@ -16,7 +16,7 @@ from remcopy.cli.common import catalog_option
 @click.option(
     "--last",
     type=click.IntRange(min=0),
-    help="Start with only the last N events each controller keeps (default: all it keeps).",
+    help="Start with the last N events of each controller (after --group; default: all kept).",
 )
 @catalog_option
 def events(
@@ -57,8 +57,7 @@ def events(
     def printed(event: Event) -> None:
         from remcopy.cli.output import emit_json_line
 
-        if shown.shows(event):
-            emit_json_line(event.to_json())
+        emit_json_line(event.to_json())
 
     def retrying(controller: str, pause_s: float, why: str) -> None:
         from remcopy.cli.output import stderr
@@ -70,9 +69,11 @@ def events(
         )
 
     if follow:
-        aio.run(following.follow(channels, on_event=printed, on_retry=retrying, last=last))
+        aio.run(
+            following.follow(channels, on_event=printed, on_retry=retrying, shown=shown, last=last)
+        )
         return
-    found, failed = aio.run(following.recent(channels))
+    found, failed = aio.run(following.recent(channels, shown))
     for event in following.last_of_each(found, last):
         printed(event)
     if failed:

@@ -786,8 +786,13 @@ class ControllerServer:
 
         if request.replay:
             for event in core.event_log.since(request.after_seq):
-                if not event.numbered or visible_to(grant, event):
-                    link.send(native.EventNotice(request_id=rid, event=event))
+                if not event.numbered:  # a GAP: told as this controller's, now
+                    event = replace(
+                        event, serial=core.serial, controller=core.name, time_ns=time.time_ns()
+                    )
+                elif not visible_to(grant, event):
+                    continue
+                link.send(native.EventNotice(request_id=rid, event=event))
         link.sinks.append(sink)
         core.add_sink(sink)
         last = core.event_log.last_seq

@@ -46,8 +46,9 @@ class EventFilter:
 
     def shows(self, event: Event) -> bool:
         """An event about a device or group shows only if it is the group's; one about
-        neither (a link, a start) shows if its controller holds a device of the group."""
-        if not self.group:
+        neither (a link, a start) shows if its controller holds a device of the group; a GAP
+        always shows."""
+        if not self.group or event.kind is EventKind.GAP:  # a loss is always news
             return True
         if event.device:
             return event.device in self.addresses
@@ -92,9 +93,11 @@ def channels_of(sessions: Iterable[HostSession]) -> dict[str, Channel]:
     return {name: ch for session in sessions for name, ch in session.channels.items()}
 
 
-async def recent(channels: dict[str, Channel]) -> tuple[list[Event], dict[str, str]]:
-    """Every event each controller keeps, oldest first by time; and the controllers that
-    could not be asked, with why."""
+async def recent(
+    channels: dict[str, Channel], shown: EventFilter
+) -> tuple[list[Event], dict[str, str]]:
+    """Every event each controller keeps that `shown` shows, oldest first by time; and the
+    controllers that could not be asked, with why."""
 
     async def one(name: str, channel: Channel) -> list[Event] | str:
         try:
@@ -104,7 +107,8 @@ async def recent(channels: dict[str, Channel]) -> tuple[list[Event], dict[str, s
         finally:
             await channel.close()
         # After 0, a GAP only says the oldest events are not kept any more: not news here.
-        return [e for e in subscription.take_replayed() if e.kind is not EventKind.GAP]
+        replayed = subscription.take_replayed()
+        return [e for e in replayed if e.kind is not EventKind.GAP and shown.shows(e)]
 
     names = sorted(channels)
     answers = await asyncio.gather(*(one(name, channels[name]) for name in names))
@@ -134,15 +138,18 @@ async def follow(
     *,
     on_event: Callable[[Event], None],
     on_retry: Callable[[str, float, str], None],
+    shown: EventFilter,
     last: int | None = None,
 ) -> None:
-    """Pass on every event of every controller, forever (until cancelled): the kept ones
-    first (the last `last` of each; all when None), then live ones. Resumes after each
-    controller's last number whenever its stream ends."""
+    """Pass on every event of every controller that `shown` shows, forever (until
+    cancelled): the kept ones first (the last `last` of each; all when None), then live ones.
+    Resumes after each controller's last number whenever its stream ends."""
     try:
         async with asyncio.TaskGroup() as tasks:
             for name, channel in sorted(channels.items()):
-                follower = _Follower(name, channel, on_event=on_event, on_retry=on_retry)
+                follower = _Follower(
+                    name, channel, on_event=on_event, on_retry=on_retry, shown=shown
+                )
                 tasks.create_task(follower.run(last), name=f"events {name}")
     finally:
         for channel in channels.values():
@@ -159,9 +166,11 @@ class _Follower:
         *,
         on_event: Callable[[Event], None],
         on_retry: Callable[[str, float, str], None],
+        shown: EventFilter,
     ) -> None:
         self.name = name
         self.channel = channel
+        self.shown = shown
         self.on_event = on_event
         self.on_retry = on_retry
         self.last_seq: int | None = None
@@ -191,15 +200,19 @@ class _Follower:
         first = self.last_seq is None
         subscription = await self.channel.subscribe(after_seq=self.last_seq or 0)
         replay = subscription.take_replayed()
+        passed = list(replay)
         if first:
-            # After 0, a GAP only says the oldest events are not kept any more: not news.
-            replay = [e for e in replay if e.kind is not EventKind.GAP]
+            # After 0, a GAP only says the oldest events are not kept any more: not news;
+            # and only the last `backlog` of the events shown are passed on.
+            passed = [e for e in replay if e.kind is not EventKind.GAP and self.shown.shows(e)]
             if backlog is not None:
-                for event in replay[: max(0, len(replay) - backlog)]:
-                    self._advance(event)
-                replay = replay[max(0, len(replay) - backlog) :]
-        for event in replay:
-            self._pass_on(event)
+                passed = passed[max(0, len(passed) - backlog) :]
+        chosen = {id(e) for e in passed}
+        for event in replay:  # in order: the position moves past every one
+            if id(event) in chosen:
+                self._pass_on(event)
+            else:
+                self._advance(event)
         if self.last_seq is None or self.last_seq < subscription.live_after_seq:
             self.last_seq = subscription.live_after_seq
         async for event in subscription:
@@ -219,4 +232,5 @@ class _Follower:
         if event.numbered and self.last_seq is not None and event.seq <= self.last_seq:
             return  # passed on already (never expected: the controller replays after it)
         self._advance(event)
-        self.on_event(event)
+        if self.shown.shows(event):
+            self.on_event(event)
