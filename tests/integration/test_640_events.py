@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 from mirror_world import build, stop, two_group_catalog
 
-from common import HOST, run_remcopy
+from common import HOST, SECRET, run_remcopy
+from remcopy.events import EventKind
+from remcopy.host.channel import Channel
 
 LINE_TIMEOUT_S = 60.0
 
@@ -183,3 +185,18 @@ async def test_events_follow_resumes_after_a_controller_restart(world, catalog):
     other = _by_serial(follower.events, world.primaries[1].serial)
     assert _numbered_without_holes(other)
     assert [e["kind"] for e in other[-2:]] == ["stop", "start"]
+
+
+async def test_subscribe_past_the_last_number_is_told_a_gap(world):
+    """A subscriber resuming after a number the controller never reached (its event log
+    lost its end) gets a GAP naming the controller's last number, then the live stream."""
+    p0 = world.primaries[0]
+    async with Channel(p0.address, name=HOST, secret=SECRET) as channel:
+        subscription = await channel.subscribe(after_seq=10**12)
+        (gap,) = subscription.take_replayed()
+        assert (gap.kind, gap.serial, gap.controller) == (EventKind.GAP, p0.serial, "cntla0")
+        assert gap.seq == subscription.live_after_seq >= 1  # its start, at least
+        assert gap.detail == {"lost_from": gap.seq + 1, "asked_after": 10**12}
+        assert gap.time_ns > 0
+        resumed = await channel.subscribe(after_seq=gap.seq - 1)
+        assert [e.seq for e in resumed.take_replayed()] == [gap.seq]
