@@ -33,8 +33,9 @@ from remcopy.controller.process import (
     VolumeSpec,
     free_port,
 )
+from remcopy.events import Event
 from remcopy.host.channel import Channel, Subscription
-from remcopy.states import CopyMode
+from remcopy.states import CopyMode, PairState
 from remcopy.wire.native import PairItem, PairOp, PairOpReply
 
 T = TypeVar("T")
@@ -202,14 +203,14 @@ async def establish(
     return time.perf_counter() - started
 
 
-async def wait_duplex(events: Subscription, count: int) -> list[str]:
-    """The next `count` '-> DUPLEX' lines of the primary's event stream."""
-    lines: list[str] = []
+async def wait_duplex(events: Subscription, count: int) -> list[Event]:
+    """The next `count` STATE events to DUPLEX of the primary's event stream."""
+    found: list[Event] = []
     deadline = time.monotonic() + DUPLEX_TIMEOUT_S
-    while len(lines) < count:
+    while len(found) < count:
         left = max(0.1, deadline - time.monotonic())
-        lines.append(await events.wait_for(r" -> DUPLEX", timeout_s=left))
-    return lines
+        found.append(await events.wait_until(lambda e: e.new is PairState.DUPLEX, timeout_s=left))
+    return found
 
 
 async def run_qd(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import ssl
+from pathlib import Path
 
 from remcopy.controller.process import ControllerProcess
 from remcopy.wire import auth, native
@@ -78,3 +80,41 @@ class RawClient:
             await self.writer.wait_closed()
         except (OSError, ssl.SSLError):
             pass
+
+
+class NotifySocket:
+    """The service manager's end of sd_notify: a bound unix datagram socket (a path, or an
+    abstract name), what NOTIFY_SOCKET holds for it, and the messages that arrived."""
+
+    TIMEOUT_S = 30.0
+
+    def __init__(self, folder: Path, *, abstract: bool = False) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        if abstract:
+            name = f"remcopy-test-{os.getpid()}-{id(self)}"
+            self.sock.bind("\0" + name)
+            self.value = "@" + name
+        else:
+            path = folder / "notify.sock"
+            self.sock.bind(str(path))
+            self.value = str(path)
+        self.messages: list[dict[str, str]] = []
+
+    async def receive(self) -> dict[str, str]:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self.TIMEOUT_S):
+            data = await loop.sock_recv(self.sock, 4096)
+        message = dict(line.split("=", 1) for line in data.decode().splitlines())
+        self.messages.append(message)
+        return message
+
+    async def until(self, key: str) -> dict[str, str]:
+        """The next message that sets `key` (others, such as WATCHDOG=1, are passed over)."""
+        while True:
+            message = await self.receive()
+            if key in message:
+                return message
+
+    def close(self) -> None:
+        self.sock.close()

@@ -259,6 +259,12 @@ class TooManyConnections(ResourceError):
     retryable = True
 
 
+class EventsNotAsked(ResourceError):
+    """some controllers could not be asked for their events"""
+
+    code = 68
+
+
 class ControllerFailed(RemcopyError):
     """the controller stopped: a background task (replication, a copy, a timer) failed"""
 

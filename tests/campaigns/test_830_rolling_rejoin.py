@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import pytest
 
+from remcopy.events import EventKind
 from remcopy.states import PairState
 from remcopy.workload.campaigns import ACK_TIMEOUT_S
 from remcopy.workload.checker import check_image
 from remcopy.workload.faultworld import (
     ITERATION_TIMEOUT_S,
+    Arrival,
     Load,
     Shape,
     recorded,
@@ -45,17 +47,22 @@ async def test_a_primary_that_was_down_during_a_freeze_does_not_mirror_when_it_r
             w.links[0].stall()  # then cntla0's link: cntla0 holds and freezes the group
             addresses = {str(p.primary) for p in w.group.pairs if p.primary_controller != b.name}
 
-            def frozen(events: list) -> bool:
+            def frozen(arrivals: list[Arrival]) -> bool:
+                events = [a.event for a in arrivals]
                 left = {
-                    e.line.split()[1]
+                    e.device
                     for e in events
-                    if e.line.startswith("pair ") and " DUPLEX -> SUSPENDED" in e.line
+                    if e.old is PairState.DUPLEX
+                    and e.new in (PairState.SUSPENDED, PairState.SUSPENDED_ERROR)
                 }
-                incomplete = any(e.line.startswith("freeze-incomplete") for e in events)
+                incomplete = any(
+                    e.kind is EventKind.FREEZE and e.detail.get("phase") == "incomplete"
+                    for e in events
+                )
                 return addresses <= left and incomplete
 
             assert await recorder.wait(frozen, timeout_s=ITERATION_TIMEOUT_S), [
-                e.line for e in recorder.events
+                a.event.text for a in recorder.events
             ]
         await b.start()  # cntla1 comes back
         # Dependent writes across the three controllers, as a host goes on writing (those to

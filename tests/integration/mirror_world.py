@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import HOST, SECRET, MiB, host_tls_toml, site
+from common import HOST, SECRET, MiB, host_tls_toml, run_remcopy, site
 from remcopy.controller.process import (
     TESTING_ENV,
     ControllerProcess,
@@ -21,7 +21,7 @@ from remcopy.controller.process import (
 )
 from remcopy.errors import LateWrite
 from remcopy.host.channel import Channel
-from remcopy.states import CopyMode, FencePolicy
+from remcopy.states import CopyMode, FencePolicy, PairState
 from remcopy.wire.native import PairItem, PairOp, PairOpReply
 
 LINK_SECRET = "link-secret-a-b"
@@ -200,8 +200,8 @@ async def establish(world: World, index: int, mode: CopyMode, **kwargs: object) 
         all_ok(await ch.pair_op(PairOp.ESTABLISH, world.pair_items(index, mode, **kwargs)))
         duplex: set[str] = set()
         while len(duplex) < world.volumes:
-            line = await events.wait_for(r"-> DUPLEX")
-            duplex.add(line.split()[1])
+            event = await events.wait_until(lambda e: e.new is PairState.DUPLEX)
+            duplex.add(event.device)
 
 
 SLOT_BYTES = 4096
@@ -335,4 +335,24 @@ lss = "20"
 cca = "00"
 online = false
 """)
+    return path
+
+
+def two_group_catalog(root: Path, world: World) -> Path:
+    """A catalog of host hosta (host_file) with two groups of 4 pairs, established and
+    DUPLEX: PAYROLL on cntla0 and OTHER on cntla1, both to cntlb (a world of 2 primaries)."""
+    path = root / "catalog.db"
+    run_remcopy("host", "add", str(host_file(root, world)), catalog=path)
+    run_remcopy("scan", HOST, catalog=path)
+    for name, devices, secondaries in (
+        ("PAYROLL", "1A00-1A03", "2B00-2B03"),
+        ("OTHER", "1B00-1B03", "2B04-2B07"),
+    ):
+        definition = root / f"{name}.toml"
+        definition.write_text(
+            f'[group]\nname = "{name}"\n[[pairs]]\nhost = "{HOST}"\ndevices = "{devices}"\n'
+            f'secondary_devices = "{secondaries}"\n'
+        )
+        run_remcopy("group", "define", str(definition), catalog=path)
+        run_remcopy("group", "establish", name, "--host", HOST, "--wait", catalog=path)
     return path

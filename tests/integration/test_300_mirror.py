@@ -45,7 +45,7 @@ async def test_every_mode_makes_identical_volumes_under_load(world, mode):
         load = asyncio.create_task(_random_load(ch, devices, world.size_bytes, rng, 200))
         duplex = set()
         while len(duplex) < world.volumes:
-            duplex.add((await events.wait_for(r"-> DUPLEX")).split()[1])
+            duplex.add((await events.wait_until(lambda e: e.new is PairState.DUPLEX)).device)
         await load
         await _random_load(ch, devices, world.size_bytes, rng, 100)
         statuses = await ch.query(tuple(devices))

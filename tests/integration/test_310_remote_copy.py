@@ -149,7 +149,7 @@ async def test_changes_while_suspended_survive_kill_9_and_resume_copies_only_the
         all_ok(await ch.pair_op(PairOp.RESUME, items))
         duplex = set()
         while len(duplex) < world.volumes:
-            duplex.add((await events.wait_for(r"-> DUPLEX")).split()[1])
+            duplex.add((await events.wait_until(lambda e: e.new is PairState.DUPLEX)).device)
         copied = (await ch.status())["counters"]["bytes_copied"]
         assert copied == len(changed) * 65536, "resume copied more than the changed tracks"
         del before

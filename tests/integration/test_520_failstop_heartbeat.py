@@ -11,6 +11,7 @@ import pytest
 from mirror_world import all_ok, build, channel, digest, establish, stop
 
 from remcopy.errors import RemcopyError
+from remcopy.events import EventKind
 from remcopy.states import CopyMode, PairState
 from remcopy.wire.native import PairOp
 
@@ -54,8 +55,17 @@ async def test_a_dead_or_stopped_secondary_is_found_without_host_writes(tmp_path
                 await world.secondary.kill()
             left = set()
             while len(left) < world.volumes:
-                line = await events.wait_for(r"DUPLEX -> SUSPENDED_ERROR")
-                left.add(line.split()[1])
+                event = await events.wait_until(lambda e: e.new is PairState.SUSPENDED_ERROR)
+                assert event.old is PairState.DUPLEX
+                left.add(event.device)
+            # The link's failure is an event of its own, before the pairs' state changes.
+            failed = [
+                e for e in events.seen if e.kind in (EventKind.LINK_DOWN, EventKind.HEARTBEAT_LOSS)
+            ]
+            assert failed and failed[0].peer == "cntlb", events.seen
+            assert failed[0].seq < min(e.seq for e in events.seen if e.kind is EventKind.STATE)
+            if fault == "sigstop":  # alive but silent: only the heartbeat finds it
+                assert failed[0].kind is EventKind.HEARTBEAT_LOSS
             statuses = await ch.query((0x0A00, 0x0A01))
             assert {s.state for s in statuses} == {PairState.SUSPENDED_ERROR}
             counters = (await ch.status())["counters"]
@@ -148,7 +158,8 @@ async def test_an_armed_suspend_survives_kill_9_and_seals_at_T(tmp_path, volumes
             all_ok(await ch.pair_op(PairOp.RESUME, items))
             duplex: set[str] = set()
             while len(duplex) < volumes:
-                duplex.add((await events.wait_for(r"-> DUPLEX", timeout_s=60)).split()[1])
+                event = await events.wait_until(lambda e: e.new is PairState.DUPLEX, timeout_s=60)
+                duplex.add(event.device)
             ours = [await digest(ch, d, size) for d in written]
         async with channel(world.secondary) as sec:
             theirs = [await digest(sec, world.secondary_device(0, d & 0xFF), size) for d in written]

@@ -15,6 +15,7 @@ from test_500_group_ops import _group, _session
 
 from common import HOST, SECRET
 from remcopy.errors import LateWrite, RemcopyError, WriteProtected
+from remcopy.events import EventKind
 from remcopy.groups import run_operation
 from remcopy.states import CopyMode, PairState
 from remcopy.wire.native import PairItem, PairOp
@@ -205,8 +206,11 @@ async def test_a_sibling_that_cannot_be_reached_within_the_hold_is_reported(tmp_
                 else:
                     with pytest.raises(WriteProtected, match="freeze_unreachable is stop"):
                         await write
-                line = await sub.wait_for(r"^freeze-incomplete ")
-                assert f"unconfirmed={64016}" in line and f"policy={policy}" in line
+                event = await sub.wait_until(
+                    lambda e: e.kind is EventKind.FREEZE and e.detail["phase"] == "incomplete"
+                )
+                assert event.detail["unconfirmed"] == "64016"
+                assert event.detail["policy"] == policy
                 (status,) = await session.channels["cntla0"].query((0x0A00,))
                 assert status.state is PairState.SUSPENDED_ERROR
         finally:

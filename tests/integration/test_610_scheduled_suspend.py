@@ -15,6 +15,7 @@ from mirror_world import World, all_ok, build, channel, establish, host_file, st
 
 from common import HOST, run_remcopy
 from remcopy.errors import SuspendNotArmed, SuspendTimeInPast
+from remcopy.events import EventKind
 from remcopy.host.engine import EngineLimits
 from remcopy.states import CopyMode, PairState
 from remcopy.wire.native import PairOp
@@ -187,8 +188,11 @@ async def test_a_cancelled_suspend_is_skipped_at_T_and_the_pairs_stay_duplex(wor
         cli("group", "suspend", "DRILL", "--host", HOST, "--cancel", catalog=catalog)
         for stream in events:
             # The controller's own timer fires at T (on its clock) and finds nothing armed.
-            await stream.wait_for(rf"^suspend at={at_ns} skipped: disarmed on all 4 devices")
-            assert not [line for line in stream.seen if "-> SUSPENDED" in line], stream.seen
+            skipped = await stream.wait_until(
+                lambda e: e.kind is EventKind.DISARMED and e.cause == "skipped"
+            )
+            assert (skipped.at_ns, skipped.detail) == (at_ns, {"devices": 4})
+            assert not [e for e in stream.seen if e.new is PairState.SUSPENDED], stream.seen
         for ch in (ch0, ch1):
             for s in await ch.query(DEVICES):
                 assert (s.state, s.suspend_at_ns) == (PairState.DUPLEX, 0)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from mirror_world import build, host_file, stop
+from mirror_world import build, stop, two_group_catalog
 
 from common import HOST, run_remcopy
 
@@ -71,21 +71,7 @@ async def world(tmp_path):
 @pytest.fixture
 def catalog(world, tmp_path) -> Path:
     """Two groups of 4 pairs: PAYROLL on cntla0, OTHER on cntla1, both to cntlb; DUPLEX."""
-    path = tmp_path / "catalog.db"
-    cli("host", "add", str(host_file(tmp_path, world)), catalog=path)
-    cli("scan", HOST, catalog=path)
-    for name, devices, secondaries in (
-        ("PAYROLL", "1A00-1A03", "2B00-2B03"),
-        ("OTHER", "1B00-1B03", "2B04-2B07"),
-    ):
-        definition = tmp_path / f"{name}.toml"
-        definition.write_text(
-            f'[group]\nname = "{name}"\n[[pairs]]\nhost = "hosta"\ndevices = "{devices}"\n'
-            f'secondary_devices = "{secondaries}"\n'
-        )
-        cli("group", "define", str(definition), catalog=path)
-        cli("group", "establish", name, "--host", HOST, "--wait", catalog=path)
-    return path
+    return two_group_catalog(tmp_path, world)
 
 
 async def test_group_wait_returns_at_once_when_every_pair_is_there(catalog):

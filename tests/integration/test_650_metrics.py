@@ -215,8 +215,9 @@ async def test_metrics_count_holds_and_show_a_lost_secondary(world):
         await world.secondary.kill()
         left: set[str] = set()
         while len(left) < len(DEVICES):
-            line = await events.wait_for(r"DUPLEX -> SUSPENDED_ERROR")
-            left.add(line.split()[1])
+            event = await events.wait_for(r"DUPLEX -> SUSPENDED_ERROR")
+            assert event.device is not None
+            left.add(event.device)
         answers = {s.device: s for s in await ch.query(DEVICES)}
     found = await samples(primary)
     assert one(found, "remcopy_holds_total") - one(before, "remcopy_holds_total") == len(DEVICES)

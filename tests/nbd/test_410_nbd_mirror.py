@@ -59,7 +59,7 @@ async def _establish(sites: Sites, mode: CopyMode) -> None:
         _all_ok(await ch.pair_op(PairOp.ESTABLISH, tuple(_item(c, mode) for c in range(2))))
         duplex: set[str] = set()
         while len(duplex) < sites.volumes:
-            duplex.add((await events.wait_for(r"-> DUPLEX")).split()[1])
+            duplex.add((await events.wait_until(lambda e: e.new is PairState.DUPLEX)).device)
 
 
 @pytest.mark.parametrize("mode", [CopyMode.SYNC, CopyMode.ASYNC])

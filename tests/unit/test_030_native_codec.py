@@ -23,12 +23,14 @@ from remcopy.errors import (
     RemoteProtocolError,
     VersionMismatch,
 )
+from remcopy.events import Event, EventKind
 from remcopy.states import CopyMode, FencePolicy, PairRole, PairState
 from remcopy.wire import auth
 from remcopy.wire.native import (
     CLOSED,
     DEVICES_MAX,
     DOCUMENT_SIZE_MAX_BYTES,
+    EVENT_SIZE_MAX_BYTES,
     FRAME_SIZE_MAX_BYTES,
     IO_SIZE_MAX_BYTES,
     NAME_SIZE_MAX_BYTES,
@@ -81,8 +83,10 @@ from strategies import VOLSER_ALPHABET
 KIND_HELLO, KIND_CHALLENGE, KIND_PROOF, KIND_WELCOME, KIND_ERROR = 1, 2, 3, 4, 5
 KIND_IDENTIFY, KIND_IDENTIFY_REPLY, KIND_READ, KIND_READ_REPLY = 10, 11, 12, 13
 KIND_WRITE, KIND_WRITE_REPLY, KIND_FLUSH, KIND_FLUSH_REPLY = 14, 15, 16, 17
-KIND_QUERY, KIND_QUERY_REPLY, KIND_SUBSCRIBE, KIND_EVENT = 18, 19, 20, 21
+KIND_QUERY, KIND_QUERY_REPLY = 18, 19
 KIND_STATUS, KIND_STATUS_REPLY = 22, 23
+KIND_SUBSCRIBE, KIND_EVENT = 28, 29
+EVENT_KIND_CODES = {"state": 0, "hold": 1, "freeze": 2, "gap": 13, "subscribed": 14}
 FLAG_FUA = 0x01
 HEADER_BYTES = 16  # the whole header, length field included
 LENGTH_MIN = 12  # `length` counts the header after itself plus the body
@@ -342,6 +346,25 @@ STATUS_BYTES = (
     + struct.pack("!BBQQQB", 1, 1, 1024, 1_700_000_000_123_456_789, 1_700_000_000_000_000_001, 7)
     + b"suspend"
 )
+STATE_EVENT = Event(
+    kind=EventKind.STATE,
+    seq=41,
+    serial=SERIAL,
+    controller="ctl-east",
+    time_ns=1_700_000_000_000_000_001,
+    text="pair 64015:1A00:0A:3F DUPLEX -> SUSPENDED at=5 cause=suspend",
+    device="64015:1A00:0A:3F",
+    old=PairState.DUPLEX,
+    new=PairState.SUSPENDED,
+    cause="suspend",
+    at_ns=5,
+    detail={"op": "suspend"},
+)
+STATE_EVENT_BYTES = struct.pack("!QQIB", 41, 1_700_000_000_000_000_001, SERIAL, 0) + (
+    b'{"at_ns":5,"cause":"suspend","controller":"ctl-east","detail":{"op":"suspend"},'
+    b'"device":"64015:1A00:0A:3F","new":"SUSPENDED","old":"DUPLEX",'
+    b'"text":"pair 64015:1A00:0A:3F DUPLEX -> SUSPENDED at=5 cause=suspend"}'
+)
 
 CASES: list[tuple[Message, bytes]] = [
     (
@@ -422,10 +445,22 @@ CASES: list[tuple[Message, bytes]] = [
         QueryReply(request_id=11, statuses=(DeviceStatus(device=2),)),
         frame(KIND_QUERY_REPLY, b"\x00\x02" + b"\0" * 52 + NO_MORE_STATUS, request_id=11),
     ),
-    (SubscribeRequest(request_id=12), frame(KIND_SUBSCRIBE, request_id=12)),
+    (SubscribeRequest(request_id=12), frame(KIND_SUBSCRIBE, b"\0" * 9, request_id=12)),
     (
-        EventNotice(request_id=12, line="pair 64015:1A00:0A:3F DUPLEX -> SUSPENDED"),
-        frame(KIND_EVENT, b"pair 64015:1A00:0A:3F DUPLEX -> SUSPENDED", request_id=12),
+        SubscribeRequest(request_id=12, replay=True, after_seq=U64_MAX),
+        frame(KIND_SUBSCRIBE, b"\x01" + b"\xff" * 8, request_id=12),
+    ),
+    (
+        EventNotice(request_id=12, event=STATE_EVENT),
+        frame(KIND_EVENT, STATE_EVENT_BYTES, request_id=12),
+    ),
+    (
+        EventNotice(request_id=12, event=Event(kind=EventKind.SUBSCRIBED, seq=7, text="")),
+        frame(
+            KIND_EVENT,
+            struct.pack("!QQIB", 7, 0, 0, EVENT_KIND_CODES["subscribed"]) + b'{"text":""}',
+            request_id=12,
+        ),
     ),
     (StatusRequest(request_id=13), frame(KIND_STATUS, request_id=13)),
     (
@@ -458,7 +493,7 @@ def test_Connection_decodes_the_frame_layout(msg: Message, data: bytes) -> None:
 def test_cases_cover_every_message_kind() -> None:
     """The table holds at least one case for every frame kind of the protocol."""
     kinds = {value for name, value in globals().items() if name.startswith("KIND_")}
-    assert len(kinds) == 19
+    assert len(kinds) == 19  # 20 and 21 are retired
     assert {data[4] for _, data in CASES} == kinds
     assert {msg.KIND for msg, _ in CASES} == kinds
 
@@ -538,7 +573,10 @@ def test_ConnectionPair_handshake_as_a_peer_controller() -> None:
     assert pair.send(Side.CLIENT, SubscribeRequest(request_id=9)) == [
         SubscribeRequest(request_id=9)
     ]
-    notices = [EventNotice(request_id=9, line=f"change pair seq:{n}") for n in range(3)]
+    notices = [
+        EventNotice(request_id=9, event=Event(kind=EventKind.HOLD, seq=n, device=f"d{n}"))
+        for n in range(3)
+    ]
     assert pair.send(Side.SERVER, *notices) == notices
 
 
@@ -868,23 +906,70 @@ def test_encode_io_limits() -> None:
     assert len(encode(largest_reply)) == 4 + FRAME_SIZE_MAX_BYTES
 
 
-@pytest.mark.parametrize(
-    ("kind", "side"),
-    [(KIND_EVENT, Side.CLIENT), (KIND_ERROR, Side.CLIENT)],
-)
-def test_Connection_refuses_oversize_text(kind: int, side: Side) -> None:
-    """Text of TEXT_SIZE_MAX_BYTES + 1 bytes is refused in every text-carrying frame."""
-    conn = connection_at(side, 2)
-    prefix = b"\x00\x01" if kind == KIND_ERROR else b""
-    conn.receive_data(frame(kind, prefix + b" " * (TEXT_SIZE_MAX_BYTES + 1)))
+def test_Connection_refuses_oversize_text() -> None:
+    """Text of TEXT_SIZE_MAX_BYTES + 1 bytes is refused in an error frame."""
+    conn = connection_at(Side.CLIENT, 2)
+    conn.receive_data(frame(KIND_ERROR, b"\x00\x01" + b" " * (TEXT_SIZE_MAX_BYTES + 1)))
     with pytest.raises(RemoteProtocolError, match=f"text of {TEXT_SIZE_MAX_BYTES + 1} bytes"):
         conn.next_event()
 
 
-def test_Connection_accepts_text_at_the_limit() -> None:
-    """An event line of exactly TEXT_SIZE_MAX_BYTES bytes is accepted."""
-    line = "x" * TEXT_SIZE_MAX_BYTES
-    assert decode(EventNotice(), frame(KIND_EVENT, line.encode())) == EventNotice(line=line)
+def _event_body(fields_bytes: bytes, *, kind: int = 0) -> bytes:
+    return struct.pack("!QQIB", 1, 2, 3, kind) + fields_bytes
+
+
+def test_Connection_takes_an_event_of_EVENT_SIZE_MAX_BYTES_and_refuses_one_more() -> None:
+    """An event whose fields are EVENT_SIZE_MAX_BYTES is taken; one byte more is refused."""
+    filler = b'{"text":"' + b"x" * (EVENT_SIZE_MAX_BYTES - 11) + b'"}'
+    assert len(filler) == EVENT_SIZE_MAX_BYTES
+    event = Event(kind=EventKind.STATE, seq=1, time_ns=2, serial=3, text="x" * (len(filler) - 11))
+    assert decode(EventNotice(), frame(KIND_EVENT, _event_body(filler))) == EventNotice(event=event)
+    conn = connection_at(Side.CLIENT, 2)
+    conn.receive_data(frame(KIND_EVENT, _event_body(filler + b" ")))
+    with pytest.raises(RemoteProtocolError, match=f"event of {EVENT_SIZE_MAX_BYTES + 1} bytes"):
+        conn.next_event()
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (_event_body(b'{"text":1}'), "event field text must be a string"),
+        (_event_body(b'{"device":["x"]}'), "event field device must be a string"),
+        (_event_body(b'{"old":"BROKEN"}'), "event field old must be a pair state"),
+        (_event_body(b'{"at_ns":-1}'), "event field at_ns must be a whole number"),
+        (_event_body(b'{"at_ns":true}'), "event field at_ns must be a whole number"),
+        (_event_body(b'{"detail":{"a":[1]}}'), "event detail must be an object"),
+        (_event_body(b'{"detail":[]}'), "event detail must be an object"),
+        (_event_body(b"[]"), "expected a JSON object"),
+        (_event_body(b"{}", kind=200), "unknown event kind 200"),
+    ],
+)
+def test_Connection_refuses_an_event_with_a_field_of_the_wrong_type(
+    body: bytes, message: str
+) -> None:
+    """An event frame whose fields do not have their types is refused, naming the field."""
+    conn = connection_at(Side.CLIENT, 2)
+    conn.receive_data(frame(KIND_EVENT, body))
+    with pytest.raises(RemoteProtocolError, match=message):
+        conn.next_event()
+
+
+def test_Connection_ignores_event_fields_it_does_not_know() -> None:
+    """Fields a newer controller may add are ignored; the known ones are read."""
+    body = _event_body(b'{"device":"d","later":{"x":1},"text":"t"}', kind=1)
+    got = decode(EventNotice(), frame(KIND_EVENT, body))
+    assert got == EventNotice(
+        event=Event(kind=EventKind.HOLD, seq=1, time_ns=2, serial=3, device="d", text="t")
+    )
+
+
+@pytest.mark.parametrize(("kind", "side"), [(20, Side.SERVER), (21, Side.CLIENT)])
+def test_Connection_refuses_the_retired_free_text_event_kinds(kind: int, side: Side) -> None:
+    """Kinds 20 and 21 (free-text events) are retired: a frame of either is refused."""
+    conn = connection_at(side, 2)
+    conn.receive_data(frame(kind))
+    with pytest.raises(RemoteProtocolError, match=f"frame kind {kind} is not allowed"):
+        conn.next_event()
 
 
 def test_Connection_refuses_an_oversize_name() -> None:
@@ -942,7 +1027,9 @@ MALFORMED = [
     (Side.SERVER, 2, frame(KIND_READ, b"\x00" * 13), "malformed"),
     (Side.SERVER, 2, frame(KIND_WRITE, b"\x00" * 17), "malformed"),
     (Side.SERVER, 2, frame(KIND_STATUS, b"\x00"), "1 unexpected trailing bytes"),
-    (Side.SERVER, 2, frame(KIND_SUBSCRIBE, b"\x00"), "1 unexpected trailing bytes"),
+    (Side.SERVER, 2, frame(KIND_SUBSCRIBE, b"\x00"), "malformed"),
+    (Side.SERVER, 2, frame(KIND_SUBSCRIBE, b"\x00" * 10), "1 unexpected trailing bytes"),
+    (Side.SERVER, 2, frame(KIND_SUBSCRIBE, b"\x02" + b"\x00" * 8), "replay must be 0 or 1"),
     (Side.CLIENT, 1, frame(KIND_WELCOME, b"\x00\x00\x00"), "malformed"),
     (Side.CLIENT, 1, frame(KIND_ERROR, b"\x00\x01\xff"), "malformed"),
     (Side.CLIENT, 2, frame(KIND_IDENTIFY_REPLY, IDENTITY_BYTES[:-1]), "whole number of records"),
@@ -1152,8 +1239,34 @@ query_requests = st.builds(QueryRequest, request_id=request_ids, devices=device_
 query_replies = st.builds(
     QueryReply, request_id=request_ids, statuses=st.lists(device_statuses, max_size=5).map(tuple)
 )
-subscribe_requests = st.builds(SubscribeRequest, request_id=request_ids)
-event_notices = st.builds(EventNotice, request_id=request_ids, line=texts)
+subscribe_requests = st.builds(
+    SubscribeRequest, request_id=request_ids, replay=st.booleans(), after_seq=u64s
+)
+events = st.builds(
+    Event,
+    kind=st.sampled_from(EventKind),
+    seq=u64s,
+    serial=u32s,
+    controller=names,
+    time_ns=u64s,
+    text=texts,
+    device=names,
+    old=st.none() | st.sampled_from(PairState),
+    new=st.none() | st.sampled_from(PairState),
+    cause=names,
+    at_ns=u64s,
+    group=names,
+    peer=names,
+    detail=st.dictionaries(
+        st.text(max_size=10),
+        st.booleans()
+        | st.integers(min_value=-(2**63), max_value=U64_MAX)
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(max_size=20),
+        max_size=4,
+    ),
+)
+event_notices = st.builds(EventNotice, request_id=request_ids, event=events)
 status_requests = st.builds(StatusRequest, request_id=request_ids)
 status_replies = st.builds(
     StatusReply,

@@ -11,6 +11,7 @@ from common import controller_spec
 from remcopy.controller.config import load_controller_config
 from remcopy.controller.core import Controller
 from remcopy.errors import DeviceNotFound, IllegalTransition, WriteProtected
+from remcopy.events import Event, EventKind
 from remcopy.states import PairAction, PairRole, PairState
 
 
@@ -22,10 +23,11 @@ def _controller(tmp_path: Path) -> Controller:
 
 
 def test_Controller_commit_states_persists_and_announces(tmp_path: Path):
-    """A committed change is in the state file and announced as one greppable line."""
+    """A committed change is in the state store, and recorded as one numbered STATE event
+    (with its greppable line) that a reopened controller still has."""
     controller = _controller(tmp_path)
-    lines: list[str] = []
-    controller.add_sink(lines.append)
+    events: list[Event] = []
+    controller.add_sink(events.append)
 
     def as_primary(info):
         info.role = PairRole.PRIMARY
@@ -33,15 +35,29 @@ def test_Controller_commit_states_persists_and_announces(tmp_path: Path):
     controller.commit_states(
         {0x0A00: (PairAction.ESTABLISH, as_primary)}, cause="establish", at_ns=123
     )
-    assert len(lines) == 1
+    (event,) = events
+    assert (event.kind, event.seq, event.serial, event.controller) == (
+        EventKind.STATE,
+        1,
+        64015,
+        controller.name,
+    )
+    assert (event.device, event.old, event.new, event.cause, event.at_ns) == (
+        "64015:1A00:0A:00",
+        PairState.SIMPLEX,
+        PairState.PENDING,
+        "establish",
+        123,
+    )
     assert re.fullmatch(
-        r"pair 64015:1A00:0A:00 SIMPLEX -> PENDING at=123 cause=establish", lines[0]
-    ), lines[0]
+        r"pair 64015:1A00:0A:00 SIMPLEX -> PENDING at=123 cause=establish", event.text
+    ), event.text
     controller.close()
     again = _controller(tmp_path)
     assert again.devices[0x0A00].pair.state is PairState.PENDING
     assert again.devices[0x0A00].pair.role is PairRole.PRIMARY
     assert again.devices[0x0A01].pair.state is PairState.SIMPLEX
+    assert again.event_log.since(0) == [event]
     again.close()
 
 

@@ -35,10 +35,12 @@ def serve(config: Path) -> None:
     """
     if logging.getLogger().level > logging.INFO:
         logging.getLogger().setLevel(logging.INFO)  # a daemon logs its state changes
+    from remcopy import logformat
     from remcopy.controller.core import Controller  # the daemon's code: only for `serve`
     from remcopy.controller.server import run_controller
 
     ctl = Controller.from_config_file(config)
+    logformat.use(ctl.config.controller.log_format)
     aio.run(run_controller(ctl))
 
 

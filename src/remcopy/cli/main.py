@@ -38,6 +38,11 @@ COMMANDS: Final = {
         attribute="demo",
         help="Run a whole disaster-recovery drill on real controller processes.",
     ),
+    "events": LazyCommand(
+        module="remcopy.cli.events",
+        attribute="events",
+        help='Print the controllers\' events, one JSON line each (`"schema": 1`).',
+    ),
     "group": LazyCommand(
         module="remcopy.cli.group",
         attribute="group",
@@ -118,12 +123,12 @@ def cli(verbose: int) -> None:
       remcopy controller status 127.0.0.1:7401 --controller cntl1 --name hosta \\
           --pki site-pki --secret-file hosta.secret
     """
+    from remcopy.logformat import OneLineFormatter
+
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(
-        level=max(level, logging.DEBUG),
-        stream=sys.stderr,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter())  # a record is one line (docs/operations.md)
+    logging.basicConfig(level=max(level, logging.DEBUG), handlers=[handler])
 
 
 def fail(message: str) -> None:

@@ -47,7 +47,11 @@ def emit_json(document: Any) -> None:
     if isinstance(document, dict):
         document = {**document, "schema": SCHEMA_VERSION}
     _emitted = True
-    data = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+    _write_stdout((json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _write_stdout(data: bytes) -> None:
+    """All of `data` on stdout, after what Python's stdout holds (see emit_json)."""
     sys.stdout.flush()  # nothing else belongs on stdout; if something was, it goes first
     try:
         fd = sys.stdout.fileno()
@@ -69,6 +73,12 @@ def error_json(message: str, exit_code: int) -> None:
     `{"schema": 1, "error": MESSAGE, "exit_code": CODE}` (the message also goes to stderr)."""
     if not _emitted:
         emit_json({"error": message, "exit_code": exit_code})
+
+
+def emit_json_line(document: dict[str, Any]) -> None:
+    """One JSON object on one line of stdout, written at once (a stream of documents, as
+    `remcopy events` prints them; each carries its own `schema`)."""
+    _write_stdout((json.dumps(document, sort_keys=True, separators=(",", ":")) + "\n").encode())
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -191,6 +191,9 @@ class ControllerSection(_Strict):
     the host channel retries) or keeps waiting (NBD). None: the lag may grow without bound."""
     max_lag_delay_s: float = Field(default=0.05, gt=0, le=10)
     """How long a write over max_lag_s waits for the lag to fall before it is answered busy."""
+    log_format: Literal["text", "json"] = "text"
+    """Each log record is one line: "text" (`TIME LOGGER LEVEL MESSAGE`, control characters
+    escaped) or "json" (one JSON object per line, for a log collector)."""
     freeze_unreachable: Literal["go", "stop"] = "go"
     """A sibling primary not confirmed armed within hold_s: "go" releases the held writes
     (change-recorded; the group is reported not consistent), "stop" refuses them until an

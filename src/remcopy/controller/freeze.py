@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from remcopy.errors import InputError, RemcopyError, SuspendTimeInPast, WriteProtected
+from remcopy.events import EventKind
 from remcopy.states import PairAction, PairRole, PairState
 from remcopy.wire.native import PairOp, PairOpReply, PairOpRequest, PairResult
 
@@ -184,8 +185,13 @@ class Freezer:
             self.controller.commit_armed({r.device.key: keep for r in moving})
             self.arm_commit_ms[keep] = (time.perf_counter_ns() - started_ns) / 1e6
             self.seals[keep] = self.rep.ops._arm_timer(moving, keep)
-            self.controller.announce(
-                f"armed suspend at={keep} devices={len(moving)} group={group} cause=freeze"
+            self.controller.emit(
+                EventKind.ARMED,
+                f"armed suspend at={keep} devices={len(moving)} group={group} cause=freeze",
+                at_ns=keep,
+                group=group,
+                cause="freeze",
+                detail={"devices": len(moving)},
             )
         return keep
 
@@ -209,9 +215,13 @@ class Freezer:
             return PairOpReply(results=(), document={"at_ns": request.at_ns})
         kept = self.arm(group, request.at_ns, now_ns=time.time_ns())
         self.controller.counters["freezes_joined"] += 1
-        self.controller.announce(
-            f"freeze group={group} at={kept or request.at_ns} from={peer_serial} "
-            f"devices={len(self.group_runs(group))}"
+        devices = len(self.group_runs(group))
+        self.controller.emit(
+            EventKind.FREEZE,
+            f"freeze group={group} at={kept or request.at_ns} from={peer_serial} devices={devices}",
+            group=group,
+            at_ns=kept or request.at_ns,
+            detail={"phase": "joined", "from": peer_serial, "devices": devices},
         )
         return PairOpReply(results=_states(self.group_runs(group)), document={"at_ns": kept})
 
@@ -249,9 +259,15 @@ class Freezer:
         except SuspendTimeInPast as exc:
             log.error("freeze of group %s: %s", group, exc)
         freeze.at_ns = at_ns
-        self.controller.announce(
+        self.controller.emit(
+            EventKind.FREEZE,
             f"freeze group={group} at={at_ns} trigger={trigger} siblings={len(siblings)} "
-            f'cause="{cause}"'
+            f'cause="{cause}"',
+            group=group,
+            at_ns=at_ns,
+            device=trigger,
+            cause=cause,
+            detail={"phase": "started", "siblings": len(siblings)},
         )
         confirmed: dict[int, int] = {}
         proposals = 0
@@ -285,15 +301,28 @@ class Freezer:
         elapsed_ms = (time.time_ns() - started_ns) / 1e6
         if freeze.unconfirmed:
             self.controller.counters["freezes_incomplete"] += 1
-            self.controller.announce(
+            unconfirmed = ",".join(str(s) for s in sorted(freeze.unconfirmed))
+            self.controller.emit(
+                EventKind.FREEZE,
                 f"freeze-incomplete group={group} at={freeze.at_ns} "
-                f"unconfirmed={','.join(str(s) for s in sorted(freeze.unconfirmed))} "
-                f"policy={self.unreachable}: the group may not be consistent"
+                f"unconfirmed={unconfirmed} "
+                f"policy={self.unreachable}: the group may not be consistent",
+                group=group,
+                at_ns=freeze.at_ns,
+                detail={
+                    "phase": "incomplete",
+                    "unconfirmed": unconfirmed,
+                    "policy": self.unreachable,
+                },
             )
         else:
-            self.controller.announce(
+            self.controller.emit(
+                EventKind.FREEZE,
                 f"freeze group={group} at={freeze.at_ns} confirmed={len(siblings)}/"
-                f"{len(siblings)} ms={elapsed_ms:.1f}"
+                f"{len(siblings)} ms={elapsed_ms:.1f}",
+                group=group,
+                at_ns=freeze.at_ns,
+                detail={"phase": "confirmed", "siblings": len(siblings), "ms": elapsed_ms},
             )
         freeze.confirmed.set_result(set(confirmed))
 
@@ -368,9 +397,12 @@ class Freezer:
         members = self.controller.groups[group]
         siblings = [m for m in members if m != self.controller.serial]
         grace_s = self.controller.config.controller.link_start_grace_s
-        self.controller.announce(
+        self.controller.emit(
+            EventKind.REJOIN,
             f"rejoin group={group} devices={len(runs)} siblings={len(siblings)}: host writes "
-            "wait until the siblings say whether the group froze meanwhile"
+            "wait until the siblings say whether the group froze meanwhile",
+            group=group,
+            detail={"phase": "asking", "devices": len(runs), "siblings": len(siblings)},
         )
         answers: dict[int, PairOpReply] = {}
         with contextlib.suppress(TimeoutError):
@@ -393,24 +425,36 @@ class Freezer:
             # the cut at T, in error; host writes from now on are change-recorded.
             at_ns = min(suspended)
             self._fail_at(runs, at_ns, cause="rejoin-frozen")
-            self.controller.announce(
+            self.controller.emit(
+                EventKind.REJOIN,
                 f"rejoin group={group} frozen at={at_ns} by its siblings while this "
-                f"controller was down: {len(runs)} devices SUSPENDED_ERROR at T"
+                f"controller was down: {len(runs)} devices SUSPENDED_ERROR at T",
+                group=group,
+                at_ns=at_ns,
+                detail={"phase": "frozen", "devices": len(runs)},
             )
         elif len(answers) == len(siblings):
-            self.controller.announce(f"rejoin group={group}: the group mirrors: released")
+            self.controller.emit(
+                EventKind.REJOIN,
+                f"rejoin group={group}: the group mirrors: released",
+                group=group,
+                detail={"phase": "released"},
+            )
         else:
             missing = ",".join(str(s) for s in siblings if s not in answers)
             if self.unreachable == "stop":
                 self._fail_at(runs, 0, cause="rejoin-unconfirmed")
-            self.controller.announce(
+            self.controller.emit(
+                EventKind.REJOIN,
                 f"rejoin-incomplete group={group} unanswered={missing} "
                 f"policy={self.unreachable}: "
                 + (
                     "devices SUSPENDED_ERROR (nothing mirrored until resumed)"
                     if self.unreachable == "stop"
                     else "mirroring without knowing whether the group froze"
-                )
+                ),
+                group=group,
+                detail={"phase": "incomplete", "unanswered": missing, "policy": self.unreachable},
             )
 
     async def _ask(self, serial: int, group: str) -> PairOpReply | None:

@@ -37,6 +37,7 @@ from remcopy.errors import (
     SuspendTimeInPast,
     WriteProtected,
 )
+from remcopy.events import EventKind
 from remcopy.states import (
     OPERATION_PERMITTED,
     CopyMode,
@@ -306,7 +307,13 @@ class PairOperations:
             if pending is not None:
                 await pending
             arm_ms = (time.perf_counter_ns() - arm_started_ns) / 1e6
-            self.rep.controller.announce(f"armed suspend at={at_ns} devices={len(armed)}")
+            self.rep.controller.emit(
+                EventKind.ARMED,
+                f"armed suspend at={at_ns} devices={len(armed)}",
+                at_ns=at_ns,
+                cause="suspend",
+                detail={"devices": len(armed)},
+            )
             sealed = self._arm_timer(armed, at_ns)
         if (armed or joined) and request.options.get("answer") == "armed":
             # A scheduled suspend: answered now, bounded by the host's request timeout; the
@@ -416,8 +423,12 @@ class PairOperations:
         Only devices still armed for this T: one cancelled or re-armed since is skipped."""
         still_armed = [run for run in runs if run.device.pair.suspend_at_ns == at_ns]
         if not still_armed:
-            self.rep.controller.announce(
-                f"suspend at={at_ns} skipped: disarmed on all {len(runs)} devices"
+            self.rep.controller.emit(
+                EventKind.DISARMED,
+                f"suspend at={at_ns} skipped: disarmed on all {len(runs)} devices",
+                at_ns=at_ns,
+                cause="skipped",
+                detail={"devices": len(runs)},
             )
             if not done.done():
                 done.set_result({"at_ns": at_ns, "disarmed": len(runs)})
@@ -610,7 +621,13 @@ class PairOperations:
             self.rep.controller.commit_armed(dict.fromkeys(disarmed, 0))
             for at_ns in sorted(set(disarmed.values())):
                 count = sum(1 for t in disarmed.values() if t == at_ns)
-                self.rep.controller.announce(f"disarmed suspend at={at_ns} devices={count}")
+                self.rep.controller.emit(
+                    EventKind.DISARMED,
+                    f"disarmed suspend at={at_ns} devices={count}",
+                    at_ns=at_ns,
+                    cause="cancel",
+                    detail={"devices": count},
+                )
         by_peer: dict[int, list[DeviceRun]] = {}
         for key, at_ns in disarmed.items():
             run = self.rep.runs[key]
@@ -920,8 +937,11 @@ class PairOperations:
 
     async def _shadow_copy(self, run: DeviceRun, target: Device) -> None:
         source = run.device.volume
-        self.rep.controller.announce(
-            f"shadow {run.device.address} -> {target.address} started tracks={source.tracks}"
+        self.rep.controller.emit(
+            EventKind.SHADOW,
+            f"shadow {run.device.address} -> {target.address} started tracks={source.tracks}",
+            device=str(run.device.address),
+            detail={"phase": "started", "target": str(target.address), "tracks": source.tracks},
         )
         try:
             for track in range(source.tracks):
@@ -934,8 +954,11 @@ class PairOperations:
             await asyncio.to_thread(target.volume.flush)
         finally:
             run.shadow_running = False
-        self.rep.controller.announce(
-            f"shadow {run.device.address} -> {target.address} done tracks={source.tracks}"
+        self.rep.controller.emit(
+            EventKind.SHADOW,
+            f"shadow {run.device.address} -> {target.address} done tracks={source.tracks}",
+            device=str(run.device.address),
+            detail={"phase": "done", "target": str(target.address), "tracks": source.tracks},
         )
 
     # The secondary side: peer operations and updates...

@@ -46,6 +46,7 @@ class PeerLink:
         local_name: str,
         journal: Journal,
         on_broken: Callable[[PeerLink, RemcopyError], None],
+        on_up: Callable[[PeerLink], None] | None = None,
         ack_timeout_s: float = ACK_TIMEOUT_S_DEFAULT,
         tls: ssl.SSLContext | None = None,
     ) -> None:
@@ -55,16 +56,12 @@ class PeerLink:
         self.replayed = asyncio.Event()
         self.replayed.set()
         self.serial = peer.serial
-        self.channel = Channel(
-            peer.address,
-            name=local_name,
-            secret=peer.secret,
-            role=native.PeerRole.PEER,
-            tls=tls,
-            server_name=peer.name,
-            timeout_s=ack_timeout_s,
-        )
+        self.local_name = local_name
+        self._tls = tls
+        self._channel_peer = peer  # the settings self.channel connects with
+        self.channel = self._channel(peer)
         self._on_broken = on_broken
+        self._on_up = on_up
         self._queue: list[tuple[native.Update, asyncio.Future[None]]] = []
         self._flush_scheduled = False
         self._connecting: asyncio.Lock = asyncio.Lock()
@@ -80,6 +77,8 @@ class PeerLink:
         """The last stamp given to an update queued here, or W sent, whichever is later:
         every later update is stamped above it (consistency.py)."""
         self.watermarks_sent = 0
+        self.heartbeat_lost = False
+        """The last failure was a heartbeat not answered in time."""
 
     def __repr__(self) -> str:
         return (
@@ -95,9 +94,32 @@ class PeerLink:
                 return
             if self.channel.connected:
                 await self.channel.disconnect(f"after a failure: {self.broken}")
+            if self._channel_peer != self.peer:  # a reload changed its address or secret
+                old, self._channel_peer = self.channel, self.peer
+                self.channel = self._channel(self.peer)
+                await old.close()
             await self.channel.connect()
             self.broken = None
+            self.heartbeat_lost = False
             self.connected_once = True
+            if self._on_up is not None:
+                self._on_up(self)
+
+    def _channel(self, peer: PeerSection) -> Channel:
+        return Channel(
+            peer.address,
+            name=self.local_name,
+            secret=peer.secret,
+            role=native.PeerRole.PEER,
+            tls=self._tls,
+            server_name=peer.name,
+            timeout_s=self.ack_timeout_s,
+        )
+
+    def reconfigure(self, peer: PeerSection) -> None:
+        """A reload changed this peer's address or secret: used from the next connection (a
+        connection up now stays up)."""
+        self.peer = peer
 
     # Updates...
 
@@ -221,6 +243,7 @@ class PeerLink:
 
         def expired() -> None:
             if not reply.done():
+                self.heartbeat_lost = self.broken is None
                 reply.set_exception(
                     BrokenResourceError(
                         f"replication link to {self.peer.name}: no heartbeat answer within "

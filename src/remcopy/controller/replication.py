@@ -57,6 +57,7 @@ from remcopy.errors import (
     RemcopyError,
     WriteProtected,
 )
+from remcopy.events import EventKind
 from remcopy.states import (
     CopyMode,
     FencePolicy,
@@ -232,6 +233,12 @@ class Replicator:
         except RemcopyError as exc:  # logged, never silent: this is a failure of `name` alone
             self.counters["task_failures"] = self.counters.get("task_failures", 0) + 1
             log.error("background task %s failed: %s", name, exc)
+            self.controller.emit(
+                EventKind.ERROR,
+                f"error: background task {name} failed: {exc}",
+                cause=name,
+                detail={"error": str(exc)},
+            )
         except Exception as exc:
             raise ControllerFailed(
                 f"controller {self.controller.name}: background task {name!r} failed: "
@@ -399,9 +406,13 @@ class Replicator:
             up_s = (time.time_ns() - self.controller.started_ns) / 1e9
             if not link.connected_once and up_s < grace_s:
                 # Just started, and the peer perhaps not yet: try again next beat.
-                self.controller.announce(
+                self.controller.emit(
+                    EventKind.LINK_DOWN,
                     f"link {link.peer.name} not up yet: retrying for "
-                    f"{grace_s - up_s:.1f} s more (link_start_grace_s): {exc}"
+                    f"{grace_s - up_s:.1f} s more (link_start_grace_s): {exc}",
+                    peer=link.peer.name,
+                    cause="not-up-yet",
+                    detail={"serial": link.serial, "error": str(exc)},
                 )
                 return
             link.mark_broken(exc)
@@ -423,14 +434,41 @@ class Replicator:
                 local_name=self.controller.name,
                 journal=journal,
                 on_broken=self._link_broken,
+                on_up=self._link_up,
                 ack_timeout_s=self.ack_timeout_s,
                 tls=self.tls,
             )
             self.links[serial] = link
         return link
 
+    def peers_reloaded(self) -> None:
+        """The config's peers changed (a reload): each link takes its peer's new settings."""
+        by_serial = {p.serial: p for p in self.controller.peers.values()}
+        for serial, link in self.links.items():
+            peer = by_serial.get(serial)
+            if peer is not None:
+                link.reconfigure(peer)
+
+    def _link_up(self, link: PeerLink) -> None:
+        self.controller.emit(
+            EventKind.LINK_UP,
+            f"link {link.peer.name} up serial={link.serial}",
+            peer=link.peer.name,
+            detail={"serial": link.serial},
+        )
+
     def _link_broken(self, link: PeerLink, exc: RemcopyError) -> None:
         self.counters["link_errors"] += 1
+        if link.heartbeat_lost:
+            kind, what = EventKind.HEARTBEAT_LOSS, "heartbeat lost"
+        else:
+            kind, what = EventKind.LINK_DOWN, "down"
+        self.controller.emit(
+            kind,
+            f"link {link.peer.name} {what}: {exc}",
+            peer=link.peer.name,
+            detail={"serial": link.serial, "error": str(exc)},
+        )
         failed = [
             run
             for run in self.runs.values()
@@ -452,9 +490,14 @@ class Replicator:
             run.held = asyncio.Event()
             run.held_since_ns = time.time_ns()
             self.counters["holds"] += 1
-            self.controller.announce(
+            self.controller.emit(
+                EventKind.HOLD,
                 f"hold {run.device.address} cause=replication-error "
-                f'hold_s={self.hold_s} error="{exc}"'
+                f'hold_s={self.hold_s} error="{exc}"',
+                device=str(run.device.address),
+                cause="replication-error",
+                group=pair.group,
+                detail={"hold_s": self.hold_s, "error": str(exc)},
             )
             handle = asyncio.get_running_loop().call_later(
                 self.hold_s, self._hold_expired, run, run.held, exc

@@ -47,19 +47,23 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final, cast
 
-from remcopy import tls
+from remcopy import logformat, tls
 from remcopy.configfile import format_address
 from remcopy.controller.admission import Admission
 from remcopy.controller.authlimit import FailureLimiter
-from remcopy.controller.core import Controller, EventSink, HostGrant
+from remcopy.controller.config import load_controller_config
+from remcopy.controller.core import Controller, EventSink, HostGrant, visible_to
 from remcopy.controller.latency import Latency
 from remcopy.controller.logsafe import escape_name
 from remcopy.controller.nbd_server import NbdServer
+from remcopy.controller.notify import ServiceNotifier
+from remcopy.controller.reload import plan_reload
 from remcopy.controller.replication import Replicator
 from remcopy.controller.tlscontext import server_context
 from remcopy.controller.volume import Volume
 from remcopy.errors import (
     AuthenticationFailed,
+    ConfigError,
     ControllerFailed,
     DeviceNotAllowed,
     NotOffered,
@@ -71,6 +75,7 @@ from remcopy.errors import (
 )
 
 __all__ = ["ControllerServer", "ListenError", "escape_name", "run_controller"]
+from remcopy.events import Event, EventKind
 from remcopy.wire import auth, native
 from remcopy.wire.native import Side
 
@@ -438,6 +443,7 @@ class ControllerServer:
         }
         self.metrics: MetricsEndpoint | None = None  # /metrics, when metrics_listen is set
         self.metrics_address: tuple[str, int] | None = None
+        self.notifier = ServiceNotifier()  # systemd's sd_notify, when NOTIFY_SOCKET is set
 
     def __repr__(self) -> str:
         return f"<ControllerServer {self.controller.name} links={len(self._links)}>"
@@ -471,8 +477,16 @@ class ControllerServer:
             if self.metrics is not None:
                 self.metrics.close()
             raise
+        self.controller.emit(
+            EventKind.START,
+            f"controller {self.controller.name} started serial={self.controller.serial} "
+            f"listen={format_address(self.address)}",
+        )
         if ready is not None:
             ready(self.address)
+        self.notifier.ready(
+            f"serving {len(self.controller.devices)} volumes on {format_address(self.address)}"
+        )
         # Fail-stop: the replicator and the NBD export run in the server's TaskGroup. If one
         # fails, the group cancels everything else and serve() raises ControllerFailed: the
         # controller exits non-zero (a service manager restarts it); it never goes on serving
@@ -492,6 +506,8 @@ class ControllerServer:
                 # /metrics: answered on this loop, stopped with the native server.
                 if self.metrics is not None:
                     tasks.create_task(self.metrics.serve(), name="metrics")
+                # --- service manager: WATCHDOG=1 while the loop turns ---
+                watchdog = tasks.create_task(self.notifier.keep_alive(), name="watchdog")
                 early, self._early = self._early, []
                 for link in early:
                     self._drive(link)
@@ -506,16 +522,23 @@ class ControllerServer:
                 replication.cancel()
                 await asyncio.wait([replication])
                 writer.cancel()  # it commits what is still queued first
+                watchdog.cancel()
         except BaseExceptionGroup as group:
             raise _failure_of(group) from None  # the CLI prints it: one line, exit 1
         finally:
             self._tasks = None
             self._flush_all()
             self.replicator.close()
+            self.notifier.close()
 
     async def _shut_down(self, server: asyncio.Server | _TlsListener) -> None:
         """SIGTERM: stop accepting, answer what was read (within the grace), then close."""
         server.close()
+        self.notifier.stopping()
+        # Subscribers see it before their connection ends: it is handed out at the end of
+        # this loop step, so let that step end first.
+        self.controller.emit(EventKind.STOP, f"controller {self.controller.name} stopping")
+        await asyncio.sleep(0)
         if self.nbd is not None:
             self.nbd.stop()
         for link in list(self._links):
@@ -532,6 +555,47 @@ class ControllerServer:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def reload(self) -> None:
+        """SIGHUP: read the config again; apply what changes live, say in the log (a line
+        each) what changed and what needs a restart; a config that does not load is refused
+        whole, the running one kept (controller/reload.py)."""
+        core = self.controller
+        path = core.config_path
+        if path is None:
+            log.warning("reload: this controller was not started from a config file: nothing to do")
+            return
+        self.notifier.reloading()
+        try:
+            try:
+                new = load_controller_config(path)
+            except ConfigError as exc:
+                log.error("reload: %s refused, the running config is kept: %s", path, exc)
+                return
+            plan = plan_reload(core.config, new)
+            core.reconfigure(plan.config)
+            for link in list(self._links):
+                grant = link.grant
+                if grant is None or grant.is_peer:
+                    continue
+                if grant.name in plan.hosts_closed:
+                    link.abort()
+                elif grant.name in plan.hosts_regranted:
+                    link.grant = core.hosts[grant.name]
+            self.replicator.peers_reloaded()
+            logformat.use(plan.config.controller.log_format)
+            for line in plan.applied:
+                log.info("reload: %s", line)
+            for line in plan.restart:
+                log.warning("reload: %s", line)
+            log.info(
+                "reload: %s: %d changes applied, %d need a restart",
+                path,
+                len(plan.applied),
+                len(plan.restart),
+            )
+        finally:
+            self.notifier.ready(f"serving {len(core.devices)} volumes (reloaded)")
 
     async def _start_nbd(self) -> None:
         # --- NBD export (controller/nbd_server.py, docs/nbd.md) ---
@@ -895,7 +959,7 @@ class ControllerServer:
                 case native.StatusRequest():
                     reply = native.StatusReply(request_id=rid, document=core.status(grant))
                 case native.SubscribeRequest():
-                    self._subscribe(link, rid)
+                    self._subscribe(link, grant, msg)
                     return None
                 case _:
                     raise RemcopyInternalError(f"no handler for {type(msg).__name__}")
@@ -978,23 +1042,49 @@ class ControllerServer:
             log.warning("refused request from %s: %s", link.client, exc)
         return native.ErrorReply(request_id=rid, code=exc.code, message=str(exc))
 
-    def _subscribe(self, link: _Link, rid: int) -> None:
+    def _subscribe(self, link: _Link, grant: HostGrant, request: native.SubscribeRequest) -> None:
+        """Replay what the subscriber missed (if asked), say SUBSCRIBED, then go live. All in
+        one loop step, so no event falls between the replay and the live stream."""
         transport = link.transport
         assert transport is not None
+        rid = request.request_id
+        core = self.controller
 
-        def sink(line: str) -> None:
+        def sink(event: Event) -> None:
             if transport.is_closing():
-                self.controller.remove_sink(sink)
+                core.remove_sink(sink)
             elif transport.get_write_buffer_size() > SUBSCRIBER_BUFFER_MAX_BYTES:
                 log.warning("dropped slow event subscriber %s", link.client)
-                self.controller.remove_sink(sink)
+                core.remove_sink(sink)
                 transport.close()
-            else:
-                link.send(native.EventNotice(request_id=rid, line=line))
+            elif visible_to(link.grant or grant, event):  # a reload may change the grant
+                link.send(native.EventNotice(request_id=rid, event=event))
 
+        if request.replay:
+            for event in core.event_log.since(request.after_seq):
+                if not event.numbered:  # a GAP: told as this controller's, now
+                    event = replace(
+                        event, serial=core.serial, controller=core.name, time_ns=time.time_ns()
+                    )
+                elif not visible_to(grant, event):
+                    continue
+                link.send(native.EventNotice(request_id=rid, event=event))
         link.sinks.append(sink)
-        self.controller.add_sink(sink)
-        link.send(native.EventNotice(request_id=rid, line=f"subscribed {self.controller.name}"))
+        core.add_sink(sink)
+        last = core.event_log.last_seq
+        link.send(
+            native.EventNotice(
+                request_id=rid,
+                event=Event(
+                    kind=EventKind.SUBSCRIBED,
+                    seq=last,
+                    serial=core.serial,
+                    controller=core.name,
+                    time_ns=time.time_ns(),
+                    text=f"subscribed {core.name} last={last}",
+                ),
+            )
+        )
 
 
 def _failure_of(group: BaseExceptionGroup[BaseException]) -> RemcopyError:
@@ -1037,6 +1127,7 @@ async def run_controller(controller: Controller, *, announce_ready: bool = True)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, server.stop)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
 
     def ready(address: tuple[str, int]) -> None:
         if announce_ready:

@@ -22,6 +22,7 @@ from remcopy.catalog import Catalog
 from remcopy.controller.process import ControllerProcess
 from remcopy.demo.world import DemoWorld, plan_world, write_files
 from remcopy.errors import RemcopyError
+from remcopy.events import Event, EventKind
 from remcopy.groups.freeze import watch_and_freeze
 from remcopy.groups.model import Group
 from remcopy.groups.operations import (
@@ -466,7 +467,7 @@ async def _shadow(
     d: Drill, b: HostSession, group: Group, tertiaries: dict[str, HardwareAddress]
 ) -> int:
     """Start every shadow copy (one request per secondary controller), wait for each one's
-    `shadow ... done` event line."""
+    SHADOW event with phase done."""
     controllers = sorted({p.secondary_controller for p in group.pairs})
     expected = {c: sum(1 for p in group.pairs if p.secondary_controller == c) for c in controllers}
     subs = {c: await b.channels[c].subscribe() for c in controllers}
@@ -477,11 +478,15 @@ async def _shadow(
     for controller, sub in subs.items():
         left = expected[controller]
         while left:
-            await sub.wait_for(r"^shadow .* done", timeout_s=600)
+            await sub.wait_until(_shadow_done, timeout_s=600)
             left -= 1
             done += 1
             d.progress("shadow", done, len(group.pairs))
     return done
+
+
+def _shadow_done(event: Event) -> bool:
+    return event.kind is EventKind.SHADOW and event.detail.get("phase") == "done"
 
 
 async def _freeze(d: Drill, a: HostSession, group: Group) -> GroupReport:

@@ -5,19 +5,17 @@
 # "long busy"). Nothing that depends on a held write can be issued yet, so if every other
 # pair of the group is suspended at one T before the hold ends, no dependent write reaches
 # any secondary and the secondary site stays consistent — the analogue of a PPRC freeze.
-# The watcher listens to every primary controller's event stream for `hold ADDRESS` lines.
+# The watcher listens to every primary controller's event stream for a HOLD event.
 from __future__ import annotations
 
 import asyncio
-import re
 
+from remcopy.events import EventKind
 from remcopy.groups.model import Group
 from remcopy.groups.operations import GroupReport, plan, suspend
 from remcopy.host.channel import Subscription
 from remcopy.host.session import HostSession
 from remcopy.wire.native import PairOp
-
-_HOLD = re.compile(r"^hold (\S+)")
 
 
 async def watch_and_freeze(
@@ -36,10 +34,9 @@ async def watch_and_freeze(
     found: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     async def listen(sub: Subscription) -> None:
-        async for line in sub:
-            match = _HOLD.match(line)
-            if match and match.group(1) in primaries and not found.done():
-                found.set_result(match.group(1))
+        async for event in sub:
+            if event.kind is EventKind.HOLD and event.device in primaries and not found.done():
+                found.set_result(event.device)
                 return
 
     listeners = [asyncio.ensure_future(listen(sub)) for sub in subscriptions]

@@ -3,14 +3,14 @@
 # Why: an administrator's script establishes a group, then must not go on before every pair is
 # DUPLEX; a runbook recovers, then waits for RECOVERED. Polling `group status` in a loop costs
 # one request per controller per turn, and it answers late or hammers the controllers. The
-# controllers already tell what changes: each announces `pair ADDRESS OLD -> NEW ...` on its
-# event stream (SUBSCRIBE) the moment a state change is committed.
+# controllers already tell what changes: each sends a STATE event naming the device on its
+# event stream (SUBSCRIBE, remcopy.events) the moment a state change is committed.
 #
 # Theory of operation:
 #   1. subscribe to every controller of the group's pairs that this host reaches, first;
 #   2. then read every pair's state once (`operations.status`): a change after the read is on a
 #      stream already live, so none is missed between the two;
-#   3. then sleep on the streams. Only a `pair` line naming an address of the group marks that
+#   3. then sleep on the streams. Only a STATE event naming an address of the group marks that
 #      pair for a re-read; a burst of lines (a suspend of thousands) is drained whole, then one
 #      re-read of the marked pairs goes out, one request per controller. A stream that ends
 #      (its controller went away) marks every pair it was watching, whose state is then read
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import Final
 
 from remcopy.catalog import Catalog
 from remcopy.errors import RemcopyError
+from remcopy.events import Event, EventKind
 from remcopy.groups.model import Group
 from remcopy.groups.operations import PairStatus, status
 from remcopy.groups.service import group_for_host
@@ -38,9 +38,7 @@ from remcopy.host.service import host_definition
 from remcopy.host.session import HostSession
 from remcopy.states import PairState
 
-# `pair 64015:1A00:0A:3F DUPLEX -> SUSPENDED at=... cause=suspend` (states.event_line).
-_PAIR_LINE: Final = re.compile(r"^pair (?P<address>\S+) (?P<old>[A-Z_]+) -> (?P<new>[A-Z_]+)\b")
-# Each stream's lines are handed to the waiter through one queue; None marks a stream's end.
+# Each stream's events are handed to the waiter through one queue; None marks a stream's end.
 _EVENT_QUEUE_MAX: Final = 1_000_000
 
 
@@ -56,7 +54,7 @@ class WaitReport:
     """Every pair was in `state` at the last read."""
     elapsed_s: float
     events: int
-    """Pair lines that named a pair of the group."""
+    """State events that named a pair of the group."""
     requeries: int
     """Re-reads after the first read (one request per controller each)."""
     not_subscribed: Mapping[str, str]
@@ -91,12 +89,11 @@ class WaitReport:
         }
 
 
-def named_pairs(line: str, index: Mapping[str, Sequence[int]]) -> Sequence[int]:
-    """The pairs (indices) an event line names: a `pair` line for either end's address."""
-    match = _PAIR_LINE.match(line)
-    if match is None:
+def named_pairs(event: Event, index: Mapping[str, Sequence[int]]) -> Sequence[int]:
+    """The pairs (indices) an event names: a STATE event for either end's address."""
+    if event.kind is not EventKind.STATE:
         return ()
-    return index.get(match["address"], ())
+    return index.get(event.device, ())
 
 
 def address_index(group: Group) -> dict[str, list[int]]:
@@ -150,7 +147,7 @@ async def wait_state(
     deadline = loop.time() + timeout_s
     held = _controllers(group)
     index = address_index(group)
-    queue: asyncio.Queue[tuple[str, str | None]] = asyncio.Queue(_EVENT_QUEUE_MAX)
+    queue: asyncio.Queue[tuple[str, Event | None]] = asyncio.Queue(_EVENT_QUEUE_MAX)
     subscriptions, not_subscribed = await _subscribe(session, held)
     states = list(await status(session, group))
     events = requeries = 0
@@ -182,11 +179,11 @@ async def wait_state(
                     marked: set[int] = set()
                     item = await queue.get()
                     while True:  # the whole burst, then one re-read
-                        controller, line = item
-                        if line is None:
+                        controller, event = item
+                        if event is None:
                             marked.update(held[controller])
                         else:
-                            named = named_pairs(line, index)
+                            named = named_pairs(event, index)
                             events += bool(named)
                             marked.update(named)
                         if queue.empty():
@@ -222,11 +219,11 @@ async def _subscribe(
 
 
 async def _forward(
-    name: str, subscription: Subscription, queue: asyncio.Queue[tuple[str, str | None]]
+    name: str, subscription: Subscription, queue: asyncio.Queue[tuple[str, Event | None]]
 ) -> None:
-    async for line in subscription:
-        if line.startswith("pair "):
-            queue.put_nowait((name, line))
+    async for event in subscription:
+        if event.kind is EventKind.STATE:
+            queue.put_nowait((name, event))
     queue.put_nowait((name, None))  # the stream ended: its controller's pairs are re-read
 
 

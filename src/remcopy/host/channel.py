@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import os
@@ -37,6 +38,7 @@ from remcopy.errors import (
     RequestTimeout,
     error_from_wire,
 )
+from remcopy.events import Event, EventKind
 from remcopy.tls import failure_reason as tls_reason
 from remcopy.wire import auth, native
 
@@ -87,7 +89,7 @@ class Channel:
         self.controller_serial = 0
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[native.Message]] = {}
-        self._events: dict[int, asyncio.Queue[str | None]] = {}
+        self._events: dict[int, asyncio.Queue[Event | None]] = {}
         self._transport: asyncio.Transport | None = None
         self._protocol: _ChannelProtocol | None = None
         self._codec: native.Connection | None = None
@@ -274,7 +276,7 @@ class Channel:
             queue = self._events.get(msg.request_id)
             if queue is not None:
                 with contextlib.suppress(asyncio.QueueFull):
-                    queue.put_nowait(msg.line)
+                    queue.put_nowait(msg.event)
             return
         future = self._pending.pop(msg.request_id, None)
         if future is None or future.done():
@@ -418,49 +420,88 @@ class Channel:
         reply = await self.request(native.StatusRequest(), native.StatusReply)
         return reply.document
 
-    async def subscribe(self) -> Subscription:
-        """Subscribe to the controller's state-change lines; live when this returns."""
+    async def subscribe(self, *, after_seq: int | None = None) -> Subscription:
+        """Follow the controller's events; the stream is live when this returns.
+
+        With `after_seq`, the events the controller kept that are numbered after it come
+        first (after a GAP event when some of them are no longer kept): a reader that saw up
+        to `after_seq` misses nothing and sees nothing twice."""
         if not self.connected:
             await self.connect()
         assert self._transport is not None
         assert self._codec is not None
         rid = next(self._ids)
-        queue: asyncio.Queue[str | None] = asyncio.Queue(EVENT_QUEUE_MAX)
+        queue: asyncio.Queue[Event | None] = asyncio.Queue(EVENT_QUEUE_MAX)
         self._events[rid] = queue
-        self._transport.writelines(self._codec.send_parts(native.SubscribeRequest(request_id=rid)))
+        request = native.SubscribeRequest(
+            request_id=rid, replay=after_seq is not None, after_seq=after_seq or 0
+        )
+        self._transport.writelines(self._codec.send_parts(request))
+        replayed: list[Event] = []
         async with asyncio.timeout(self.timeout_s):
-            first = await queue.get()  # "subscribed NAME": the stream is live from here on
-        if first is None:
-            raise BrokenResourceError(f"subscribe to {self._where()}: link closed")
-        return Subscription(queue)
+            while True:
+                event = await queue.get()
+                if event is None:
+                    raise BrokenResourceError(f"subscribe to {self._where()}: link closed")
+                if event.kind is EventKind.SUBSCRIBED:
+                    return Subscription(queue, replayed=replayed, live_after_seq=event.seq)
+                replayed.append(event)
 
 
 class Subscription:
-    """A live stream of event lines from one controller."""
+    """A live stream of one controller's events (remcopy.events), replayed ones first."""
 
-    def __init__(self, queue: asyncio.Queue[str | None]) -> None:
+    def __init__(
+        self,
+        queue: asyncio.Queue[Event | None],
+        *,
+        replayed: list[Event] | None = None,
+        live_after_seq: int = 0,
+    ) -> None:
         self._queue = queue
-        self.seen: list[str] = []
+        self._replayed = collections.deque(replayed or ())
+        self.live_after_seq = live_after_seq
+        """The controller's last event number when the stream went live."""
+        self.seen: list[Event] = []
 
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._lines()
+    def __repr__(self) -> str:
+        return f"<Subscription live_after={self.live_after_seq} seen={len(self.seen)}>"
 
-    async def _lines(self) -> AsyncIterator[str]:
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._events()
+
+    def take_replayed(self) -> list[Event]:
+        """The events the controller replayed before going live (a GAP first if some were
+        gone), taken out of the stream: iterating goes on with the live ones."""
+        replayed, self._replayed = list(self._replayed), collections.deque()
+        self.seen.extend(replayed)
+        return replayed
+
+    async def _events(self) -> AsyncIterator[Event]:
         while True:
-            line = await self._queue.get()
-            if line is None:
+            if self._replayed:
+                event: Event | None = self._replayed.popleft()
+            else:
+                event = await self._queue.get()
+            if event is None:
                 return
-            self.seen.append(line)
-            yield line
+            self.seen.append(event)
+            yield event
 
-    async def wait_for(self, pattern: str, *, timeout_s: float = 30.0) -> str:
-        """The first line (from now on) that matches the regular expression."""
+    async def wait_for(self, pattern: str, *, timeout_s: float = 30.0) -> Event:
+        """The first event (from now on) whose text matches the regular expression."""
         regex = re.compile(pattern)
+        return await self.wait_until(
+            lambda e: regex.search(e.text) is not None, timeout_s=timeout_s
+        )
+
+    async def wait_until(self, met: Callable[[Event], bool], *, timeout_s: float = 30.0) -> Event:
+        """The first event (from now on) for which `met` is true."""
         async with asyncio.timeout(timeout_s):
-            async for line in self:
-                if regex.search(line):
-                    return line
-        raise BrokenResourceError(f"event stream ended before a line matched {pattern!r}")
+            async for event in self:
+                if met(event):
+                    return event
+        raise BrokenResourceError("event stream ended before an awaited event came")
 
 
 def _with_id(msg: native.Message, rid: int) -> native.Message:

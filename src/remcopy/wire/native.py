@@ -49,6 +49,7 @@ from remcopy.errors import (
     RemoteProtocolError,
     VersionMismatch,
 )
+from remcopy.events import KIND_CODES, Event, EventKind, from_fields
 from remcopy.states import CopyMode, FencePolicy, PairRole, PairState
 from remcopy.wire.auth import NONCE_SIZE_BYTES, PROOF_SIZE_BYTES
 
@@ -68,6 +69,10 @@ HANDSHAKE_FRAME_MAX_BYTES: Final = 64 * 1024 + 4096
 NAME_SIZE_MAX_BYTES: Final = 255
 TEXT_SIZE_MAX_BYTES: Final = 64 * 1024
 DEVICES_MAX: Final = 65536
+# An event's fields (its line for people, an error message, a few numbers) fit in 64 KiB; the
+# controller cuts an event's text to EVENT_TEXT_MAX_CHARS so every event it makes fits.
+EVENT_SIZE_MAX_BYTES: Final = 64 * 1024
+EVENT_TEXT_MAX_CHARS: Final = 8 * 1024
 # Status and operation documents (JSON): a controller's status lists every device, about
 # 150 bytes each, so 65,536 devices fit in 10 MiB, under the frame limit.
 DOCUMENT_SIZE_MAX_BYTES: Final = 12 * 1024 * 1024
@@ -112,6 +117,8 @@ _PAIR_RESULT = struct.Struct("!HHBBQQ")  # device, code, state, role, at_ns, tra
 _PAIR_OP = struct.Struct("!BQI")  # op, at_ns, item count
 _COUNTS = struct.Struct("!II")  # record count, JSON length
 _UPDATE = struct.Struct("!HBQQI")  # device, flags, timestamp_ns, offset, length
+_SUBSCRIBE = struct.Struct("!BQ")  # replay, after_seq
+_EVENT = struct.Struct("!QQIB")  # seq, time_ns, serial, kind; then the other fields as JSON
 _U32 = struct.Struct("!I")
 
 _FLAG_FUA: Final = 0x01
@@ -358,16 +365,8 @@ class QueryReply(Message):
     statuses: tuple[DeviceStatus, ...] = ()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SubscribeRequest(Message):
-    KIND: ClassVar[int] = 20
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EventNotice(Message):
-    KIND: ClassVar[int] = 21
-    line: str = ""
-    """One committed state change, e.g. `pair 64015:1A00:0A:3F DUPLEX -> SUSPENDED ...`."""
+# Kinds 20 and 21 carried free-text event lines (SUBSCRIBE, EVENT); they are retired, never
+# reused: a peer that sends one is told the kind is unknown.
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -532,6 +531,25 @@ class UpdateAck(Message):
     """How many updates of the batch were written to the secondary volumes."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubscribeRequest(Message):
+    """Follow the controller's events: answered by EventNotice frames with this request id,
+    first the replay (when `replay`), then SUBSCRIBED, then every new event as it happens."""
+
+    KIND: ClassVar[int] = 28
+    replay: bool = False
+    """Send the kept events numbered after `after_seq` first (or a GAP if some are gone)."""
+    after_seq: int = 0
+    """The last event number the subscriber saw (0: none; replay everything kept)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventNotice(Message):
+    KIND: ClassVar[int] = 29
+    event: Event = field(default_factory=lambda: Event(kind=EventKind.SUBSCRIBED))
+    """One event (remcopy.events): kind, number, controller, time and typed fields."""
+
+
 # Encoding and decoding of bodies. One encoder and one decoder per kind, side by side.
 
 
@@ -649,8 +667,12 @@ def _encode_body(msg: Message) -> tuple[int, list[bytes]]:
             return flags, [_WRITE.pack(msg.device, msg.offset, msg.timestamp_ns), msg.data]
         case QueryReply():
             return 0, [_pack_device_status(s) for s in msg.statuses]
+        case SubscribeRequest():
+            return 0, [_SUBSCRIBE.pack(int(msg.replay), msg.after_seq)]
         case EventNotice():
-            return 0, [_pack_text(msg.line)]
+            e = msg.event
+            header = _EVENT.pack(e.seq, e.time_ns, e.serial, KIND_CODES.index(e.kind))
+            return 0, [header + _json(e.fields())]
         case StatusReply():
             # Never truncated: half a JSON document is no document.
             return 0, [_json(msg.document)]
@@ -690,7 +712,7 @@ def _encode_body(msg: Message) -> tuple[int, list[bytes]]:
             return 0, [_U32.pack(msg.applied)]
         case Watermark():
             return 0, [_U64.pack(msg.watermark_ns)]
-        case WriteReply() | FlushReply() | SubscribeRequest() | StatusRequest():
+        case WriteReply() | FlushReply() | StatusRequest():
             return 0, []
     raise LocalProtocolError(f"cannot encode {type(msg).__name__}")
 
@@ -854,6 +876,27 @@ def _decode_status_reply(rid: int, flags: int, body: memoryview) -> Message:
     return StatusReply(request_id=rid, document=_unjson(body))
 
 
+def _decode_subscribe(rid: int, flags: int, body: memoryview) -> Message:
+    replay, after_seq = _SUBSCRIBE.unpack_from(body, 0)
+    _expect_end(body, _SUBSCRIBE.size)
+    if replay > 1:
+        raise RemoteProtocolError(f"subscribe: replay must be 0 or 1 (got {replay})")
+    return SubscribeRequest(request_id=rid, replay=bool(replay), after_seq=after_seq)
+
+
+def _decode_event(rid: int, flags: int, body: memoryview) -> Message:
+    seq, time_ns, serial, kind = _EVENT.unpack_from(body, 0)
+    rest = body[_EVENT.size :]
+    if len(rest) > EVENT_SIZE_MAX_BYTES:
+        raise RemoteProtocolError(f"event of {len(rest)} bytes is over {EVENT_SIZE_MAX_BYTES}")
+    if kind >= len(KIND_CODES):
+        raise RemoteProtocolError(f"unknown event kind {kind}")
+    event = from_fields(
+        KIND_CODES[kind], seq=seq, serial=serial, time_ns=time_ns, fields=_unjson(rest)
+    )
+    return EventNotice(request_id=rid, event=event)
+
+
 def _json(document: dict[str, Any]) -> bytes:
     raw = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
     if len(raw) > DOCUMENT_SIZE_MAX_BYTES:
@@ -989,8 +1032,8 @@ _DECODERS: Final[dict[int, _Decoder]] = {
     FlushReply.KIND: _empty(FlushReply),
     QueryRequest.KIND: _devices(QueryRequest),
     QueryReply.KIND: _decode_query_reply,
-    SubscribeRequest.KIND: _empty(SubscribeRequest),
-    EventNotice.KIND: lambda rid, flags, body: EventNotice(request_id=rid, line=_unpack_text(body)),
+    SubscribeRequest.KIND: _decode_subscribe,
+    EventNotice.KIND: _decode_event,
     StatusRequest.KIND: _empty(StatusRequest),
     StatusReply.KIND: _decode_status_reply,
     PairOpRequest.KIND: _decode_pair_op,

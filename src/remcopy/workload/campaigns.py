@@ -61,6 +61,7 @@ from typing import Final
 
 from remcopy.controller.process import ControllerProcess
 from remcopy.errors import RemcopyError
+from remcopy.events import EventKind
 from remcopy.groups import GroupPair, recover, run_operation, suspend
 from remcopy.groups.freeze import watch_and_freeze
 from remcopy.states import CopyMode, PairState
@@ -69,7 +70,7 @@ from remcopy.workload.checker import check_image
 from remcopy.workload.faultworld import (
     ITERATION_TIMEOUT_S,
     VOLUME_BYTES,
-    Event,
+    Arrival,
     HarnessError,
     Load,
     Shape,
@@ -517,7 +518,10 @@ async def _suspend_shadow(it: _Iteration) -> None:
         if any(r.code for r in reply.results):
             raise HarnessError(f"shadow: {[r.message for r in reply.results if r.code]}")
         for _ in items:
-            await subs["cntlb"].wait_for(r"^shadow .* done", timeout_s=ITERATION_TIMEOUT_S)
+            await subs["cntlb"].wait_until(
+                lambda e: e.kind is EventKind.SHADOW and e.detail.get("phase") == "done",
+                timeout_s=ITERATION_TIMEOUT_S,
+            )
     async with it.load() as after:
         await after.wait(it.acks() // 4)
         await resume(w)  # under load: the resync races the writes
@@ -608,26 +612,27 @@ FREEZE_WAIT_S: Final = 30.0
 _SEALED: Final = (PairState.SUSPENDED, PairState.SUSPENDED_ERROR)
 
 
-def _left_duplex(events: list[Event], addresses: set[str]) -> dict[str, Event]:
-    """The first `pair ADDRESS DUPLEX -> ...` line of each of these addresses."""
-    left: dict[str, Event] = {}
-    for event in events:
-        words = event.line.split(maxsplit=4)
+def _left_duplex(events: list[Arrival], addresses: set[str]) -> dict[str, Arrival]:
+    """The first STATE event out of DUPLEX of each of these addresses."""
+    left: dict[str, Arrival] = {}
+    for arrival in events:
+        event = arrival.event
         if (
-            len(words) >= 4
-            and words[:1] + words[2:4] == ["pair", "DUPLEX", "->"]
-            and words[1] in addresses
-            and words[1] not in left
+            event.kind is EventKind.STATE
+            and event.old is PairState.DUPLEX
+            and event.device in addresses
+            and event.device not in left
         ):
-            left[words[1]] = event
+            left[event.device] = arrival
     return left
 
 
-def _freeze_lines(events: list[Event]) -> list[str]:
+def _freeze_lines(events: list[Arrival]) -> list[str]:
     return [
-        f"{e.controller}: {e.line}"
-        for e in events
-        if e.line.startswith(("hold ", "freeze", "armed ")) or " -> SUSPENDED" in e.line
+        f"{a.controller}: {a.event.text}"
+        for a in events
+        if a.event.kind in (EventKind.HOLD, EventKind.FREEZE, EventKind.ARMED)
+        or a.event.new in (PairState.SUSPENDED, PairState.SUSPENDED_ERROR)
     ]
 
 
@@ -744,11 +749,11 @@ async def _rolling(it: _Iteration) -> None:
 
 
 def _freeze_figures(
-    it: _Iteration, events: list[Event], left: dict[str, Event], load: Load
+    it: _Iteration, events: list[Arrival], left: dict[str, Arrival], load: Load
 ) -> None:
     """The freeze window (first hold line to the last pair sealed, arrival times at the
     harness) and the host writes that overlapped it."""
-    holds = [e.arrived_ns for e in events if e.line.startswith("hold ")]
+    holds = [a.arrived_ns for a in events if a.event.kind is EventKind.HOLD]
     if not holds or not left:
         return
     start_ns, end_ns = min(holds), max(e.arrived_ns for e in left.values())
@@ -918,8 +923,9 @@ class DetectionResult:
     harness_error: str = ""
 
 
-def _detected(event: Event) -> bool:
-    return event.line.startswith("hold ") or " -> SUSPENDED_ERROR" in event.line
+def _detected(arrival: Arrival) -> bool:
+    event = arrival.event
+    return event.kind is EventKind.HOLD or event.new is PairState.SUSPENDED_ERROR
 
 
 async def _detect_once(w: World, fault: str, victim: int) -> tuple[float | None, str]:

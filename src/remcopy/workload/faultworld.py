@@ -34,6 +34,7 @@ from remcopy.controller.process import (
     free_port,
 )
 from remcopy.errors import RemcopyError
+from remcopy.events import Event
 from remcopy.groups import Group, GroupOptions, GroupPair, GroupReport, run_operation
 from remcopy.host.channel import Channel, Subscription
 from remcopy.host.definition import parse_host_definition
@@ -332,13 +333,13 @@ async def events(procs: list[ControllerProcess]) -> AsyncIterator[dict[str, Subs
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Event:
-    """One event line as it reached the harness."""
+class Arrival:
+    """One controller event as it reached the harness."""
 
     arrived_ns: int
     """time.time_ns() when the harness's reader took it off the stream (the host's clock)."""
     controller: str
-    line: str
+    event: Event
 
 
 class EventRecorder:
@@ -350,7 +351,7 @@ class EventRecorder:
     """
 
     def __init__(self, subs: dict[str, Subscription], tasks: asyncio.TaskGroup) -> None:
-        self.events: list[Event] = []
+        self.events: list[Arrival] = []
         self._changed = asyncio.Event()
         self._readers = [
             tasks.create_task(self._read(name, sub), name=f"events {name}")
@@ -363,12 +364,12 @@ class EventRecorder:
 
     async def _read(self, name: str, sub: Subscription) -> None:
         with contextlib.suppress(RemcopyError):
-            async for line in sub:
-                self.events.append(Event(arrived_ns=time.time_ns(), controller=name, line=line))
+            async for event in sub:
+                self.events.append(Arrival(arrived_ns=time.time_ns(), controller=name, event=event))
                 self._changed.set()
         self._changed.set()
 
-    async def wait(self, met: Callable[[list[Event]], bool], *, timeout_s: float) -> bool:
+    async def wait(self, met: Callable[[list[Arrival]], bool], *, timeout_s: float) -> bool:
         """Wait until `met(events)` holds; False when timeout_s passed or every stream ended
         first (the caller decides whether that is a finding)."""
         try:
@@ -401,12 +402,14 @@ async def recorded(procs: list[ControllerProcess]) -> AsyncIterator[EventRecorde
 
 
 async def until_duplex(w: World, subs: dict[str, Subscription]) -> None:
-    """Wait until every pair has announced `-> DUPLEX` at its primary."""
+    """Wait until every pair's primary has sent its STATE event to DUPLEX."""
     for name, sub in subs.items():
         want = {str(p.primary) for p in w.group.pairs if p.primary_controller == name}
         while want:
-            line = await sub.wait_for(r" -> DUPLEX", timeout_s=ITERATION_TIMEOUT_S)
-            want.discard(line.split()[1])
+            event = await sub.wait_until(
+                lambda e: e.new is PairState.DUPLEX, timeout_s=ITERATION_TIMEOUT_S
+            )
+            want.discard(event.device)
 
 
 async def until_settled(w: World) -> None:
@@ -452,7 +455,7 @@ async def _applied(w: World) -> bool:
 async def next_event(subs: dict[str, Subscription]) -> None:
     """Wait for the next event line of any of these controllers."""
     waits = [
-        asyncio.create_task(sub.wait_for("", timeout_s=ITERATION_TIMEOUT_S))
+        asyncio.create_task(sub.wait_until(lambda e: True, timeout_s=ITERATION_TIMEOUT_S))
         for sub in subs.values()
     ]
     try:
@@ -578,7 +581,7 @@ __all__ = [
     "VOLUME_BYTES",
     "WRITE_SIZES",
     "HarnessError",
-    "Event",
+    "Arrival",
     "EventRecorder",
     "Load",
     "Shape",
