@@ -214,6 +214,18 @@ def test_event_line_without_time_and_with_spaces() -> None:
     assert line == 'pair 64015:1A00:0A:3F PENDING -> DUPLEX cause="copy done" why=""'
 
 
+def test_event_line_quotes_only_what_would_break_the_line() -> None:
+    """Plain words (any letters, digits, punctuation but space, = and quotes) stay bare."""
+    line = event_line(DEVICE, PairState.DUPLEX, PairState.SUSPENDED, cause="X", group="XRC-1:a")
+    assert line == "pair 64015:1A00:0A:3F DUPLEX -> SUSPENDED cause=X group=XRC-1:a"
+
+
+def test_event_line_refuses_a_tag_named_at() -> None:
+    """at= is the time of the change; a tag of that name would make the line ambiguous."""
+    with pytest.raises(AssertionError, match=r"^tags must not repeat at=$"):
+        event_line(DEVICE, PairState.DUPLEX, PairState.SUSPENDED, cause="suspend", at="1")
+
+
 FIELD_RE = re.compile(r' (\w+)=("(?:\\.|[^"\\])*"|[^\s"]\S*)')
 
 
