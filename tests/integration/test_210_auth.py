@@ -141,8 +141,10 @@ async def test_garbage_instead_of_hello_is_refused(controller: ControllerProcess
     """Random bytes get a protocol error and a closed connection; others go on."""
     reader, writer = await asyncio.open_connection(*controller.address)
     writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    data = await reader.read()  # the controller answers, then closes
-    assert data, "expected an error frame before the close"
+    raw = RawClient(reader, writer)
+    err = _error(await raw.receive())  # the controller answers with an error frame...
+    assert isinstance(err, RemoteProtocolError), err
+    assert await raw.receive() is None  # ...then closes
     writer.close()
     await _still_serves(controller)
 
