@@ -150,15 +150,17 @@ async def test_stop_during_writes_loses_no_acknowledged_write(
             if total_acks >= kill_after:
                 enough.set()
 
-    async with Channel(proc.address, name=HOST, secret=SECRET, timeout_s=10) as channel:
-        async with asyncio.TaskGroup() as tasks:
-            for w in range(writers):
-                tasks.create_task(writer(channel, w))
-            await enough.wait()
-            if stop == "kill":
-                await proc.kill()
-            else:
-                assert await proc.stop() == 0  # a clean shutdown exits 0
+    async with (
+        Channel(proc.address, name=HOST, secret=SECRET, timeout_s=10) as channel,
+        asyncio.TaskGroup() as tasks,
+    ):
+        for w in range(writers):
+            tasks.create_task(writer(channel, w))
+        await enough.wait()
+        if stop == "kill":
+            await proc.kill()
+        else:
+            assert await proc.stop() == 0  # a clean shutdown exits 0
     await proc.start()
     async with Channel(proc.address, name=HOST, secret=SECRET) as channel:
         for (w, slot), seq in acked.items():
