@@ -109,6 +109,10 @@ def hardware_address(serial: int, ssid: int, lss: int, cca: int) -> HardwareAddr
     return HardwareAddress.of(serial=serial, ssid=ssid, lss=lss, cca=cca)
 
 
+# Planted bugs in what the secondary controller decides (testing only): planted there.
+SECONDARY_SIDE_BUGS: Final = frozenset({"resume_ignores_shadow"})
+
+
 @contextlib.asynccontextmanager
 async def world(
     root: Path, shape: Shape, *, planted_bugs: tuple[str, ...] = (), planted_bug_every: int = 1
@@ -186,7 +190,17 @@ async def world(
             )
             for i in range(shape.primaries)
         ]
-        secondary = ControllerProcess(secondary_spec.write(root / "cntlb.toml"))
+        # A planted bug of the secondary's side (TESTING ONLY) is planted there instead.
+        on_secondary = [bug for bug in planted_bugs if bug in SECONDARY_SIDE_BUGS]
+        if on_secondary:
+            secondary_spec.settings = {
+                "planted_bugs": on_secondary,
+                "planted_bug_every": planted_bug_every,
+            }
+        secondary = ControllerProcess(
+            secondary_spec.write(root / "cntlb.toml"),
+            extra_env=TESTING_ENV if on_secondary else None,
+        )
         # The primaries are the fault campaigns' test subjects: planted bugs and volume_faults
         # (set at any restart) are test-only keys, accepted only with REMCOPY_TESTING=1.
         primaries = [
