@@ -55,6 +55,17 @@ def make_layout(
     )
 
 
+def names_of(data: LoggedWrite) -> DataRef:
+    """The reference an index record holds to the data record `data`."""
+    return DataRef(
+        address=data.volume,
+        offset=data.offset,
+        seq=data.seq,
+        checksum=data.checksum,
+        blocks=data.length // BLOCK_BYTES,
+    )
+
+
 @dataclass
 class Issued:
     planned: PlannedWrite
@@ -82,14 +93,7 @@ class FakeRun:
         volume = self.layout.volumes[planned.volume]
         names = None
         if planned.kind is RecordKind.INDEX:
-            data = self.issued[chain][-1].logged
-            names = DataRef(
-                address=data.volume,
-                offset=data.offset,
-                seq=data.seq,
-                checksum=data.checksum,
-                blocks=data.length // BLOCK_BYTES,
-            )
+            names = names_of(self.issued[chain][-1].logged)
         self.clock_ns += 1000
         stamp = self.clock_ns
         raw, checksum = build_record(

@@ -17,6 +17,7 @@ from checker_fakes import (
     FakeRun,
     Issued,
     make_layout,
+    names_of,
     only_write_to_its_location,
 )
 from remcopy.errors import InputError
@@ -65,14 +66,7 @@ def rebuild(
     volume = run.layout.volumes[planned.volume]
     kind = issued.planned.kind
     if names is None and kind is RecordKind.INDEX:
-        previous = run.issued[issued.planned.chain][issued.planned.seq - 2].logged
-        names = DataRef(
-            address=previous.volume,
-            offset=previous.offset,
-            seq=previous.seq,
-            checksum=previous.checksum,
-            blocks=previous.length // BLOCK_BYTES,
-        )
+        names = names_of(run.issued[issued.planned.chain][issued.planned.seq - 2].logged)
     raw, _ = build_record(
         kind=kind,
         run_id=RUN_ID,
