@@ -135,6 +135,8 @@ _LOST: Final = tuple(
     f"first: {r.value}: "
     for r in (Reason.MISSING, Reason.STALE, Reason.INDEX_WITHOUT_DATA, Reason.ACKED_MISSING)
 )
+_NOT_FROZEN: Final = ("the group did not freeze", "not frozen at one T")
+_NOT_A_CUT: Final = (*_LOST, f"first: {Reason.NO_COMMON_TIME.value}: ")
 CAUGHT_FOR: Final[dict[str, tuple[str, ...]]] = {
     # A write stamped >= T mirrored: the secondary is not the cut at T.
     "mirror_late_write": (f"first: {Reason.NOT_CUT_AT_T.value}: ",),
@@ -143,11 +145,13 @@ CAUGHT_FOR: Final[dict[str, tuple[str, ...]]] = {
     "drop_update": _LOST,
     "skip_changemap_bit": _LOST,
     "early_sync_ack": _LOST,
-    # The controllers' own freeze: the rolling campaign's checks (with a SIGSTOPped secondary
-    # nothing reaches it, so the cut itself may stay whole).
-    "freeze_local_only": ("the group did not freeze", "not frozen at one T"),
-    "freeze_late_sibling": ("the group did not freeze", "not frozen at one T"),
-    "no_hold": ("the group did not freeze", "not frozen at one T", "NOT consistent"),
+    # The controllers' own freeze: the rolling campaign's checks of the freeze, or the
+    # secondaries not a cut (a sibling mirrored writes that depend on the failed device's
+    # change-recorded ones). With a SIGSTOPped secondary nothing reaches it, so the cut itself
+    # may stay whole and only the freeze's checks fail.
+    "freeze_local_only": _NOT_FROZEN + _NOT_A_CUT,
+    "freeze_late_sibling": _NOT_FROZEN + _NOT_A_CUT,
+    "no_hold": _NOT_FROZEN + _NOT_A_CUT,
     # A track the killed primary wrote and its secondary never received is missing from the
     # map the failback copies by (cleared before the confirmation; the old primary's map not
     # sent back): the failback does not undo it, and the pair's volumes differ.
