@@ -733,3 +733,67 @@ async def test_an_index_whose_data_was_torn_by_an_acknowledged_write_is_named():
     _, report = await _torn_next_write(acknowledged=True)
     found = {v.reason for v in report.chains[1].violations}
     assert {Reason.CORRUPT, Reason.INDEX_WITHOUT_DATA} <= found
+
+
+# An allowed case does not end the checks of its chain...
+
+
+def _allowed_cases_then_a_hole(layout: Layout) -> tuple[int, PlannedWrite, PlannedWrite]:
+    """n writes of chain 1 and two of them, such that after n writes: write n+1 (in flight)
+    goes where an index I1 finds its data; some index I0 finds its data overwritten later by
+    the chain; and an index I2 after both (in location order) names data D2, the latest write
+    at a location after write n+1's. Returns (n, D2, I2)."""
+    for n in range(4, 400):
+        plan = plan_prefix(layout, 1, n + 1)
+        latest = {p.location: p for p in plan[:n]}
+        torn = plan[n].location
+        indexes = sorted(
+            (p for p in latest.values() if p.kind is RecordKind.INDEX), key=lambda p: p.location
+        )
+
+        def data_of(index: PlannedWrite, plan: list[PlannedWrite] = plan) -> PlannedWrite:
+            return plan[index.names_seq - 1]
+
+        i1 = next((i for i in indexes if data_of(i).location == torn), None)
+        overwritten = [
+            i
+            for i in indexes
+            if latest[data_of(i).location].seq > i.names_seq and data_of(i).location != torn
+        ]
+        if i1 is None or not overwritten:
+            continue
+        for i2 in indexes:
+            d2 = data_of(i2)
+            i0 = next((i for i in overwritten if data_of(i).location != d2.location), None)
+            if (
+                i0 is not None
+                and i2.location > max(i1.location, i0.location)
+                and d2.location > torn
+                and latest[d2.location] is d2
+                and d2.seq < n
+            ):
+                return n, d2, i2
+    raise AssertionError("no such plan")
+
+
+async def test_allowed_cases_do_not_end_the_checks_of_their_chain():
+    """A torn write in flight, an index whose data its chain overwrote later, and an index
+    whose data the write in flight is tearing are all allowed; the checks go on after them
+    and still find the data record missing further on, and the index that lost it."""
+    layout = make_layout(ring_slots=2)
+    n, d2, i2 = _allowed_cases_then_a_hole(layout)
+    run = FakeRun(layout)
+    for _ in range(n):
+        run.issue(1)
+    torn = run.issue(1, apply=False)
+    run.apply(torn, torn.data[:BLOCK_BYTES] + bytes(len(torn.data) - BLOCK_BYTES))
+    if len(torn.data) == BLOCK_BYTES:
+        damaged = bytearray(torn.data)
+        damaged[-1] ^= 0xFF
+        run.apply(torn, bytes(damaged))
+    address = layout.volumes[d2.volume].address
+    run.volumes[address][d2.offset : d2.offset + d2.length] = bytes(d2.length)
+    report = await run.check(run.log(drop_last={1: 1}))
+    found = {(v.reason, v.seq, v.offset) for v in report.chains[1].violations}
+    assert (Reason.MISSING, d2.seq, d2.offset) in found, report.summary()
+    assert (Reason.INDEX_WITHOUT_DATA, d2.seq, i2.offset) in found, report.summary()
