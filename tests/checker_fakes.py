@@ -132,6 +132,17 @@ class FakeRun:
         volume = self.volumes[self.layout.volumes[where.volume].address]
         volume[where.offset : where.offset + len(raw)] = raw
 
+    def tear(self, issued: Issued) -> None:
+        """Write only the first block of `issued` (a torn write); a one-block record gets a
+        damaged payload instead."""
+        data = issued.data
+        if len(data) > BLOCK_BYTES:
+            self.apply(issued, data[:BLOCK_BYTES] + bytes(len(data) - BLOCK_BYTES))
+        else:
+            damaged = bytearray(data)
+            damaged[-1] ^= 0xFF
+            self.apply(issued, bytes(damaged))
+
     def run_round_robin(
         self, writes_per_chain: int, *, skip: frozenset[tuple[int, int]] = frozenset()
     ) -> None:

@@ -713,11 +713,7 @@ async def _torn_next_write(acknowledged: bool) -> tuple[FakeRun, CheckReport]:
     for _ in range(n):
         run.issue(1)
     torn = run.issue(1, apply=False)
-    run.apply(torn, torn.data[:BLOCK_BYTES] + bytes(len(torn.data) - BLOCK_BYTES))
-    if len(torn.data) == BLOCK_BYTES:
-        damaged = bytearray(torn.data)
-        damaged[-1] ^= 0xFF
-        run.apply(torn, bytes(damaged))
+    run.tear(torn)
     log = run.log() if acknowledged else run.log(drop_last={1: 1})
     return run, await run.check(log)
 
@@ -786,11 +782,7 @@ async def test_allowed_cases_do_not_end_the_checks_of_their_chain():
     for _ in range(n):
         run.issue(1)
     torn = run.issue(1, apply=False)
-    run.apply(torn, torn.data[:BLOCK_BYTES] + bytes(len(torn.data) - BLOCK_BYTES))
-    if len(torn.data) == BLOCK_BYTES:
-        damaged = bytearray(torn.data)
-        damaged[-1] ^= 0xFF
-        run.apply(torn, bytes(damaged))
+    run.tear(torn)
     address = layout.volumes[d2.volume].address
     run.volumes[address][d2.offset : d2.offset + d2.length] = bytes(d2.length)
     report = await run.check(run.log(drop_last={1: 1}))
