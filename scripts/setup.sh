@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(qemu-utils libnbd-bin nbdkit fio tmux postgresql)
+DEBS=(qemu-utils libnbd-bin nbdkit fio tmux postgresql strace)
 missing=()
 for pkg in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

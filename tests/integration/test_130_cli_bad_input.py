@@ -71,6 +71,7 @@ def _bad_inputs(tmp: Path) -> list[tuple[tuple[str, ...], int, str]]:
     missing = str(tmp / "missing.toml")
     catalog = ("--catalog", str(tmp / "c.db"))
     Catalog.open(tmp / "c.db").close()  # an empty catalog: a missing one is test_135's subject
+    absent = ("--catalog", str(tmp / "absent.db"))
     junk = tmp / "junk.toml"
     junk.write_text("this is = = not toml")
     return [
@@ -113,11 +114,46 @@ def _bad_inputs(tmp: Path) -> list[tuple[tuple[str, ...], int, str]]:
         (
             ("workload", "run", "--group", "G", "--host", "h", "--log", str(tmp / "l"), *catalog),
             2,
-            "",
+            "no such group: group=G",
         ),
-        (("verify", "--group", "G", "--host", "h", "--log", missing, *catalog), 2, ""),
+        (
+            ("verify", "--group", "G", "--host", "h", "--log", missing, *catalog),
+            2,
+            f"workload log {missing}: no such file",
+        ),
         (("demo", "--pairs", "0"), 2, "0"),
+        (("catalog", "init", "mysql://x/y"), 1, "unsupported database: driver=mysql"),
+        (("controller", "stop", missing), 2, "cannot read"),
+        (("group", "establish", "NOGROUP", "--host", "h", *catalog), 2, "no such group"),
+        (("group", "resume", "NOGROUP", "--host", "h", *catalog), 2, "no such group"),
+        (("group", "remove-pair", "NOGROUP", "A", "--host", "h", *catalog), 2, "no such group"),
+        (("group", "shadow", "NOGROUP", "--host", "h", "--to", missing, *catalog), 2, missing),
+        (("group", "list", *absent), 2, "no catalog at"),
+        (("host", "list", *absent), 2, "no catalog at"),
+        (("map", "check", *absent), 2, "no catalog at"),
+        (("log", "--since", "yesterdayish", *catalog), 2, "--since: expected an age"),
+        (("tui", *absent), 2, "no catalog at"),
+        (("states", "extra"), 2, "unexpected extra argument (extra)"),
+        *(
+            ((("group", verb, "NOGROUP", "--host", "h", *catalog), 2, "pass --yes"))
+            for verb in ("failback", "recover", "return-home", "terminate")
+        ),
+        *(
+            ((("group", verb, "NOGROUP", "--host", "h", "--yes", *catalog), 2, "no such group"))
+            for verb in ("failback", "recover", "return-home", "terminate")
+        ),
     ]
+
+
+def test_every_command_has_a_bad_input_case(tmp_path):
+    """The bad-input list covers every command click lists (new ones included)."""
+    covered = {
+        path
+        for path in COMMANDS
+        for args, _, _ in _bad_inputs(tmp_path)
+        if args[: len(path)] == path
+    }
+    assert sorted(set(COMMANDS) - covered) == []
 
 
 def test_bad_input_gets_a_message_not_a_traceback(tmp_path, capsys, monkeypatch):
@@ -125,5 +161,6 @@ def test_bad_input_gets_a_message_not_a_traceback(tmp_path, capsys, monkeypatch)
     for args, expected_code, expected_text in _bad_inputs(tmp_path):
         code, _out, err = run(capsys, monkeypatch, *args)
         assert code == expected_code, (args, code, err)
+        assert expected_text, args  # every case names what it expects to be told
         assert expected_text in err, (args, err)
         assert "Traceback" not in err, (args, err)

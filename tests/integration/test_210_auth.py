@@ -164,14 +164,18 @@ async def test_garbage_instead_of_hello_is_refused(controller: ControllerProcess
     TLS handshake fails first on a TLS listener) and one log line; others go on."""
     reader, writer = await asyncio.open_connection(*controller.address)
     writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    data = await reader.read()  # the controller answers (or not), then closes
-    writer.close()
-    await _still_serves(controller)  # after the refusal was logged (one loop, in order)
     if controller.links == "plain_tcp":
-        assert data, "expected an error frame before the close"
+        raw = RawClient(reader, writer)
+        err = _error(await raw.receive())  # the controller answers with an error frame...
+        assert isinstance(err, RemoteProtocolError), err
+        assert await raw.receive() is None  # ...then closes
+        writer.close()
+        await _still_serves(controller)  # after the refusal was logged (one loop, in order)
         assert "refused" in controller.log_text()
     else:
-        assert data == b""
+        assert await reader.read() == b""  # the TLS handshake fails: closed, no answer
+        writer.close()
+        await _still_serves(controller)
         assert controller.log_text().count("TLS handshake failed: not a TLS client hello") == 1
 
 

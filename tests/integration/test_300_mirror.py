@@ -10,6 +10,7 @@ from mirror_world import all_ok, build, channel, digest, stop
 from remcopy.errors import WriteProtected
 from remcopy.states import CopyMode, PairRole, PairState
 from remcopy.wire.native import PairOp
+from suspend_at import suspend_soon
 
 
 @pytest.fixture
@@ -52,8 +53,7 @@ async def test_every_mode_makes_identical_volumes_under_load(world, mode):
         assert {s.state for s in statuses} == {PairState.DUPLEX}
         assert {s.role for s in statuses} == {PairRole.PRIMARY}
         # Wait for the last updates to be confirmed: a suspend at T drains everything < T.
-        at = __import__("time").time_ns() + 50_000_000
-        all_ok(await ch.pair_op(PairOp.SUSPEND, tuple(world.pair_items(0, mode)), at_ns=at))
+        await suspend_soon(ch, world.pair_items(0, mode))
         primary_digests = [await digest(ch, d, world.size_bytes) for d in devices]
     async with channel(world.secondary) as sec:
         secondary_digests = [

@@ -22,6 +22,7 @@ from mirror_world import (
 from remcopy.errors import SuspendTimeInPast
 from remcopy.states import CopyMode, PairState
 from remcopy.wire.native import PairItem, PairOp
+from suspend_at import suspend_at_next_t, suspend_soon
 
 
 @pytest.fixture
@@ -79,12 +80,8 @@ async def test_prospective_suspend_across_three_controllers_splits_at_T(tmp_path
         runners = [asyncio.create_task(load.run_until(stop_load)) for load in loads]
         for load in loads:
             await load.wait_acked(30)
-        at_ns = time.time_ns() + 80_000_000
-        replies = await asyncio.gather(
-            *(
-                ch.pair_op(PairOp.SUSPEND, world.pair_items(i, CopyMode.SYNC), at_ns=at_ns)
-                for i, ch in enumerate(channels)
-            )
+        at_ns, replies = await suspend_at_next_t(
+            [(ch, world.pair_items(i, CopyMode.SYNC)) for i, ch in enumerate(channels)]
         )
         stop_load.set()
         await asyncio.gather(*runners)
@@ -133,7 +130,7 @@ async def test_changes_while_suspended_survive_kill_9_and_resume_copies_only_the
     items = world.pair_items(0, CopyMode.SYNC)
     tracks = world.size_bytes // 65536
     async with channel(primary) as ch:
-        all_ok(await ch.pair_op(PairOp.SUSPEND, items, at_ns=time.time_ns() + 20_000_000))
+        await suspend_soon(ch, items)
         rng = random.Random(7)
         changed = rng.sample(range(tracks), max(1, tracks // 10))
         for track in changed:
@@ -153,7 +150,7 @@ async def test_changes_while_suspended_survive_kill_9_and_resume_copies_only_the
         copied = (await ch.status())["counters"]["bytes_copied"]
         assert copied == len(changed) * 65536, "resume copied more than the changed tracks"
         del before
-        all_ok(await ch.pair_op(PairOp.SUSPEND, items, at_ns=time.time_ns() + 20_000_000))
+        await suspend_soon(ch, items)
         primary_digest = await digest(ch, 0x0A00, world.size_bytes)
     async with channel(world.secondary) as sec:
         assert await digest(sec, world.secondary_device(0, 0), world.size_bytes) == primary_digest
@@ -177,7 +174,7 @@ async def test_link_loss_suspends_with_error_and_resume_repairs(world):
         reply = await ch.pair_op(PairOp.RESUME, (items[0],))
         all_ok(reply)
         await events.wait_for(r"0A:00 PENDING -> DUPLEX")
-        all_ok(await ch.pair_op(PairOp.SUSPEND, (items[0],), at_ns=time.time_ns() + 20_000_000))
+        await suspend_soon(ch, (items[0],))
         primary_digest = await digest(ch, 0x0A00, world.size_bytes)
     async with channel(world.secondary) as sec:
         assert await digest(sec, world.secondary_device(0, 0), world.size_bytes) == primary_digest
@@ -259,7 +256,7 @@ async def test_shadow_copy_equals_the_suspended_secondary_and_blocks_resume(tmp_
         items = world.pair_items(0, CopyMode.SYNC)
         async with channel(world.primaries[0]) as ch, channel(world.secondary) as sec:
             await ch.write(0x0A00, 12345, b"before-T" * 1000)
-            all_ok(await ch.pair_op(PairOp.SUSPEND, items, at_ns=time.time_ns() + 20_000_000))
+            await suspend_soon(ch, items)
             await ch.write(0x0A00, 12345, b"after--T" * 1000)
             events = await sec.subscribe()
             sdev, tdev = world.secondary_device(0, 0), world.tertiary_device(0, 0)
@@ -326,10 +323,7 @@ async def test_async_kill_9_of_primary_ships_the_journal_after_restart(world):
     async with channel(primary) as ch:
         await wait_settled(ch, tuple(0x0A00 + c for c in range(world.volumes)))
         # A suspend at T drains every update stamped before T, replayed ones included.
-        reply = await ch.pair_op(
-            PairOp.SUSPEND, world.pair_items(0, CopyMode.ASYNC), at_ns=time.time_ns() + 50_000_000
-        )
-        all_ok(reply)
+        await suspend_soon(ch, world.pair_items(0, CopyMode.ASYNC))
     acked = [w for w in load.writes if w.acked]
     async with channel(world.secondary) as sec:
         for write in acked:
@@ -345,8 +339,7 @@ async def test_a_write_stamped_before_T_after_the_seal_is_refused_and_changes_no
 
     await establish(world, 0, CopyMode.SYNC)
     async with channel(world.primaries[0]) as ch:
-        at_ns = time.time_ns() + 20_000_000
-        all_ok(await ch.pair_op(PairOp.SUSPEND, world.pair_items(0, CopyMode.SYNC), at_ns=at_ns))
+        at_ns = await suspend_soon(ch, world.pair_items(0, CopyMode.SYNC))
         with pytest.raises(LateWrite, match="before the suspend time") as caught:
             await ch.write(0x0A00, 0, b"late" * 100, timestamp_ns=at_ns - 1)
         assert caught.value.retryable
@@ -394,13 +387,7 @@ async def test_sync_primary_restarted_after_kill_9_resyncs_to_identical_volumes(
         for _ in waiting:
             await events.wait_for(r"PENDING -> DUPLEX")
         assert {s.state for s in await ch.query(tuple(devices))} == {PairState.DUPLEX}
-        all_ok(
-            await ch.pair_op(
-                PairOp.SUSPEND,
-                world.pair_items(0, CopyMode.SYNC),
-                at_ns=time.time_ns() + 30_000_000,
-            )
-        )
+        await suspend_soon(ch, world.pair_items(0, CopyMode.SYNC))
         primary_digests = [await digest(ch, d, world.size_bytes) for d in devices]
     async with channel(world.secondary) as sec:
         secondary_digests = [

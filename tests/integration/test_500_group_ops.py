@@ -98,13 +98,17 @@ async def test_group_suspend_is_consistent_at_one_T_across_four_controllers(tmp_
             for load in loads:
                 await load.wait_acked(20)
             report = await suspend(session, group, margin_s=0.05)
+            for load in loads:  # writes after T too: the check below must see both sides
+                await load.wait_acked(load.acked + 10)
             stop_load.set()
             await asyncio.gather(*runners)
+        assert not any(load.errors for load in loads), [load.errors for load in loads]
         assert report.consistent, report.to_json()
         assert report.requests == {p.name: 1 for p in world.primaries}
         assert {p.at_ns for p in report.pairs} == {report.at_ns}
         assert report.margin_s >= 0.05
         secondary_channel = _session(world).channels["cntlb"]
+        before_t = after_t = 0
         async with secondary_channel:
             for i, load in enumerate(loads):
                 for write in load.writes:
@@ -112,8 +116,14 @@ async def test_group_suspend_is_consistent_at_one_T_across_four_controllers(tmp_
                     got = await secondary_channel.read(sdev, write.offset, len(write.data))
                     if write.stamp < report.at_ns and write.acked:
                         assert got == write.data
+                        before_t += 1
                     elif write.stamp >= report.at_ns:
                         assert got == bytes(len(write.data))
+                        after_t += write.acked
+        # Each load had 20 writes acknowledged before the suspend was asked for, and 10 more
+        # after it was done (after T): both rules were checked on real writes.
+        assert before_t >= 20 * len(loads), before_t
+        assert after_t >= 10 * len(loads), after_t
     finally:
         await stop(world)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,7 @@ from nbd_world import (
 
 from remcopy.states import CopyMode, PairState
 from remcopy.wire.native import PairItem, PairOp, PairOpReply
+from suspend_at import suspend_soon
 
 
 @pytest.fixture
@@ -76,8 +76,7 @@ async def test_nbd_write_to_duplex_primary_reaches_the_secondary(
                "-c", "write -P 0x77 0 8M", "-c", "write -P 0xab 0 64k", "-c", "write -z 1M 3M",
                "-c", f"write -P 0xcd {sites.size_bytes - 4096} 4096")  # fmt: skip
     async with channel(sites.primary) as ch:
-        at = time.time_ns() + 50_000_000  # every write above is stamped before T
-        _all_ok(await ch.pair_op(PairOp.SUSPEND, (_item(0, mode), _item(1, mode)), at_ns=at))
+        await suspend_soon(ch, (_item(0, mode), _item(1, mode)))  # every write above is < T
         primary = [await digest(ch, PRIMARY_LSS << 8 | c, sites.size_bytes) for c in range(2)]
     async with channel(sites.secondary) as sec:
         secondary = [await digest(sec, SECONDARY_LSS << 8 | c, sites.size_bytes) for c in range(2)]

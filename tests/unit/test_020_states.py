@@ -1,19 +1,25 @@
 # Tests for remcopy.states: every (state, action) against a table written here independently
-# of the code, the wording of refusals, a group-transaction model driven by Hypothesis, and a
-# check that docs/states.md shows the table the code runs on.
+# of the code, the wording of refusals, the controller's all-or-nothing group commit driven
+# by Hypothesis against a model, and a check that docs/states.md shows the table the code runs
+# on.
 from __future__ import annotations
 
 import importlib.util
 import json
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from common import controller_spec
+from remcopy.controller.config import load_controller_config
+from remcopy.controller.core import Controller
 from remcopy.errors import IllegalTransition
 from remcopy.states import (
     ACTION_VERBS,
@@ -214,6 +220,18 @@ def test_event_line_without_time_and_with_spaces() -> None:
     assert line == 'pair 64015:1A00:0A:3F PENDING -> DUPLEX cause="copy done" why=""'
 
 
+def test_event_line_quotes_only_what_would_break_the_line() -> None:
+    """Plain words (any letters, digits, punctuation but space, = and quotes) stay bare."""
+    line = event_line(DEVICE, PairState.DUPLEX, PairState.SUSPENDED, cause="X", group="XRC-1:a")
+    assert line == "pair 64015:1A00:0A:3F DUPLEX -> SUSPENDED cause=X group=XRC-1:a"
+
+
+def test_event_line_refuses_a_tag_named_at() -> None:
+    """at= is the time of the change; a tag of that name would make the line ambiguous."""
+    with pytest.raises(AssertionError, match=r"^tags must not repeat at=$"):
+        event_line(DEVICE, PairState.DUPLEX, PairState.SUSPENDED, cause="suspend", at="1")
+
+
 FIELD_RE = re.compile(r' (\w+)=("(?:\\.|[^"\\])*"|[^\s"]\S*)')
 
 
@@ -255,60 +273,88 @@ class _ModelPair:
         return moves[action]
 
 
-DEVICES = [f"64015:1A00:0A:{cca:02X}" for cca in range(4)]
+KEYS = [0x0A00 + cca for cca in range(4)]
 
 
 class PairGroupMachine(RuleBasedStateMachine):
-    """Drives single-pair and all-or-nothing group actions against the model."""
+    """Drives single-pair and group actions through the controller's own all-or-nothing
+    commit (Controller.commit_states, real state files in a temporary folder) and checks
+    the result against the model: a refused batch changes nothing, a committed one moves
+    every pair, announces one line per pair and survives a restart from disk."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.states = dict.fromkeys(DEVICES, PairState.SIMPLEX)
-        self.model = {device: _ModelPair() for device in DEVICES}
+        self.folder = Path(tempfile.mkdtemp(prefix="remcopy-states-"))
+        spec = controller_spec(self.folder, "cntla", 64015, volumes=4, size_bytes=1 << 20)
+        self.config = spec.write(self.folder / "cntla.toml")
+        self.controller = self._open()
+        self.model = {key: _ModelPair() for key in KEYS}
 
-    @rule(device=st.sampled_from(DEVICES), action=pair_actions)
-    def act_on_one(self, device: str, action: PairAction) -> None:
-        expected = self.model[device].expect(action.value)
-        if expected is None:
+    def _open(self) -> Controller:
+        controller = Controller(load_controller_config(self.config))
+        controller.open()
+        self.lines: list[str] = []
+        controller.add_sink(self.lines.append)
+        return controller
+
+    def teardown(self) -> None:
+        self.controller.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _commit(self, keys: list[int], action: PairAction) -> None:
+        expected = {key: self.model[key].expect(action.value) for key in keys}
+        before = {key: self.controller.devices[key].pair.state for key in KEYS}
+        commits = self.controller.store.commits
+        self.lines.clear()
+        refused = [key for key, new in expected.items() if new is None]
+        if refused:
             with pytest.raises(IllegalTransition) as caught:
-                next_state(self.states[device], action, device=device)
+                self.controller.commit_states(dict.fromkeys(keys, (action, None)), cause="test")
             err = caught.value
-            assert (err.state, err.action, err.device) == (self.states[device], action, device)
+            assert err.action is action
+            assert err.device in {str(self.controller.devices[key].address) for key in refused}
+            assert {key: self.controller.devices[key].pair.state for key in KEYS} == before
+            assert self.controller.store.commits == commits
+            assert self.lines == []
             return
-        new = next_state(self.states[device], action, device=device)
-        assert new.name == expected
-        self.states[device] = new
-        self.model[device].state = expected
+        self.controller.commit_states(dict.fromkeys(keys, (action, None)), cause="test")
+        assert self.controller.store.commits == commits + 1
+        for key, new in expected.items():
+            assert new is not None
+            self.model[key].state = new
+        assert self.lines == [
+            f"pair {self.controller.devices[key].address} {before[key].name} -> {new} cause=test"
+            for key, new in expected.items()
+            if before[key].name != new
+        ]
+
+    @rule(key=st.sampled_from(KEYS), action=pair_actions)
+    def act_on_one(self, key: int, action: PairAction) -> None:
+        self._commit([key], action)
 
     @rule(action=pair_actions)
     def act_on_group(self, action: PairAction) -> None:
-        # Compute every new state first; commit only if no pair refused (DRBD's OLD/NEW).
-        planned: dict[str, PairState] = {}
-        errors: list[IllegalTransition] = []
-        for device, state in self.states.items():
-            try:
-                planned[device] = next_state(state, action, device=device)
-            except IllegalTransition as err:
-                errors.append(err)
-        expected = {device: pair.expect(action.value) for device, pair in self.model.items()}
-        if any(new is None for new in expected.values()):
-            assert errors
-            assert {err.device for err in errors} == {d for d, n in expected.items() if n is None}
-            return
-        assert not errors
-        self.states.update(planned)
-        for device, new_name in expected.items():
-            assert new_name is not None
-            self.model[device].state = new_name
+        self._commit(KEYS, action)
+
+    @rule()
+    def restart(self) -> None:
+        self.controller.close()
+        self.controller = self._open()
 
     @invariant()
     def states_match_model(self) -> None:
-        assert {d: s.name for d, s in self.states.items()} == {
-            d: pair.state for d, pair in self.model.items()
+        assert {key: self.controller.devices[key].pair.state.name for key in KEYS} == {
+            key: pair.state for key, pair in self.model.items()
         }
 
 
 TestPairGroupMachine = PairGroupMachine.TestCase
+TestPairGroupMachine.settings = settings(
+    max_examples=25,
+    stateful_step_count=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 # Docs come from the code ----------------------------------------------------------------------

@@ -1,207 +1,42 @@
-# The consistency checker on hand-made images: a fake run writes records into in-memory
-# volumes (dicts of bytearrays) exactly as the workload would, then each test breaks the image
+# The consistency checker on hand-made images: a fake run (tests/checker_fakes.py) writes
+# records into in-memory volumes exactly as the workload would, then each test breaks the image
 # one way and checks the checker names that violation. Pure code: no controller, no socket.
 from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from checker_fakes import (
+    RUN_ID,
+    VOLUMES,
+    FakeRun,
+    make_layout,
+    only_write_to_its_location,
+    overwritten_once,
+    reasons,
+)
 from remcopy.errors import InputError
-from remcopy.ids import HardwareAddress
 from remcopy.workload import (
-    CheckReport,
-    Layout,
-    LoggedWrite,
     PlannedWrite,
     Reason,
     RecordKind,
     SlotState,
-    Volume,
-    WorkloadLog,
     WorkloadLogError,
     build_record,
-    check_image,
     decode_slot,
-    plan_chain,
     read_log,
 )
 from remcopy.workload.layout import parse_sizes, plan_prefix
 from remcopy.workload.log import LogWriter
 from remcopy.workload.record import BLOCK_BYTES, DataRef
 
-CAPACITY_BYTES = 256 * 1024
-RUN_ID = 0x5EED_0000_0000_0001
-VOLUMES = tuple(
-    Volume(
-        address=HardwareAddress.parse(f"{serial}:1A00:0A:{cca:02X}"),
-        volser=f"P{serial - 64015}{cca:04X}",
-        controller=f"cntla{serial - 64015}",
-        capacity_bytes=CAPACITY_BYTES,
-    )
-    for serial in (64015, 64016)
-    for cca in (0, 1)
-)
-
-
-def _layout(*, chains: int = 4, ring_slots: int = 4, seed: int = 7) -> Layout:
-    return Layout.plan(
-        run_id=RUN_ID,
-        seed=seed,
-        chains=chains,
-        volumes=VOLUMES,
-        sizes=(4096, 8192, 16384),
-        ring_slots_max=ring_slots,
-    )
-
-
-@dataclass
-class Issued:
-    planned: PlannedWrite
-    data: bytes
-    logged: LoggedWrite
-
-
-@dataclass
-class FakeRun:
-    """Issues the plan's writes into in-memory primaries, as the workload would."""
-
-    layout: Layout
-    volumes: dict[HardwareAddress, bytearray] = field(default_factory=dict)
-    issued: dict[int, list[Issued]] = field(default_factory=dict)
-    clock_ns: int = 1_000_000_000
-
-    def __post_init__(self) -> None:
-        self.volumes = {v.address: bytearray(v.capacity_bytes) for v in self.layout.volumes}
-        self._plans = {c: plan_chain(self.layout, c) for c in range(self.layout.chains)}
-        self.issued = {c: [] for c in range(self.layout.chains)}
-
-    def issue(self, chain: int, *, apply: bool = True) -> Issued:
-        """The chain's next write: built, stamped by a fake clock, applied unless told not."""
-        planned = next(self._plans[chain])
-        volume = self.layout.volumes[planned.volume]
-        names = None
-        if planned.kind is RecordKind.INDEX:
-            data = self.issued[chain][-1].logged
-            names = DataRef(
-                address=data.volume,
-                offset=data.offset,
-                seq=data.seq,
-                checksum=data.checksum,
-                blocks=data.length // BLOCK_BYTES,
-            )
-        self.clock_ns += 1000
-        stamp = self.clock_ns
-        raw, checksum = build_record(
-            kind=planned.kind,
-            run_id=self.layout.run_id,
-            chain=chain,
-            seq=planned.seq,
-            stamp_ns=stamp,
-            address=volume.address,
-            volser=volume.volser,
-            offset=planned.offset,
-            length=planned.length,
-            names=names,
-        )
-        self.clock_ns += 400
-        logged = LoggedWrite(
-            chain=chain,
-            seq=planned.seq,
-            kind=planned.kind,
-            volume=volume.address,
-            offset=planned.offset,
-            length=planned.length,
-            checksum=checksum,
-            stamp_ns=stamp,
-            acked_ns=self.clock_ns,
-        )
-        issued = Issued(planned=planned, data=raw, logged=logged)
-        self.issued[chain].append(issued)
-        if apply:
-            self.apply(issued)
-        return issued
-
-    def apply(self, issued: Issued, data: bytes | None = None, *, at: PlannedWrite | None = None):
-        where = at or issued.planned
-        raw = issued.data if data is None else data
-        volume = self.volumes[self.layout.volumes[where.volume].address]
-        volume[where.offset : where.offset + len(raw)] = raw
-
-    def run_round_robin(
-        self, writes_per_chain: int, *, skip: frozenset[tuple[int, int]] = frozenset()
-    ) -> None:
-        """Issue writes chain by chain in turn; the (chain, seq) in `skip` never land."""
-        for _ in range(writes_per_chain):
-            for chain in range(self.layout.chains):
-                seq = len(self.issued[chain]) + 1
-                self.issue(chain, apply=(chain, seq) not in skip)
-
-    def log(self, *, drop_last: dict[int, int] | None = None) -> WorkloadLog:
-        """The log of every issued write (less the last `n` of the chains named)."""
-        drop = drop_last or {}
-        writes = [
-            i.logged
-            for chain, issued in self.issued.items()
-            for i in issued[: len(issued) - drop.get(chain, 0)]
-        ]
-        return WorkloadLog.of(self.layout, writes)
-
-    def snapshot(self) -> dict[HardwareAddress, bytearray]:
-        return {a: bytearray(v) for a, v in self.volumes.items()}
-
-    async def check(
-        self,
-        log: WorkloadLog | None = None,
-        *,
-        image: dict[HardwareAddress, bytearray] | None = None,
-        require_all_acked: bool = False,
-        at_ns: int | None = None,
-    ) -> CheckReport:
-        volumes = self.volumes if image is None else image
-
-        async def read(address: HardwareAddress, offset: int, length: int) -> bytes:
-            return bytes(volumes[address][offset : offset + length])
-
-        return await check_image(
-            read,
-            log if log is not None else self.log(),
-            require_all_acked=require_all_acked,
-            at_ns=at_ns,
-        )
-
-
-def _only_write_to_its_location(layout: Layout, chain: int, count: int) -> list[PlannedWrite]:
-    """The writes among the chain's first `count` (not the last) alone at their location."""
-    plan = plan_prefix(layout, chain, count)
-    return [p for p in plan[:-1] if [q.location for q in plan].count(p.location) == 1]
-
-
-def _overwritten_once(run: FakeRun, chain: int) -> tuple[Issued, Issued]:
-    """Two writes of the chain to one location, the second the last write there."""
-    issued = run.issued[chain]
-    for i in range(len(issued) - 2, -1, -1):
-        here = issued[i].planned.location
-        earlier = [w for w in issued[:i] if w.planned.location == here]
-        later = [w for w in issued[i + 1 :] if w.planned.location == here]
-        if earlier and not later:
-            return earlier[-1], issued[i]
-    raise AssertionError("no location written twice")
-
-
-def _reasons(report: CheckReport) -> set[Reason]:
-    return {v.reason for v in report.violations}
-
-
-# Consistent images...
-
 
 async def test_check_image_passes_an_empty_image_with_an_empty_log():
     """An image nothing was written to, with no acknowledged write, is consistent."""
-    run = FakeRun(_layout())
+    run = FakeRun(make_layout())
     report = await run.check(require_all_acked=True)
     assert report.consistent, report.violations
     assert [c.prefix for c in report.chains] == [0, 0, 0, 0]
@@ -210,7 +45,7 @@ async def test_check_image_passes_an_empty_image_with_an_empty_log():
 
 async def test_check_image_passes_the_full_image_with_rings_wrapped():
     """Every acknowledged write present, rings overwritten several times: consistent."""
-    run = FakeRun(_layout(ring_slots=2))
+    run = FakeRun(make_layout(ring_slots=2))
     run.run_round_robin(40)
     report = await run.check(require_all_acked=True)
     assert report.consistent, report.summary()
@@ -222,7 +57,7 @@ async def test_check_image_passes_the_full_image_with_rings_wrapped():
 
 async def test_check_image_passes_a_partial_prefix_cut_at_T():
     """A snapshot taken mid-run is a cut at T: consistent, and the stamp window holds T."""
-    run = FakeRun(_layout())
+    run = FakeRun(make_layout())
     run.run_round_robin(10)
     run.issue(0)
     run.issue(1)
@@ -244,8 +79,8 @@ async def test_check_image_passes_a_partial_prefix_cut_at_T():
 
 async def test_check_image_catches_a_missing_predecessor():
     """A write missing under a later one present is named with both seqs and the location."""
-    layout = _layout(ring_slots=8)
-    victim = _only_write_to_its_location(layout, 2, 6)[0]
+    layout = make_layout(ring_slots=8)
+    victim = only_write_to_its_location(layout, 2, 6)[0]
     run = FakeRun(layout)
     run.run_round_robin(6, skip=frozenset({(2, victim.seq)}))
     report = await run.check()
@@ -264,8 +99,8 @@ async def test_check_image_catches_a_missing_predecessor():
 
 async def test_check_image_catches_an_index_record_without_its_data():
     """An indexed chain whose index is present but whose data record is not: named as such."""
-    layout = _layout(ring_slots=8)
-    alone = {p.seq: p for p in _only_write_to_its_location(layout, 1, 8)}
+    layout = make_layout(ring_slots=8)
+    alone = {p.seq: p for p in only_write_to_its_location(layout, 1, 8)}
     data = next(p for s, p in alone.items() if p.kind is RecordKind.DATA and s + 1 in alone)
     run = FakeRun(layout)
     run.run_round_robin(8, skip=frozenset({(1, data.seq)}))
@@ -282,9 +117,9 @@ async def test_check_image_catches_an_index_record_without_its_data():
 
 async def test_check_image_catches_a_location_holding_an_older_write():
     """A location holding an older write of the chain than the prefix implies is stale."""
-    run = FakeRun(_layout(ring_slots=1))
+    run = FakeRun(make_layout(ring_slots=1))
     run.run_round_robin(12)
-    older, newer = _overwritten_once(run, 2)
+    older, newer = overwritten_once(run, 2)
     run.apply(older)
     report = await run.check()
     first = report.chains[2].first_violation
@@ -296,7 +131,7 @@ async def test_check_image_catches_a_location_holding_an_older_write():
 
 async def test_check_image_catches_a_misplaced_record():
     """A record found at another chain's location is misplaced, naming where it belongs."""
-    run = FakeRun(_layout())
+    run = FakeRun(make_layout())
     run.run_round_robin(5)
     stray = run.issued[0][-1]
     target = run.issued[2][-1].planned
@@ -312,7 +147,7 @@ async def test_check_image_catches_a_misplaced_record():
 
 async def test_check_image_catches_a_record_at_the_wrong_slot_of_its_own_chain():
     """A chain's record copied to another slot of its own region is misplaced too."""
-    run = FakeRun(_layout(ring_slots=4))
+    run = FakeRun(make_layout(ring_slots=4))
     run.run_round_robin(2)
     issued = run.issued[0][0]
     other = PlannedWrite(
@@ -336,7 +171,7 @@ async def test_check_image_catches_a_record_at_the_wrong_slot_of_its_own_chain()
 
 async def test_check_image_catches_a_corrupted_checksum():
     """One flipped byte in an acknowledged record is corrupt, naming the block."""
-    run = FakeRun(_layout())
+    run = FakeRun(make_layout())
     run.run_round_robin(6)
     victim = run.issued[0][-1]
     volume = run.volumes[victim.logged.volume]
@@ -350,7 +185,7 @@ async def test_check_image_catches_a_corrupted_checksum():
 
 async def test_check_image_catches_a_record_that_is_not_the_acknowledged_one():
     """A valid record whose stamp and checksum differ from the log's is not as acknowledged."""
-    run = FakeRun(_layout())
+    run = FakeRun(make_layout())
     run.run_round_robin(4)
     victim = run.issued[1][-2]
     raw, _ = build_record(
@@ -374,7 +209,7 @@ async def test_check_image_catches_a_record_that_is_not_the_acknowledged_one():
 
 async def test_check_image_catches_an_acknowledged_write_missing_only_when_required():
     """A missing last acknowledged write is consistent, unless all acked writes must be there."""
-    run = FakeRun(_layout())
+    run = FakeRun(make_layout())
     run.run_round_robin(5)
     run.issue(3, apply=False)
     relaxed = await run.check()
@@ -393,26 +228,21 @@ async def test_check_image_catches_an_acknowledged_write_missing_only_when_requi
 
 async def test_check_image_allows_a_torn_write_that_was_never_acknowledged():
     """The chain's write in flight (not logged) may be torn at its location; nothing else."""
-    run = FakeRun(_layout())
+    run = FakeRun(make_layout())
     run.run_round_robin(5)
     torn = run.issue(0, apply=False)
-    run.apply(torn, torn.data[:BLOCK_BYTES] + bytes(len(torn.data) - BLOCK_BYTES))
-    torn_single = len(torn.data) == BLOCK_BYTES
-    if torn_single:  # a one-block record: tear its payload instead
-        damaged = bytearray(torn.data)
-        damaged[-1] ^= 0xFF
-        run.apply(torn, bytes(damaged))
+    run.tear(torn)
     report = await run.check(run.log(drop_last={0: 1}), require_all_acked=True)
     assert report.consistent, report.summary()
     assert any("never acknowledged" in n for n in report.chains[0].notes)
     acked = await run.check(require_all_acked=False)
     assert not acked.consistent
-    assert Reason.CORRUPT in _reasons(acked)
+    assert Reason.CORRUPT in reasons(acked)
 
 
 async def test_check_image_counts_present_writes_the_log_lost():
     """Writes present beyond the log (its tail lost to kill -9) are unlogged, not violations."""
-    run = FakeRun(_layout())
+    run = FakeRun(make_layout())
     run.run_round_robin(5)
     report = await run.check(run.log(drop_last={1: 1, 2: 1}), require_all_acked=True)
     assert report.consistent, report.summary()
@@ -425,7 +255,7 @@ async def test_check_image_counts_present_writes_the_log_lost():
 
 async def test_check_image_catches_two_chains_with_no_common_cut_time():
     """Chain 0's later write present while chain 1's earlier acknowledged write is absent."""
-    run = FakeRun(_layout())
+    run = FakeRun(make_layout())
     run.run_round_robin(3)
     run.issue(1, apply=False)
     run.issue(0)
@@ -440,7 +270,7 @@ async def test_check_image_catches_two_chains_with_no_common_cut_time():
 
 async def test_check_image_catches_a_cut_not_at_the_given_T():
     """With T given, a write stamped >= T present or one stamped < T absent is named."""
-    run = FakeRun(_layout())
+    run = FakeRun(make_layout())
     run.run_round_robin(3)
     at_ns = run.clock_ns + 1
     run.run_round_robin(1)
@@ -482,7 +312,7 @@ def test_decode_slot_reads_back_what_build_record_wrote():
 
 def test_plan_chain_crosses_controllers_and_indexes_every_data_record():
     """Consecutive writes go to other controllers; odd chains alternate data and index."""
-    layout = _layout()
+    layout = make_layout()
     for chain in range(layout.chains):
         plan = plan_prefix(layout, chain, 50)
         controllers = [layout.volumes[p.volume].controller for p in plan]
@@ -492,8 +322,8 @@ def test_plan_chain_crosses_controllers_and_indexes_every_data_record():
             assert all(p.names_seq == p.seq - 1 for p in plan if p.kind is RecordKind.INDEX)
         else:
             assert {p.kind for p in plan} == {RecordKind.DATA}
-    assert plan_prefix(layout, 1, 20) == plan_prefix(_layout(), 1, 20)
-    assert plan_prefix(layout, 1, 20) != plan_prefix(_layout(seed=8), 1, 20)
+    assert plan_prefix(layout, 1, 20) == plan_prefix(make_layout(), 1, 20)
+    assert plan_prefix(layout, 1, 20) != plan_prefix(make_layout(seed=8), 1, 20)
 
 
 def test_parse_sizes_reads_a_mix_and_refuses_bad_sizes():
@@ -507,7 +337,7 @@ def test_parse_sizes_reads_a_mix_and_refuses_bad_sizes():
 
 async def test_read_log_round_trips_and_refuses_a_bad_log(tmp_path: Path):
     """The log reads back as written; a torn tail is ignored; gaps and junk name the line."""
-    run = FakeRun(_layout())
+    run = FakeRun(make_layout())
     run.run_round_robin(3)
     path = tmp_path / "run.jsonl"
     writer = LogWriter.create(path, run.layout, group="PAYROLL", host="hosta")

@@ -212,6 +212,9 @@ class ControllerSection(_Strict):
             "freeze_local_only",
             "freeze_late_sibling",
             "no_hold",
+            "clear_bit_early",
+            "failback_one_side",
+            "resume_ignores_shadow",
         ]
     ] = Field(default_factory=list)
     """TESTING ONLY: known bugs the fault campaigns must catch (docs/consistency.md)."""

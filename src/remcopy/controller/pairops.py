@@ -1059,7 +1059,11 @@ class PairOperations:
                     )
                 elif request.op is PairOp.PEER_STATE:
                     action = str(request.options.get("action", ""))
-                    if action == "resume" and run.shadow_running:
+                    if (
+                        action == "resume"
+                        and run.shadow_running
+                        and not self.rep._planted("resume_ignores_shadow")  # PLANTED BUG if set
+                    ):
                         raise DeviceBusy(
                             f"{device.address}: a shadow copy of this secondary is "
                             f"running ({run.shadow_done}/{run.shadow_total} "
@@ -1077,6 +1081,8 @@ class PairOperations:
                         phases[phase][device.key] = (step, update)
                 elif request.op is PairOp.PEER_CHANGEMAP:
                     bitmap = run.changemap.to_bytes()
+                    if self.rep._planted("failback_one_side"):  # PLANTED BUG: this side's
+                        bitmap = bytes(len(bitmap))  # changes are not copied back
                     chunks.append(bitmap)
                     results.append(replace(_ok(device), tracks=len(bitmap)))
                     continue

@@ -690,6 +690,9 @@ class Replicator:
         # Write-intent: the bits are set before the local write and cleared when the secondary
         # confirmed, so after a crash every track that may differ is in the map.
         intent = run.changemap.mark_intent(msg.offset, len(msg.data))
+        if self._planted("clear_bit_early"):  # PLANTED BUG: cleared before it is confirmed
+            run.changemap.release(intent)
+            intent = []
         self._write_local(device, msg)
         if (not link.channel.connected and link.broken is None) or not link.replayed.is_set():
             return self._connect_then_push(run, link, msg, intent)

@@ -54,7 +54,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -64,6 +64,8 @@ from remcopy.errors import RemcopyError
 from remcopy.events import EventKind
 from remcopy.groups import GroupPair, recover, run_operation, suspend
 from remcopy.groups.freeze import watch_and_freeze
+from remcopy.groups.progress import follow_copies
+from remcopy.ids import HardwareAddress
 from remcopy.states import CopyMode, PairState
 from remcopy.wire.native import DeviceStatus, PairItem, PairOp
 from remcopy.workload.checker import check_image
@@ -107,6 +109,9 @@ PLANTED_BUGS: Final = (
     "freeze_local_only",
     "freeze_late_sibling",
     "no_hold",
+    "clear_bit_early",
+    "failback_one_side",
+    "resume_ignores_shadow",
 )
 # The campaigns that catch each planted bug. The first is the one tests/campaigns asserts
 # catches it; the rest caught it too when every bug was hunted with every campaign
@@ -121,7 +126,48 @@ CATCHERS: Final = {
     "freeze_local_only": ("rolling",),
     "freeze_late_sibling": ("rolling",),
     "no_hold": ("rolling",),
+    "clear_bit_early": ("kill_primary",),
+    "failback_one_side": ("kill_primary",),
+    "resume_ignores_shadow": ("suspend_shadow",),
 }
+# What each planted bug is caught for by its first catcher: text of the first failed check,
+# the checker's Reason of its first violation ("first: <reason>: ") or the campaign's named
+# check. Any one of them, or all of them for the bugs in CAUGHT_FOR_ALL. Another reason would
+# mean the bug was caught by accident, through a rule it does not break.
+_LOST: Final = tuple(
+    f"first: {r.value}: "
+    for r in (Reason.MISSING, Reason.STALE, Reason.INDEX_WITHOUT_DATA, Reason.ACKED_MISSING)
+)
+_NOT_FROZEN: Final = ("the group did not freeze", "not frozen at one T")
+_NOT_A_CUT: Final = (*_LOST, f"first: {Reason.NO_COMMON_TIME.value}: ")
+CAUGHT_FOR: Final[dict[str, tuple[str, ...]]] = {
+    # A write stamped >= T mirrored: the secondary is not the cut at T, or its chain's prefix
+    # reaches that write while the writes before it, change-recorded, are absent.
+    "mirror_late_write": (
+        f"first: {Reason.NOT_CUT_AT_T.value}: ",
+        f"first: {Reason.MISSING.value}: ",
+    ),
+    # An update confirmed but never sent, a change-map bit lost, the host acknowledged before
+    # the secondary: acknowledged writes absent after the resync or the recover.
+    "drop_update": _LOST,
+    "skip_changemap_bit": _LOST,
+    "early_sync_ack": _LOST,
+    # The controllers' own freeze: the rolling campaign's checks of the freeze, or the
+    # secondaries not a cut (a sibling mirrored writes that depend on the failed device's
+    # change-recorded ones). With a SIGSTOPped secondary nothing reaches it, so the cut itself
+    # may stay whole and only the freeze's checks fail.
+    "freeze_local_only": _NOT_FROZEN + _NOT_A_CUT,
+    "freeze_late_sibling": _NOT_FROZEN + _NOT_A_CUT,
+    "no_hold": _NOT_FROZEN + _NOT_A_CUT,
+    # A track the killed primary wrote and its secondary never received is missing from the
+    # map the failback copies by (cleared before the confirmation; the old primary's map not
+    # sent back): the failback does not undo it, and the pair's volumes differ.
+    "clear_bit_early": ("and a failback: ", " differs from "),
+    "failback_one_side": ("and a failback: ", " differs from "),
+    # The secondary resumed before its shadow copy was done.
+    "resume_ignores_shadow": ("resumed while its shadow copy ran",),
+}
+CAUGHT_FOR_ALL: Final = frozenset({"clear_bit_early", "failback_one_side"})
 # How often each bug fires in a hunt: on every n-th eligible event.
 PLANTED_BUG_EVERY: Final = {
     "mirror_late_write": 1,
@@ -131,6 +177,9 @@ PLANTED_BUG_EVERY: Final = {
     "freeze_local_only": 1,
     "freeze_late_sibling": 1,
     "no_hold": 1,
+    "clear_bit_early": 1,
+    "failback_one_side": 1,
+    "resume_ignores_shadow": 1,
 }
 
 # A stalled link counts as failed after this long without a confirmation.
@@ -302,9 +351,11 @@ class _Iteration:
         self.passed(report.consistent, report.summary(), secondary=image is not Image.PRIMARY)
         return report
 
-    async def identical(self, what: str) -> None:
-        """Every secondary holds exactly its primary's bytes (both frozen: no writes)."""
-        await until_settled(self.w)
+    async def identical(self, what: str, *, settle: bool = True) -> None:
+        """Every secondary holds exactly its primary's bytes (both frozen: no writes).
+        settle=False: the caller saw the copies end (the pairs may run the other way)."""
+        if settle:
+            await until_settled(self.w)
         differ = []
         for pair in self.w.group.pairs:
             primary = await digest(self.w.session.channels[pair.primary_controller], pair.primary)
@@ -346,16 +397,21 @@ async def _kill_primary(it: _Iteration) -> None:
     it.counted(load)
     succeeded(await run_operation(w.session, w.group, PairOp.RECOVER), "recover")
     await it.check(load, Image.SECONDARY, require_all_acked=True, what=f"after kill -9 {proc.name}")
-    # Back to DUPLEX for the next iteration: the old primary restarts, every pair is ended on
-    # both sides and established again (a full copy of 2 MiB volumes).
     w.links[victim].heal()
     await proc.start()
     await it.check(load, Image.PRIMARY, require_all_acked=True, what=f"after restart {proc.name}")
-    secondaries = tuple(PairItem(device=p.secondary.device_key) for p in w.group.pairs)
-    reply = await w.session.channels["cntlb"].pair_op(PairOp.TERMINATE, secondaries)
-    if any(r.code for r in reply.results):
-        raise HarnessError(f"terminate at the secondary: {reply.results}")
-    succeeded(await run_operation(w.session, w.group, PairOp.TERMINATE), "terminate")
+    # Fail back as an operator would once the old site is back: the recovered secondaries
+    # copy every track changed on either side to the old primaries, which become their
+    # secondaries. The killed primary wrote tracks its secondary never received (a WAN round
+    # trip was in flight): only its own change map names them, and they must be undone.
+    failback = await run_operation(w.session, w.group, PairOp.FAILBACK)
+    succeeded(failback, "failback")
+    await follow_copies(w.session, failback, lambda _: None)
+    await it.identical(f"after kill -9 {proc.name} and a failback", settle=False)
+    # Back to the defined direction for the next iteration: every pair is ended (at the
+    # current primaries, which tell their secondaries) and established again (a full copy
+    # of 2 MiB volumes).
+    succeeded(await run_operation(w.session, w.group.reversed(), PairOp.TERMINATE), "terminate")
     await establish(w)
 
 
@@ -513,24 +569,61 @@ async def _suspend_shadow(it: _Iteration) -> None:
     items = tuple(
         PairItem(device=s.device_key, peer_device=t.device_key) for s, t in w.tertiaries.items()
     )
-    async with events([w.secondary]) as subs:
+    async with recorded([w.secondary]) as recorder:
         reply = await cntlb.pair_op(PairOp.SHADOW, items)
         if any(r.code for r in reply.results):
             raise HarnessError(f"shadow: {[r.message for r in reply.results if r.code]}")
-        for _ in items:
-            await subs["cntlb"].wait_until(
-                lambda e: e.kind is EventKind.SHADOW and e.detail.get("phase") == "done",
-                timeout_s=ITERATION_TIMEOUT_S,
-            )
+        # The shadow interlock: a resume asked for while a shadow copy reads the secondary
+        # must wait for it (refused, or accepted only once the copy is done).
+        await run_operation(w.session, w.group, PairOp.RESUME)
+        finished = await recorder.wait(
+            lambda seen: (
+                sum(
+                    e.event.kind is EventKind.SHADOW and e.event.detail.get("phase") == "done"
+                    for e in seen
+                )
+                >= len(items)
+            ),
+            timeout_s=ITERATION_TIMEOUT_S,
+        )
+        if not finished:
+            raise HarnessError(f"shadow copies not done: {[e.event.text for e in recorder.events]}")
+    early = _resumed_during_shadow([e.event.text for e in recorder.events], w.tertiaries)
+    it.passed(not early, f"resumed while its shadow copy ran: {early}", secondary=False)
     async with it.load() as after:
         await after.wait(it.acks() // 4)
-        await resume(w)  # under load: the resync races the writes
+        await _resume_held(w)  # the pairs the interlock held back; the resync races the writes
         await after.wait(after.count + it.acks())
     it.counted(after)
     await it.check(load, Image.SHADOW, require_all_acked=False, at_ns=report.at_ns)
     await until_settled(w)  # async: the secondaries catch up once the writes stop
     await it.check(after, Image.SECONDARY, require_all_acked=True, what="after resume")
     await it.identical("resumed after a suspend at T")
+
+
+def _resumed_during_shadow(
+    lines: list[str], tertiaries: Mapping[HardwareAddress, HardwareAddress]
+) -> list[str]:
+    """The secondaries whose resume (`SUSPENDED -> PENDING`) came before their shadow copy's
+    `done` line, from the secondary controller's event lines in order."""
+    early = []
+    for secondary in tertiaries:
+        name = str(secondary)
+        resumed = next(
+            (i for i, line in enumerate(lines) if line.startswith(f"pair {name} SUSPENDED ->")),
+            None,
+        )
+        done = next(
+            (
+                i
+                for i, line in enumerate(lines)
+                if line.startswith(f"shadow {name} ->") and " done " in line
+            ),
+            None,
+        )
+        if resumed is not None and (done is None or resumed < done):
+            early.append(name)
+    return early
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -669,6 +762,25 @@ async def _repair(w: World) -> None:
             if still:
                 succeeded(report, "resume")
     await until_settled(w)
+
+
+async def _resume_held(w: World) -> None:
+    """Resume the pairs still suspended and wait until each announced DUPLEX (under load:
+    `until_settled` would wait for a lag of 0 that writes never leave)."""
+    stopped = [p for p, s in await _query(w, w.primaries) if s.state in _SEALED]
+    if not stopped:
+        return
+    async with events(w.primaries) as subs:
+        subset = dataclasses.replace(w.group, pairs=tuple(stopped))
+        succeeded(await run_operation(w.session, subset, PairOp.RESUME), "resume")
+        for name, sub in subs.items():
+            want = {str(p.primary) for p in stopped if p.primary_controller == name}
+            while want:
+                event = await sub.wait_until(
+                    lambda e: e.kind is EventKind.STATE and e.new is PairState.DUPLEX,
+                    timeout_s=ITERATION_TIMEOUT_S,
+                )
+                want.discard(event.device or "")
 
 
 async def _inject(w: World, fault: str, victim: int) -> None:
@@ -904,6 +1016,16 @@ async def hunt_planted_bug(
     return await run_campaign(campaign, root, settings)
 
 
+def caught_as_expected(result: CampaignResult) -> bool:
+    """A hunt found its planted bug for the reason that bug breaks (CAUGHT_FOR), and the
+    harness itself did not fail."""
+    if result.harness_error or not result.findings or len(result.planted_bugs) != 1:
+        return False
+    bug = result.planted_bugs[0]
+    found = [text in result.findings[0] for text in CAUGHT_FOR[bug]]
+    return all(found) if bug in CAUGHT_FOR_ALL else any(found)
+
+
 # Detection with no host writes: link death to the first sign of it...
 
 DETECTION_FAULTS: Final = ("stall", "cut", "sigstop")
@@ -991,6 +1113,8 @@ async def measure_detection(root: Path, *, iterations: int, seed: int) -> Detect
 __all__ = [
     "CAMPAIGNS",
     "CATCHERS",
+    "CAUGHT_FOR",
+    "CAUGHT_FOR_ALL",
     "PLANTED_BUGS",
     "PLANTED_BUG_EVERY",
     "CampaignResult",
@@ -999,6 +1123,7 @@ __all__ = [
     "DetectionResult",
     "HarnessError",
     "ROLLING_FAULTS",
+    "caught_as_expected",
     "hunt_planted_bug",
     "measure_detection",
     "run_campaign",

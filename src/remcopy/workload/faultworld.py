@@ -120,6 +120,10 @@ def hardware_address(serial: int, ssid: int, lss: int, cca: int) -> HardwareAddr
     return HardwareAddress.of(serial=serial, ssid=ssid, lss=lss, cca=cca)
 
 
+# Planted bugs in what the secondary controller decides (testing only): planted there.
+SECONDARY_SIDE_BUGS: Final = frozenset({"resume_ignores_shadow"})
+
+
 @contextlib.asynccontextmanager
 async def world(
     root: Path, shape: Shape, *, planted_bugs: tuple[str, ...] = (), planted_bug_every: int = 1
@@ -223,8 +227,20 @@ async def world(
             )
             for i in range(shape.primaries)
         ]
+        # A planted bug of the secondary's side (TESTING ONLY) is planted there instead.
+        on_secondary = [bug for bug in planted_bugs if bug in SECONDARY_SIDE_BUGS]
+        if on_secondary:
+            for spec in secondary_specs:
+                spec.settings = {
+                    "planted_bugs": on_secondary,
+                    "planted_bug_every": planted_bug_every,
+                }
         secondaries = [
-            ControllerProcess(spec.write(root / f"{spec.name}.toml")) for spec in secondary_specs
+            ControllerProcess(
+                spec.write(root / f"{spec.name}.toml"),
+                extra_env=TESTING_ENV if on_secondary else None,
+            )
+            for spec in secondary_specs
         ]
         secondary = secondaries[0]
         # The primaries are the fault campaigns' test subjects: planted bugs and volume_faults

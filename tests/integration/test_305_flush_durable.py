@@ -1,0 +1,93 @@
+# FLUSH and FUA reach the disk: the controller process, watched by strace, calls fdatasync on
+# the volume's file for a host FLUSH and for a write with FUA, and msync on the change map of
+# a suspended pair (whose bits are what a resume copies after a power loss); a plain write
+# calls neither. Syscalls are what a test can see of durability: kill -9 keeps the page cache,
+# so only a power loss would show a missing fdatasync.
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from mirror_world import World, build, channel, establish, stop
+
+from remcopy.controller.process import ControllerProcess
+from remcopy.states import CopyMode, PairState
+from suspend_at import suspend_soon
+
+
+@asynccontextmanager
+async def syscalls(proc: ControllerProcess, out: Path) -> AsyncIterator[list[str]]:
+    """Trace fdatasync and msync in every thread of the controller while the body runs; the
+    list holds the traced lines once the body is done."""
+    assert proc.process is not None
+    strace = await asyncio.create_subprocess_exec(
+        "strace", "-f", "-y", "-e", "trace=fdatasync,fsync,msync",
+        "-p", str(proc.process.pid), "-o", str(out),
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert strace.stderr is not None
+    lines: list[str] = []
+    try:
+        # strace says "Process N attached" (with its threads) once it traces them all.
+        attached = await strace.stderr.readline()
+        assert b"attached" in attached, attached
+        yield lines
+    finally:
+        strace.send_signal(signal.SIGINT)  # detaches from the controller, which goes on
+        await strace.wait()
+        lines.extend((await asyncio.to_thread(out.read_text)).splitlines())
+
+
+def _count(lines: list[str], call: str, path: str) -> int:
+    """Calls of `call` on the file descriptor of `path` (strace -y names it)."""
+    pattern = re.compile(rf"\b{call}\(\d+<([^>]*)>")
+    return sum(1 for line in lines if (m := pattern.search(line)) and m.group(1) == path)
+
+
+def _msyncs(lines: list[str], address: int) -> int:
+    """msync calls of the mapping that starts at `address`."""
+    pattern = re.compile(r"\bmsync\((0x[0-9a-f]+),")
+    return sum(
+        1 for line in lines if (m := pattern.search(line)) and int(m.group(1), 16) == address
+    )
+
+
+def _mapped_at(proc: ControllerProcess, path: str) -> int:
+    """Where the controller mapped `path` (its change map), from /proc/PID/maps."""
+    assert proc.process is not None
+    for line in Path(f"/proc/{proc.process.pid}/maps").read_text().splitlines():
+        if line.endswith(path):
+            return int(line.split("-")[0], 16)
+    raise AssertionError(f"{path} is not mapped")
+
+
+async def test_flush_and_fua_call_fdatasync_and_msync_the_change_map(tmp_path):
+    """FLUSH: fdatasync of the volume and msync of its change map; FUA: fdatasync; a plain
+    write: neither."""
+    world: World = await build(tmp_path, volumes=1)
+    try:
+        primary = world.primaries[0]
+        await establish(world, 0, CopyMode.SYNC)
+        volume = str(tmp_path / "cntla0" / "volumes" / "P00000.vol")
+        changemap = _mapped_at(primary, str(tmp_path / "cntla0" / "changemaps" / "0A00.map"))
+        async with channel(primary) as ch:
+            await suspend_soon(ch, world.pair_items(0, CopyMode.SYNC))
+            assert (await ch.query((0x0A00,)))[0].state is PairState.SUSPENDED
+            async with syscalls(primary, tmp_path / "plain.trace") as plain:
+                await ch.write(0x0A00, 0, b"p" * 4096)
+            async with syscalls(primary, tmp_path / "flush.trace") as flushed:
+                await ch.write(0x0A00, 65536, b"f" * 4096)
+                await ch.flush((0x0A00,))
+            async with syscalls(primary, tmp_path / "fua.trace") as fua:
+                await ch.write(0x0A00, 131072, b"u" * 4096, fua=True)
+    finally:
+        await stop(world)
+    assert _count(plain, "fdatasync", volume) == 0, plain
+    assert _count(flushed, "fdatasync", volume) >= 1, flushed
+    assert _msyncs(plain, changemap) == 0, plain
+    assert _msyncs(flushed, changemap) >= 1, flushed
+    assert _count(fua, "fdatasync", volume) >= 1, fua
