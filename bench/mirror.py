@@ -40,7 +40,26 @@
 # - the RPO of the async pair (a consistency group: its updates wait at the secondary for the
 #   consistency time C): after each lag sample of the paced and saturated phases, the
 #   secondary is asked for C and now - C is taken (`async_rpo_p50_s`, `async_rpo_p99_s`,
-#   pooled). The marker lag of the async pair therefore includes the wait for C;
+#   pooled; `async_rpo_paced_p99_s`, `async_rpo_saturated_p99_s` per phase). The marker lag
+#   of the async pair therefore includes the wait for C;
+# - the same RPO with a 30 ms one-way delay on the link (target p99 <= 1 s): after the main
+#   world, a second two-site world whose primary reaches the secondary through the project's
+#   fault link (remcopy.workload.faultlink.FaultLink, delay 30 ms in each direction). One
+#   async consistency-group pair (32 MiB) is established with the link passing, then the link
+#   delays; a 64 KiB QD16 pass to the drain gives the rate the delayed pair sustains
+#   (`async_delay30_drained_mib_s`); then the paced phase (64 KiB writes at half that rate:
+#   the acked rate of an async pair is local and says nothing about the link) and the
+#   saturated phase (the 16 back-to-back writers) run for 3 s (10 s without --quick) each,
+#   sampled as above: marker lag, then now - C. RESULT `async_rpo_delay30_p50_s`,
+#   `async_rpo_delay30_p99_s` (paced and saturated pooled, as the undelayed keys),
+#   `async_rpo_delay30_paced_p99_s`, `async_rpo_delay30_saturated_p99_s`,
+#   `async_lag_delay30_{paced,saturated}_p99_ms`. Caveat: the fault link sleeps its delay
+#   before forwarding each chunk it read, one chunk at a time per direction, so a delayed
+#   link also carries at most about 256 KiB / 30 ms (~8 MiB/s). The paced figure is the delay
+#   alone; the saturated one is mostly the backlog of a host writing far faster than that
+#   link carries. So that backlog does not suspend the pair, the delayed primary runs with
+#   ack_timeout_s and heartbeat_timeout_s 60 s (as the fault-link tests) and max_lag_s 0.25
+#   (host writes held back while the oldest unconfirmed update is older; counted);
 # - the CPU seconds per GiB of the primary, the secondary and the host process in the 64 KiB
 #   QD16 pass: on a 2-CPU machine three busy processes share two CPUs; this says who used them.
 # Every measured write overwrites a block that was written before (the volumes are filled
