@@ -37,6 +37,7 @@ from remcopy.events import Event
 from remcopy.host.channel import Channel, Subscription
 from remcopy.states import CopyMode, PairState
 from remcopy.wire.native import PairItem, PairOp, PairOpReply
+from remcopy.workload.faultlink import FaultLink
 
 T = TypeVar("T")
 
@@ -99,9 +100,24 @@ class World:
 
 
 @contextlib.asynccontextmanager
-async def two_sites(root: Path, sizes: dict[int, int]) -> AsyncIterator[World]:
-    """Start the secondary then the primary; stop both (SIGTERM, then SIGKILL) on the way out."""
+async def two_sites(
+    root: Path,
+    sizes: dict[int, int],
+    *,
+    peer_via: FaultLink | None = None,
+    primary_settings: dict[str, object] | None = None,
+) -> AsyncIterator[World]:
+    """Start the secondary then the primary; stop both (SIGTERM, then SIGKILL) on the way out.
+
+    With `peer_via` (a started fault link), the primary's replication link to the secondary
+    goes through it: the link is pointed at the secondary, the primary's peer address at it.
+    `primary_settings`: more [controller] keys for the primary (e.g. {"max_lag_s": 0.5}).
+    """
     port_a, port_b = free_port(), free_port()
+    primary_peer = f"127.0.0.1:{port_b}"
+    if peer_via is not None:
+        peer_via.target = ("127.0.0.1", port_b)
+        primary_peer = peer_via.endpoint
     secondary_spec = ControllerSpec(
         name="sitebcntl",
         serial=SECONDARY_SERIAL,
@@ -133,11 +149,12 @@ async def two_sites(root: Path, sizes: dict[int, int]) -> AsyncIterator[World]:
             for cca, size in sorted(sizes.items())
         ],
         hosts={HOST: SECRET},
+        settings=dict(primary_settings or {}),
         peers=[
             PeerSpec(
                 name="sitebcntl",
                 serial=SECONDARY_SERIAL,
-                address=f"127.0.0.1:{port_b}",
+                address=primary_peer,
                 secret=LINK_SECRET,
             )
         ],

@@ -40,7 +40,26 @@
 # - the RPO of the async pair (a consistency group: its updates wait at the secondary for the
 #   consistency time C): after each lag sample of the paced and saturated phases, the
 #   secondary is asked for C and now - C is taken (`async_rpo_p50_s`, `async_rpo_p99_s`,
-#   pooled). The marker lag of the async pair therefore includes the wait for C;
+#   pooled; `async_rpo_paced_p99_s`, `async_rpo_saturated_p99_s` per phase). The marker lag
+#   of the async pair therefore includes the wait for C;
+# - the same RPO with a 30 ms one-way delay on the link (target p99 <= 1 s): after the main
+#   world, a second two-site world whose primary reaches the secondary through the project's
+#   fault link (remcopy.workload.faultlink.FaultLink, delay 30 ms in each direction). One
+#   async consistency-group pair (32 MiB) is established with the link passing, then the link
+#   delays; a 64 KiB QD16 pass to the drain gives the rate the delayed pair sustains
+#   (`async_delay30_drained_mib_s`); then the paced phase (64 KiB writes at half that rate:
+#   the acked rate of an async pair is local and says nothing about the link) and the
+#   saturated phase (the 16 back-to-back writers) run for 3 s (10 s without --quick) each,
+#   sampled as above: marker lag, then now - C. RESULT `async_rpo_delay30_p50_s`,
+#   `async_rpo_delay30_p99_s` (paced and saturated pooled, as the undelayed keys),
+#   `async_rpo_delay30_paced_p99_s`, `async_rpo_delay30_saturated_p99_s`,
+#   `async_lag_delay30_{paced,saturated}_p99_ms`. Caveat: the fault link sleeps its delay
+#   before forwarding each chunk it read, one chunk at a time per direction, so a delayed
+#   link also carries at most about 256 KiB / 30 ms (~8 MiB/s). The paced figure is the delay
+#   alone; the saturated one is mostly the backlog of a host writing far faster than that
+#   link carries. So that backlog does not suspend the pair, the delayed primary runs with
+#   ack_timeout_s and heartbeat_timeout_s 60 s (as the fault-link tests) and max_lag_s 0.25
+#   (host writes held back while the oldest unconfirmed update is older; counted);
 # - the CPU seconds per GiB of the primary, the secondary and the host process in the 64 KiB
 #   QD16 pass: on a 2-CPU machine three busy processes share two CPUs; this says who used them.
 # Every measured write overwrites a block that was written before (the volumes are filled
@@ -56,6 +75,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import platform
@@ -89,6 +109,7 @@ from remcopy.errors import LateWrite
 from remcopy.host.channel import Channel, Subscription
 from remcopy.states import CopyMode
 from remcopy.wire.native import PairOp
+from remcopy.workload.faultlink import FaultLink
 
 SEED_DEFAULT: Final = 20261126
 VOLUME_BYTES_FULL: Final = 256 * MIB
@@ -105,6 +126,26 @@ LAG_IDLE_SAMPLES_QUICK: Final = 150
 LAG_POLL_TIMEOUT_S: Final = 30.0
 SUSPEND_MARGIN_NS: Final = 50_000_000
 RTT_SAMPLES: Final = 2_000
+# The delayed world: one async consistency-group pair whose replication link goes through a
+# fault link delaying each direction by DELAY_ONE_WAY_S.
+DELAY_ONE_WAY_S: Final = 0.030
+DELAY_CCA: Final = 0
+DELAY_VOLUME_BYTES: Final = 32 * MIB
+DELAY_LOAD_S_FULL: Final = 10.0
+DELAY_LOAD_S_QUICK: Final = 3.0
+# The fault link sleeps its delay before forwarding each chunk it read (up to CHUNK_BYTES),
+# one chunk at a time per direction: besides the delay it carries at most about
+# CHUNK_BYTES / delay (~8 MiB/s at 30 ms), far less than the host writes. What piles up on
+# the primary delays the updates' confirmations and the heartbeats queued behind them past
+# the default timeouts (the pair would suspend), so the delayed primary runs with the
+# timeouts the fault-link tests use and max_lag_s, which holds the host writes back once the
+# oldest unconfirmed update is that old.
+DELAY_PRIMARY_SETTINGS: Final[dict[str, object]] = {
+    "ack_timeout_s": 60.0,
+    "heartbeat_timeout_s": 60.0,
+    "max_lag_s": 0.25,
+}
+DELAY_PHASES: Final = ("paced", "saturated")
 
 SEQ_BYTES: Final = 64 * KIB
 RAND_BYTES: Final = 4 * KIB
@@ -130,6 +171,7 @@ class Plan:
     rand_ops: dict[int, int]
     lag_load_s: float
     lag_idle_samples: int
+    delay_load_s: float
 
     @property
     def load_bytes(self) -> int:
@@ -184,6 +226,10 @@ class Results:
     """now - C at the secondary (its consistency time), per loaded lag phase."""
     updates_sent: int = 0
     updates_applied: int = 0
+    lag_busy_writes: int = 0
+    """Host writes the primary answered busy for max_lag_s (the delayed world's only)."""
+    delayed: Results | None = None
+    """The async pair of the world whose link delays each way (its lag, RPO, QD16 pass)."""
 
     def best(self, mode: str, kind: str, qd: int) -> Pass:
         return max(self.passes[(mode, kind, qd)], key=lambda p: p.mib_s)
@@ -437,6 +483,43 @@ class Bench:
         finally:
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    async def run_delayed(self, link: FaultLink) -> Results:
+        """The async group pair across `link`: established with the link passing, then the
+        link delays each way; a 64 KiB QD16 pass (to the drain) gives the rate the pair
+        sustains, the paced phase runs at half of it, the saturated one as in the main world."""
+        await self._prefill()
+        cca, device = DELAY_CCA, primary_device(DELAY_CCA)
+        took = await establish(
+            self.ch, self.events, self.world, [cca], CopyMode.ASYNC, group=ASYNC_GROUP
+        )
+        self.results.establish_s["async"] = [took]
+        link.delay(DELAY_ONE_WAY_S)
+        await self._flush(cca, paired=True)
+        items = list(self._load_offsets())
+        self.meter.start()
+        started = time.perf_counter()
+        took, latencies = await run_qd(16, items, _writer(self.ch, device, self.block))
+        await self._drained(device)
+        drained = time.perf_counter() - started
+        size = len(items) * SEQ_BYTES
+        self.results.passes[("async", "seq", 16)] = [
+            Pass(
+                mib_s=size / MIB / took,
+                p50_us=percentile(latencies, 0.50) / 1000,
+                p99_us=percentile(latencies, 0.99) / 1000,
+                drained_mib_s=size / MIB / drained,
+                cpu_s=self.meter.stop(),
+                gib=size / GIB,
+            )
+        ]
+        await self._flush(cca, paired=True)
+        await self._lag_phase(cca, "paced", rate_mib_s=size / MIB / drained / 2)
+        await self._lag_phase(cca, "saturated")
+        await self._stop_load(self._saturated)
+        counters = (await self.ch.status())["counters"]
+        self.results.lag_busy_writes = int(counters["lag_busy_writes"])
+        return self.results
+
     async def _suspend_cross_check(self, cca: int) -> None:
         """Suspend at T = now + margin under the saturated stream: the controller's drain."""
         try:
@@ -467,7 +550,29 @@ async def run(plan: Plan, root: Path) -> Results:
         world.host_channel(world.secondary) as sec,
     ):
         events = await ch.subscribe()
-        return await Bench(plan, world, ch, sec, events).run()
+        results = await Bench(plan, world, ch, sec, events).run()
+    results.delayed = await _run_delayed(plan, root / "delay30")
+    return results
+
+
+async def _run_delayed(plan: Plan, root: Path) -> Results:
+    """A second two-site world whose replication link delays each way: its async pair."""
+    delayed = dataclasses.replace(
+        plan, volume_bytes=DELAY_VOLUME_BYTES, lag_load_s=plan.delay_load_s
+    )
+    async with (
+        FaultLink(("127.0.0.1", 0), seed=plan.seed) as link,
+        two_sites(
+            root,
+            {DELAY_CCA: DELAY_VOLUME_BYTES},
+            peer_via=link,
+            primary_settings=DELAY_PRIMARY_SETTINGS,
+        ) as world,
+        world.host_channel(world.primary) as ch,
+        world.host_channel(world.secondary) as sec,
+    ):
+        events = await ch.subscribe()
+        return await Bench(delayed, world, ch, sec, events).run_delayed(link)
 
 
 # Reporting...
@@ -573,10 +678,50 @@ def _table(plan: Plan, res: Results, load: str) -> str:
         "  cross-check, suspend at T = now + 50 ms under the QD16 stream, the controller's "
         f"drain (sealed -> drained): {', '.join(f'{d:.2f}' for d in res.suspend_drain_ms)} ms;"
         f" updates in flight at T: {', '.join(str(n) for n in res.suspend_in_flight)}",
+        "",
+        "async RPO, now - C at the secondary after each lag sample: p50 / p99 / max s "
+        "(target p99 <= 1 s with the 30 ms delay); RESULT: paced and saturated pooled",
+        *_rpo_lines("link as is", res),
+    ]
+    if res.delayed is not None:
+        delayed = res.delayed
+        best = delayed.best("async", "seq", 16)
+        lines += [
+            *_rpo_lines(f"{DELAY_ONE_WAY_S * 1e3:.0f} ms each way", delayed),
+            f"  30 ms each way: 64 KiB QD16 acked {best.mib_s:,.0f} MiB/s, incl. drain "
+            f"{best.drained_mib_s:,.0f} MiB/s (the paced load is half of that); marker lag "
+            "p50 / p99 ms: "
+            + ", ".join(
+                f"{phase} {delayed.lag[phase].p(0.5):,.1f} / {delayed.lag[phase].p(0.99):,.1f} "
+                f"({_mean(delayed.lag[phase].load_mib_s):,.0f} MiB/s load)"
+                for phase in DELAY_PHASES
+            )
+            + f"; host writes answered busy for max_lag_s {delayed.lag_busy_writes:,}",
+        ]
+    lines += [
         f"updates sent by the primary (host writes + track copies) {res.updates_sent:,}, "
         f"applied by the secondary {res.updates_applied:,}",
     ]
     return "\n".join(lines)
+
+
+def _rpo_lines(label: str, res: Results) -> list[str]:
+    def cells(samples: list[int]) -> str:
+        if not samples:
+            return "no samples"
+        return (
+            f"{percentile(samples, 0.5) / 1e9:.3f} / {percentile(samples, 0.99) / 1e9:.3f} / "
+            f"{max(samples) / 1e9:.3f}  {len(samples)} samples"
+        )
+
+    return [
+        f"  {label:<18} {phase:<10} {cells(samples)}"
+        for phase, samples in (
+            ("paced", res.rpo_ns.get("paced", [])),
+            ("saturated", res.rpo_ns.get("saturated", [])),
+            ("pooled", _rpo_pooled(res)),
+        )
+    ]
 
 
 def _mean(values: list[int] | list[float]) -> float:
@@ -587,15 +732,32 @@ def _sync_added_us(res: Results) -> float:
     return res.best("sync", "seq", 1).p50_us - res.best("SIMPLEX", "seq", 1).p50_us
 
 
-def _rpo_figures(res: Results) -> dict[str, float]:
-    """RPO = now - C at the secondary, pooled over the paced and saturated phases, and each."""
-    pooled = [n for phase in ("paced", "saturated") for n in res.rpo_ns.get(phase, [])]
+def _rpo_pooled(res: Results) -> list[int]:
+    return [n for phase in ("paced", "saturated") for n in res.rpo_ns.get(phase, [])]
+
+
+def _rpo_figures(res: Results, key: str) -> dict[str, float]:
+    """RPO = now - C at the secondary, pooled over the paced and saturated phases, and each;
+    keys `{key}_p50_s`, `{key}_p99_s`, `{key}_{phase}_p99_s`."""
+    pooled = _rpo_pooled(res)
     doc = {
-        "async_rpo_p50_s": round(percentile(pooled, 0.5) / 1e9, 4) if pooled else -1.0,
-        "async_rpo_p99_s": round(percentile(pooled, 0.99) / 1e9, 4) if pooled else -1.0,
+        f"{key}_p50_s": round(percentile(pooled, 0.5) / 1e9, 4) if pooled else -1.0,
+        f"{key}_p99_s": round(percentile(pooled, 0.99) / 1e9, 4) if pooled else -1.0,
     }
     for phase, samples in sorted(res.rpo_ns.items()):
-        doc[f"async_rpo_{phase}_p99_s"] = round(percentile(samples, 0.99) / 1e9, 4)
+        doc[f"{key}_{phase}_p99_s"] = round(percentile(samples, 0.99) / 1e9, 4)
+    return doc
+
+
+def _delayed_figures(res: Results) -> dict[str, float]:
+    """The async pair across the delayed link: RPO, marker lag, what its link sustained."""
+    delayed = res.delayed
+    if delayed is None:
+        return {}
+    doc = _rpo_figures(delayed, "async_rpo_delay30")
+    doc["async_lag_delay30_paced_p99_ms"] = round(delayed.lag["paced"].p(0.99), 4)
+    doc["async_lag_delay30_saturated_p99_ms"] = round(delayed.lag["saturated"].p(0.99), 4)
+    doc["async_delay30_drained_mib_s"] = round(delayed.best("async", "seq", 16).drained_mib_s, 1)
     return doc
 
 
@@ -617,7 +779,8 @@ def _result_json(plan: Plan, res: Results, load: list[float]) -> dict[str, Any]:
             res.best("async", "seq", 16).drained_mib_s / res.best("SIMPLEX", "seq", 16).mib_s, 4
         ),
         "async_suspend_drain_ms_max": round(max(res.suspend_drain_ms, default=0.0), 3),
-        **_rpo_figures(res),
+        **_rpo_figures(res, "async_rpo"),
+        **_delayed_figures(res),
     }
     for mode in MODES[1:]:
         doc[f"{mode}_ratio_64k_qd1"] = round(res.ratio(mode, "seq", 1), 4)
@@ -657,6 +820,7 @@ def main(argv: list[str] | None = None) -> int:
         rand_ops=dict(RAND_OPS_QUICK if quick else RAND_OPS_FULL),
         lag_load_s=LAG_LOAD_S_QUICK if quick else LAG_LOAD_S_FULL,
         lag_idle_samples=LAG_IDLE_SAMPLES_QUICK if quick else LAG_IDLE_SAMPLES_FULL,
+        delay_load_s=DELAY_LOAD_S_QUICK if quick else DELAY_LOAD_S_FULL,
     )
     print(f"seed {plan.seed}", flush=True)
     load_start = load_average()
