@@ -12,6 +12,8 @@
 #   below. What can only be our bug is `RemcopyInternalError`.
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
@@ -48,6 +50,17 @@ class InputError(RemcopyError):
 
     code = 10
     exit_code = 2
+
+
+@contextlib.contextmanager
+def files_named_by_the_user(what: str) -> Iterator[None]:
+    """A file or folder the user named cannot be made or read: one line naming it and why
+    (exit 2), not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise InputError(f"{what}: {where}{exc.strerror or exc}") from exc
 
 
 class InvalidIdentifier(InputError):

@@ -134,6 +134,16 @@ def _bad_inputs(tmp: Path) -> list[tuple[tuple[str, ...], int, str]]:
         (("log", "--since", "yesterdayish", *catalog), 2, "--since: expected an age"),
         (("tui", *absent), 2, "no catalog at"),
         (("states", "extra"), 2, "unexpected extra argument (extra)"),
+        (("events", "--group", "NOGROUP", *catalog), 2, "no such group"),
+        (("events", "--last", "-1", *catalog), 2, "-1 is not in the range"),
+        (("group", "pairs", "NOGROUP", "--host", "h", *catalog), 2, "no such group"),
+        (("pki", "init"), 2, "Missing option '--dir'"),
+        (("pki", "init", "--dir", "/proc/no-such"), 2, "--dir: /proc/no-such"),
+        (("pki", "issue", "--dir", str(tmp / "nope"), "--name", "x"), 2, "no site CA here"),
+        (("pki", "issue", "--dir", str(tmp), "--name", "bad name"), 2, "not a usable"),
+        (("pki", "show", missing), 2, "not a PEM certificate"),
+        (("secret", "new"), 2, "Missing option '--out'"),
+        (("secret", "new", "--out", "/proc/no-such/s"), 2, "--out: /proc/no-such"),
         *(
             ((("group", verb, "NOGROUP", "--host", "h", *catalog), 2, "pass --yes"))
             for verb in ("failback", "recover", "return-home", "terminate")

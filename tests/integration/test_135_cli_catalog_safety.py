@@ -48,6 +48,7 @@ NEEDS_A_CATALOG: dict[tuple[str, ...], tuple[str, ...]] = {
     ("verify",): ("--group", "PAYROLL", "--host", "hosta", "--log", "{log}"),
     ("tui",): (),
     ("log",): (),
+    ("events",): (),
 }
 
 

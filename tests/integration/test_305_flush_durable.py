@@ -48,20 +48,21 @@ def _count(lines: list[str], call: str, path: str) -> int:
     return sum(1 for line in lines if (m := pattern.search(line)) and m.group(1) == path)
 
 
-def _msyncs(lines: list[str], address: int) -> int:
-    """msync calls of the mapping that starts at `address`."""
+def _msyncs(lines: list[str], mapped: range) -> int:
+    """msync calls of pages inside the mapping `mapped` (start to end address)."""
     pattern = re.compile(r"\bmsync\((0x[0-9a-f]+),")
     return sum(
-        1 for line in lines if (m := pattern.search(line)) and int(m.group(1), 16) == address
+        1 for line in lines if (m := pattern.search(line)) and int(m.group(1), 16) in mapped
     )
 
 
-def _mapped_at(proc: ControllerProcess, path: str) -> int:
-    """Where the controller mapped `path` (its change map), from /proc/PID/maps."""
+def _mapped_at(proc: ControllerProcess, path: str) -> range:
+    """Where the controller mapped `path` (the change-map file), from /proc/PID/maps."""
     assert proc.process is not None
     for line in Path(f"/proc/{proc.process.pid}/maps").read_text().splitlines():
         if line.endswith(path):
-            return int(line.split("-")[0], 16)
+            start, end = line.split()[0].split("-")
+            return range(int(start, 16), int(end, 16))
     raise AssertionError(f"{path} is not mapped")
 
 
@@ -73,7 +74,7 @@ async def test_flush_and_fua_call_fdatasync_and_msync_the_change_map(tmp_path):
         primary = world.primaries[0]
         await establish(world, 0, CopyMode.SYNC)
         volume = str(tmp_path / "cntla0" / "volumes" / "P00000.vol")
-        changemap = _mapped_at(primary, str(tmp_path / "cntla0" / "changemaps" / "0A00.map"))
+        changemap = _mapped_at(primary, str(tmp_path / "cntla0" / "changemaps" / "controller.map"))
         async with channel(primary) as ch:
             await suspend_soon(ch, world.pair_items(0, CopyMode.SYNC))
             assert (await ch.query((0x0A00,)))[0].state is PairState.SUSPENDED

@@ -15,7 +15,6 @@ from mirror_world import build, stop, two_group_catalog
 
 from common import HOST, SECRET, run_remcopy
 from remcopy.events import EventKind
-from remcopy.host.channel import Channel
 
 LINE_TIMEOUT_S = 60.0
 
@@ -191,7 +190,7 @@ async def test_subscribe_past_the_last_number_is_told_a_gap(world):
     """A subscriber resuming after a number the controller never reached (its event log
     lost its end) gets a GAP naming the controller's last number, then the live stream."""
     p0 = world.primaries[0]
-    async with Channel(p0.address, name=HOST, secret=SECRET) as channel:
+    async with p0.channel(name=HOST, secret=SECRET) as channel:
         subscription = await channel.subscribe(after_seq=10**12)
         (gap,) = subscription.take_replayed()
         assert (gap.kind, gap.serial, gap.controller) == (EventKind.GAP, p0.serial, "cntla0")

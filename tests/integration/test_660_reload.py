@@ -15,7 +15,7 @@ import pytest
 from common import HOST, SECRET, controller_spec
 from helpers import NotifySocket, RawClient
 from remcopy.controller.process import ControllerProcess, ControllerSpec, VolumeSpec, free_port
-from remcopy.errors import AuthenticationFailed
+from remcopy.errors import AuthenticationFailed, BrokenResourceError
 from remcopy.host.channel import Channel
 from remcopy.wire import native
 
@@ -30,7 +30,8 @@ class Reloadable:
 
     def __init__(self, tmp_path: Path) -> None:
         self.notify = NotifySocket(tmp_path)
-        self.spec: ControllerSpec = controller_spec(tmp_path, "cntla", 64015)
+        # Plain TCP on loopback: the test speaks raw frames and forged names to it.
+        self.spec: ControllerSpec = controller_spec(tmp_path, "cntla", 64015, plain_tcp=True)
         self.path = self.spec.write(tmp_path / "cntla.toml")
         self.proc = ControllerProcess(self.path, extra_env={"NOTIFY_SOCKET": self.notify.value})
 
@@ -57,6 +58,16 @@ class Reloadable:
         self.notify.close()
 
 
+async def _refused(address: tuple[str, int], name: str) -> None:
+    """A HELLO with `name` is refused: an unknown name gets a challenge like any other (a
+    client learns nothing from it), and its proof is refused."""
+    client = await RawClient.open(address)
+    challenge = await client.hello(name)
+    assert isinstance(challenge, native.Challenge)
+    assert isinstance(await client.prove(b"not-the-secret-of-anyone", challenge), native.ErrorReply)
+    await client.close()
+
+
 @pytest.fixture
 async def controller(tmp_path):
     c = Reloadable(tmp_path)
@@ -79,9 +90,12 @@ async def test_reload_applies_hosts_live_and_names_what_needs_a_restart(controll
 
     # Its connection was closed (it would still answer otherwise) and connecting again with
     # the old secret is refused.
-    with pytest.raises(AuthenticationFailed):
+    with pytest.raises((AuthenticationFailed, BrokenResourceError)):
         await connected.status()
     await connected.close()
+    with pytest.raises(AuthenticationFailed):
+        async with Channel(address, name=HOST, secret=SECRET) as again:
+            await again.status()
     for name, secret in ((HOST, NEW_SECRET), ("hostb", HOSTB_SECRET)):
         async with Channel(address, name=name, secret=secret) as channel:
             status = await channel.status()
@@ -115,9 +129,7 @@ async def test_reload_refuses_a_bad_config_whole_and_logs_it_on_one_line(control
     assert "\\n" in refused  # the problems, one per line in the message, escaped in the log
 
     forged = "intruder\n2030-01-01 00:00:00,000 remcopy.controller INFO authenticated admin"
-    client = await RawClient.open(address)
-    assert isinstance(await client.hello(forged), native.ErrorReply)
-    await client.close()
+    await _refused(address, forged)
     lines = controller.proc.log_text().splitlines()
     assert not [line for line in lines if line.startswith("2030-")]
     assert all(_RECORD.match(line) for line in lines), [
@@ -131,9 +143,7 @@ async def test_reload_to_json_logs_writes_json_lines(controller):
     controller.spec.settings["log_format"] = "json"
     await controller.reload()
     forged = 'intruder\n{"level": "info", "message": "forged"}'
-    client = await RawClient.open(controller.proc.address)
-    assert isinstance(await client.hello(forged), native.ErrorReply)
-    await client.close()
+    await _refused(controller.proc.address, forged)
     async with Channel(controller.proc.address, name=HOST, secret=SECRET) as channel:
         await channel.status()  # the refusal was logged before this answer
     lines = controller.proc.log_text().splitlines()

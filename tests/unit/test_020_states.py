@@ -322,7 +322,7 @@ class PairGroupMachine(RuleBasedStateMachine):
         for key, new in expected.items():
             assert new is not None
             self.model[key].state = new
-        assert self.lines == [
+        assert [event.text for event in self.lines] == [
             f"pair {self.controller.devices[key].address} {before[key].name} -> {new} cause=test"
             for key, new in expected.items()
             if before[key].name != new

@@ -9,6 +9,7 @@ import click
 
 from remcopy import pki
 from remcopy.cli.output import emit_json, say
+from remcopy.errors import files_named_by_the_user
 
 
 @click.group(name="pki")
@@ -46,7 +47,8 @@ def init(folder: Path, days: int, force: bool, as_json: bool) -> None:
     Example:
       remcopy pki init --dir site-pki
     """
-    files = pki.init(folder, days=days, force=force)
+    with files_named_by_the_user("--dir"):
+        files = pki.init(folder, days=days, force=force)
     _report(files, as_json)
 
 
@@ -85,7 +87,8 @@ def issue(
       remcopy pki issue --dir site-pki --name cntl1 --kind controller
       remcopy pki issue --dir site-pki --name hosta
     """
-    files = pki.issue(folder, name, kind=kind, days=days, out=out, force=force)
+    with files_named_by_the_user("--dir/--out"):
+        files = pki.issue(folder, name, kind=kind, days=days, out=out, force=force)
     _report(files, as_json)
 
 

@@ -7,6 +7,7 @@ import click
 
 from remcopy import secretfiles
 from remcopy.cli.output import emit_json, say
+from remcopy.errors import files_named_by_the_user
 
 
 @click.group(name="secret")
@@ -30,7 +31,8 @@ def new(out: Path, force: bool, as_json: bool) -> None:
     Example:
       remcopy secret new --out site-a/hosta.secret
     """
-    path = secretfiles.new(out, force=force)
+    with files_named_by_the_user("--out"):
+        path = secretfiles.new(out, force=force)
     if as_json:
         emit_json({"schema": 1, "file": str(path), "bits": secretfiles.SECRET_BYTES * 8})
         return
