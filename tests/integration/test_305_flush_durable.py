@@ -51,9 +51,7 @@ def _count(lines: list[str], call: str, path: str) -> int:
 def _msyncs(lines: list[str], mapped: range) -> int:
     """msync calls of pages inside the mapping `mapped` (start to end address)."""
     pattern = re.compile(r"\bmsync\((0x[0-9a-f]+),")
-    return sum(
-        1 for line in lines if (m := pattern.search(line)) and int(m.group(1), 16) in mapped
-    )
+    return sum(1 for line in lines if (m := pattern.search(line)) and int(m.group(1), 16) in mapped)
 
 
 def _mapped_at(proc: ControllerProcess, path: str) -> range:

@@ -47,8 +47,7 @@ def _host_file(root: Path, primary: str, secondary: str) -> Path:
         )
     path = root / "hosta.toml"
     path.write_text(
-        host_tls_toml()
-        + f'[host]\nname = "{HOST}"\nsecret = "{SECRET}"\n\n'
+        host_tls_toml() + f'[host]\nname = "{HOST}"\nsecret = "{SECRET}"\n\n'
         f'[[controllers]]\nname = "cntla0"\naddress = "{primary}"\n'
         f'[[controllers]]\nname = "cntlb"\naddress = "{secondary}"\n\n' + "\n".join(paths)
     )
