@@ -72,6 +72,10 @@ class EventKind(enum.Enum):
     (or the controller's log no longer reaches the subscriber's position)."""
     SUBSCRIBED = "subscribed"
     """To one subscriber: the replay is over; the stream is live from here."""
+    RPO = "rpo"
+    """An async consistency group's RPO at this secondary (now - C) went over
+    `rpo_alert_s` (`detail.over` true) or back under it (false); `detail.rpo_s` says how
+    far behind C was then."""
 
 
 KIND_CODES: Final = tuple(EventKind)

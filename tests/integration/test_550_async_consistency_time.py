@@ -14,6 +14,7 @@ from common import run_remcopy
 from remcopy.controller.process import ControllerProcess
 from remcopy.demo.world import plan_world, write_files
 from remcopy.errors import ConsistencyUnknown
+from remcopy.events import EventKind
 from remcopy.groups import recover, suspend
 from remcopy.states import CopyMode, PairState
 from remcopy.wire.native import PairOp
@@ -23,6 +24,7 @@ from remcopy.workload.faultworld import (
     Shape,
     World,
     digest,
+    events,
     resume,
     until_settled,
     world,
@@ -180,3 +182,28 @@ async def test_the_cli_recover_of_an_async_group_refuses_without_a_secondary_and
         for proc in procs.values():
             if proc.running:
                 await proc.kill()
+
+
+async def test_an_rpo_over_the_alert_limit_is_an_event_and_so_is_its_return(tmp_path: Path):
+    """rpo_alert_s at the secondary: a stalled primary link stops C, so now - C grows past
+    the limit and the secondary says so once; healed, C moves on and it says it is back
+    under, once."""
+    shape = Shape(
+        primaries=2,
+        links=True,
+        mode=CopyMode.ASYNC,
+        secondary_settings=(("rpo_alert_s", 0.5),),
+        primary_settings=(("ack_timeout_s", 60.0), ("heartbeat_timeout_s", 60.0)),
+    )
+    async with world(tmp_path, shape) as w, events([w.secondary]) as subs:
+        sub = subs[w.secondary.name]
+        async with Load(w, tmp_path / "load.jsonl", seed=9, writers=2) as load:
+            await load.wait(WRITES // 4)  # C moves with the writes: no event yet
+            w.links[0].stall()
+            over = await sub.wait_until(lambda e: e.kind is EventKind.RPO, timeout_s=60)
+            assert (over.group, over.detail["over"]) == (w.group.name, True)
+            assert over.detail["rpo_s"] > 0.5 and over.detail["limit_s"] == 0.5
+            w.links[0].heal()
+            back = await sub.wait_until(lambda e: e.kind is EventKind.RPO, timeout_s=60)
+            assert (back.group, back.detail["over"]) == (w.group.name, False)
+            assert back.seq > over.seq  # numbered in the controller's one sequence

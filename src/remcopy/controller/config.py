@@ -185,6 +185,9 @@ class ControllerSection(_Strict):
     """Async consistency groups: how often a primary sends its watermark on each link that
     ships them, and a secondary moves the consistency time C and tells its sibling
     secondaries how far it has received (the RPO is about this plus the link's delay)."""
+    rpo_alert_s: float | None = Field(default=None, gt=0, le=86400)
+    """Async consistency groups, at a secondary: an `rpo` event when now - C goes over this
+    (and one when it is back under); None: no such events."""
     max_lag_s: float | None = Field(default=None, gt=0, le=3600)
     """Async pairs: a host write to a device whose oldest unconfirmed update is older than
     this waits up to max_lag_delay_s for the lag to fall, then is answered busy (native;

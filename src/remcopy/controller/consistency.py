@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any, Final
 from remcopy.controller import statefile
 from remcopy.controller.sjournal import COMPACT_SLACK_BYTES, SecondaryJournal, Waiting
 from remcopy.errors import InputError, RemcopyError
+from remcopy.events import EventKind
 from remcopy.states import CopyMode, PairRole, PairState
 from remcopy.wire import native
 from remcopy.wire.native import PairOp, PairOpReply, PairOpRequest
@@ -85,6 +86,8 @@ class AsyncGroup:
     told: dict[int, asyncio.Task[None]] = field(default_factory=dict)
     next_seq: int = 1
     live_bytes: int = 0
+    rpo_over: bool = False
+    """Whether the last `rpo` event said the RPO is over rpo_alert_s."""
 
 
 class Consistency:
@@ -274,12 +277,32 @@ class Consistency:
                 arrived = self.arrived_ns(group)
                 self._tell_siblings(group, arrived)
                 self.advance(group, arrived)
+                self._check_rpo(group)
             for group in list(self.groups.values()):
                 if group.journal.size_bytes:
                     # One fdatasync for everything appended meanwhile (group commit), off the
                     # event loop; compaction only here, never while a sync runs.
                     await asyncio.to_thread(group.journal.sync)
                     self._maybe_compact(group)
+
+    def _check_rpo(self, group: AsyncGroup) -> None:
+        """An `rpo` event when the group's RPO here (now - C) crosses rpo_alert_s, either
+        way; nothing while it stays on one side."""
+        limit_s = self.controller.config.controller.rpo_alert_s
+        if limit_s is None or not group.applied_ns:
+            return
+        rpo_s = (time.time_ns() - group.applied_ns) / 1e9
+        over = rpo_s > limit_s
+        if over is group.rpo_over:
+            return
+        group.rpo_over = over
+        self.controller.emit(
+            EventKind.RPO,
+            f"rpo group {group.name} {'over' if over else 'back under'} {limit_s:g} s: "
+            f"{rpo_s:.3f} s",
+            group=group.name,
+            detail={"over": over, "rpo_s": round(rpo_s, 3), "limit_s": limit_s},
+        )
 
     def advance(self, group: AsyncGroup, arrived: int) -> None:
         cut = min(

@@ -106,6 +106,7 @@ class Shape:
     links: bool = False
     """Route each primary's replication link through its own FaultLink."""
     primary_settings: tuple[tuple[str, object], ...] = ()
+    secondary_settings: tuple[tuple[str, object], ...] = ()
     mode: CopyMode = CopyMode.SYNC
     """The group's copy mode."""
     secondaries: int = 1
@@ -229,9 +230,10 @@ async def world(
         ]
         # A planted bug of the secondary's side (TESTING ONLY) is planted there instead.
         on_secondary = [bug for bug in planted_bugs if bug in SECONDARY_SIDE_BUGS]
-        if on_secondary:
-            for spec in secondary_specs:
-                spec.settings = {
+        for spec in secondary_specs:
+            spec.settings = dict(shape.secondary_settings)
+            if on_secondary:
+                spec.settings |= {
                     "planted_bugs": on_secondary,
                     "planted_bug_every": planted_bug_every,
                 }
