@@ -7,6 +7,8 @@ import hashlib
 import random
 import struct
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from remcopy.errors import LateWrite
 from remcopy.host.channel import Channel
 from remcopy.states import CopyMode, FencePolicy, PairState
 from remcopy.wire.native import PairItem, PairOp, PairOpReply
+from remcopy.workload.faultlink import FaultLink
 
 LINK_SECRET = "link-secret-a-b"
 SECONDARY_SERIAL = 65000
@@ -174,6 +177,25 @@ async def stop(world: World) -> None:
     for proc in [*world.primaries, world.secondary]:
         if proc is not None and proc.running:
             await proc.kill()
+
+
+@asynccontextmanager
+async def one_pair_over_a_fault_link(
+    tmp_path: Path, mode: CopyMode, *, seed: int, settings: dict[str, object]
+) -> AsyncIterator[tuple[World, FaultLink]]:
+    """One pair in `mode` whose replication link goes through a fault link (stall, heal),
+    its primary started with `settings`; everything stopped after."""
+    async with FaultLink(("127.0.0.1", 0), seed=seed) as link:
+        world = await build(
+            tmp_path, volumes=1, peer_address={0: link.endpoint}, primary_settings=settings
+        )
+        assert world.secondary is not None
+        link.target = world.secondary.address
+        try:
+            await establish(world, 0, mode)
+            yield world, link
+        finally:
+            await stop(world)
 
 
 def channel(proc: ControllerProcess) -> Channel:

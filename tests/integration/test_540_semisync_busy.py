@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from mirror_world import build, channel, establish, stop
+from mirror_world import channel, one_pair_over_a_fault_link
 
 from remcopy.errors import DeviceBusy
 from remcopy.states import CopyMode, PairState
 from remcopy.wire import native
-from remcopy.workload.faultlink import FaultLink
 
 SLOT = 4096
 
@@ -19,20 +18,11 @@ SLOT = 4096
 @pytest.fixture
 async def stalled_world(tmp_path):
     """One semisync pair whose replication link goes through a fault link."""
-    async with FaultLink(("127.0.0.1", 0), seed=7) as link:
-        world = await build(
-            tmp_path,
-            volumes=1,
-            peer_address={0: link.endpoint},
-            primary_settings={"ack_timeout_s": 30.0, "heartbeat_timeout_s": 30.0},
-        )
-        assert world.secondary is not None
-        link.target = world.secondary.address
-        try:
-            await establish(world, 0, CopyMode.SEMISYNC)
-            yield world, link
-        finally:
-            await stop(world)
+    settings: dict[str, object] = {"ack_timeout_s": 30.0, "heartbeat_timeout_s": 30.0}
+    async with one_pair_over_a_fault_link(
+        tmp_path, CopyMode.SEMISYNC, seed=7, settings=settings
+    ) as (world, link):
+        yield world, link
 
 
 async def test_a_semisync_write_behind_an_unconfirmed_one_is_answered_busy_at_once(

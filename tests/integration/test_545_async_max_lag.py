@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from mirror_world import build, channel, establish, stop
+from mirror_world import channel, one_pair_over_a_fault_link
 
 from remcopy.errors import DeviceBusy
 from remcopy.states import CopyMode, PairState
 from remcopy.wire import native
-from remcopy.workload.faultlink import FaultLink
 
 SLOT = 4096
 MAX_LAG_S = 0.2
@@ -20,24 +19,16 @@ MAX_LAG_S = 0.2
 @pytest.fixture
 async def lagging_world(tmp_path):
     """One async pair with max_lag_s whose replication link goes through a fault link."""
-    async with FaultLink(("127.0.0.1", 0), seed=11) as link:
-        world = await build(
-            tmp_path,
-            volumes=1,
-            peer_address={0: link.endpoint},
-            primary_settings={
-                "ack_timeout_s": 60.0,
-                "heartbeat_timeout_s": 60.0,
-                "max_lag_s": MAX_LAG_S,
-            },
-        )
-        assert world.secondary is not None
-        link.target = world.secondary.address
-        try:
-            await establish(world, 0, CopyMode.ASYNC)
-            yield world, link
-        finally:
-            await stop(world)
+    settings: dict[str, object] = {
+        "ack_timeout_s": 60.0,
+        "heartbeat_timeout_s": 60.0,
+        "max_lag_s": MAX_LAG_S,
+    }
+    async with one_pair_over_a_fault_link(tmp_path, CopyMode.ASYNC, seed=11, settings=settings) as (
+        world,
+        link,
+    ):
+        yield world, link
 
 
 async def _until_lag_over_limit(ch) -> None:
