@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import re
 import signal
 import socket
@@ -194,12 +195,30 @@ def _toml_value(value: object) -> str:
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
+# Listen ports for configs that name each other are taken below the kernel's ephemeral range
+# (32768-60999 on Linux): a port bound to 0 comes from that range, and so does the local port
+# of every outgoing connection on the machine, which may take it before the controller binds.
+_LISTEN_PORTS: Final = range(20000, 32000)
+
+
+_next_port = [random.choice(_LISTEN_PORTS)]  # this process hands them out in turn from here
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (for configs that name each other)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that was free a moment ago (for configs that name each other),
+    outside the range outgoing connections take their local ports from; never the same one
+    twice in a row of calls from this process (a world asks for several before any binds)."""
+    span = len(_LISTEN_PORTS)
+    for _ in range(span):
+        port = _LISTEN_PORTS.start + (_next_port[0] - _LISTEN_PORTS.start) % span
+        _next_port[0] = port + 1
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free port in {_LISTEN_PORTS.start}-{_LISTEN_PORTS.stop - 1}")
 
 
 class ControllerStartFailed(RemcopyError):
