@@ -96,7 +96,7 @@ def assert_rows_match(doc: dict, known: dict[str, DeviceStatus]) -> None:  # typ
 
 async def test_pair_view_equals_the_controllers_query_answers(world, catalog):
     """After establish: both ends, DUPLEX, the last change the copy's end, 100 % copied; a
-    sync pair is consistent as of the reading (RPO 0), an async one has no consistency time."""
+    sync pair is consistent as of the reading (RPO 0), an async one as of its group's C."""
     doc = view("PAYROLL", catalog)
     assert (doc["schema"], doc["group"], doc["host"], len(doc["pairs"])) == (1, "PAYROLL", HOST, 4)
     known = await answers(world, 0)
@@ -111,10 +111,16 @@ async def test_pair_view_equals_the_controllers_query_answers(world, catalog):
         assert row["last_change"]["cause"] == "copy-done"
         assert row["consistency_ns"] == doc["read_at_ns"] and row["rpo_s"] == 0.0
         assert row["lag_bytes"] == 0 and row["lag_s"] == 0.0
+    known = await answers(world, 1)
     other = view("ASYNC", catalog)
-    assert_rows_match(other, await answers(world, 1))
+    assert_rows_match(other, known)
     for row in other["pairs"]:
-        assert (row["mode"], row["consistency_ns"], row["rpo_s"]) == ("async", None, None)
+        # An async consistency group: the secondary's own consistency time C (read after the
+        # answers above, so not older than theirs), and the RPO from it.
+        asked = known[row["secondary"]["address"]].consistency_time_ns
+        assert row["mode"] == "async" and asked > 0
+        assert asked <= row["consistency_ns"] <= other["read_at_ns"]
+        assert row["rpo_s"] == (other["read_at_ns"] - row["consistency_ns"]) / 1e9
 
 
 async def test_pair_view_shows_a_suspend_with_its_cause_and_time(world, catalog):

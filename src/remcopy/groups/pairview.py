@@ -97,7 +97,12 @@ class PairRow:
 
     @property
     def consistency_ns(self) -> int | None:
-        """DeviceStatus.consistent_as_of of the copy's end (the rules at the top)."""
+        """The consistency time C the secondary keeps for an async consistency group, when it
+        answered with one; else DeviceStatus.consistent_as_of of the copy's end (the rules at
+        the top)."""
+        secondary = self.secondary.status
+        if secondary is not None and secondary.consistency_time_ns:
+            return secondary.consistency_time_ns
         return None if self.source is None else self.source.consistent_as_of(self.read_at_ns)
 
     @property
