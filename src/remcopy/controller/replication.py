@@ -566,9 +566,10 @@ class Replicator:
         busy would be an I/O error to a filesystem) waits for that confirmation instead."""
         device = self.controller.device_for_host(grant, msg.device)
         device.volume.check_range("write", msg.offset, len(msg.data))  # before any bit is set
-        if device.committing is not None:
+        if device.committing is not None and not device.committing.done():
             # Its pair state is changing and the change is not durable yet: the write is
-            # treated by the state that survives a crash, so it waits for the commit.
+            # treated by the state that survives a crash, so it waits for the commit. (A done
+            # commit whose clearing callback has not run yet is durable: no wait, no loop.)
             return self._after_commit(device.committing, grant, msg, busy_waits)
         run = self.runs[device.key]
         pair = device.pair
