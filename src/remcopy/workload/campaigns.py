@@ -141,9 +141,9 @@ CATCHERS: Final = {
     "replicator_ignores_failure": ("rolling",),
     "seal_without_drain": ("async_disaster",),
 }
-# The faults a hunt chooses from, for the bugs that only some faults of their campaign can
-# show (the others: every fault of the campaign). A freeze is needed to arm devices at T, a
-# lost site to lose what was in flight, a suspend at T to seal one.
+# The faults a hunt with the first catcher chooses from, for the bugs that only some faults
+# of that campaign can show (the others, and other campaigns: every fault). A freeze is
+# needed to arm devices at T, a lost site to lose what was in flight, a suspend to seal one.
 HUNT_FAULTS: Final[dict[str, tuple[str, ...]]] = {
     "siblings_different_t": ("stall", "cut"),
     "replicator_ignores_failure": ("stall", "cut"),
@@ -1108,7 +1108,8 @@ async def hunt_planted_bug(
         planted_bugs=(bug,),
         planted_bug_every=PLANTED_BUG_EVERY[bug],
         stop_on_detection=True,
-        faults=HUNT_FAULTS.get(bug, ()),
+        # The faults that can show it, in the campaign it is expected to be caught by.
+        faults=HUNT_FAULTS.get(bug, ()) if campaign == CATCHERS[bug][0] else (),
     )
     return await run_campaign(campaign, root, settings)
 
@@ -1208,6 +1209,7 @@ async def measure_detection(root: Path, *, iterations: int, seed: int) -> Detect
 
 
 __all__ = [
+    "ASYNC_FAULTS",
     "CAMPAIGNS",
     "CATCHERS",
     "CAUGHT_FOR",
@@ -1218,6 +1220,7 @@ __all__ = [
     "CampaignSettings",
     "DETECTION_FAULTS",
     "DetectionResult",
+    "HUNT_FAULTS",
     "HarnessError",
     "ROLLING_FAULTS",
     "caught_as_expected",
