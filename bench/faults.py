@@ -205,12 +205,12 @@ def _table(plan: Plan, results: Results, load: str) -> str:
     if results.hunts:
         lines += [
             "",
-            f"{'planted bug':<23}{'campaign':<16}{'caught':>8}{'iterations':>12}  first finding",
+            f"{'planted bug':<28}{'campaign':<16}{'caught':>8}{'iterations':>12}  first finding",
         ]
     for h in results.hunts:
         first = (h.findings[0] if h.findings else h.harness_error or "-")[:90]
         lines.append(
-            f"{h.planted_bugs[0]:<23}{h.campaign:<16}{'yes' if h.detected else 'no':>8}"
+            f"{h.planted_bugs[0]:<28}{h.campaign:<16}{'yes' if h.detected else 'no':>8}"
             f"{h.iterations:>12}  {first}"
         )
     figures = _rolling_figures(results)
