@@ -20,6 +20,7 @@ TARGET = Path(__file__).with_name("timeout_target.py")
 def test_a_test_stopped_by_its_timeout_leaves_no_controller_running(tmp_path):
     pids_file = tmp_path / "pids"
     env = {**os.environ, PIDS_ENV: str(pids_file)}
+    env.pop("PYTEST_ADDOPTS", None)  # the child's options are the ones below
     started: list[tuple[int, Path]] = []
     try:
         # The timeout counts only the test function (its fixtures start the controllers, as
