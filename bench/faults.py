@@ -38,8 +38,9 @@
 # - rolling_iterations, rolling_inconsistent (inconsistent secondaries: must be 0), and
 #   rolling_findings (every failed check of the campaign, e.g. a group that did not freeze).
 # - async_disaster_iterations, async_disaster_inconsistent (must be 0): an async group over
-#   three primaries, one link slow and one stalled, the site lost, recovered at C; a
-#   recovery whose secondary is not a consistent cut at C counts as inconsistent.
+#   three primaries, one link slow and one stalled or cut (or the group suspended at T), the
+#   site lost, recovered at C; a recovery whose secondary is not a consistent cut at C (after
+#   a suspend: the cut at T) counts as inconsistent.
 #
 # Run: .venv/bin/python bench/faults.py [--quick] [--seed N] [--iterations N] [--campaign NAME]
 # [--detect-iterations N]. --campaign runs one campaign (and only the hunts that use it). The
@@ -204,12 +205,12 @@ def _table(plan: Plan, results: Results, load: str) -> str:
     if results.hunts:
         lines += [
             "",
-            f"{'planted bug':<23}{'campaign':<16}{'caught':>8}{'iterations':>12}  first finding",
+            f"{'planted bug':<28}{'campaign':<16}{'caught':>8}{'iterations':>12}  first finding",
         ]
     for h in results.hunts:
         first = (h.findings[0] if h.findings else h.harness_error or "-")[:90]
         lines.append(
-            f"{h.planted_bugs[0]:<23}{h.campaign:<16}{'yes' if h.detected else 'no':>8}"
+            f"{h.planted_bugs[0]:<28}{h.campaign:<16}{'yes' if h.detected else 'no':>8}"
             f"{h.iterations:>12}  {first}"
         )
     figures = _rolling_figures(results)

@@ -1,13 +1,18 @@
 # Shared fixtures: worlds of real controller processes on 127.0.0.1 in a temporary folder.
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from common import HOST, SECRET, MiB, Start, controller_spec, use_site  # noqa: F401
-from remcopy.controller.process import ControllerProcess, ControllerSpec
+from remcopy.controller.process import (
+    ControllerProcess,
+    ControllerSpec,
+    kill_left_running,
+    started_pids,
+)
 from remcopy.pki import Site
 
 
@@ -15,6 +20,18 @@ from remcopy.pki import Site
 def _site_certificates(tmp_path_factory: pytest.TempPathFactory) -> None:
     """One site CA per test session; certificates are issued once per name, on demand."""
     use_site(Site(tmp_path_factory.mktemp("pki")))
+
+
+@pytest.fixture(autouse=True)
+def _no_controller_left_running() -> Iterator[None]:
+    """Every controller process a test started and left running is killed by pid when the
+    test ends: a test stopped by its timeout (pytest-timeout raises inside the event loop)
+    never reaches its own cleanup. Synchronous, so it runs whatever state the loop is in."""
+    before = started_pids()
+    yield
+    killed = kill_left_running(started_pids() - before)
+    if killed:
+        print(f"killed controller processes left running: {killed}")
 
 
 @pytest.fixture

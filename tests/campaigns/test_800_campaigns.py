@@ -117,4 +117,23 @@ async def test_an_async_group_over_three_primaries_recovers_a_consistent_cut_at_
     stalled for a second, then every primary controller and link lost: the secondary is
     recovered at the group's consistency time C, a consistent cut at C holding every write
     acknowledged before it."""
-    await _campaign("async_disaster", tmp_path, campaign_seed, record_property, iterations=2)
+    await _async_disaster(tmp_path, campaign_seed, record_property, ("stall", "cut"))
+
+
+async def test_an_async_group_lost_right_after_a_suspend_at_t_recovers_the_cut_at_t(
+    tmp_path, campaign_seed, record_property
+):
+    """An async consistency group over three primaries, one link slow (50-200 ms), suspended
+    at a prospective T under load, and the whole primary site lost the moment the suspend is
+    reported: every write stamped < T reached the secondaries before that (the seal drained
+    it), so they recover the cut at T exactly."""
+    await _async_disaster(tmp_path, campaign_seed, record_property, ("suspend",))
+
+
+async def _async_disaster(
+    root: Path,
+    seed: int,
+    record_property: Callable[[str, object], None],
+    faults: tuple[str, ...],
+) -> None:
+    await _campaign("async_disaster", root, seed, record_property, iterations=2, faults=faults)

@@ -11,10 +11,13 @@ import pytest
 
 from remcopy.controller.config import ControllerSection
 from remcopy.workload.campaigns import (
+    ASYNC_FAULTS,
     CATCHERS,
     CAUGHT_FOR,
     CAUGHT_FOR_ALL,
+    HUNT_FAULTS,
     PLANTED_BUGS,
+    ROLLING_FAULTS,
     caught_as_expected,
     hunt_planted_bug,
 )
@@ -72,3 +75,11 @@ def test_every_planted_bug_has_an_expected_reason():
     """A new planted bug must say what it is caught for."""
     assert set(CAUGHT_FOR) == set(PLANTED_BUGS)
     assert set(CAUGHT_FOR_ALL) <= set(PLANTED_BUGS)
+
+
+def test_a_hunt_chooses_only_faults_its_campaign_has():
+    """The faults a bug's hunt is narrowed to exist in its first catcher."""
+    faults = {"rolling": set(ROLLING_FAULTS), "async_disaster": set(ASYNC_FAULTS)}
+    for bug, chosen in HUNT_FAULTS.items():
+        assert chosen, bug
+        assert set(chosen) <= faults[CATCHERS[bug][0]], (bug, chosen)

@@ -218,6 +218,11 @@ class ControllerSection(_Strict):
             "clear_bit_early",
             "failback_one_side",
             "resume_ignores_shadow",
+            "siblings_different_t",
+            "async_apply_past_c",
+            "watermark_ahead",
+            "replicator_ignores_failure",
+            "seal_without_drain",
         ]
     ] = Field(default_factory=list)
     """TESTING ONLY: known bugs the fault campaigns must catch (docs/consistency.md)."""

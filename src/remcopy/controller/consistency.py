@@ -328,6 +328,8 @@ class Consistency:
             for w in group.waiting
             if w.stamp_ns < cut and (devices is None or w.device in devices)
         ]
+        if devices is None and self.rep._planted("async_apply_past_c"):
+            due = list(group.waiting)  # PLANTED BUG: updates stamped >= C written too
         if not due:
             return 0
         done = {id(w) for w in due}

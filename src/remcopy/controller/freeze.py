@@ -69,7 +69,8 @@ MARGIN_ROUND_TRIPS_MIN: Final = 4
 PROPOSALS_MAX: Final = 8
 # Pause between two attempts to reach a sibling that did not answer (within the hold).
 RETRY_S: Final = 0.05
-# TESTING ONLY: how much later than told the planted bug freeze_late_sibling arms a sibling.
+# TESTING ONLY: how much later than told the planted bug freeze_late_sibling arms a sibling
+# (and siblings_different_t one device of the group).
 LATE_SIBLING_NS: Final = 2_000_000_000
 # Pause between two rounds of asking the siblings at start (within link_start_grace_s).
 REJOIN_RETRY_S: Final = 0.2
@@ -180,6 +181,11 @@ class Freezer:
         moving = [r for r in runs if r.device.pair.suspend_at_ns != keep]
         for run in runs:
             run.freeze_at_ns = keep  # a host suspend meeting these devices joins this T
+        if moving and self.rep._planted("siblings_different_t"):
+            # PLANTED BUG: one device of the group is sealed LATE_SIBLING_NS after its T.
+            late, moving = moving[-1:], moving[:-1]
+            self.controller.commit_armed({r.device.key: keep + LATE_SIBLING_NS for r in late})
+            self.rep.ops._arm_timer(late, keep + LATE_SIBLING_NS)
         if moving:
             started_ns = time.perf_counter_ns()
             self.controller.commit_armed({r.device.key: keep for r in moving})

@@ -441,7 +441,9 @@ class PairOperations:
         for run in runs:
             run.sealed_at_ns = sealed_ns
         pending = [f for run in runs for f in run.in_flight]
-        if pending:
+        # PLANTED BUG when set: not drained, and reported done before the secondaries are told.
+        undrained = self.rep._planted("seal_without_drain")
+        if pending and not undrained:
             await asyncio.gather(*(asyncio.shield(f) for f in pending), return_exceptions=True)
         drained_ns = time.time_ns()
         by_peer: dict[int, list[DeviceRun]] = {}
@@ -483,6 +485,8 @@ class PairOperations:
             commit_ns += time.perf_counter_ns() - commit_started_ns
             held_ns = max(held_ns, time.time_ns() - held_since_ns)
         commit_ms = commit_ns / 1e6
+        if undrained and not done.done():
+            done.set_result({"at_ns": at_ns, "sealed_ns": sealed_ns})  # PLANTED BUG
         for serial, peer_runs in by_peer.items():
             # A freeze (a replication error somewhere in the group): an async group's
             # secondaries must not write what waits past their consistency time C, since a

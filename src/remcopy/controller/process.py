@@ -221,6 +221,40 @@ def free_port() -> int:
     raise OSError(f"no free port in {_LISTEN_PORTS.start}-{_LISTEN_PORTS.stop - 1}")
 
 
+# Every controller process this Python process started, by pid: a test stopped by its timeout
+# never reaches its own cleanup (pytest-timeout raises inside the event loop, so no `finally`
+# of the test's coroutine runs), and tests/conftest.py kills what such a test left running.
+_STARTED: Final[dict[int, Path]] = {}
+
+
+def started_pids() -> set[int]:
+    """The pids of every controller process started from this Python process so far."""
+    return set(_STARTED)
+
+
+def kill_left_running(pids: set[int]) -> list[int]:
+    """SIGKILL each of these controller processes that still runs; the pids killed. A pid is
+    killed only while /proc says it still runs this module's controller with its config (a
+    pid reaped meanwhile may have been reused by another process)."""
+    killed = []
+    for pid in sorted(pids):
+        config = _STARTED.get(pid)
+        if config is not None and runs_controller(pid, config):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+    return killed
+
+
+def runs_controller(pid: int, config_path: Path) -> bool:
+    """Whether process `pid` is alive (not a zombie) and serves the config at config_path."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"serve" in argv and os.fsencode(str(config_path)) in argv
+
+
 class ControllerStartFailed(RemcopyError):
     """a controller process did not become ready"""
 
@@ -286,6 +320,7 @@ class ControllerProcess:
             )
         finally:
             log.close()
+        _STARTED[self.process.pid] = self.config_path
         assert self.process.stdout is not None
         try:
             async with asyncio.timeout(ready_timeout_s):
@@ -370,6 +405,7 @@ class ControllerProcess:
                     await self.process.wait()
             except TimeoutError:
                 return await self.kill()
+        _STARTED.pop(self.process.pid, None)
         await self._finish_drain()
         return self.process.returncode if self.process.returncode is not None else 0
 
@@ -390,6 +426,7 @@ class ControllerProcess:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
         code = await self.process.wait()
+        _STARTED.pop(self.process.pid, None)
         await self._finish_drain()
         return code
 

@@ -110,6 +110,8 @@ class DeviceRun:
 # A FLUSH naming more devices than this msyncs the whole change-map file once (28-33 ms with
 # 1 % of 10,000 maps dirty, 0.1 ms clean) instead of once per device (0.2 ms each).
 FLUSH_EACH_MAX: Final = 8
+# TESTING ONLY: how far ahead of the clock the planted bug watermark_ahead sends W.
+WATERMARK_LEAD_NS: Final = 1_000_000_000
 
 _CopyEnd = Literal["duplex", "again"] | RemcopyError
 """How a finished copy ended: DUPLEX, marked again meanwhile (copy more), or refused."""
@@ -387,6 +389,14 @@ class Replicator:
             for serial in serials:
                 link = self.link(serial)
                 if link.replayed.is_set():  # replayed updates are stamped when pushed
+                    if self._planted("watermark_ahead"):
+                        # PLANTED BUG: W ahead of the writes this controller has not queued
+                        # yet (they are stamped from the clock, below it).
+                        floor_ns = link.stamp_ns
+                        link.stamp_ns = time.time_ns() + WATERMARK_LEAD_NS
+                        link.send_watermark()
+                        link.stamp_ns = floor_ns
+                        continue
                     link.send_watermark()
 
     def _mirroring_peers(self) -> set[int]:
@@ -476,6 +486,8 @@ class Replicator:
             and run.device.pair.peer_serial == link.serial
             and run.device.pair.state in (PairState.DUPLEX, PairState.PENDING)
         ]
+        if self._planted("replicator_ignores_failure"):
+            return  # PLANTED BUG: the failure is swallowed; the pairs stay DUPLEX
         held = [run for run in failed if run.device.pair.consistency_group]
         for run in held:
             self._device_failed(run, exc)
@@ -792,7 +804,10 @@ class Replicator:
         self, run: DeviceRun, offset: int, length: int, future: asyncio.Future[None]
     ) -> None:
         run.in_flight.discard(future)
-        if future.cancelled() or future.exception() is not None:
+        failed = future.cancelled() or future.exception() is not None
+        if failed and self._planted("replicator_ignores_failure"):
+            return  # PLANTED BUG: the failure is swallowed; no track marked, no hold
+        if failed:
             # Never confirmed: the tracks may differ. Record them before anyone reports the
             # device failed (write-intent, after the fact but before any resume can run).
             run.changemap.mark(offset, length)

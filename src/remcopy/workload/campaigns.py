@@ -112,6 +112,11 @@ PLANTED_BUGS: Final = (
     "clear_bit_early",
     "failback_one_side",
     "resume_ignores_shadow",
+    "siblings_different_t",
+    "async_apply_past_c",
+    "watermark_ahead",
+    "replicator_ignores_failure",
+    "seal_without_drain",
 )
 # The campaigns that catch each planted bug. The first is the one tests/campaigns asserts
 # catches it; the rest caught it too when every bug was hunted with every campaign
@@ -129,6 +134,22 @@ CATCHERS: Final = {
     "clear_bit_early": ("kill_primary",),
     "failback_one_side": ("kill_primary",),
     "resume_ignores_shadow": ("suspend_shadow",),
+    "siblings_different_t": ("rolling",),
+    # The async consistency time: only async_disaster loses a site with updates in flight.
+    "async_apply_past_c": ("async_disaster",),
+    "watermark_ahead": ("async_disaster",),
+    "replicator_ignores_failure": ("rolling",),
+    "seal_without_drain": ("async_disaster",),
+}
+# The faults a hunt with the first catcher chooses from, for the bugs that only some faults
+# of that campaign can show (the others, and other campaigns: every fault). A freeze is
+# needed to arm devices at T, a lost site to lose what was in flight, a suspend to seal one.
+HUNT_FAULTS: Final[dict[str, tuple[str, ...]]] = {
+    "siblings_different_t": ("stall", "cut"),
+    "replicator_ignores_failure": ("stall", "cut"),
+    "async_apply_past_c": ("stall", "cut"),
+    "watermark_ahead": ("stall", "cut"),
+    "seal_without_drain": ("suspend",),
 }
 # What each planted bug is caught for by its first catcher: text of the first failed check,
 # the checker's Reason of its first violation ("first: <reason>: ") or the campaign's named
@@ -142,10 +163,12 @@ _NOT_FROZEN: Final = ("the group did not freeze", "not frozen at one T")
 _NOT_A_CUT: Final = (*_LOST, f"first: {Reason.NO_COMMON_TIME.value}: ")
 CAUGHT_FOR: Final[dict[str, tuple[str, ...]]] = {
     # A write stamped >= T mirrored: the secondary is not the cut at T, or its chain's prefix
-    # reaches that write while the writes before it, change-recorded, are absent.
+    # reaches that write while the writes before it, change-recorded, are absent (their
+    # location holds nothing, or an older write of the chain).
     "mirror_late_write": (
         f"first: {Reason.NOT_CUT_AT_T.value}: ",
         f"first: {Reason.MISSING.value}: ",
+        f"first: {Reason.STALE.value}: ",
     ),
     # An update confirmed but never sent, a change-map bit lost, the host acknowledged before
     # the secondary: acknowledged writes absent after the resync or the recover.
@@ -166,6 +189,19 @@ CAUGHT_FOR: Final[dict[str, tuple[str, ...]]] = {
     "failback_one_side": ("and a failback: ", " differs from "),
     # The secondary resumed before its shadow copy was done.
     "resume_ignores_shadow": ("resumed while its shadow copy ran",),
+    # One device of the group sealed after the group's T mirrors writes that depend on
+    # change-recorded ones of its siblings: the secondaries are not a cut.
+    "siblings_different_t": _NOT_A_CUT,
+    # An async secondary that writes updates stamped >= C (or whose C passed updates still
+    # in flight, W ahead of them) holds writes whose predecessors never arrived when the site
+    # is lost: not a cut.
+    "async_apply_past_c": _NOT_A_CUT,
+    "watermark_ahead": _NOT_A_CUT,
+    # A link's failure was reported, and its pairs neither held nor left DUPLEX.
+    "replicator_ignores_failure": ("replication failure ignored",),
+    # The site lost right after the suspend was reported: writes stamped < T that were still
+    # in flight are absent, and the recovered cut is not the cut at T.
+    "seal_without_drain": (f"first: {Reason.NOT_CUT_AT_T.value}: ", *_NOT_A_CUT),
 }
 CAUGHT_FOR_ALL: Final = frozenset({"clear_bit_early", "failback_one_side"})
 # How often each bug fires in a hunt: on every n-th eligible event.
@@ -180,6 +216,11 @@ PLANTED_BUG_EVERY: Final = {
     "clear_bit_early": 1,
     "failback_one_side": 1,
     "resume_ignores_shadow": 1,
+    "siblings_different_t": 1,
+    "async_apply_past_c": 1,
+    "watermark_ahead": 1,
+    "replicator_ignores_failure": 1,
+    "seal_without_drain": 1,
 }
 
 # A stalled link counts as failed after this long without a confirmation.
@@ -188,6 +229,9 @@ ACK_TIMEOUT_S: Final = 1.0
 # bytes before the site is lost (the fault's shape, as a congested WAN link gives it).
 SLOW_LINK_S: Final = (0.05, 0.2)
 STALL_S: Final = 1.0
+ASYNC_FAULTS: Final = ("stall", "cut", "suspend")
+"""async_disaster: a link stalled, or cut (a freeze), or a group suspend at T, before the
+site is lost."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -208,7 +252,8 @@ class CampaignSettings:
     progress: Callable[[str], None] | None = None
     """Called with one line per iteration (the bench prints them on stderr)."""
     faults: tuple[str, ...] = ()
-    """rolling only: the faults to choose from (empty: all of ROLLING_FAULTS)."""
+    """rolling and async_disaster: the faults to choose from (empty: all of ROLLING_FAULTS,
+    ASYNC_FAULTS)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -474,13 +519,16 @@ async def _link_fault(it: _Iteration) -> None:
 
 async def _async_disaster(it: _Iteration) -> None:
     """An async consistency group over three primaries: one link slow, another stalled for a
-    second (or cut: the controllers freeze the group at one T), then the whole primary site
-    lost (every controller kill -9, every link cut). The secondaries recover at the
-    consistency time C: a consistent cut at C, holding every write acknowledged before C.
+    second (or cut: the controllers freeze the group at one T; or the group suspended at a
+    prospective T), then the whole primary site lost (every controller kill -9, every link
+    cut), right after the suspend was reported for a suspend. The secondaries recover at the
+    consistency time C: a consistent cut at C, holding every write acknowledged before C;
+    after a suspend, the cut at T (every write stamped < T present, none stamped >= T).
     Then the group is set up again for the next iteration."""
     w = it.w
     slow, faulted = it.rng.sample(range(len(w.primaries)), 2)
-    fault = it.rng.choice(("stall", "cut"))
+    fault = it.rng.choice(it.settings.faults or ASYNC_FAULTS)
+    suspended_ns: int | None = None
     for link in w.links:
         link.delay(it.rng.uniform(0.001, 0.005))
     w.links[slow].delay(it.rng.uniform(*SLOW_LINK_S))
@@ -490,6 +538,16 @@ async def _async_disaster(it: _Iteration) -> None:
         if fault == "stall":
             w.links[faulted].stall()
             await asyncio.sleep(STALL_S)  # the fault itself: the host goes on writing meanwhile
+        elif fault == "suspend":
+            # The site is lost the moment the suspend is reported: what the seal said was
+            # drained must be at the secondaries by then.
+            suspended = await suspend(w.session, w.group)
+            suspended_ns = suspended.at_ns
+            it.passed(
+                suspended.consistent,
+                f"suspend not consistent: {suspended.to_json()}",
+                secondary=False,
+            )
         else:
             w.links[faulted].cut()  # a replication error: the group freezes at one T
             froze = await recorder.wait(
@@ -512,9 +570,14 @@ async def _async_disaster(it: _Iteration) -> None:
     report = succeeded(await recover(w.session, w.group), "recover")
     cut = report.cut or {}
     at_ns = int(cut.get("consistency_ns", 0))
-    verb = "stalled" if fault == "stall" else "cut (frozen)"
-    what = f"site lost with cntla{slow}'s link slow and cntla{faulted}'s {verb}"
-    image = await it.check(load, Image.SECONDARY, require_all_acked=False, what=what)
+    if fault == "suspend":
+        what = f"site lost right after a suspend at T={suspended_ns}, cntla{slow}'s link slow"
+    else:
+        verb = "stalled" if fault == "stall" else "cut (frozen)"
+        what = f"site lost with cntla{slow}'s link slow and cntla{faulted}'s {verb}"
+    image = await it.check(
+        load, Image.SECONDARY, require_all_acked=False, at_ns=suspended_ns, what=what
+    )
     # A consistent cut AT C: every write present was issued before C, every write
     # acknowledged before C is present (the first absent one of each chain was acked later).
     window = image.cut_window_ns
@@ -831,6 +894,12 @@ async def _rolling(it: _Iteration) -> None:
         if fault == "sigstop":
             w.secondary.unpause()  # the checker reads the secondary
         left = _left_duplex(recorder.events, addresses)
+        ignored = _ignored_failures(w, recorder.events, addresses, left)
+        it.passed(
+            not ignored,
+            f"{what}: replication failure ignored: " + "; ".join(ignored),
+            secondary=False,
+        )
         it.passed(
             froze,
             f"{what}: the group did not freeze: {len(addresses) - len(left)} of "
@@ -858,6 +927,35 @@ async def _rolling(it: _Iteration) -> None:
     _heal(w, fault, victim)
     await _repair(w)
     await it.identical(f"resumed after the {what}")
+
+
+def _ignored_failures(
+    w: World, events: list[Arrival], addresses: set[str], left: dict[str, Arrival]
+) -> list[str]:
+    """The primaries that reported their replication link failed while pairs of theirs
+    neither held their writes nor left DUPLEX: the failure went unanswered."""
+    secondaries = {proc.name for proc in w.secondaries}
+    held = {a.event.device for a in events if a.event.kind is EventKind.HOLD}
+    out: dict[str, str] = {}
+    for arrival in events:
+        event = arrival.event
+        if event.kind not in (EventKind.LINK_DOWN, EventKind.HEARTBEAT_LOSS):
+            continue
+        if event.peer not in secondaries:
+            continue
+        kept = sorted(
+            str(p.primary)
+            for p in w.group.pairs
+            if p.primary_controller == arrival.controller
+            and str(p.primary) in addresses
+            and str(p.primary) not in left
+            and str(p.primary) not in held
+        )
+        if kept and arrival.controller not in out:
+            out[arrival.controller] = f"{arrival.controller} said {event.text!r}, yet {kept} " + (
+                "stayed DUPLEX with no hold"
+            )
+    return list(out.values())
 
 
 def _freeze_figures(
@@ -1012,6 +1110,8 @@ async def hunt_planted_bug(
         planted_bugs=(bug,),
         planted_bug_every=PLANTED_BUG_EVERY[bug],
         stop_on_detection=True,
+        # The faults that can show it, in the campaign it is expected to be caught by.
+        faults=HUNT_FAULTS.get(bug, ()) if campaign == CATCHERS[bug][0] else (),
     )
     return await run_campaign(campaign, root, settings)
 
@@ -1111,6 +1211,7 @@ async def measure_detection(root: Path, *, iterations: int, seed: int) -> Detect
 
 
 __all__ = [
+    "ASYNC_FAULTS",
     "CAMPAIGNS",
     "CATCHERS",
     "CAUGHT_FOR",
@@ -1121,6 +1222,7 @@ __all__ = [
     "CampaignSettings",
     "DETECTION_FAULTS",
     "DetectionResult",
+    "HUNT_FAULTS",
     "HarnessError",
     "ROLLING_FAULTS",
     "caught_as_expected",

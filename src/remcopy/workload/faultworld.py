@@ -122,7 +122,7 @@ def hardware_address(serial: int, ssid: int, lss: int, cca: int) -> HardwareAddr
 
 
 # Planted bugs in what the secondary controller decides (testing only): planted there.
-SECONDARY_SIDE_BUGS: Final = frozenset({"resume_ignores_shadow"})
+SECONDARY_SIDE_BUGS: Final = frozenset({"resume_ignores_shadow", "async_apply_past_c"})
 
 
 @contextlib.asynccontextmanager
