@@ -55,7 +55,7 @@ from remcopy.states import (
     PairAction,
     PairRole,
     PairState,
-    event_line,
+    event_line_tail,
     next_state,
 )
 from remcopy.wire.native import EVENT_TEXT_MAX_CHARS, DeviceIdentity, DeviceStatus
@@ -103,6 +103,23 @@ class PairInfo:
             "changed_at_ns": self.changed_at_ns,
             "change_cause": self.change_cause,
         }
+
+    def copy(self) -> PairInfo:
+        """A copy to change (one constructor call: a fifth of what dataclasses.replace costs,
+        on a path that copies 1,250 at once)."""
+        return PairInfo(
+            state=self.state,
+            role=self.role,
+            mode=self.mode,
+            peer_serial=self.peer_serial,
+            peer_device=self.peer_device,
+            suspend_at_ns=self.suspend_at_ns,
+            fence=self.fence,
+            consistency_group=self.consistency_group,
+            group=self.group,
+            changed_at_ns=self.changed_at_ns,
+            change_cause=self.change_cause,
+        )
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> PairInfo:
@@ -164,6 +181,8 @@ EventSink = Callable[[Event], None]
 # A batch of events is logged as one record naming at most this many of them (a suspend of
 # 1,250 devices is 1,250 events; every one is in the event log, events.jsonl).
 _EVENTS_LOGGED_MAX = 4
+_Move = tuple[str, PairState, PairState, str]
+"""A device's state change to announce: (address, old, new, consistency group)."""
 
 
 def visible_to(grant: HostGrant, event: Event) -> bool:
@@ -415,13 +434,60 @@ class Controller:
         encoding them costs tens of milliseconds, which its answer does not wait for)."""
         if not drafts:
             return
-        event_log = self.event_log
         now_ns = time.time_ns()
-        first = event_log.last_seq + 1
-        events = [
-            _numbered(draft, seq=first + i, serial=self.serial, controller=self.name, now_ns=now_ns)
-            for i, draft in enumerate(drafts)
-        ]
+        first = self.event_log.last_seq + 1
+        self._record(
+            [
+                _numbered(
+                    draft, seq=first + i, serial=self.serial, controller=self.name, now_ns=now_ns
+                )
+                for i, draft in enumerate(drafts)
+            ]
+        )
+
+    def _emit_states(
+        self,
+        moves: list[_Move],
+        text_tails: Mapping[tuple[PairState, PairState], str],
+        *,
+        cause: str,
+        at_ns: int,
+        tags: dict[str, str],
+    ) -> None:
+        """One STATE event per device of a durable commit, numbered as they are made (no
+        draft to copy), their text's tail formatted once per kind of move (a suspend of
+        1,250 devices is 1,250 events)."""
+        if not moves:
+            return
+        now_ns = time.time_ns()
+        seq = self.event_log.last_seq
+        serial, name = self.serial, self.name
+        events = []
+        for address, old, new, group in moves:
+            seq += 1
+            events.append(
+                Event(
+                    kind=EventKind.STATE,
+                    seq=seq,
+                    serial=serial,
+                    controller=name,
+                    time_ns=now_ns,
+                    text=f"pair {address}{text_tails[old, new]}"[:EVENT_TEXT_MAX_CHARS],
+                    device=address,
+                    old=old,
+                    new=new,
+                    cause=cause,
+                    at_ns=at_ns,
+                    group=group,
+                    detail=tags,
+                )
+            )
+        self._record(events)
+
+    def _record(self, events: list[Event]) -> None:
+        """Keep, log and hand out numbered events (see emit_all)."""
+        event_log = self.event_log
+        first = events[0].seq
         event_log.record(events)
         if len(events) == 1:
             log.info("event %d: %s", first, events[0].text)
@@ -471,7 +537,7 @@ class Controller:
         SUSPENDED at T both record writes stamped >= T and refuse those stamped < T).
         Raises IllegalTransition (nothing changed) if any device's state forbids its action.
         """
-        new_pairs = {key: PairInfo(**_fields(self.device(key).pair)) for key in changes}
+        new_pairs = {key: self.device(key).pair.copy() for key in changes}
         old_states = {key: self.devices[key].pair.state for key in changes}
         changed_at_ns = at_ns or time.time_ns()
         for key, (action, update) in changes.items():
@@ -485,30 +551,26 @@ class Controller:
         pending = self._save_states(new_pairs, groups, hold_writes=hold_writes)
         if groups:
             self.groups = {**self.groups, **groups}
-        events = []
+        moves: list[_Move] = []
+        tails: dict[tuple[PairState, PairState], str] = {}
         for key in changes:
             device = self.devices[key]
             device.pair = new_pairs[key]
             old, new = old_states[key], device.pair.state
             if old is not new:
-                address = str(device.address)
-                events.append(
-                    Event(
-                        kind=EventKind.STATE,
-                        text=event_line(address, old, new, cause=cause, at_ns=at_ns, **tags),
-                        device=address,
-                        old=old,
-                        new=new,
-                        cause=cause,
-                        at_ns=at_ns or 0,
-                        group=device.pair.group,
-                        detail=tags,
-                    )
-                )
+                if (old, new) not in tails:
+                    tails[old, new] = event_line_tail(old, new, cause=cause, at_ns=at_ns, **tags)
+                moves.append((str(device.address), old, new, device.pair.group))
+        if not moves:
+            return pending
+
+        def announce() -> None:
+            self._emit_states(moves, tails, cause=cause, at_ns=at_ns or 0, tags=tags)
+
         if pending is None:
-            self.emit_all(events)
-        elif events:
-            pending.add_done_callback(lambda f: self._emit_durable(f, events))
+            announce()
+        else:
+            pending.add_done_callback(lambda f: self._if_durable(f, announce))
         return pending
 
     async def commit(
@@ -528,9 +590,10 @@ class Controller:
         if pending is not None:
             await pending
 
-    def _emit_durable(self, done: asyncio.Future[None], events: list[Event]) -> None:
+    @staticmethod
+    def _if_durable(done: asyncio.Future[None], announce: Callable[[], None]) -> None:
         if not done.cancelled() and done.exception() is None:
-            self.emit_all(events)
+            announce()
 
     def commit_armed(self, armed: dict[int, int]) -> asyncio.Future[None] | None:
         """Persist armed suspend times (device -> T) without a state change; applied in
@@ -538,7 +601,7 @@ class Controller:
         need not wait for it: before T an armed device mirrors a write as an unarmed one
         does, and a write stamped >= T before the arm is durable is change-recorded, which
         a restart finds (a DUPLEX pair with marked tracks is resynced)."""
-        new_pairs = {key: PairInfo(**_fields(self.devices[key].pair)) for key in armed}
+        new_pairs = {key: self.devices[key].pair.copy() for key in armed}
         for key, at_ns in armed.items():
             new_pairs[key].suspend_at_ns = at_ns
         pending = self._save_states(new_pairs, hold_writes=False)
@@ -752,7 +815,3 @@ def _numbered(draft: Event, *, seq: int, serial: int, controller: str, now_ns: i
         peer=draft.peer,
         detail=draft.detail,
     )
-
-
-def _fields(info: PairInfo) -> dict[str, Any]:
-    return {name: getattr(info, name) for name in PairInfo.__slots__}

@@ -21,7 +21,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
 from remcopy.controller.core import Device, HostGrant, PairInfo
@@ -1020,7 +1019,8 @@ class PairOperations:
         group = str(request.options.get("group", ""))
         if request.op is PairOp.PEER_ESTABLISH and group:
             self.rep.consistency.join(group, request.options)  # checked: refuses them all
-        results: list[PairResult] = []
+        # Per item: its refusal, or the device, answered with its state once committed.
+        results: list[PairResult | Device] = []
         chunks: list[bytes] = []  # PEER_CHANGEMAP: each device's bitmap, in item order
         changes: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]] = {}
         # Following the primary may take two steps (DUPLEX -fail-> -resume->): every device's
@@ -1084,7 +1084,7 @@ class PairOperations:
                     if self.rep._planted("failback_one_side"):  # PLANTED BUG: this side's
                         bitmap = bytes(len(bitmap))  # changes are not copied back
                     chunks.append(bitmap)
-                    results.append(replace(_ok(device), tracks=len(bitmap)))
+                    results.append(_ok(device, tracks=len(bitmap)))
                     continue
                 elif request.op is PairOp.PEER_FAILBACK:
                     # Become the secondary: the same phased commits as PEER_STATE (one durable
@@ -1107,7 +1107,7 @@ class PairOperations:
                 known = self.rep.controller.devices.get(item.device)
                 results.append(_refused(item.device, exc, known))
                 continue
-            results.append(_ok(device))
+            results.append(device)
         if changes:
             phases.insert(0, changes)
         action = str(request.options.get("action", cause))
@@ -1122,18 +1122,10 @@ class PairOperations:
             self.rep.controller.commit_states(phase_changes, cause=action, at_ns=at)
         for run in cleared:
             run.changemap.clear_all()
-        if phases:
-            results = [
-                replace(
-                    r,
-                    state=self.rep.controller.devices[r.device].pair.state,
-                    role=self.rep.controller.devices[r.device].pair.role,
-                )
-                if r.code == 0
-                else r
-                for r in results
-            ]
-        return PairOpReply(results=tuple(results), data=b"".join(chunks))
+        return PairOpReply(
+            results=tuple(_ok(r) if isinstance(r, Device) else r for r in results),
+            data=b"".join(chunks),
+        )
 
 
 def _armed_for(run: DeviceRun, at_ns: int) -> bool:
