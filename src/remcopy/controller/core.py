@@ -145,6 +145,12 @@ class Device:
     pair: PairInfo = field(default_factory=PairInfo)
     committing: asyncio.Future[None] | None = None
     """The commit of this device's pair state while it is not durable yet (else None)."""
+    label: str = field(init=False, repr=False)
+    """str(address), made once: a commit or an answer about thousands of devices names
+    each of them."""
+
+    def __post_init__(self) -> None:
+        self.label = str(self.address)
 
     @property
     def key(self) -> int:
@@ -177,12 +183,36 @@ class HostGrant:
         )
 
 
+_Move = tuple[str, PairState, PairState, str]
+"""A device's state change to announce: (address, old, new, consistency group)."""
+
+
+@dataclass(slots=True, kw_only=True)
+class StatePlan:
+    """A commit of pair states computed and not made (Controller.plan_states)."""
+
+    basis: dict[int, PairInfo]
+    """Each device's pair as it was when the plan was made."""
+    new_pairs: dict[int, PairInfo]
+    documents: dict[int, dict[str, Any] | None]
+    """What the pair store is given for each device (None: its row goes)."""
+    moves: list[_Move]
+    tails: dict[tuple[PairState, PairState], str]
+    cause: str
+    at_ns: int
+    tags: dict[str, str]
+
+    def holds(self, devices: Mapping[int, Device]) -> bool:
+        """Whether every device of the plan still holds the pair it was made from (a
+        commit replaces a device's PairInfo; only an arm or disarm changes one in place,
+        and only its suspend_at_ns)."""
+        return all(devices[key].pair is pair for key, pair in self.basis.items())
+
+
 EventSink = Callable[[Event], None]
 # A batch of events is logged as one record naming at most this many of them (a suspend of
 # 1,250 devices is 1,250 events; every one is in the event log, events.jsonl).
 _EVENTS_LOGGED_MAX = 4
-_Move = tuple[str, PairState, PairState, str]
-"""A device's state change to announce: (address, old, new, consistency group)."""
 
 
 def visible_to(grant: HostGrant, event: Event) -> bool:
@@ -369,18 +399,15 @@ class Controller:
         groups: Mapping[str, tuple[int, ...]] | None = None,
         *,
         hold_writes: bool = True,
+        documents: Mapping[int, dict[str, Any] | None] | None = None,
     ) -> asyncio.Future[None] | None:
         """Submit the changed devices' pair documents (and groups) for one durable commit
         whose cost follows what changed, not how many devices are paired; they are applied in
-        memory by the caller at once. Returns the commit's future (None: durable already)."""
+        memory by the caller at once. Returns the commit's future (None: durable already).
+        `documents`: the pairs' documents made already (a prepared plan)."""
         started = time.perf_counter()
         pending = self.writer.submit(
-            {
-                key: info.to_json()
-                if info.state is not PairState.SIMPLEX or info.role is not PairRole.NONE
-                else None
-                for key, info in pairs.items()
-            },
+            _documents(pairs) if documents is None else documents,
             {name: list(members) for name, members in (groups or {}).items()},
         )
         if pending is None:
@@ -537,35 +564,76 @@ class Controller:
         SUSPENDED at T both record writes stamped >= T and refuse those stamped < T).
         Raises IllegalTransition (nothing changed) if any device's state forbids its action.
         """
-        new_pairs = {key: self.device(key).pair.copy() for key in changes}
-        old_states = {key: self.devices[key].pair.state for key in changes}
+        return self.apply_plan(
+            self.plan_states(changes, cause=cause, at_ns=at_ns, **tags),
+            groups=groups,
+            hold_writes=hold_writes,
+        )
+
+    def plan_states(
+        self,
+        changes: Mapping[int, tuple[PairAction, Callable[[PairInfo], None] | None]],
+        *,
+        cause: str,
+        at_ns: int | None = None,
+        **tags: str,
+    ) -> StatePlan:
+        """What commit_states would write and announce, computed and changing nothing:
+        `apply_plan` makes it, while every device still holds the pair it was computed from
+        (a suspend plans its seal when it arms, so that at T only the commit is left).
+        Raises IllegalTransition if any device's state forbids its action."""
+        basis = {key: self.device(key).pair for key in changes}
+        new_pairs = {key: pair.copy() for key, pair in basis.items()}
         changed_at_ns = at_ns or time.time_ns()
+        moves: list[_Move] = []
+        tails: dict[tuple[PairState, PairState], str] = {}
         for key, (action, update) in changes.items():
             device = self.devices[key]
             info = new_pairs[key]
-            info.state = next_state(info.state, action, device=str(device.address))
+            old = info.state
+            info.state = new = next_state(old, action, device=device.label)
             if update is not None:
                 update(info)
-            if info.state is not old_states[key]:
+            if new is not old:
                 info.changed_at_ns, info.change_cause = changed_at_ns, cause
-        pending = self._save_states(new_pairs, groups, hold_writes=hold_writes)
-        if groups:
-            self.groups = {**self.groups, **groups}
-        moves: list[_Move] = []
-        tails: dict[tuple[PairState, PairState], str] = {}
-        for key in changes:
-            device = self.devices[key]
-            device.pair = new_pairs[key]
-            old, new = old_states[key], device.pair.state
-            if old is not new:
                 if (old, new) not in tails:
                     tails[old, new] = event_line_tail(old, new, cause=cause, at_ns=at_ns, **tags)
-                moves.append((str(device.address), old, new, device.pair.group))
-        if not moves:
+                moves.append((device.label, old, new, info.group))
+        return StatePlan(
+            basis=basis,
+            new_pairs=new_pairs,
+            documents=_documents(new_pairs),
+            moves=moves,
+            tails=tails,
+            cause=cause,
+            at_ns=at_ns or 0,
+            tags=tags,
+        )
+
+    def apply_plan(
+        self,
+        plan: StatePlan,
+        *,
+        groups: Mapping[str, tuple[int, ...]] | None = None,
+        hold_writes: bool = True,
+    ) -> asyncio.Future[None] | None:
+        """Make a plan of plan_states (see commit_states): submit, apply in memory, and
+        announce once durable. Its devices must still hold the plan's basis (`plan.holds`)."""
+        assert plan.holds(self.devices), "a plan applied after its devices changed"
+        pending = self._save_states(
+            plan.new_pairs, groups, hold_writes=hold_writes, documents=plan.documents
+        )
+        if groups:
+            self.groups = {**self.groups, **groups}
+        for key, info in plan.new_pairs.items():
+            self.devices[key].pair = info
+        if not plan.moves:
             return pending
 
         def announce() -> None:
-            self._emit_states(moves, tails, cause=cause, at_ns=at_ns or 0, tags=tags)
+            self._emit_states(
+                plan.moves, plan.tails, cause=plan.cause, at_ns=plan.at_ns, tags=plan.tags
+            )
 
         if pending is None:
             announce()
@@ -815,3 +883,13 @@ def _numbered(draft: Event, *, seq: int, serial: int, controller: str, now_ns: i
         peer=draft.peer,
         detail=draft.detail,
     )
+
+
+def _documents(pairs: Mapping[int, PairInfo]) -> dict[int, dict[str, Any] | None]:
+    """The pair store's document of each pair (None: back to SIMPLEX with no role)."""
+    return {
+        key: info.to_json()
+        if info.state is not PairState.SIMPLEX or info.role is not PairRole.NONE
+        else None
+        for key, info in pairs.items()
+    }

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from remcopy.controller.core import Device, HostGrant, PairInfo
+from remcopy.controller.core import Device, HostGrant, PairInfo, StatePlan
 from remcopy.controller.freeze import membership
 from remcopy.errors import (
     BrokenResourceError,
@@ -159,7 +159,7 @@ class PairOperations:
         return good, refused
 
     def _check(self, run: DeviceRun, action: PairAction) -> None:
-        next_state(run.device.pair.state, action, device=str(run.device.address))
+        next_state(run.device.pair.state, action, device=run.device.label)
 
     async def _establish(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
         # A consistency group's name and primary controllers (for the freeze), checked first:
@@ -303,6 +303,13 @@ class PairOperations:
             # Arm: persisted, so a restart before T still suspends at T.
             arm_started_ns = time.perf_counter_ns()
             pending = self.rep.controller.commit_armed({r.device.key: at_ns for r in armed})
+            # The seal's commit, computed while the arm's is written: at T only the commit
+            # is left to do (the seal makes it only if no device changed since).
+            prepared = self.rep.controller.plan_states(
+                {r.device.key: (PairAction.SUSPEND, None) for r in armed},
+                cause="suspend",
+                at_ns=at_ns,
+            )
             if pending is not None:
                 await pending
             arm_ms = (time.perf_counter_ns() - arm_started_ns) / 1e6
@@ -313,7 +320,7 @@ class PairOperations:
                 cause="suspend",
                 detail={"devices": len(armed)},
             )
-            sealed = self._arm_timer(armed, at_ns)
+            sealed = self._arm_timer(armed, at_ns, prepared)
         if (armed or joined) and request.options.get("answer") == "armed":
             # A scheduled suspend: answered now, bounded by the host's request timeout; the
             # host waits for T itself and then asks with SUSPEND_WAIT.
@@ -397,7 +404,9 @@ class PairOperations:
                 )
         return results
 
-    def _arm_timer(self, runs: list[DeviceRun], at_ns: int) -> asyncio.Future[dict[str, Any]]:
+    def _arm_timer(
+        self, runs: list[DeviceRun], at_ns: int, prepared: StatePlan | None = None
+    ) -> asyncio.Future[dict[str, Any]]:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._seal_registered(at_ns, done)
@@ -410,16 +419,22 @@ class PairOperations:
             if early_s > 0:
                 self.rep.timers.append(loop.call_later(early_s, fire))
                 return
-            self.rep.spawn(self._seal(runs, at_ns, done), name=f"seal {at_ns}")
+            self.rep.spawn(self._seal(runs, at_ns, done, prepared), name=f"seal {at_ns}")
 
         self.rep.timers.append(loop.call_later(delay_s, fire))
         return done
 
     async def _seal(
-        self, runs: list[DeviceRun], at_ns: int, done: asyncio.Future[dict[str, Any]]
+        self,
+        runs: list[DeviceRun],
+        at_ns: int,
+        done: asyncio.Future[dict[str, Any]],
+        prepared: StatePlan | None = None,
     ) -> None:
         """At T: refuse late writes, wait for updates stamped < T, then commit SUSPENDED.
-        Only devices still armed for this T: one cancelled or re-armed since is skipped."""
+        Only devices still armed for this T: one cancelled or re-armed since is skipped.
+        `prepared`: the commit planned when armed, made as it is when it is the same
+        devices and none changed since (else the commit is computed now)."""
         still_armed = [run for run in runs if run.device.pair.suspend_at_ns == at_ns]
         if not still_armed:
             self.rep.controller.emit(
@@ -464,12 +479,20 @@ class PairOperations:
                 changes[run.device.key] = (PairAction.SUSPEND, None)
                 by_peer.setdefault(run.device.pair.peer_serial, []).append(run)
         commit_started_ns = time.perf_counter_ns()
+        controller = self.rep.controller
         if changes:
             # Host writes to these devices go on meanwhile: armed at T and SUSPENDED at T
             # treat a write alike (recorded if stamped >= T, refused as late before T).
-            await self.rep.controller.commit(
-                changes, cause="suspend", at_ns=at_ns, hold_writes=False
-            )
+            if (
+                prepared is not None
+                and prepared.basis.keys() == changes.keys()
+                and prepared.holds(controller.devices)
+            ):
+                made = controller.apply_plan(prepared, hold_writes=False)
+                if made is not None:
+                    await made
+            else:
+                await controller.commit(changes, cause="suspend", at_ns=at_ns, hold_writes=False)
         commit_ns = time.perf_counter_ns() - commit_started_ns
         if frozen:
             # Released only once every sibling primary is armed at T (or the hold ended):
@@ -1074,7 +1097,7 @@ class PairOperations:
                     if action == "resume" and device.key in empty:
                         steps.append(PairAction.COPY_DONE)  # nothing to copy: DUPLEX now
                     for phase, step in enumerate(steps):
-                        state = next_state(state, step, device=str(device.address))
+                        state = next_state(state, step, device=device.label)
                         update = _follow_update(step, request.at_ns)
                         while len(phases) <= phase:
                             phases.append({})
@@ -1091,7 +1114,7 @@ class PairOperations:
                     # write per step for all devices); the map is cleared once they are made.
                     state = device.pair.state
                     for phase, step in enumerate(_follow(state, "resume")):
-                        state = next_state(state, step, device=str(device.address))
+                        state = next_state(state, step, device=device.label)
                         swap = _swap_to_secondary(item) if step is PairAction.RESUME else None
                         while len(phases) <= phase:
                             phases.append({})
