@@ -65,7 +65,11 @@
 # exists; the seed did one pair at a time, ~10 s each.
 #
 # Output: tables, then as the LAST line `RESULT {json}` (DESIGN.md section 7).
-# Usage: python bench/groups.py [--quick] [--seed N]
+#   --pairs N (with --quick): a group of N pairs instead of 10,000 (N / 8 volumes of each
+#   primary, same fleet); at most 16,280: the one host numbers its devices with 4 hex digits
+#   and the fleet gives each controller 8 LSSs of them, so a 100,000-pair group cannot be
+#   acted on by one host (docs/groups.md).
+# Usage: python bench/groups.py [--quick] [--seed N] [--pairs N]
 from __future__ import annotations
 
 import argparse
@@ -84,9 +88,11 @@ from typing import Any, Final, TypeVar
 
 import remcopy
 from _fleet import (
+    CCAS_PER_LSS,
     HOST,
     HOST_SECRET,
     KIB,
+    LSS_PER_CONTROLLER_MAX,
     Fleet,
     Plan,
     available_mib,
@@ -132,7 +138,7 @@ from remcopy.wire.native import PairOp
 T = TypeVar("T")
 
 CONTROLLERS: Final = 8  # per side
-GROUP_VOLUMES: Final = 1250  # per primary controller: 8 x 1,250 = the 10,000-pair group
+GROUP_VOLUMES = 1250  # per primary controller: 8 x 1,250 = the 10,000-pair group (--pairs)
 SPARE_VOLUMES: Final = 13  # per controller, outside the group: the naive way's pairs
 VOLUME_BYTES: Final = 64 * KIB
 TRACK_BYTES: Final = 64 * KIB
@@ -140,7 +146,10 @@ WRITE_BYTES: Final = 4 * KIB
 WRITE_INTERVAL_S: Final = 0.002  # a writer issues at most one write per interval (QD1)
 GROUP: Final = "BENCH"
 SIZES_FULL: Final = (1000, 4096, 10000)
-BIG: Final = CONTROLLERS * GROUP_VOLUMES
+BIG = CONTROLLERS * GROUP_VOLUMES
+# --pairs: a host numbers its devices with 4 hex digits and the fleet gives each controller
+# 8 LSSs of them (2,048 devices), spares included: the most one host can act on.
+PAIRS_MAX: Final = CONTROLLERS * (LSS_PER_CONTROLLER_MAX * CCAS_PER_LSS - SPARE_VOLUMES)
 NAIVE_PAIRS_FULL: Final = 100
 NAIVE_PAIRS_QUICK: Final = 25
 NAIVE_MARGIN_MIN_S: Final = 0.002
@@ -1252,6 +1261,22 @@ def _req(result: SizeResult, op: str) -> str:
     return ",".join(str(v) for v in sorted(set(values))) + f" ({len(values)} controllers)"
 
 
+def set_pairs(parser: argparse.ArgumentParser, pairs: int, *, quick: bool) -> None:
+    """Size the group (--pairs): GROUP_VOLUMES per primary controller, BIG in all."""
+    global GROUP_VOLUMES, BIG
+    if not quick:
+        parser.error("--pairs needs --quick (the full run's sizes are 1,000 / 4,096 / 10,000)")
+    if pairs <= 0 or pairs % CONTROLLERS or pairs > PAIRS_MAX:
+        parser.error(
+            f"--pairs {pairs}: expected a multiple of {CONTROLLERS} from {CONTROLLERS} to "
+            f"{PAIRS_MAX:,}: one host numbers its devices with 4 hex digits, and the fleet gives "
+            f"each of its {2 * CONTROLLERS} controllers 8 LSSs of them (2,048 devices, "
+            f"{SPARE_VOLUMES} spares included); more pairs need more than one host"
+        )
+    GROUP_VOLUMES = pairs // CONTROLLERS
+    BIG = pairs
+
+
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--writer":
         writer_entry(sys.argv[2])
@@ -1263,7 +1288,16 @@ def main() -> None:
         "--quick", action="store_true", help="10,000-pair figures only, pairs DUPLEX at start"
     )
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=BIG,
+        help=f"with --quick: the group's pairs, a multiple of {CONTROLLERS} up to "
+        f"{PAIRS_MAX:,} (default {BIG:,})",
+    )
     args = parser.parse_args()
+    if args.pairs != BIG:
+        set_pairs(parser, args.pairs, quick=args.quick)
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     print(f"bench/groups.py seed={seed} quick={args.quick}", file=sys.stderr)
     result = guard("remcopy-bench-groups-", lambda root: run(root, args.quick, seed))
