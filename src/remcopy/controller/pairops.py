@@ -58,6 +58,9 @@ Changes = dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]]
 # Seal outcomes kept for SUSPEND_WAIT, per suspend time T: a host asks after T, so the
 # figures of a finished seal must still be there; the oldest finished ones are dropped.
 SEALS_KEPT_MAX: Final = 64
+# PEER_STATE action from a primary that armed a suspend at T: plan the commit of SUSPENDED
+# at T now (nothing changes); the "suspend" its seal sends at T then only makes it.
+PREPARE_SUSPEND: Final = "prepare-suspend"
 
 
 def _ok(device: Device, *, at_ns: int = 0, tracks: int = 0) -> PairResult:
@@ -82,6 +85,9 @@ class PairOperations:
         self.rep = rep
         self._seals: dict[int, list[asyncio.Future[dict[str, Any]]]] = {}
         """Per suspend time T: the seal of each arm for T (its document once sealed)."""
+        self._planned: dict[tuple[int, int], StatePlan] = {}
+        """Secondary side, per (primary's serial, T): the commit of SUSPENDED at T that
+        PREPARE_SUSPEND planned, made when that primary's seal tells the suspend."""
 
     # Pair operations from hosts (one request carries a batch of devices)...
 
@@ -320,6 +326,7 @@ class PairOperations:
                 cause="suspend",
                 detail={"devices": len(armed)},
             )
+            self.rep.spawn(self._prepare_peers(armed, at_ns), name=f"prepare {at_ns}")
             sealed = self._arm_timer(armed, at_ns, prepared)
         if (armed or joined) and request.options.get("answer") == "armed":
             # A scheduled suspend: answered now, bounded by the host's request timeout; the
@@ -489,6 +496,7 @@ class PairOperations:
                 and prepared.holds(controller.devices)
             ):
                 made = controller.apply_plan(prepared, hold_writes=False)
+                self._as_planned()
                 if made is not None:
                     await made
             else:
@@ -537,6 +545,16 @@ class PairOperations:
                     "host_io_held_ms": round(max(drained_ns - sealed_ns, held_ns) / 1e6, 3),
                 }
             )
+
+    async def _prepare_peers(self, runs: list[DeviceRun], at_ns: int) -> None:
+        """Ask the secondaries to plan their commit of SUSPENDED at T now, during the
+        margin (nothing changes there until the seal tells the suspend): then at T each only
+        makes it. One that did not (a link down, an older controller) computes it at T."""
+        by_peer: dict[int, list[DeviceRun]] = {}
+        for run in runs:
+            by_peer.setdefault(run.device.pair.peer_serial, []).append(run)
+        for serial, peer_runs in by_peer.items():
+            await self._tell_peer(serial, peer_runs, PREPARE_SUSPEND, at_ns=at_ns)
 
     async def _tell_peer(
         self,
@@ -1039,6 +1057,14 @@ class PairOperations:
             return self.rep.freezer.peer_group_query(peer_serial, request)
         if request.op is PairOp.PEER_WATERMARK:
             return self.rep.consistency.peer_watermark(peer_serial, request)
+        if request.op is PairOp.PEER_STATE:
+            action = request.options.get("action")
+            if action == PREPARE_SUSPEND:
+                return self._prepare_suspend(peer_serial, request)
+            if action == "suspend":
+                made = self._planned_suspend(peer_serial, request)
+                if made is not None:
+                    return made
         group = str(request.options.get("group", ""))
         if request.op is PairOp.PEER_ESTABLISH and group:
             self.rep.consistency.join(group, request.options)  # checked: refuses them all
@@ -1149,6 +1175,61 @@ class PairOperations:
             results=tuple(_ok(r) if isinstance(r, Device) else r for r in results),
             data=b"".join(chunks),
         )
+
+    def _prepare_suspend(self, peer_serial: int, request: PairOpRequest) -> PairOpReply:
+        """Plan the commit of SUSPENDED at T of these secondaries (PREPARE_SUSPEND), as
+        PEER_STATE "suspend" would make it; nothing changes. Not planned (answered with a
+        refusal; the suspend then computes it at T) unless every device follows its primary
+        to SUSPENDED in one step."""
+        controller = self.rep.controller
+        keys = [item.device for item in request.items]
+        try:
+            devices = [controller.device(key) for key in keys]
+            if len(set(keys)) != len(keys) or any(
+                device.pair.peer_serial != peer_serial
+                or _follow(device.pair.state, "suspend") != [PairAction.SUSPEND]
+                for device in devices
+            ):
+                raise InputError(
+                    "a suspend is planned only for devices named once whose primary is this "
+                    "controller and that follow it in one step"
+                )
+            plan = controller.plan_states(
+                dict.fromkeys(keys, (PairAction.SUSPEND, _suspended_at(request.at_ns))),
+                cause="suspend",
+                at_ns=request.at_ns,
+            )
+        except RemcopyError as exc:
+            return PairOpReply(results=tuple(_refused(key, exc) for key in keys))
+        self._planned[peer_serial, request.at_ns] = plan
+        while len(self._planned) > SEALS_KEPT_MAX:  # never used (a cancelled suspend)
+            del self._planned[next(iter(self._planned))]
+        return PairOpReply()
+
+    def _planned_suspend(self, peer_serial: int, request: PairOpRequest) -> PairOpReply | None:
+        """PEER_STATE "suspend" made as planned by PREPARE_SUSPEND, when the plan is for the
+        same devices and none changed since; else None (computed as any PEER_STATE)."""
+        plan = self._planned.pop((peer_serial, request.at_ns), None)
+        keys = [item.device for item in request.items]
+        devices = self.rep.controller.devices
+        if (
+            plan is None
+            or len(keys) != len(plan.basis)
+            or plan.basis.keys() != set(keys)
+            or not plan.holds(devices)
+        ):
+            return None
+        if not request.options.get("freeze"):  # as peer_op: what waits for C is written
+            self.rep.consistency.settle([self.rep.runs[key] for key in keys])
+        self.rep.controller.apply_plan(plan)
+        self._as_planned()
+        return PairOpReply(results=tuple(_ok(devices[key]) for key in keys))
+
+    def _as_planned(self) -> None:
+        """Count a suspend's commit made as planned during the margin (status counter
+        suspends_as_planned: a seal on a primary, a PEER_STATE suspend on a secondary)."""
+        counters = self.rep.counters
+        counters["suspends_as_planned"] = counters.get("suspends_as_planned", 0) + 1
 
 
 def _armed_for(run: DeviceRun, at_ns: int) -> bool:
