@@ -2,6 +2,7 @@
 # announced once per changed device.
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -130,3 +131,23 @@ def test_Controller_plan_states_changes_nothing_until_applied(tmp_path: Path):
     assert reopened.devices[0x0A01].pair.suspend_at_ns == 0
     assert reopened.devices[0x0A01].pair.changed_at_ns == 77
     reopened.close()
+
+
+async def test_Controller_announces_durable_commits_at_the_end_of_the_loop_step(tmp_path: Path):
+    """With the writer thread running, a commit's events are announced after whoever awaited
+    the commit went on (a seal tells its secondaries first); an event recorded meanwhile
+    announces them first, so the numbering stays in commit order."""
+    controller = _controller(tmp_path)
+    async with asyncio.TaskGroup() as tasks:
+        writer = tasks.create_task(controller.writer.run())
+        await asyncio.sleep(0)  # one loop step: the writer task's first
+        assert controller.writer.running
+        pending = controller.commit_states({0x0A00: (PairAction.ESTABLISH, None)}, cause="one")
+        assert pending is not None
+        await pending
+        assert controller.event_log.last_seq == 0  # durable, not announced yet
+        controller.emit(EventKind.ERROR, "meanwhile")
+        kinds = [(e.seq, e.kind) for e in controller.event_log.since(0)]
+        assert kinds == [(1, EventKind.STATE), (2, EventKind.ERROR)]
+        writer.cancel()
+    controller.close()

@@ -541,7 +541,9 @@ class Controller:
             self._hand_out(events, sinks)
 
     def _hand_out(self, events: list[Event], sinks: list[EventSink]) -> None:
-        self.event_log.write()
+        if self._event_log is None:  # closed since: closing wrote them
+            return
+        self._event_log.write()
         for sink in sinks:
             if sink in self._sinks:  # not gone since
                 for event in events:
