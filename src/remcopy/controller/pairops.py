@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -309,15 +310,17 @@ class PairOperations:
             # Arm: persisted, so a restart before T still suspends at T.
             arm_started_ns = time.perf_counter_ns()
             pending = self.rep.controller.commit_armed({r.device.key: at_ns for r in armed})
-            # The seal's commit, computed while the arm's is written: at T only the commit
-            # is left to do (the seal makes it only if no device changed since).
-            prepared = self.rep.controller.plan_states(
-                {r.device.key: (PairAction.SUSPEND, None) for r in armed},
-                cause="suspend",
-                at_ns=at_ns,
-            )
             if pending is not None:
-                await pending
+                await pending  # host writes go on meanwhile
+            # The seal's commit, computed now, in a loop step of its own: at T only the
+            # commit is left to do (the seal makes it only if no device changed since).
+            prepared: StatePlan | None = None
+            with contextlib.suppress(IllegalTransition):  # one changed since: computed at T
+                prepared = self.rep.controller.plan_states(
+                    {r.device.key: (PairAction.SUSPEND, None) for r in armed},
+                    cause="suspend",
+                    at_ns=at_ns,
+                )
             arm_ms = (time.perf_counter_ns() - arm_started_ns) / 1e6
             self.rep.controller.emit(
                 EventKind.ARMED,
