@@ -1,3 +1,3 @@
-from remcopy.cli.main import main
+from remcopy.cli.main import run
 
-main()
+run()

@@ -39,6 +39,7 @@ __all__ = [
     "PairState",
     "TRANSITIONS",
     "event_line",
+    "event_line_tail",
     "next_state",
     "permitted_states",
     "transition_note",
@@ -257,8 +258,21 @@ def event_line(
 
     `pair 64015:1A00:0A:3F DUPLEX -> SUSPENDED at=1700000000000000000 cause=suspend group=PAY`
     """
+    return f"pair {device}{event_line_tail(old, new, cause=cause, at_ns=at_ns, **tags)}"
+
+
+def event_line_tail(
+    old: PairState,
+    new: PairState,
+    *,
+    cause: str,
+    at_ns: int | None = None,
+    **tags: str,
+) -> str:
+    """What follows the device in `event_line`, from " DUPLEX -> ..." on: the same for every
+    device of one commit that moved alike, so a commit of thousands formats it once."""
     assert "at" not in tags, "tags must not repeat at="
     fields = [] if at_ns is None else [f"at={at_ns}"]
     fields.append(f"cause={_event_value(cause)}")
     fields.extend(f"{key}={_event_value(value)}" for key, value in tags.items())
-    return f"pair {device} {old.name} -> {new.name} {' '.join(fields)}"
+    return f" {old.name} -> {new.name} {' '.join(fields)}"

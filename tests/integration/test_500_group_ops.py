@@ -98,6 +98,13 @@ async def test_group_suspend_is_consistent_at_one_T_across_four_controllers(tmp_
             for load in loads:
                 await load.wait_acked(20)
             report = await suspend(session, group, margin_s=0.05)
+            # Each seal made the commit planned when it armed, and so did the secondary for
+            # each primary (asked to plan it during the margin).
+            planned = {
+                name: (await session.channels[name].status())["counters"]["suspends_as_planned"]
+                for name in [*(p.name for p in world.primaries), "cntlb"]
+            }
+            assert planned == {**{p.name: 1 for p in world.primaries}, "cntlb": 4}, planned
             for load in loads:  # writes after T too: the check below must see both sides
                 await load.wait_acked(load.acked + 10)
             stop_load.set()

@@ -2,6 +2,7 @@
 # announced once per changed device.
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -94,4 +95,59 @@ def test_Controller_refuses_host_writes_to_a_secondary(tmp_path: Path):
     controller.commit_states({0x0A02: (PairAction.RECOVER, None)}, cause="test")
     controller.write(host, 0x0A02, 0, b"x", timestamp_ns=1)
     assert controller.read(host, 0x0A02, 0, 1) == b"x"
+    controller.close()
+
+
+def test_Controller_plan_states_changes_nothing_until_applied(tmp_path: Path):
+    """A plan (what a suspend computes when it arms) changes no state, commits nothing and
+    announces nothing; applied, it commits and announces exactly what commit_states would;
+    once a device changed since the plan, the plan no longer holds."""
+    controller = _controller(tmp_path)
+    events: list[Event] = []
+    controller.add_sink(events.append)
+    for action in (PairAction.ESTABLISH, PairAction.COPY_DONE):
+        controller.commit_states(dict.fromkeys((0x0A00, 0x0A01), (action, None)), cause="setup")
+    events.clear()
+    commits = controller.store.commits
+    plan = controller.plan_states(
+        dict.fromkeys((0x0A00, 0x0A01), (PairAction.SUSPEND, None)), cause="suspend", at_ns=77
+    )
+    assert [d.pair.state for d in controller.devices.values()][:2] == [PairState.DUPLEX] * 2
+    assert (controller.store.commits, events) == (commits, [])
+    assert plan.holds(controller.devices)
+    controller.apply_plan(plan)
+    assert controller.store.commits == commits + 1
+    assert [(e.device, e.old, e.new, e.cause, e.at_ns) for e in events] == [
+        (f"64015:1A00:0A:0{k}", PairState.DUPLEX, PairState.SUSPENDED, "suspend", 77)
+        for k in (0, 1)
+    ]
+    assert events[0].text == "pair 64015:1A00:0A:00 DUPLEX -> SUSPENDED at=77 cause=suspend"
+    again = controller.plan_states({0x0A00: (PairAction.RESUME, None)}, cause="resume")
+    controller.commit_states({0x0A00: (PairAction.RESUME, None)}, cause="other")
+    assert not again.holds(controller.devices)
+    controller.close()
+    reopened = _controller(tmp_path)
+    assert reopened.devices[0x0A01].pair.state is PairState.SUSPENDED
+    assert reopened.devices[0x0A01].pair.suspend_at_ns == 0
+    assert reopened.devices[0x0A01].pair.changed_at_ns == 77
+    reopened.close()
+
+
+async def test_Controller_announces_durable_commits_at_the_end_of_the_loop_step(tmp_path: Path):
+    """With the writer thread running, a commit's events are announced after whoever awaited
+    the commit went on (a seal tells its secondaries first); an event recorded meanwhile
+    announces them first, so the numbering stays in commit order."""
+    controller = _controller(tmp_path)
+    async with asyncio.TaskGroup() as tasks:
+        writer = tasks.create_task(controller.writer.run())
+        await asyncio.sleep(0)  # one loop step: the writer task's first
+        assert controller.writer.running
+        pending = controller.commit_states({0x0A00: (PairAction.ESTABLISH, None)}, cause="one")
+        assert pending is not None
+        await pending
+        assert controller.event_log.last_seq == 0  # durable, not announced yet
+        controller.emit(EventKind.ERROR, "meanwhile")
+        kinds = [(e.seq, e.kind) for e in controller.event_log.since(0)]
+        assert kinds == [(1, EventKind.STATE), (2, EventKind.ERROR)]
+        writer.cancel()
     controller.close()

@@ -132,3 +132,36 @@ def test_Event_json_round_trip() -> None:
     assert doc["schema"] == 1
     assert doc["time"] == "2023-11-14T22:13:20.123457Z"
     assert Event.from_json(json.loads(json.dumps(doc))) == event
+
+
+def test_EventLog_lines_of_a_batch_are_those_of_json_dumps(tmp_path: Path) -> None:
+    """A commit's STATE events share one line template: the file holds the very bytes
+    json.dumps writes for each event, escapes included, and events of other shapes (another
+    time, no device, a detail) in between are written as they are."""
+    events = [
+        Event(
+            kind=EventKind.STATE,
+            seq=i + 1,
+            serial=64015,
+            controller="pri\u00e90",
+            time_ns=1_000 + i // 3,
+            device=f"64015:1A00:0A:{i:02X}" if i != 4 else "",
+            old=PairState.DUPLEX,
+            new=PairState.SUSPENDED,
+            cause="suspend",
+            at_ns=1_000,
+            group='G "1"',
+            detail={"tag": "x\ny"} if i % 2 else {},
+            text=f'pair {i} "quoted" \\ \u00e9\n',
+        )
+        for i in range(9)
+    ]
+    log = EventLog(tmp_path)
+    log.record(events)
+    log.write()
+    expected = b"".join(
+        json.dumps(e.to_json(), separators=(",", ":")).encode() + b"\n" for e in events
+    )
+    assert (tmp_path / EVENTS_FILE_NAME).read_bytes() == expected
+    log.close()
+    assert EventLog(tmp_path).since(0) == events

@@ -9,6 +9,7 @@
 # rich is imported only to print an error.
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -154,6 +155,17 @@ def failed(message: str, exit_code: int) -> None:
 
         error_json(message, exit_code)
     sys.exit(exit_code)
+
+
+def run() -> None:
+    """The `remcopy` command: `main`, then the process ends without a last garbage
+    collection over what the command built (gc.freeze): with a 10,000-pair report in memory
+    that collection took 0.1-0.2 s of a `group suspend` from the shell, and it frees nothing
+    the process's end would not."""
+    try:
+        main()
+    finally:
+        gc.freeze()
 
 
 def main() -> None:

@@ -24,11 +24,12 @@ from __future__ import annotations
 import collections
 import itertools
 import json
+import json.encoder
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from remcopy.controller import atrest
 from remcopy.events import Event, EventKind
@@ -181,11 +182,57 @@ class EventLog:
 
 
 def _encoded(events: list[Event]) -> list[bytes]:
-    """The file lines of events (Event.to_json); a batch shares its time, formatted once."""
+    """The file lines of events (Event.to_json). Events of one batch that differ only in
+    number, text and device (a commit's STATE events) share one line template: each line is
+    the template with those three put in, the same bytes json.dumps writes (the unit test
+    compares), at a fifth of the cost."""
     lines = []
     times: dict[int, str] = {}
+    templates: dict[tuple[Any, ...], tuple[str, str, str, str]] = {}
     for event in events:
-        doc = event.to_json(time_text=times.get(event.time_ns))
-        times[event.time_ns] = doc["time"]
-        lines.append(json.dumps(doc, separators=(",", ":")).encode() + b"\n")
+        if not (event.text and event.device):
+            doc = event.to_json(time_text=times.get(event.time_ns))
+            times[event.time_ns] = doc["time"]
+            lines.append(json.dumps(doc, separators=(",", ":")).encode() + b"\n")
+            continue
+        shape = (
+            event.kind,
+            event.serial,
+            event.time_ns,
+            event.controller,
+            event.old,
+            event.new,
+            event.cause,
+            event.at_ns,
+            event.group,
+            event.peer,
+            tuple(event.detail.items()),
+        )
+        template = templates.get(shape)
+        if template is None:
+            template = templates[shape] = _template(event, times)
+        head, after_seq, after_text, tail = template
+        lines.append(
+            f"{head}{event.seq}{after_seq}{_quoted(event.text)}{after_text}"
+            f"{_quoted(event.device)}{tail}".encode()
+        )
     return lines
+
+
+def _template(event: Event, times: dict[int, str]) -> tuple[str, str, str, str]:
+    """An event's line cut around its number, text and device (see _encoded)."""
+    doc = event.to_json(time_text=times.get(event.time_ns))
+    times[event.time_ns] = doc["time"]
+    doc.update(seq=_SEQ_MARK, text=_TEXT_MARK, device=_DEVICE_MARK)
+    line = json.dumps(doc, separators=(",", ":")) + "\n"
+    head, _, rest = line.partition(_quoted(_SEQ_MARK))
+    after_seq, _, rest = rest.partition(_quoted(_TEXT_MARK))
+    after_text, _, tail = rest.partition(_quoted(_DEVICE_MARK))
+    return head, after_seq, after_text, tail
+
+
+# Stand-ins no event field holds (json.dumps writes them as \u0000 escapes).
+_SEQ_MARK: Final = "\x00seq"
+_TEXT_MARK: Final = "\x00text"
+_DEVICE_MARK: Final = "\x00device"
+_quoted: Callable[[str], str] = json.encoder.encode_basestring_ascii  # what json.dumps uses

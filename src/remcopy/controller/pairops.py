@@ -18,13 +18,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
-from remcopy.controller.core import Device, HostGrant, PairInfo
+from remcopy.controller.core import Device, HostGrant, PairInfo, StatePlan
 from remcopy.controller.freeze import membership
 from remcopy.errors import (
     BrokenResourceError,
@@ -59,6 +59,9 @@ Changes = dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]]
 # Seal outcomes kept for SUSPEND_WAIT, per suspend time T: a host asks after T, so the
 # figures of a finished seal must still be there; the oldest finished ones are dropped.
 SEALS_KEPT_MAX: Final = 64
+# PEER_STATE action from a primary that armed a suspend at T: plan the commit of SUSPENDED
+# at T now (nothing changes); the "suspend" its seal sends at T then only makes it.
+PREPARE_SUSPEND: Final = "prepare-suspend"
 
 
 def _ok(device: Device, *, at_ns: int = 0, tracks: int = 0) -> PairResult:
@@ -83,6 +86,9 @@ class PairOperations:
         self.rep = rep
         self._seals: dict[int, list[asyncio.Future[dict[str, Any]]]] = {}
         """Per suspend time T: the seal of each arm for T (its document once sealed)."""
+        self._planned: dict[tuple[int, int], StatePlan] = {}
+        """Secondary side, per (primary's serial, T): the commit of SUSPENDED at T that
+        PREPARE_SUSPEND planned, made when that primary's seal tells the suspend."""
 
     # Pair operations from hosts (one request carries a batch of devices)...
 
@@ -160,7 +166,7 @@ class PairOperations:
         return good, refused
 
     def _check(self, run: DeviceRun, action: PairAction) -> None:
-        next_state(run.device.pair.state, action, device=str(run.device.address))
+        next_state(run.device.pair.state, action, device=run.device.label)
 
     async def _establish(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
         # A consistency group's name and primary controllers (for the freeze), checked first:
@@ -305,7 +311,16 @@ class PairOperations:
             arm_started_ns = time.perf_counter_ns()
             pending = self.rep.controller.commit_armed({r.device.key: at_ns for r in armed})
             if pending is not None:
-                await pending
+                await pending  # host writes go on meanwhile
+            # The seal's commit, computed now, in a loop step of its own: at T only the
+            # commit is left to do (the seal makes it only if no device changed since).
+            prepared: StatePlan | None = None
+            with contextlib.suppress(IllegalTransition):  # one changed since: computed at T
+                prepared = self.rep.controller.plan_states(
+                    {r.device.key: (PairAction.SUSPEND, None) for r in armed},
+                    cause="suspend",
+                    at_ns=at_ns,
+                )
             arm_ms = (time.perf_counter_ns() - arm_started_ns) / 1e6
             self.rep.controller.emit(
                 EventKind.ARMED,
@@ -314,7 +329,8 @@ class PairOperations:
                 cause="suspend",
                 detail={"devices": len(armed)},
             )
-            sealed = self._arm_timer(armed, at_ns)
+            self.rep.spawn(self._prepare_peers(armed, at_ns), name=f"prepare {at_ns}")
+            sealed = self._arm_timer(armed, at_ns, prepared)
         if (armed or joined) and request.options.get("answer") == "armed":
             # A scheduled suspend: answered now, bounded by the host's request timeout; the
             # host waits for T itself and then asks with SUSPEND_WAIT.
@@ -398,7 +414,9 @@ class PairOperations:
                 )
         return results
 
-    def _arm_timer(self, runs: list[DeviceRun], at_ns: int) -> asyncio.Future[dict[str, Any]]:
+    def _arm_timer(
+        self, runs: list[DeviceRun], at_ns: int, prepared: StatePlan | None = None
+    ) -> asyncio.Future[dict[str, Any]]:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._seal_registered(at_ns, done)
@@ -411,16 +429,22 @@ class PairOperations:
             if early_s > 0:
                 self.rep.timers.append(loop.call_later(early_s, fire))
                 return
-            self.rep.spawn(self._seal(runs, at_ns, done), name=f"seal {at_ns}")
+            self.rep.spawn(self._seal(runs, at_ns, done, prepared), name=f"seal {at_ns}")
 
         self.rep.timers.append(loop.call_later(delay_s, fire))
         return done
 
     async def _seal(
-        self, runs: list[DeviceRun], at_ns: int, done: asyncio.Future[dict[str, Any]]
+        self,
+        runs: list[DeviceRun],
+        at_ns: int,
+        done: asyncio.Future[dict[str, Any]],
+        prepared: StatePlan | None = None,
     ) -> None:
         """At T: refuse late writes, wait for updates stamped < T, then commit SUSPENDED.
-        Only devices still armed for this T: one cancelled or re-armed since is skipped."""
+        Only devices still armed for this T: one cancelled or re-armed since is skipped.
+        `prepared`: the commit planned when armed, made as it is when it is the same
+        devices and none changed since (else the commit is computed now)."""
         still_armed = [run for run in runs if run.device.pair.suspend_at_ns == at_ns]
         if not still_armed:
             self.rep.controller.emit(
@@ -467,12 +491,21 @@ class PairOperations:
                 changes[run.device.key] = (PairAction.SUSPEND, None)
                 by_peer.setdefault(run.device.pair.peer_serial, []).append(run)
         commit_started_ns = time.perf_counter_ns()
+        controller = self.rep.controller
         if changes:
             # Host writes to these devices go on meanwhile: armed at T and SUSPENDED at T
             # treat a write alike (recorded if stamped >= T, refused as late before T).
-            await self.rep.controller.commit(
-                changes, cause="suspend", at_ns=at_ns, hold_writes=False
-            )
+            if (
+                prepared is not None
+                and prepared.basis.keys() == changes.keys()
+                and prepared.holds(controller.devices)
+            ):
+                made = controller.apply_plan(prepared, hold_writes=False)
+                self._as_planned()
+                if made is not None:
+                    await made
+            else:
+                await controller.commit(changes, cause="suspend", at_ns=at_ns, hold_writes=False)
         commit_ns = time.perf_counter_ns() - commit_started_ns
         if frozen:
             # Released only once every sibling primary is armed at T (or the hold ended):
@@ -519,6 +552,16 @@ class PairOperations:
                     "host_io_held_ms": round(max(drained_ns - sealed_ns, held_ns) / 1e6, 3),
                 }
             )
+
+    async def _prepare_peers(self, runs: list[DeviceRun], at_ns: int) -> None:
+        """Ask the secondaries to plan their commit of SUSPENDED at T now, during the
+        margin (nothing changes there until the seal tells the suspend): then at T each only
+        makes it. One that did not (a link down, an older controller) computes it at T."""
+        by_peer: dict[int, list[DeviceRun]] = {}
+        for run in runs:
+            by_peer.setdefault(run.device.pair.peer_serial, []).append(run)
+        for serial, peer_runs in by_peer.items():
+            await self._tell_peer(serial, peer_runs, PREPARE_SUSPEND, at_ns=at_ns)
 
     async def _tell_peer(
         self,
@@ -1021,10 +1064,19 @@ class PairOperations:
             return self.rep.freezer.peer_group_query(peer_serial, request)
         if request.op is PairOp.PEER_WATERMARK:
             return self.rep.consistency.peer_watermark(peer_serial, request)
+        if request.op is PairOp.PEER_STATE:
+            action = request.options.get("action")
+            if action == PREPARE_SUSPEND:
+                return self._prepare_suspend(peer_serial, request)
+            if action == "suspend":
+                made = self._planned_suspend(peer_serial, request)
+                if made is not None:
+                    return made
         group = str(request.options.get("group", ""))
         if request.op is PairOp.PEER_ESTABLISH and group:
             self.rep.consistency.join(group, request.options)  # checked: refuses them all
-        results: list[PairResult] = []
+        # Per item: its refusal, or the device, answered with its state once committed.
+        results: list[PairResult | Device] = []
         chunks: list[bytes] = []  # PEER_CHANGEMAP: each device's bitmap, in item order
         changes: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]] = {}
         # Following the primary may take two steps (DUPLEX -fail-> -resume->): every device's
@@ -1078,7 +1130,7 @@ class PairOperations:
                     if action == "resume" and device.key in empty:
                         steps.append(PairAction.COPY_DONE)  # nothing to copy: DUPLEX now
                     for phase, step in enumerate(steps):
-                        state = next_state(state, step, device=str(device.address))
+                        state = next_state(state, step, device=device.label)
                         update = _follow_update(step, request.at_ns)
                         while len(phases) <= phase:
                             phases.append({})
@@ -1088,14 +1140,14 @@ class PairOperations:
                     if self.rep._planted("failback_one_side"):  # PLANTED BUG: this side's
                         bitmap = bytes(len(bitmap))  # changes are not copied back
                     chunks.append(bitmap)
-                    results.append(replace(_ok(device), tracks=len(bitmap)))
+                    results.append(_ok(device, tracks=len(bitmap)))
                     continue
                 elif request.op is PairOp.PEER_FAILBACK:
                     # Become the secondary: the same phased commits as PEER_STATE (one durable
                     # write per step for all devices); the map is cleared once they are made.
                     state = device.pair.state
                     for phase, step in enumerate(_follow(state, "resume")):
-                        state = next_state(state, step, device=str(device.address))
+                        state = next_state(state, step, device=device.label)
                         swap = _swap_to_secondary(item) if step is PairAction.RESUME else None
                         while len(phases) <= phase:
                             phases.append({})
@@ -1111,7 +1163,7 @@ class PairOperations:
                 known = self.rep.controller.devices.get(item.device)
                 results.append(_refused(item.device, exc, known))
                 continue
-            results.append(_ok(device))
+            results.append(device)
         if changes:
             phases.insert(0, changes)
         action = str(request.options.get("action", cause))
@@ -1126,18 +1178,65 @@ class PairOperations:
             self.rep.controller.commit_states(phase_changes, cause=action, at_ns=at)
         for run in cleared:
             run.changemap.clear_all()
-        if phases:
-            results = [
-                replace(
-                    r,
-                    state=self.rep.controller.devices[r.device].pair.state,
-                    role=self.rep.controller.devices[r.device].pair.role,
+        return PairOpReply(
+            results=tuple(_ok(r) if isinstance(r, Device) else r for r in results),
+            data=b"".join(chunks),
+        )
+
+    def _prepare_suspend(self, peer_serial: int, request: PairOpRequest) -> PairOpReply:
+        """Plan the commit of SUSPENDED at T of these secondaries (PREPARE_SUSPEND), as
+        PEER_STATE "suspend" would make it; nothing changes. Not planned (answered with a
+        refusal; the suspend then computes it at T) unless every device follows its primary
+        to SUSPENDED in one step."""
+        controller = self.rep.controller
+        keys = [item.device for item in request.items]
+        try:
+            devices = [controller.device(key) for key in keys]
+            if len(set(keys)) != len(keys) or any(
+                device.pair.peer_serial != peer_serial
+                or _follow(device.pair.state, "suspend") != [PairAction.SUSPEND]
+                for device in devices
+            ):
+                raise InputError(
+                    "a suspend is planned only for devices named once whose primary is this "
+                    "controller and that follow it in one step"
                 )
-                if r.code == 0
-                else r
-                for r in results
-            ]
-        return PairOpReply(results=tuple(results), data=b"".join(chunks))
+            plan = controller.plan_states(
+                dict.fromkeys(keys, (PairAction.SUSPEND, _suspended_at(request.at_ns))),
+                cause="suspend",
+                at_ns=request.at_ns,
+            )
+        except RemcopyError as exc:
+            return PairOpReply(results=tuple(_refused(key, exc) for key in keys))
+        self._planned[peer_serial, request.at_ns] = plan
+        while len(self._planned) > SEALS_KEPT_MAX:  # never used (a cancelled suspend)
+            del self._planned[next(iter(self._planned))]
+        return PairOpReply()
+
+    def _planned_suspend(self, peer_serial: int, request: PairOpRequest) -> PairOpReply | None:
+        """PEER_STATE "suspend" made as planned by PREPARE_SUSPEND, when the plan is for the
+        same devices and none changed since; else None (computed as any PEER_STATE)."""
+        plan = self._planned.pop((peer_serial, request.at_ns), None)
+        keys = [item.device for item in request.items]
+        devices = self.rep.controller.devices
+        if (
+            plan is None
+            or len(keys) != len(plan.basis)
+            or plan.basis.keys() != set(keys)
+            or not plan.holds(devices)
+        ):
+            return None
+        if not request.options.get("freeze"):  # as peer_op: what waits for C is written
+            self.rep.consistency.settle([self.rep.runs[key] for key in keys])
+        self.rep.controller.apply_plan(plan)
+        self._as_planned()
+        return PairOpReply(results=tuple(_ok(devices[key]) for key in keys))
+
+    def _as_planned(self) -> None:
+        """Count a suspend's commit made as planned during the margin (status counter
+        suspends_as_planned: a seal on a primary, a PEER_STATE suspend on a secondary)."""
+        counters = self.rep.counters
+        counters["suspends_as_planned"] = counters.get("suspends_as_planned", 0) + 1
 
 
 def _armed_for(run: DeviceRun, at_ns: int) -> bool:
