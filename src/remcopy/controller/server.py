@@ -52,7 +52,8 @@ from remcopy.configfile import format_address
 from remcopy.controller.admission import Admission
 from remcopy.controller.authlimit import FailureLimiter
 from remcopy.controller.config import load_controller_config
-from remcopy.controller.core import Controller, EventSink, HostGrant, visible_to
+from remcopy.controller.core import Controller, EventSink, HostGrant
+from remcopy.controller.eventscope import visible_to
 from remcopy.controller.latency import Latency
 from remcopy.controller.logsafe import escape_name
 from remcopy.controller.nbd_server import NbdServer
@@ -1044,11 +1045,21 @@ class ControllerServer:
 
     def _subscribe(self, link: _Link, grant: HostGrant, request: native.SubscribeRequest) -> None:
         """Replay what the subscriber missed (if asked), say SUBSCRIBED, then go live. All in
-        one loop step, so no event falls between the replay and the live stream."""
+        one loop step, so no event falls between the replay and the live stream. Only the
+        events its grant reaches are sent (controller/eventscope.py), each with the number
+        it follows on from (`prev_seq`), so the holes the filter makes are not losses."""
         transport = link.transport
         assert transport is not None
         rid = request.request_id
         core = self.controller
+        # The subscriber's position: the number of the last event sent to it, or where it
+        # resumed, or the number it went live at.
+        position = min(request.after_seq, core.event_log.last_seq) if request.replay else 0
+
+        def send(event: Event) -> None:
+            nonlocal position
+            link.send(native.EventNotice(request_id=rid, event=replace(event, prev_seq=position)))
+            position = event.seq
 
         def sink(event: Event) -> None:
             if transport.is_closing():
@@ -1057,8 +1068,8 @@ class ControllerServer:
                 log.warning("dropped slow event subscriber %s", link.client)
                 core.remove_sink(sink)
                 transport.close()
-            elif visible_to(link.grant or grant, event):  # a reload may change the grant
-                link.send(native.EventNotice(request_id=rid, event=event))
+            elif visible_to(core, link.grant or grant, event):  # a reload may change the grant
+                send(event)
 
         if request.replay:
             for event in core.event_log.since(request.after_seq):
@@ -1066,23 +1077,20 @@ class ControllerServer:
                     event = replace(
                         event, serial=core.serial, controller=core.name, time_ns=time.time_ns()
                     )
-                elif not visible_to(grant, event):
+                elif not visible_to(core, grant, event):
                     continue
-                link.send(native.EventNotice(request_id=rid, event=event))
+                send(event)
         link.sinks.append(sink)
         core.add_sink(sink)
         last = core.event_log.last_seq
-        link.send(
-            native.EventNotice(
-                request_id=rid,
-                event=Event(
-                    kind=EventKind.SUBSCRIBED,
-                    seq=last,
-                    serial=core.serial,
-                    controller=core.name,
-                    time_ns=time.time_ns(),
-                    text=f"subscribed {core.name} last={last}",
-                ),
+        send(
+            Event(
+                kind=EventKind.SUBSCRIBED,
+                seq=last,
+                serial=core.serial,
+                controller=core.name,
+                time_ns=time.time_ns(),
+                text=f"subscribed {core.name} last={last}",
             )
         )
 
