@@ -200,7 +200,10 @@ def test_migration_0004_removes_plaintext_secrets(catalog_url: str) -> None:
     finally:
         engine.dispose()
     with Catalog.open(catalog_url) as catalog:
-        assert catalog.host_one("hosta").definition == {"plain_tcp": True, "host": {"name": "hosta"}}
+        assert catalog.host_one("hosta").definition == {
+            "plain_tcp": True,
+            "host": {"name": "hosta"},
+        }
         assert catalog.host_one("hostb").definition == named
         with pytest.raises(CatalogInputError, match="remcopy host add FILE --replace"):
             host_definition(catalog, "hosta")

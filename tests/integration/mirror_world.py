@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import HOST, SECRET, MiB, host_tls_toml, run_remcopy, site
+from common import HOST, SECRET, MiB, host_tls_toml, run_remcopy, secret_file_line, site
 from remcopy.controller.process import (
     TESTING_ENV,
     ControllerProcess,
@@ -325,7 +325,7 @@ def host_file(root: Path, world: World) -> Path:
     path.write_text(f"""{host_tls_toml(HOST)}
 [host]
 name = "{HOST}"
-secret = "{SECRET}"
+{secret_file_line(HOST, SECRET)}
 
 [[controllers]]
 name = "{p0.name}"

@@ -34,9 +34,7 @@ def upgrade() -> None:
         if not isinstance(host, dict) or "secret" not in host:
             continue
         del host["secret"]
-        connection.execute(
-            hosts.update().where(hosts.c.name == name).values(definition=document)
-        )
+        connection.execute(hosts.update().where(hosts.c.name == name).values(definition=document))
         log.warning(
             "catalog: host %s: its secret was stored in plaintext and is removed: put it in a "
             "0600 file (remcopy secret new FILE) and add the host again naming it "
