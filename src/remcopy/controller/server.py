@@ -120,12 +120,12 @@ class _Handshake:
 class _Link(asyncio.BufferedProtocol):
     """One accepted connection: its codec, its transport, and who is on the other end."""
 
-    def __init__(self, server: ControllerServer) -> None:
+    def __init__(self, server: ControllerServer, *, admitted: bool = False) -> None:
         self.server = server
         self.codec = native.Connection(Side.SERVER)
         self.peer = "?"
         self.client = "?"
-        self.admitted = False  # counted by the listener's Admission until authenticated
+        self.admitted = admitted  # counted by the listener's Admission until authenticated
         self.sinks: list[EventSink] = []
         """Event sinks of this connection's subscriptions, removed when it ends."""
         self.grant: HostGrant | None = None  # set once authenticated
@@ -655,7 +655,7 @@ class ControllerServer:
             sock.close()
             return
         # A stranger's TLS handshake is paid for before its _Link exists: it counts against
-        # the listener's caps from the accept (the _Link is admitted anew once it exists).
+        # the listener's caps from the accept, and its _Link takes the place over.
         where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         if self.admission.admit(address, where) is not None:
             sock.close()
@@ -673,9 +673,17 @@ class ControllerServer:
         assert self.tls_context is not None
         where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         address = str(peer[0]) if isinstance(peer, tuple) else where
+        made: list[_Link] = []
+
+        def link() -> _Link:
+            # Counted already (from the accept): the place passes to the link, which frees it
+            # when it authenticates or closes. Admitting it anew would count it twice.
+            made.append(_Link(self, admitted=True))
+            return made[-1]
+
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: _Link(self),
+                link,
                 sock,
                 ssl=self.tls_context,
                 ssl_handshake_timeout=self.controller.config.controller.handshake_timeout_s,
@@ -691,7 +699,8 @@ class ControllerServer:
                 "refused %s: TLS handshake failed: %s", where, escape_name(tls.failure_reason(exc))
             )
         finally:
-            self.admission.release(address)  # the _Link, if any, was admitted on its own
+            if not made or made[0].transport is None:  # no link took the place over
+                self.admission.release(address)
 
     def _limited(self, address: str) -> bool:
         """Whether `address` failed too many handshakes lately (logged once per period)."""
@@ -727,7 +736,7 @@ class ControllerServer:
             if link.transport is not None:
                 link.transport.close()
             return
-        refused = self.admission.admit(link.address, link.peer)
+        refused = None if link.admitted else self.admission.admit(link.address, link.peer)
         if refused is not None:
             # One short error frame and close: nothing is kept for the connection.
             link.send(native.ErrorReply(code=TooManyConnections.code, message=refused))
