@@ -27,7 +27,7 @@ from remcopy.states import CopyMode, FencePolicy, PairState
 from remcopy.wire.native import PairItem, PairOp, PairOpReply
 from remcopy.workload.faultlink import FaultLink
 
-LINK_SECRET = "link-secret-a-b"
+LINK_SECRET = "link-secret-a-to-b"
 SECONDARY_SERIAL = 65000
 SECONDARY_LSS = 0x20
 TERTIARY_LSS = 0x30

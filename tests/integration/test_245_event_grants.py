@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 from mirror_world import wait_settled
+from test_240_authorization import _volumes
 
-from common import MiB, Start, site
-from remcopy.controller.process import ControllerProcess, ControllerSpec, PeerSpec, VolumeSpec
+from common import Start, site
+from remcopy.controller.process import ControllerProcess, ControllerSpec, PeerSpec
 from remcopy.events import Event, EventKind
 from remcopy.host import follow
 from remcopy.host.channel import Channel, Subscription
@@ -24,7 +25,11 @@ from remcopy.wire.native import PairItem, PairOp
 from suspend_at import suspend_soon
 
 WIDE, HOST_A, HOST_C = "hostwide", "hostlssa", "hostlssc"  # every device; LSS 0A; LSS 0C
-SECRETS = {WIDE: "wide-host-secret-1", HOST_A: "lss-0a-secret-1", HOST_C: "lss-0c-secret-1"}
+SECRETS = {
+    WIDE: "wide-host-secret-1",
+    HOST_A: "lss-0a-host-secret-1",
+    HOST_C: "lss-0c-host-secret-1",
+}
 SERIAL_P, SERIAL_S = 64015, 64016
 LINK = "link-secret-p-to-s"
 DEV_A, DEV_C = 0x0A00, 0x0C00
@@ -34,13 +39,6 @@ DEV_A, DEV_C = 0x0A00, 0x0C00
 class Site:
     primary: ControllerProcess
     secondary: ControllerProcess
-
-
-def _volumes(lss: int, prefix: str, count: int = 2) -> list[VolumeSpec]:
-    return [
-        VolumeSpec(lss=lss, cca=c, volser=f"{prefix}{c:04X}", size_bytes=1 * MiB)
-        for c in range(count)
-    ]
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from helpers import RawClient
 from remcopy.controller.admission import LOG_INTERVAL_S
 from remcopy.controller.process import ControllerProcess
 from remcopy.errors import TooManyConnections
-from remcopy.host.channel import Channel
 from remcopy.wire import native
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -51,8 +50,9 @@ async def _connect(address: tuple[str, int], source: str) -> Conn:
 
 
 async def _serves(proc: ControllerProcess) -> None:
-    """A legitimate host authenticates, writes and reads back."""
-    async with Channel(proc.address, name=HOST, secret=SECRET) as channel:
+    """A legitimate host (over TLS when the controller speaks it) authenticates, writes and
+    reads back."""
+    async with proc.channel(name=HOST, secret=SECRET) as channel:
         await channel.write(0x0A00, 0, b"\x5a" * 4096)
         assert await channel.read(0x0A00, 0, 4096) == b"\x5a" * 4096
 
@@ -108,11 +108,12 @@ CAPS = [
         "4 connections have not authenticated (the limit)",
     ),
 ]
-
-
-@pytest.mark.parametrize(
+EACH_CAP = pytest.mark.parametrize(
     ("setting", "held_from", "next_from", "message"), CAPS, ids=["per-address", "per-listener"]
 )
+
+
+@EACH_CAP
 async def test_a_cap_refuses_the_next_connection_and_a_host_is_still_served(
     tmp_path: Path,
     start_controller: Start,
@@ -253,16 +254,7 @@ async def _tls_serves_from(proc: ControllerProcess, source: str) -> None:
     await _tls_authenticate(proc, await _connect(proc.address, source))
 
 
-async def _tls_serves(proc: ControllerProcess) -> None:
-    """A legitimate host over TLS (from 127.0.0.1) authenticates, writes and reads back."""
-    async with proc.channel(name=HOST, secret=SECRET) as channel:
-        await channel.write(0x0A00, 0, b"\x5b" * 4096)
-        assert await channel.read(0x0A00, 0, 4096) == b"\x5b" * 4096
-
-
-@pytest.mark.parametrize(
-    ("setting", "held_from", "next_from", "message"), CAPS, ids=["per-address", "per-listener"]
-)
+@EACH_CAP
 async def test_half_open_tls_handshakes_count_against_the_caps(
     tmp_path: Path,
     start_controller: Start,
@@ -284,7 +276,7 @@ async def test_half_open_tls_handshakes_count_against_the_caps(
         for _ in range(2):
             assert await _closed_by_controller(await _connect(proc.address, next_from))
         if setting == "unauthenticated_per_address_max":
-            await _tls_serves(proc)
+            await _serves(proc)
         await _tls_authenticate(proc, held[0])  # nothing sent yet on held[0]: TLS from here
         await _tls_serves_from(proc, next_from)
     assert 1 <= proc.log_text().count(f"{message}; the next are logged at most") <= 2
