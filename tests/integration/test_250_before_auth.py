@@ -180,10 +180,13 @@ async def _hostile(address: tuple[str, int], index: int) -> Conn | None:
     return conn
 
 
+@pytest.mark.parametrize("listener", ["plain", "tls"])
 async def test_a_thousand_hostile_connections_hold_bounded_memory_while_a_host_is_served(
-    tmp_path: Path, start_controller: Start
+    tmp_path: Path, start_controller: Start, listener: str
 ) -> None:
-    spec = controller_spec(tmp_path, "cntla", 64015, plain_tcp=True)
+    """Half to the native port (plain TCP, or TLS: the hostile ones never finish a TLS
+    handshake), half to NBD; the host is served over the same kind of link meanwhile."""
+    spec = controller_spec(tmp_path, "cntla", 64015, plain_tcp=listener == "plain")
     spec.nbd_listen = "127.0.0.1:0"
     spec.nbd_allow = ["127.0.0.0/8"]  # the hostile addresses meet the caps, not the fence
     proc = await start_controller(spec)
