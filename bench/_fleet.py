@@ -39,6 +39,7 @@ from remcopy.controller.process import (
     PeerSpec,
     VolumeSpec,
     free_port,
+    write_private,
 )
 from remcopy.host.definition import HostDefinition, parse_host_definition
 
@@ -336,6 +337,14 @@ async def fleet_running(
 # The host: one definition that reaches every volume of every controller...
 
 
+def host_secret_file(folder: Path) -> str:
+    """HOST_SECRET in a 0600 file in `folder`, for a host definition to name (the catalog
+    keeps no plaintext secret)."""
+    path = folder / f"{HOST}.secret"
+    write_private(path, HOST_SECRET + "\n")
+    return str(path)
+
+
 def host_document(fleet: Fleet, *, timeout_s: float = 120.0) -> dict[str, Any]:
     controllers = [
         {"name": plan.name, "address": fleet.procs[plan.index].endpoint, "timeout_s": timeout_s}
@@ -359,7 +368,7 @@ def host_document(fleet: Fleet, *, timeout_s: float = 120.0) -> dict[str, Any]:
             )
     return {
         "plain_tcp": True,  # the fleet's controllers run plain_tcp on loopback
-        "host": {"name": HOST, "secret": HOST_SECRET},
+        "host": {"name": HOST, "secret_file": host_secret_file(fleet.root)},
         "controllers": controllers,
         "paths": paths,
     }

@@ -49,10 +49,10 @@ from typing import Any, Final, TypeVar
 from _fleet import (
     CCAS_PER_LSS,
     HOST,
-    HOST_SECRET,
     SERIAL_BASE,
     cca_of,
     device_number,
+    host_secret_file,
     load_average,
     lss_of,
     remove_tree,
@@ -106,7 +106,7 @@ def address(side: int, index: int, k: int) -> str:
     return f"{serial}:{ssid_of(side * CONTROLLERS + index, k):04X}:{lss_of(k):02X}:{cca_of(k):02X}"
 
 
-def build_catalog(location: str) -> dict[str, float]:
+def build_catalog(location: str, root: Path) -> dict[str, float]:
     """Store the host, its 20,000-device map, the 10,000-pair group and its group map;
     returns the seconds each step took."""
     from remcopy.catalog import Catalog, GroupMapRow, MapEntry, Pair
@@ -130,7 +130,7 @@ def build_catalog(location: str) -> dict[str, float]:
         ]
         document = {
             "plain_tcp": True,
-            "host": {"name": HOST, "secret": HOST_SECRET},
+            "host": {"name": HOST, "secret_file": host_secret_file(root)},
             "controllers": [
                 {"name": f"c{c}", "address": f"127.0.0.1:{7400 + c}"}
                 for c in range(2 * CONTROLLERS)
@@ -244,7 +244,7 @@ def run(root: Path, runs: int, pg_url: str | None) -> dict[str, Any]:
     builds: dict[str, dict[str, float]] = {}
     loads: dict[str, dict[str, list[float]]] = {}
     for backend, location in backends:
-        builds[backend] = build_catalog(location)
+        builds[backend] = build_catalog(location, root)
         loads[backend] = load_figures(location, runs)
     shell = shell_figures(sqlite_path, runs)
     interpreter = stats(shell["python -c pass"])[0]

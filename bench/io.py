@@ -82,7 +82,7 @@ CLOCK_TICKS_PER_S: Final = os.sysconf("SC_CLK_TCK")
 LSS: Final = 0x0A
 SSID: Final = 0x1A00
 HOST: Final = "benchhost"
-SECRET: Final = "bench-io-secret"
+SECRET: Final = "bench-io-host-secret"
 # Devices (CCA) on the controller: a scratch volume for warm-ups, the random-write region,
 # then one fresh volume per sequential write pass (queue depth x round).
 CCA_WARMUP: Final = 0

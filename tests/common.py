@@ -2,6 +2,7 @@
 # only fixtures, so test folders with their own conftest never shadow these names).
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -71,6 +72,19 @@ def host_tls(name: str = HOST) -> dict[str, str]:
 def host_tls_toml(name: str = HOST) -> str:
     """host_tls as TOML lines, to put at the top of a host file."""
     return "[tls]\n" + "".join(f'{k} = "{v}"\n' for k, v in host_tls(name).items()) + "\n"
+
+
+def secret_file_line(name: str, secret: str) -> str:
+    """`secret_file = "PATH"` for a host file: the secret written to a 0600 file in the
+    session site's folder (the catalog keeps no plaintext secret: a host file names a file)."""
+    from remcopy.controller import atrest
+    from remcopy.controller.process import write_private
+
+    folder = site().folder / "secrets"
+    atrest.make_folder(folder)
+    path = folder / f"{name}-{hashlib.sha256(secret.encode()).hexdigest()[:12]}.secret"
+    write_private(path, secret + "\n")
+    return f'secret_file = "{path}"'
 
 
 def status_args(proc: ControllerProcess, folder: Path, *, secret: str = SECRET) -> list[str]:

@@ -15,6 +15,10 @@
 #   asked for are no longer kept (its `seq` is the last number lost, so the reader's position
 #   moves past them), and SUBSCRIBED tells it that the replay is over and the stream is live
 #   (its `seq` is the controller's last number at that moment).
+# - A subscriber sees only the events its grant reaches (controller/core.py `visible_to`), so
+#   the numbers it gets have holes that are not losses. Each event sent to a subscriber says
+#   where it follows on (`prev_seq`: the number sent to it before, its resume position or the
+#   number it went live at); a number that does not follow on from `prev_seq` is a loss.
 # - One JSON form (`to_json`, schema 1) is what `remcopy events` prints and what the event log
 #   stores; the wire carries the same fields (wire/native.py).
 #
@@ -23,7 +27,7 @@ from __future__ import annotations
 
 import datetime
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -116,7 +120,12 @@ class Event:
     peer: str = ""
     """The peer controller (replication link) it is about, if any."""
     detail: Mapping[str, Scalar] = field(default_factory=dict)
-    """More typed values, by kind (hold_s, error, devices, phase, lost_from, tags, ...)."""
+    """More typed values, by kind (hold_s, error, devices, lss, phase, lost_from, tags, ...)."""
+    prev_seq: int | None = None
+    """Set only on an event sent to one subscriber: the number of the event sent to it before
+    this one (or its resume position, or the last number when it went live). The events
+    numbered between `prev_seq` and `seq` were not for this subscriber (its grant does not
+    reach them), not lost. None: not told (an older controller; an event as kept)."""
 
     def __repr__(self) -> str:
         return f"<Event {self.serial}#{self.seq} {self.kind.value} {self.text!r}>"
@@ -141,6 +150,8 @@ class Event:
             out["at_ns"] = self.at_ns
         if self.detail:
             out["detail"] = dict(self.detail)
+        if self.prev_seq is not None:
+            out["prev_seq"] = self.prev_seq
         return out
 
     def to_json(self, *, time_text: str | None = None) -> dict[str, Any]:
@@ -199,6 +210,7 @@ def from_fields(
         new=_state(fields, "new"),
         at_ns=_integer(fields, "at_ns"),
         detail=detail,
+        prev_seq=_integer(fields, "prev_seq") if "prev_seq" in fields else None,
         **texts,
     )
 
@@ -208,6 +220,21 @@ def _text(fields: Mapping[str, Any], name: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"event field {name} must be a string (got {type(value).__name__})")
     return value
+
+
+def lss_list(lss: Iterable[int]) -> str:
+    """The `detail.lss` of an event about devices of several LSSs: `0A 0B` (sorted, hex)."""
+    return " ".join(f"{value:02X}" for value in sorted(set(lss)))
+
+
+def lss_of(text: Scalar | None) -> frozenset[int] | None:
+    """The LSSs `lss_list` wrote (None: not a list of LSSs, e.g. an older event)."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return frozenset(int(part, 16) for part in text.split())
+    except ValueError:
+        return None
 
 
 def _integer(fields: Mapping[str, Any], name: str) -> int:

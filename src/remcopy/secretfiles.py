@@ -58,6 +58,24 @@ def read(path: Path) -> str:
     return check_text(path.read_text(encoding="utf-8"), str(path))
 
 
+INLINE_REFUSED: Final = (
+    "a config keeps no secret itself: write it to a 0600 file (`remcopy secret new --out "
+    'FILE`) and name the file: secret_file = "FILE"'
+)
+
+
+def inline_problems(entries: object, where: str) -> list[str]:
+    """One problem per TOML table in `entries` that holds its secret inline (`secret`
+    without `secret_file`); the value is never shown."""
+    if not isinstance(entries, list):
+        return []
+    return [
+        f"{where}[{i}].secret: {INLINE_REFUSED}"
+        for i, entry in enumerate(entries)
+        if isinstance(entry, dict) and "secret" in entry and "secret_file" not in entry
+    ]
+
+
 def resolve_files(entries: object, base: Path, where: str) -> list[str]:
     """For each TOML table in `entries` with `secret_file` (relative to `base`), read the file
     into `secret` (in place) and make the path absolute; one problem per bad entry."""

@@ -103,7 +103,10 @@ def failure_reason(exc: BaseException) -> str:
         if reason in {"PEER_DID_NOT_RETURN_A_CERTIFICATE", "TLSV13_ALERT_CERTIFICATE_REQUIRED"}:
             return f"no client certificate ({reason})"
         return reason
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, TimeoutError) or (
+        # asyncio's ssl_handshake_timeout aborts with this (no type of its own)
+        isinstance(exc, ConnectionAbortedError) and "taking longer" in str(exc)
+    ):
         return "no TLS handshake in time"
     if isinstance(exc, OSError):
         return exc.strerror or type(exc).__name__

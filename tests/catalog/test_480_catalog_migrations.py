@@ -169,3 +169,51 @@ def test_migration_0002_keeps_existing_groups_as_defined(catalog_url: str) -> No
         stored = catalog.group_one("pay")
         assert (stored.reversed, stored.pair_count, stored.updated_ns) == (False, 1, 2)
         assert catalog.set_group_direction("pay", reversed=True).reversed is True
+
+
+def test_migration_0004_removes_plaintext_secrets(catalog_url: str) -> None:
+    """A catalog at 0003 holding a host's secret inline opens at the head without it (a host
+    naming its secret file keeps that); the host's commands then say what to do; storing a
+    definition with a secret is refused."""
+    import json
+
+    from alembic import command
+    from sqlalchemy import text
+
+    from remcopy.catalog.errors import CatalogInputError
+    from remcopy.host.service import host_definition
+
+    inline = {"plain_tcp": True, "host": {"name": "hosta", "secret": "plaintext-secret-1"}}
+    named = {"plain_tcp": True, "host": {"name": "hostb", "secret_file": "/etc/hostb.secret"}}
+    engine = create_engine(catalog_url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "0003")
+            for name, definition in (("hosta", inline), ("hostb", named)):
+                conn.execute(
+                    text(
+                        "INSERT INTO hosts (name, definition, created_ns, updated_ns) "
+                        "VALUES (:name, :definition, 1, 2)"
+                    ),
+                    {"name": name, "definition": json.dumps(definition)},
+                )
+    finally:
+        engine.dispose()
+    with Catalog.open(catalog_url) as catalog:
+        assert catalog.host_one("hosta").definition == {
+            "plain_tcp": True,
+            "host": {"name": "hosta"},
+        }
+        assert catalog.host_one("hostb").definition == named
+        with pytest.raises(CatalogInputError, match="remcopy host add FILE --replace"):
+            host_definition(catalog, "hosta")
+        with pytest.raises(CatalogInputError, match="keeps no plaintext secret"):
+            catalog.put_host("hostc", inline, replace=False)
+        assert [h.name for h in catalog.hosts_all()] == ["hosta", "hostb"]
+    engine = create_engine(catalog_url)
+    try:
+        with engine.connect() as conn:
+            stored = " ".join(str(row) for row in conn.execute(text("SELECT * FROM hosts")))
+    finally:
+        engine.dispose()
+    assert "plaintext-secret-1" not in stored

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import HOST, SECRET, MiB, host_tls_toml, run_remcopy, site
+from common import HOST, SECRET, MiB, host_tls_toml, run_remcopy, secret_file_line, site
 from remcopy.controller.process import (
     TESTING_ENV,
     ControllerProcess,
@@ -27,7 +27,7 @@ from remcopy.states import CopyMode, FencePolicy, PairState
 from remcopy.wire.native import PairItem, PairOp, PairOpReply
 from remcopy.workload.faultlink import FaultLink
 
-LINK_SECRET = "link-secret-a-b"
+LINK_SECRET = "link-secret-a-to-b"
 SECONDARY_SERIAL = 65000
 SECONDARY_LSS = 0x20
 TERTIARY_LSS = 0x30
@@ -325,7 +325,7 @@ def host_file(root: Path, world: World) -> Path:
     path.write_text(f"""{host_tls_toml(HOST)}
 [host]
 name = "{HOST}"
-secret = "{SECRET}"
+{secret_file_line(HOST, SECRET)}
 
 [[controllers]]
 name = "{p0.name}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import SECRET, controller_spec, host_tls_toml
+from common import SECRET, controller_spec, host_tls_toml, secret_file_line
 from remcopy.controller.process import TESTING_ENV, ControllerProcess, free_port
 from remcopy.host.definition import HostDefinition, load_host_definition
 
@@ -35,7 +35,7 @@ def host_toml(
     paths: list[tuple[str, str, int, int, int, bool]],
     secret: str = SECRET,
 ) -> str:
-    lines = [host_tls_toml(name), "[host]", f'name = "{name}"', f'secret = "{secret}"', ""]
+    lines = [host_tls_toml(name), "[host]", f'name = "{name}"', secret_file_line(name, secret), ""]
     for controller, address in addresses.items():
         lines += ["[[controllers]]", f'name = "{controller}"', f'address = "{address}"', ""]
     for devices, controller, ssid, lss, cca, online in paths:

@@ -47,12 +47,20 @@ size = "1MiB"
 
 [[hosts]]
 name = "hosta"
-secret = "s3cret-hosta-key"
+secret_file = "hosta.secret"
 
 [[hosts]]
 name = "hostb"
-secret = "s3cret-hostb-key"
+secret_file = "hostb.secret"
 """
+SECRETS = {"hosta.secret": "s3cret-hosta-key", "hostb.secret": "s3cret-hostb-key"}
+
+
+def _write_config(folder: Path, text: str) -> None:
+    """The config (0600) and the 0600 secret files GOOD names, in `folder`."""
+    for name, secret in SECRETS.items():
+        write_private(folder / name, secret + "\n")
+    write_private(folder / CONFIG_NAME, text)
 
 
 def _edited(*edits: tuple[str, str]) -> str:
@@ -81,7 +89,8 @@ def _flat(text: str) -> str:
 
 
 def _files(root: Path) -> list[Path]:
-    return sorted(p.relative_to(root) for p in root.rglob("*"))
+    """Every file and folder under `root` but the secret files GOOD names."""
+    return sorted(p.relative_to(root) for p in root.rglob("*") if p.name not in SECRETS)
 
 
 # A good file ----------------------------------------------------------------------------------
@@ -89,7 +98,7 @@ def _files(root: Path) -> list[Path]:
 
 def test_controller_check_good_file(tmp_path: Path) -> None:
     """`controller check` on a good file exits 0 and says ok."""
-    write_private(tmp_path / CONFIG_NAME, GOOD)
+    _write_config(tmp_path, GOOD)
 
     result = _remcopy(tmp_path, "controller", "check", CONFIG_NAME)
 
@@ -100,7 +109,7 @@ def test_controller_check_good_file(tmp_path: Path) -> None:
 
 def test_controller_check_good_file_json(tmp_path: Path) -> None:
     """`controller check --json` on a good file prints a document with ok true."""
-    write_private(tmp_path / CONFIG_NAME, GOOD)
+    _write_config(tmp_path, GOOD)
 
     result = _remcopy(tmp_path, "controller", "check", "--json", CONFIG_NAME)
 
@@ -122,7 +131,10 @@ def test_controller_check_good_file_json(tmp_path: Path) -> None:
 def test_controller_check_examples(tmp_path: Path, name: str) -> None:
     """`controller check --json` accepts each example in docs/examples."""
     shutil.copy(EXAMPLES / name, tmp_path / name)
-    (tmp_path / name).chmod(0o600)  # it holds secrets: a checkout makes it 0644
+    (tmp_path / name).chmod(0o600)  # it names secrets: a checkout makes it 0644
+    for secret in ("hosta.secret", "cntl1-cntl2.secret"):  # made as its comments say
+        made = _remcopy(tmp_path, "secret", "new", "--out", secret)
+        assert made.returncode == 0, made.stderr
     # The certificates its [tls] names, made as its comments say.
     made = _remcopy(tmp_path, "pki", "init", "--dir", "site-pki")
     assert made.returncode == 0, made.stderr
@@ -144,7 +156,7 @@ def test_controller_check_examples(tmp_path: Path, name: str) -> None:
 
 def test_controller_check_creates_nothing(tmp_path: Path) -> None:
     """`controller check` with format_missing creates neither data_dir nor any file."""
-    write_private(tmp_path / CONFIG_NAME, GOOD)
+    _write_config(tmp_path, GOOD)
     before = _files(tmp_path)
 
     result = _remcopy(tmp_path, "controller", "check", CONFIG_NAME)
@@ -201,10 +213,11 @@ BAD_CASES = [
         "(got '127.0.0.1')",
     ),
     (
-        "short secret",
-        ('secret = "s3cret-hosta-key"', 'secret = "abc1234"'),
+        "inline secret",
+        ('secret_file = "hosta.secret"', 'secret = "abc1234"'),
         "hosts[0].secret",
-        "(got 7 characters, not shown)",
+        "a config keeps no secret itself: write it to a 0600 file (`remcopy secret new --out "
+        'FILE`) and name the file: secret_file = "FILE"',
     ),
     (
         "duplicate host name",
@@ -224,7 +237,7 @@ def test_controller_refuses_bad_config(
     tmp_path: Path, command: str, edit: tuple[str, str], key_path: str, value_text: str
 ) -> None:
     """`controller check` and `serve` exit 2 naming the file, the bad key and its value."""
-    write_private(tmp_path / CONFIG_NAME, _edited(edit))
+    _write_config(tmp_path, _edited(edit))
 
     result = _remcopy(tmp_path, "controller", command, CONFIG_NAME)
 
@@ -241,7 +254,7 @@ def test_controller_refuses_bad_config(
 def test_controller_check_json_refuses_bad_config(tmp_path: Path) -> None:
     """`controller check --json` on a bad file exits 2 with the problems on stderr and, on
     stdout, one error document carrying them."""
-    write_private(tmp_path / CONFIG_NAME, _edited(('id = "0A"', 'id = "0G"')))
+    _write_config(tmp_path, _edited(('id = "0A"', 'id = "0G"')))
 
     result = _remcopy(tmp_path, "controller", "check", "--json", CONFIG_NAME)
 
@@ -257,9 +270,9 @@ def test_controller_check_reports_every_problem(tmp_path: Path) -> None:
     text = _edited(
         ('name = "cntl1"', "name = 5"),
         ('ssid = "1A00"', 'ssid = "1A0"'),
-        ('secret = "s3cret-hosta-key"', 'secret = "abc1234"'),
+        ('secret_file = "hosta.secret"', 'secret = "abc1234"'),
     )
-    write_private(tmp_path / CONFIG_NAME, text)
+    _write_config(tmp_path, text)
 
     result = _remcopy(tmp_path, "controller", "check", CONFIG_NAME)
 
@@ -273,7 +286,7 @@ def test_controller_check_reports_every_problem(tmp_path: Path) -> None:
 
 def test_controller_check_invalid_toml(tmp_path: Path) -> None:
     """`controller check` on invalid TOML exits 2 naming the file and the line."""
-    write_private(tmp_path / CONFIG_NAME, _edited(("serial = 64015", "serial = = 64015")))
+    _write_config(tmp_path, _edited(("serial = 64015", "serial = = 64015")))
 
     result = _remcopy(tmp_path, "controller", "check", CONFIG_NAME)
 
@@ -304,7 +317,7 @@ def test_controller_serve_port_in_use(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         text = _edited(('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"'))
-        write_private(tmp_path / CONFIG_NAME, text)
+        _write_config(tmp_path, text)
 
         result = _remcopy(tmp_path, "controller", "serve", CONFIG_NAME)
 
@@ -327,7 +340,7 @@ def test_controller_serve_metrics_port_in_use(tmp_path: Path) -> None:
                 f'listen = "127.0.0.1:0"\nmetrics_listen = "127.0.0.1:{port}"',
             )
         )
-        write_private(tmp_path / CONFIG_NAME, text)
+        _write_config(tmp_path, text)
 
         result = _remcopy(tmp_path, "controller", "serve", CONFIG_NAME)
 
@@ -343,7 +356,7 @@ def test_controller_serve_file_not_a_volume(tmp_path: Path) -> None:
     volume_file.parent.mkdir(parents=True)
     garbage = random.Random(110).randbytes(256 * 1024)
     volume_file.write_bytes(garbage)
-    write_private(tmp_path / CONFIG_NAME, GOOD)
+    _write_config(tmp_path, GOOD)
 
     result = _remcopy(tmp_path, "controller", "serve", CONFIG_NAME)
 

@@ -143,15 +143,38 @@ def test_missing_default_catalog_names_the_default(tmp_path, capsys, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
-def test_host_add_creates_the_catalog(tmp_path, capsys, monkeypatch):
-    """`host add` makes a new catalog, folders included, and stores the host in it."""
-    definition = tmp_path / "hosta.toml"
+def _host_file(folder: Path, secret_line: str) -> Path:
+    definition = folder / "hosta.toml"
     definition.write_text(
-        'plain_tcp = true\n[host]\nname = "hosta"\nsecret = "s3cret-hosta"\n\n'
+        f'plain_tcp = true\n[host]\nname = "hosta"\n{secret_line}\n\n'
         '[[controllers]]\nname = "cntla0"\naddress = "127.0.0.1:7401"\n\n'
         '[[paths]]\ndevices = "1A00-1A03"\ncontroller = "cntla0"\nssid = "1A00"\nlss = "0A"\n'
         'cca = "00"\n'
     )
+    definition.chmod(0o600)
+    return definition
+
+
+def test_host_add_refuses_a_secret_in_the_file(tmp_path, capsys, monkeypatch):
+    """A host file with its secret inline: exit 2 naming the fix; the catalog stores no
+    secret (nothing at all)."""
+    definition = _host_file(tmp_path, 'secret = "s3cret-hosta-key"')
+    catalog = tmp_path / "catalog.db"
+    code, out, err = run(
+        capsys, monkeypatch, "host", "add", str(definition), "--catalog", str(catalog)
+    )
+    assert code == 2
+    assert "the catalog keeps no plaintext secret" in err and "remcopy secret new" in err
+    assert "s3cret-hosta-key" not in err + out
+    with Catalog.open(catalog, create=False) as opened:
+        assert opened.hosts_all() == []
+
+
+def test_host_add_creates_the_catalog(tmp_path, capsys, monkeypatch):
+    """`host add` makes a new catalog, folders included, and stores the host in it."""
+    (tmp_path / "hosta.secret").write_text("s3cret-hosta-key\n")
+    (tmp_path / "hosta.secret").chmod(0o600)
+    definition = _host_file(tmp_path, 'secret_file = "hosta.secret"')
     catalog = tmp_path / "new" / "catalog.db"
     code, out, err = run(
         capsys, monkeypatch, "host", "add", str(definition), "--catalog", str(catalog), "--json"

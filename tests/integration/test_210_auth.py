@@ -183,13 +183,9 @@ async def test_host_reaches_only_its_granted_lss(start_controller: Start, tmp_pa
     """A host whose entry names LSSs is refused devices outside them, with a log line."""
     spec = controller_spec(tmp_path, "cntla", 64015)
     spec.lss[0x0B] = 0x1B00
+    spec.host_lss[HOST] = [0x0B]
     config = spec.write(tmp_path / "cntla.toml")
-    text = config.read_text().replace(
-        f'name = "{HOST}"\nsecret = "{SECRET}"\n',
-        f'name = "{HOST}"\nsecret = "{SECRET}"\nlss = ["0B"]\n',
-    )
-    assert 'lss = ["0B"]' in text
-    config.write_text(text)
+    assert 'lss = ["0B"]' in config.read_text()
     proc = ControllerProcess(config)
     await proc.start()
     try:

@@ -223,7 +223,7 @@ def test_the_sqlite_catalog_is_created_0600(tmp_path: Path) -> None:
 def test_a_config_with_secrets_open_to_others_is_refused(
     tmp_path: Path, command: str, mode: int
 ) -> None:
-    """A config holding a secret that group or others may access exits 2 with the fix."""
+    """A config naming a secret file that group or others may access exits 2 with the fix."""
     spec = controller_spec(tmp_path, "cntla", 64015)
     config = spec.write(tmp_path / "cntla.toml")
     config.chmod(mode)
@@ -232,7 +232,7 @@ def test_a_config_with_secrets_open_to_others_is_refused(
 
     assert result.returncode == 2, result.stderr
     stderr = _flat(result.stderr)
-    assert f"{config}: holds secrets (hosts[0].secret)" in stderr
+    assert f"{config}: names secrets (hosts[0].secret_file)" in stderr
     assert f"mode {mode:04o}, expected 0600" in stderr
     assert f"run `chmod 600 {config}`" in stderr
     assert "Traceback" not in result.stderr

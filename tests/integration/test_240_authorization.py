@@ -3,7 +3,7 @@
 # read, write), whether a device outside it exists or not; a peer controller sends only pair
 # operations and updates, establishes only onto the LSSs its [[peers]] entry offers, and acts
 # only on pairs it is a member of. Every refusal changes nothing, is logged once, and the next
-# legitimate client is served.
+# legitimate client is served. Every link is TLS: each host and peer presents its certificate.
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,6 +13,7 @@ import pytest
 from mirror_world import wait_settled
 
 from common import MiB, Start
+from common import site as tls_site
 from remcopy.controller.process import (
     ControllerProcess,
     ControllerSpec,
@@ -61,6 +62,7 @@ async def site(tmp_path: Path, start_controller: Start) -> Site:
         volumes=_volumes(0x0A, "AA"),
         hosts={WIDE: WIDE_SECRET},
         peers=[PeerSpec(name="cntlb", serial=SERIAL_B, address=b_address, secret=LINK_AB)],
+        site=tls_site(),  # TLS on every link: each client's certificate names it
     )
     b = ControllerSpec(
         name="cntlb",
@@ -80,6 +82,7 @@ async def site(tmp_path: Path, start_controller: Start) -> Site:
                 ("cntlc", SERIAL_C, LINK_CB, 0x0D),
             ]
         ],
+        site=tls_site(),
     )
     proc_a = await start_controller(a)
     proc_b = await start_controller(b)
@@ -87,11 +90,11 @@ async def site(tmp_path: Path, start_controller: Start) -> Site:
 
 
 def _host(proc: ControllerProcess, name: str, secret: str) -> Channel:
-    return Channel(proc.address, name=name, secret=secret)
+    return proc.channel(name=name, secret=secret)
 
 
 def _peer(proc: ControllerProcess, name: str, secret: str) -> Channel:
-    return Channel(proc.address, name=name, secret=secret, role=native.PeerRole.PEER)
+    return proc.channel(name=name, secret=secret, role=native.PeerRole.PEER)
 
 
 async def _states(proc: ControllerProcess) -> dict[int, PairState]:

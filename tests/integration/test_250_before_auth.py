@@ -18,7 +18,6 @@ from helpers import RawClient
 from remcopy.controller.admission import LOG_INTERVAL_S
 from remcopy.controller.process import ControllerProcess
 from remcopy.errors import TooManyConnections
-from remcopy.host.channel import Channel
 from remcopy.wire import native
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -51,8 +50,9 @@ async def _connect(address: tuple[str, int], source: str) -> Conn:
 
 
 async def _serves(proc: ControllerProcess) -> None:
-    """A legitimate host authenticates, writes and reads back."""
-    async with Channel(proc.address, name=HOST, secret=SECRET) as channel:
+    """A legitimate host (over TLS when the controller speaks it) authenticates, writes and
+    reads back."""
+    async with proc.channel(name=HOST, secret=SECRET) as channel:
         await channel.write(0x0A00, 0, b"\x5a" * 4096)
         assert await channel.read(0x0A00, 0, 4096) == b"\x5a" * 4096
 
@@ -108,11 +108,12 @@ CAPS = [
         "4 connections have not authenticated (the limit)",
     ),
 ]
-
-
-@pytest.mark.parametrize(
+EACH_CAP = pytest.mark.parametrize(
     ("setting", "held_from", "next_from", "message"), CAPS, ids=["per-address", "per-listener"]
 )
+
+
+@EACH_CAP
 async def test_a_cap_refuses_the_next_connection_and_a_host_is_still_served(
     tmp_path: Path,
     start_controller: Start,
@@ -179,10 +180,13 @@ async def _hostile(address: tuple[str, int], index: int) -> Conn | None:
     return conn
 
 
+@pytest.mark.parametrize("listener", ["plain", "tls"])
 async def test_a_thousand_hostile_connections_hold_bounded_memory_while_a_host_is_served(
-    tmp_path: Path, start_controller: Start
+    tmp_path: Path, start_controller: Start, listener: str
 ) -> None:
-    spec = controller_spec(tmp_path, "cntla", 64015, plain_tcp=True)
+    """Half to the native port (plain TCP, or TLS: the hostile ones never finish a TLS
+    handshake), half to NBD; the host is served over the same kind of link meanwhile."""
+    spec = controller_spec(tmp_path, "cntla", 64015, plain_tcp=listener == "plain")
     spec.nbd_listen = "127.0.0.1:0"
     spec.nbd_allow = ["127.0.0.0/8"]  # the hostile addresses meet the caps, not the fence
     proc = await start_controller(spec)
@@ -211,3 +215,90 @@ async def test_a_thousand_hostile_connections_hold_bounded_memory_while_a_host_i
     intervals = int((time.monotonic() - started) / LOG_INTERVAL_S) + 1
     assert 1 <= log.count("the next are logged at most every") <= 2 * intervals, log
     print(f"controller VmRSS {before} KiB before, {during} KiB during {FLOOD} connections")
+
+
+# The same caps on the TLS listener: a stranger's TLS handshake counts from the accept ---------
+
+# The start of a TLS record holding a ClientHello, and no more: a handshake that never ends.
+TLS_RECORD_START = b"\x16\x03\x01\x02\x00"
+
+
+async def _half_open_tls(address: tuple[str, int], source: str, index: int) -> Conn:
+    """A stranger that connects to the TLS listener and leaves its handshake half done:
+    nothing at all, or the first bytes of a ClientHello."""
+    conn = await _connect(address, source)
+    if index % 2:
+        conn[1].write(TLS_RECORD_START)
+        await conn[1].drain()
+    return conn
+
+
+async def _closed_by_controller(conn: Conn) -> bool:
+    """Whether the controller closed the connection without a byte of TLS (read to EOF)."""
+    reader, writer = conn
+    try:
+        return await reader.read(65536) == b""
+    except ConnectionResetError:
+        return True
+    finally:
+        _close(writer)
+
+
+async def _tls_authenticate(proc: ControllerProcess, conn: Conn) -> None:
+    """A held connection finishes its TLS handshake as the host, then authenticates."""
+    site = proc.site()
+    assert site is not None
+    reader, writer = conn
+    await writer.start_tls(site.client(HOST, "host"), server_hostname=proc.name)
+    await _authenticate((reader, writer))
+
+
+async def _tls_serves_from(proc: ControllerProcess, source: str) -> None:
+    await _tls_authenticate(proc, await _connect(proc.address, source))
+
+
+@EACH_CAP
+async def test_half_open_tls_handshakes_count_against_the_caps(
+    tmp_path: Path,
+    start_controller: Start,
+    setting: str,
+    held_from: list[str],
+    next_from: str,
+    message: str,
+) -> None:
+    """Strangers hold the cap with half-done TLS handshakes: the next connection is closed
+    at its accept (no TLS to speak in yet), logged once; a host from its own address is
+    served over TLS meanwhile (per address); once a held one completes TLS and
+    authenticates, its place is free again."""
+    spec = controller_spec(tmp_path, "cntla", 64015)
+    spec.settings[setting] = 4
+    proc = await start_controller(spec)
+    assert proc.site() is not None  # the listener speaks TLS
+    conns = [await _half_open_tls(proc.address, s, i) for i, s in enumerate(held_from)]
+    async with _held(conns) as held:
+        for _ in range(2):
+            assert await _closed_by_controller(await _connect(proc.address, next_from))
+        if setting == "unauthenticated_per_address_max":
+            await _serves(proc)
+        await _tls_authenticate(proc, held[0])  # nothing sent yet on held[0]: TLS from here
+        await _tls_serves_from(proc, next_from)
+    assert 1 <= proc.log_text().count(f"{message}; the next are logged at most") <= 2
+
+
+async def test_a_tls_handshake_not_done_in_time_is_closed_and_frees_its_place(
+    tmp_path: Path, start_controller: Start
+) -> None:
+    """With one place per address, a stranger's half-done TLS handshake holds it until
+    handshake_timeout_s: then the controller closes it (logged as a failed handshake), and
+    the next connection from that address is served."""
+    spec = controller_spec(tmp_path, "cntla", 64015)
+    spec.settings["handshake_timeout_s"] = 1.0
+    spec.settings["unauthenticated_per_address_max"] = 1
+    proc = await start_controller(spec)
+    stranger = await _half_open_tls(proc.address, "127.0.0.2", 1)
+    assert await _closed_by_controller(await _connect(proc.address, "127.0.0.2"))  # held
+    assert await _closed_by_controller(stranger)  # at the deadline, by the controller
+    await _tls_serves_from(proc, "127.0.0.2")
+    log = proc.log_text()
+    assert log.count("refused 127.0.0.2:") == 2  # the one over the cap; the stranger's
+    assert log.count("TLS handshake failed: no TLS handshake in time") == 1

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mirror_world import build, stop
 
-from common import HOST, SECRET, host_tls_toml, run_remcopy
+from common import HOST, SECRET, host_tls_toml, run_remcopy, secret_file_line
 
 VOLUMES = 600
 LSS_COUNT = (VOLUMES + 255) // 256
@@ -47,7 +47,7 @@ def _host_file(root: Path, primary: str, secondary: str) -> Path:
         )
     path = root / "hosta.toml"
     path.write_text(
-        host_tls_toml() + f'[host]\nname = "{HOST}"\nsecret = "{SECRET}"\n\n'
+        host_tls_toml() + f'[host]\nname = "{HOST}"\n{secret_file_line(HOST, SECRET)}\n\n'
         f'[[controllers]]\nname = "cntla0"\naddress = "{primary}"\n'
         f'[[controllers]]\nname = "cntlb"\naddress = "{secondary}"\n\n' + "\n".join(paths)
     )

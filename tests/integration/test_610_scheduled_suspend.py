@@ -191,7 +191,7 @@ async def test_a_cancelled_suspend_is_skipped_at_T_and_the_pairs_stay_duplex(wor
             skipped = await stream.wait_until(
                 lambda e: e.kind is EventKind.DISARMED and e.cause == "skipped"
             )
-            assert (skipped.at_ns, skipped.detail) == (at_ns, {"devices": 4})
+            assert (skipped.at_ns, skipped.detail) == (at_ns, {"devices": 4, "lss": "0A"})
             assert not [e for e in stream.seen if e.new is PairState.SUSPENDED], stream.seen
         for ch in (ch0, ch1):
             for s in await ch.query(DEVICES):

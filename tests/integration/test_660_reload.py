@@ -119,13 +119,17 @@ async def test_reload_refuses_a_bad_config_whole_and_logs_it_on_one_line(control
     """A config with two problems: refused, both named in one log line, nothing changed (the
     old secret still works); a name with a newline from the network is one line too."""
     address = controller.proc.address
-    bad = controller.path.read_text().replace(SECRET, "short") + "\n[[hosts]]\nname = 7\n"
+    text = controller.path.read_text()
+    named = re.search(r'secret_file = "[^"]*cntla-host-hosta.secret"', text)
+    assert named is not None
+    bad = text.replace(named[0], 'secret = "short"') + "\n[[hosts]]\nname = 7\n"
     await controller.reload(bad)
     async with Channel(address, name=HOST, secret=SECRET) as channel:
         assert (await channel.status())["name"] == "cntla"
     (refused,) = [line for line in controller.reload_lines() if "refused" in line]
     assert "the running config is kept" in refused
-    assert "secret must be at least 8 characters" in refused and "hosts[1].name" in refused
+    assert "hosts[0].secret: a config keeps no secret itself" in refused
+    assert "hosts[1].name" in refused
     assert "\\n" in refused  # the problems, one per line in the message, escaped in the log
 
     forged = "intruder\n2030-01-01 00:00:00,000 remcopy.controller INFO authenticated admin"

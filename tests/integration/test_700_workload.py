@@ -24,7 +24,7 @@ from mirror_world import (
     stop,
 )
 
-from common import HOST, SECRET, host_tls, host_tls_toml
+from common import HOST, SECRET, host_tls, host_tls_toml, secret_file_line
 from remcopy.catalog import Catalog
 from remcopy.cli.workload import verify as verify_command
 from remcopy.errors import InputError
@@ -241,7 +241,7 @@ def _host_file(tmp_path: Path, world: World) -> Path:
     path.write_text(f"""{host_tls_toml(HOST)}
 [host]
 name = "{HOST}"
-secret = "{SECRET}"
+{secret_file_line(HOST, SECRET)}
 [[controllers]]
 name = "{p0.name}"
 address = "{p0.endpoint}"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from remcopy import secretfiles
 from remcopy.controller.config import TESTING_KEYS, ControllerConfig, load_controller_config
 from remcopy.errors import ConfigError
 from remcopy.pki import Site
@@ -40,11 +41,11 @@ size = "1MiB"
 
 [[hosts]]
 name = "hosta"
-secret = "s3cret-hosta-key"
+secret_file = "hosta.secret"
 
 [[hosts]]
 name = "hostb"
-secret = "s3cret-hostb-key"
+secret_file = "hostb.secret"
 lss = ["0A"]
 """
 
@@ -58,10 +59,17 @@ def _edited(*edits: tuple[str, str]) -> str:
     return text
 
 
-def _write(tmp_path: Path, text: str) -> Path:
+SECRETS = {"hosta.secret": "s3cret-hosta-key", "hostb.secret": "s3cret-hostb-key"}
+
+
+def _write(tmp_path: Path, text: str, secrets: dict[str, str] = SECRETS) -> Path:
+    """The config and the 0600 secret files it names, in tmp_path."""
+    for name, secret in secrets.items():
+        (tmp_path / name).write_text(secret + "\n")
+        (tmp_path / name).chmod(0o600)
     path = tmp_path / "cntl.toml"
     path.write_text(text, encoding="utf-8")
-    path.chmod(0o600)  # it holds secrets: a controller refuses it readable by others
+    path.chmod(0o600)  # it names secrets: a controller refuses it readable by others
     return path
 
 
@@ -71,6 +79,9 @@ def _example(tmp_path: Path, name: str) -> Path:
     path = tmp_path / name
     shutil.copy(EXAMPLES / name, path)
     path.chmod(0o600)
+    for secret in ("hosta.secret", "cntl1-cntl2.secret"):  # `remcopy secret new` makes them
+        if not (tmp_path / secret).exists():
+            secretfiles.new(tmp_path / secret)
     Site(tmp_path / "site-pki").files(path.stem, "controller")
     return path
 
@@ -105,21 +116,22 @@ def test_load_controller_config_good_file(tmp_path: Path) -> None:
     assert config.volume_path(config.volumes[0]) == tmp_path / "cntl1-data/volumes/PAY001.vol"
     assert [(h.name, h.lss) for h in config.hosts] == [("hosta", None), ("hostb", [0x0A])]
     assert config.peers == []
-    assert sorted(tmp_path.iterdir()) == [path]
+    assert [h.secret for h in config.hosts] == ["s3cret-hosta-key", "s3cret-hostb-key"]
+    assert sorted(tmp_path.iterdir()) == sorted([path, *(tmp_path / n for n in SECRETS)])
 
 
 def test_load_controller_config_boundaries(tmp_path: Path) -> None:
-    """A secret of exactly 8 characters, a one-track volume and lower-case hex all load."""
+    """A secret file of exactly 16 bytes, a one-track volume and lower-case hex all load."""
     text = _edited(
-        ('secret = "s3cret-hosta-key"', 'secret = "12345678"'),
         ('size = "1MiB"', "size = 65536"),
         ('ssid = "1A00"', 'ssid = "1a00"'),
         ('volser = "PAY002"', 'volser = "pay002"'),
     )
 
-    config = load_controller_config(_write(tmp_path, text))
+    secrets = {**SECRETS, "hosta.secret": "0123456789abcdef"}
+    config = load_controller_config(_write(tmp_path, text, secrets))
 
-    assert config.hosts[0].secret == "12345678"
+    assert config.hosts[0].secret == "0123456789abcdef"
     assert config.volumes[1].size == 65536
     assert config.volumes[1].volser == "PAY002"
     assert config.ssid_of(0x0A) == 0x1A00
@@ -225,10 +237,11 @@ BAD_CASES = [
         "(got '\u0661MiB')",
     ),
     (
-        "short secret",
-        ('secret = "s3cret-hosta-key"', 'secret = "abc1234"'),
+        "inline secret",
+        ('secret_file = "hosta.secret"', 'secret = "abc1234"'),
         "hosts[0].secret",
-        "(got 7 characters, not shown)",
+        "a config keeps no secret itself: write it to a 0600 file (`remcopy secret new --out "
+        'FILE`) and name the file: secret_file = "FILE"',
     ),
     (
         "duplicate host name",
@@ -262,12 +275,17 @@ def test_load_controller_config_refuses(
 
 
 def test_load_controller_config_never_shows_a_secret(tmp_path: Path) -> None:
-    """A refused secret is described by its length, never shown."""
-    _, error = _refusal(tmp_path, _edited(('secret = "s3cret-hosta-key"', 'secret = "Zq9-x"')))
+    """A refused secret is never shown: inline, or too short in its file."""
+    _, error = _refusal(tmp_path, _edited(('secret_file = "hosta.secret"', 'secret = "Zq9-x"')))
 
-    assert "hosts[0].secret" in str(error)
-    assert "5 characters" in str(error)
+    assert error.problems[0].split(": ")[1] == "hosts[0].secret"
+    assert len(error.problems) == 1
     assert "Zq9-x" not in str(error)
+    path = _write(tmp_path, GOOD, {**SECRETS, "hostb.secret": "Zq9-x-short"})
+    with pytest.raises(ConfigError) as info:
+        load_controller_config(path)
+    assert "the secret is too short (11 bytes, not shown" in str(info.value)
+    assert "Zq9-x" not in str(info.value)
 
 
 def test_load_controller_config_invalid_toml(tmp_path: Path) -> None:
@@ -297,16 +315,16 @@ def test_load_controller_config_reports_every_shape_problem(tmp_path: Path) -> N
         ('name = "cntl1"', "name = 5"),
         ('data_dir = "cntl1-data"', 'data_dir = "cntl1-data"\ncolour = "blue"'),
         ('cca = "01"', 'cca = "1"'),
-        ('secret = "s3cret-hostb-key"', 'secret = "short"'),
+        ('secret_file = "hostb.secret"', 'secret = "short"'),
     )
 
     path, error = _refusal(tmp_path, text)
 
     assert [p.split(": ")[1] for p in error.problems] == [
+        "hosts[1].secret",
         "controller.name",
         "controller.colour",
         "volumes[1].cca",
-        "hosts[1].secret",
     ]
     assert all(p.startswith(f"{path}: ") for p in error.problems)
     assert str(error).startswith(f"{path}: 4 problems\n")

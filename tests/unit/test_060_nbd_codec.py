@@ -20,6 +20,7 @@ from remcopy.wire.nbd import (
     NEED_DATA,
     OPTION_SIZE_MAX_BYTES,
     OPTIONS_MAX,
+    PART_SEPARATE_MIN_BYTES,
     REQUEST_SIZE_MAX_BYTES,
     ConnectionClosed,
     Disconnect,
@@ -559,6 +560,29 @@ def test_NbdServerConnection_eof_during_handshake() -> None:
 
 
 # Transmission.
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_parts_to_send_keeps_read_data_as_given_and_joins_the_small_pieces(
+    structured: bool,
+) -> None:
+    """The same bytes as data_to_send, in order; a large read's data is the very buffer
+    given (not copied); the small replies and headers around it are joined."""
+    big = bytes(range(256)) * (PART_SEPARATE_MIN_BYTES // 256)
+    sent = []
+    for take in (NbdServerConnection.data_to_send, NbdServerConnection.parts_to_send):
+        conn = negotiated(structured=structured)
+        client = request(CMD_READ, 1, 0, len(big)) + write(2, 0, b"x") + request(CMD_READ, 3, 0, 4)
+        feed(conn, client + request(CMD_READ, 4, 0, len(big)))
+        conn.reply_read(1, big)
+        conn.reply_ok(2)
+        conn.reply_read(3, b"abcd")
+        conn.reply_read(4, big)
+        sent.append(take(conn))
+    whole, parts = sent
+    assert isinstance(parts, list) and b"".join(parts) == whole
+    assert [p is big for p in parts] == [False, True, False, True]
+    assert all(len(p) < 100 for p in parts if p is not big)
 
 
 def test_NbdServerConnection_full_session() -> None:

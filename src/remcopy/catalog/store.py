@@ -192,7 +192,16 @@ class Catalog:
     # Hosts.
 
     def put_host(self, name: str, definition: Mapping[str, Any], *, replace: bool) -> Host:
-        """Store a host's I/O definition (as JSON); with `replace`, overwrite an existing one."""
+        """Store a host's I/O definition (as JSON); with `replace`, overwrite an existing one.
+        A definition holding a secret is refused: the catalog keeps no plaintext secret (a
+        definition names its 0600 secret file, `secret_file`)."""
+        host = definition.get("host")
+        if isinstance(host, Mapping) and "secret" in host:
+            raise CatalogInputError(
+                f"catalog: host {name}: the catalog keeps no plaintext secret: write it to a "
+                "0600 file (`remcopy secret new FILE`) and name that file in the host "
+                'definition (secret_file = "FILE") instead of secret = "..."'
+            )
         stored = _json_checked(definition, "host definition")
         now_ns = self._clock_ns()
         with self._writing() as conn:

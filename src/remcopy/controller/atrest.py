@@ -38,21 +38,25 @@ def open_private(path: Path, flags: int) -> int:
 
 
 def _secret_keys(data: dict[str, Any]) -> list[str]:
-    """The key paths of every secret in a controller config's TOML (hosts and peers)."""
+    """The key paths of every secret a controller config's TOML holds or names (hosts and
+    peers: `secret`, refused anyway, or `secret_file`)."""
     found = []
     for section in ("hosts", "peers"):
         entries = data.get(section)
         if isinstance(entries, list):
             found += [
-                f"{section}[{i}].secret"
+                f"{section}[{i}].{key}"
                 for i, entry in enumerate(entries)
-                if isinstance(entry, dict) and "secret" in entry
+                if isinstance(entry, dict)
+                for key in ("secret", "secret_file")
+                if key in entry
             ]
     return found
 
 
 def config_exposure(path: Path, data: dict[str, Any]) -> list[str]:
-    """One problem when a config holding secrets is accessible by group or others."""
+    """One problem when a config holding or naming secrets is accessible by group or
+    others."""
     secrets = _secret_keys(data)
     if not secrets:
         return []
@@ -64,7 +68,7 @@ def config_exposure(path: Path, data: dict[str, Any]) -> list[str]:
         return []
     shown = ", ".join(secrets[:3]) + (f" and {len(secrets) - 3} more" if len(secrets) > 3 else "")
     return [
-        f"{path}: holds secrets ({shown}) but is accessible by group or others "
+        f"{path}: names secrets ({shown}) but is accessible by group or others "
         f"(mode {mode:04o}, expected 0600): run `chmod 600 {path}`"
     ]
 

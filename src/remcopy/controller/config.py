@@ -8,7 +8,9 @@
 #
 #
 # A config that holds secrets (hosts, peers) must be its user's alone: one that group or
-# others may access is refused, naming the fix (`chmod 600`), as ssh refuses such a key.
+# others may access is refused, naming the fix (`chmod 600`), as ssh refuses such a key. A
+# config keeps no secret itself: each [[hosts]] and [[peers]] entry names a 0600 secret file
+# (`secret_file`); an inline `secret = "..."` is refused, naming the fix.
 #
 # Test-only switches (planted bugs, injected volume faults, a slow identify) exist so the fault
 # campaigns can prove they catch what they must. A production controller must never run with
@@ -474,6 +476,10 @@ def _cross_checks(config: ControllerConfig, source: str) -> list[str]:
     return problems
 
 
+# What stands for a refused inline secret while the rest of the file is checked.
+_REFUSED_SECRET: Final = "(refused: inline)"
+
+
 def load_controller_config(
     path: Path, *, environ: Mapping[str, str] | None = None
 ) -> ControllerConfig:
@@ -488,11 +494,16 @@ def load_controller_config(
     for entries in ("hosts", "peers"):
         refused += [
             f"{path}: {problem}"
-            for problem in secretfiles.resolve_files(data.get(entries), path.parent, entries)
+            for problem in secretfiles.inline_problems(data.get(entries), entries)
+            + secretfiles.resolve_files(data.get(entries), path.parent, entries)
         ]
     if refused:
         # Validate the rest without the refused keys: every problem is named at once, and a
-        # refused volume_faults is never armed.
+        # refused volume_faults is never armed; a refused inline secret is not checked again.
+        for entries in ("hosts", "peers"):
+            for entry in data.get(entries) or ():
+                if isinstance(entry, dict) and "secret" in entry and "secret_file" not in entry:
+                    entry["secret"] = _REFUSED_SECRET
         rest = {k: v for k, v in data["controller"].items() if k not in TESTING_KEYS}
         try:
             configfile.validate(ControllerConfig, {**data, "controller": rest}, source=str(path))

@@ -19,7 +19,8 @@
 #   commit (replication.host_write), and whoever answers a host or a peer about it awaits
 #   the commit first. Devices outside the commit never wait for it.
 # - Every event goes through `emit_all`: numbered (controller/eventlog.py), logged, and handed
-#   to each subscriber's sink; whether a subscriber may see an event is `visible_to`'s call.
+#   to each subscriber's sink; whether a subscriber may see an event is decided in
+#   controller/eventscope.py.
 # - Host writes to a device whose role is SECONDARY are refused unless it is RECOVERED.
 from __future__ import annotations
 
@@ -214,15 +215,6 @@ EventSink = Callable[[Event], None]
 # A batch of events is logged as one record naming at most this many of them (a suspend of
 # 1,250 devices is 1,250 events; every one is in the event log, events.jsonl).
 _EVENTS_LOGGED_MAX = 4
-
-
-def visible_to(grant: HostGrant, event: Event) -> bool:
-    """Whether a subscriber authenticated as `grant` may see `event` (replayed or live).
-
-    Every event, today. This is the one place that decides it: a filter by the host's grant
-    (DESIGN.md section 6: a host sees only the devices its grant names) goes here."""
-    del grant, event
-    return True
 
 
 class Controller:

@@ -555,10 +555,12 @@ class _NbdConnection(asyncio.BufferedProtocol):
 
     def _send(self) -> None:
         self._unsent_bytes = 0
-        data = self.codec.data_to_send()
+        parts = self.codec.parts_to_send()
         transport = self._transport
-        if data and transport is not None and not transport.is_closing():
-            transport.write(data)
+        if parts and transport is not None and not transport.is_closing():
+            # One call with the read replies' data as they came from pread: no copy into a
+            # joined buffer (a writev on plain TCP; with TLS, records straight from them).
+            transport.writelines(parts)
 
     def _close_when_idle(self) -> None:
         transport = self._transport

@@ -37,7 +37,7 @@ from remcopy.errors import (
     SuspendTimeInPast,
     WriteProtected,
 )
-from remcopy.events import EventKind
+from remcopy.events import EventKind, lss_list
 from remcopy.states import (
     OPERATION_PERMITTED,
     CopyMode,
@@ -327,7 +327,7 @@ class PairOperations:
                 f"armed suspend at={at_ns} devices={len(armed)}",
                 at_ns=at_ns,
                 cause="suspend",
-                detail={"devices": len(armed)},
+                detail={"devices": len(armed), "lss": lss_list(r.device.key >> 8 for r in armed)},
             )
             self.rep.spawn(self._prepare_peers(armed, at_ns), name=f"prepare {at_ns}")
             sealed = self._arm_timer(armed, at_ns, prepared)
@@ -452,7 +452,7 @@ class PairOperations:
                 f"suspend at={at_ns} skipped: disarmed on all {len(runs)} devices",
                 at_ns=at_ns,
                 cause="skipped",
-                detail={"devices": len(runs)},
+                detail={"devices": len(runs), "lss": lss_list(r.device.key >> 8 for r in runs)},
             )
             if not done.done():
                 done.set_result({"at_ns": at_ns, "disarmed": len(runs)})
@@ -667,13 +667,13 @@ class PairOperations:
         if disarmed:
             self.rep.controller.commit_armed(dict.fromkeys(disarmed, 0))
             for at_ns in sorted(set(disarmed.values())):
-                count = sum(1 for t in disarmed.values() if t == at_ns)
+                keys = [key for key, t in disarmed.items() if t == at_ns]
                 self.rep.controller.emit(
                     EventKind.DISARMED,
-                    f"disarmed suspend at={at_ns} devices={count}",
+                    f"disarmed suspend at={at_ns} devices={len(keys)}",
                     at_ns=at_ns,
                     cause="cancel",
-                    detail={"devices": count},
+                    detail={"devices": len(keys), "lss": lss_list(key >> 8 for key in keys)},
                 )
         by_peer: dict[int, list[DeviceRun]] = {}
         for key, at_ns in disarmed.items():

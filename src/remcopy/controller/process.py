@@ -83,7 +83,8 @@ class ControllerSpec:
     """The [tls] section: {"ca": ..., "cert": ..., "key": ...} (NBD TLS with plain native
     links); None: none, or the site's when `site` is set."""
     secret_folder: Path | None = None
-    """Write each secret to a 0600 file here and name it by `secret_file`; None: inline."""
+    """Write each secret to a 0600 file here and name it by `secret_file` (a config keeps
+    no secret itself); None: `secrets/` next to data_dir."""
     site: pki.Site | None = None
     """The site whose certificate this controller presents (issued on demand): TLS on every
     link. None: plain_tcp = true (the listen address must be loopback)."""
@@ -157,11 +158,10 @@ class ControllerSpec:
         return "\n".join(lines)
 
     def _secret_line(self, key: str, secret: str) -> str:
-        """`secret_file = ...` (the secret written 0600 under secret_folder) or inline."""
-        if self.secret_folder is None:
-            return f"secret = {_toml_value(secret)}"
-        path = self.secret_folder / f"{self.name}-{key}.secret"
-        atrest.make_folder(self.secret_folder)
+        """`secret_file = ...`: the secret written 0600 under secret_folder."""
+        folder = self.secret_folder or self.data_dir.parent / "secrets"
+        path = folder / f"{self.name}-{key}.secret"
+        atrest.make_folder(folder)
         write_private(path, secret + "\n")
         return f"secret_file = {_toml_value(str(path))}"
 

@@ -52,7 +52,8 @@ from remcopy.configfile import format_address
 from remcopy.controller.admission import Admission
 from remcopy.controller.authlimit import FailureLimiter
 from remcopy.controller.config import load_controller_config
-from remcopy.controller.core import Controller, EventSink, HostGrant, visible_to
+from remcopy.controller.core import Controller, EventSink, HostGrant
+from remcopy.controller.eventscope import visible_to
 from remcopy.controller.latency import Latency
 from remcopy.controller.logsafe import escape_name
 from remcopy.controller.nbd_server import NbdServer
@@ -119,12 +120,12 @@ class _Handshake:
 class _Link(asyncio.BufferedProtocol):
     """One accepted connection: its codec, its transport, and who is on the other end."""
 
-    def __init__(self, server: ControllerServer) -> None:
+    def __init__(self, server: ControllerServer, *, admitted: bool = False) -> None:
         self.server = server
         self.codec = native.Connection(Side.SERVER)
         self.peer = "?"
         self.client = "?"
-        self.admitted = False  # counted by the listener's Admission until authenticated
+        self.admitted = admitted  # counted by the listener's Admission until authenticated
         self.sinks: list[EventSink] = []
         """Event sinks of this connection's subscriptions, removed when it ends."""
         self.grant: HostGrant | None = None  # set once authenticated
@@ -654,7 +655,7 @@ class ControllerServer:
             sock.close()
             return
         # A stranger's TLS handshake is paid for before its _Link exists: it counts against
-        # the listener's caps from the accept (the _Link is admitted anew once it exists).
+        # the listener's caps from the accept, and its _Link takes the place over.
         where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         if self.admission.admit(address, where) is not None:
             sock.close()
@@ -672,9 +673,17 @@ class ControllerServer:
         assert self.tls_context is not None
         where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         address = str(peer[0]) if isinstance(peer, tuple) else where
+        made: list[_Link] = []
+
+        def link() -> _Link:
+            # Counted already (from the accept): the place passes to the link, which frees it
+            # when it authenticates or closes. Admitting it anew would count it twice.
+            made.append(_Link(self, admitted=True))
+            return made[-1]
+
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: _Link(self),
+                link,
                 sock,
                 ssl=self.tls_context,
                 ssl_handshake_timeout=self.controller.config.controller.handshake_timeout_s,
@@ -690,7 +699,8 @@ class ControllerServer:
                 "refused %s: TLS handshake failed: %s", where, escape_name(tls.failure_reason(exc))
             )
         finally:
-            self.admission.release(address)  # the _Link, if any, was admitted on its own
+            if not made or made[0].transport is None:  # no link took the place over
+                self.admission.release(address)
 
     def _limited(self, address: str) -> bool:
         """Whether `address` failed too many handshakes lately (logged once per period)."""
@@ -726,7 +736,7 @@ class ControllerServer:
             if link.transport is not None:
                 link.transport.close()
             return
-        refused = self.admission.admit(link.address, link.peer)
+        refused = None if link.admitted else self.admission.admit(link.address, link.peer)
         if refused is not None:
             # One short error frame and close: nothing is kept for the connection.
             link.send(native.ErrorReply(code=TooManyConnections.code, message=refused))
@@ -1044,11 +1054,21 @@ class ControllerServer:
 
     def _subscribe(self, link: _Link, grant: HostGrant, request: native.SubscribeRequest) -> None:
         """Replay what the subscriber missed (if asked), say SUBSCRIBED, then go live. All in
-        one loop step, so no event falls between the replay and the live stream."""
+        one loop step, so no event falls between the replay and the live stream. Only the
+        events its grant reaches are sent (controller/eventscope.py), each with the number
+        it follows on from (`prev_seq`), so the holes the filter makes are not losses."""
         transport = link.transport
         assert transport is not None
         rid = request.request_id
         core = self.controller
+        # The subscriber's position: the number of the last event sent to it, or where it
+        # resumed, or the number it went live at.
+        position = min(request.after_seq, core.event_log.last_seq) if request.replay else 0
+
+        def send(event: Event) -> None:
+            nonlocal position
+            link.send(native.EventNotice(request_id=rid, event=replace(event, prev_seq=position)))
+            position = event.seq
 
         def sink(event: Event) -> None:
             if transport.is_closing():
@@ -1057,8 +1077,8 @@ class ControllerServer:
                 log.warning("dropped slow event subscriber %s", link.client)
                 core.remove_sink(sink)
                 transport.close()
-            elif visible_to(link.grant or grant, event):  # a reload may change the grant
-                link.send(native.EventNotice(request_id=rid, event=event))
+            elif visible_to(core, link.grant or grant, event):  # a reload may change the grant
+                send(event)
 
         if request.replay:
             for event in core.event_log.since(request.after_seq):
@@ -1066,23 +1086,20 @@ class ControllerServer:
                     event = replace(
                         event, serial=core.serial, controller=core.name, time_ns=time.time_ns()
                     )
-                elif not visible_to(grant, event):
+                elif not visible_to(core, grant, event):
                     continue
-                link.send(native.EventNotice(request_id=rid, event=event))
+                send(event)
         link.sinks.append(sink)
         core.add_sink(sink)
         last = core.event_log.last_seq
-        link.send(
-            native.EventNotice(
-                request_id=rid,
-                event=Event(
-                    kind=EventKind.SUBSCRIBED,
-                    seq=last,
-                    serial=core.serial,
-                    controller=core.name,
-                    time_ns=time.time_ns(),
-                    text=f"subscribed {core.name} last={last}",
-                ),
+        send(
+            Event(
+                kind=EventKind.SUBSCRIBED,
+                seq=last,
+                serial=core.serial,
+                controller=core.name,
+                time_ns=time.time_ns(),
+                text=f"subscribed {core.name} last={last}",
             )
         )
 

@@ -13,7 +13,9 @@
 #   0) and closes.
 # - `follow` runs one follower per controller in a TaskGroup. A follower subscribes with
 #   replay after its last number; a stream that ends, a link that fails, or a number that does
-#   not follow on (events dropped between the controller and here) makes it close, wait
+#   not follow on (events dropped between the controller and here: the controller sends only
+#   the events the host's grant reaches, and says with each the number it follows on from,
+#   `prev_seq`, so a hole the grant made is not taken for a loss) makes it close, wait
 #   (RETRY_FIRST_S, doubling to RETRY_MAX_S), say so through `on_retry`, and subscribe again
 #   after the last number it passed on. Numbers it already passed on are never passed on again.
 from __future__ import annotations
@@ -156,6 +158,15 @@ async def follow(
             await channel.close()
 
 
+def follows_on(event: Event, last_seq: int) -> bool:
+    """Whether a numbered event follows on from the last number a reader has: the controller
+    says where it follows on from (`prev_seq`: the numbers between were not for this reader);
+    without that (an older controller) it must be the next number."""
+    if event.prev_seq is not None:
+        return event.prev_seq <= last_seq
+    return event.seq <= last_seq + 1
+
+
 class _Follower:
     """One controller's events, passed on once each, across reconnections."""
 
@@ -216,7 +227,7 @@ class _Follower:
         if self.last_seq is None or self.last_seq < subscription.live_after_seq:
             self.last_seq = subscription.live_after_seq
         async for event in subscription:
-            if event.numbered and event.seq > self.last_seq + 1:
+            if event.numbered and not follows_on(event, self.last_seq):
                 return (
                     f"event {self.last_seq + 1} did not come (got {event.seq}): events were "
                     "dropped on the way"

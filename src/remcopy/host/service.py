@@ -9,6 +9,7 @@ from pathlib import Path
 
 from remcopy.catalog import Catalog, Host, MapEntry
 from remcopy.catalog import ScanFailure as StoredFailure
+from remcopy.catalog.errors import CatalogInputError
 from remcopy.host.definition import (
     HostDefinition,
     load_host_definition,
@@ -27,6 +28,14 @@ def add_host(catalog: Catalog, path: Path, *, replace: bool = False) -> Host:
 
 def host_definition(catalog: Catalog, name: str) -> HostDefinition:
     host = catalog.host_one(name)
+    section = host.definition.get("host")
+    if isinstance(section, dict) and "secret_file" not in section and "secret" not in section:
+        raise CatalogInputError(
+            f"catalog: host {name} has no secret_file: its secret was stored in plaintext and "
+            "removed (catalog migration 0004): put it in a 0600 file (`remcopy secret new "
+            'FILE`), name it in the host file (secret_file = "FILE") and add the host again '
+            "with `remcopy host add FILE --replace`"
+        )
     return parse_host_definition(dict(host.definition), source=f"catalog host {name}")
 
 

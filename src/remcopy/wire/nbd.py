@@ -131,6 +131,10 @@ _REPLY_TYPE_NONE: Final = 0
 _REPLY_TYPE_OFFSET_DATA: Final = 1
 _REPLY_TYPE_ERROR: Final = 2**15 + 1
 
+# `parts_to_send`: a queued piece this large is written as its own buffer (not copied into a
+# joined one); smaller ones are joined with their neighbours.
+PART_SEPARATE_MIN_BYTES: Final = 16 * 1024
+
 
 class _Option(enum.IntEnum):
     EXPORT_NAME = 1
@@ -961,6 +965,26 @@ class NbdServerConnection:
         data = b"".join(self._outbound)
         self._outbound.clear()
         return data
+
+    def parts_to_send(self) -> list[bytes]:
+        """Return and forget every byte queued for the client, as buffers to write in order
+        (a transport's writelines): a read's data stays the buffer it was given (it is not
+        copied into one with the rest), and the small pieces between are joined, so each
+        buffer is at least a few KiB or a read's data (one TLS record or more each)."""
+        parts: list[bytes] = []
+        small: list[bytes] = []
+        for part in self._outbound:
+            if len(part) >= PART_SEPARATE_MIN_BYTES:
+                if small:
+                    parts.append(b"".join(small))
+                    small.clear()
+                parts.append(part)
+            else:
+                small.append(part)
+        if small:
+            parts.append(b"".join(small))
+        self._outbound.clear()
+        return parts
 
     def _send(self, *parts: bytes) -> None:
         self._outbound.extend(parts)
