@@ -145,6 +145,7 @@ async def test_a_connection_that_does_not_authenticate_in_time_is_closed(
     spec = controller_spec(tmp_path, "cntla", 64015, plain_tcp=True)
     spec.settings["handshake_timeout_s"] = 1.0
     spec.nbd_listen = "127.0.0.1:0"
+    spec.nbd_tls = "off"  # plain NBD clients, loopback
     spec.nbd_allow = ["127.0.0.0/8"]
     proc = await start_controller(spec)
     assert proc.nbd_address is not None
@@ -188,6 +189,7 @@ async def test_a_thousand_hostile_connections_hold_bounded_memory_while_a_host_i
     handshake), half to NBD; the host is served over the same kind of link meanwhile."""
     spec = controller_spec(tmp_path, "cntla", 64015, plain_tcp=listener == "plain")
     spec.nbd_listen = "127.0.0.1:0"
+    spec.nbd_tls = "off"  # plain NBD clients, loopback
     spec.nbd_allow = ["127.0.0.0/8"]  # the hostile addresses meet the caps, not the fence
     proc = await start_controller(spec)
     assert proc.nbd_address is not None

@@ -112,6 +112,7 @@ async def two_sites(root: Path, *, volumes: int = 2, size_bytes: int = 8 * MiB) 
             data_dir=root / name,
             listen=f"127.0.0.1:{port}",
             nbd_listen="127.0.0.1:0",
+            nbd_tls="off",  # plain NBD clients, loopback
             lss={lss: ssid},
             volumes=[
                 VolumeSpec(lss=lss, cca=c, volser=f"{prefix}{c:04X}", size_bytes=size_bytes)

@@ -23,6 +23,7 @@ async def controller(start_controller: Start, tmp_path: Path) -> ControllerProce
     spec = controller_spec(tmp_path, "cntla", 64015, volumes=3, size_bytes=SIZE)
     spec.volumes.append(VolumeSpec(lss=0x0A, cca=0x10, volser="A#1", size_bytes=1 * MiB))
     spec.nbd_listen = "127.0.0.1:0"
+    spec.nbd_tls = "off"  # plain NBD clients, loopback
     return await start_controller(spec)
 
 
@@ -109,6 +110,7 @@ async def test_without_multi_conn_nbdcopy_uses_one_connection(
     in and out over one connection each way."""
     spec = controller_spec(tmp_path, "cntls", 64016, volumes=1, size_bytes=SIZE)
     spec.nbd_listen = "127.0.0.1:0"
+    spec.nbd_tls = "off"  # plain NBD clients, loopback
     spec.nbd_multi_conn = False
     controller = await start_controller(spec)
     target = uri(controller, "CN0000")

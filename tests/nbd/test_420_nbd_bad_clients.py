@@ -37,6 +37,7 @@ SIZE = 64 * MiB  # over REQUEST_SIZE_MAX_BYTES, so an oversize request is inside
 async def controller(start_controller: Start, tmp_path: Path) -> ControllerProcess:
     spec = controller_spec(tmp_path, "cntla", 64015, volumes=1, size_bytes=SIZE)
     spec.nbd_listen = "127.0.0.1:0"
+    spec.nbd_tls = "off"  # plain NBD clients, loopback
     return await start_controller(spec)
 
 
@@ -147,6 +148,7 @@ async def test_address_outside_the_allow_list_is_refused_and_logged(
     """A client address outside controller.nbd_allow is disconnected before the greeting."""
     spec = controller_spec(tmp_path, "cntla", 64015, volumes=1, size_bytes=SIZE)
     spec.nbd_listen = "127.0.0.1:0"
+    spec.nbd_tls = "off"  # plain NBD clients, loopback
     spec.nbd_allow = ["10.0.0.0/8", "::1"]
     controller = await start_controller(spec)
     refused = await tool("nbdinfo", "--list", uri(controller, ""), check=False)
@@ -158,6 +160,7 @@ def test_nbd_allow_with_a_bad_network_is_a_config_error(tmp_path: Path):
     """A malformed nbd_allow entry is named with its key path and value."""
     spec = controller_spec(tmp_path, "cntla", 64015, volumes=1, size_bytes=SIZE)
     spec.nbd_listen = "127.0.0.1:0"
+    spec.nbd_tls = "off"  # plain NBD clients, loopback
     spec.nbd_allow = ["127.0.0.1/8", "not-an-address"]
     path = spec.write(tmp_path / "bad.toml")
     with pytest.raises(ConfigError) as info:
@@ -204,6 +207,7 @@ async def test_connections_past_the_limit_are_closed_and_logged(
     unauthenticated connections, test_250)."""
     spec = controller_spec(tmp_path, "cntla", 64015, volumes=1, size_bytes=SIZE)
     spec.nbd_listen = "127.0.0.1:0"
+    spec.nbd_tls = "off"  # plain NBD clients, loopback
     controller = await start_controller(spec)
     clients = []
     for _ in range(CONNECTIONS_MAX):

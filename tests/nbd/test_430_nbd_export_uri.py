@@ -29,6 +29,7 @@ async def test_export_uri_prints_a_uri_the_tools_open(start_controller: Start, t
     port = free_port()
     spec = controller_spec(tmp_path, "cntla", 64015, volumes=2, size_bytes=2 * MiB)
     spec.nbd_listen = f"127.0.0.1:{port}"
+    spec.nbd_tls = "off"  # plain NBD clients, loopback
     controller = await start_controller(spec)
     assert controller.nbd_address == ("127.0.0.1", port)
     config = str(tmp_path / "cntla.toml")
@@ -75,6 +76,7 @@ async def test_export_uri_of_an_unknown_volser_exits_2(tmp_path: Path):
     """`export-uri` of a volser the config does not hold exits 2 and lists the volsers."""
     spec = controller_spec(tmp_path, "cntla", 64015, volumes=1, size_bytes=2 * MiB)
     spec.nbd_listen = "127.0.0.1:10809"
+    spec.nbd_tls = "off"  # plain NBD clients, loopback
     config = str(spec.write(tmp_path / "c.toml"))
     unknown = await _remcopy("volume", "export-uri", "NOPE", "--config", config, check=False)
     assert unknown.returncode == 2
@@ -87,6 +89,7 @@ async def test_sigterm_with_an_nbd_client_connected_stops_cleanly(
     """SIGTERM closes NBD connections after their requests and the controller exits 0."""
     spec = controller_spec(tmp_path, "cntla", 64015, volumes=1, size_bytes=2 * MiB)
     spec.nbd_listen = "127.0.0.1:0"
+    spec.nbd_tls = "off"  # plain NBD clients, loopback
     controller = await start_controller(spec)
     assert controller.nbd_address is not None
     client = await RawNbdClient.open(controller.nbd_address)
@@ -107,6 +110,7 @@ async def test_ipv6_nbd_port_serves_loopback_clients(start_controller: Start, tm
     """An NBD port on [::1] reports itself in the ready line and serves ::1 by default."""
     spec = controller_spec(tmp_path, "cntla", 64015, volumes=1, size_bytes=2 * MiB)
     spec.nbd_listen = "[::1]:0"
+    spec.nbd_tls = "off"  # plain NBD clients, loopback
     controller = await start_controller(spec)
     assert controller.nbd_address is not None
     assert controller.nbd_address[0] == "::1"

@@ -369,6 +369,42 @@ async def test_off_loopback_tls_is_required_by_default(
     assert "export-size: 1048576" in served.text
 
 
+async def test_on_loopback_tls_links_mean_tls_nbd_unless_the_config_says_off(
+    tmp_path: Path, start_controller: Start
+) -> None:
+    """Every link TLS, NBD on loopback and no nbd_tls key: a local user's plain nbdcopy
+    cannot write (plain NBD only where the config says so); its certificate can."""
+    site = pki.Site.make(tmp_path / "pki")
+    spec = _spec(tmp_path, site, nbd_tls=None)
+    spec.plain_tcp = False
+    controller = await start_controller(spec)
+    assert controller.nbd_address is not None
+    host, port = controller.nbd_address
+    image = tmp_path / "image"
+    image.write_bytes(b"\x5a" * SIZE)
+    plain = await tool("nbdcopy", str(image), f"nbd://{host}:{port}/VA0000", check=False)
+    assert plain.returncode != 0 and "TLS" in plain.text, plain.text
+    assert "plain, no identity" not in controller.log_path.read_text()
+    certs = site.client("hosta")
+    await tool("nbdcopy", str(image), f"nbds://{host}:{port}/VA0000?tls-certificates={certs}")
+    assert "TLS 1.3 with client certificates" in controller.log_path.read_text()
+
+
+def test_plain_nbd_must_be_asked_for_and_only_on_loopback(tmp_path: Path) -> None:
+    site = pki.Site.make(tmp_path / "pki")
+    spec = _spec(tmp_path, site, nbd_listen="0.0.0.0:10809", nbd_tls="off")
+    spec.plain_tcp = False
+    config = spec.write(tmp_path / "cntla.toml")
+    result = run_remcopy("controller", "check", str(config), catalog=tmp_path / "c.db", code=2)
+    assert (
+        "controller.nbd_tls: off refused: nbd_listen 0.0.0.0:10809 is not a loopback address"
+        in " ".join(result.stderr.split())
+    )
+    spec.nbd_listen = "127.0.0.1:10809"
+    spec.write(tmp_path / "cntla.toml")
+    run_remcopy("controller", "check", str(config), catalog=tmp_path / "c.db", code=0)
+
+
 # Names from the network in the log ---------------------------------------------------------
 
 FORGED = "2026-01-01 00:00:00,000 remcopy.nbd INFO nbd 10.0.0.1:1: export VB0000 for host hostb"

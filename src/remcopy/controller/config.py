@@ -254,14 +254,10 @@ class ControllerSection(_Strict):
     """Client addresses (CIDR) that may connect to nbd_listen; NBD has no authentication."""
     nbd_multi_conn: bool = True
     """Advertise NBD multi-conn (safe: flush is fdatasync of the one shared file)."""
-    nbd_tls: Literal["auto", "require"] = "auto"
-    """"auto": NBD clients must use TLS (STARTTLS, a client certificate of a [[hosts]] name)
-    unless nbd_listen is a loopback address; "require": on loopback too."""
-
-    def nbd_tls_required(self) -> bool:
-        if self.nbd_listen is None:
-            return False
-        return self.nbd_tls == "require" or not is_loopback(self.nbd_listen[0])
+    nbd_tls: Literal["auto", "require", "off"] = "auto"
+    """"auto": as the controller's links: NBD clients must use TLS (STARTTLS, a client
+    certificate of a [[hosts]] name) unless the config says plain_tcp = true; "require": TLS
+    even with plain_tcp; "off": plain NBD, allowed only when nbd_listen is loopback."""
 
     # --- end NBD export ---
     # --- Before authentication (docs/security.md) ---
@@ -341,6 +337,13 @@ class ControllerConfig(_Strict):
             return None
         return TlsFiles(ca=self.tls.ca, cert=self.tls.cert, key=self.tls.key)
 
+    def nbd_tls_required(self) -> bool:
+        """Whether NBD clients must use TLS: plain NBD only where the config says so."""
+        section = self.controller
+        if section.nbd_listen is None or section.nbd_tls == "off":
+            return False
+        return section.nbd_tls == "require" or not self.plain_tcp
+
     def testing(self) -> dict[str, Any]:
         """The test-only switches this config sets, by key (empty in production)."""
         values = self.controller.model_dump(mode="json", include=set(TESTING_KEYS))
@@ -371,6 +374,12 @@ def _tls_checks(config: ControllerConfig, source: str) -> list[str]:
     """TLS is required unless plain_tcp says otherwise, and plain TCP only on loopback; NBD
     clients must use TLS where nbd_tls requires it, so [tls] must be there too."""
     section = config.controller
+    nbd = section.nbd_listen
+    if section.nbd_tls == "off" and nbd is not None and not is_loopback(nbd[0]):
+        return [
+            f"{source}: controller.nbd_tls: off refused: nbd_listen {format_address(nbd)} is "
+            'not a loopback address (plain NBD only on loopback; use nbd_tls = "auto" and [tls])'
+        ]
     if not config.plain_tcp:
         if config.tls is None:
             return [
@@ -387,7 +396,7 @@ def _tls_checks(config: ControllerConfig, source: str) -> list[str]:
         for key, address in listens
         if not is_loopback(address[0])
     ]
-    if section.nbd_tls_required() and config.tls is None:
+    if config.nbd_tls_required() and config.tls is None:
         problems.append(
             f"{source}: tls: missing: controller.nbd_tls is require, so NBD clients must use "
             "TLS: add a [tls] section with ca, cert and key (docs/security.md)"

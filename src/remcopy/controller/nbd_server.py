@@ -22,7 +22,8 @@
 #   again on every write.
 # - Who may connect: a connection from an address outside `nbd_allow` (CIDR list, default
 #   127.0.0.1 and ::1) is closed before the greeting, and logged. When TLS is required
-#   (controller.nbd_tls: always off loopback), the codec takes nothing but STARTTLS; the
+#   (controller.nbd_tls: unless the config says plain_tcp or nbd_tls = "off", both loopback
+#   only), the codec takes nothing but STARTTLS; the
 #   socket is then upgraded with `loop.start_tls` (TLS 1.3, a client certificate signed by
 #   [tls] ca), and the certificate's name must be a [[hosts]] name: that host's grant is the
 #   list of exports it sees and may open. Without TLS (loopback only) every volume is
@@ -168,7 +169,7 @@ def configured_export_uri(
             )
         host = listen_host
     address = (host, port)
-    return export_uri(address, name, tls=section.nbd_tls_required()), address
+    return export_uri(address, name, tls=config.nbd_tls_required()), address
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

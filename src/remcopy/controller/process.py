@@ -78,7 +78,7 @@ class ControllerSpec:
     nbd_multi_conn: bool | None = None
     """Advertise NBD multi-conn on every export; None: the config default (yes)."""
     nbd_tls: str | None = None
-    """"auto" or "require"; None: the config default (auto: TLS unless on loopback)."""
+    """"auto", "require" or "off"; None: the config default (auto: as the links)."""
     tls: dict[str, Path] | None = None
     """The [tls] section: {"ca": ..., "cert": ..., "key": ...} (NBD TLS with plain native
     links); None: none, or the site's when `site` is set."""

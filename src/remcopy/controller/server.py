@@ -603,6 +603,8 @@ class ControllerServer:
         section = self.controller.config.controller
         if section.nbd_listen is None:
             return
+        config = self.controller.config
+        tls = config.tls if config.nbd_tls_required() else None
         self.nbd = NbdServer(
             self.controller,
             self.replicator,
@@ -610,11 +612,7 @@ class ControllerServer:
             allow=section.nbd_allow,
             multi_conn=section.nbd_multi_conn,
             grace_s=section.shutdown_grace_s,
-            tls=(
-                server_context(self.controller.config.tls)
-                if section.nbd_tls_required() and self.controller.config.tls is not None
-                else None
-            ),
+            tls=None if tls is None else server_context(tls),
         )
         try:
             self.nbd_address = await self.nbd.start()
@@ -623,6 +621,13 @@ class ControllerServer:
                 f"controller.nbd_listen: cannot listen on "
                 f"{format_address(section.nbd_listen)}: {exc.strerror}"
             ) from exc
+        log.info(
+            "NBD on %s: %s",
+            format_address(self.nbd_address),
+            "TLS 1.3 with client certificates, each host its grant"
+            if tls is not None
+            else "plain, no identity: every volume to any allowed address (loopback only)",
+        )
 
     async def _start_metrics(self) -> None:
         listen = self.controller.config.controller.metrics_listen
