@@ -27,8 +27,15 @@
 # - Moving C: C is written to the journal, then the updates stamped < C are written to the
 #   volumes in stamp order. A restart replays the journal: what is below the last C is
 #   written again in the same order (same bytes), C never goes back (kill -9: the file's
-#   page cache survives). The journal is fdatasync'd every watermark_interval_s, off the
-#   event loop (a group commit): power loss can take back what arrived since.
+#   page cache survives).
+# - Durability: an update batch is acknowledged to its primary only once its journal records
+#   are fdatasync'd (JournalSyncer, on a writer thread, batches arriving meanwhile sharing
+#   the next fdatasync), and a link's watermark counts here only once the updates before it
+#   are durable: what C covers at any secondary of the group survives a power loss of this
+#   one. A new C is synced with the next group commit (power loss may take back the last
+#   one or two, never below what the volumes hold: see compaction). The file is compacted
+#   only after the group's volumes were fdatasync'd with C unchanged meanwhile, so the
+#   updates it forgets are on disk in the volumes.
 # - Leaving DUPLEX (suspend at T, a resume after an error, terminate) first writes every
 #   update of the device still waiting: the primary has drained what is stamped < T and
 #   stopped mirroring, so the device is at T (C = T for a suspend).
@@ -52,7 +59,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from remcopy.controller import statefile
-from remcopy.controller.sjournal import COMPACT_SLACK_BYTES, SecondaryJournal, Waiting
+from remcopy.controller.sjournal import (
+    COMPACT_SLACK_BYTES,
+    JournalSyncer,
+    SecondaryJournal,
+    Waiting,
+)
 from remcopy.errors import InputError, RemcopyError
 from remcopy.events import EventKind
 from remcopy.states import CopyMode, PairRole, PairState
@@ -62,10 +74,13 @@ from remcopy.wire.native import PairOp, PairOpReply, PairOpRequest
 if TYPE_CHECKING:
     from remcopy.controller.core import Controller, Device
     from remcopy.controller.replication import DeviceRun, Replicator
+    from remcopy.controller.volume import Volume
 
 log = logging.getLogger("remcopy.replication")
 
 GROUPS_FILE: Final = "async_groups.json"
+# With nothing waiting, the journal is rewritten (to one C record) past this size.
+COMPACT_EMPTY_BYTES: Final = 8 * 1024 * 1024
 # Settling a device writes everything of it still waiting, whatever its stamp.
 UNBOUNDED_NS: Final = (1 << 63) - 1
 
@@ -88,6 +103,27 @@ class AsyncGroup:
     live_bytes: int = 0
     rpo_over: bool = False
     """Whether the last `rpo` event said the RPO is over rpo_alert_s."""
+    held_bytes: dict[int, int] = field(default_factory=dict)
+    """Per device: the bytes of its updates waiting here (QUERY journal_bytes)."""
+
+    def hold(self, w: Waiting) -> None:
+        self.waiting.append(w)
+        self.live_bytes += len(w.data)
+        self.held_bytes[w.device] = self.held_bytes.get(w.device, 0) + len(w.data)
+
+    def release(self, gone: list[Waiting]) -> None:
+        """Forget these waiting updates (written, or dropped at a recover)."""
+        if not gone:
+            return
+        ids = {id(w) for w in gone}
+        self.waiting = [w for w in self.waiting if id(w) not in ids]
+        for w in gone:
+            self.live_bytes -= len(w.data)
+            left = self.held_bytes[w.device] - len(w.data)
+            if left:
+                self.held_bytes[w.device] = left
+            else:
+                del self.held_bytes[w.device]
 
 
 class Consistency:
@@ -100,6 +136,7 @@ class Consistency:
         self.watermarks: dict[int, int] = {}
         """The latest W each primary controller sent on its link to here."""
         self.groups: dict[str, AsyncGroup] = {}
+        self.syncer = JournalSyncer()
         for key in ("async_cuts", "async_updates_waited", "async_late_updates"):
             self.controller.counters.setdefault(key, 0)
         document = statefile.read(self.controller.data_dir / GROUPS_FILE) or {}
@@ -121,8 +158,9 @@ class Consistency:
             (w for w in replayed.waiting if w.stamp_ns < group.applied_ns),
             key=lambda w: (w.stamp_ns, w.seq),
         )
-        group.waiting = [w for w in replayed.waiting if w.stamp_ns >= group.applied_ns]
-        group.live_bytes = sum(len(w.data) for w in group.waiting)
+        for w in replayed.waiting:
+            if w.stamp_ns >= group.applied_ns:
+                group.hold(w)
         self._write(below)
         if replayed.waiting:
             log.info(
@@ -210,16 +248,43 @@ class Consistency:
             )
             self._write([waiting])
             return
-        group.waiting.append(waiting)
-        group.live_bytes += len(waiting.data)
+        group.hold(waiting)
         self.controller.counters["async_updates_waited"] += 1
+
+    def durable(self, groups: list[AsyncGroup]) -> asyncio.Future[None] | None:
+        """After `arrived` appended to these groups' journals: the future done once all of it
+        is on disk (None: it is already). The primary is told the batch arrived only then."""
+        done = None
+        for group in groups:
+            done = self.syncer.submit_item(group.journal)
+        return done
 
     def watermark(self, source: int, watermark_ns: int) -> native.UpdateAck:
         """Every update from `source` stamped below watermark_ns has arrived (frames are
-        handled in order, so the updates sent before it are journaled already)."""
+        handled in order, so the updates sent before it are journaled already). It counts
+        once they are durable: after the journal syncs queued so far."""
+        pending = self.syncer.last
+        if pending is None:
+            self._raise_watermark(source, watermark_ns)
+        else:
+            pending.add_done_callback(
+                lambda done: (
+                    None
+                    if done.cancelled() or done.exception() is not None
+                    else self._raise_watermark(source, watermark_ns)
+                )
+            )
+        return native.UpdateAck(applied=0)
+
+    def _raise_watermark(self, source: int, watermark_ns: int) -> None:
         if watermark_ns > self.watermarks.get(source, 0):
             self.watermarks[source] = watermark_ns
-        return native.UpdateAck(applied=0)
+
+    def held_bytes(self, run: DeviceRun) -> int:
+        """Bytes of the device's updates held in its group's journal here, waiting for C."""
+        pair = run.device.pair
+        group = self.groups.get(pair.group) if pair.role is PairRole.SECONDARY else None
+        return 0 if group is None else group.held_bytes.get(run.device.key, 0)
 
     def arrived_ns(self, group: AsyncGroup) -> int:
         """Every update of the group stamped below this has arrived here: the least latest W
@@ -276,14 +341,11 @@ class Consistency:
             for group in list(self.groups.values()):
                 arrived = self.arrived_ns(group)
                 self._tell_siblings(group, arrived)
-                self.advance(group, arrived)
+                if self.advance(group, arrived):
+                    self.syncer.submit_item(group.journal)  # the new C, with the next commit
                 self._check_rpo(group)
             for group in list(self.groups.values()):
-                if group.journal.size_bytes:
-                    # One fdatasync for everything appended meanwhile (group commit), off the
-                    # event loop; compaction only here, never while a sync runs.
-                    await asyncio.to_thread(group.journal.sync)
-                    self._maybe_compact(group)
+                await self._maybe_compact(group)
 
     def _check_rpo(self, group: AsyncGroup) -> None:
         """An `rpo` event when the group's RPO here (now - C) crosses rpo_alert_s, either
@@ -304,13 +366,15 @@ class Consistency:
             detail={"over": over, "rpo_s": round(rpo_s, 3), "limit_s": limit_s},
         )
 
-    def advance(self, group: AsyncGroup, arrived: int) -> None:
+    def advance(self, group: AsyncGroup, arrived: int) -> bool:
+        """Move C as far as every secondary of the group received; whether it moved."""
         cut = min(
             [arrived, *(group.siblings.get(s, 0) for s in group.secondaries if s != self.serial)]
         )
         if cut <= group.applied_ns:
-            return
+            return False
         self.apply_to(group, cut)
+        return True
 
     @property
     def serial(self) -> int:
@@ -330,9 +394,7 @@ class Consistency:
         ]
         if not due:
             return 0
-        done = {id(w) for w in due}
-        group.waiting = [w for w in group.waiting if id(w) not in done]
-        group.live_bytes -= sum(len(w.data) for w in due)
+        group.release(due)
         due.sort(key=lambda w: (w.stamp_ns, w.seq))
         self._write(due)
         return len(due)
@@ -350,10 +412,22 @@ class Consistency:
             "updates_applied", 0
         ) + len(updates)
 
-    def _maybe_compact(self, group: AsyncGroup) -> None:
-        if not group.waiting and group.journal.size_bytes > 64 * 1024:
-            group.journal.compact(group.applied_ns, [])
-        elif group.journal.size_bytes > group.live_bytes + COMPACT_SLACK_BYTES:
+    async def _maybe_compact(self, group: AsyncGroup) -> None:
+        """Rewrite the journal as C and what still waits, once it holds much more. The
+        updates it forgets were written to the volumes: those are fdatasync'd first (off the
+        loop) and the compaction is given up if C moved meanwhile (a later turn retries)."""
+        size = group.journal.size_bytes
+        if not (
+            (not group.waiting and size > COMPACT_EMPTY_BYTES)
+            or size > group.live_bytes + COMPACT_SLACK_BYTES
+        ):
+            return
+        applied = group.applied_ns
+        volumes = [run.device.volume for run in self._runs(group)]
+        await asyncio.to_thread(_flush_all, volumes)
+        if group.applied_ns != applied:
+            return
+        async with self.syncer.exclusive():  # no fdatasync of the old file runs meanwhile
             group.journal.compact(group.applied_ns, group.waiting)
 
     def settle(self, runs: list[DeviceRun]) -> None:
@@ -459,15 +533,18 @@ class Consistency:
                 run = self.rep.runs[w.device]
                 run.changemap.mark(w.offset, _length(w))
                 dropped[w.device] = dropped.get(w.device, 0) + 1
-            gone = {id(w) for w in later}
-            group.waiting = [w for w in group.waiting if id(w) not in gone]
-            group.live_bytes = sum(len(w.data) for w in group.waiting)
+            group.release(later)
             for run in group_runs:
                 run.changemap.flush()
             for key in sorted(devices):
                 group.journal.drop(key)
             group.journal.sync()
         return dropped
+
+
+def _flush_all(volumes: list[Volume]) -> None:
+    for volume in volumes:
+        volume.flush()
 
 
 def _length(w: Waiting) -> int:

@@ -20,9 +20,15 @@
 # Compaction rewrites the file to one `C` record and the updates still waiting (write to a
 # temporary file, fsync, rename): the file holds only what a restart needs.
 #
+# Durability: an update batch is acknowledged to its primary only once its records are on
+# disk (fdatasync): the primary then forgets them, and a power loss here must not take back an
+# update that C may already cover at a sibling secondary. `JournalSyncer` does the fdatasyncs
+# on one writer thread with group commit (groupcommit.py, the same shape as the pair-state
+# commits): batches that arrive while one fdatasync runs share the next.
+#
 # Rules this module keeps:
-# - `append` returns once the record is in the file (page cache: it survives kill -9; `sync`,
-#   every watermark interval, makes it survive power loss).
+# - `append` returns once the record is in the file (page cache: it survives kill -9); the
+#   syncer's future for it is done once it survives power loss.
 # - Replay is pure reading: what waits, and the last C.
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ from pathlib import Path
 from typing import Final
 
 from remcopy.controller import atrest
+from remcopy.controller.groupcommit import GroupCommit
 from remcopy.controller.journal import open_append
 from remcopy.errors import VolumeIOError
 
@@ -198,3 +205,18 @@ class SecondaryJournal:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+class JournalSyncer(GroupCommit[SecondaryJournal]):
+    """fdatasync of the secondary journals, off the event loop, many batches per call:
+    `submit_item(journal)` after appending; its future is done once what was appended to that
+    journal before the call is on disk."""
+
+    thread_name = "sjournal"
+
+    def _write(self, items: list[SecondaryJournal]) -> None:
+        synced: set[int] = set()
+        for journal in items:
+            if id(journal) not in synced:
+                synced.add(id(journal))
+                journal.sync()
