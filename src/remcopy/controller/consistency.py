@@ -33,9 +33,9 @@
 #   the next fdatasync), and a link's watermark counts here only once the updates before it
 #   are durable: what C covers at any secondary of the group survives a power loss of this
 #   one. A new C is synced with the next group commit (power loss may take back the last
-#   one or two, never below what the volumes hold: see compaction). The file is compacted
-#   only after the group's volumes were fdatasync'd with C unchanged meanwhile, so the
-#   updates it forgets are on disk in the volumes.
+#   one or two, never below what the journal holds). Compaction forgets only updates that
+#   are on disk in the volumes: it fdatasyncs the group's volumes first, and the rewritten
+#   file keeps, besides what waits, every update C passed since that fdatasync began.
 # - Leaving DUPLEX (suspend at T, a resume after an error, terminate) first writes every
 #   update of the device still waiting: the primary has drained what is stamped < T and
 #   stopped mirroring, so the device is at T (C = T for a suspend).
@@ -105,6 +105,9 @@ class AsyncGroup:
     """Whether the last `rpo` event said the RPO is over rpo_alert_s."""
     held_bytes: dict[int, int] = field(default_factory=dict)
     """Per device: the bytes of its updates waiting here (QUERY journal_bytes)."""
+    since_flush: list[Waiting] | None = None
+    """While a compaction syncs the volumes: the updates C passed since it began (they may
+    not be on disk in the volumes yet, so the rewritten journal keeps them)."""
 
     def hold(self, w: Waiting) -> None:
         self.waiting.append(w)
@@ -396,6 +399,8 @@ class Consistency:
             return 0
         group.release(due)
         due.sort(key=lambda w: (w.stamp_ns, w.seq))
+        if group.since_flush is not None and devices is None:
+            group.since_flush.extend(due)
         self._write(due)
         return len(due)
 
@@ -415,20 +420,22 @@ class Consistency:
     async def _maybe_compact(self, group: AsyncGroup) -> None:
         """Rewrite the journal as C and what still waits, once it holds much more. The
         updates it forgets were written to the volumes: those are fdatasync'd first (off the
-        loop) and the compaction is given up if C moved meanwhile (a later turn retries)."""
+        loop), and what C passed meanwhile is kept in the new file (written again by a
+        replay, being below C)."""
         size = group.journal.size_bytes
         if not (
             (not group.waiting and size > COMPACT_EMPTY_BYTES)
             or size > group.live_bytes + COMPACT_SLACK_BYTES
         ):
             return
-        applied = group.applied_ns
-        volumes = [run.device.volume for run in self._runs(group)]
-        await asyncio.to_thread(_flush_all, volumes)
-        if group.applied_ns != applied:
-            return
-        async with self.syncer.exclusive():  # no fdatasync of the old file runs meanwhile
-            group.journal.compact(group.applied_ns, group.waiting)
+        group.since_flush = []
+        try:
+            volumes = [run.device.volume for run in self._runs(group)]
+            await asyncio.to_thread(_flush_all, volumes)
+            async with self.syncer.exclusive():  # no fdatasync of the old file runs meanwhile
+                group.journal.compact(group.applied_ns, [*group.since_flush, *group.waiting])
+        finally:
+            group.since_flush = None
 
     def settle(self, runs: list[DeviceRun]) -> None:
         """These secondaries leave DUPLEX (or a freeze's SUSPENDED): write every update of
