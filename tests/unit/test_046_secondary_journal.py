@@ -7,7 +7,7 @@ import os
 import threading
 from pathlib import Path
 
-from remcopy.controller.sjournal import JournalSyncer, SecondaryJournal, Waiting
+from remcopy.controller.sjournal import JournalSyncer, SecondaryJournal, Waiting, tail_records
 
 
 def _update(seq: int, device: int, stamp: int, data: bytes = b"x" * 8) -> Waiting:
@@ -122,3 +122,23 @@ async def test_journal_syncs_queued_during_one_share_the_next_and_exclusive_wait
 async def _hold(syncer: JournalSyncer) -> None:
     async with syncer.exclusive():
         assert syncer.figures.transactions == 1  # the first batch is done, the second waits
+
+
+def test_a_compaction_written_meanwhile_keeps_what_happened_during_it(tmp_path: Path) -> None:
+    """The new file is prepared from a snapshot; the tail adds the drops, the updates that
+    arrived meanwhile and C as it is now: a replay of the installed file sees all of it."""
+    journal = SecondaryJournal(tmp_path / "g.jnl")
+    snapshot = [_update(2, 0x0A01, 160), _update(1, 0x0A00, 140)]
+    for w in sorted(snapshot, key=lambda w: w.seq):
+        journal.append(w)
+    prepared = journal.prepare_compaction(130, snapshot)
+    late = _update(3, 0x0A01, 170)
+    journal.append(late)  # meanwhile, to the old file
+    journal.drop(0x0A00)
+    journal.install_compaction(prepared, tail_records([0x0A00], [late], 150))
+    journal.append(_update(4, 0x0A01, 180))  # after: to the new file
+    journal.close()
+    replayed = SecondaryJournal(tmp_path / "g.jnl").replay()
+    assert replayed.applied_ns == 150
+    assert [w.seq for w in replayed.waiting] == [2, 3, 4]  # 1's device was dropped
+    assert replayed.next_seq == 5

@@ -35,7 +35,9 @@
 #   one. A new C is synced with the next group commit (power loss may take back the last
 #   one or two, never below what the journal holds). Compaction forgets only updates that
 #   are on disk in the volumes: it fdatasyncs the group's volumes first, and the rewritten
-#   file keeps, besides what waits, every update C passed since that fdatasync began.
+#   file keeps, besides what waits, every update C passed since that fdatasync began. The
+#   new file is written off the loop; what happens meanwhile is appended to it before it
+#   replaces the old one (sjournal.tail_records).
 # - Leaving DUPLEX (suspend at T, a resume after an error, terminate) first writes every
 #   update of the device still waiting: the primary has drained what is stamped < T and
 #   stopped mirroring, so the device is at T (C = T for a suspend).
@@ -64,6 +66,7 @@ from remcopy.controller.sjournal import (
     JournalSyncer,
     SecondaryJournal,
     Waiting,
+    tail_records,
 )
 from remcopy.errors import InputError, RemcopyError
 from remcopy.events import EventKind
@@ -80,7 +83,7 @@ log = logging.getLogger("remcopy.replication")
 
 GROUPS_FILE: Final = "async_groups.json"
 # With nothing waiting, the journal is rewritten (to one C record) past this size.
-COMPACT_EMPTY_BYTES: Final = 8 * 1024 * 1024
+COMPACT_EMPTY_BYTES: Final = 1024 * 1024
 # Settling a device writes everything of it still waiting, whatever its stamp.
 UNBOUNDED_NS: Final = (1 << 63) - 1
 
@@ -106,8 +109,15 @@ class AsyncGroup:
     held_bytes: dict[int, int] = field(default_factory=dict)
     """Per device: the bytes of its updates waiting here (QUERY journal_bytes)."""
     since_flush: list[Waiting] | None = None
-    """While a compaction syncs the volumes: the updates C passed since it began (they may
-    not be on disk in the volumes yet, so the rewritten journal keeps them)."""
+    """While a compaction runs: the updates C passed since it began (they may not be on
+    disk in the volumes yet, so the rewritten journal keeps them)."""
+    dropped_since: list[int] | None = None
+    """While a compaction runs: the devices whose updates were dropped (settled) since."""
+
+    def drop(self, device: int) -> None:
+        self.journal.drop(device)
+        if self.dropped_since is not None:
+            self.dropped_since.append(device)
 
     def hold(self, w: Waiting) -> None:
         self.waiting.append(w)
@@ -428,14 +438,27 @@ class Consistency:
             or size > group.live_bytes + COMPACT_SLACK_BYTES
         ):
             return
-        group.since_flush = []
+        group.since_flush, group.dropped_since = [], []
         try:
             volumes = [run.device.volume for run in self._runs(group)]
             await asyncio.to_thread(_flush_all, volumes)
             async with self.syncer.exclusive():  # no fdatasync of the old file runs meanwhile
-                group.journal.compact(group.applied_ns, [*group.since_flush, *group.waiting])
+                # The new file is written off the loop; what arrives, moves or is dropped
+                # meanwhile goes to the old file too, and is appended to the new one before
+                # it replaces the old.
+                mark = group.next_seq
+                records = [*group.since_flush, *group.waiting]
+                prepared = await asyncio.to_thread(
+                    group.journal.prepare_compaction, group.applied_ns, records
+                )
+                late = sorted(
+                    (w for w in [*group.since_flush, *group.waiting] if w.seq >= mark),
+                    key=lambda w: w.seq,
+                )
+                tail = tail_records(group.dropped_since, late, group.applied_ns)
+                group.journal.install_compaction(prepared, tail)
         finally:
-            group.since_flush = None
+            group.since_flush = group.dropped_since = None
 
     def settle(self, runs: list[DeviceRun]) -> None:
         """These secondaries leave DUPLEX (or a freeze's SUSPENDED): write every update of
@@ -451,7 +474,7 @@ class Consistency:
             group = self.groups[name]
             self.apply_to(group, UNBOUNDED_NS, devices=devices)
             for key in sorted(devices):
-                group.journal.drop(key)
+                group.drop(key)
             group.journal.sync()
 
     # Agreement among the secondaries of a group...
@@ -544,7 +567,7 @@ class Consistency:
             for run in group_runs:
                 run.changemap.flush()
             for key in sorted(devices):
-                group.journal.drop(key)
+                group.drop(key)
             group.journal.sync()
         return dropped
 
