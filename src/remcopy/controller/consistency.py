@@ -150,7 +150,12 @@ class Consistency:
         """The latest W each primary controller sent on its link to here."""
         self.groups: dict[str, AsyncGroup] = {}
         self.syncer = JournalSyncer()
-        for key in ("async_cuts", "async_updates_waited", "async_late_updates"):
+        for key in (
+            "async_cuts",
+            "async_updates_waited",
+            "async_late_updates",
+            "async_compactions",
+        ):
             self.controller.counters.setdefault(key, 0)
         document = statefile.read(self.controller.data_dir / GROUPS_FILE) or {}
         for name, secondaries in sorted(document.items()):
@@ -457,6 +462,7 @@ class Consistency:
                 )
                 tail = tail_records(group.dropped_since, late, group.applied_ns)
                 group.journal.install_compaction(prepared, tail)
+                self.controller.counters["async_compactions"] += 1
         finally:
             group.since_flush = group.dropped_since = None
 
