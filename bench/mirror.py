@@ -53,13 +53,13 @@
 #   sampled as above: marker lag, then now - C. RESULT `async_rpo_delay30_p50_s`,
 #   `async_rpo_delay30_p99_s` (paced and saturated pooled, as the undelayed keys),
 #   `async_rpo_delay30_paced_p99_s`, `async_rpo_delay30_saturated_p99_s`,
-#   `async_lag_delay30_{paced,saturated}_p99_ms`. Caveat: the fault link sleeps its delay
-#   before forwarding each chunk it read, one chunk at a time per direction, so a delayed
-#   link also carries at most about 256 KiB / 30 ms (~8 MiB/s). The paced figure is the delay
-#   alone; the saturated one is mostly the backlog of a host writing far faster than that
-#   link carries. So that backlog does not suspend the pair, the delayed primary runs with
-#   ack_timeout_s and heartbeat_timeout_s 60 s (as the fault-link tests) and max_lag_s 0.25
-#   (host writes held back while the oldest unconfirmed update is older; counted);
+#   `async_lag_delay30_{paced,saturated}_p99_ms`. The fault link runs in its latency mode
+#   (FaultLink.latency): each chunk is delivered 30 ms after the link read it, however many
+#   are in flight, as a long link does; its bandwidth is what the proxy (a Python process on
+#   the same CPUs) forwards. The saturated host writes faster than that: the delayed primary
+#   runs with max_lag_s 0.25 (host writes held back while the oldest unconfirmed update is
+#   older; counted), and ack_timeout_s and heartbeat_timeout_s 60 s (as the fault-link tests)
+#   so a backlog does not suspend the pair;
 # - the CPU seconds per GiB of the primary, the secondary and the host process in the 64 KiB
 #   QD16 pass: on a 2-CPU machine three busy processes share two CPUs; this says who used them.
 # Every measured write overwrites a block that was written before (the volumes are filled
@@ -133,13 +133,10 @@ DELAY_CCA: Final = 0
 DELAY_VOLUME_BYTES: Final = 32 * MIB
 DELAY_LOAD_S_FULL: Final = 10.0
 DELAY_LOAD_S_QUICK: Final = 3.0
-# The fault link sleeps its delay before forwarding each chunk it read (up to CHUNK_BYTES),
-# one chunk at a time per direction: besides the delay it carries at most about
-# CHUNK_BYTES / delay (~8 MiB/s at 30 ms), far less than the host writes. What piles up on
-# the primary delays the updates' confirmations and the heartbeats queued behind them past
-# the default timeouts (the pair would suspend), so the delayed primary runs with the
-# timeouts the fault-link tests use and max_lag_s, which holds the host writes back once the
-# oldest unconfirmed update is that old.
+# The fault link in latency mode delivers each chunk DELAY_ONE_WAY_S after it read it, many in
+# flight (a long link, not a slow one). The host still writes faster than the link's proxy
+# forwards: max_lag_s holds the host writes back once the oldest unconfirmed update is that
+# old, and the timeouts the fault-link tests use keep a backlog from suspending the pair.
 DELAY_PRIMARY_SETTINGS: Final[dict[str, object]] = {
     "ack_timeout_s": 60.0,
     "heartbeat_timeout_s": 60.0,
@@ -493,7 +490,7 @@ class Bench:
             self.ch, self.events, self.world, [cca], CopyMode.ASYNC, group=ASYNC_GROUP
         )
         self.results.establish_s["async"] = [took]
-        link.delay(DELAY_ONE_WAY_S)
+        link.latency(DELAY_ONE_WAY_S)
         await self._flush(cca, paired=True)
         items = list(self._load_offsets())
         self.meter.start()

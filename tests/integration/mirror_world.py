@@ -83,13 +83,15 @@ async def build(
     primary_settings: dict[str, object] | None = None,
     testing: bool = False,
     secondary_settings: dict[str, object] | None = None,
+    tls: bool = True,
 ) -> World:
     """Write configs with fixed ports, start the secondary, then the primaries (`testing`:
-    the primaries run with REMCOPY_TESTING=1, for primary_settings with test-only keys)."""
+    the primaries run with REMCOPY_TESTING=1, for primary_settings with test-only keys;
+    `tls` False: plain TCP on loopback, so a test can read the bytes a controller sends)."""
     world = World(root=root, volumes=volumes, size_bytes=size_bytes)
     ports = [free_port() for _ in range(primaries + 1)]
     secondary_spec = ControllerSpec(
-        site=site(),
+        site=site() if tls else None,
         name="cntlb",
         serial=SECONDARY_SERIAL,
         data_dir=root / "cntlb",
@@ -124,7 +126,7 @@ async def build(
     world.secondary = await ControllerProcess(secondary_spec.write(root / "cntlb.toml")).start()
     for i in range(primaries):
         spec = ControllerSpec(
-            site=site(),
+            site=site() if tls else None,
             name=f"cntla{i}",
             serial=primary_serial(i),
             data_dir=root / f"cntla{i}",

@@ -5,11 +5,7 @@
 # so only a power loss would show a missing fdatasync.
 from __future__ import annotations
 
-import asyncio
 import re
-import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 from mirror_world import World, build, channel, establish, stop
@@ -17,29 +13,7 @@ from mirror_world import World, build, channel, establish, stop
 from remcopy.controller.process import ControllerProcess
 from remcopy.states import CopyMode, PairState
 from suspend_at import suspend_soon
-
-
-@asynccontextmanager
-async def syscalls(proc: ControllerProcess, out: Path) -> AsyncIterator[list[str]]:
-    """Trace fdatasync and msync in every thread of the controller while the body runs; the
-    list holds the traced lines once the body is done."""
-    assert proc.process is not None
-    strace = await asyncio.create_subprocess_exec(
-        "strace", "-f", "-y", "-e", "trace=fdatasync,fsync,msync",
-        "-p", str(proc.process.pid), "-o", str(out),
-        stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert strace.stderr is not None
-    lines: list[str] = []
-    try:
-        # strace says "Process N attached" (with its threads) once it traces them all.
-        attached = await strace.stderr.readline()
-        assert b"attached" in attached, attached
-        yield lines
-    finally:
-        strace.send_signal(signal.SIGINT)  # detaches from the controller, which goes on
-        await strace.wait()
-        lines.extend((await asyncio.to_thread(out.read_text)).splitlines())
+from syscalls import syscalls
 
 
 def _count(lines: list[str], call: str, path: str) -> int:

@@ -87,6 +87,8 @@ def assert_rows_match(doc: dict, known: dict[str, DeviceStatus]) -> None:  # typ
         assert row["fence"] == p.fence.value
         assert row["consistency_group"] == p.consistency_group
         assert row["lag_bytes"] == p.lag_bytes
+        assert row["primary"]["journal_bytes"] == p.journal_bytes
+        assert row["secondary"]["journal_bytes"] == s.journal_bytes
         assert row["changed_tracks"] == p.dirty_tracks
         assert row["tracks"] == p.tracks
         assert row["copy_left_tracks"] == p.copy_left_tracks

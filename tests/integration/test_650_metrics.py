@@ -113,7 +113,11 @@ async def test_metrics_pair_state_and_lag_equal_the_query_answer(world):
         assert q.state is PairState.DUPLEX
         assert one(found, "remcopy_pair_state", **labels, state="DUPLEX", mode="async") == 1
         assert one(found, "remcopy_pair_lag_bytes", **labels) == q.lag_bytes
+        assert one(found, "remcopy_pair_journal_bytes", **labels) == q.journal_bytes
         assert q.lag_bytes == written.get(device, 0) * len(WRITE)
+        assert (
+            q.journal_bytes == q.lag_bytes
+        )  # an async pair: every unconfirmed update is journaled
         assert one(found, "remcopy_pair_changed_tracks", **labels) == q.dirty_tracks
         lag_s = one(found, "remcopy_pair_lag_seconds", **labels)
         assert q.lag_ns / 1e9 <= lag_s <= last[device].lag_ns / 1e9

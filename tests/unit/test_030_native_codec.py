@@ -322,10 +322,12 @@ STATUS = DeviceStatus(
     changed_at_ns=1_700_000_000_123_456_789,
     change_cause="suspend",
     consistency_time_ns=1_700_000_000_000_000_001,
+    journal_bytes=196_608,
 )
 # The fields every version had, then fence, consistency group, tracks, when the state last
-# changed, the async consistency time C and the length of its cause, then the cause.
-NO_MORE_STATUS = struct.pack("!BBQQQB", 0, 0, 0, 0, 0, 0)
+# changed, the async consistency time C, the journal bytes and the length of its cause, then
+# the cause.
+NO_MORE_STATUS = struct.pack("!BBQQQQB", 0, 0, 0, 0, 0, 0, 0)
 STATUS_BYTES = (
     struct.pack(
         "!HHBBBBQQQQIHQ",
@@ -343,7 +345,9 @@ STATUS_BYTES = (
         0x0A40,
         37,
     )
-    + struct.pack("!BBQQQB", 1, 1, 1024, 1_700_000_000_123_456_789, 1_700_000_000_000_000_001, 7)
+    + struct.pack(
+        "!BBQQQQB", 1, 1, 1024, 1_700_000_000_123_456_789, 1_700_000_000_000_000_001, 196_608, 7
+    )
     + b"suspend"
 )
 STATE_EVENT = Event(

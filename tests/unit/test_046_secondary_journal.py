@@ -2,10 +2,12 @@
 # restart finds in it decides what is written again and what still waits for C.
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 from pathlib import Path
 
-from remcopy.controller.sjournal import SecondaryJournal, Waiting
+from remcopy.controller.sjournal import JournalSyncer, SecondaryJournal, Waiting, tail_records
 
 
 def _update(seq: int, device: int, stamp: int, data: bytes = b"x" * 8) -> Waiting:
@@ -61,3 +63,82 @@ def test_compaction_keeps_c_and_what_still_waits(tmp_path: Path) -> None:
     replayed = SecondaryJournal(path).replay()
     assert replayed.applied_ns == 250
     assert [(w.seq, w.data) for w in replayed.waiting] == [(7, b"z" * 16), (8, b"x" * 8)]
+
+
+class _HeldSyncer(JournalSyncer):
+    """A JournalSyncer whose first fdatasync waits until the test releases it (threading
+    events: it runs on the writer thread)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.synced: list[list[str]] = []
+
+    def _write(self, items: list[SecondaryJournal]) -> None:
+        if not self.synced:
+            self.entered.set()
+            assert self.release.wait(timeout=60)
+        self.synced.append([j.path.name for j in items])
+        super()._write(items)
+
+
+async def test_journal_syncs_queued_during_one_share_the_next_and_exclusive_waits(
+    tmp_path: Path,
+) -> None:
+    """Journals queued while one fdatasync runs share the next; `exclusive` (a compaction)
+    waits for the running fdatasync and holds the next until it is done."""
+    a = SecondaryJournal(tmp_path / "a.jnl")
+    b = SecondaryJournal(tmp_path / "b.jnl")
+    syncer = _HeldSyncer()
+    async with asyncio.TaskGroup() as tasks:
+        running = tasks.create_task(syncer.run())
+        await asyncio.sleep(0)  # the writer task runs: submissions now queue
+        a.append(_update(1, 0x0A00, 100))
+        first = syncer.submit_item(a)
+        assert first is not None
+        await asyncio.to_thread(syncer.entered.wait)
+        later = []
+        for seq in range(2, 12):
+            journal = a if seq % 2 else b
+            journal.append(_update(seq, 0x0A00, 100 + seq))
+            later.append(syncer.submit_item(journal))
+        assert syncer.last is later[-1] and not first.done()
+        held = tasks.create_task(_hold(syncer))
+        await asyncio.sleep(0)
+        assert not held.done()  # the fdatasync of `a` still runs
+        syncer.release.set()
+        await held  # it ran after the first batch, before the second
+        await asyncio.gather(*[f for f in later if f is not None])
+        running.cancel()
+    assert syncer.synced == [
+        ["a.jnl"],
+        ["b.jnl", "a.jnl", "b.jnl", "a.jnl", "b.jnl", "a.jnl", "b.jnl", "a.jnl", "b.jnl", "a.jnl"],
+    ]
+    assert (syncer.figures.commits, syncer.figures.transactions) == (11, 2)
+    assert syncer.last is None
+
+
+async def _hold(syncer: JournalSyncer) -> None:
+    async with syncer.exclusive():
+        assert syncer.figures.transactions == 1  # the first batch is done, the second waits
+
+
+def test_a_compaction_written_meanwhile_keeps_what_happened_during_it(tmp_path: Path) -> None:
+    """The new file is prepared from a snapshot; the tail adds the drops, the updates that
+    arrived meanwhile and C as it is now: a replay of the installed file sees all of it."""
+    journal = SecondaryJournal(tmp_path / "g.jnl")
+    snapshot = [_update(2, 0x0A01, 160), _update(1, 0x0A00, 140)]
+    for w in sorted(snapshot, key=lambda w: w.seq):
+        journal.append(w)
+    prepared = journal.prepare_compaction(130, snapshot)
+    late = _update(3, 0x0A01, 170)
+    journal.append(late)  # meanwhile, to the old file
+    journal.drop(0x0A00)
+    journal.install_compaction(prepared, tail_records([0x0A00], [late], 150))
+    journal.append(_update(4, 0x0A01, 180))  # after: to the new file
+    journal.close()
+    replayed = SecondaryJournal(tmp_path / "g.jnl").replay()
+    assert replayed.applied_ns == 150
+    assert [w.seq for w in replayed.waiting] == [2, 3, 4]  # 1's device was dropped
+    assert replayed.next_seq == 5

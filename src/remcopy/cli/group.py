@@ -22,6 +22,7 @@ from remcopy.wire.native import PairOp
 if TYPE_CHECKING:
     from remcopy.catalog import Catalog
     from remcopy.cli.common import CopyProgress
+    from remcopy.groups.asyncstatus import AsyncTotals
     from remcopy.groups.operations import GroupReport
     from remcopy.groups.progress import ProgressCallback
     from remcopy.groups.wait import WaitReport
@@ -548,11 +549,11 @@ def group_status_command(
     from remcopy import aio
     from remcopy.cli.common import open_catalog
     from remcopy.cli.output import emit_json, say, table
-    from remcopy.groups.service import group_status
+    from remcopy.groups.service import group_status_totals
 
     with open_catalog(catalog_location) as catalog:
         direction = "reversed" if catalog.group_one(name).reversed else "defined"
-        statuses = aio.run(group_status(catalog, name, host_name, reverse=reverse))
+        statuses, totals = aio.run(group_status_totals(catalog, name, host_name, reverse=reverse))
     counts: dict[str, int] = {}
     read_at = {"primary": 0, "secondary": 0, "unknown": 0}
     for s in statuses:
@@ -575,6 +576,7 @@ def group_status_command(
         "lag_bytes": sum(s.lag_bytes for s in statuses),
         "lag_s": max((s.lag_ns for s in statuses), default=0) / 1e9,
         "dirty_tracks": sum(s.dirty_tracks for s in statuses),
+        "async": None if totals is None else totals.to_json(),
         "suspend_at_ns": suspended_at[-1] if suspended_at else None,
         "armed": [{"at_ns": at, "pairs": n} for at, n in sorted(armed.items())],
         "not_expected": [
@@ -602,6 +604,8 @@ def group_status_command(
             + f"; lag {doc['lag_bytes']} bytes, {doc['lag_s']:.3f} s at most; "
             f"{doc['dirty_tracks']} changed tracks"
         )
+        if totals is not None:
+            say(_async_line(totals))
         for at, n in sorted(armed.items()):
             say(f"suspend armed at {_when(at)} on {n} pairs (`group suspend --cancel` disarms)")
         if read_at["secondary"]:
@@ -621,6 +625,24 @@ def group_status_command(
             )
     if odd:
         raise GroupOperationFailed(f"group {name}: {len(odd)} pairs not as expected")
+
+
+def _async_line(totals: AsyncTotals) -> str:
+    """`group status`'s line for the async pairs: journal bytes at both ends, C and RPO."""
+
+    def known(value: int | None) -> str:
+        return "not read" if value is None else f"{value} bytes"
+
+    line = (
+        f"async: {totals.pairs} pairs; journal at the primaries "
+        f"{known(totals.primary_journal_bytes)}, at the secondaries "
+        f"{known(totals.secondary_journal_bytes)}"
+    )
+    if totals.consistency_ns is not None:
+        line += f"; consistent at {_when(totals.consistency_ns)}, RPO {totals.rpo_s:.3f} s"
+    if totals.not_read:
+        line += f"; {len(totals.not_read)} ends not read: " + "; ".join(totals.not_read[:3])
+    return line
 
 
 class WaitTimedOut(RemcopyError):

@@ -27,8 +27,17 @@
 # - Moving C: C is written to the journal, then the updates stamped < C are written to the
 #   volumes in stamp order. A restart replays the journal: what is below the last C is
 #   written again in the same order (same bytes), C never goes back (kill -9: the file's
-#   page cache survives). The journal is fdatasync'd every watermark_interval_s, off the
-#   event loop (a group commit): power loss can take back what arrived since.
+#   page cache survives).
+# - Durability: an update batch is acknowledged to its primary only once its journal records
+#   are fdatasync'd (JournalSyncer, on a writer thread, batches arriving meanwhile sharing
+#   the next fdatasync), and a link's watermark counts here only once the updates before it
+#   are durable: what C covers at any secondary of the group survives a power loss of this
+#   one. A new C is synced with the next group commit (power loss may take back the last
+#   one or two, never below what the journal holds). Compaction forgets only updates that
+#   are on disk in the volumes: it fdatasyncs the group's volumes first, and the rewritten
+#   file keeps, besides what waits, every update C passed since that fdatasync began. The
+#   new file is written off the loop; what happens meanwhile is appended to it before it
+#   replaces the old one (sjournal.tail_records).
 # - Leaving DUPLEX (suspend at T, a resume after an error, terminate) first writes every
 #   update of the device still waiting: the primary has drained what is stamped < T and
 #   stopped mirroring, so the device is at T (C = T for a suspend).
@@ -52,7 +61,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from remcopy.controller import statefile
-from remcopy.controller.sjournal import COMPACT_SLACK_BYTES, SecondaryJournal, Waiting
+from remcopy.controller.sjournal import (
+    COMPACT_SLACK_BYTES,
+    JournalSyncer,
+    SecondaryJournal,
+    Waiting,
+    tail_records,
+)
 from remcopy.errors import InputError, RemcopyError
 from remcopy.events import EventKind
 from remcopy.states import CopyMode, PairRole, PairState
@@ -62,10 +77,13 @@ from remcopy.wire.native import PairOp, PairOpReply, PairOpRequest
 if TYPE_CHECKING:
     from remcopy.controller.core import Controller, Device
     from remcopy.controller.replication import DeviceRun, Replicator
+    from remcopy.controller.volume import Volume
 
 log = logging.getLogger("remcopy.replication")
 
 GROUPS_FILE: Final = "async_groups.json"
+# With nothing waiting, the journal is rewritten (to one C record) past this size.
+COMPACT_EMPTY_BYTES: Final = 1024 * 1024
 # Settling a device writes everything of it still waiting, whatever its stamp.
 UNBOUNDED_NS: Final = (1 << 63) - 1
 
@@ -88,6 +106,37 @@ class AsyncGroup:
     live_bytes: int = 0
     rpo_over: bool = False
     """Whether the last `rpo` event said the RPO is over rpo_alert_s."""
+    held_bytes: dict[int, int] = field(default_factory=dict)
+    """Per device: the bytes of its updates waiting here (QUERY journal_bytes)."""
+    since_flush: list[Waiting] | None = None
+    """While a compaction runs: the updates C passed since it began (they may not be on
+    disk in the volumes yet, so the rewritten journal keeps them)."""
+    dropped_since: list[int] | None = None
+    """While a compaction runs: the devices whose updates were dropped (settled) since."""
+
+    def drop(self, device: int) -> None:
+        self.journal.drop(device)
+        if self.dropped_since is not None:
+            self.dropped_since.append(device)
+
+    def hold(self, w: Waiting) -> None:
+        self.waiting.append(w)
+        self.live_bytes += len(w.data)
+        self.held_bytes[w.device] = self.held_bytes.get(w.device, 0) + len(w.data)
+
+    def release(self, gone: list[Waiting]) -> None:
+        """Forget these waiting updates (written, or dropped at a recover)."""
+        if not gone:
+            return
+        ids = {id(w) for w in gone}
+        self.waiting = [w for w in self.waiting if id(w) not in ids]
+        for w in gone:
+            self.live_bytes -= len(w.data)
+            left = self.held_bytes[w.device] - len(w.data)
+            if left:
+                self.held_bytes[w.device] = left
+            else:
+                del self.held_bytes[w.device]
 
 
 class Consistency:
@@ -100,7 +149,13 @@ class Consistency:
         self.watermarks: dict[int, int] = {}
         """The latest W each primary controller sent on its link to here."""
         self.groups: dict[str, AsyncGroup] = {}
-        for key in ("async_cuts", "async_updates_waited", "async_late_updates"):
+        self.syncer = JournalSyncer()
+        for key in (
+            "async_cuts",
+            "async_updates_waited",
+            "async_late_updates",
+            "async_compactions",
+        ):
             self.controller.counters.setdefault(key, 0)
         document = statefile.read(self.controller.data_dir / GROUPS_FILE) or {}
         for name, secondaries in sorted(document.items()):
@@ -121,8 +176,9 @@ class Consistency:
             (w for w in replayed.waiting if w.stamp_ns < group.applied_ns),
             key=lambda w: (w.stamp_ns, w.seq),
         )
-        group.waiting = [w for w in replayed.waiting if w.stamp_ns >= group.applied_ns]
-        group.live_bytes = sum(len(w.data) for w in group.waiting)
+        for w in replayed.waiting:
+            if w.stamp_ns >= group.applied_ns:
+                group.hold(w)
         self._write(below)
         if replayed.waiting:
             log.info(
@@ -210,16 +266,43 @@ class Consistency:
             )
             self._write([waiting])
             return
-        group.waiting.append(waiting)
-        group.live_bytes += len(waiting.data)
+        group.hold(waiting)
         self.controller.counters["async_updates_waited"] += 1
+
+    def durable(self, groups: list[AsyncGroup]) -> asyncio.Future[None] | None:
+        """After `arrived` appended to these groups' journals: the future done once all of it
+        is on disk (None: it is already). The primary is told the batch arrived only then."""
+        done = None
+        for group in groups:
+            done = self.syncer.submit_item(group.journal)
+        return done
 
     def watermark(self, source: int, watermark_ns: int) -> native.UpdateAck:
         """Every update from `source` stamped below watermark_ns has arrived (frames are
-        handled in order, so the updates sent before it are journaled already)."""
+        handled in order, so the updates sent before it are journaled already). It counts
+        once they are durable: after the journal syncs queued so far."""
+        pending = self.syncer.last
+        if pending is None:
+            self._raise_watermark(source, watermark_ns)
+        else:
+            pending.add_done_callback(
+                lambda done: (
+                    None
+                    if done.cancelled() or done.exception() is not None
+                    else self._raise_watermark(source, watermark_ns)
+                )
+            )
+        return native.UpdateAck(applied=0)
+
+    def _raise_watermark(self, source: int, watermark_ns: int) -> None:
         if watermark_ns > self.watermarks.get(source, 0):
             self.watermarks[source] = watermark_ns
-        return native.UpdateAck(applied=0)
+
+    def held_bytes(self, run: DeviceRun) -> int:
+        """Bytes of the device's updates held in its group's journal here, waiting for C."""
+        pair = run.device.pair
+        group = self.groups.get(pair.group) if pair.role is PairRole.SECONDARY else None
+        return 0 if group is None else group.held_bytes.get(run.device.key, 0)
 
     def arrived_ns(self, group: AsyncGroup) -> int:
         """Every update of the group stamped below this has arrived here: the least latest W
@@ -276,14 +359,11 @@ class Consistency:
             for group in list(self.groups.values()):
                 arrived = self.arrived_ns(group)
                 self._tell_siblings(group, arrived)
-                self.advance(group, arrived)
+                if self.advance(group, arrived):
+                    self.syncer.submit_item(group.journal)  # the new C, with the next commit
                 self._check_rpo(group)
             for group in list(self.groups.values()):
-                if group.journal.size_bytes:
-                    # One fdatasync for everything appended meanwhile (group commit), off the
-                    # event loop; compaction only here, never while a sync runs.
-                    await asyncio.to_thread(group.journal.sync)
-                    self._maybe_compact(group)
+                await self._maybe_compact(group)
 
     def _check_rpo(self, group: AsyncGroup) -> None:
         """An `rpo` event when the group's RPO here (now - C) crosses rpo_alert_s, either
@@ -304,13 +384,15 @@ class Consistency:
             detail={"over": over, "rpo_s": round(rpo_s, 3), "limit_s": limit_s},
         )
 
-    def advance(self, group: AsyncGroup, arrived: int) -> None:
+    def advance(self, group: AsyncGroup, arrived: int) -> bool:
+        """Move C as far as every secondary of the group received; whether it moved."""
         cut = min(
             [arrived, *(group.siblings.get(s, 0) for s in group.secondaries if s != self.serial)]
         )
         if cut <= group.applied_ns:
-            return
+            return False
         self.apply_to(group, cut)
+        return True
 
     @property
     def serial(self) -> int:
@@ -332,10 +414,10 @@ class Consistency:
             due = list(group.waiting)  # PLANTED BUG: updates stamped >= C written too
         if not due:
             return 0
-        done = {id(w) for w in due}
-        group.waiting = [w for w in group.waiting if id(w) not in done]
-        group.live_bytes -= sum(len(w.data) for w in due)
+        group.release(due)
         due.sort(key=lambda w: (w.stamp_ns, w.seq))
+        if group.since_flush is not None and devices is None:
+            group.since_flush.extend(due)
         self._write(due)
         return len(due)
 
@@ -352,11 +434,39 @@ class Consistency:
             "updates_applied", 0
         ) + len(updates)
 
-    def _maybe_compact(self, group: AsyncGroup) -> None:
-        if not group.waiting and group.journal.size_bytes > 64 * 1024:
-            group.journal.compact(group.applied_ns, [])
-        elif group.journal.size_bytes > group.live_bytes + COMPACT_SLACK_BYTES:
-            group.journal.compact(group.applied_ns, group.waiting)
+    async def _maybe_compact(self, group: AsyncGroup) -> None:
+        """Rewrite the journal as C and what still waits, once it holds much more. The
+        updates it forgets were written to the volumes: those are fdatasync'd first (off the
+        loop), and what C passed meanwhile is kept in the new file (written again by a
+        replay, being below C)."""
+        size = group.journal.size_bytes
+        if not (
+            (not group.waiting and size > COMPACT_EMPTY_BYTES)
+            or size > group.live_bytes + COMPACT_SLACK_BYTES
+        ):
+            return
+        group.since_flush, group.dropped_since = [], []
+        try:
+            volumes = [run.device.volume for run in self._runs(group)]
+            await asyncio.to_thread(_flush_all, volumes)
+            async with self.syncer.exclusive():  # no fdatasync of the old file runs meanwhile
+                # The new file is written off the loop; what arrives, moves or is dropped
+                # meanwhile goes to the old file too, and is appended to the new one before
+                # it replaces the old.
+                mark = group.next_seq
+                records = [*group.since_flush, *group.waiting]
+                prepared = await asyncio.to_thread(
+                    group.journal.prepare_compaction, group.applied_ns, records
+                )
+                late = sorted(
+                    (w for w in [*group.since_flush, *group.waiting] if w.seq >= mark),
+                    key=lambda w: w.seq,
+                )
+                tail = tail_records(group.dropped_since, late, group.applied_ns)
+                group.journal.install_compaction(prepared, tail)
+                self.controller.counters["async_compactions"] += 1
+        finally:
+            group.since_flush = group.dropped_since = None
 
     def settle(self, runs: list[DeviceRun]) -> None:
         """These secondaries leave DUPLEX (or a freeze's SUSPENDED): write every update of
@@ -372,7 +482,7 @@ class Consistency:
             group = self.groups[name]
             self.apply_to(group, UNBOUNDED_NS, devices=devices)
             for key in sorted(devices):
-                group.journal.drop(key)
+                group.drop(key)
             group.journal.sync()
 
     # Agreement among the secondaries of a group...
@@ -461,15 +571,18 @@ class Consistency:
                 run = self.rep.runs[w.device]
                 run.changemap.mark(w.offset, _length(w))
                 dropped[w.device] = dropped.get(w.device, 0) + 1
-            gone = {id(w) for w in later}
-            group.waiting = [w for w in group.waiting if id(w) not in gone]
-            group.live_bytes = sum(len(w.data) for w in group.waiting)
+            group.release(later)
             for run in group_runs:
                 run.changemap.flush()
             for key in sorted(devices):
-                group.journal.drop(key)
+                group.drop(key)
             group.journal.sync()
         return dropped
+
+
+def _flush_all(volumes: list[Volume]) -> None:
+    for volume in volumes:
+        volume.flush()
 
 
 def _length(w: Waiting) -> int:

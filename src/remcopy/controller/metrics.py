@@ -200,6 +200,11 @@ _PAIR_GAUGES: Final = (
         "remcopy_pair_lag_seconds",
         "Age of the oldest update not yet confirmed by the peer (0: none waiting).",
     ),
+    (
+        "remcopy_pair_journal_bytes",
+        "Bytes of the device's updates in this controller's journal: an async primary's not "
+        "yet confirmed, or held at a secondary of an async consistency group until C passes.",
+    ),
     ("remcopy_pair_changed_tracks", "Tracks set in the change map."),
     ("remcopy_pair_copy_remaining_tracks", "Tracks the running copy has to send."),
     (
@@ -234,6 +239,7 @@ def _pairs(snap: Snapshot) -> Iterable[Metric]:
         state.add_metric([*labels, s.state.name, s.mode.value if s.mode else ""], 1)
         gauges["remcopy_pair_lag_bytes"].add_metric(labels, s.lag_bytes)
         gauges["remcopy_pair_lag_seconds"].add_metric(labels, s.lag_ns / 1e9)
+        gauges["remcopy_pair_journal_bytes"].add_metric(labels, s.journal_bytes)
         gauges["remcopy_pair_changed_tracks"].add_metric(labels, s.dirty_tracks)
         gauges["remcopy_pair_copy_remaining_tracks"].add_metric(labels, s.copy_left_tracks)
         ratio = s.copy_ratio()

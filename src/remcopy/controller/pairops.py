@@ -50,6 +50,7 @@ from remcopy.wire import native
 from remcopy.wire.native import PairItem, PairOp, PairOpReply, PairOpRequest, PairResult
 
 if TYPE_CHECKING:
+    from remcopy.controller.consistency import AsyncGroup
     from remcopy.controller.replication import DeviceRun, Replicator
 
 log = logging.getLogger("remcopy.replication")
@@ -1010,8 +1011,12 @@ class PairOperations:
 
     # The secondary side: peer operations and updates...
 
-    def apply_updates(self, peer_serial: int, batch: native.UpdateBatch) -> native.UpdateAck:
-        """Write a batch of updates to secondary volumes, all checked before any is written."""
+    def apply_updates(
+        self, peer_serial: int, batch: native.UpdateBatch
+    ) -> tuple[native.UpdateAck, asyncio.Future[None] | None]:
+        """Write a batch of updates to secondary volumes, all checked before any is written.
+        Returns the acknowledgement and, when updates went to a secondary journal (async
+        consistency groups), the future to await before sending it: their fdatasync."""
         targets = []
         for update in batch.updates:
             device = self.rep.controller.device(update.device)
@@ -1033,16 +1038,20 @@ class PairOperations:
             targets.append(device)
         consistency = self.rep.consistency
         waited = 0
+        journaled: list[AsyncGroup] = []
         for device, update in zip(targets, batch.updates, strict=True):
             group = consistency.group_of(device)
             if group is not None:
                 consistency.arrived(group, peer_serial, update)  # waits for C
                 waited += 1
+                if group not in journaled:
+                    journaled.append(group)
                 continue
             if update.flags & native.UPDATE_ZERO:
                 device.volume.zero(update.offset, native.update_length(update))
             else:
                 device.volume.pwrite(update.offset, update.data)
+        durable = consistency.durable(journaled)  # before the watermark below: it waits too
         rep = self.rep
         rep.applied_updates[peer_serial] = rep.applied_updates.get(peer_serial, 0) + len(
             batch.updates
@@ -1055,7 +1064,7 @@ class PairOperations:
             consistency.watermark(peer_serial, batch.updates[-1].timestamp_ns + 1)
         # Those that wait for C count as applied when they are written (consistency.py).
         self.rep.counters["updates_applied"] += len(batch.updates) - waited
-        return native.UpdateAck(applied=len(batch.updates))
+        return native.UpdateAck(applied=len(batch.updates)), durable
 
     def peer_op(self, peer_serial: int, request: PairOpRequest) -> PairOpReply:
         if request.op is PairOp.PEER_FREEZE:

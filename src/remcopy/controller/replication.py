@@ -97,6 +97,8 @@ class DeviceRun:
     shadow_total: int = 0
     bytes_sent: int = 0
     lag_bytes: int = 0
+    journal_bytes: int = 0
+    """The part of lag_bytes in the async journal (updates of an async pair)."""
     pending_since: dict[asyncio.Future[None], int] = field(default_factory=dict)
     """When each unconfirmed update was pushed: the async lag in time is the oldest."""
     frozen_at_ns: int = 0
@@ -204,6 +206,8 @@ class Replicator:
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
+                # The secondary journals' fdatasyncs leave the loop from here on.
+                tasks.create_task(self.consistency.syncer.run(), name="secondary journal sync")
                 tasks.create_task(self._guarded(self._start(), "restart recovery"))
                 await asyncio.Event().wait()
         except BaseExceptionGroup as group:
@@ -786,12 +790,14 @@ class Replicator:
     ) -> None:
         run.in_flight.add(confirmed)
         run.lag_bytes += length
+        run.journal_bytes += length if journaled else 0
         run.pending_since[confirmed] = time.time_ns()
 
         def done(future: asyncio.Future[None]) -> None:
             run.lag_bytes -= length
             run.pending_since.pop(future, None)
             if journaled:
+                run.journal_bytes -= length
                 link.journal.settled()
 
             self._update_done(run, offset, length, future)
@@ -1041,6 +1047,7 @@ class Replicator:
                     flags=int(run.shadow_running) | (int(run.held is not None) << 1),
                     copy_left_tracks=self._copy_left(run),
                     consistency_time_ns=self.consistency.consistency_ns(run),
+                    journal_bytes=run.journal_bytes or self.consistency.held_bytes(run),
                 )
             )
         return out
@@ -1076,7 +1083,9 @@ class Replicator:
     def peer_op(self, peer_serial: int, request: PairOpRequest) -> PairOpReply:
         return self.ops.peer_op(peer_serial, request)
 
-    def apply_updates(self, peer_serial: int, batch: native.UpdateBatch) -> native.UpdateAck:
+    def apply_updates(
+        self, peer_serial: int, batch: native.UpdateBatch
+    ) -> tuple[native.UpdateAck, asyncio.Future[None] | None]:
         return self.ops.apply_updates(peer_serial, batch)
 
     def watermark(self, peer_serial: int, msg: native.Watermark) -> native.UpdateAck:

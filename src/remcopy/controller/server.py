@@ -932,9 +932,11 @@ class ControllerServer:
                         raise DeviceNotAllowed(
                             f"{grant.name}: only peer controllers send replication updates"
                         )
-                    reply = replace(
-                        self.replicator.apply_updates(grant.serial, msg), request_id=rid
-                    )
+                    ack, durable = self.replicator.apply_updates(grant.serial, msg)
+                    reply = replace(ack, request_id=rid)
+                    if durable is not None:
+                        # Journaled at the secondary: told only once it is on disk.
+                        return _after(asyncio.shield(durable), reply)
                 case native.Watermark():
                     if not grant.is_peer:
                         raise DeviceNotAllowed(

@@ -20,9 +20,15 @@
 # Compaction rewrites the file to one `C` record and the updates still waiting (write to a
 # temporary file, fsync, rename): the file holds only what a restart needs.
 #
+# Durability: an update batch is acknowledged to its primary only once its records are on
+# disk (fdatasync): the primary then forgets them, and a power loss here must not take back an
+# update that C may already cover at a sibling secondary. `JournalSyncer` does the fdatasyncs
+# on one writer thread with group commit (groupcommit.py, the same shape as the pair-state
+# commits): batches that arrive while one fdatasync runs share the next.
+#
 # Rules this module keeps:
-# - `append` returns once the record is in the file (page cache: it survives kill -9; `sync`,
-#   every watermark interval, makes it survive power loss).
+# - `append` returns once the record is in the file (page cache: it survives kill -9); the
+#   syncer's future for it is done once it survives power loss.
 # - Replay is pure reading: what waits, and the last C.
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ from pathlib import Path
 from typing import Final
 
 from remcopy.controller import atrest
+from remcopy.controller.groupcommit import GroupCommit
 from remcopy.controller.journal import open_append
 from remcopy.errors import VolumeIOError
 
@@ -169,8 +176,24 @@ class SecondaryJournal:
                 f"secondary journal {self.path}: fdatasync failed: {exc.strerror}"
             ) from exc
 
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
     def compact(self, applied_ns: int, waiting: list[Waiting]) -> None:
         """Rewrite the file as C and the updates still waiting (crash: old or new file)."""
+        self.install_compaction(self.prepare_compaction(applied_ns, waiting), b"")
+
+    # Compaction in two steps, so the bulk of it runs off the event loop: `prepare` writes
+    # and fsyncs the new file (any thread; it touches nothing of this object's), then
+    # `install`, on the loop, appends what changed meanwhile (`tail`), makes it durable and
+    # puts the new file in place of the old.
+
+    def prepare_compaction(self, applied_ns: int, waiting: list[Waiting]) -> tuple[Path, int]:
+        """The new file (C, then `waiting` in arrival order: a replay numbers what arrives
+        next after the last), written and fsync'd under a temporary name."""
+        waiting = sorted(waiting, key=lambda w: w.seq)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
             fd = atrest.open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
@@ -180,6 +203,23 @@ class SecondaryJournal:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        except OSError as exc:
+            raise VolumeIOError(
+                f"secondary journal {self.path}: compaction failed: {exc.strerror}"
+            ) from exc
+        return tmp, len(data)
+
+    def install_compaction(self, prepared: tuple[Path, int], tail: bytes) -> None:
+        """Append `tail` to the prepared file, fdatasync it, and put it in place."""
+        tmp, size = prepared
+        try:
+            if tail:
+                fd = os.open(tmp, os.O_WRONLY | os.O_APPEND)
+                try:
+                    os.write(fd, tail)
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
             os.replace(tmp, self.path)
             dir_fd = os.open(self.path.parent, os.O_RDONLY)
             try:
@@ -192,9 +232,32 @@ class SecondaryJournal:
             raise VolumeIOError(
                 f"secondary journal {self.path}: compaction failed: {exc.strerror}"
             ) from exc
-        self.size_bytes = len(data)
+        self.size_bytes = size + len(tail)
 
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+
+def tail_records(dropped: list[int], late: list[Waiting], applied_ns: int) -> bytes:
+    """What a compaction appends for what happened while its file was written: the drops
+    first (they forget the snapshot's updates of those devices), the updates that arrived
+    meanwhile, and C as it is now."""
+    return b"".join(
+        [
+            *(_DROP.pack(b"D", device) for device in dropped),
+            *(w.record() for w in late),
+            _CUT.pack(b"C", applied_ns),
+        ]
+    )
+
+
+class JournalSyncer(GroupCommit[SecondaryJournal]):
+    """fdatasync of the secondary journals, off the event loop, many batches per call:
+    `submit_item(journal)` after appending; its future is done once what was appended to that
+    journal before the call is on disk."""
+
+    thread_name = "sjournal"
+
+    def _write(self, items: list[SecondaryJournal]) -> None:
+        synced: set[int] = set()
+        for journal in items:
+            if id(journal) not in synced:
+                synced.add(id(journal))
+                journal.sync()

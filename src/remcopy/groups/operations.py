@@ -678,6 +678,12 @@ class PairStatus:
     lag_bytes: int = 0
     lag_ns: int = 0
     """Age of the oldest update not yet confirmed by the secondary (0: none waiting)."""
+    journal_bytes: int = 0
+    """The journal bytes of the end read (DeviceStatus.journal_bytes)."""
+    mode: CopyMode | None = None
+    consistency_group: bool = False
+    consistency_time_ns: int = 0
+    """The C the end read keeps (a secondary of an async consistency group); 0 when none."""
     error: str = ""
     """Why the end read first (the primary) could not be read; for an UNKNOWN state, why
     neither end could."""
@@ -756,6 +762,10 @@ def _from_device(pair: GroupPair, device: DeviceStatus, side: str, error: str = 
         dirty_tracks=device.dirty_tracks,
         lag_bytes=device.lag_bytes,
         lag_ns=device.lag_ns,
+        journal_bytes=device.journal_bytes,
+        mode=device.mode,
+        consistency_group=device.consistency_group,
+        consistency_time_ns=device.consistency_time_ns,
         error=error,
     )
 

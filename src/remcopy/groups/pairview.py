@@ -12,6 +12,9 @@
 # - The copy's figures (lag, changed tracks, copy progress, the last change) come from the
 #   pair's primary, which runs the copy; when it cannot be read, from the secondary, and the
 #   row says which end answered.
+# - Journal bytes are each end's own: at an async primary, written there and not yet confirmed
+#   by the secondary; at a secondary of an async consistency group, arrived and held until C
+#   passes their stamp (DeviceStatus.journal_bytes). An end not read has None.
 # - Consistency time C and RPO (now - C) are shown only where the controllers' answers fix
 #   them: a SUSPENDED pair (C = its suspend time T), a sync pair in DUPLEX (C = the read time:
 #   the secondary holds every acknowledged write) or SUSPENDED_ERROR (C = the time of the error).
@@ -55,6 +58,7 @@ class PairEnd:
             "address": str(self.address),
             "state": None if s is None else s.state.name,
             "role": None if s is None else s.role.value,
+            "journal_bytes": None if s is None else s.journal_bytes,
             "error": self.error,
         }
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from remcopy.catalog import Catalog, GroupMapRow, Pair
+from remcopy.groups.asyncstatus import AsyncTotals, async_totals
 from remcopy.groups.definition import (
     GroupDefinition,
     MapIndex,
@@ -300,6 +301,16 @@ async def group_status(
     group = group_for_host(catalog, name, host)
     async with HostSession(host_definition(catalog, host)) as session:
         return await status(session, group, first="secondary" if reverse else "primary")
+
+
+async def group_status_totals(
+    catalog: Catalog, name: str, host: str, *, reverse: bool = False
+) -> tuple[list[PairStatus], AsyncTotals | None]:
+    """group_status, and for the async pairs both ends added up (asyncstatus.py)."""
+    group = group_for_host(catalog, name, host)
+    async with HostSession(host_definition(catalog, host)) as session:
+        statuses = await status(session, group, first="secondary" if reverse else "primary")
+        return statuses, await async_totals(session, group, statuses)
 
 
 def _stored_keys(catalog: Catalog, name: str) -> list[tuple[PairKey, PairKey]]:

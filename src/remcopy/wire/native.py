@@ -107,9 +107,9 @@ _IDENTITY = struct.Struct("!HHHIQIBB6s")
 # device, status, state, role, mode, flags, suspend_at_ns, dirty_tracks, lag_bytes, lag_ns,
 # peer serial, peer device, copy_left_tracks (the record as earlier versions sent it, 54
 # bytes), then fence, consistency group, the volume's tracks, when the state last changed, and
-# the async consistency time C, and the length of the cause that follows (UTF-8, at most
-# _CAUSE_SIZE_MAX_BYTES).
-_DEVICE_STATUS = struct.Struct("!HHBBBBQQQQIHQBBQQQB")
+# the async consistency time C, the device's journal bytes, and the length of the cause that
+# follows (UTF-8, at most _CAUSE_SIZE_MAX_BYTES).
+_DEVICE_STATUS = struct.Struct("!HHBBBBQQQQIHQBBQQQQB")
 _CAUSE_SIZE_MAX_BYTES: Final = 255
 
 _PAIR_ITEM = struct.Struct("!HIHBBBQ")  # device, peer serial, peer device, mode, fence, cg, size
@@ -331,6 +331,10 @@ class DeviceStatus:
     consistency_time_ns: int = 0
     """Async consistency group: the consistency time C the secondary site is a cut at (every
     update stamped < C applied at every secondary of the group, none later); 0 when none."""
+    journal_bytes: int = 0
+    """Bytes of this device's updates in this controller's journal: at an async primary, those
+    written here and not yet confirmed by the secondary; at a secondary of an async
+    consistency group, those arrived and held (durable) until C passes their stamp; else 0."""
 
     def consistent_as_of(self, read_at_ns: int) -> int | None:
         """The time this end's pair is known consistent as of, from this answer read at
@@ -823,6 +827,7 @@ def _pack_device_status(s: DeviceStatus) -> bytes:
             s.tracks,
             s.changed_at_ns,
             s.consistency_time_ns,
+            s.journal_bytes,
             len(cause),
         )
         + cause
@@ -839,7 +844,7 @@ def _decode_query_reply(rid: int, flags: int, body: memoryview) -> Message:
             raise RemoteProtocolError("device status record cut short")
         (
             d, st, state, role, mode, fl, at, dirty, lag_b, lag_ns, ps, pd, left,
-            fence, cg, tracks, changed_ns, cons, cause_len,
+            fence, cg, tracks, changed_ns, cons, journal, cause_len,
         ) = unpack(body, offset)  # fmt: skip
         offset += fixed
         if end - offset < cause_len:
@@ -867,6 +872,7 @@ def _decode_query_reply(rid: int, flags: int, body: memoryview) -> Message:
                 changed_at_ns=changed_ns,
                 change_cause=cause,
                 consistency_time_ns=cons,
+                journal_bytes=journal,
             )
         )
     return QueryReply(request_id=rid, statuses=tuple(statuses))
