@@ -79,6 +79,8 @@ class PeerLink:
         self.watermarks_sent = 0
         self.heartbeat_lost = False
         """The last failure was a heartbeat not answered in time."""
+        self._answered_ns = 0
+        """time.monotonic_ns() of the last answer on this link (a batch, heartbeat or W)."""
 
     def __repr__(self) -> str:
         return (
@@ -177,8 +179,23 @@ class PeerLink:
                 lambda r, fs=futures, t=timer: self._acked(r, fs, t)  # type: ignore[misc]
             )
 
+    def _answered(self) -> None:
+        self._answered_ns = time.monotonic_ns()
+
+    def _rearm(self, timeout_s: float, again: Callable[[], None]) -> bool:
+        """A request unanswered after timeout_s while the peer answered others within the
+        last timeout_s waits on: it is queued behind a backlog that drains (a deep async
+        backlog on a slow link), not lost. True when rearmed for the rest of that time."""
+        left_s = timeout_s - (time.monotonic_ns() - self._answered_ns) / 1e9
+        if self._answered_ns == 0 or left_s <= 0:
+            return False
+        asyncio.get_running_loop().call_later(left_s, again)
+        return True
+
     def _check_timeout(self, reply: asyncio.Future[native.Message]) -> None:
-        if not reply.done():
+        if not reply.done() and not self._rearm(
+            self.ack_timeout_s, lambda: self._check_timeout(reply)
+        ):
             reply.set_exception(
                 BrokenResourceError(
                     f"replication link to {self.peer.name}: no confirmation within "
@@ -204,6 +221,7 @@ class PeerLink:
                 f"{self.peer.name} answered an update batch with {type(reply.result()).__name__}"
             )
         if exc is None:
+            self._answered()
             for f in futures:
                 if not f.done():
                     f.set_result(None)
@@ -242,7 +260,7 @@ class PeerLink:
         sent_ns = time.perf_counter_ns()
 
         def expired() -> None:
-            if not reply.done():
+            if not reply.done() and not self._rearm(timeout_s, expired):
                 self.heartbeat_lost = self.broken is None
                 reply.set_exception(
                     BrokenResourceError(
@@ -263,6 +281,7 @@ class PeerLink:
                     else BrokenResourceError(f"replication link to {self.peer.name} was closed")
                 )
             else:
+                self._answered()
                 self.heartbeat_rtt_ns = time.perf_counter_ns() - sent_ns
 
         reply.add_done_callback(answered)
@@ -291,6 +310,8 @@ class PeerLink:
                 self.mark_broken(
                     err if isinstance(err, RemcopyError) else BrokenResourceError(str(err))
                 )
+            else:
+                self._answered()
 
         reply.add_done_callback(answered)
 
