@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -58,6 +59,11 @@ _VOLSER_CHARS: Final = frozenset(string.ascii_letters + string.digits + "@#$")
 _HARDWARE_ADDRESS_RE: Final = re.compile(
     r"([1-9][0-9]{4,5}):([0-9A-Fa-f]{4}):([0-9A-Fa-f]{2}):([0-9A-Fa-f]{2})"
 )
+# `HardwareAddress.parse_many`: the expression above without its last field, and that field's
+# every accepted spelling with its value (both cases: 22 x 22 entries).
+_PREFIX_RE: Final = re.compile(r"([1-9][0-9]{4,5}):([0-9A-Fa-f]{4}):([0-9A-Fa-f]{2})")
+_HEX_DIGITS: Final = string.digits + "abcdefABCDEF"
+_HEX2_VALUES: Final = {a + b: int(a + b, 16) for a in _HEX_DIGITS for b in _HEX_DIGITS}
 
 
 def _show(text: str) -> str:
@@ -165,6 +171,34 @@ class HardwareAddress:
         )
 
     @classmethod
+    def parse_many(cls, texts: Iterable[object]) -> list[HardwareAddress]:
+        """`[parse(text) for text in texts]`, about three times faster for many addresses
+        of few logical subsystems (a group load from the catalog parses 20,000).
+
+        The devices of one LSS share `SERIAL:SSID:LSS`: that prefix is checked and converted
+        once, and each address costs a split and a table lookup of its CCA. A text whose
+        prefix does not match the prefix expression, or whose CCA is not 2 hex digits, goes
+        through `parse` (whitespace, errors): so exactly what `parse` accepts is accepted,
+        with the same values and the same errors."""
+        prefixes: dict[str, tuple[int, int, int]] = {}
+        out = []
+        for text in texts:
+            if isinstance(text, str) and len(text) <= _TEXT_MAX_CHARS:
+                head, _, tail = text.rpartition(":")
+                cca = _HEX2_VALUES.get(tail)
+                fields = prefixes.get(head)
+                if fields is None and cca is not None:
+                    match = _PREFIX_RE.fullmatch(head)
+                    if match is not None:
+                        serial, ssid, lss = match.groups()
+                        fields = prefixes[head] = (int(serial), int(ssid, 16), int(lss, 16))
+                if fields is not None and cca is not None:
+                    out.append(_address(fields[0], fields[1], fields[2], cca))
+                    continue
+            out.append(cls.parse(text))
+        return out
+
+    @classmethod
     def of(cls, *, serial: int, ssid: int, lss: int, cca: int) -> HardwareAddress:
         """Build an address from its four numbers, checking each one's range."""
         return cls(
@@ -186,18 +220,23 @@ class HardwareAddress:
         return f"HardwareAddress.parse({str(self)!r})"
 
 
-_set_field = object.__setattr__
+# The slots' own setters (what object.__setattr__ would find by name).
+_set_serial = HardwareAddress.__dict__["serial"].__set__
+_set_ssid = HardwareAddress.__dict__["ssid"].__set__
+_set_lss = HardwareAddress.__dict__["lss"].__set__
+_set_cca = HardwareAddress.__dict__["cca"].__set__
+_new = object.__new__
 
 
 def _address(serial: int, ssid: int, lss: int, cca: int) -> HardwareAddress:
-    """A HardwareAddress from fields the caller has checked (parse's expression has). Not
+    """A HardwareAddress from fields the caller has checked (parse's expressions have). Not
     through the dataclass __init__: its keyword call and frozen field setting cost as much
     again as the parse, and a 10,000-pair group load parses 20,000 addresses."""
-    address = object.__new__(HardwareAddress)
-    _set_field(address, "serial", serial)
-    _set_field(address, "ssid", ssid)
-    _set_field(address, "lss", lss)
-    _set_field(address, "cca", cca)
+    address: HardwareAddress = _new(HardwareAddress)
+    _set_serial(address, serial)
+    _set_ssid(address, ssid)
+    _set_lss(address, lss)
+    _set_cca(address, cca)
     return address
 
 

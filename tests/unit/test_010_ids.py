@@ -340,3 +340,54 @@ def test_odd_characters_are_refused(parse: object, text: str) -> None:
 def test_unicode_whitespace_around_is_stripped() -> None:
     """Surrounding whitespace of any kind is stripped, as str.strip does."""
     assert DeviceNumber.parse("\u20281a3f\u3000") == DeviceNumber.parse("1A3F")
+
+
+# Many at once ----------------------------------------------------------------------------------
+
+
+def _parsed_or_refusal(text: object) -> object:
+    try:
+        return HardwareAddress.parse(text)
+    except InvalidIdentifier as exc:
+        return ("refused", str(exc), exc.kind, exc.text)
+
+
+@given(
+    st.lists(
+        st.one_of(
+            hardware_addresses.map(str),
+            loose_texts(hardware_addresses).map(lambda case: case[0]),
+            near_valid_texts,
+            st.text(),
+            anything,
+        ),
+        max_size=20,
+    )
+)
+def test_HardwareAddress_parse_many_is_parse_of_each(texts: list[object]) -> None:
+    """parse_many gives what parse gives for each text, in order, and refuses the first text
+    parse refuses with parse's own error (same message, kind and text)."""
+    expected = [_parsed_or_refusal(text) for text in texts]
+    refused = [i for i, value in enumerate(expected) if isinstance(value, tuple)]
+    if not refused:
+        assert HardwareAddress.parse_many(texts) == expected
+        return
+    with pytest.raises(InvalidIdentifier) as caught:
+        HardwareAddress.parse_many(texts)
+    first = expected[refused[0]]
+    assert ("refused", str(caught.value), caught.value.kind, caught.value.text) == first
+
+
+def test_HardwareAddress_parse_many_shares_prefixes_not_values() -> None:
+    """Addresses of one LSS share their prefix's work; each still gets its own value, and a
+    prefix first seen with a bad CCA is not remembered as good."""
+    texts = ["64015:1A00:0A:3f", "64015:1A00:0A:40", "64015:1a00:0a:FF", "64015:1A00:0A:00"]
+    assert HardwareAddress.parse_many(texts) == [HardwareAddress.parse(t) for t in texts]
+    assert [a.cca for a in HardwareAddress.parse_many(texts)] == [0x3F, 0x40, 0xFF, 0x00]
+    with pytest.raises(InvalidIdentifier, match="cca must be 2 hex digits"):
+        HardwareAddress.parse_many(["64015:1A00:0A:3G", "64015:1A00:0A:3F"])
+    with pytest.raises(InvalidIdentifier, match="serial must be"):
+        HardwareAddress.parse_many(["64015:1A00:0A:3F", "06401:1A00:0A:3F"])
+    assert HardwareAddress.parse_many([" 64015:1A00:0A:3F\t"]) == [
+        HardwareAddress.parse("64015:1A00:0A:3F")
+    ]

@@ -391,3 +391,26 @@ def test_Group_reversed_turns_every_pair_and_records_the_direction():
     assert (flipped.secondary, flipped.secondary_controller) == (_P, "a")
     assert flipped.volser == "PAY000"  # the pair keeps its name
     assert turned.reversed() == group == turned.as_defined() == group.as_defined()
+
+
+def test_group_pair_sets_every_field_as_GroupPair_does():
+    """group_pair (the fast positional build) gives a pair equal to the dataclass's own, with
+    every field of GroupPair set: a field added to GroupPair but not to group_pair fails here."""
+    from dataclasses import fields
+
+    from remcopy.groups.model import group_pair
+
+    values = {
+        "volser": "PAY000",
+        "primary": _P,
+        "secondary": _S,
+        "primary_controller": "a",
+        "secondary_controller": "b",
+        "primary_number": 0x1A00,
+        "secondary_number": 0x1B00,
+    }
+    assert [f.name for f in fields(GroupPair)] == list(values)
+    built = group_pair(*values.values())
+    assert built == GroupPair(**values)  # type: ignore[arg-type]
+    assert {f.name: getattr(built, f.name) for f in fields(GroupPair)} == values
+    assert hash(built) == hash(GroupPair(**values))  # type: ignore[arg-type]

@@ -39,7 +39,9 @@ class PostgreSQLBackend:
 
     @staticmethod
     def engine_for(url: URL) -> Engine:
-        return create_engine(url, pool_pre_ping=True)
+        # No hstore: the catalog has no such column, and looking the type up costs every
+        # new connection three more statements.
+        return create_engine(url, pool_pre_ping=True, use_native_hstore=False)
 
     @staticmethod
     def write_begun(conn: Connection) -> None:

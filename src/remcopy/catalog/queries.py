@@ -305,8 +305,18 @@ _groups_counted = select(*_GROUP).outerjoin(
     _pair_counts, _pair_counts.c.group_name == copy_groups.c.name
 )
 
-# group_one: the group :name with its pair count
-GROUP_ONE = _groups_counted.where(copy_groups.c.name == bindparam("name"))
+# group_one: the group :name with its pair count (counted on the (group_name, position) index
+# for this group alone, not aggregated over every group's pairs as groups_all does)
+GROUP_ONE = select(
+    *_fields_of(
+        Group,
+        *(copy_groups.c[name] for name in Group.columns()[:-1]),
+        select(func.count())
+        .where(copy_pairs.c.group_name == copy_groups.c.name)
+        .scalar_subquery()
+        .label("pair_count"),
+    )
+).where(copy_groups.c.name == bindparam("name"))
 # groups_all: every group with its pair count, by name
 GROUPS_ALL = _groups_counted.order_by(copy_groups.c.name)
 # group_exists: 1 if the group :name exists

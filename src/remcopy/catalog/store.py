@@ -51,7 +51,7 @@ from remcopy.catalog.errors import (
     PairConflict,
     ScanNotFound,
 )
-from remcopy.catalog.migrate import stamped_revision, upgrade_to_head
+from remcopy.catalog.migrate import known_head, stamped_revision, upgrade_to_head
 from remcopy.catalog.records import (
     Group,
     GroupMap,
@@ -107,12 +107,15 @@ class Catalog:
                 raise CatalogNotFound(path, why)
         catalog = cls(backend.engine_for(url), backend, url, clock_ns)
         try:
-            if not create:
-                with catalog._reading() as conn:
-                    if stamped_revision(conn) is None:
-                        raise CatalogNotFound(catalog.url, "the database holds no catalog schema")
-            with catalog._writing() as conn:
-                upgrade_to_head(conn)
+            with catalog._reading() as conn:
+                stamped = stamped_revision(conn)
+            if stamped is None and not create:
+                raise CatalogNotFound(catalog.url, "the database holds no catalog schema")
+            if stamped != known_head():
+                # Only a catalog to create or migrate takes the write lock: one at the head is
+                # opened by a read, which never waits behind another process's write.
+                with catalog._writing() as conn:
+                    upgrade_to_head(conn)
         except BaseException:
             catalog.close()
             raise

@@ -42,15 +42,50 @@ class GroupPair:
 
     def reversed(self) -> GroupPair:
         """The same pair with the copy direction reversed (after a failback)."""
-        return GroupPair(
-            volser=self.volser,
-            primary=self.secondary,
-            secondary=self.primary,
-            primary_controller=self.secondary_controller,
-            secondary_controller=self.primary_controller,
-            primary_number=self.secondary_number,
-            secondary_number=self.primary_number,
+        return group_pair(
+            self.volser,
+            self.secondary,
+            self.primary,
+            self.secondary_controller,
+            self.primary_controller,
+            self.secondary_number,
+            self.primary_number,
         )
+
+
+# The slots' own setters, for group_pair.
+_set_volser = GroupPair.__dict__["volser"].__set__
+_set_primary = GroupPair.__dict__["primary"].__set__
+_set_secondary = GroupPair.__dict__["secondary"].__set__
+_set_primary_controller = GroupPair.__dict__["primary_controller"].__set__
+_set_secondary_controller = GroupPair.__dict__["secondary_controller"].__set__
+_set_primary_number = GroupPair.__dict__["primary_number"].__set__
+_set_secondary_number = GroupPair.__dict__["secondary_number"].__set__
+_new = object.__new__
+
+
+def group_pair(
+    volser: str,
+    primary: HardwareAddress,
+    secondary: HardwareAddress,
+    primary_controller: str,
+    secondary_controller: str,
+    primary_number: int | None,
+    secondary_number: int | None,
+) -> GroupPair:
+    """`GroupPair(...)` with every field given, by position, in a third of the time: not
+    through the dataclass __init__, whose keyword call and frozen field setting cost ~1 µs a
+    pair (a group load from the catalog builds 10,000). Every field must be set here
+    (test_groups_model checks it against `dataclasses.fields(GroupPair)`)."""
+    pair: GroupPair = _new(GroupPair)
+    _set_volser(pair, volser)
+    _set_primary(pair, primary)
+    _set_secondary(pair, secondary)
+    _set_primary_controller(pair, primary_controller)
+    _set_secondary_controller(pair, secondary_controller)
+    _set_primary_number(pair, primary_number)
+    _set_secondary_number(pair, secondary_number)
+    return pair
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -24,7 +24,7 @@ from remcopy.groups.definition import (
     resolve,
 )
 from remcopy.groups.load import lookup, unseen
-from remcopy.groups.model import Group, GroupOptions, GroupPair
+from remcopy.groups.model import Group, GroupOptions, GroupPair, group_pair
 from remcopy.groups.operations import (
     ArmedCallback,
     GroupReport,
@@ -116,25 +116,28 @@ def group_for_host(catalog: Catalog, name: str, host: str, *, as_defined: bool =
     secondary (`as_defined`: as the definition has them, whatever the direction)."""
     stored = catalog.group_one(name)
     with _gc_paused():
+        rows = catalog.pairs_as_seen(name, host)
+        primaries = HardwareAddress.parse_many([row[0] for row in rows])
+        secondaries = HardwareAddress.parse_many([row[1] for row in rows])
         pairs = tuple(
-            GroupPair(
-                volser=volser or "",
-                primary=HardwareAddress.parse(primary),
-                secondary=HardwareAddress.parse(secondary),
-                primary_controller=primary_controller or "",
-                secondary_controller=secondary_controller or "",
-                primary_number=None if primary_number is None else int(primary_number, 16),
-                secondary_number=None if secondary_number is None else int(secondary_number, 16),
-            )
-            for (
+            group_pair(
+                volser or "",
                 primary,
                 secondary,
+                primary_controller or "",
+                secondary_controller or "",
+                None if primary_number is None else int(primary_number, 16),
+                None if secondary_number is None else int(secondary_number, 16),
+            )
+            for primary, secondary, (
+                _,
+                _,
                 volser,
                 primary_controller,
                 primary_number,
                 secondary_controller,
                 secondary_number,
-            ) in catalog.pairs_as_seen(name, host)
+            ) in zip(primaries, secondaries, rows, strict=True)
         )
     group = Group(name=name, options=options_from(dict(stored.options)), pairs=pairs)
     return group.reversed() if stored.reversed and not as_defined else group
