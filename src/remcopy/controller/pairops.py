@@ -19,32 +19,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from remcopy import ledger
 from remcopy.controller.core import Device, HostGrant, PairInfo, StatePlan
 from remcopy.controller.freeze import membership
 from remcopy.errors import (
     BrokenResourceError,
-    DeviceBusy,
     IllegalTransition,
     InputError,
     NotOffered,
     RemcopyError,
-    SuspendNotArmed,
-    SuspendTimeInPast,
     WriteProtected,
 )
 from remcopy.events import EventKind
+from remcopy.ledger import Op, OpRequest, PairView
 from remcopy.states import (
-    OPERATION_PERMITTED,
     CopyMode,
     PairAction,
     PairRole,
     PairState,
-    next_state,
 )
 from remcopy.wire import native
 from remcopy.wire.native import PairItem, PairOp, PairOpReply, PairOpRequest, PairResult
@@ -126,15 +124,10 @@ class PairOperations:
         raise InputError(f"pair operation {op.name} is for controllers, not hosts")
 
     def _devices(
-        self,
-        grant: HostGrant,
-        request: PairOpRequest,
-        *,
-        armed_ok: bool = False,
-        join_freeze: bool = False,
+        self, grant: HostGrant, request: PairOpRequest
     ) -> tuple[list[tuple[PairItem, DeviceRun]], list[PairResult]]:
-        """Resolve the items; unknown, not allowed and (unless armed_ok) armed devices are
-        refused here (a suspend may join the freeze that armed a device: `join_freeze`)."""
+        """Resolve the items; devices named twice, unknown or not allowed are refused here
+        (what each may do is the ledger's to decide: `_decide`)."""
         good: list[tuple[PairItem, DeviceRun]] = []
         refused: list[PairResult] = []
         seen: set[int] = set()
@@ -145,19 +138,6 @@ class PairOperations:
                 seen.add(item.device)
                 device = self.rep.controller.device_for_host(grant, item.device)
                 run = self.rep.runs[device.key]
-                armed = device.pair.suspend_at_ns
-                if (
-                    armed
-                    and not armed_ok
-                    and device.pair.role is PairRole.PRIMARY
-                    and device.pair.state in (PairState.DUPLEX, PairState.PENDING)
-                    and not (join_freeze and self.rep.freezer.froze(run))
-                ):
-                    raise DeviceBusy(
-                        f"{device.address}: a suspend is armed for {armed}: other "
-                        "state changes wait until it has passed (or cancel it: "
-                        "remcopy group suspend --cancel)"
-                    )
             except RemcopyError as exc:
                 known = self.rep.controller.devices.get(item.device)
                 refused.append(_refused(item.device, exc, known))
@@ -165,8 +145,28 @@ class PairOperations:
             good.append((item, run))
         return good, refused
 
-    def _check(self, run: DeviceRun, action: PairAction) -> None:
-        next_state(run.device.pair.state, action, device=run.device.label)
+    def _view(self, run: DeviceRun) -> PairView:
+        """The ledger's view of a device's pair (and of its run: shadow copy, freeze, seal)."""
+        pair = run.device.pair
+        return PairView(
+            device=run.device.label,
+            state=pair.state,
+            role=pair.role,
+            armed_at_ns=pair.suspend_at_ns,
+            group=pair.group,
+            shadow_running=run.shadow_running,
+            shadow_done=run.shadow_done,
+            shadow_total=run.shadow_total,
+            frozen=self.rep.freezer.froze(run),
+            sealing=bool(run.sealed_at_ns),
+        )
+
+    def _decide(self, run: DeviceRun, request: OpRequest, now_ns: int = 0) -> ledger.Decision:
+        """The ledger's decision for one device; its refusal is raised."""
+        decision = ledger.decide(self._view(run), request, now_ns, key=run.device.key)
+        if decision.refusal is not None:
+            raise decision.refusal
+        return decision
 
     async def _establish(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
         # A consistency group's name and primary controllers (for the freeze), checked first:
@@ -175,9 +175,10 @@ class PairOperations:
         good, results = self._devices(grant, request)
         by_peer: dict[int, list[tuple[PairItem, DeviceRun]]] = {}
         secondaries: set[tuple[int, int]] = set()
+        decided = OpRequest(op=Op.ESTABLISH)
         for item, run in good:
             try:
-                self._check(run, PairAction.ESTABLISH)
+                self._decide(run, decided)
                 if (item.peer_serial, item.peer_device) in secondaries:
                     raise InputError(
                         f"establish {run.device.address}: secondary "
@@ -274,14 +275,8 @@ class PairOperations:
     async def _suspend(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
         at_ns = request.at_ns
         now = time.time_ns()
-        if at_ns <= now:
-            raise SuspendTimeInPast(
-                f"suspend at {at_ns}: that time has passed on controller "
-                f"{self.rep.controller.name} "
-                f"(now {now}, {(now - at_ns) / 1e6:.3f} ms late): choose a later time or a "
-                "larger margin"
-            )
-        good, results = self._devices(grant, request, join_freeze=True)
+        ledger.suspend_time_check(at_ns, now, controller=self.rep.controller.name)
+        good, results = self._devices(grant, request)
         # Devices a controller freeze armed (or sealed) join it: the whole request is then
         # suspended at the freeze's T when that is still ahead (a freeze's T is earlier).
         joined = [run for _item, run in good if self.rep.freezer.froze(run)]
@@ -290,16 +285,12 @@ class PairOperations:
         if freeze_at_ns and now < freeze_at_ns < at_ns:
             at_ns = freeze_at_ns
         armed: list[DeviceRun] = []
+        decided = OpRequest(op=Op.SUSPEND, at_ns=at_ns)
         for item, run in good:
             if run in joined:
                 continue
             try:
-                self._check(run, PairAction.SUSPEND)
-                if run.device.pair.role is not PairRole.PRIMARY:
-                    raise IllegalTransition(
-                        f"cannot suspend {run.device.address}: it is not "
-                        "the primary of a pair: suspend at the primary"
-                    )
+                self._decide(run, decided)
             except RemcopyError as exc:
                 results.append(_refused(item.device, exc, run.device))
                 continue
@@ -605,10 +596,12 @@ class PairOperations:
         at_ns = request.at_ns
         if at_ns <= 0:
             raise InputError("suspend wait: at_ns must be the suspend time T that was armed")
-        good, results = self._devices(grant, request, armed_ok=True)
+        good, results = self._devices(grant, request)
         runs = [run for _item, run in good]
         seals = self._seals.get(at_ns, [])
-        if any(_armed_for(run, at_ns) for run in runs) or not all(f.done() for f in seals):
+        if any(ledger.armed_for(self._view(run), at_ns) for run in runs) or not all(
+            f.done() for f in seals
+        ):
             # Sealed at T on this controller's clock, and told to the secondaries (a seal
             # commits SUSPENDED before it is done); the host's timeout bounds the wait.
             await asyncio.gather(*(asyncio.shield(f) for f in seals))
@@ -621,45 +614,16 @@ class PairOperations:
     def _suspend_cancel(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
         """Disarm the suspend armed on these devices before its T: the persisted T is
         cleared and the seal at T skips them."""
-        good, results = self._devices(grant, request, armed_ok=True)
+        good, results = self._devices(grant, request)
         now = time.time_ns()
         disarmed: dict[int, int] = {}  # device -> the T it was armed for
+        decided = OpRequest(
+            op=Op.SUSPEND_CANCEL, at_ns=request.at_ns, controller=self.rep.controller.name
+        )
         for item, run in good:
-            pair, address = run.device.pair, run.device.address
+            pair = run.device.pair
             try:
-                if pair.role is PairRole.PRIMARY and pair.state is PairState.SUSPENDED:
-                    raise SuspendTimeInPast(
-                        f"cannot cancel the suspend of {address}: it happened, T "
-                        f"{pair.suspend_at_ns} has passed: the pair is SUSPENDED (resume it "
-                        "to mirror again)"
-                    )
-                if (
-                    pair.role is not PairRole.PRIMARY
-                    or pair.state not in (PairState.DUPLEX, PairState.PENDING)
-                    or not pair.suspend_at_ns
-                ):
-                    raise SuspendNotArmed(
-                        f"cannot cancel the suspend of {address}: none is armed (it is "
-                        f"{pair.state.name}, {pair.role.value}): nothing to cancel"
-                    )
-                if self.rep.freezer.froze(run):
-                    raise DeviceBusy(
-                        f"cannot cancel the suspend of {address}: a freeze of group "
-                        f"{pair.group} armed it at {pair.suspend_at_ns} after a replication "
-                        "error: a freeze is not cancelled (it keeps the secondary site "
-                        "consistent)"
-                    )
-                if request.at_ns and pair.suspend_at_ns != request.at_ns:
-                    raise SuspendNotArmed(
-                        f"cannot cancel the suspend of {address} at {request.at_ns}: it is "
-                        f"armed for {pair.suspend_at_ns}"
-                    )
-                if pair.suspend_at_ns <= now or run.sealed_at_ns:
-                    raise SuspendTimeInPast(
-                        f"cannot cancel the suspend of {address}: T {pair.suspend_at_ns} has "
-                        f"passed on controller {self.rep.controller.name} (now {now}): it is "
-                        "being sealed"
-                    )
+                self._decide(run, decided, now)
             except RemcopyError as exc:
                 results.append(_refused(item.device, exc, run.device))
                 continue
@@ -712,12 +676,7 @@ class PairOperations:
         by_peer: dict[int, list[DeviceRun]] = {}
         for item, run in good:
             try:
-                self._check(run, PairAction.RESUME)
-                if run.device.pair.role is not PairRole.PRIMARY:
-                    raise IllegalTransition(
-                        f"cannot resume {run.device.address}: it is not the "
-                        "primary of a pair: resume at the primary"
-                    )
+                self._decide(run, OpRequest(op=Op.RESUME))
             except RemcopyError as exc:
                 results.append(_refused(item.device, exc, run.device))
                 continue
@@ -798,12 +757,7 @@ class PairOperations:
         changes: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]] = {}
         for item, run in good:
             try:
-                if run.device.pair.role is not PairRole.SECONDARY:
-                    raise IllegalTransition(
-                        f"cannot recover {run.device.address}: it is not the "
-                        "secondary of a pair: recover at the secondary"
-                    )
-                self._check(run, PairAction.RECOVER)
+                self._decide(run, OpRequest(op=Op.RECOVER))
             except RemcopyError as exc:
                 results.append(_refused(item.device, exc, run.device))
                 continue
@@ -838,7 +792,7 @@ class PairOperations:
         by_peer: dict[int, list[DeviceRun]] = {}
         for item, run in good:
             try:
-                self._check(run, PairAction.FAILBACK)
+                self._decide(run, OpRequest(op=Op.FAILBACK))
                 self.rep.link(run.device.pair.peer_serial)
             except RemcopyError as exc:
                 results.append(_refused(item.device, exc, run.device))
@@ -928,7 +882,7 @@ class PairOperations:
         changes: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]] = {}
         for item, run in good:
             try:
-                self._check(run, PairAction.TERMINATE)
+                self._decide(run, OpRequest(op=Op.TERMINATE))
             except RemcopyError as exc:
                 results.append(_refused(item.device, exc, run.device))
                 continue
@@ -952,17 +906,7 @@ class PairOperations:
         good, results = self._devices(grant, request)
         for item, run in good:
             try:
-                pair = run.device.pair
-                if (
-                    pair.role is not PairRole.SECONDARY
-                    or pair.state not in OPERATION_PERMITTED["shadow"]
-                ):
-                    raise IllegalTransition(
-                        f"cannot shadow {run.device.address}: pair is {pair.state.name} "
-                        f"({pair.role.value}): a shadow copy needs a SUSPENDED secondary"
-                    )
-                if run.shadow_running:
-                    raise DeviceBusy(f"{run.device.address}: a shadow copy is already running")
+                self._decide(run, OpRequest(op=Op.SHADOW))
                 target = self.rep.controller.device_for_host(grant, item.peer_device)
                 if target.pair.role is not PairRole.NONE or target.key == run.device.key:
                     raise InputError(
@@ -1086,6 +1030,12 @@ class PairOperations:
         cause = "failback" if request.op is PairOp.PEER_FAILBACK else request.op.name.lower()
         cleared: list[DeviceRun] = []  # PEER_FAILBACK: change maps to clear after the commits
         empty = {int(key) for key in request.options.get("empty", ())}
+        following = OpRequest(
+            op=Op.FOLLOW,
+            at_ns=request.at_ns,
+            action=str(request.options.get("action", "")),
+            empty=frozenset(empty),
+        )
         seen: set[int] = set()
         for item in request.items:
             try:
@@ -1098,7 +1048,7 @@ class PairOperations:
                     device = self.rep.controller.device(item.device)
                 run = self.rep.runs[device.key]
                 if request.op is PairOp.PEER_ESTABLISH:
-                    self._check(run, PairAction.ESTABLISH)
+                    self._decide(run, OpRequest(op=Op.PEER_ESTABLISH))
                     if device.volume.capacity_bytes < item.size_bytes:
                         raise InputError(
                             f"{device.address} holds {device.volume.capacity_bytes} bytes: the "
@@ -1114,23 +1064,15 @@ class PairOperations:
                         "of a pair of this device"
                     )
                 elif request.op is PairOp.PEER_STATE:
-                    action = str(request.options.get("action", ""))
+                    asked = following
                     if (
-                        action == "resume"
+                        asked.action == "resume"
                         and run.shadow_running
-                        and not self.rep._planted("resume_ignores_shadow")  # PLANTED BUG if set
+                        and self.rep._planted("resume_ignores_shadow")  # PLANTED BUG if set
                     ):
-                        raise DeviceBusy(
-                            f"{device.address}: a shadow copy of this secondary is "
-                            f"running ({run.shadow_done}/{run.shadow_total} "
-                            "tracks): resume after it completes"
-                        )
-                    state = device.pair.state
-                    steps = _follow(state, action)
-                    if action == "resume" and device.key in empty:
-                        steps.append(PairAction.COPY_DONE)  # nothing to copy: DUPLEX now
-                    for phase, step in enumerate(steps):
-                        state = next_state(state, step, device=device.label)
+                        asked = dataclasses.replace(asked, shadow_gate=False)
+                    decision = self._decide(run, asked)
+                    for phase, step in enumerate(decision.steps):
                         update = _follow_update(step, request.at_ns)
                         while len(phases) <= phase:
                             phases.append({})
@@ -1145,9 +1087,8 @@ class PairOperations:
                 elif request.op is PairOp.PEER_FAILBACK:
                     # Become the secondary: the same phased commits as PEER_STATE (one durable
                     # write per step for all devices); the map is cleared once they are made.
-                    state = device.pair.state
-                    for phase, step in enumerate(_follow(state, "resume")):
-                        state = next_state(state, step, device=device.label)
+                    decision = self._decide(run, OpRequest(op=Op.PEER_FAILBACK))
+                    for phase, step in enumerate(decision.steps):
                         swap = _swap_to_secondary(item) if step is PairAction.RESUME else None
                         while len(phases) <= phase:
                             phases.append({})
@@ -1194,7 +1135,7 @@ class PairOperations:
             devices = [controller.device(key) for key in keys]
             if len(set(keys)) != len(keys) or any(
                 device.pair.peer_serial != peer_serial
-                or _follow(device.pair.state, "suspend") != [PairAction.SUSPEND]
+                or ledger.follow_steps(device.pair.state, "suspend") != [PairAction.SUSPEND]
                 for device in devices
             ):
                 raise InputError(
@@ -1237,16 +1178,6 @@ class PairOperations:
         suspends_as_planned: a seal on a primary, a PEER_STATE suspend on a secondary)."""
         counters = self.rep.counters
         counters["suspends_as_planned"] = counters.get("suspends_as_planned", 0) + 1
-
-
-def _armed_for(run: DeviceRun, at_ns: int) -> bool:
-    """The device waits for the seal of T: a primary still mirroring, armed for T."""
-    pair = run.device.pair
-    return (
-        pair.role is PairRole.PRIMARY
-        and pair.state in (PairState.DUPLEX, PairState.PENDING)
-        and pair.suspend_at_ns == at_ns
-    )
 
 
 def _merged_seal(documents: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1325,23 +1256,3 @@ def _follow_update(step: PairAction, at_ns: int) -> Callable[[PairInfo], None] |
     if step in (PairAction.RESUME, PairAction.COPY_DONE):
         return _clear_armed
     return None
-
-
-def _follow(state: PairState, action: str) -> list[PairAction]:
-    """The steps a secondary takes to follow its primary's action from its own state."""
-    try:
-        wanted = PairAction(action)
-    except ValueError:
-        raise InputError(f"unknown peer action {action!r}") from None
-    if (state, wanted) in _FOLLOW_VIA:
-        return list(_FOLLOW_VIA[(state, wanted)])
-    return [wanted]
-
-
-# A secondary may not have seen the error that suspended its primary: it follows via FAIL.
-_FOLLOW_VIA: Final[dict[tuple[PairState, PairAction], list[PairAction]]] = {
-    (PairState.DUPLEX, PairAction.RESUME): [PairAction.FAIL, PairAction.RESUME],
-    (PairState.PENDING, PairAction.RESUME): [PairAction.FAIL, PairAction.RESUME],
-    # The primary tells the end of a copy first and may tell it again after more tracks.
-    (PairState.DUPLEX, PairAction.COPY_DONE): [],
-}
