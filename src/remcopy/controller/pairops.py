@@ -161,6 +161,22 @@ class PairOperations:
             sealing=bool(run.sealed_at_ns),
         )
 
+    def _plan(
+        self, grant: HostGrant, request: PairOpRequest, asked: OpRequest, now_ns: int = 0
+    ) -> tuple[list[tuple[PairItem, DeviceRun]], list[PairResult], ledger.Plan]:
+        """Resolve the items and plan `asked` for them (ledger.plan): the devices the plan
+        accepts, every refusal (of resolution and of the plan) and the plan."""
+        good, results = self._devices(grant, request)
+        made = ledger.plan({run.device.key: self._view(run) for _item, run in good}, asked, now_ns)
+        accepted: list[tuple[PairItem, DeviceRun]] = []
+        for item, run in good:
+            refusal = made.decisions[run.device.key].refusal
+            if refusal is not None:
+                results.append(_refused(item.device, refusal, run.device))
+            else:
+                accepted.append((item, run))
+        return accepted, results, made
+
     def _decide(self, run: DeviceRun, request: OpRequest, now_ns: int = 0) -> ledger.Decision:
         """The ledger's decision for one device; its refusal is raised."""
         decision = ledger.decide(self._view(run), request, now_ns, key=run.device.key)
@@ -172,13 +188,11 @@ class PairOperations:
         # A consistency group's name and primary controllers (for the freeze), checked first:
         # a bad membership refuses the whole request and changes nothing.
         group = membership(request.options, self.rep.controller)
-        good, results = self._devices(grant, request)
+        good, results, _plan = self._plan(grant, request, OpRequest(op=Op.ESTABLISH))
         by_peer: dict[int, list[tuple[PairItem, DeviceRun]]] = {}
         secondaries: set[tuple[int, int]] = set()
-        decided = OpRequest(op=Op.ESTABLISH)
         for item, run in good:
             try:
-                self._decide(run, decided)
                 if (item.peer_serial, item.peer_device) in secondaries:
                     raise InputError(
                         f"establish {run.device.address}: secondary "
@@ -275,26 +289,17 @@ class PairOperations:
     async def _suspend(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
         at_ns = request.at_ns
         now = time.time_ns()
-        ledger.suspend_time_check(at_ns, now, controller=self.rep.controller.name)
-        good, results = self._devices(grant, request)
+        # A T already past here refuses the whole request (raised by the plan).
+        asked = OpRequest(op=Op.SUSPEND, at_ns=at_ns, controller=self.rep.controller.name)
+        good, results, made = self._plan(grant, request, asked, now)
         # Devices a controller freeze armed (or sealed) join it: the whole request is then
         # suspended at the freeze's T when that is still ahead (a freeze's T is earlier).
-        joined = [run for _item, run in good if self.rep.freezer.froze(run)]
+        joined = [run for _item, run in good if made.decisions[run.device.key].joined]
         self.rep.freezer.join(joined, at_ns, now_ns=now)
         freeze_at_ns = min((run.freeze_at_ns for run in joined), default=0)
         if freeze_at_ns and now < freeze_at_ns < at_ns:
             at_ns = freeze_at_ns
-        armed: list[DeviceRun] = []
-        decided = OpRequest(op=Op.SUSPEND, at_ns=at_ns)
-        for item, run in good:
-            if run in joined:
-                continue
-            try:
-                self._decide(run, decided)
-            except RemcopyError as exc:
-                results.append(_refused(item.device, exc, run.device))
-                continue
-            armed.append(run)
+        armed = [run for _item, run in good if not made.decisions[run.device.key].joined]
         document: dict[str, Any] = {}
         arm_ms = 0.0
         if armed:
@@ -614,20 +619,13 @@ class PairOperations:
     def _suspend_cancel(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
         """Disarm the suspend armed on these devices before its T: the persisted T is
         cleared and the seal at T skips them."""
-        good, results = self._devices(grant, request)
         now = time.time_ns()
-        disarmed: dict[int, int] = {}  # device -> the T it was armed for
-        decided = OpRequest(
+        asked = OpRequest(
             op=Op.SUSPEND_CANCEL, at_ns=request.at_ns, controller=self.rep.controller.name
         )
-        for item, run in good:
-            pair = run.device.pair
-            try:
-                self._decide(run, decided, now)
-            except RemcopyError as exc:
-                results.append(_refused(item.device, exc, run.device))
-                continue
-            disarmed[run.device.key] = pair.suspend_at_ns
+        _good, results, made = self._plan(grant, request, asked, now)
+        # device -> the T it was armed for
+        disarmed = {e.key: e.at_ns for e in made.events if e.kind == "disarmed"}
         if disarmed:
             self.rep.controller.commit_armed(dict.fromkeys(disarmed, 0))
             for at_ns in sorted(set(disarmed.values())):
@@ -672,14 +670,9 @@ class PairOperations:
                 self.rep.start_copier(run)
 
     async def _resume(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
-        good, results = self._devices(grant, request)
+        good, results, _plan = self._plan(grant, request, OpRequest(op=Op.RESUME))
         by_peer: dict[int, list[DeviceRun]] = {}
-        for item, run in good:
-            try:
-                self._decide(run, OpRequest(op=Op.RESUME))
-            except RemcopyError as exc:
-                results.append(_refused(item.device, exc, run.device))
-                continue
+        for _item, run in good:
             by_peer.setdefault(run.device.pair.peer_serial, []).append(run)
         for serial, runs in by_peer.items():
             # Nothing to copy: the secondary goes straight to DUPLEX and so does the primary,
@@ -753,14 +746,9 @@ class PairOperations:
         return changes, copies
 
     def _recover(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
-        good, results = self._devices(grant, request)
+        good, results, _plan = self._plan(grant, request, OpRequest(op=Op.RECOVER))
         changes: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]] = {}
-        for item, run in good:
-            try:
-                self._decide(run, OpRequest(op=Op.RECOVER))
-            except RemcopyError as exc:
-                results.append(_refused(item.device, exc, run.device))
-                continue
+        for _item, run in good:
             changes[run.device.key] = (PairAction.RECOVER, None)
         document: dict[str, Any] = {}
         if changes:
@@ -788,11 +776,10 @@ class PairOperations:
     async def _failback(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
         """On the recovered secondary: reverse the pairs, copy tracks changed on either side.
         Two requests per old primary controller, whatever the number of pairs."""
-        good, results = self._devices(grant, request)
+        good, results, _plan = self._plan(grant, request, OpRequest(op=Op.FAILBACK))
         by_peer: dict[int, list[DeviceRun]] = {}
         for item, run in good:
             try:
-                self._decide(run, OpRequest(op=Op.FAILBACK))
                 self.rep.link(run.device.pair.peer_serial)
             except RemcopyError as exc:
                 results.append(_refused(item.device, exc, run.device))
@@ -877,15 +864,10 @@ class PairOperations:
         return results
 
     async def _terminate(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
-        good, results = self._devices(grant, request)
+        good, results, _plan = self._plan(grant, request, OpRequest(op=Op.TERMINATE))
         by_peer: dict[int, list[DeviceRun]] = {}
         changes: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]] = {}
-        for item, run in good:
-            try:
-                self._decide(run, OpRequest(op=Op.TERMINATE))
-            except RemcopyError as exc:
-                results.append(_refused(item.device, exc, run.device))
-                continue
+        for _item, run in good:
             changes[run.device.key] = (PairAction.TERMINATE, _to_simplex)
             if run.device.pair.role is PairRole.PRIMARY:
                 by_peer.setdefault(run.device.pair.peer_serial, []).append(run)
@@ -903,10 +885,9 @@ class PairOperations:
 
     def _shadow(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
         """On the secondary's controller: copy a SUSPENDED secondary onto a tertiary volume."""
-        good, results = self._devices(grant, request)
+        good, results, _plan = self._plan(grant, request, OpRequest(op=Op.SHADOW))
         for item, run in good:
             try:
-                self._decide(run, OpRequest(op=Op.SHADOW))
                 target = self.rep.controller.device_for_host(grant, item.peer_device)
                 if target.pair.role is not PairRole.NONE or target.key == run.device.key:
                     raise InputError(
