@@ -29,14 +29,8 @@ PAST = NOW - 5_000  # an armed T already passed
 DEVICE = "64015:1A00:0A:00"
 
 HOST_OPS = [Op.ESTABLISH, Op.SUSPEND, Op.RESUME, Op.RECOVER, Op.FAILBACK, Op.TERMINATE, Op.SHADOW]
-ACTION = {
-    Op.ESTABLISH: PairAction.ESTABLISH,
-    Op.SUSPEND: PairAction.SUSPEND,
-    Op.RESUME: PairAction.RESUME,
-    Op.RECOVER: PairAction.RECOVER,
-    Op.FAILBACK: PairAction.FAILBACK,
-    Op.TERMINATE: PairAction.TERMINATE,
-}
+# The table's action for each operation that moves a pair: the one of the same name.
+ACTION = {op: PairAction(op.value) for op in HOST_OPS if op is not Op.SHADOW}
 MIRRORING = {PairState.DUPLEX, PairState.PENDING}
 
 
@@ -257,15 +251,8 @@ _T = HardwareAddress.parse("65000:3B00:30:00")
 _PAIR = GroupPair(
     volser="PAY000", primary=_P, secondary=_S, primary_controller="a", secondary_controller="b"
 )
-PREVIEW_OPS = {
-    PairOp.ESTABLISH: Op.ESTABLISH,
-    PairOp.SUSPEND: Op.SUSPEND,
-    PairOp.RESUME: Op.RESUME,
-    PairOp.RECOVER: Op.RECOVER,
-    PairOp.FAILBACK: Op.FAILBACK,
-    PairOp.TERMINATE: Op.TERMINATE,
-    PairOp.SHADOW: Op.SHADOW,
-}
+# The wire's operations the dry run shows, and the ledger's of the same name.
+PREVIEW_OPS = {op: Op(op.name.lower()) for op in PairOp if op.name.lower() in {o.value for o in Op}}
 
 
 @pytest.mark.parametrize("op", list(PREVIEW_OPS), ids=lambda op: op.name.lower())
