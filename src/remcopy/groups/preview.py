@@ -4,10 +4,11 @@
 # Why: an operator about to suspend, resume or fail back thousands of pairs wants to see
 # first, per controller, which devices go from which state to which, which pairs would be
 # refused and why, and how many tracks each copy would move. The states and the change-map
-# counts are the controllers' (they are the truth); the decisions are `states.py`'s table,
-# the same one the controllers run. A preview sends only read-only requests (query, and
-# identify for the volume sizes an establish or shadow copy would copy); controllers count
-# pair operations, so a test can check that a dry run sent none.
+# counts are the controllers' (they are the truth); the decisions are the ledger's
+# (`ledger.decide`, over `states.py`'s table), the same the controllers make. A preview
+# sends only read-only requests (query, and identify for the volume sizes an establish or
+# shadow copy would copy); controllers count pair operations, so a test can check that a
+# dry run sent none.
 #
 # What a preview cannot know: a failback copies the tracks changed on either side, the
 # union of two change maps; a query gives each side's count, so the figure is their sum, an
