@@ -37,7 +37,6 @@ from remcopy.errors import (
     WriteProtected,
 )
 from remcopy.events import EventKind
-from remcopy.ledger import Op, OpRequest, PairView
 from remcopy.states import (
     CopyMode,
     PairAction,
@@ -145,10 +144,10 @@ class PairOperations:
             good.append((item, run))
         return good, refused
 
-    def _view(self, run: DeviceRun) -> PairView:
+    def _view(self, run: DeviceRun) -> ledger.PairView:
         """The ledger's view of a device's pair (and of its run: shadow copy, freeze, seal)."""
         pair = run.device.pair
-        return PairView(
+        return ledger.PairView(
             device=run.device.label,
             state=pair.state,
             role=pair.role,
@@ -162,7 +161,7 @@ class PairOperations:
         )
 
     def _plan(
-        self, grant: HostGrant, request: PairOpRequest, asked: OpRequest, now_ns: int = 0
+        self, grant: HostGrant, request: PairOpRequest, asked: ledger.OpRequest, now_ns: int = 0
     ) -> tuple[list[tuple[PairItem, DeviceRun]], list[PairResult], ledger.Plan]:
         """Resolve the items and plan `asked` for them (ledger.plan): the devices the plan
         accepts, every refusal (of resolution and of the plan) and the plan."""
@@ -177,7 +176,9 @@ class PairOperations:
                 accepted.append((item, run))
         return accepted, results, made
 
-    def _decide(self, run: DeviceRun, request: OpRequest, now_ns: int = 0) -> ledger.Decision:
+    def _decide(
+        self, run: DeviceRun, request: ledger.OpRequest, now_ns: int = 0
+    ) -> ledger.Decision:
         """The ledger's decision for one device; its refusal is raised."""
         decision = ledger.decide(self._view(run), request, now_ns, key=run.device.key)
         if decision.refusal is not None:
@@ -188,7 +189,7 @@ class PairOperations:
         # A consistency group's name and primary controllers (for the freeze), checked first:
         # a bad membership refuses the whole request and changes nothing.
         group = membership(request.options, self.rep.controller)
-        good, results, _plan = self._plan(grant, request, OpRequest(op=Op.ESTABLISH))
+        good, results, _plan = self._plan(grant, request, ledger.OpRequest(op=ledger.Op.ESTABLISH))
         by_peer: dict[int, list[tuple[PairItem, DeviceRun]]] = {}
         secondaries: set[tuple[int, int]] = set()
         for item, run in good:
@@ -290,7 +291,9 @@ class PairOperations:
         at_ns = request.at_ns
         now = time.time_ns()
         # A T already past here refuses the whole request (raised by the plan).
-        asked = OpRequest(op=Op.SUSPEND, at_ns=at_ns, controller=self.rep.controller.name)
+        asked = ledger.OpRequest(
+            op=ledger.Op.SUSPEND, at_ns=at_ns, controller=self.rep.controller.name
+        )
         good, results, made = self._plan(grant, request, asked, now)
         # Devices a controller freeze armed (or sealed) join it: the whole request is then
         # suspended at the freeze's T when that is still ahead (a freeze's T is earlier).
@@ -620,8 +623,8 @@ class PairOperations:
         """Disarm the suspend armed on these devices before its T: the persisted T is
         cleared and the seal at T skips them."""
         now = time.time_ns()
-        asked = OpRequest(
-            op=Op.SUSPEND_CANCEL, at_ns=request.at_ns, controller=self.rep.controller.name
+        asked = ledger.OpRequest(
+            op=ledger.Op.SUSPEND_CANCEL, at_ns=request.at_ns, controller=self.rep.controller.name
         )
         _good, results, made = self._plan(grant, request, asked, now)
         # device -> the T it was armed for
@@ -670,7 +673,7 @@ class PairOperations:
                 self.rep.start_copier(run)
 
     async def _resume(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
-        good, results, _plan = self._plan(grant, request, OpRequest(op=Op.RESUME))
+        good, results, _plan = self._plan(grant, request, ledger.OpRequest(op=ledger.Op.RESUME))
         by_peer: dict[int, list[DeviceRun]] = {}
         for _item, run in good:
             by_peer.setdefault(run.device.pair.peer_serial, []).append(run)
@@ -746,7 +749,7 @@ class PairOperations:
         return changes, copies
 
     def _recover(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
-        good, results, _plan = self._plan(grant, request, OpRequest(op=Op.RECOVER))
+        good, results, _plan = self._plan(grant, request, ledger.OpRequest(op=ledger.Op.RECOVER))
         changes: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]] = {}
         for _item, run in good:
             changes[run.device.key] = (PairAction.RECOVER, None)
@@ -776,7 +779,7 @@ class PairOperations:
     async def _failback(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
         """On the recovered secondary: reverse the pairs, copy tracks changed on either side.
         Two requests per old primary controller, whatever the number of pairs."""
-        good, results, _plan = self._plan(grant, request, OpRequest(op=Op.FAILBACK))
+        good, results, _plan = self._plan(grant, request, ledger.OpRequest(op=ledger.Op.FAILBACK))
         by_peer: dict[int, list[DeviceRun]] = {}
         for item, run in good:
             try:
@@ -864,7 +867,7 @@ class PairOperations:
         return results
 
     async def _terminate(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
-        good, results, _plan = self._plan(grant, request, OpRequest(op=Op.TERMINATE))
+        good, results, _plan = self._plan(grant, request, ledger.OpRequest(op=ledger.Op.TERMINATE))
         by_peer: dict[int, list[DeviceRun]] = {}
         changes: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]] = {}
         for _item, run in good:
@@ -885,7 +888,7 @@ class PairOperations:
 
     def _shadow(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
         """On the secondary's controller: copy a SUSPENDED secondary onto a tertiary volume."""
-        good, results, _plan = self._plan(grant, request, OpRequest(op=Op.SHADOW))
+        good, results, _plan = self._plan(grant, request, ledger.OpRequest(op=ledger.Op.SHADOW))
         for item, run in good:
             try:
                 target = self.rep.controller.device_for_host(grant, item.peer_device)
@@ -1011,8 +1014,8 @@ class PairOperations:
         cause = "failback" if request.op is PairOp.PEER_FAILBACK else request.op.name.lower()
         cleared: list[DeviceRun] = []  # PEER_FAILBACK: change maps to clear after the commits
         empty = {int(key) for key in request.options.get("empty", ())}
-        following = OpRequest(
-            op=Op.FOLLOW,
+        following = ledger.OpRequest(
+            op=ledger.Op.FOLLOW,
             at_ns=request.at_ns,
             action=str(request.options.get("action", "")),
             empty=frozenset(empty),
@@ -1029,7 +1032,7 @@ class PairOperations:
                     device = self.rep.controller.device(item.device)
                 run = self.rep.runs[device.key]
                 if request.op is PairOp.PEER_ESTABLISH:
-                    self._decide(run, OpRequest(op=Op.PEER_ESTABLISH))
+                    self._decide(run, ledger.OpRequest(op=ledger.Op.PEER_ESTABLISH))
                     if device.volume.capacity_bytes < item.size_bytes:
                         raise InputError(
                             f"{device.address} holds {device.volume.capacity_bytes} bytes: the "
@@ -1068,7 +1071,7 @@ class PairOperations:
                 elif request.op is PairOp.PEER_FAILBACK:
                     # Become the secondary: the same phased commits as PEER_STATE (one durable
                     # write per step for all devices); the map is cleared once they are made.
-                    decision = self._decide(run, OpRequest(op=Op.PEER_FAILBACK))
+                    decision = self._decide(run, ledger.OpRequest(op=ledger.Op.PEER_FAILBACK))
                     for phase, step in enumerate(decision.steps):
                         swap = _swap_to_secondary(item) if step is PairAction.RESUME else None
                         while len(phases) <= phase:
