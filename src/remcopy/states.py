@@ -16,6 +16,10 @@
 # Operations that are not state changes (a shadow copy, a host write to a secondary) declare
 # the states they are permitted in, in `OPERATION_PERMITTED`.
 #
+# Beside this table, `ledger.py` (pure as well) decides each pair operation as a whole from it:
+# which role may do what, armed suspends, following the peer, shadow gating. Controllers and
+# dry runs ask the ledger, which asks this table (docs/ledger.md).
+#
 # Display strings for states live in `DISPLAY_NAMES` and the greppable event line is built by
 # `event_line`, so CLI, TUI and logs say the same thing (DRBD's drbd_strings.c).
 from __future__ import annotations

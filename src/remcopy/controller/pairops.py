@@ -19,32 +19,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from remcopy import ledger
 from remcopy.controller.core import Device, HostGrant, PairInfo, StatePlan
 from remcopy.controller.freeze import membership
 from remcopy.errors import (
     BrokenResourceError,
-    DeviceBusy,
     IllegalTransition,
     InputError,
     NotOffered,
     RemcopyError,
-    SuspendNotArmed,
-    SuspendTimeInPast,
     WriteProtected,
 )
 from remcopy.events import EventKind, lss_list
 from remcopy.states import (
-    OPERATION_PERMITTED,
     CopyMode,
     PairAction,
     PairRole,
     PairState,
-    next_state,
 )
 from remcopy.wire import native
 from remcopy.wire.native import PairItem, PairOp, PairOpReply, PairOpRequest, PairResult
@@ -127,15 +124,10 @@ class PairOperations:
         raise InputError(f"pair operation {op.name} is for controllers, not hosts")
 
     def _devices(
-        self,
-        grant: HostGrant,
-        request: PairOpRequest,
-        *,
-        armed_ok: bool = False,
-        join_freeze: bool = False,
+        self, grant: HostGrant, request: PairOpRequest
     ) -> tuple[list[tuple[PairItem, DeviceRun]], list[PairResult]]:
-        """Resolve the items; unknown, not allowed and (unless armed_ok) armed devices are
-        refused here (a suspend may join the freeze that armed a device: `join_freeze`)."""
+        """Resolve the items; devices named twice, unknown or not allowed are refused here
+        (what each may do is the ledger's to decide: `_decide`)."""
         good: list[tuple[PairItem, DeviceRun]] = []
         refused: list[PairResult] = []
         seen: set[int] = set()
@@ -146,19 +138,6 @@ class PairOperations:
                 seen.add(item.device)
                 device = self.rep.controller.device_for_host(grant, item.device)
                 run = self.rep.runs[device.key]
-                armed = device.pair.suspend_at_ns
-                if (
-                    armed
-                    and not armed_ok
-                    and device.pair.role is PairRole.PRIMARY
-                    and device.pair.state in (PairState.DUPLEX, PairState.PENDING)
-                    and not (join_freeze and self.rep.freezer.froze(run))
-                ):
-                    raise DeviceBusy(
-                        f"{device.address}: a suspend is armed for {armed}: other "
-                        "state changes wait until it has passed (or cancel it: "
-                        "remcopy group suspend --cancel)"
-                    )
             except RemcopyError as exc:
                 known = self.rep.controller.devices.get(item.device)
                 refused.append(_refused(item.device, exc, known))
@@ -166,19 +145,56 @@ class PairOperations:
             good.append((item, run))
         return good, refused
 
-    def _check(self, run: DeviceRun, action: PairAction) -> None:
-        next_state(run.device.pair.state, action, device=run.device.label)
+    def _view(self, run: DeviceRun) -> ledger.PairView:
+        """The ledger's view of a device's pair (and of its run: shadow copy, freeze, seal)."""
+        pair = run.device.pair
+        return ledger.PairView(
+            device=run.device.label,
+            state=pair.state,
+            role=pair.role,
+            armed_at_ns=pair.suspend_at_ns,
+            group=pair.group,
+            shadow_running=run.shadow_running,
+            shadow_done=run.shadow_done,
+            shadow_total=run.shadow_total,
+            frozen=self.rep.freezer.froze(run),
+            sealing=bool(run.sealed_at_ns),
+        )
+
+    def _plan(
+        self, grant: HostGrant, request: PairOpRequest, asked: ledger.OpRequest, now_ns: int = 0
+    ) -> tuple[list[tuple[PairItem, DeviceRun]], list[PairResult], ledger.Plan]:
+        """Resolve the items and plan `asked` for them (ledger.plan): the devices the plan
+        accepts, every refusal (of resolution and of the plan) and the plan."""
+        good, results = self._devices(grant, request)
+        made = ledger.plan({run.device.key: self._view(run) for _item, run in good}, asked, now_ns)
+        accepted: list[tuple[PairItem, DeviceRun]] = []
+        for item, run in good:
+            refusal = made.decisions[run.device.key].refusal
+            if refusal is not None:
+                results.append(_refused(item.device, refusal, run.device))
+            else:
+                accepted.append((item, run))
+        return accepted, results, made
+
+    def _decide(
+        self, run: DeviceRun, request: ledger.OpRequest, now_ns: int = 0
+    ) -> ledger.Decision:
+        """The ledger's decision for one device; its refusal is raised."""
+        decision = ledger.decide(self._view(run), request, now_ns, key=run.device.key)
+        if decision.refusal is not None:
+            raise decision.refusal
+        return decision
 
     async def _establish(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
         # A consistency group's name and primary controllers (for the freeze), checked first:
         # a bad membership refuses the whole request and changes nothing.
         group = membership(request.options, self.rep.controller)
-        good, results = self._devices(grant, request)
+        good, results, _plan = self._plan(grant, request, ledger.OpRequest(op=ledger.Op.ESTABLISH))
         by_peer: dict[int, list[tuple[PairItem, DeviceRun]]] = {}
         secondaries: set[tuple[int, int]] = set()
         for item, run in good:
             try:
-                self._check(run, PairAction.ESTABLISH)
                 if (item.peer_serial, item.peer_device) in secondaries:
                     raise InputError(
                         f"establish {run.device.address}: secondary "
@@ -275,36 +291,19 @@ class PairOperations:
     async def _suspend(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
         at_ns = request.at_ns
         now = time.time_ns()
-        if at_ns <= now:
-            raise SuspendTimeInPast(
-                f"suspend at {at_ns}: that time has passed on controller "
-                f"{self.rep.controller.name} "
-                f"(now {now}, {(now - at_ns) / 1e6:.3f} ms late): choose a later time or a "
-                "larger margin"
-            )
-        good, results = self._devices(grant, request, join_freeze=True)
+        # A T already past here refuses the whole request (raised by the plan).
+        asked = ledger.OpRequest(
+            op=ledger.Op.SUSPEND, at_ns=at_ns, controller=self.rep.controller.name
+        )
+        good, results, made = self._plan(grant, request, asked, now)
         # Devices a controller freeze armed (or sealed) join it: the whole request is then
         # suspended at the freeze's T when that is still ahead (a freeze's T is earlier).
-        joined = [run for _item, run in good if self.rep.freezer.froze(run)]
+        joined = [run for _item, run in good if made.decisions[run.device.key].joined]
         self.rep.freezer.join(joined, at_ns, now_ns=now)
         freeze_at_ns = min((run.freeze_at_ns for run in joined), default=0)
         if freeze_at_ns and now < freeze_at_ns < at_ns:
             at_ns = freeze_at_ns
-        armed: list[DeviceRun] = []
-        for item, run in good:
-            if run in joined:
-                continue
-            try:
-                self._check(run, PairAction.SUSPEND)
-                if run.device.pair.role is not PairRole.PRIMARY:
-                    raise IllegalTransition(
-                        f"cannot suspend {run.device.address}: it is not "
-                        "the primary of a pair: suspend at the primary"
-                    )
-            except RemcopyError as exc:
-                results.append(_refused(item.device, exc, run.device))
-                continue
-            armed.append(run)
+        armed = [run for _item, run in good if not made.decisions[run.device.key].joined]
         document: dict[str, Any] = {}
         arm_ms = 0.0
         if armed:
@@ -606,10 +605,12 @@ class PairOperations:
         at_ns = request.at_ns
         if at_ns <= 0:
             raise InputError("suspend wait: at_ns must be the suspend time T that was armed")
-        good, results = self._devices(grant, request, armed_ok=True)
+        good, results = self._devices(grant, request)
         runs = [run for _item, run in good]
         seals = self._seals.get(at_ns, [])
-        if any(_armed_for(run, at_ns) for run in runs) or not all(f.done() for f in seals):
+        if any(ledger.armed_for(self._view(run), at_ns) for run in runs) or not all(
+            f.done() for f in seals
+        ):
             # Sealed at T on this controller's clock, and told to the secondaries (a seal
             # commits SUSPENDED before it is done); the host's timeout bounds the wait.
             await asyncio.gather(*(asyncio.shield(f) for f in seals))
@@ -622,49 +623,13 @@ class PairOperations:
     def _suspend_cancel(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
         """Disarm the suspend armed on these devices before its T: the persisted T is
         cleared and the seal at T skips them."""
-        good, results = self._devices(grant, request, armed_ok=True)
         now = time.time_ns()
-        disarmed: dict[int, int] = {}  # device -> the T it was armed for
-        for item, run in good:
-            pair, address = run.device.pair, run.device.address
-            try:
-                if pair.role is PairRole.PRIMARY and pair.state is PairState.SUSPENDED:
-                    raise SuspendTimeInPast(
-                        f"cannot cancel the suspend of {address}: it happened, T "
-                        f"{pair.suspend_at_ns} has passed: the pair is SUSPENDED (resume it "
-                        "to mirror again)"
-                    )
-                if (
-                    pair.role is not PairRole.PRIMARY
-                    or pair.state not in (PairState.DUPLEX, PairState.PENDING)
-                    or not pair.suspend_at_ns
-                ):
-                    raise SuspendNotArmed(
-                        f"cannot cancel the suspend of {address}: none is armed (it is "
-                        f"{pair.state.name}, {pair.role.value}): nothing to cancel"
-                    )
-                if self.rep.freezer.froze(run):
-                    raise DeviceBusy(
-                        f"cannot cancel the suspend of {address}: a freeze of group "
-                        f"{pair.group} armed it at {pair.suspend_at_ns} after a replication "
-                        "error: a freeze is not cancelled (it keeps the secondary site "
-                        "consistent)"
-                    )
-                if request.at_ns and pair.suspend_at_ns != request.at_ns:
-                    raise SuspendNotArmed(
-                        f"cannot cancel the suspend of {address} at {request.at_ns}: it is "
-                        f"armed for {pair.suspend_at_ns}"
-                    )
-                if pair.suspend_at_ns <= now or run.sealed_at_ns:
-                    raise SuspendTimeInPast(
-                        f"cannot cancel the suspend of {address}: T {pair.suspend_at_ns} has "
-                        f"passed on controller {self.rep.controller.name} (now {now}): it is "
-                        "being sealed"
-                    )
-            except RemcopyError as exc:
-                results.append(_refused(item.device, exc, run.device))
-                continue
-            disarmed[run.device.key] = pair.suspend_at_ns
+        asked = ledger.OpRequest(
+            op=ledger.Op.SUSPEND_CANCEL, at_ns=request.at_ns, controller=self.rep.controller.name
+        )
+        _good, results, made = self._plan(grant, request, asked, now)
+        # device -> the T it was armed for
+        disarmed = {e.key: e.at_ns for e in made.events if e.kind == "disarmed"}
         if disarmed:
             self.rep.controller.commit_armed(dict.fromkeys(disarmed, 0))
             for at_ns in sorted(set(disarmed.values())):
@@ -709,19 +674,9 @@ class PairOperations:
                 self.rep.start_copier(run)
 
     async def _resume(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
-        good, results = self._devices(grant, request)
+        good, results, _plan = self._plan(grant, request, ledger.OpRequest(op=ledger.Op.RESUME))
         by_peer: dict[int, list[DeviceRun]] = {}
-        for item, run in good:
-            try:
-                self._check(run, PairAction.RESUME)
-                if run.device.pair.role is not PairRole.PRIMARY:
-                    raise IllegalTransition(
-                        f"cannot resume {run.device.address}: it is not the "
-                        "primary of a pair: resume at the primary"
-                    )
-            except RemcopyError as exc:
-                results.append(_refused(item.device, exc, run.device))
-                continue
+        for _item, run in good:
             by_peer.setdefault(run.device.pair.peer_serial, []).append(run)
         for serial, runs in by_peer.items():
             # Nothing to copy: the secondary goes straight to DUPLEX and so does the primary,
@@ -795,19 +750,9 @@ class PairOperations:
         return changes, copies
 
     def _recover(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
-        good, results = self._devices(grant, request)
+        good, results, _plan = self._plan(grant, request, ledger.OpRequest(op=ledger.Op.RECOVER))
         changes: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]] = {}
-        for item, run in good:
-            try:
-                if run.device.pair.role is not PairRole.SECONDARY:
-                    raise IllegalTransition(
-                        f"cannot recover {run.device.address}: it is not the "
-                        "secondary of a pair: recover at the secondary"
-                    )
-                self._check(run, PairAction.RECOVER)
-            except RemcopyError as exc:
-                results.append(_refused(item.device, exc, run.device))
-                continue
+        for _item, run in good:
             changes[run.device.key] = (PairAction.RECOVER, None)
         document: dict[str, Any] = {}
         if changes:
@@ -835,11 +780,10 @@ class PairOperations:
     async def _failback(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
         """On the recovered secondary: reverse the pairs, copy tracks changed on either side.
         Two requests per old primary controller, whatever the number of pairs."""
-        good, results = self._devices(grant, request)
+        good, results, _plan = self._plan(grant, request, ledger.OpRequest(op=ledger.Op.FAILBACK))
         by_peer: dict[int, list[DeviceRun]] = {}
         for item, run in good:
             try:
-                self._check(run, PairAction.FAILBACK)
                 self.rep.link(run.device.pair.peer_serial)
             except RemcopyError as exc:
                 results.append(_refused(item.device, exc, run.device))
@@ -924,15 +868,10 @@ class PairOperations:
         return results
 
     async def _terminate(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
-        good, results = self._devices(grant, request)
+        good, results, _plan = self._plan(grant, request, ledger.OpRequest(op=ledger.Op.TERMINATE))
         by_peer: dict[int, list[DeviceRun]] = {}
         changes: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]] = {}
-        for item, run in good:
-            try:
-                self._check(run, PairAction.TERMINATE)
-            except RemcopyError as exc:
-                results.append(_refused(item.device, exc, run.device))
-                continue
+        for _item, run in good:
             changes[run.device.key] = (PairAction.TERMINATE, _to_simplex)
             if run.device.pair.role is PairRole.PRIMARY:
                 by_peer.setdefault(run.device.pair.peer_serial, []).append(run)
@@ -950,20 +889,9 @@ class PairOperations:
 
     def _shadow(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
         """On the secondary's controller: copy a SUSPENDED secondary onto a tertiary volume."""
-        good, results = self._devices(grant, request)
+        good, results, _plan = self._plan(grant, request, ledger.OpRequest(op=ledger.Op.SHADOW))
         for item, run in good:
             try:
-                pair = run.device.pair
-                if (
-                    pair.role is not PairRole.SECONDARY
-                    or pair.state not in OPERATION_PERMITTED["shadow"]
-                ):
-                    raise IllegalTransition(
-                        f"cannot shadow {run.device.address}: pair is {pair.state.name} "
-                        f"({pair.role.value}): a shadow copy needs a SUSPENDED secondary"
-                    )
-                if run.shadow_running:
-                    raise DeviceBusy(f"{run.device.address}: a shadow copy is already running")
                 target = self.rep.controller.device_for_host(grant, item.peer_device)
                 if target.pair.role is not PairRole.NONE or target.key == run.device.key:
                     raise InputError(
@@ -1095,6 +1023,12 @@ class PairOperations:
         cause = "failback" if request.op is PairOp.PEER_FAILBACK else request.op.name.lower()
         cleared: list[DeviceRun] = []  # PEER_FAILBACK: change maps to clear after the commits
         empty = {int(key) for key in request.options.get("empty", ())}
+        following = ledger.OpRequest(
+            op=ledger.Op.FOLLOW,
+            at_ns=request.at_ns,
+            action=str(request.options.get("action", "")),
+            empty=frozenset(empty),
+        )
         seen: set[int] = set()
         for item in request.items:
             try:
@@ -1107,7 +1041,7 @@ class PairOperations:
                     device = self.rep.controller.device(item.device)
                 run = self.rep.runs[device.key]
                 if request.op is PairOp.PEER_ESTABLISH:
-                    self._check(run, PairAction.ESTABLISH)
+                    self._decide(run, ledger.OpRequest(op=ledger.Op.PEER_ESTABLISH))
                     if device.volume.capacity_bytes < item.size_bytes:
                         raise InputError(
                             f"{device.address} holds {device.volume.capacity_bytes} bytes: the "
@@ -1123,23 +1057,15 @@ class PairOperations:
                         "of a pair of this device"
                     )
                 elif request.op is PairOp.PEER_STATE:
-                    action = str(request.options.get("action", ""))
+                    asked = following
                     if (
-                        action == "resume"
+                        asked.action == "resume"
                         and run.shadow_running
-                        and not self.rep._planted("resume_ignores_shadow")  # PLANTED BUG if set
+                        and self.rep._planted("resume_ignores_shadow")  # PLANTED BUG if set
                     ):
-                        raise DeviceBusy(
-                            f"{device.address}: a shadow copy of this secondary is "
-                            f"running ({run.shadow_done}/{run.shadow_total} "
-                            "tracks): resume after it completes"
-                        )
-                    state = device.pair.state
-                    steps = _follow(state, action)
-                    if action == "resume" and device.key in empty:
-                        steps.append(PairAction.COPY_DONE)  # nothing to copy: DUPLEX now
-                    for phase, step in enumerate(steps):
-                        state = next_state(state, step, device=device.label)
+                        asked = dataclasses.replace(asked, shadow_gate=False)
+                    decision = self._decide(run, asked)
+                    for phase, step in enumerate(decision.steps):
                         update = _follow_update(step, request.at_ns)
                         while len(phases) <= phase:
                             phases.append({})
@@ -1154,9 +1080,8 @@ class PairOperations:
                 elif request.op is PairOp.PEER_FAILBACK:
                     # Become the secondary: the same phased commits as PEER_STATE (one durable
                     # write per step for all devices); the map is cleared once they are made.
-                    state = device.pair.state
-                    for phase, step in enumerate(_follow(state, "resume")):
-                        state = next_state(state, step, device=device.label)
+                    decision = self._decide(run, ledger.OpRequest(op=ledger.Op.PEER_FAILBACK))
+                    for phase, step in enumerate(decision.steps):
                         swap = _swap_to_secondary(item) if step is PairAction.RESUME else None
                         while len(phases) <= phase:
                             phases.append({})
@@ -1203,7 +1128,7 @@ class PairOperations:
             devices = [controller.device(key) for key in keys]
             if len(set(keys)) != len(keys) or any(
                 device.pair.peer_serial != peer_serial
-                or _follow(device.pair.state, "suspend") != [PairAction.SUSPEND]
+                or ledger.follow_steps(device.pair.state, "suspend") != [PairAction.SUSPEND]
                 for device in devices
             ):
                 raise InputError(
@@ -1246,16 +1171,6 @@ class PairOperations:
         suspends_as_planned: a seal on a primary, a PEER_STATE suspend on a secondary)."""
         counters = self.rep.counters
         counters["suspends_as_planned"] = counters.get("suspends_as_planned", 0) + 1
-
-
-def _armed_for(run: DeviceRun, at_ns: int) -> bool:
-    """The device waits for the seal of T: a primary still mirroring, armed for T."""
-    pair = run.device.pair
-    return (
-        pair.role is PairRole.PRIMARY
-        and pair.state in (PairState.DUPLEX, PairState.PENDING)
-        and pair.suspend_at_ns == at_ns
-    )
 
 
 def _merged_seal(documents: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1334,23 +1249,3 @@ def _follow_update(step: PairAction, at_ns: int) -> Callable[[PairInfo], None] |
     if step in (PairAction.RESUME, PairAction.COPY_DONE):
         return _clear_armed
     return None
-
-
-def _follow(state: PairState, action: str) -> list[PairAction]:
-    """The steps a secondary takes to follow its primary's action from its own state."""
-    try:
-        wanted = PairAction(action)
-    except ValueError:
-        raise InputError(f"unknown peer action {action!r}") from None
-    if (state, wanted) in _FOLLOW_VIA:
-        return list(_FOLLOW_VIA[(state, wanted)])
-    return [wanted]
-
-
-# A secondary may not have seen the error that suspended its primary: it follows via FAIL.
-_FOLLOW_VIA: Final[dict[tuple[PairState, PairAction], list[PairAction]]] = {
-    (PairState.DUPLEX, PairAction.RESUME): [PairAction.FAIL, PairAction.RESUME],
-    (PairState.PENDING, PairAction.RESUME): [PairAction.FAIL, PairAction.RESUME],
-    # The primary tells the end of a copy first and may tell it again after more tracks.
-    (PairState.DUPLEX, PairAction.COPY_DONE): [],
-}

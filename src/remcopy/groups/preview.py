@@ -4,10 +4,11 @@
 # Why: an operator about to suspend, resume or fail back thousands of pairs wants to see
 # first, per controller, which devices go from which state to which, which pairs would be
 # refused and why, and how many tracks each copy would move. The states and the change-map
-# counts are the controllers' (they are the truth); the decisions are `states.py`'s table,
-# the same one the controllers run. A preview sends only read-only requests (query, and
-# identify for the volume sizes an establish or shadow copy would copy); controllers count
-# pair operations, so a test can check that a dry run sent none.
+# counts are the controllers' (they are the truth); the decisions are the ledger's
+# (`ledger.decide`, over `states.py`'s table), the same the controllers make. A preview
+# sends only read-only requests (query, and identify for the volume sizes an establish or
+# shadow copy would copy); controllers count pair operations, so a test can check that a
+# dry run sent none.
 #
 # What a preview cannot know: a failback copies the tracks changed on either side, the
 # union of two change maps; a query gives each side's count, so the figure is their sum, an
@@ -18,20 +19,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from remcopy.errors import IllegalTransition
+from remcopy import ledger
 from remcopy.groups.model import Group, GroupPair
 from remcopy.host.channel import Channel
 from remcopy.host.engine import Job
 from remcopy.host.session import HostSession
 from remcopy.ids import HardwareAddress
-from remcopy.states import (
-    OPERATION_PERMITTED,
-    PairAction,
-    PairRole,
-    PairState,
-    next_state,
-    transition_note,
-)
+from remcopy.ledger import Op, OpRequest, PairView
+from remcopy.states import PairAction, PairRole, PairState, transition_note
 from remcopy.wire.native import DeviceIdentity, DeviceStatus, PairOp
 
 # Operations that act on the primary; the others (recover, failback, shadow) on the secondary.
@@ -79,7 +74,35 @@ _ACTIONS = {
     PairOp.TERMINATE: PairAction.TERMINATE,
 }
 
+_OPS = {
+    PairOp.ESTABLISH: Op.ESTABLISH,
+    PairOp.SUSPEND: Op.SUSPEND,
+    PairOp.RESUME: Op.RESUME,
+    PairOp.RECOVER: Op.RECOVER,
+    PairOp.FAILBACK: Op.FAILBACK,
+    PairOp.TERMINATE: Op.TERMINATE,
+    PairOp.SHADOW: Op.SHADOW,
+}
+
 _FLAG_SHADOW_RUNNING = 0x01
+
+
+def pair_view(device: HardwareAddress, status: DeviceStatus) -> PairView:
+    """The ledger's view of a device from a controller's query answer (the dry run cannot
+    see a controller freeze or a seal under way: a suspend it shows is not joined to one)."""
+    return PairView(
+        device=str(device),
+        state=status.state,
+        role=status.role,
+        armed_at_ns=status.suspend_at_ns,
+        shadow_running=bool(status.flags & _FLAG_SHADOW_RUNNING),
+    )
+
+
+def decide(op: PairOp, device: HardwareAddress, status: DeviceStatus) -> ledger.Decision:
+    """The ledger's decision for `op` on this device, as its controller would make it now
+    (pure; the suspend's T is not known to a preview, so it is taken as ahead)."""
+    return ledger.decide(pair_view(device, status), OpRequest(op=_OPS[op]), 0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -258,33 +281,14 @@ def plan_pair(
         _status(statuses, (other_controller, other.device_key)) if other_controller else None
     )
     state = status.state
-    if (
-        status.suspend_at_ns
-        and status.role is PairRole.PRIMARY
-        and state in (PairState.DUPLEX, PairState.PENDING)
-    ):
-        return refused(
-            f"{device}: a suspend is armed for {status.suspend_at_ns}: other state changes "
-            "wait until it has passed",
-            state,
-        )
+    busy = ledger.armed_refusal(pair_view(device, status), _OPS[op])
+    if busy is not None:
+        return refused(str(busy), state)
+    decision = decide(op, device, status)
     if op is PairOp.SHADOW:
-        return _plan_shadow(pair, controller, status, statuses, identities, tertiaries)
+        return _plan_shadow(pair, controller, status, decision, statuses, identities, tertiaries)
     action = _ACTIONS[op]
-    role_needed = {PairOp.SUSPEND: PairRole.PRIMARY, PairOp.RESUME: PairRole.PRIMARY}.get(op)
-    try:
-        if op is PairOp.RECOVER and status.role is not PairRole.SECONDARY:
-            raise IllegalTransition(
-                f"cannot recover {device}: it is not the secondary of a pair: recover at "
-                "the secondary"
-            )
-        new_state = next_state(state, action, device=str(device))
-        if role_needed is PairRole.PRIMARY and status.role is not PairRole.PRIMARY:
-            raise IllegalTransition(
-                f"cannot {op.name.lower()} {device}: it is not the primary of a pair: "
-                f"{op.name.lower()} at the primary"
-            )
-    except IllegalTransition as exc:
+    if decision.refused or decision.new is None:
         done = already_there(op, state, status.role)
         if done:
             return PlannedPair(
@@ -296,7 +300,8 @@ def plan_pair(
                 reason=f"{pair.name}: {done}",
                 already=True,
             )
-        return refused(str(exc), state)
+        return refused(str(decision.refusal), state)
+    new_state = decision.new.state
     if (
         op is PairOp.ESTABLISH
         and isinstance(other_status, DeviceStatus)
@@ -332,24 +337,20 @@ def _plan_shadow(
     pair: GroupPair,
     controller: str,
     status: DeviceStatus,
+    decision: ledger.Decision,
     statuses: dict[Key, DeviceStatus | str],
     identities: dict[Key, DeviceIdentity],
     tertiaries: dict[str, HardwareAddress],
 ) -> PlannedPair:
-    """A shadow copy changes no pair state: it needs a SUSPENDED secondary and a free
-    tertiary on the same controller, and copies the whole volume."""
+    """A shadow copy changes no pair state: it needs a SUSPENDED secondary (the ledger's
+    `decision`) and a free tertiary on the same controller, and copies the whole volume."""
     device = pair.secondary
     tertiary = tertiaries.get(str(device))
     reason = ""
     if tertiary is None:
         reason = f"no tertiary given for secondary {device}"
-    elif status.role is not PairRole.SECONDARY or status.state not in OPERATION_PERMITTED["shadow"]:
-        reason = (
-            f"cannot shadow {device}: pair is {status.state.name} ({status.role.value}): "
-            "a shadow copy needs a SUSPENDED secondary"
-        )
-    elif status.flags & _FLAG_SHADOW_RUNNING:
-        reason = f"{device}: a shadow copy is already running"
+    elif decision.refusal is not None:
+        reason = str(decision.refusal)
     else:
         target = _status(statuses, (controller, tertiary.device_key))
         if isinstance(target, str):
@@ -389,4 +390,13 @@ def plan_summary(planned: list[PlannedPair]) -> dict[str, dict[str, Any]]:
     return dict(sorted(out.items()))
 
 
-__all__ = ["AT_PRIMARY", "PlannedPair", "already_there", "plan_pair", "plan_summary", "preview"]
+__all__ = [
+    "AT_PRIMARY",
+    "PlannedPair",
+    "already_there",
+    "decide",
+    "pair_view",
+    "plan_pair",
+    "plan_summary",
+    "preview",
+]
