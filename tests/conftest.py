@@ -1,6 +1,7 @@
 # Shared fixtures: worlds of real controller processes on 127.0.0.1 in a temporary folder.
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from remcopy.controller.process import (
     ControllerSpec,
     kill_left_running,
     started_pids,
+    use_listen_ports,
 )
 from remcopy.pki import Site
 
@@ -20,6 +22,17 @@ from remcopy.pki import Site
 def _site_certificates(tmp_path_factory: pytest.TempPathFactory) -> None:
     """One site CA per test session; certificates are issued once per name, on demand."""
     use_site(Site(tmp_path_factory.mktemp("pki")))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_listen_ports() -> None:
+    """Each pytest-xdist worker names its worlds' ports from its own part of 20000-29999:
+    two workers never pick the same port that both found free before either bound it (a
+    campaign failed so at -n 4). A demo a test starts picks from 20000-31999 at random."""
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    size = 10_000 // count
+    use_listen_ports(range(20_000 + index * size, 20_000 + (index + 1) * size))
 
 
 @pytest.fixture(autouse=True)

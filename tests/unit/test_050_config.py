@@ -444,3 +444,18 @@ def test_links_without_tls_or_with_an_exposed_key_are_refused(tmp_path: Path, te
     """No [tls] without plain_tcp, plain TCP off loopback, a key others may read: refused."""
     _path, err = _refusal(tmp_path, text(tmp_path))
     assert expected in str(err.problems), err.problems
+
+
+def test_listen_ports_are_handed_out_from_the_part_given_in_turn() -> None:
+    from remcopy.controller import process
+
+    saved = (process._ports[0], process._next_port[0])
+    try:
+        process.use_listen_ports(range(29_990, 30_000))
+        first = [process.free_port() for _ in range(3)]
+        assert all(29_990 <= port < 30_000 for port in first)
+        assert len(set(first)) == 3
+        with pytest.raises(ValueError, match="not a part of"):
+            process.use_listen_ports(range(1_000, 2_000))
+    finally:
+        process._ports[0], process._next_port[0] = saved

@@ -198,19 +198,29 @@ def _toml_value(value: object) -> str:
 # Listen ports for configs that name each other are taken below the kernel's ephemeral range
 # (32768-60999 on Linux): a port bound to 0 comes from that range, and so does the local port
 # of every outgoing connection on the machine, which may take it before the controller binds.
-_LISTEN_PORTS: Final = range(20000, 32000)
+LISTEN_PORTS: Final = range(20000, 32000)
+_ports = [LISTEN_PORTS]  # the part this process hands out
+_next_port = [random.choice(LISTEN_PORTS)]  # this process hands them out in turn from here
 
 
-_next_port = [random.choice(_LISTEN_PORTS)]  # this process hands them out in turn from here
+def use_listen_ports(ports: range) -> None:
+    """Hand out only these ports from now on: processes that build worlds side by side on
+    one machine each take their own part, so one never names a port another just chose
+    (both found it free before either bound it)."""
+    if not ports or ports.start < LISTEN_PORTS.start or ports.stop > LISTEN_PORTS.stop:
+        raise ValueError(f"ports {ports} are not a part of {LISTEN_PORTS}")
+    _ports[0] = ports
+    _next_port[0] = ports.start
 
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (for configs that name each other),
     outside the range outgoing connections take their local ports from; never the same one
     twice in a row of calls from this process (a world asks for several before any binds)."""
-    span = len(_LISTEN_PORTS)
+    ports = _ports[0]
+    span = len(ports)
     for _ in range(span):
-        port = _LISTEN_PORTS.start + (_next_port[0] - _LISTEN_PORTS.start) % span
+        port = ports.start + (_next_port[0] - ports.start) % span
         _next_port[0] = port + 1
         with socket.socket() as sock:
             try:
@@ -218,7 +228,7 @@ def free_port() -> int:
             except OSError:
                 continue
             return port
-    raise OSError(f"no free port in {_LISTEN_PORTS.start}-{_LISTEN_PORTS.stop - 1}")
+    raise OSError(f"no free port in {ports.start}-{ports.stop - 1}")
 
 
 # Every controller process this Python process started, by pid: a test stopped by its timeout
