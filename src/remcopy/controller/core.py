@@ -238,6 +238,8 @@ class Controller:
         self._announcing: collections.deque[Callable[[], None]] = collections.deque()
         """Durable commits whose events are not announced yet, in commit order."""
         self._announce_soon = False
+        self._handing: collections.deque[tuple[list[Event], list[EventSink]]] = collections.deque()
+        """Recorded events not yet written to the log file and handed to subscribers."""
         self._event_log: EventLog | None = None
         self.started_ns = time.time_ns()
         self.counters: dict[str, int] = {
@@ -526,20 +528,26 @@ class Controller:
                 shown,
                 f"; and {more} more (in {event_log.path.name})" if more > 0 else "",
             )
-        sinks = list(self._sinks)  # a later subscriber finds these in the log instead
+        # A later subscriber finds these in the log instead.
+        self._handing.append((events, list(self._sinks)))
+        if len(self._handing) > 1:
+            return  # handed out with those recorded before
         try:
-            asyncio.get_running_loop().call_soon(self._hand_out, events, sinks)
+            asyncio.get_running_loop().call_soon(self._hand_out)
         except RuntimeError:  # no event loop (a tool, a unit test): now
-            self._hand_out(events, sinks)
+            self._hand_out()
 
-    def _hand_out(self, events: list[Event], sinks: list[EventSink]) -> None:
-        if self._event_log is None:  # closed since: closing wrote them
-            return
-        self._event_log.write()
-        for sink in sinks:
-            if sink in self._sinks:  # not gone since
-                for event in events:
-                    sink(event)
+    def _hand_out(self) -> None:
+        """Write recorded events to the log file and hand them to subscribers, in order."""
+        while self._handing:
+            events, sinks = self._handing.popleft()
+            if self._event_log is None:  # closed since: closing wrote them
+                continue
+            self._event_log.write()
+            for sink in sinks:
+                if sink in self._sinks:  # not gone since
+                    for event in events:
+                        sink(event)
 
     # Committing state changes...
 
@@ -670,6 +678,14 @@ class Controller:
         if not self._announce_soon:
             self._announce_soon = True
             asyncio.get_running_loop().call_soon(self._announce_all)
+
+    def announce_durable(self) -> None:
+        """Announce and hand out now the events of commits that are durable already: a host
+        write that waited for a commit is answered after that commit's events (a host sees
+        the state change before the reply it caused), while whoever awaited the commit itself
+        (a seal telling its secondaries) still went on first."""
+        self._announce_all()
+        self._hand_out()
 
     def _announce_all(self) -> None:
         self._announce_soon = False

@@ -857,6 +857,7 @@ class Replicator:
     ) -> None:
         self.counters["commit_waits"] += 1
         await committing
+        self.controller.announce_durable()  # its events before this write's answer
         follow = self.host_write(grant, msg, busy_waits=busy_waits)
         if follow is not None:
             await follow
