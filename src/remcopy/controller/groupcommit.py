@@ -23,6 +23,7 @@
 #   while the thread does (a journal compaction replaces the file the thread syncs).
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 from collections import Counter
@@ -52,7 +53,7 @@ class _Queued(Generic[Item]):
     done: asyncio.Future[None]
 
 
-class GroupCommit(Generic[Item]):
+class GroupCommit(abc.ABC, Generic[Item]):
     """Durable writes of queued items, many at a time, on one writer thread. Subclasses
     implement `_write(items)`: make every item durable, on whatever thread calls it."""
 
@@ -68,8 +69,9 @@ class GroupCommit(Generic[Item]):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} running={self.running} queued={len(self._queue)}>"
 
+    @abc.abstractmethod
     def _write(self, items: list[Item]) -> None:
-        raise NotImplementedError
+        """Make these items durable (on the writer thread)."""
 
     @property
     def running(self) -> bool:
