@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -28,11 +29,14 @@ def _site_certificates(tmp_path_factory: pytest.TempPathFactory) -> None:
 def _own_listen_ports() -> None:
     """Each pytest-xdist worker names its worlds' ports from its own part of 20000-29999:
     two workers never pick the same port that both found free before either bound it (a
-    campaign failed so at -n 4). A demo a test starts picks from 20000-31999 at random."""
+    campaign failed so at -n 4). A demo a test starts picks from 20000-31999 at random.
+    Each worker starts at a random place in its part: two test runs on one machine (each with
+    its own gw0) do not walk the same ports in step."""
     index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
     count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     size = 10_000 // count
-    use_listen_ports(range(20_000 + index * size, 20_000 + (index + 1) * size))
+    ports = range(20_000 + index * size, 20_000 + (index + 1) * size)
+    use_listen_ports(ports, first=random.choice(ports))
 
 
 @pytest.fixture(autouse=True)

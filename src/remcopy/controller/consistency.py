@@ -33,11 +33,10 @@
 #   the next fdatasync), and a link's watermark counts here only once the updates before it
 #   are durable: what C covers at any secondary of the group survives a power loss of this
 #   one. A new C is synced with the next group commit (power loss may take back the last
-#   one or two, never below what the journal holds). Compaction forgets only updates that
-#   are on disk in the volumes: it fdatasyncs the group's volumes first, and the rewritten
-#   file keeps, besides what waits, every update C passed since that fdatasync began. The
-#   new file is written off the loop; what happens meanwhile is appended to it before it
-#   replaces the old one (sjournal.tail_records).
+#   one or two, never below what the journal holds). The journal is a run of segment
+#   files; an old segment is deleted only once every update in it was written to the
+#   volumes (or dropped) and the group's volumes were fdatasync'd after that (off the loop):
+#   nothing that still waits is ever copied again.
 # - Leaving DUPLEX (suspend at T, a resume after an error, terminate) first writes every
 #   update of the device still waiting: the primary has drained what is stamped < T and
 #   stopped mirroring, so the device is at T (C = T for a suspend).
@@ -61,13 +60,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from remcopy.controller import statefile
-from remcopy.controller.sjournal import (
-    COMPACT_SLACK_BYTES,
-    JournalSyncer,
-    SecondaryJournal,
-    Waiting,
-    tail_records,
-)
+from remcopy.controller.sjournal import JournalSyncer, SecondaryJournal, Waiting
 from remcopy.errors import InputError, RemcopyError
 from remcopy.events import EventKind
 from remcopy.states import CopyMode, PairRole, PairState
@@ -82,8 +75,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("remcopy.replication")
 
 GROUPS_FILE: Final = "async_groups.json"
-# With nothing waiting, the journal is rewritten (to one C record) past this size.
-COMPACT_EMPTY_BYTES: Final = 1024 * 1024
 # Settling a device writes everything of it still waiting, whatever its stamp.
 UNBOUNDED_NS: Final = (1 << 63) - 1
 
@@ -108,16 +99,9 @@ class AsyncGroup:
     """Whether the last `rpo` event said the RPO is over rpo_alert_s."""
     held_bytes: dict[int, int] = field(default_factory=dict)
     """Per device: the bytes of its updates waiting here (QUERY journal_bytes)."""
-    since_flush: list[Waiting] | None = None
-    """While a compaction runs: the updates C passed since it began (they may not be on
-    disk in the volumes yet, so the rewritten journal keeps them)."""
-    dropped_since: list[int] | None = None
-    """While a compaction runs: the devices whose updates were dropped (settled) since."""
 
     def drop(self, device: int) -> None:
         self.journal.drop(device)
-        if self.dropped_since is not None:
-            self.dropped_since.append(device)
 
     def hold(self, w: Waiting) -> None:
         self.waiting.append(w)
@@ -131,6 +115,7 @@ class AsyncGroup:
         ids = {id(w) for w in gone}
         self.waiting = [w for w in self.waiting if id(w) not in ids]
         for w in gone:
+            self.journal.settle(w)
             self.live_bytes -= len(w.data)
             left = self.held_bytes[w.device] - len(w.data)
             if left:
@@ -154,7 +139,7 @@ class Consistency:
             "async_cuts",
             "async_updates_waited",
             "async_late_updates",
-            "async_compactions",
+            "async_segments_retired",
         ):
             self.controller.counters.setdefault(key, 0)
         document = statefile.read(self.controller.data_dir / GROUPS_FILE) or {}
@@ -180,6 +165,8 @@ class Consistency:
             if w.stamp_ns >= group.applied_ns:
                 group.hold(w)
         self._write(below)
+        for w in below:
+            group.journal.settle(w)
         if replayed.waiting:
             log.info(
                 "group %s: secondary journal replayed: C=%d, %d updates written again, %d wait",
@@ -265,6 +252,7 @@ class Consistency:
                 group.applied_ns,
             )
             self._write([waiting])
+            group.journal.settle(waiting)
             return
         group.hold(waiting)
         self.controller.counters["async_updates_waited"] += 1
@@ -363,7 +351,7 @@ class Consistency:
                     self.syncer.submit_item(group.journal)  # the new C, with the next commit
                 self._check_rpo(group)
             for group in list(self.groups.values()):
-                await self._maybe_compact(group)
+                await self._retire(group)
 
     def _check_rpo(self, group: AsyncGroup) -> None:
         """An `rpo` event when the group's RPO here (now - C) crosses rpo_alert_s, either
@@ -418,8 +406,6 @@ class Consistency:
             return 0
         group.release(due)
         due.sort(key=lambda w: (w.stamp_ns, w.seq))
-        if group.since_flush is not None and devices is None:
-            group.since_flush.extend(due)
         self._write(due)
         return len(due)
 
@@ -436,39 +422,19 @@ class Consistency:
             "updates_applied", 0
         ) + len(updates)
 
-    async def _maybe_compact(self, group: AsyncGroup) -> None:
-        """Rewrite the journal as C and what still waits, once it holds much more. The
-        updates it forgets were written to the volumes: those are fdatasync'd first (off the
-        loop), and what C passed meanwhile is kept in the new file (written again by a
-        replay, being below C)."""
-        size = group.journal.size_bytes
-        if not (
-            (not group.waiting and size > COMPACT_EMPTY_BYTES)
-            or size > group.live_bytes + COMPACT_SLACK_BYTES
-        ):
+    async def _retire(self, group: AsyncGroup) -> None:
+        """Delete the old journal segments whose updates were all written (or dropped), once
+        the group's volumes are fdatasync'd (off the loop): a power loss after the deletion
+        must find those writes on disk. Segments settled while the fdatasync ran wait for
+        the next round."""
+        numbers = group.journal.retirable()
+        if not numbers:
             return
-        group.since_flush, group.dropped_since = [], []
-        try:
-            volumes = [run.device.volume for run in self._runs(group)]
-            await asyncio.to_thread(_flush_all, volumes)
-            async with self.syncer.exclusive():  # no fdatasync of the old file runs meanwhile
-                # The new file is written off the loop; what arrives, moves or is dropped
-                # meanwhile goes to the old file too, and is appended to the new one before
-                # it replaces the old.
-                mark = group.next_seq
-                records = [*group.since_flush, *group.waiting]
-                prepared = await asyncio.to_thread(
-                    group.journal.prepare_compaction, group.applied_ns, records
-                )
-                late = sorted(
-                    (w for w in [*group.since_flush, *group.waiting] if w.seq >= mark),
-                    key=lambda w: w.seq,
-                )
-                tail = tail_records(group.dropped_since, late, group.applied_ns)
-                group.journal.install_compaction(prepared, tail)
-                self.controller.counters["async_compactions"] += 1
-        finally:
-            group.since_flush = group.dropped_since = None
+        volumes = [run.device.volume for run in self._runs(group)]
+        await asyncio.to_thread(_flush_all, volumes)
+        async with self.syncer.exclusive():  # no fdatasync of a segment runs meanwhile
+            group.journal.retire(numbers)
+        self.controller.counters["async_segments_retired"] += len(numbers)
 
     def settle(self, runs: list[DeviceRun]) -> None:
         """These secondaries leave DUPLEX (or a freeze's SUSPENDED): write every update of

@@ -203,14 +203,16 @@ _ports = [LISTEN_PORTS]  # the part this process hands out
 _next_port = [random.choice(LISTEN_PORTS)]  # this process hands them out in turn from here
 
 
-def use_listen_ports(ports: range) -> None:
-    """Hand out only these ports from now on: processes that build worlds side by side on
-    one machine each take their own part, so one never names a port another just chose
-    (both found it free before either bound it)."""
+def use_listen_ports(ports: range, *, first: int | None = None) -> None:
+    """Hand out only these ports from now on, from `first` on (default: the start): processes
+    that build worlds side by side on one machine each take their own part, so one never
+    names a port another just chose (both found it free before either bound it)."""
     if not ports or ports.start < LISTEN_PORTS.start or ports.stop > LISTEN_PORTS.stop:
         raise ValueError(f"ports {ports} are not a part of {LISTEN_PORTS}")
+    if first is not None and first not in ports:
+        raise ValueError(f"first port {first} is not in {ports}")
     _ports[0] = ports
-    _next_port[0] = ports.start
+    _next_port[0] = ports.start if first is None else first
 
 
 def free_port() -> int:

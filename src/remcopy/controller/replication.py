@@ -41,11 +41,13 @@ from dataclasses import dataclass, field, replace
 from typing import Final, Literal
 
 from remcopy import tls
+from remcopy.controller import segmentlog
 from remcopy.controller.changemap import ChangeMap, ChangeMapFile
 from remcopy.controller.consistency import Consistency
 from remcopy.controller.core import Controller, Device, HostGrant, PairInfo
 from remcopy.controller.freeze import Freezer
 from remcopy.controller.journal import Journal
+from remcopy.controller.journal import Record as JournalRecord
 from remcopy.controller.pairops import PairOperations
 from remcopy.controller.peerlink import PeerLink
 from remcopy.errors import (
@@ -254,16 +256,15 @@ class Replicator:
     def _replay_journals(self) -> None:
         """Ship again what async pairs acknowledged before a crash, before any new write."""
         for peer in self.controller.peers.values():
-            path = self.controller.data_dir / "journal" / f"{peer.serial}.jnl"
-            if not path.exists() or path.stat().st_size == 0:
+            if not segmentlog.has_records(self.controller.data_dir / "journal", str(peer.serial)):
                 continue
             link = self.link(peer.serial)
-            updates = link.journal.replay()
-            if updates:
+            records = link.journal.replay()
+            if records:
                 link.replayed.clear()
-                self.spawn(self._replay(link, updates), name=f"replay {peer.name}")
+                self.spawn(self._replay(link, records), name=f"replay {peer.name}")
 
-    async def _replay(self, link: PeerLink, updates: list[native.Update]) -> None:
+    async def _replay(self, link: PeerLink, records: list[JournalRecord]) -> None:
         targets = {
             (r.device.pair.peer_serial, r.device.pair.peer_device): r
             for r in self.runs.values()
@@ -273,18 +274,21 @@ class Replicator:
             await link.ensure_connected()
         except RemcopyError as exc:
             link.mark_broken(exc)
-        for update in updates:
+        for record in records:
+            update = record.update
             run = targets.get((link.serial, update.device))
             if run is None:
-                link.journal.settled()
+                link.journal.settled(record.segment)
                 continue
             if run.device.pair.state not in (PairState.DUPLEX, PairState.PENDING):
                 run.changemap.mark(update.offset, len(update.data))
-                link.journal.settled()
+                link.journal.settled(record.segment)
                 continue
             confirmed = link.push(update)
-            self._track(run, link, confirmed, update.offset, len(update.data), journaled=True)
-        log.info("replayed %d journaled updates to %s", len(updates), link.peer.name)
+            self._track(
+                run, link, confirmed, update.offset, len(update.data), segment=record.segment
+            )
+        log.info("replayed %d journaled updates to %s", len(records), link.peer.name)
         link.replayed.set()
 
     def _resume_after_restart(self) -> None:
@@ -743,8 +747,8 @@ class Replicator:
         update = native.Update(
             device=pair.peer_device, timestamp_ns=msg.timestamp_ns, offset=msg.offset, data=msg.data
         )
-        if pair.mode is CopyMode.ASYNC:
-            link.journal.append(update)  # in the file before the host is acknowledged
+        # In the file before the host is acknowledged: async updates, in a journal segment.
+        segment = link.journal.append(update) if pair.mode is CopyMode.ASYNC else None
         if self._planted("drop_update"):  # PLANTED BUG: confirmed without being sent
             confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             confirmed.set_result(None)
@@ -757,7 +761,7 @@ class Replicator:
             confirmed,
             msg.offset,
             len(msg.data),
-            journaled=pair.mode is CopyMode.ASYNC,
+            segment=segment,
             intent=intent,
         )
         if pair.mode is CopyMode.SYNC:
@@ -785,20 +789,22 @@ class Replicator:
         offset: int,
         length: int,
         *,
-        journaled: bool,
+        segment: int | None,
         intent: list[int] | None = None,
     ) -> None:
+        """Account for an update until its confirmation; `segment`: its async journal segment
+        (None: not journaled)."""
         run.in_flight.add(confirmed)
         run.lag_bytes += length
-        run.journal_bytes += length if journaled else 0
+        run.journal_bytes += length if segment is not None else 0
         run.pending_since[confirmed] = time.time_ns()
 
         def done(future: asyncio.Future[None]) -> None:
             run.lag_bytes -= length
             run.pending_since.pop(future, None)
-            if journaled:
+            if segment is not None:
                 run.journal_bytes -= length
-                link.journal.settled()
+                link.journal.settled(segment)
 
             self._update_done(run, offset, length, future)
             if intent is not None:

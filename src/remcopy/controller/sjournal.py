@@ -8,46 +8,46 @@
 # an update waits here. It must wait durably: the primary was told "arrived" and dropped it
 # from its own journal, so after a kill -9 of the secondary it exists nowhere else.
 #
-# Format: an append-only file of records, each `kind u8 | ...`:
+# Format: segment files (segmentlog.py: `sjournal/GROUP.NNNNNNNN.jnl`, old ones deleted whole)
+# of records, each `kind u8 | ...`:
 # - `U`: `seq u64 | source u32 | device u16 | flags u8 | stamp u64 | offset u64 | length u32 |
 #   data` — an update from primary controller `source`, in arrival order.
 # - `C`: `at_ns u64` — the consistency time C. Written before the updates stamped < C are
 #   written to the volumes, so a restart applies them again, in the same order, and C never
-#   goes back.
+#   goes back. Each new segment begins with the C of then, so deleting older segments never
+#   takes C back.
 # - `D`: `device u16` — every earlier update of this device was applied (or its tracks
 #   recorded) outside the order of C: when the pair left DUPLEX, or at a recover. A replay
 #   forgets them (the volume may have newer data since).
-# Compaction rewrites the file to one `C` record and the updates still waiting (write to a
-# temporary file, fsync, rename): the file holds only what a restart needs.
+# Retirement, not compaction: the journal counts, per segment, the updates in it still
+# waiting. An old segment whose updates are all settled (written to the volumes, or dropped)
+# is deleted whole once the group's volumes are fdatasync'd (consistency.py): nothing that
+# waits is ever copied again.
 #
 # Durability: an update batch is acknowledged to its primary only once its records are on
-# disk (fdatasync): the primary then forgets them, and a power loss here must not take back an
-# update that C may already cover at a sibling secondary. `JournalSyncer` does the fdatasyncs
-# on one writer thread with group commit (groupcommit.py, the same shape as the pair-state
-# commits): batches that arrive while one fdatasync runs share the next.
+# disk (fdatasync, and the folder's fsync for a new segment): the primary then forgets them,
+# and a power loss here must not take back an update that C may already cover at a sibling
+# secondary. `JournalSyncer` does the fdatasyncs on one writer thread with group commit
+# (groupcommit.py, the same shape as the pair-state commits): batches that arrive while one
+# fdatasync runs share the next.
 #
 # Rules this module keeps:
 # - `append` returns once the record is in the file (page cache: it survives kill -9); the
 #   syncer's future for it is done once it survives power loss.
 # - Replay is pure reading: what waits, and the last C.
+# - Segments are retired only while no fdatasync runs (the syncer is held), oldest first.
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
 
-from remcopy.controller import atrest
 from remcopy.controller.groupcommit import GroupCommit
-from remcopy.controller.journal import open_append
-from remcopy.errors import VolumeIOError
+from remcopy.controller.segmentlog import SEGMENT_BYTES_DEFAULT, SegmentLog
 
 _UPDATE = struct.Struct("!cQIHBQQI")
 _CUT = struct.Struct("!cQ")
 _DROP = struct.Struct("!cH")
-# Rewrite the file once it holds this much more than what still waits.
-COMPACT_SLACK_BYTES: Final = 64 * 1024 * 1024
 
 
 @dataclass(slots=True, kw_only=True)
@@ -61,6 +61,8 @@ class Waiting:
     stamp_ns: int
     offset: int
     data: bytes
+    segment: int = 0
+    """The journal segment its record is in."""
 
     def header(self) -> bytes:
         return _UPDATE.pack(
@@ -74,9 +76,6 @@ class Waiting:
             len(self.data),
         )
 
-    def record(self) -> bytes:
-        return self.header() + self.data
-
 
 @dataclass(slots=True)
 class Replayed:
@@ -88,164 +87,123 @@ class Replayed:
 
 
 class SecondaryJournal:
-    """The append-only file of one group's arrived, not yet applied updates."""
+    """The segment files of one group's arrived, not yet applied updates."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, segment_bytes: int = SEGMENT_BYTES_DEFAULT) -> None:
+        # `path` names the group's journal (`sjournal/GROUP.jnl`); its segments sit beside it.
         self.path = path
-        self._fd, self.size_bytes = open_append(path, "secondary journal")
+        self.log = SegmentLog(
+            path.parent, path.stem, "secondary journal", segment_bytes=segment_bytes
+        )
+        self.cut_ns = 0
+        """The last C written (or replayed): the head of every new segment."""
+        self._live: dict[int, int] = {}
+        """Per segment: its updates still waiting (not written, not dropped)."""
+        self.retired = 0
 
     def __repr__(self) -> str:
-        return f"<SecondaryJournal {self.path.name} bytes={self.size_bytes}>"
+        return f"<SecondaryJournal {self.path.name} {self.log!r}>"
+
+    @property
+    def size_bytes(self) -> int:
+        return self.log.size_bytes
 
     def replay(self) -> Replayed:
         """The last C written and every update after the last drop of its device, in order."""
-        try:
-            raw = os.pread(self._fd, self.size_bytes, 0) if self.size_bytes else b""
-        except OSError as exc:
-            raise VolumeIOError(
-                f"secondary journal {self.path}: cannot read: {exc.strerror}"
-            ) from exc
-        applied_ns, waiting, next_seq, at = 0, [], 1, 0
-        while at < len(raw):
-            kind = raw[at : at + 1]
-            if kind == b"U" and at + _UPDATE.size <= len(raw):
-                _, seq, source, device, flags, stamp, offset, length = _UPDATE.unpack_from(raw, at)
-                start = at + _UPDATE.size
-                if start + length > len(raw):
-                    break  # torn last record: it was never acknowledged to the primary
-                data = raw[start : start + length]
-                waiting.append(
-                    Waiting(
-                        seq=seq,
-                        source=source,
-                        device=device,
-                        flags=flags,
-                        stamp_ns=stamp,
-                        offset=offset,
-                        data=data,
+        applied_ns, waiting, next_seq = 0, [], 1
+        for number, raw in self.log.read():
+            at = 0
+            while at < len(raw):
+                kind = raw[at : at + 1]
+                if kind == b"U" and at + _UPDATE.size <= len(raw):
+                    _, seq, source, device, flags, stamp, offset, length = _UPDATE.unpack_from(
+                        raw, at
                     )
-                )
-                next_seq = seq + 1
-                at = start + length
-            elif kind == b"C" and at + _CUT.size <= len(raw):
-                applied_ns = max(applied_ns, _CUT.unpack_from(raw, at)[1])
-                at += _CUT.size
-            elif kind == b"D" and at + _DROP.size <= len(raw):
-                device = _DROP.unpack_from(raw, at)[1]
-                waiting = [w for w in waiting if w.device != device]
-                at += _DROP.size
-            else:
-                break  # torn (or unknown) tail
+                    start = at + _UPDATE.size
+                    if start + length > len(raw):
+                        break  # torn last record: it was never acknowledged to the primary
+                    waiting.append(
+                        Waiting(
+                            seq=seq,
+                            source=source,
+                            device=device,
+                            flags=flags,
+                            stamp_ns=stamp,
+                            offset=offset,
+                            data=raw[start : start + length],
+                            segment=number,
+                        )
+                    )
+                    next_seq = seq + 1
+                    at = start + length
+                elif kind == b"C" and at + _CUT.size <= len(raw):
+                    applied_ns = max(applied_ns, _CUT.unpack_from(raw, at)[1])
+                    at += _CUT.size
+                elif kind == b"D" and at + _DROP.size <= len(raw):
+                    device = _DROP.unpack_from(raw, at)[1]
+                    waiting = [w for w in waiting if w.device != device]
+                    at += _DROP.size
+                else:
+                    break  # torn (or unknown) tail
+            if at < len(raw):
+                break  # nothing after a torn record was acknowledged
+        self.cut_ns = applied_ns
+        self._live = {}
+        for w in waiting:
+            self._live[w.segment] = self._live.get(w.segment, 0) + 1
         return Replayed(applied_ns=applied_ns, waiting=waiting, next_seq=next_seq)
 
-    def _write(self, record: bytes) -> None:
-        try:
-            written = os.write(self._fd, record)
-        except OSError as exc:
-            raise VolumeIOError(
-                f"secondary journal {self.path}: append failed: {exc.strerror}"
-            ) from exc
-        if written != len(record):
-            raise VolumeIOError(f"secondary journal {self.path}: short append ({written} bytes)")
-        self.size_bytes += len(record)
+    def _roll_if_full(self) -> None:
+        if self.log.full():
+            self.log.roll()
+            if self.cut_ns:
+                self.log.append((_CUT.pack(b"C", self.cut_ns),))
 
     def append(self, waiting: Waiting) -> None:
-        head = waiting.header()
-        try:  # the header and the data as they are: no copy of the data
-            written = os.writev(self._fd, (head, waiting.data))
-        except OSError as exc:
-            raise VolumeIOError(
-                f"secondary journal {self.path}: append failed: {exc.strerror}"
-            ) from exc
-        if written != len(head) + len(waiting.data):
-            raise VolumeIOError(f"secondary journal {self.path}: short append ({written} bytes)")
-        self.size_bytes += written
+        """Journal an arrived update (it counts as waiting until `settle`)."""
+        self._roll_if_full()
+        # The header and the data as they are: no copy of the data.
+        waiting.segment = self.log.append((waiting.header(), waiting.data))
+        self._live[waiting.segment] = self._live.get(waiting.segment, 0) + 1
+
+    def settle(self, waiting: Waiting) -> None:
+        """This update no longer waits: written to its volume, or dropped."""
+        left = self._live.get(waiting.segment, 0) - 1
+        if left > 0:
+            self._live[waiting.segment] = left
+        else:
+            self._live.pop(waiting.segment, None)
 
     def cut(self, at_ns: int) -> None:
         """Record C (after every update before it): before anything < C is applied."""
-        self._write(_CUT.pack(b"C", at_ns))
+        self._roll_if_full()
+        self.log.append((_CUT.pack(b"C", at_ns),))
+        self.cut_ns = max(self.cut_ns, at_ns)
 
     def drop(self, device: int) -> None:
-        self._write(_DROP.pack(b"D", device))
+        self._roll_if_full()
+        self.log.append((_DROP.pack(b"D", device),))
+
+    def retirable(self) -> list[int]:
+        """The oldest segments, not the current one, with nothing waiting in them."""
+        out = []
+        for number in self.log.numbers:
+            if number == self.log.current or self._live.get(number):
+                break
+            out.append(number)
+        return out
+
+    def retire(self, numbers: list[int]) -> None:
+        """Delete these segments: call only once what was written from them is on disk in
+        the volumes, and while no `sync` runs."""
+        self.log.retire(numbers)
+        self.retired += len(numbers)
 
     def sync(self) -> None:
-        try:
-            os.fdatasync(self._fd)
-        except OSError as exc:
-            raise VolumeIOError(
-                f"secondary journal {self.path}: fdatasync failed: {exc.strerror}"
-            ) from exc
+        self.log.sync()
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def compact(self, applied_ns: int, waiting: list[Waiting]) -> None:
-        """Rewrite the file as C and the updates still waiting (crash: old or new file)."""
-        self.install_compaction(self.prepare_compaction(applied_ns, waiting), b"")
-
-    # Compaction in two steps, so the bulk of it runs off the event loop: `prepare` writes
-    # and fsyncs the new file (any thread; it touches nothing of this object's), then
-    # `install`, on the loop, appends what changed meanwhile (`tail`), makes it durable and
-    # puts the new file in place of the old.
-
-    def prepare_compaction(self, applied_ns: int, waiting: list[Waiting]) -> tuple[Path, int]:
-        """The new file (C, then `waiting` in arrival order: a replay numbers what arrives
-        next after the last), written and fsync'd under a temporary name."""
-        waiting = sorted(waiting, key=lambda w: w.seq)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        try:
-            fd = atrest.open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-            try:
-                data = b"".join([_CUT.pack(b"C", applied_ns), *(w.record() for w in waiting)])
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise VolumeIOError(
-                f"secondary journal {self.path}: compaction failed: {exc.strerror}"
-            ) from exc
-        return tmp, len(data)
-
-    def install_compaction(self, prepared: tuple[Path, int], tail: bytes) -> None:
-        """Append `tail` to the prepared file, fdatasync it, and put it in place."""
-        tmp, size = prepared
-        try:
-            if tail:
-                fd = os.open(tmp, os.O_WRONLY | os.O_APPEND)
-                try:
-                    os.write(fd, tail)
-                    os.fdatasync(fd)
-                finally:
-                    os.close(fd)
-            os.replace(tmp, self.path)
-            dir_fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-            os.close(self._fd)
-            self._fd = atrest.open_private(self.path, os.O_RDWR | os.O_APPEND)
-        except OSError as exc:
-            raise VolumeIOError(
-                f"secondary journal {self.path}: compaction failed: {exc.strerror}"
-            ) from exc
-        self.size_bytes = size + len(tail)
-
-
-def tail_records(dropped: list[int], late: list[Waiting], applied_ns: int) -> bytes:
-    """What a compaction appends for what happened while its file was written: the drops
-    first (they forget the snapshot's updates of those devices), the updates that arrived
-    meanwhile, and C as it is now."""
-    return b"".join(
-        [
-            *(_DROP.pack(b"D", device) for device in dropped),
-            *(w.record() for w in late),
-            _CUT.pack(b"C", applied_ns),
-        ]
-    )
+        self.log.close()
 
 
 class JournalSyncer(GroupCommit[SecondaryJournal]):
