@@ -140,7 +140,7 @@ class _HeldSyncer(JournalSyncer):
 async def test_journal_syncs_queued_during_one_share_the_next_and_exclusive_waits(
     tmp_path: Path,
 ) -> None:
-    """Journals queued while one fdatasync runs share the next; `exclusive` (a compaction)
+    """Journals queued while one fdatasync runs share the next; `exclusive` (deleting segments)
     waits for the running fdatasync and holds the next until it is done."""
     a = SecondaryJournal(tmp_path / "a.jnl")
     b = SecondaryJournal(tmp_path / "b.jnl")

@@ -20,7 +20,7 @@
 # - A write that fails ends the writer task with the error (fail-stop: the controller's
 #   TaskGroup stops the process), and every queued future gets the error.
 # - `exclusive()` holds the writer between batches: for work on the loop that must not run
-#   while the thread does (a journal compaction replaces the file the thread syncs).
+#   while the thread does (a secondary journal deletes segments the thread may sync).
 from __future__ import annotations
 
 import abc
