@@ -99,6 +99,8 @@ class AsyncGroup:
     """Whether the last `rpo` event said the RPO is over rpo_alert_s."""
     held_bytes: dict[int, int] = field(default_factory=dict)
     """Per device: the bytes of its updates waiting here (QUERY journal_bytes)."""
+    unflushed: set[int] = field(default_factory=set)
+    """Devices this group's updates were written to since the last fdatasync of them began."""
 
     def drop(self, device: int) -> None:
         self.journal.drop(device)
@@ -164,7 +166,7 @@ class Consistency:
         for w in replayed.waiting:
             if w.stamp_ns >= group.applied_ns:
                 group.hold(w)
-        self._write(below)
+        self._write(group, below)
         for w in below:
             group.journal.settle(w)
         if replayed.waiting:
@@ -251,7 +253,7 @@ class Consistency:
                 update.timestamp_ns,
                 group.applied_ns,
             )
-            self._write([waiting])
+            self._write(group, [waiting])
             group.journal.settle(waiting)
             return
         group.hold(waiting)
@@ -406,14 +408,15 @@ class Consistency:
             return 0
         group.release(due)
         due.sort(key=lambda w: (w.stamp_ns, w.seq))
-        self._write(due)
+        self._write(group, due)
         return len(due)
 
-    def _write(self, updates: list[Waiting]) -> None:
+    def _write(self, group: AsyncGroup, updates: list[Waiting]) -> None:
         for w in updates:
             device = self.controller.devices.get(w.device)
             if device is None:
                 continue
+            group.unflushed.add(w.device)
             if w.flags & native.UPDATE_ZERO:
                 device.volume.zero(w.offset, _length(w))
             else:
@@ -430,7 +433,11 @@ class Consistency:
         numbers = group.journal.retirable()
         if not numbers:
             return
-        volumes = [run.device.volume for run in self._runs(group)]
+        # Every update in those segments was written before now, so its device is in
+        # `unflushed` or was fdatasync'd by an earlier round that began after that write
+        # (whatever its pair is now: a terminated pair's volume too).
+        keys, group.unflushed = group.unflushed, set()
+        volumes = [d.volume for key in sorted(keys) if (d := self.controller.devices.get(key))]
         await asyncio.to_thread(_flush_all, volumes)
         async with self.syncer.exclusive():  # no fdatasync of a segment runs meanwhile
             group.journal.retire(numbers)
