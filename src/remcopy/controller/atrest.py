@@ -32,6 +32,15 @@ def make_folder(path: Path) -> None:
     path.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
 
 
+def fsync_folder(path: Path) -> None:
+    """Make a folder's entries durable (a file created, renamed or deleted in it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def open_private(path: Path, flags: int) -> int:
     """os.open creating the file 0600 when it does not exist yet."""
     return os.open(path, flags | os.O_CREAT, FILE_MODE)

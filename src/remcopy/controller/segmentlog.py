@@ -152,7 +152,7 @@ class SegmentLog:
             for segment in dirty:
                 os.fdatasync(segment.fd)
             if folder:
-                _fsync_folder(self.folder)
+                atrest.fsync_folder(self.folder)
         except OSError as exc:
             raise VolumeIOError(
                 f"{self.what} {self.folder / self.stem}: fdatasync failed: {exc.strerror}"
@@ -173,7 +173,7 @@ class SegmentLog:
                 os.unlink(segment.path)
                 freed += segment.size
             if gone:
-                _fsync_folder(self.folder)
+                atrest.fsync_folder(self.folder)
         except OSError as exc:
             raise VolumeIOError(
                 f"{self.what} {self.folder / self.stem}: cannot delete a segment: {exc.strerror}"
@@ -216,11 +216,3 @@ def has_records(folder: Path, stem: str) -> bool:
     paths = [folder / f"{stem}{_SUFFIX}"]
     paths += [folder / f"{stem}.{n:08d}{_SUFFIX}" for n in segment_numbers(folder, stem)]
     return any(p.exists() and p.stat().st_size for p in paths)
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
+from remcopy.controller import atrest
 from remcopy.errors import InputError, OutOfRange, VolumeIOError
 from remcopy.ids import Volser
 
@@ -170,7 +171,7 @@ class Volume:
             os.pwrite(fd, label, 0)
             if durable:
                 os.fsync(fd)
-                _fsync_dir(path.parent)
+                atrest.fsync_folder(path.parent)
         except OSError as exc:
             os.close(fd)
             raise VolumeIOError(f"volume file {path}: cannot create: {exc.strerror}") from exc
@@ -316,11 +317,3 @@ class Volume:
             f"volume {self.volser}: {verb} failed: {exc.strerror} "
             f"(errno {exc.errno}) file={self.path}"
         )
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
