@@ -47,8 +47,9 @@ from remcopy.wire import native
 from remcopy.wire.native import PairItem, PairOp, PairOpReply, PairOpRequest, PairResult
 
 if TYPE_CHECKING:
-    from remcopy.controller.consistency import AsyncGroup
-    from remcopy.controller.replication import DeviceRun, Replicator
+    from remcopy.controller.consistency import AsyncGroup, Consistency
+    from remcopy.controller.freeze import Freezer
+    from remcopy.controller.runs import DeviceRun, Replica
 
 log = logging.getLogger("remcopy.replication")
 
@@ -80,8 +81,10 @@ def _refused(key: int, exc: RemcopyError, device: Device | None = None) -> PairR
 class PairOperations:
     """The pair operations of one controller's replicator."""
 
-    def __init__(self, rep: Replicator) -> None:
+    def __init__(self, rep: Replica, freezer: Freezer, consistency: Consistency) -> None:
         self.rep = rep
+        self.freezer = freezer
+        self.consistency = consistency
         self._seals: dict[int, list[asyncio.Future[dict[str, Any]]]] = {}
         """Per suspend time T: the seal of each arm for T (its document once sealed)."""
         self._planned: dict[tuple[int, int], StatePlan] = {}
@@ -119,7 +122,7 @@ class PairOperations:
             return self._suspend_cancel(grant, request)
         if op is PairOp.GROUP_CUT:
             return PairOpReply(
-                document=self.rep.consistency.cut_document(str(request.options.get("group", "")))
+                document=self.consistency.cut_document(str(request.options.get("group", "")))
             )
         raise InputError(f"pair operation {op.name} is for controllers, not hosts")
 
@@ -157,7 +160,7 @@ class PairOperations:
             shadow_running=run.shadow_running,
             shadow_done=run.shadow_done,
             shadow_total=run.shadow_total,
-            frozen=self.rep.freezer.froze(run),
+            frozen=self.freezer.froze(run),
             sealing=bool(run.sealed_at_ns),
         )
 
@@ -299,7 +302,7 @@ class PairOperations:
         # Devices a controller freeze armed (or sealed) join it: the whole request is then
         # suspended at the freeze's T when that is still ahead (a freeze's T is earlier).
         joined = [run for _item, run in good if made.decisions[run.device.key].joined]
-        self.rep.freezer.join(joined, at_ns, now_ns=now)
+        self.freezer.join(joined, at_ns, now_ns=now)
         freeze_at_ns = min((run.freeze_at_ns for run in joined), default=0)
         if freeze_at_ns and now < freeze_at_ns < at_ns:
             at_ns = freeze_at_ns
@@ -360,10 +363,10 @@ class PairOperations:
                 if not waiting:
                     break
                 freeze_at_ns = min(r.freeze_at_ns for r in waiting)
-                await self.rep.freezer.sealed(freeze_at_ns)
+                await self.freezer.sealed(freeze_at_ns)
             freeze_at_ns = min(r.freeze_at_ns for r in joined)
             document = {
-                **await self.rep.freezer.sealed(freeze_at_ns),
+                **await self.freezer.sealed(freeze_at_ns),
                 **document,
                 "freeze_at_ns": freeze_at_ns,
             }
@@ -511,7 +514,7 @@ class PairOperations:
             # Released only once every sibling primary is armed at T (or the hold ended):
             # from then on a write that depends on a held one is mirrored nowhere.
             held_since_ns = min(run.held_since_ns for run in frozen)
-            await self.rep.freezer.wait_confirmed(frozen)
+            await self.freezer.wait_confirmed(frozen)
             commit_started_ns = time.perf_counter_ns()
             self.rep.to_error_all(frozen, at_ns=at_ns)
             await self.rep.controller.settled()  # their released writes wait for this commit
@@ -524,7 +527,7 @@ class PairOperations:
             # A freeze (a replication error somewhere in the group): an async group's
             # secondaries must not write what waits past their consistency time C, since a
             # failed link's updates stamped before T may never arrive.
-            froze = any(self.rep.freezer.froze(run) for run in peer_runs)
+            froze = any(self.freezer.froze(run) for run in peer_runs)
             await self._tell_peer(
                 serial,
                 peer_runs,
@@ -762,13 +765,13 @@ class PairOperations:
             # An async consistency group: exactly up to the C the group agreed on (at_ns; 0:
             # this controller's own C); the later updates' tracks are set in the (cleared)
             # maps, so a failback copies them back.
-            dropped = self.rep.consistency.recover_to(runs, request.at_ns)
+            dropped = self.consistency.recover_to(runs, request.at_ns)
             if request.at_ns or dropped:
                 document = {
                     "consistency_ns": request.at_ns,
                     "dropped": sum(dropped.values()),
                     "applied_ns": max(
-                        (self.rep.consistency.consistency_ns(r) for r in runs), default=0
+                        (self.consistency.consistency_ns(r) for r in runs), default=0
                     ),
                 }
             self.rep.controller.commit_states(changes, cause="recover")
@@ -964,7 +967,7 @@ class PairOperations:
                 )
             device.volume.check_range("update", update.offset, native.update_length(update))
             targets.append(device)
-        consistency = self.rep.consistency
+        consistency = self.consistency
         waited = 0
         journaled: list[AsyncGroup] = []
         for device, update in zip(targets, batch.updates, strict=True):
@@ -996,11 +999,11 @@ class PairOperations:
 
     def peer_op(self, peer_serial: int, request: PairOpRequest) -> PairOpReply:
         if request.op is PairOp.PEER_FREEZE:
-            return self.rep.freezer.peer_freeze(peer_serial, request)
+            return self.freezer.peer_freeze(peer_serial, request)
         if request.op is PairOp.PEER_GROUP_QUERY:
-            return self.rep.freezer.peer_group_query(peer_serial, request)
+            return self.freezer.peer_group_query(peer_serial, request)
         if request.op is PairOp.PEER_WATERMARK:
-            return self.rep.consistency.peer_watermark(peer_serial, request)
+            return self.consistency.peer_watermark(peer_serial, request)
         if request.op is PairOp.PEER_STATE:
             action = request.options.get("action")
             if action == PREPARE_SUSPEND:
@@ -1011,7 +1014,7 @@ class PairOperations:
                     return made
         group = str(request.options.get("group", ""))
         if request.op is PairOp.PEER_ESTABLISH and group:
-            self.rep.consistency.join(group, request.options)  # checked: refuses them all
+            self.consistency.join(group, request.options)  # checked: refuses them all
         # Per item: its refusal, or the device, answered with its state once committed.
         results: list[PairResult | Device] = []
         chunks: list[bytes] = []  # PEER_CHANGEMAP: each device's bitmap, in item order
@@ -1106,7 +1109,7 @@ class PairOperations:
             # An async group's updates still waiting for C: the primary drained what belongs
             # before its T, so they are written now (C = T for a suspend), then it moves. Not
             # after a freeze: another link of the group failed, so what waits stays under C.
-            self.rep.consistency.settle(leaving)
+            self.consistency.settle(leaving)
         at = request.at_ns if action == "suspend" else None
         for phase_changes in phases:
             self.rep.controller.commit_states(phase_changes, cause=action, at_ns=at)
@@ -1161,7 +1164,7 @@ class PairOperations:
         ):
             return None
         if not request.options.get("freeze"):  # as peer_op: what waits for C is written
-            self.rep.consistency.settle([self.rep.runs[key] for key in keys])
+            self.consistency.settle([self.rep.runs[key] for key in keys])
         self.rep.controller.apply_plan(plan)
         self._as_planned()
         return PairOpReply(results=tuple(_ok(devices[key]) for key in keys))

@@ -37,19 +37,20 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
-from typing import Final, Literal
+from dataclasses import replace
+from typing import Any, Final, Literal
 
 from remcopy import tls
 from remcopy.controller import segmentlog
-from remcopy.controller.changemap import ChangeMap, ChangeMapFile
+from remcopy.controller.changemap import ChangeMapFile
 from remcopy.controller.consistency import Consistency
-from remcopy.controller.core import Controller, Device, HostGrant, PairInfo
+from remcopy.controller.core import Controller, Device, HostGrant, PairInfo, StatePlan
 from remcopy.controller.freeze import Freezer
 from remcopy.controller.journal import Journal
 from remcopy.controller.journal import Record as JournalRecord
 from remcopy.controller.pairops import PairOperations
 from remcopy.controller.peerlink import PeerLink
+from remcopy.controller.runs import DeviceRun
 from remcopy.errors import (
     BrokenResourceError,
     ControllerFailed,
@@ -78,37 +79,6 @@ COPY_IN_FLIGHT_PER_DEVICE: Final = 8
 COPY_IN_FLIGHT_MAX: Final = 64
 # How long a consistency-group device holds host writes after a replication error: config
 # key controller.hold_s (default 2 s).
-
-
-@dataclass(eq=False)
-class DeviceRun:
-    """What the replicator keeps in memory about one device (not persisted)."""
-
-    device: Device
-    changemap: ChangeMap
-    in_flight: set[asyncio.Future[None]] = field(default_factory=set)
-    sealed_at_ns: int = 0
-    copier: asyncio.Task[None] | None = None
-    tracks_copied: int = 0
-    last_update: asyncio.Future[None] | None = None
-    held: asyncio.Event | None = None
-    held_since_ns: int = 0
-    """When the current hold of host writes began (wall clock), 0 when none."""
-    shadow_running: bool = False
-    shadow_done: int = 0
-    shadow_total: int = 0
-    bytes_sent: int = 0
-    lag_bytes: int = 0
-    journal_bytes: int = 0
-    """The part of lag_bytes in the async journal (updates of an async pair)."""
-    pending_since: dict[asyncio.Future[None], int] = field(default_factory=dict)
-    """When each unconfirmed update was pushed: the async lag in time is the oldest."""
-    frozen_at_ns: int = 0
-    """Set when a freeze at T ended this device's hold (it is SUSPENDED_ERROR at T)."""
-    copy_unfinished: bool = False
-    """Suspended while PENDING: the secondary is not a consistent image."""
-    freeze_at_ns: int = 0
-    """The T a controller freeze armed this device at (freeze.py); a host suspend joins it."""
 
 
 # A FLUSH naming more devices than this msyncs the whole change-map file once (28-33 ms with
@@ -163,9 +133,9 @@ class Replicator:
                 self.planted_bug_every,
             )
         self.ack_timeout_s = controller.config.controller.ack_timeout_s
-        self.ops = PairOperations(self)
         self.freezer = Freezer(self)
         self.consistency = Consistency(self)  # replays the secondary journals
+        self.ops = PairOperations(self, self.freezer, self.consistency)
         self._tasks: asyncio.TaskGroup | None = None
         self._copy_slots = asyncio.Semaphore(COPY_IN_FLIGHT_MAX)
         # Copies that finished and wait to be confirmed, per secondary controller: one
@@ -561,6 +531,12 @@ class Replicator:
                 run.held = None
             if run.copier is not None:
                 run.copier.cancel()
+
+    def arm(
+        self, runs: list[DeviceRun], at_ns: int, prepared: StatePlan | None = None
+    ) -> asyncio.Future[dict[str, Any]]:
+        """Seal these devices at T (their armed T is persisted already)."""
+        return self.ops._arm_timer(runs, at_ns, prepared)
 
     def commit(
         self,
