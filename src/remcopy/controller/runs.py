@@ -24,6 +24,8 @@ from remcopy.controller.core import Controller, Device
 if TYPE_CHECKING:
     from remcopy.controller.core import StatePlan
     from remcopy.controller.peerlink import PeerLink
+    from remcopy.errors import RemcopyError
+    from remcopy.wire.native import PairResult
 
 
 @dataclass(eq=False)
@@ -92,6 +94,23 @@ class Replica(Protocol):
 
     def to_error_all(self, runs: list[DeviceRun], *, at_ns: int | None = None) -> None:
         """SUSPENDED_ERROR for every device given, in one commit."""
+        ...
+
+    def device_failed(self, run: DeviceRun, exc: RemcopyError) -> None:
+        """A replication error on one device: hold it (consistency group) or fail it."""
+        ...
+
+    async def tell_peer(
+        self,
+        serial: int,
+        runs: list[DeviceRun],
+        action: str,
+        *,
+        at_ns: int = 0,
+        options: dict[str, Any] | None = None,
+        empty: list[int] | None = None,
+    ) -> list[PairResult]:
+        """Make the secondaries follow a state change (PEER_STATE `action`)."""
         ...
 
     def arm(
