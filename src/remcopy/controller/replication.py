@@ -150,6 +150,7 @@ class Replicator:
     def close(self) -> None:
         for timer in self.timers:
             timer.cancel()
+        self.seal.close()
         self.changemaps.close()
         self.consistency.close()
 

@@ -73,8 +73,6 @@ class Replica(Protocol):
     applied_bytes: dict[int, int]
     hold_s: float
     """How long a consistency-group device holds host writes after a replication error."""
-    timers: list[asyncio.TimerHandle]
-    """Event-loop timers to cancel when the replicator closes."""
 
     def link(self, serial: int) -> PeerLink:
         """The link to the peer controller with this serial (made on first use)."""

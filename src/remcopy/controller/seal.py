@@ -23,6 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from remcopy.controller.core import PairInfo, StatePlan
@@ -32,6 +33,7 @@ from remcopy.controller.pairsteps import (
     as_planned,
     result_ok,
 )
+from remcopy.controller.sealtimer import SealTimer
 from remcopy.errors import IllegalTransition
 from remcopy.events import EventKind, lss_list
 from remcopy.states import PairAction, PairState
@@ -44,6 +46,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("remcopy.replication")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Arm:
+    """One arm of a suspend at T: its devices, its seal's outcome, its prepared commit."""
+
+    runs: list[DeviceRun]
+    done: asyncio.Future[dict[str, Any]]
+    prepared: StatePlan | None
+
+
 class Seal:
     """The seals at T of one controller's replicator."""
 
@@ -52,26 +63,52 @@ class Seal:
         self.freezer = freezer
         self.seals: dict[int, list[asyncio.Future[dict[str, Any]]]] = {}
         """Per suspend time T: the seal of each arm for T (its document once sealed)."""
+        self.timer: SealTimer[_Arm] = SealTimer()
+        """The arms not sealed yet, by T (sans-I/O: sealtimer.py)."""
+        self._wakeup: asyncio.TimerHandle | None = None
+        """The one event-loop timer, on the seal timer's next deadline (`_wakeup_ns`)."""
+        self._wakeup_ns = 0
 
     def arm(
         self, runs: list[DeviceRun], at_ns: int, prepared: StatePlan | None = None
     ) -> asyncio.Future[dict[str, Any]]:
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[dict[str, Any]] = loop.create_future()
+        """Seal these devices at T (their armed T is persisted already); the seal's document.
+        A T that has passed (re-armed after a restart) seals at once."""
+        done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._seal_registered(at_ns, done)
-        delay_s = max(0.0, (at_ns - time.time_ns()) / 1e9)
-
-        def fire() -> None:
-            # Event-loop timers may fire a little early (uvloop rounds to milliseconds):
-            # never seal before T on this controller's clock.
-            early_s = (at_ns - time.time_ns()) / 1e9
-            if early_s > 0:
-                self.rep.timers.append(loop.call_later(early_s, fire))
-                return
-            self.rep.spawn(self._seal(runs, at_ns, done, prepared), name=f"seal {at_ns}")
-
-        self.rep.timers.append(loop.call_later(delay_s, fire))
+        self.timer.arm(at_ns, _Arm(runs=runs, done=done, prepared=prepared))
+        self._wake_up_at_next()
         return done
+
+    def close(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.cancel()
+            self._wakeup = None
+
+    def _wake_up_at_next(self) -> None:
+        """Keep the one event-loop timer on the seal timer's next deadline."""
+        next_ns = self.timer.get_timer()
+        if self._wakeup is not None:
+            if next_ns == self._wakeup_ns:
+                return
+            self._wakeup.cancel()
+            self._wakeup = None
+        if next_ns is None:
+            return
+        delay_s = max(0.0, (next_ns - time.time_ns()) / 1e9)
+        self._wakeup = asyncio.get_running_loop().call_later(delay_s, self._timer_fired)
+        self._wakeup_ns = next_ns
+
+    def _timer_fired(self) -> None:
+        # Event-loop timers may fire a little early (uvloop rounds to milliseconds): the
+        # seal timer returns nothing before T on this controller's clock, and the loop timer
+        # is set again for what is left.
+        self._wakeup = None
+        for at_ns, arm in self.timer.handle_timer(time.time_ns()):
+            self.rep.spawn(
+                self._seal(arm.runs, at_ns, arm.done, arm.prepared), name=f"seal {at_ns}"
+            )
+        self._wake_up_at_next()
 
     async def _seal(
         self,
