@@ -27,7 +27,7 @@
 # - The held devices are released (SUSPENDED_ERROR at T, their writes change-recorded) only
 #   after T passed on the initiator's clock and every sibling confirmed it is armed at T: from
 #   then on a write that depends on a held one is stamped after T and mirrored nowhere.
-# - The seal at T is the one a prospective suspend uses (pairops.py): writes stamped < T that
+# - The seal at T is the one a prospective suspend uses (seal.py): writes stamped < T that
 #   are in flight are drained; healthy devices become SUSPENDED at T, held ones
 #   SUSPENDED_ERROR at T.
 #

@@ -9,9 +9,8 @@
 # Rules this module keeps:
 # - A device named twice in one request, unknown, not allowed, or armed for a pending suspend
 #   is refused before anything changes.
-# - The prospective suspend is refused whole if T has passed on this controller's clock.
-# - The seal waits for every update stamped < T before committing SUSPENDED at T, and acts
-#   only on devices still armed for that same T (a cancelled or re-armed device is skipped).
+# - The prospective suspend is refused whole if T has passed on this controller's clock;
+#   the seal at T (seal.py) acts only on devices still armed for that same T.
 # - A scheduled suspend (T far ahead) is armed by SUSPEND with options["answer"] = "armed",
 #   answered once persisted; SUSPEND_WAIT answers once T is sealed; SUSPEND_CANCEL disarms
 #   before T (docs/replication.md section 8.1).
