@@ -99,7 +99,7 @@ _MIRRORING: Final = frozenset({PairState.DUPLEX, PairState.PENDING})
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PairView:
-    """What the ledger needs to know of one device's pair (adapters: controller.pairops
+    """What the ledger needs to know of one device's pair (adapters: controller.pairsteps
     from a device and its run, groups.preview from a query answer)."""
 
     device: str

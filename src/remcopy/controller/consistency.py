@@ -69,7 +69,7 @@ from remcopy.wire.native import PairOp, PairOpReply, PairOpRequest
 
 if TYPE_CHECKING:
     from remcopy.controller.core import Controller, Device
-    from remcopy.controller.replication import DeviceRun, Replicator
+    from remcopy.controller.runs import DeviceRun, Replica
     from remcopy.controller.volume import Volume
 
 log = logging.getLogger("remcopy.replication")
@@ -129,7 +129,7 @@ class AsyncGroup:
 class Consistency:
     """The secondary side of async consistency groups for one controller's replicator."""
 
-    def __init__(self, rep: Replicator) -> None:
+    def __init__(self, rep: Replica) -> None:
         self.rep = rep
         self.controller: Controller = rep.controller
         self.interval_s = self.controller.config.controller.watermark_interval_s

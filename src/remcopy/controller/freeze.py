@@ -27,7 +27,7 @@
 # - The held devices are released (SUSPENDED_ERROR at T, their writes change-recorded) only
 #   after T passed on the initiator's clock and every sibling confirmed it is armed at T: from
 #   then on a write that depends on a held one is stamped after T and mirrored nowhere.
-# - The seal at T is the one a prospective suspend uses (pairops.py): writes stamped < T that
+# - The seal at T is the one a prospective suspend uses (seal.py): writes stamped < T that
 #   are in flight are drained; healthy devices become SUSPENDED at T, held ones
 #   SUSPENDED_ERROR at T.
 #
@@ -55,7 +55,7 @@ from remcopy.wire.native import PairOp, PairOpReply, PairOpRequest, PairResult
 
 if TYPE_CHECKING:
     from remcopy.controller.core import Controller, PairInfo
-    from remcopy.controller.replication import DeviceRun, Replicator
+    from remcopy.controller.runs import DeviceRun, Replica
 
 log = logging.getLogger("remcopy.replication")
 
@@ -128,7 +128,7 @@ class _Freeze:
 class Freezer:
     """The controller-side freeze of one controller's replicator."""
 
-    def __init__(self, rep: Replicator) -> None:
+    def __init__(self, rep: Replica) -> None:
         self.rep = rep
         self.controller = rep.controller
         section = rep.controller.config.controller
@@ -185,12 +185,12 @@ class Freezer:
             # PLANTED BUG: one device of the group is sealed LATE_SIBLING_NS after its T.
             late, moving = moving[-1:], moving[:-1]
             self.controller.commit_armed({r.device.key: keep + LATE_SIBLING_NS for r in late})
-            self.rep.ops._arm_timer(late, keep + LATE_SIBLING_NS)
+            self.rep.arm(late, keep + LATE_SIBLING_NS)
         if moving:
             started_ns = time.perf_counter_ns()
             self.controller.commit_armed({r.device.key: keep for r in moving})
             self.arm_commit_ms[keep] = (time.perf_counter_ns() - started_ns) / 1e6
-            self.seals[keep] = self.rep.ops._arm_timer(moving, keep)
+            self.seals[keep] = self.rep.arm(moving, keep)
             self.controller.emit(
                 EventKind.ARMED,
                 f"armed suspend at={keep} devices={len(moving)} group={group} cause=freeze",

@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -37,11 +37,26 @@ from prometheus_client.metrics_core import (
 )
 
 from remcopy.controller.core import Controller
-from remcopy.controller.replication import Replicator
 from remcopy.states import PairRole
 from remcopy.wire.native import DeviceStatus
 
+if TYPE_CHECKING:
+    from remcopy.controller.peerlink import PeerLink
+
 log = logging.getLogger("remcopy.controller")
+
+
+class ReplicationStatus(Protocol):
+    """What the metrics need of the replicator (replication.Replicator): per-device status,
+    the links and the updates applied per peer. Declared here so that this endpoint does not
+    import the replicator: the server that builds both hands it in."""
+
+    links: dict[int, PeerLink]
+    applied_updates: dict[int, int]
+    applied_bytes: dict[int, int]
+
+    def query(self, statuses: list[DeviceStatus]) -> list[DeviceStatus]: ...
+
 
 HEAD_SIZE_MAX_BYTES: Final = 8192
 REQUEST_TIMEOUT_S: Final = 10.0
@@ -101,7 +116,7 @@ class ControllerCollector:
     """Reads one controller's live state on its loop (`snapshot`), a slice of devices per
     loop step, so a scrape of thousands of pairs never holds host I/O for long."""
 
-    def __init__(self, controller: Controller, replicator: Replicator) -> None:
+    def __init__(self, controller: Controller, replicator: ReplicationStatus) -> None:
         self.controller = controller
         self.replicator = replicator
 
@@ -327,7 +342,7 @@ class MetricsEndpoint:
     """`GET /metrics` over HTTP/1.1 on the controller's loop (see the rules at the top)."""
 
     def __init__(
-        self, controller: Controller, replicator: Replicator, listen: tuple[str, int]
+        self, controller: Controller, replicator: ReplicationStatus, listen: tuple[str, int]
     ) -> None:
         self.listen = listen
         self.collector = ControllerCollector(controller, replicator)

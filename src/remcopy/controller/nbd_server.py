@@ -52,14 +52,13 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 from remcopy.configfile import format_address
 from remcopy.controller.admission import Admission
 from remcopy.controller.config import ControllerConfig, IpNetwork
 from remcopy.controller.core import Controller, Device, HostGrant
 from remcopy.controller.logsafe import escape_name
-from remcopy.controller.replication import Replicator
 from remcopy.controller.tlscontext import certificate_name
 from remcopy.errors import (
     InputError,
@@ -90,6 +89,19 @@ from remcopy.wire.nbd import (
 )
 
 log = logging.getLogger("remcopy.nbd")
+
+
+class HostWrites(Protocol):
+    """What NBD needs of the replicator (replication.Replicator): the one host write path
+    and the change maps' flush. Declared here so that this front door does not import the
+    replicator: the server that builds both hands it in."""
+
+    def host_write(
+        self, grant: HostGrant, msg: native.WriteRequest, *, busy_waits: bool = False
+    ) -> Awaitable[None] | None: ...
+
+    def flush_changemaps(self, keys: list[int]) -> None: ...
+
 
 # Requests per connection whose answer waits on something slower than memory (a sync
 # mirror's confirmation, fdatasync). nbdcopy keeps 64 requests in flight per connection and
@@ -194,7 +206,7 @@ class NbdServer:
     def __init__(
         self,
         controller: Controller,
-        replicator: Replicator,
+        replicator: HostWrites,
         *,
         listen: tuple[str, int],
         allow: list[IpNetwork],

@@ -1,114 +1,73 @@
-# Remote copy: mirroring host writes to the secondary controller, and the copies.
+# Remote copy: the replicator, owner of the parts that mirror host writes to the secondary
+# controller, run the copies and carry out the pair operations.
 #
-# Why: this is the heart of the system (DESIGN.md section 2). It decides, for every host write
-# to a primary, whether it is mirrored, change-recorded, held or refused; it runs the copies
-# (initial copy, resync, failback, shadow); and it carries out the pair operations, on the
-# primary and — through the peer link — on the secondary.
+# Why: this is the heart of the system (DESIGN.md section 2). The replicator owns what the
+# parts share: the task group, the peer links, every device's run (runs.py), the planted
+# bugs; it composes the parts, each one concern, and hands each the others it uses:
+#   writepath.py  the host write path (mirror, change-record, hold, refuse)
+#   copier.py     initial copy, resync, failback copies
+#   restart.py    journal replay, re-arming and resync after a restart
+#   pairops.py    pair operations from hosts (the primary side, and recover/shadow)
+#   peerops.py    the secondary side: updates and peer operations
+#   seal.py       the seal of a suspend at T (its timer: sealtimer.py, sans-I/O)
+#   freeze.py     the controller-side freeze of a consistency group
+#   consistency.py  the consistency time C of async groups at the secondary
+# The parts see the replicator through runs.Replica; none imports this module.
 #
 # Theory of operation
 # - One PeerLink per secondary controller: an authenticated channel (peer role) on which
 #   updates and peer operations are written in call order, on one TCP connection, and applied
 #   by the secondary in that order. Order is what makes the copy correct: a track copy read
 #   before a host write to that track is also sent before the write's update.
-# - A host write to a DUPLEX or PENDING primary is written locally, then its update is pushed
-#   on the link (in the same loop step, so nothing can come between). sync: the host is
-#   acknowledged when the secondary confirmed. async: when the update is in the journal.
-#   semisync: at once, but the next write to the device waits for the previous confirmation.
-# - Write-intent change recording: in SUSPENDED, SUSPENDED_ERROR and RECOVERED the change-map
-#   bits are set before the local write. An update that was never confirmed (link lost) has
-#   its tracks marked when the error is handled, before the device is reported failed.
-# - Prospective suspend at T: armed devices mirror writes stamped < T and change-record writes
-#   stamped >= T. At T the device is sealed (a write stamped < T arriving now is refused with
-#   LateWrite, retryable), in-flight updates stamped < T are awaited, then the state commits
-#   to SUSPENDED at T on both sides (pairops.py).
 # - A link error (lost, negative acknowledgement, ack timeout) suspends every affected pair
 #   with SUSPENDED_ERROR; a consistency-group device first holds host writes (bounded) so the
 #   management layer can freeze the whole group.
+# - Heartbeats find a dead or stopped peer with no host write; watermarks let an async
+#   group's secondaries move C on idle links.
 #
 # Rules this module keeps:
 # - State changes go through Controller.commit_states (pure table, persisted, announced).
 # - Every background task belongs to the Replicator's TaskGroup (owned by the server).
-# - Nothing acknowledged to a host is ever lost: a host is acknowledged only after the local
-#   write, and in sync mode only after the secondary's confirmation.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
-from typing import Final, Literal
+from dataclasses import replace
+from typing import Any, Final
 
 from remcopy import tls
-from remcopy.controller import segmentlog
-from remcopy.controller.changemap import ChangeMap, ChangeMapFile
+from remcopy.controller.changemap import ChangeMapFile
 from remcopy.controller.consistency import Consistency
-from remcopy.controller.core import Controller, Device, HostGrant, PairInfo
+from remcopy.controller.copier import Copier
+from remcopy.controller.core import Controller, HostGrant, PairInfo, StatePlan
 from remcopy.controller.freeze import Freezer
 from remcopy.controller.journal import Journal
-from remcopy.controller.journal import Record as JournalRecord
 from remcopy.controller.pairops import PairOperations
+from remcopy.controller.pairsteps import result_refused
 from remcopy.controller.peerlink import PeerLink
+from remcopy.controller.peerops import PeerOperations
+from remcopy.controller.restart import Restart
+from remcopy.controller.runs import DeviceRun
+from remcopy.controller.seal import Seal
+from remcopy.controller.writepath import WritePath
 from remcopy.errors import (
-    BrokenResourceError,
     ControllerFailed,
-    DeviceBusy,
     InputError,
-    LateWrite,
     RemcopyError,
-    WriteProtected,
 )
 from remcopy.events import EventKind
 from remcopy.states import (
     CopyMode,
-    FencePolicy,
     PairAction,
     PairRole,
     PairState,
 )
 from remcopy.wire import native
-from remcopy.wire.native import PairOpReply, PairOpRequest
+from remcopy.wire.native import PairItem, PairOp, PairOpReply, PairOpRequest, PairResult
 
 log = logging.getLogger("remcopy.replication")
-
-
-# Track copies in flight per device and per controller.
-COPY_IN_FLIGHT_PER_DEVICE: Final = 8
-COPY_IN_FLIGHT_MAX: Final = 64
-# How long a consistency-group device holds host writes after a replication error: config
-# key controller.hold_s (default 2 s).
-
-
-@dataclass(eq=False)
-class DeviceRun:
-    """What the replicator keeps in memory about one device (not persisted)."""
-
-    device: Device
-    changemap: ChangeMap
-    in_flight: set[asyncio.Future[None]] = field(default_factory=set)
-    sealed_at_ns: int = 0
-    copier: asyncio.Task[None] | None = None
-    tracks_copied: int = 0
-    last_update: asyncio.Future[None] | None = None
-    held: asyncio.Event | None = None
-    held_since_ns: int = 0
-    """When the current hold of host writes began (wall clock), 0 when none."""
-    shadow_running: bool = False
-    shadow_done: int = 0
-    shadow_total: int = 0
-    bytes_sent: int = 0
-    lag_bytes: int = 0
-    journal_bytes: int = 0
-    """The part of lag_bytes in the async journal (updates of an async pair)."""
-    pending_since: dict[asyncio.Future[None], int] = field(default_factory=dict)
-    """When each unconfirmed update was pushed: the async lag in time is the oldest."""
-    frozen_at_ns: int = 0
-    """Set when a freeze at T ended this device's hold (it is SUSPENDED_ERROR at T)."""
-    copy_unfinished: bool = False
-    """Suspended while PENDING: the secondary is not a consistent image."""
-    freeze_at_ns: int = 0
-    """The T a controller freeze armed this device at (freeze.py); a host suspend joins it."""
 
 
 # A FLUSH naming more devices than this msyncs the whole change-map file once (28-33 ms with
@@ -116,9 +75,6 @@ class DeviceRun:
 FLUSH_EACH_MAX: Final = 8
 # TESTING ONLY: how far ahead of the clock the planted bug watermark_ahead sends W.
 WATERMARK_LEAD_NS: Final = 1_000_000_000
-
-_CopyEnd = Literal["duplex", "again"] | RemcopyError
-"""How a finished copy ended: DUPLEX, marked again meanwhile (copy more), or refused."""
 
 
 class Replicator:
@@ -149,10 +105,6 @@ class Replicator:
         # Peer links dial with this controller's certificate and check each peer's by its name.
         self.tls = None if files is None else tls.client_context(files)
         self.hold_s = controller.config.controller.hold_s
-        max_lag_s = controller.config.controller.max_lag_s
-        self.max_lag_ns = int(max_lag_s * 1e9) if max_lag_s else 0
-        self.max_lag_delay_s = controller.config.controller.max_lag_delay_s
-        self._zeros: dict[int, bytes] = {}
         self.planted_bugs = frozenset(controller.config.controller.planted_bugs)
         self.planted_bug_every = controller.config.controller.planted_bug_every
         self._planted_counts: dict[str, int] = {}
@@ -163,16 +115,8 @@ class Replicator:
                 self.planted_bug_every,
             )
         self.ack_timeout_s = controller.config.controller.ack_timeout_s
-        self.ops = PairOperations(self)
-        self.freezer = Freezer(self)
-        self.consistency = Consistency(self)  # replays the secondary journals
-        self._tasks: asyncio.TaskGroup | None = None
-        self._copy_slots = asyncio.Semaphore(COPY_IN_FLIGHT_MAX)
-        # Copies that finished and wait to be confirmed, per secondary controller: one
-        # PEER_STATE request and one state commit for all that finished meanwhile.
-        self._copies_done: dict[int, list[tuple[DeviceRun, asyncio.Future[_CopyEnd]]]] = {}
-        self._copies_done_sending: set[int] = set()
         self.timers: list[asyncio.TimerHandle] = []
+        self._tasks: asyncio.TaskGroup | None = None
         self.counters = controller.counters
         for name in (
             "updates_sent",
@@ -193,10 +137,20 @@ class Replicator:
         # Updates and bytes applied here, per peer controller (serial) that sent them.
         self.applied_updates: dict[int, int] = {}
         self.applied_bytes: dict[int, int] = {}
+        # The parts, each one concern; each is given the parts it uses (arrows point down).
+        self.freezer = Freezer(self)
+        self.consistency = Consistency(self)  # replays the secondary journals
+        self.writes = WritePath(self, self.freezer)
+        self.copier = Copier(self)
+        self.seal = Seal(self, self.freezer)
+        self.restart = Restart(self, self.writes, self.freezer)
+        self.ops = PairOperations(self, self.freezer, self.consistency, self.seal)
+        self.peer_ops = PeerOperations(self, self.freezer, self.consistency)
 
     def close(self) -> None:
         for timer in self.timers:
             timer.cancel()
+        self.seal.close()
         self.changemaps.close()
         self.consistency.close()
 
@@ -221,7 +175,7 @@ class Replicator:
 
     async def _start(self) -> None:
         self.freezer.rejoin_all()  # before the restart's resyncs, which wait for it
-        self._resume_after_restart()
+        self.restart.resume()
         self.spawn(self._heartbeats(), name="heartbeats")
         self.spawn(self._watermarks(), name="watermarks")
         self.spawn(self.consistency.run(), name="consistency time")
@@ -252,107 +206,6 @@ class Replicator:
                 f"controller {self.controller.name}: background task {name!r} failed: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-
-    def _replay_journals(self) -> None:
-        """Ship again what async pairs acknowledged before a crash, before any new write."""
-        for peer in self.controller.peers.values():
-            if not segmentlog.has_records(self.controller.data_dir / "journal", str(peer.serial)):
-                continue
-            link = self.link(peer.serial)
-            records = link.journal.replay()
-            if records:
-                link.replayed.clear()
-                self.spawn(self._replay(link, records), name=f"replay {peer.name}")
-
-    async def _replay(self, link: PeerLink, records: list[JournalRecord]) -> None:
-        targets = {
-            (r.device.pair.peer_serial, r.device.pair.peer_device): r
-            for r in self.runs.values()
-            if r.device.pair.role is PairRole.PRIMARY
-        }
-        try:
-            await link.ensure_connected()
-        except RemcopyError as exc:
-            link.mark_broken(exc)
-        for record in records:
-            update = record.update
-            run = targets.get((link.serial, update.device))
-            if run is None:
-                link.journal.settled(record.segment)
-                continue
-            if run.device.pair.state not in (PairState.DUPLEX, PairState.PENDING):
-                run.changemap.mark(update.offset, len(update.data))
-                link.journal.settled(record.segment)
-                continue
-            confirmed = link.push(update)
-            self._track(
-                run, link, confirmed, update.offset, len(update.data), segment=record.segment
-            )
-        log.info("replayed %d journaled updates to %s", len(records), link.peer.name)
-        link.replayed.set()
-
-    def _resume_after_restart(self) -> None:
-        self._replay_journals()
-        armed: dict[int, list[DeviceRun]] = {}
-        for run in self.runs.values():
-            pair = run.device.pair
-            if pair.role is not PairRole.PRIMARY:
-                continue
-            if pair.state in (PairState.DUPLEX, PairState.PENDING) and pair.suspend_at_ns:
-                armed.setdefault(pair.suspend_at_ns, []).append(run)
-            if pair.state is PairState.PENDING:
-                self.start_copier(run)
-        for at_ns, runs in sorted(armed.items()):
-            # One timer and one seal per T, however many devices. If T passed while we were
-            # down it fires at once; the seal still waits for the journal replay, so every
-            # update stamped < T reaches the secondary, and none stamped >= T does (those
-            # were change-recorded before the restart).
-            log.info("armed suspend at=%d re-armed after restart devices=%d", at_ns, len(runs))
-            self.ops._arm_timer(runs, at_ns)
-        crashed = [
-            run
-            for run in self.runs.values()
-            if run.device.pair.role is PairRole.PRIMARY
-            and run.device.pair.state is PairState.DUPLEX
-            and not run.device.pair.suspend_at_ns
-            and run.changemap.count()
-        ]
-        by_peer: dict[int, list[DeviceRun]] = {}
-        for run in crashed:
-            by_peer.setdefault(run.device.pair.peer_serial, []).append(run)
-        for serial, runs in by_peer.items():
-            self.spawn(self._resync_after_crash(serial, runs), name=f"resync {serial}")
-
-    async def _resync_after_crash(self, serial: int, runs: list[DeviceRun]) -> None:
-        """Updates were in flight when we stopped: copy the marked tracks again, then DUPLEX."""
-        link = self.link(serial)
-        await link.replayed.wait()
-        await self.freezer.rejoined.wait()  # a group frozen meanwhile is not resumed here
-        # Only pairs still as found at start: an operator may have acted meanwhile.
-        runs = [
-            r
-            for r in runs
-            if r.device.pair.state is PairState.DUPLEX and not r.device.pair.suspend_at_ns
-        ]
-        if not runs:
-            return
-        log.warning(
-            "%d pairs to %s have tracks that may differ after a restart: resync",
-            len(runs),
-            link.peer.name,
-        )
-        self.to_error_all(runs)  # DUPLEX -> SUSPENDED_ERROR: the truth until copied
-        answers = {r.device: r for r in await self.ops._tell_peer(serial, runs, "resume")}
-        changes = {}
-        for run in runs:
-            answer = answers.get(run.device.pair.peer_device)
-            if answer is not None and answer.code == 0:
-                changes[run.device.key] = (PairAction.RESUME, None)
-        if changes:
-            await self.controller.commit(changes, cause="resync-after-restart")
-        for run in runs:
-            if run.device.key in changes:
-                self.start_copier(run)
 
     # Heartbeats: a dead or stopped peer is found with no host write...
 
@@ -498,10 +351,12 @@ class Replicator:
             return  # PLANTED BUG: the failure is swallowed; the pairs stay DUPLEX
         held = [run for run in failed if run.device.pair.consistency_group]
         for run in held:
-            self._device_failed(run, exc)
+            self.device_failed(run, exc)
         self.to_error_all([run for run in failed if not run.device.pair.consistency_group])
 
-    def _device_failed(self, run: DeviceRun, exc: RemcopyError) -> None:
+    # Link failures and holds...
+
+    def device_failed(self, run: DeviceRun, exc: RemcopyError) -> None:
         """A replication error: hold (consistency group) or go SUSPENDED_ERROR at once."""
         pair = run.device.pair
         if pair.state not in (PairState.DUPLEX, PairState.PENDING) or run.held is not None:
@@ -562,6 +417,12 @@ class Replicator:
             if run.copier is not None:
                 run.copier.cancel()
 
+    def arm(
+        self, runs: list[DeviceRun], at_ns: int, prepared: StatePlan | None = None
+    ) -> asyncio.Future[dict[str, Any]]:
+        """Seal these devices at T (their armed T is persisted already)."""
+        return self.seal.arm(runs, at_ns, prepared)
+
     def commit(
         self,
         run: DeviceRun,
@@ -573,204 +434,6 @@ class Replicator:
     ) -> None:
         self.controller.commit_states({run.device.key: (action, update)}, cause=cause, at_ns=at_ns)
 
-    # Host writes...
-
-    def host_write(
-        self, grant: HostGrant, msg: native.WriteRequest, *, busy_waits: bool = False
-    ) -> Awaitable[None] | None:
-        """Do a host write; returns what the acknowledgement must wait for, or None.
-
-        semisync: a write to a device whose previous update the secondary has not confirmed
-        is refused at once with DeviceBusy (retryable; nothing written), which the native
-        host channel retries, as the seed's device answers busy. `busy_waits` (NBD, where a
-        busy would be an I/O error to a filesystem) waits for that confirmation instead."""
-        device = self.controller.device_for_host(grant, msg.device)
-        device.volume.check_range("write", msg.offset, len(msg.data))  # before any bit is set
-        if device.committing is not None and not device.committing.done():
-            # Its pair state is changing and the change is not durable yet: the write is
-            # treated by the state that survives a crash, so it waits for the commit. (A done
-            # commit whose clearing callback has not run yet is durable: no wait, no loop.)
-            return self._after_commit(device.committing, grant, msg, busy_waits)
-        run = self.runs[device.key]
-        pair = device.pair
-        if pair.role is PairRole.NONE:
-            self._write_local(device, msg)
-            return None
-        if pair.role is PairRole.SECONDARY:
-            if pair.state is not PairState.RECOVERED:
-                self.controller.check_writable(device)
-            run.changemap.mark(msg.offset, len(msg.data))
-            self._write_local(device, msg)
-            return None
-        if run.held is not None:
-            return self._held_write(run, grant, msg, busy_waits)
-        if pair.state is PairState.SUSPENDED_ERROR and pair.fence is FencePolicy.DATA:
-            raise WriteProtected(
-                f"write to {device.address} refused: the secondary cannot be updated "
-                f"(SUSPENDED_ERROR) and the pair's fence is data: resume the pair first"
-            )
-        if pair.state is PairState.SUSPENDED_ERROR and self.freezer.refuse_after_freeze(run):
-            raise WriteProtected(
-                f"write to {device.address} refused: the freeze of group {pair.group} did not "
-                "reach every sibling primary and freeze_unreachable is stop: resume or "
-                "terminate the pair first"
-            )
-        if pair.state in (PairState.SUSPENDED, PairState.SUSPENDED_ERROR):
-            if pair.state is PairState.SUSPENDED and msg.timestamp_ns < pair.suspend_at_ns:
-                # It belongs before T, but the image at the secondary is frozen at T: neither
-                # mirroring nor recording it is right. The host reissues it with a new stamp.
-                self.counters["late_writes"] += 1
-                raise LateWrite(
-                    f"write to {device.address} stamped {msg.timestamp_ns} is before the "
-                    f"suspend time {pair.suspend_at_ns} the pair is suspended at: reissue it"
-                )
-            self._change_recorded(run, msg)
-            return None
-        # DUPLEX or PENDING: mirror, unless an armed suspend says otherwise.
-        armed_at = pair.suspend_at_ns
-        if armed_at:
-            if msg.timestamp_ns >= armed_at:
-                if self._planted("mirror_late_write"):
-                    return self._mirror(run, msg)  # PLANTED BUG: a write stamped >= T mirrored
-                self._change_recorded(run, msg)
-                return None
-            if run.sealed_at_ns:
-                self.counters["late_writes"] += 1
-                raise LateWrite(
-                    f"write to {device.address} stamped {msg.timestamp_ns} is before the "
-                    f"suspend time {armed_at} the controller already sealed: reissue it"
-                )
-        if (
-            pair.mode is CopyMode.SEMISYNC
-            and run.last_update is not None
-            and not run.last_update.done()
-        ):
-            if not busy_waits:
-                self.counters["busy_writes"] += 1
-                raise DeviceBusy(
-                    f"write to {device.address}: the secondary has not confirmed the "
-                    "previous write yet (semisync): retry"
-                )
-            return self._semisync_after(run, grant, msg, run.last_update)
-        if pair.mode is CopyMode.ASYNC and self._over_max_lag(run):
-            return self._after_lag(run, grant, msg, busy_waits)
-        return self._mirror(run, msg)
-
-    def _over_max_lag(self, run: DeviceRun) -> bool:
-        """Whether the device's oldest unconfirmed update is older than max_lag_s."""
-        if not self.max_lag_ns or not run.pending_since:
-            return False
-        return time.time_ns() - min(run.pending_since.values()) > self.max_lag_ns
-
-    async def _after_lag(
-        self, run: DeviceRun, grant: HostGrant, msg: native.WriteRequest, busy_waits: bool
-    ) -> None:
-        """A write to an async device whose lag is over max_lag_s: wait for the oldest
-        update's confirmation up to max_lag_delay_s (NBD: as long as it takes), then write
-        it by the state of then, or answer busy (nothing written; the host asks again)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.max_lag_delay_s
-        while self._over_max_lag(run):
-            left = deadline - loop.time()
-            if left <= 0 and not busy_waits:
-                self.counters["lag_busy_writes"] += 1
-                raise DeviceBusy(
-                    f"write to {run.device.address}: the secondary is more than "
-                    f"{self.max_lag_ns / 1e9:g} s behind (max_lag_s): retry"
-                )
-            oldest = min(run.pending_since, key=run.pending_since.__getitem__)
-            # The oldest update settles (confirmed, or failed by the link's own deadlines),
-            # or the delay ends: either way the loop looks again.
-            with contextlib.suppress(RemcopyError, TimeoutError):
-                await asyncio.wait_for(asyncio.shield(oldest), None if busy_waits else left)
-        follow = self.host_write(grant, msg, busy_waits=busy_waits)
-        if follow is not None:
-            await follow
-
-    def _zero_track(self, size: int) -> bytes:
-        zero = self._zeros.get(size)
-        if zero is None:
-            zero = self._zeros[size] = bytes(size)
-        return zero
-
-    def _write_local(self, device: Device, msg: native.WriteRequest) -> None:
-        device.volume.pwrite(msg.offset, msg.data)
-        self.counters["writes"] += 1
-
-    def _change_recorded(self, run: DeviceRun, msg: native.WriteRequest) -> None:
-        if not self._planted("skip_changemap_bit"):  # PLANTED BUG when set: the bit is lost
-            run.changemap.mark(msg.offset, len(msg.data))  # write-intent: the bit first
-        self._write_local(run.device, msg)
-        self.counters["change_recorded"] += 1
-
-    def _mirror(self, run: DeviceRun, msg: native.WriteRequest) -> Awaitable[None] | None:
-        device, pair = run.device, run.device.pair
-        link = self.link(pair.peer_serial)
-        if pair.mode is CopyMode.ASYNC:
-            link.journal.check_room()  # refuse before anything is written
-        # Write-intent: the bits are set before the local write and cleared when the secondary
-        # confirmed, so after a crash every track that may differ is in the map.
-        intent = run.changemap.mark_intent(msg.offset, len(msg.data))
-        if self._planted("clear_bit_early"):  # PLANTED BUG: cleared before it is confirmed
-            run.changemap.release(intent)
-            intent = []
-        self._write_local(device, msg)
-        if (not link.channel.connected and link.broken is None) or not link.replayed.is_set():
-            return self._connect_then_push(run, link, msg, intent)
-        return self._push(run, link, msg, intent)
-
-    async def _connect_then_push(
-        self,
-        run: DeviceRun,
-        link: PeerLink,
-        msg: native.WriteRequest,
-        intent: list[int],
-    ) -> None:
-        await link.replayed.wait()
-        if not link.channel.connected:
-            try:
-                await link.ensure_connected()
-            except RemcopyError as exc:
-                link.mark_broken(exc)
-        follow = self._push(run, link, msg, intent)
-        if follow is not None:
-            await follow
-
-    def _push(
-        self,
-        run: DeviceRun,
-        link: PeerLink,
-        msg: native.WriteRequest,
-        intent: list[int],
-    ) -> Awaitable[None] | None:
-        pair = run.device.pair
-        update = native.Update(
-            device=pair.peer_device, timestamp_ns=msg.timestamp_ns, offset=msg.offset, data=msg.data
-        )
-        # In the file before the host is acknowledged: async updates, in a journal segment.
-        segment = link.journal.append(update) if pair.mode is CopyMode.ASYNC else None
-        if self._planted("drop_update"):  # PLANTED BUG: confirmed without being sent
-            confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            confirmed.set_result(None)
-        else:
-            confirmed = link.push(update)
-        self.counters["updates_sent"] += 1
-        self._track(
-            run,
-            link,
-            confirmed,
-            msg.offset,
-            len(msg.data),
-            segment=segment,
-            intent=intent,
-        )
-        if pair.mode is CopyMode.SYNC:
-            if self._planted("early_sync_ack"):
-                return None  # PLANTED BUG: the host is acknowledged before the secondary
-            return self._confirmed_or_recorded(run, confirmed)
-        run.last_update = confirmed
-        return None
-
     # Planted bugs (testing only): the fault campaigns must catch each one.
 
     def _planted(self, bug: str) -> bool:
@@ -781,258 +444,35 @@ class Replicator:
         self._planted_counts[bug] = count
         return count % self.planted_bug_every == 0
 
-    def _track(
+    # What the parts ask of the replicator besides its state (runs.Replica)...
+
+    async def tell_peer(
         self,
-        run: DeviceRun,
-        link: PeerLink,
-        confirmed: asyncio.Future[None],
-        offset: int,
-        length: int,
+        serial: int,
+        runs: list[DeviceRun],
+        action: str,
         *,
-        segment: int | None,
-        intent: list[int] | None = None,
-    ) -> None:
-        """Account for an update until its confirmation; `segment`: its async journal segment
-        (None: not journaled)."""
-        run.in_flight.add(confirmed)
-        run.lag_bytes += length
-        run.journal_bytes += length if segment is not None else 0
-        run.pending_since[confirmed] = time.time_ns()
-
-        def done(future: asyncio.Future[None]) -> None:
-            run.lag_bytes -= length
-            run.pending_since.pop(future, None)
-            if segment is not None:
-                run.journal_bytes -= length
-                link.journal.settled(segment)
-
-            self._update_done(run, offset, length, future)
-            if intent is not None:
-                run.changemap.release(intent)  # after a failure, _update_done marked it
-
-        confirmed.add_done_callback(done)
-
-    def _update_done(
-        self, run: DeviceRun, offset: int, length: int, future: asyncio.Future[None]
-    ) -> None:
-        run.in_flight.discard(future)
-        failed = future.cancelled() or future.exception() is not None
-        if failed and self._planted("replicator_ignores_failure"):
-            return  # PLANTED BUG: the failure is swallowed; no track marked, no hold
-        if failed:
-            # Never confirmed: the tracks may differ. Record them before anyone reports the
-            # device failed (write-intent, after the fact but before any resume can run).
-            run.changemap.mark(offset, length)
-            exc = future.exception() if not future.cancelled() else None
-            self._device_failed(
-                run,
-                exc
-                if isinstance(exc, RemcopyError)
-                else BrokenResourceError("replication update failed"),
-            )
-
-    async def _confirmed_or_recorded(self, run: DeviceRun, confirmed: asyncio.Future[None]) -> None:
+        at_ns: int = 0,
+        options: dict[str, Any] | None = None,
+        empty: list[int] | None = None,
+    ) -> list[PairResult]:
+        """Make the secondaries follow a state change; a dead link is logged, not fatal.
+        `empty`: secondary devices a resume has nothing to copy to (they go to DUPLEX)."""
+        items = tuple(PairItem(device=r.device.pair.peer_device) for r in runs)
+        sent: dict[str, Any] = {**(options or {}), "action": action}
+        if empty:
+            sent["empty"] = empty
         try:
-            await asyncio.shield(confirmed)
+            reply = await self.link(serial).operate(
+                PairOpRequest(op=PairOp.PEER_STATE, at_ns=at_ns, items=items, options=sent)
+            )
         except RemcopyError as exc:
-            await self._after_error(run, exc)
-
-    async def _after_error(self, run: DeviceRun, exc: RemcopyError) -> None:
-        """A write whose update failed: its tracks are marked; wait out a hold, apply fence."""
-        if run.held is not None:
-            self.counters["held_writes"] += 1
-            await run.held.wait()
-        if run.device.pair.fence.value == "data":
-            raise WriteProtected(
-                f"write to {run.device.address}: the secondary cannot be "
-                f"updated and the pair's fence is data: {exc}"
-            )
-        if self.freezer.refuse_after_freeze(run):
-            raise WriteProtected(
-                f"write to {run.device.address}: the freeze of group {run.device.pair.group} "
-                "did not reach every sibling primary and freeze_unreachable is stop: "
-                f"resume or terminate the pair first: {exc}"
-            )
-
-    async def _after_commit(
-        self,
-        committing: asyncio.Future[None],
-        grant: HostGrant,
-        msg: native.WriteRequest,
-        busy_waits: bool,
-    ) -> None:
-        self.counters["commit_waits"] += 1
-        await committing
-        self.controller.announce_durable()  # its events before this write's answer
-        follow = self.host_write(grant, msg, busy_waits=busy_waits)
-        if follow is not None:
-            await follow
-
-    async def _held_write(
-        self, run: DeviceRun, grant: HostGrant, msg: native.WriteRequest, busy_waits: bool
-    ) -> None:
-        assert run.held is not None
-        self.counters["held_writes"] += 1
-        await run.held.wait()
-        follow = self.host_write(grant, msg, busy_waits=busy_waits)
-        if follow is not None:
-            await follow
-
-    async def _semisync_after(
-        self,
-        run: DeviceRun,
-        grant: HostGrant,
-        msg: native.WriteRequest,
-        previous: asyncio.Future[None],
-    ) -> None:
-        # The previous update settles: confirmed, or failed by the link's error or its ack
-        # timeout (ack_timeout_s), so this wait is bounded by the link's own deadlines.
-        with contextlib.suppress(RemcopyError):  # an error recorded it; go by the new state
-            await asyncio.shield(previous)
-        follow = self.host_write(grant, msg, busy_waits=True)
-        if follow is not None:
-            await follow
-
-    # Copies (initial copy, resync, failback)...
+            log.warning("could not tell peer %s to %s: %s", serial, action, exc)
+            return [result_refused(r.device.pair.peer_device, exc) for r in runs]
+        return list(reply.results)
 
     def start_copier(self, run: DeviceRun) -> None:
-        if run.copier is not None and not run.copier.done():
-            return
-        run.copier = self.spawn(self._copy(run), name=f"copy {run.device.address}")
-
-    async def _copy(self, run: DeviceRun) -> None:
-        """Copy every marked track to the secondary, then COPY_DONE -> DUPLEX."""
-        device, pair = run.device, run.device.pair
-        link = self.link(pair.peer_serial)
-        volume = device.volume
-        window = asyncio.Semaphore(COPY_IN_FLIGHT_PER_DEVICE)
-        in_flight: set[asyncio.Task[None]] = set()
-        failed: list[RemcopyError] = []
-        try:
-            await link.ensure_connected()
-        except RemcopyError as exc:
-            self._device_failed(run, exc)
-            return
-
-        async def one(track: int, confirmed: asyncio.Future[None], generation: int) -> None:
-            try:
-                await confirmed
-                if run.changemap.clear_if(track, generation):
-                    run.tracks_copied += 1
-                    self.counters["tracks_copied"] += 1
-            except RemcopyError as exc:
-                failed.append(exc)
-            finally:
-                window.release()
-                self._copy_slots.release()
-
-        while True:
-            while not failed and device.pair.state is PairState.PENDING:
-                tracks = run.changemap.copy_tracks()
-                if not tracks:
-                    break
-                for track in tracks:
-                    await window.acquire()
-                    await self._copy_slots.acquire()
-                    if failed or device.pair.state is not PairState.PENDING:
-                        window.release()
-                        self._copy_slots.release()
-                        break
-                    # Read and push in one loop step: no host write can come between them.
-                    generation = run.changemap.generation()
-                    data = volume.read_track(track)
-                    offset = track * volume.track_size_bytes
-                    if data == self._zero_track(len(data)):
-                        # A zero track travels as its length only (fresh volumes are mostly zeros).
-                        update = native.zero_update(
-                            device=pair.peer_device,
-                            timestamp_ns=time.time_ns(),
-                            offset=offset,
-                            length=len(data),
-                        )
-                        self.counters["zero_tracks_copied"] += 1
-                    else:
-                        update = native.Update(
-                            device=pair.peer_device,
-                            timestamp_ns=time.time_ns(),
-                            offset=offset,
-                            data=data,
-                            flags=native.UPDATE_COPY,
-                        )
-                        self.counters["bytes_copied"] += len(data)
-                        run.bytes_sent += len(data)
-                    confirmed = link.push(update)
-                    task = asyncio.get_running_loop().create_task(one(track, confirmed, generation))
-                    in_flight.add(task)
-                    task.add_done_callback(in_flight.discard)
-                if in_flight:
-                    await asyncio.gather(*in_flight)
-            if failed:
-                self._device_failed(run, failed[0])
-                return
-            if device.pair.state is PairState.PENDING and run.changemap.copy_count() == 0:
-                end = await self._copy_done(run)
-                if isinstance(end, RemcopyError):
-                    self._device_failed(run, end)
-                    return
-                if end == "again":
-                    continue  # tracks were marked meanwhile: copy them too
-            return
-
-    async def _copy_done(self, run: DeviceRun) -> _CopyEnd:
-        """Confirm a finished copy with the secondary, then commit COPY_DONE -> DUPLEX.
-
-        The secondary first: once the primary says DUPLEX, the secondary does too, so a site
-        lost right after finds a secondary that can be recovered. Copies that finish while a
-        confirmation is on its way wait for the next one: a group of thousands of pairs costs
-        a few requests and state commits, not one each (every commit rewrites the whole state
-        file, and the secondary answers requests in order within ack_timeout_s)."""
-        serial = run.device.pair.peer_serial
-        done: asyncio.Future[_CopyEnd] = asyncio.get_running_loop().create_future()
-        self._copies_done.setdefault(serial, []).append((run, done))
-        if serial not in self._copies_done_sending:
-            self._copies_done_sending.add(serial)
-            self.spawn(self._confirm_copies(serial), name=f"copies done to {serial}")
-        return await done
-
-    async def _confirm_copies(self, serial: int) -> None:
-        batch: list[tuple[DeviceRun, asyncio.Future[_CopyEnd]]] = []
-        try:
-            while batch := self._copies_done.pop(serial, []):
-                answers = await self.ops._tell_peer(serial, [r for r, _ in batch], "copy_done")
-                by_device = {a.device: a for a in answers}
-                ends: list[tuple[asyncio.Future[_CopyEnd], _CopyEnd]] = []
-                finished: dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]] = {}
-                for run, done in batch:
-                    answer = by_device.get(run.device.pair.peer_device)
-                    if answer is None or answer.code:
-                        reason = answer.message if answer is not None else "no answer"
-                        ends.append(
-                            (
-                                done,
-                                BrokenResourceError(
-                                    f"secondary did not confirm the end of the copy: {reason}"
-                                ),
-                            )
-                        )
-                    elif (
-                        run.device.pair.state is PairState.PENDING
-                        and run.changemap.copy_count() == 0
-                    ):
-                        finished[run.device.key] = (PairAction.COPY_DONE, None)
-                        ends.append((done, "duplex"))
-                    else:
-                        ends.append((done, "again"))
-                if finished:
-                    await self.controller.commit(finished, cause="copy-done")
-                for done, end in ends:
-                    if not done.done():
-                        done.set_result(end)
-        finally:
-            self._copies_done_sending.discard(serial)
-            for _, done in batch + self._copies_done.pop(serial, []):
-                if not done.done():  # stopped (or our bug) with copies waiting: they end too
-                    done.cancel()
+        self.copier.start_copier(run)
 
     # Status...
 
@@ -1082,18 +522,25 @@ class Replicator:
         for link in self.links.values():
             link.journal.flush()
 
-    # Entry points the server calls (the operations themselves are in pairops.py)...
+    # Entry points the server calls (the operations themselves are in pairops.py and
+    # peerops.py)...
+
+    def host_write(
+        self, grant: HostGrant, msg: native.WriteRequest, *, busy_waits: bool = False
+    ) -> Awaitable[None] | None:
+        """Do a host write (writepath.py); returns what the acknowledgement must wait for."""
+        return self.writes.host_write(grant, msg, busy_waits=busy_waits)
 
     async def pair_op(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
         return await self.ops.pair_op(grant, request)
 
     def peer_op(self, peer_serial: int, request: PairOpRequest) -> PairOpReply:
-        return self.ops.peer_op(peer_serial, request)
+        return self.peer_ops.peer_op(peer_serial, request)
 
     def apply_updates(
         self, peer_serial: int, batch: native.UpdateBatch
     ) -> tuple[native.UpdateAck, asyncio.Future[None] | None]:
-        return self.ops.apply_updates(peer_serial, batch)
+        return self.peer_ops.apply_updates(peer_serial, batch)
 
     def watermark(self, peer_serial: int, msg: native.Watermark) -> native.UpdateAck:
         return self.consistency.watermark(peer_serial, msg.watermark_ns)

@@ -96,7 +96,7 @@ IN_FLIGHT_MAX: Final = 64
 # the socket drained; it is the transport's high-water mark (the low one is a quarter).
 WRITE_BUFFER_HIGH_BYTES: Final = 4 * 1024 * 1024
 # What a peer controller may send once authenticated: it acts on pairs, never as a host
-# (host verbs name devices by grant; a peer's reach is its pairs and its offer, pairops.py).
+# (host verbs name devices by grant; a peer's reach is its pairs and its offer, peerops.py).
 _PEER_KINDS: Final = (
     native.UpdateBatch,
     native.Watermark,
