@@ -164,11 +164,13 @@ _NOT_A_CUT: Final = (*_LOST, f"first: {Reason.NO_COMMON_TIME.value}: ")
 CAUGHT_FOR: Final[dict[str, tuple[str, ...]]] = {
     # A write stamped >= T mirrored: the secondary is not the cut at T, or its chain's prefix
     # reaches that write while the writes before it, change-recorded, are absent (their
-    # location holds nothing, or an older write of the chain).
+    # location holds nothing, or an older write of the chain; when the mirrored write is an
+    # index write, its data write is the one absent: seed 2501067479).
     "mirror_late_write": (
         f"first: {Reason.NOT_CUT_AT_T.value}: ",
         f"first: {Reason.MISSING.value}: ",
         f"first: {Reason.STALE.value}: ",
+        f"first: {Reason.INDEX_WITHOUT_DATA.value}: ",
     ),
     # An update confirmed but never sent, a change-map bit lost, the host acknowledged before
     # the secondary: acknowledged writes absent after the resync or the recover.
