@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -426,6 +427,71 @@ def rss_kib(pid: int) -> int:
     except OSError:
         return 0
     return 0
+
+
+def cpu_ns(pid: int) -> int | None:
+    """Time the process has run on a CPU, in ns (/proc/PID/schedstat, first field: the
+    scheduler's own count, not ticks); None once it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class CpuSampler:
+    """CPU time of named groups of processes, sampled every `every_s` on wall-clock time, so a
+    window given in wall-clock ns (a suspend's T and its end) can be read back afterwards.
+    A process that ended keeps its last count. `run` lives in the caller's task group and
+    returns when `stop` is called."""
+
+    def __init__(self, every_s: float = 0.01) -> None:
+        self.every_s = every_s
+        self.pids: dict[str, list[int]] = {}
+        self.last: dict[int, int] = {}
+        self.samples: list[tuple[int, dict[str, int]]] = []
+        self._stop = asyncio.Event()
+
+    def watch(self, name: str, pid: int) -> None:
+        self.pids.setdefault(name, []).append(pid)
+
+    def sample(self) -> None:
+        totals: dict[str, int] = {}
+        for name, pids in self.pids.items():
+            total = 0
+            for pid in pids:
+                now = cpu_ns(pid)
+                if now is not None:
+                    self.last[pid] = now
+                total += self.last.get(pid, 0)
+            totals[name] = total
+        self.samples.append((time.time_ns(), totals))
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.every_s)
+        self.sample()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def at(self, name: str, when_ns: int) -> float:
+        """The group's CPU seconds at wall-clock `when_ns`, interpolated between samples."""
+        points = [(t, totals.get(name, 0)) for t, totals in self.samples]
+        if not points:
+            return 0.0
+        if when_ns <= points[0][0]:
+            return points[0][1] / 1e9
+        for (t0, c0), (t1, c1) in itertools.pairwise(points):
+            if t0 <= when_ns <= t1:
+                share = (when_ns - t0) / (t1 - t0) if t1 > t0 else 1.0
+                return (c0 + (c1 - c0) * share) / 1e9
+        return points[-1][1] / 1e9
+
+    def between(self, name: str, start_ns: int, end_ns: int) -> float:
+        """CPU seconds the group used in [start_ns, end_ns] (wall clock)."""
+        return self.at(name, end_ns) - self.at(name, start_ns)
 
 
 def available_mib() -> float:

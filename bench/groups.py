@@ -76,13 +76,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import compileall
+import functools
 import json
 import os
 import random
 import re
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -94,6 +95,7 @@ from _fleet import (
     HOST_SECRET,
     KIB,
     LSS_PER_CONTROLLER_MAX,
+    CpuSampler,
     Fleet,
     Plan,
     available_mib,
@@ -802,10 +804,53 @@ class Cli:
     stall: Stall | None = None
     counted: list[int] = field(default_factory=list)
     """Pair operations each primary controller counted during the command."""
+    cpu: SuspendCpu | None = None
 
     @property
     def beyond_margin_s(self) -> float:
         return self.reported_s - self.margin_s
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SuspendCpu:
+    """CPU time around the shell suspend (/proc/PID/schedstat, sampled every 10 ms)."""
+
+    beyond_margin_s: float
+    """From T to the end of the call: the controllers' CPU above their rate with the writers
+    alone before the command chose T, plus the command's own CPU."""
+    busy_cpus: float
+    """Every process watched (controllers, command, writers), CPU seconds per second from T to
+    the end of the call: at the machine's CPU count it had no idle CPU."""
+    baseline_cpus: float
+    """The controllers' CPU seconds per second with the writers alone, before T was chosen."""
+    cli_s: float
+    """The whole command's CPU (process start to exit)."""
+    per_pair_us: float
+
+    @property
+    def floor_s(self) -> float:
+        """The least wall time that CPU takes on this machine's CPUs, all of them busy."""
+        return self.beyond_margin_s / (os.cpu_count() or 1)
+
+
+def cpu_of(
+    sampler: CpuSampler, ready_ns: int, window: tuple[int, int, int], *, pairs: int
+) -> SuspendCpu:
+    chosen_ns, at_ns, end_ns = window
+    span_s = max(end_ns - at_ns, 1) / 1e9
+    before_s = max(chosen_ns - ready_ns, 1) / 1e9
+    baseline = sampler.between("controllers", ready_ns, chosen_ns) / before_s
+    controllers = sampler.between("controllers", at_ns, end_ns)
+    cli = sampler.between("cli", at_ns, end_ns)
+    writers = sampler.between("writers", at_ns, end_ns)
+    beyond = max(controllers - baseline * span_s, 0.0) + cli
+    return SuspendCpu(
+        beyond_margin_s=beyond,
+        busy_cpus=(controllers + cli + writers) / span_s,
+        baseline_cpus=baseline,
+        cli_s=sampler.at("cli", sampler.samples[-1][0]) if sampler.samples else 0.0,
+        per_pair_us=beyond / pairs * 1e6 if pairs else 0.0,
+    )
 
 
 def compile_package() -> None:
@@ -815,7 +860,9 @@ def compile_package() -> None:
     compileall.compile_dir(Path(remcopy.__file__).parent, quiet=1)
 
 
-async def run_cli(*args: str) -> tuple[float, int, str, str]:
+async def run_cli(
+    *args: str, on_start: Callable[[int], None] | None = None
+) -> tuple[float, int, str, str]:
     started = time.perf_counter()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -826,6 +873,8 @@ async def run_cli(*args: str) -> tuple[float, int, str, str]:
         stderr=asyncio.subprocess.PIPE,
         env=dict(os.environ, CI="1"),
     )
+    if on_start is not None:
+        on_start(proc.pid)
     out, err = await proc.communicate()
     elapsed = time.perf_counter() - started
     return elapsed, proc.returncode or 0, out.decode(), err.decode()
@@ -850,12 +899,24 @@ async def cli_round(
         args = ["group", "suspend", GROUP, "--host", HOST, "--catalog", str(catalog_path)]
         args += ["--json"] + ([] if margin_s is None else ["--margin-ms", f"{margin_s * 1e3:g}"])
         load = Writers(writer_targets(world, group), seed, world.root) if writers else None
+        sampler = CpuSampler()
+        watch_cli = functools.partial(sampler.watch, "cli")
+        for pid in world.fleet.pids():
+            sampler.watch("controllers", pid)
         try:
-            if load is not None:
-                await load.start()
-            before = await pair_ops(world.session, primaries_of(group))
-            wall, code, out, err = await run_cli(*args)
-            after = await pair_ops(world.session, primaries_of(group))
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(sampler.run())
+                try:
+                    if load is not None:
+                        await load.start()
+                        assert load.process is not None
+                        sampler.watch("writers", load.process.pid)
+                    ready_ns = time.time_ns()
+                    before = await pair_ops(world.session, primaries_of(group))
+                    wall, code, out, err = await run_cli(*args, on_start=watch_cli)
+                    after = await pair_ops(world.session, primaries_of(group))
+                finally:
+                    sampler.stop()
             try:
                 doc = json.loads(out) if out.strip().startswith("{") else None
             except json.JSONDecodeError as exc:
@@ -869,6 +930,7 @@ async def cli_round(
                 raise RuntimeError(f"remcopy group suspend exited {code}: {err[-2000:]}")
             chosen_ns = int(doc["at_ns"] - doc["margin_s"] * 1e9)
             window = (chosen_ns, int(doc["at_ns"]), chosen_ns + int(doc["elapsed_s"] * 1e9))
+            cpu = cpu_of(sampler, ready_ns, window, pairs=int(doc["pairs"]))
             stall = await load.stop(window) if load is not None else None
         finally:
             if load is not None:
@@ -890,6 +952,7 @@ async def cli_round(
                 held_ms=held_ms(doc["seal"]),
                 stall=stall,
                 counted=sorted(after[c] - before[c] for c in after),
+                cpu=cpu,
             )
         if attempt.suspended or attempt.refused != BIG:
             await world.reset([group])
@@ -1188,6 +1251,39 @@ def report(
             ],
         )
     )
+    if cli.cpu is not None:
+        c = cli.cpu
+        print()
+        print(
+            table(
+                f"CPU of the shell suspend ({os.cpu_count()} CPUs on this machine)",
+                ["what", "value", "note"],
+                [
+                    (
+                        "suspend CPU from T to the answer (s)",
+                        c.beyond_margin_s,
+                        f"{c.per_pair_us:.1f} us/pair: controllers above their writers-only "
+                        "rate, plus the command",
+                    ),
+                    (
+                        "least wall time for that CPU (s)",
+                        c.floor_s,
+                        f"the CPU above on all {os.cpu_count()} CPUs at once",
+                    ),
+                    (
+                        "CPUs busy from T to the answer",
+                        c.busy_cpus,
+                        "controllers, command and writers",
+                    ),
+                    (
+                        "controllers' CPUs with the writers alone",
+                        c.baseline_cpus,
+                        "before T was chosen",
+                    ),
+                    ("the whole command's CPU (s)", c.cli_s, "process start to exit"),
+                ],
+            )
+        )
     print("\nsuspend attempts (a retry follows a restart that makes the pairs DUPLEX again):")
     for label, attempts in [
         *((f"  {r.pairs} API", r.attempts) for r in out.sizes),
@@ -1243,6 +1339,15 @@ def report(
         "seed": seed,
         "quick": quick,
     }
+    if cli.cpu is not None:
+        result |= {
+            "cli_suspend_cpu_beyond_margin_s": round(cli.cpu.beyond_margin_s, 4),
+            "cli_suspend_cpu_per_pair_us": round(cli.cpu.per_pair_us, 2),
+            "cli_suspend_cpu_floor_s": round(cli.cpu.floor_s, 4),
+            "cli_busy_cpus_beyond_margin": round(cli.cpu.busy_cpus, 2),
+            "cli_baseline_cpus": round(cli.cpu.baseline_cpus, 2),
+            "cli_cpu_s": round(cli.cpu.cli_s, 4),
+        }
     if out.api is not None:
         result["suspend_10000_with_writers_beyond_margin_s"] = round(
             out.api.elapsed_s - out.api.report.margin_s, 6
