@@ -56,9 +56,15 @@
 #   volumes are identical on both sides, so that is a true state, as if established before
 #   a restart; a pair written since has change-map bits and the primary resyncs it).
 #   Secondaries start before primaries (a primary resyncs at once after a restart).
-#   --quick (under a minute): no establish/resume/terminate sizes; naive on 25 pairs; one
-#   10,000-pair suspend, the shell's (--margin-ms 500), with the writers running, gives the
-#   suspend figures (from its JSON report), the stall and the shell time.
+#   --quick (under a minute): no establish/resume/terminate sizes; naive on 25 pairs; the
+#   shell's 10,000-pair suspend twice, each with the group's default margin first: with the
+#   writers running (the stall figures), then after a reset with nothing else running (the
+#   suspend figures, from its JSON report, and the shell time, as in the full run).
+#   - CPU (/proc/PID/schedstat of every controller, the command and the writers, sampled
+#     every 10 ms): from T to the answer, the controllers' CPU above their rate before the
+#     command chose T, plus the command's; divided by the machine's CPUs it is the least
+#     wall time that work can take here. Also the command's wall and CPU until it chose T
+#     and after the answers.
 #   Every controller runs with ack_timeout_s = 600: with the default 5 s, establishing 1,250
 #   pairs per controller at once fails the replication links (measured).
 # Why: a group suspend of thousands of pairs in well under a second is the reason the system
@@ -156,7 +162,6 @@ PAIRS_MAX: Final = CONTROLLERS * (LSS_PER_CONTROLLER_MAX * CCAS_PER_LSS - SPARE_
 NAIVE_PAIRS_FULL: Final = 100
 NAIVE_PAIRS_QUICK: Final = 25
 NAIVE_MARGIN_MIN_S: Final = 0.002
-QUICK_MARGIN_S: Final = 0.5
 RETRY_MARGINS_S: Final = (0.25, 0.5, 1.0, 2.0)
 STALL_BASELINE_S: Final = 0.5
 STALL_AFTER_S: Final = 0.2
@@ -826,6 +831,12 @@ class SuspendCpu:
     cli_s: float
     """The whole command's CPU (process start to exit)."""
     per_pair_us: float
+    before_t: tuple[float, float]
+    """The command from its start until it chose T: wall and CPU seconds (process start,
+    imports, catalog, connections, round trips)."""
+    after_answer: tuple[float, float]
+    """The command from the last answer to its exit: wall and CPU seconds (the operation log,
+    the report)."""
 
     @property
     def floor_s(self) -> float:
@@ -834,9 +845,15 @@ class SuspendCpu:
 
 
 def cpu_of(
-    sampler: CpuSampler, ready_ns: int, window: tuple[int, int, int], *, pairs: int
+    sampler: CpuSampler,
+    ready_ns: int,
+    window: tuple[int, int, int],
+    cli_ns: tuple[int, int],
+    *,
+    pairs: int,
 ) -> SuspendCpu:
     chosen_ns, at_ns, end_ns = window
+    started_ns, exited_ns = cli_ns
     span_s = max(end_ns - at_ns, 1) / 1e9
     before_s = max(chosen_ns - ready_ns, 1) / 1e9
     baseline = sampler.between("controllers", ready_ns, chosen_ns) / before_s
@@ -850,6 +867,8 @@ def cpu_of(
         baseline_cpus=baseline,
         cli_s=sampler.at("cli", sampler.samples[-1][0]) if sampler.samples else 0.0,
         per_pair_us=beyond / pairs * 1e6 if pairs else 0.0,
+        before_t=((chosen_ns - started_ns) / 1e9, sampler.between("cli", started_ns, chosen_ns)),
+        after_answer=((exited_ns - end_ns) / 1e9, sampler.between("cli", end_ns, exited_ns)),
     )
 
 
@@ -914,6 +933,7 @@ async def cli_round(
                     ready_ns = time.time_ns()
                     before = await pair_ops(world.session, primaries_of(group))
                     wall, code, out, err = await run_cli(*args, on_start=watch_cli)
+                    exited_ns = time.time_ns()
                     after = await pair_ops(world.session, primaries_of(group))
                 finally:
                     sampler.stop()
@@ -930,7 +950,8 @@ async def cli_round(
                 raise RuntimeError(f"remcopy group suspend exited {code}: {err[-2000:]}")
             chosen_ns = int(doc["at_ns"] - doc["margin_s"] * 1e9)
             window = (chosen_ns, int(doc["at_ns"]), chosen_ns + int(doc["elapsed_s"] * 1e9))
-            cpu = cpu_of(sampler, ready_ns, window, pairs=int(doc["pairs"]))
+            cli_ns = (exited_ns - int(wall * 1e9), exited_ns)
+            cpu = cpu_of(sampler, ready_ns, window, cli_ns, pairs=int(doc["pairs"]))
             stall = await load.stop(window) if load is not None else None
         finally:
             if load is not None:
@@ -970,6 +991,9 @@ class Run:
     """The 10,000-pair API suspend with the writers (full run)."""
     naive: Naive | None = None
     cli: Cli | None = None
+    """The shell suspend with no writers running."""
+    cli_writers: Cli | None = None
+    """--quick: the shell suspend again with the writers running (the stall figures)."""
     setup: Setup | None = None
     start_s: float = 0.0
     restarts: list[float] = field(default_factory=list)
@@ -1027,12 +1051,22 @@ async def run(root: Path, quick: bool, seed: int) -> dict[str, Any]:
                     seed=rng.randrange(1 << 32),
                 )
                 await world.reset([group])
+            if quick:
+                out.cli_writers = await cli_round(
+                    world,
+                    setup.catalog_path,
+                    group,
+                    first_margin_s=None,
+                    writers=True,
+                    seed=rng.randrange(1 << 32),
+                )
+                await world.reset([group])
             out.cli = await cli_round(
                 world,
                 setup.catalog_path,
                 group,
-                first_margin_s=QUICK_MARGIN_S if quick else None,
-                writers=quick,
+                first_margin_s=None,
+                writers=False,
                 seed=rng.randrange(1 << 32),
             )
         finally:
@@ -1053,9 +1087,10 @@ def report(
         big_source = "API call, timed around operations.suspend"
     else:  # --quick: the shell suspend's own report (operate -> suspend -> run_operation)
         big_s, big_margin_s, big_attempts = cli.reported_s, cli.margin_s, cli.attempts
-        big_source = "from the shell suspend's report (writers running)"
+        big_source = "from the shell suspend's report (no writers)"
     big_beyond_s = big_s - big_margin_s
-    stall = out.api.stall if out.api is not None else cli.stall
+    loaded = out.cli_writers  # --quick: the shell suspend with the writers
+    stall = out.api.stall if out.api is not None else loaded.stall if loaded else None
     assert stall is not None
     rows: list[tuple[object, ...]] = []
     for r in out.sizes:
@@ -1147,8 +1182,25 @@ def report(
             "",
         ),
         (f"{BIG}   ... slowest seal after T", cli.seal_lag_ms, "", ""),
-        (f"{BIG}   ... host I/O held (most of a controller)", cli.held_ms, "", ""),
     ]
+    if loaded is not None:
+        rows += [
+            (
+                f"{BIG} suspend from the shell with {stall.writers} writers: its report",
+                loaded.reported_s * 1e3,
+                loaded.reported_s / BIG * 1e6,
+                ",".join(map(str, sorted(set(loaded.counted)))) + " (controller counters)",
+            ),
+            (f"{BIG}   ... margin", loaded.margin_s * 1e3, "", ""),
+            (
+                f"{BIG}   ... beyond margin",
+                loaded.beyond_margin_s * 1e3,
+                loaded.beyond_margin_s / BIG * 1e6,
+                "",
+            ),
+            (f"{BIG}   ... slowest seal after T", loaded.seal_lag_ms, "", ""),
+            (f"{BIG}   ... host I/O held (most of a controller)", loaded.held_ms, "", ""),
+        ]
     print(
         table(
             f"group operations, {CONTROLLERS} primary + {CONTROLLERS} secondary controllers "
@@ -1184,7 +1236,18 @@ def report(
                 (
                     "`remcopy group suspend` from the shell",
                     cli.wall_s * 1e3,
-                    "process start, imports, catalog, suspend, log",
+                    "process start, imports, catalog, suspend, log; no writers",
+                ),
+                *(
+                    [
+                        (
+                            "`remcopy group suspend` from the shell",
+                            loaded.wall_s * 1e3,
+                            f"the same with {stall.writers} writers running",
+                        )
+                    ]
+                    if loaded is not None
+                    else []
                 ),
                 (
                     "`python -m remcopy --help`",
@@ -1251,44 +1314,15 @@ def report(
             ],
         )
     )
-    if cli.cpu is not None:
-        c = cli.cpu
-        print()
-        print(
-            table(
-                f"CPU of the shell suspend ({os.cpu_count()} CPUs on this machine)",
-                ["what", "value", "note"],
-                [
-                    (
-                        "suspend CPU from T to the answer (s)",
-                        c.beyond_margin_s,
-                        f"{c.per_pair_us:.1f} us/pair: controllers above their writers-only "
-                        "rate, plus the command",
-                    ),
-                    (
-                        "least wall time for that CPU (s)",
-                        c.floor_s,
-                        f"the CPU above on all {os.cpu_count()} CPUs at once",
-                    ),
-                    (
-                        "CPUs busy from T to the answer",
-                        c.busy_cpus,
-                        "controllers, command and writers",
-                    ),
-                    (
-                        "controllers' CPUs with the writers alone",
-                        c.baseline_cpus,
-                        "before T was chosen",
-                    ),
-                    ("the whole command's CPU (s)", c.cli_s, "process start to exit"),
-                ],
-            )
-        )
+    print_cpu(cli, "no writers")
+    if loaded is not None:
+        print_cpu(loaded, f"{stall.writers} writers running")
     print("\nsuspend attempts (a retry follows a restart that makes the pairs DUPLEX again):")
     for label, attempts in [
         *((f"  {r.pairs} API", r.attempts) for r in out.sizes),
         *([(f"  {BIG} API + writers", out.api.attempts)] if out.api is not None else []),
         (f"  {BIG} shell", cli.attempts),
+        *([(f"  {BIG} shell + writers", loaded.attempts)] if loaded is not None else []),
     ]:
         print(f"{label}: " + "; ".join(a.describe() for a in attempts))
     print(
@@ -1302,8 +1336,8 @@ def report(
     if quick:
         print(
             "quick: pairs made DUPLEX by writing the pair tables before the start (no "
-            f"establish); one {BIG:,}-pair suspend (the shell's, writers running) gives the "
-            f"suspend, stall and shell figures; naive on {naive.pairs} pairs"
+            f"establish); the shell's {BIG:,}-pair suspend with the writers (stall figures), "
+            f"then alone (suspend and shell figures); naive on {naive.pairs} pairs"
         )
     default_ok = (
         all(a.consistent for a in cli.attempts[:1]) if cli.attempts[0].margin_s is None else None
@@ -1326,7 +1360,7 @@ def report(
         "cli_default_margin_consistent": default_ok,
         "cli_beyond_margin_s": round(cli.beyond_margin_s, 6),
         "cli_seal_lag_ms": round(cli.seal_lag_ms, 3),
-        "cli_host_io_held_ms": round(cli.held_ms, 3),
+        "cli_host_io_held_ms": round((loaded or cli).held_ms, 3),
         "cli_startup_s": round(cli.startup_s, 4),
         "naive_pairs": naive.pairs,
         "naive_per_pair_ms": round(naive.per_pair_s * 1e3, 3),
@@ -1339,15 +1373,11 @@ def report(
         "seed": seed,
         "quick": quick,
     }
-    if cli.cpu is not None:
-        result |= {
-            "cli_suspend_cpu_beyond_margin_s": round(cli.cpu.beyond_margin_s, 4),
-            "cli_suspend_cpu_per_pair_us": round(cli.cpu.per_pair_us, 2),
-            "cli_suspend_cpu_floor_s": round(cli.cpu.floor_s, 4),
-            "cli_busy_cpus_beyond_margin": round(cli.cpu.busy_cpus, 2),
-            "cli_baseline_cpus": round(cli.cpu.baseline_cpus, 2),
-            "cli_cpu_s": round(cli.cpu.cli_s, 4),
-        }
+    result |= cpu_keys("cli", cli)
+    if loaded is not None:
+        result |= cpu_keys("cli_writers", loaded)
+        result["cli_writers_suspend_10000_s"] = round(loaded.wall_s, 4)
+        result["cli_writers_beyond_margin_s"] = round(loaded.beyond_margin_s, 6)
     if out.api is not None:
         result["suspend_10000_with_writers_beyond_margin_s"] = round(
             out.api.elapsed_s - out.api.report.margin_s, 6
@@ -1361,6 +1391,63 @@ def report(
         result[f"resume_{r.pairs}_to_duplex_s"] = round(r.resume_to_duplex_s, 3)
         result[f"status_{r.pairs}_s"] = round(r.status_s, 6)
     return result
+
+
+def print_cpu(cli: Cli, what: str) -> None:
+    if cli.cpu is None:
+        return
+    c = cli.cpu
+    print()
+    print(
+        table(
+            f"CPU of the shell suspend, {what} ({os.cpu_count()} CPUs on this machine)",
+            ["what", "value", "note"],
+            [
+                (
+                    "suspend CPU from T to the answer (s)",
+                    c.beyond_margin_s,
+                    f"{c.per_pair_us:.1f} us/pair: controllers above their rate before "
+                    "the command chose T, plus the command",
+                ),
+                (
+                    "least wall time for that CPU (s)",
+                    c.floor_s,
+                    f"the CPU above on all {os.cpu_count()} CPUs at once",
+                ),
+                ("CPUs busy from T to the answer", c.busy_cpus, "controllers, command, writers"),
+                ("controllers' CPUs before T was chosen", c.baseline_cpus, ""),
+                ("the whole command's CPU (s)", c.cli_s, "process start to exit"),
+                (
+                    "the command until it chose T (s)",
+                    c.before_t[0],
+                    f"wall; CPU {c.before_t[1]:.3f} s",
+                ),
+                (
+                    "the command after the answers (s)",
+                    c.after_answer[0],
+                    f"wall; CPU {c.after_answer[1]:.3f} s",
+                ),
+            ],
+        )
+    )
+
+
+def cpu_keys(prefix: str, cli: Cli) -> dict[str, float]:
+    c = cli.cpu
+    if c is None:
+        return {}
+    return {
+        f"{prefix}_suspend_cpu_beyond_margin_s": round(c.beyond_margin_s, 4),
+        f"{prefix}_suspend_cpu_per_pair_us": round(c.per_pair_us, 2),
+        f"{prefix}_suspend_cpu_floor_s": round(c.floor_s, 4),
+        f"{prefix}_busy_cpus_beyond_margin": round(c.busy_cpus, 2),
+        f"{prefix}_baseline_cpus": round(c.baseline_cpus, 2),
+        f"{prefix}_cpu_s": round(c.cli_s, 4),
+        f"{prefix}_before_t_s": round(c.before_t[0], 4),
+        f"{prefix}_before_t_cpu_s": round(c.before_t[1], 4),
+        f"{prefix}_after_answer_s": round(c.after_answer[0], 4),
+        f"{prefix}_after_answer_cpu_s": round(c.after_answer[1], 4),
+    }
 
 
 def _req(result: SizeResult, op: str) -> str:
