@@ -189,6 +189,16 @@ class Fleet:
     def pids(self) -> list[int]:
         return [p.process.pid for p in self.procs.values() if p.process is not None]
 
+    def pids_by_side(self) -> dict[str, list[int]]:
+        """The controllers' pids, "primaries" and "secondaries" (unpeered ones are neither)."""
+        out: dict[str, list[int]] = {"primaries": [], "secondaries": []}
+        for plan in self.plans:
+            proc = self.procs.get(plan.index)
+            if proc is None or proc.process is None or plan.peer is None:
+                continue
+            out["primaries" if _is_primary(plan) else "secondaries"].append(proc.process.pid)
+        return out
+
     def rss_mib(self) -> float:
         """Resident memory of every controller process, in MiB."""
         return sum(rss_kib(pid) for pid in self.pids()) / 1024

@@ -831,6 +831,9 @@ class SuspendCpu:
     cli_s: float
     """The whole command's CPU (process start to exit)."""
     per_pair_us: float
+    parts: dict[str, float]
+    """The CPU from T to the answer by who used it: primaries and secondaries (each above its
+    own rate before T was chosen) and the command."""
     before_t: tuple[float, float]
     """The command from its start until it chose T: wall and CPU seconds (process start,
     imports, catalog, connections, round trips)."""
@@ -861,7 +864,13 @@ def cpu_of(
     cli = sampler.between("cli", at_ns, end_ns)
     writers = sampler.between("writers", at_ns, end_ns)
     beyond = max(controllers - baseline * span_s, 0.0) + cli
+
+    def above(name: str) -> float:
+        rate = sampler.between(name, ready_ns, chosen_ns) / before_s
+        return max(sampler.between(name, at_ns, end_ns) - rate * span_s, 0.0)
+
     return SuspendCpu(
+        parts={"primaries": above("primaries"), "secondaries": above("secondaries"), "cli": cli},
         beyond_margin_s=beyond,
         busy_cpus=(controllers + cli + writers) / span_s,
         baseline_cpus=baseline,
@@ -922,6 +931,9 @@ async def cli_round(
         watch_cli = functools.partial(sampler.watch, "cli")
         for pid in world.fleet.pids():
             sampler.watch("controllers", pid)
+        for side, pids in world.fleet.pids_by_side().items():
+            for pid in pids:
+                sampler.watch(side, pid)
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(sampler.run())
@@ -1409,6 +1421,10 @@ def print_cpu(cli: Cli, what: str) -> None:
                     f"{c.per_pair_us:.1f} us/pair: controllers above their rate before "
                     "the command chose T, plus the command",
                 ),
+                *(
+                    (f"  ... {name} (s)", used, f"{used / BIG * 1e6:.1f} us/pair")
+                    for name, used in c.parts.items()
+                ),
                 (
                     "least wall time for that CPU (s)",
                     c.floor_s,
@@ -1439,6 +1455,7 @@ def cpu_keys(prefix: str, cli: Cli) -> dict[str, float]:
     return {
         f"{prefix}_suspend_cpu_beyond_margin_s": round(c.beyond_margin_s, 4),
         f"{prefix}_suspend_cpu_per_pair_us": round(c.per_pair_us, 2),
+        **{f"{prefix}_suspend_cpu_{k}_s": round(v, 4) for k, v in c.parts.items()},
         f"{prefix}_suspend_cpu_floor_s": round(c.floor_s, 4),
         f"{prefix}_busy_cpus_beyond_margin": round(c.busy_cpus, 2),
         f"{prefix}_baseline_cpus": round(c.baseline_cpus, 2),
