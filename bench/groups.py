@@ -164,6 +164,7 @@ NAIVE_PAIRS_QUICK: Final = 25
 NAIVE_MARGIN_MIN_S: Final = 0.002
 RETRY_MARGINS_S: Final = (0.25, 0.5, 1.0, 2.0)
 STALL_BASELINE_S: Final = 0.5
+IDLE_SAMPLE_S: Final = 2.0
 STALL_AFTER_S: Final = 0.2
 STATE_POLL_S: Final = 0.25
 STATE_TIMEOUT_S: Final = 1800.0
@@ -1010,6 +1011,21 @@ class Run:
     start_s: float = 0.0
     restarts: list[float] = field(default_factory=list)
     rss_mib: float = 0.0
+    idle_cpus: float = 0.0
+
+
+async def idle_cpus(fleet: Fleet) -> float:
+    """The controllers' CPU seconds per second with nothing asked of them (every pair DUPLEX,
+    no host I/O): what their own timers cost."""
+    sampler = CpuSampler(every_s=IDLE_SAMPLE_S)
+    for pid in fleet.pids():
+        sampler.watch("controllers", pid)
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(sampler.run())
+        await asyncio.sleep(IDLE_SAMPLE_S)  # the window's length, not a synchronization
+        sampler.stop()
+    first, last = sampler.samples[0][0], sampler.samples[-1][0]
+    return sampler.between("controllers", first, last) / ((last - first) / 1e9)
 
 
 async def run(root: Path, quick: bool, seed: int) -> dict[str, Any]:
@@ -1049,6 +1065,7 @@ async def run(root: Path, quick: bool, seed: int) -> dict[str, Any]:
                 for size in SIZES_FULL:
                     chosen = subset(group, size, rng)
                     out.sizes.append(await one_size(world, chosen, spares, last=size == BIG))
+            out.idle_cpus = await idle_cpus(fleet)
             out.big_status_s = await status_median(world.session, group)
             naive_pairs = NAIVE_PAIRS_QUICK if quick else NAIVE_PAIRS_FULL
             out.naive = await naive_round(world.session, spares, naive_pairs, rng)
@@ -1342,7 +1359,8 @@ def report(
         f"{', '.join(f'{s:.1f}' for s in out.restarts) or 'none'} s; scan {setup.scan_s:.2f} s, "
         f"group define {setup.define_s:.2f} s, load {setup.load_s:.2f} s; whole run "
         f"{time.perf_counter() - began:.0f} s before cleanup; controllers' RSS "
-        f"{out.rss_mib:.0f} MiB (available before {mem_before_mib:.0f} MiB); "
+        f"{out.rss_mib:.0f} MiB (available before {mem_before_mib:.0f} MiB); idle controllers "
+        f"{out.idle_cpus:.3f} CPUs; "
         f"load average {load_average()}"
     )
     if quick:
@@ -1381,6 +1399,7 @@ def report(
         "stall_p99_from_t_ms": round(stall.p99_from_t_ms, 3),
         "stall_baseline_p99_ms": round(stall.baseline_p99_ms, 3),
         "fleet_start_s": round(out.start_s, 2),
+        "fleet_idle_cpus": round(out.idle_cpus, 4),
         "restarts_s": [round(s, 2) for s in out.restarts],
         "seed": seed,
         "quick": quick,

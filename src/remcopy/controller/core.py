@@ -236,6 +236,9 @@ class Controller:
         at establish, persisted): the siblings a freeze must reach."""
         self._sinks: list[EventSink] = []
         self._announcing: collections.deque[Callable[[], None]] = collections.deque()
+        self.pairs_generation = 0
+        """Counts changes of any device's pair in memory (apply_plan, commit_armed): what is
+        derived from every pair (the peers a periodic task serves) is kept until it moves."""
         """Durable commits whose events are not announced yet, in commit order."""
         self._announce_soon = False
         self._handing: collections.deque[tuple[list[Event], list[EventSink]]] = collections.deque()
@@ -635,6 +638,7 @@ class Controller:
             self.groups = {**self.groups, **groups}
         for key, info in plan.new_pairs.items():
             self.devices[key].pair = info
+        self.pairs_generation += 1
         if not plan.moves:
             return pending
 
@@ -704,6 +708,7 @@ class Controller:
         pending = self._save_states(new_pairs, hold_writes=False)
         for key, at_ns in armed.items():
             self.devices[key].pair.suspend_at_ns = at_ns
+        self.pairs_generation += 1
         return pending
 
     def hold_writes(self, keys: Iterable[int]) -> asyncio.Future[None] | None:
