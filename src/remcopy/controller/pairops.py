@@ -1,50 +1,46 @@
-# Pair operations from hosts: establish, suspend at T, resume, recover, failback, shadow,
-# terminate (their counterparts on the secondary are in peerops.py, the seal in seal.py).
+# Pair operations from hosts: establish, resume, recover, failback, shadow, terminate (the
+# suspend at T is in suspendops.py, the seal in seal.py; their counterparts on the secondary
+# are in peerops.py).
 #
 # Why: each operation takes a batch of devices in one request and answers per device (a
 # refused device never fails the others, and is left exactly as it was). The decisions about
-# which state may do what come from states.py; this module sequences the two sides: ask the
-# secondary first when it must agree (establish, resume), commit locally, start the copies.
+# which state may do what come from the ledger (ledger.py); this module sequences the two
+# sides: ask the secondary first when it must agree (establish, resume), commit locally,
+# start the copies.
 #
 # Rules this module keeps:
 # - A device named twice in one request, unknown, not allowed, or armed for a pending suspend
-#   is refused before anything changes.
-# - The prospective suspend is refused whole if T has passed on this controller's clock;
-#   the seal at T (seal.py) acts only on devices still armed for that same T.
-# - A scheduled suspend (T far ahead) is armed by SUSPEND with options["answer"] = "armed",
-#   answered once persisted; SUSPEND_WAIT answers once T is sealed; SUSPEND_CANCEL disarms
-#   before T (docs/replication.md section 8.1).
+#   is refused before anything changes (hostrequests.py, the ledger).
+# - SUSPEND, SUSPEND_WAIT and SUSPEND_CANCEL go to suspendops.py; GROUP_CUT is answered from
+#   the async consistency groups (consistency.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from remcopy import ledger
-from remcopy.controller.core import Device, HostGrant, PairInfo, StatePlan
+from remcopy.controller.core import Device, HostGrant, PairInfo
 from remcopy.controller.freeze import membership
+from remcopy.controller.hostrequests import HostRequests
 from remcopy.controller.pairsteps import (
     Changes,
     as_primary,
     clear_armed,
     decide,
-    pair_view,
     result_ok,
     result_refused,
     swap_to_primary,
     to_simplex,
 )
-from remcopy.controller.seal import merged_seal
+from remcopy.controller.suspendops import SuspendOperations
 from remcopy.errors import (
     BrokenResourceError,
-    IllegalTransition,
     InputError,
     RemcopyError,
 )
-from remcopy.events import EventKind, lss_list
+from remcopy.events import EventKind
 from remcopy.states import (
     CopyMode,
     PairAction,
@@ -72,6 +68,8 @@ class PairOperations:
         self.freezer = freezer
         self.consistency = consistency
         self.seal = seal
+        self.requests = HostRequests(rep, freezer)
+        self.suspends = SuspendOperations(rep, freezer, seal, self.requests)
 
     # Pair operations from hosts (one request carries a batch of devices)...
 
@@ -87,7 +85,7 @@ class PairOperations:
         if op is PairOp.ESTABLISH:
             return await self._establish(grant, request)
         if op is PairOp.SUSPEND:
-            return await self._suspend(grant, request)
+            return await self.suspends.suspend(grant, request)
         if op is PairOp.RESUME:
             return await self._resume(grant, request)
         if op is PairOp.RECOVER:
@@ -99,56 +97,19 @@ class PairOperations:
         if op is PairOp.SHADOW:
             return self._shadow(grant, request)
         if op is PairOp.SUSPEND_WAIT:
-            return await self._suspend_wait(grant, request)
+            return await self.suspends.suspend_wait(grant, request)
         if op is PairOp.SUSPEND_CANCEL:
-            return self._suspend_cancel(grant, request)
+            return self.suspends.suspend_cancel(grant, request)
         if op is PairOp.GROUP_CUT:
             return PairOpReply(
                 document=self.consistency.cut_document(str(request.options.get("group", "")))
             )
         raise InputError(f"pair operation {op.name} is for controllers, not hosts")
 
-    def _devices(
-        self, grant: HostGrant, request: PairOpRequest
-    ) -> tuple[list[tuple[PairItem, DeviceRun]], list[PairResult]]:
-        """Resolve the items; devices named twice, unknown or not allowed are refused here
-        (what each may do is the ledger's to decide: `_decide`)."""
-        good: list[tuple[PairItem, DeviceRun]] = []
-        refused: list[PairResult] = []
-        seen: set[int] = set()
-        for item in request.items:
-            try:
-                if item.device in seen:
-                    raise InputError(f"device {item.device:04X} is named twice in one request")
-                seen.add(item.device)
-                device = self.rep.controller.device_for_host(grant, item.device)
-                run = self.rep.runs[device.key]
-            except RemcopyError as exc:
-                known = self.rep.controller.devices.get(item.device)
-                refused.append(result_refused(item.device, exc, known))
-                continue
-            good.append((item, run))
-        return good, refused
-
-    def _view(self, run: DeviceRun) -> ledger.PairView:
-        """The ledger's view of a device's pair (and of its run: shadow copy, freeze, seal)."""
-        return pair_view(run, self.freezer)
-
     def _plan(
         self, grant: HostGrant, request: PairOpRequest, asked: ledger.OpRequest, now_ns: int = 0
     ) -> tuple[list[tuple[PairItem, DeviceRun]], list[PairResult], ledger.Plan]:
-        """Resolve the items and plan `asked` for them (ledger.plan): the devices the plan
-        accepts, every refusal (of resolution and of the plan) and the plan."""
-        good, results = self._devices(grant, request)
-        made = ledger.plan({run.device.key: self._view(run) for _item, run in good}, asked, now_ns)
-        accepted: list[tuple[PairItem, DeviceRun]] = []
-        for item, run in good:
-            refusal = made.decisions[run.device.key].refusal
-            if refusal is not None:
-                results.append(result_refused(item.device, refusal, run.device))
-            else:
-                accepted.append((item, run))
-        return accepted, results, made
+        return self.requests.plan(grant, request, asked, now_ns)
 
     def _decide(
         self, run: DeviceRun, request: ledger.OpRequest, now_ns: int = 0
@@ -257,170 +218,6 @@ class PairOperations:
                 results.append(result_ok(run.device, tracks=run.device.volume.tracks))
                 self.rep.start_copier(run)
         return results
-
-    async def _suspend(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
-        at_ns = request.at_ns
-        now = time.time_ns()
-        # A T already past here refuses the whole request (raised by the plan).
-        asked = ledger.OpRequest(
-            op=ledger.Op.SUSPEND, at_ns=at_ns, controller=self.rep.controller.name
-        )
-        good, results, made = self._plan(grant, request, asked, now)
-        # Devices a controller freeze armed (or sealed) join it: the whole request is then
-        # suspended at the freeze's T when that is still ahead (a freeze's T is earlier).
-        joined = [run for _item, run in good if made.decisions[run.device.key].joined]
-        self.freezer.join(joined, at_ns, now_ns=now)
-        freeze_at_ns = min((run.freeze_at_ns for run in joined), default=0)
-        if freeze_at_ns and now < freeze_at_ns < at_ns:
-            at_ns = freeze_at_ns
-        armed = [run for _item, run in good if not made.decisions[run.device.key].joined]
-        document: dict[str, Any] = {}
-        arm_ms = 0.0
-        if armed:
-            # Arm: persisted, so a restart before T still suspends at T.
-            arm_started_ns = time.perf_counter_ns()
-            pending = self.rep.controller.commit_armed({r.device.key: at_ns for r in armed})
-            if pending is not None:
-                await pending  # host writes go on meanwhile
-            # The seal's commit, computed now, in a loop step of its own: at T only the
-            # commit is left to do (the seal makes it only if no device changed since).
-            prepared: StatePlan | None = None
-            with contextlib.suppress(IllegalTransition):  # one changed since: computed at T
-                prepared = self.rep.controller.plan_states(
-                    {r.device.key: (PairAction.SUSPEND, None) for r in armed},
-                    cause="suspend",
-                    at_ns=at_ns,
-                )
-            arm_ms = (time.perf_counter_ns() - arm_started_ns) / 1e6
-            self.rep.controller.emit(
-                EventKind.ARMED,
-                f"armed suspend at={at_ns} devices={len(armed)}",
-                at_ns=at_ns,
-                cause="suspend",
-                detail={"devices": len(armed), "lss": lss_list(r.device.key >> 8 for r in armed)},
-            )
-            self.rep.spawn(self.seal.prepare_peers(armed, at_ns), name=f"prepare {at_ns}")
-            sealed = self.seal.arm(armed, at_ns, prepared)
-        if (armed or joined) and request.options.get("answer") == "armed":
-            # A scheduled suspend: answered now, bounded by the host's request timeout; the
-            # host waits for T itself and then asks with SUSPEND_WAIT.
-            results.extend(result_ok(run.device, at_ns=at_ns) for run in armed)
-            results.extend(result_ok(run.device, at_ns=run.freeze_at_ns) for run in joined)
-            return PairOpReply(
-                results=tuple(sorted(results, key=lambda r: r.device)),
-                document={
-                    "at_ns": at_ns,
-                    "armed": len(armed) + len(joined),
-                    "arm_commit_ms": round(arm_ms, 3),
-                },
-            )
-        if armed:
-            document = dict(await sealed)
-            # Off the event loop, and host writes need not wait for it (commit_armed): no
-            # part of host_io_held_ms.
-            document["arm_commit_ms"] = round(arm_ms, 3)
-        if joined:
-            # Wait for the freeze's seal; another freeze may still move it earlier.
-            for _ in range(len(joined) + 1):
-                waiting = [
-                    r
-                    for r in joined
-                    if r.device.pair.state in (PairState.DUPLEX, PairState.PENDING)
-                ]
-                if not waiting:
-                    break
-                freeze_at_ns = min(r.freeze_at_ns for r in waiting)
-                await self.freezer.sealed(freeze_at_ns)
-            freeze_at_ns = min(r.freeze_at_ns for r in joined)
-            document = {
-                **await self.freezer.sealed(freeze_at_ns),
-                **document,
-                "freeze_at_ns": freeze_at_ns,
-            }
-        elif not armed:
-            return PairOpReply(results=tuple(sorted(results, key=lambda r: r.device)))
-        results.extend(self.seal.sealed_results(armed, at_ns))
-        for run in joined:
-            results.extend(self.seal.sealed_results([run], run.freeze_at_ns))
-        return PairOpReply(
-            results=tuple(sorted(results, key=lambda r: r.device)), document=document
-        )
-
-    # Scheduled suspends: wait for the seal of an armed T, or cancel it before T...
-
-    async def _suspend_wait(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
-        """Answer once the suspend armed for T on these devices is sealed: per device as
-        SUSPEND answers, and the seal's figures. A device not armed for T answers at once."""
-        at_ns = request.at_ns
-        if at_ns <= 0:
-            raise InputError("suspend wait: at_ns must be the suspend time T that was armed")
-        good, results = self._devices(grant, request)
-        runs = [run for _item, run in good]
-        seals = self.seal.seals.get(at_ns, [])
-        if any(ledger.armed_for(self._view(run), at_ns) for run in runs) or not all(
-            f.done() for f in seals
-        ):
-            # Sealed at T on this controller's clock, and told to the secondaries (a seal
-            # commits SUSPENDED before it is done); the host's timeout bounds the wait.
-            await asyncio.gather(*(asyncio.shield(f) for f in seals))
-        results.extend(self.seal.sealed_results(runs, at_ns))
-        return PairOpReply(
-            results=tuple(sorted(results, key=lambda r: r.device)),
-            document=merged_seal([f.result() for f in seals if f.done()]),
-        )
-
-    def _suspend_cancel(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
-        """Disarm the suspend armed on these devices before its T: the persisted T is
-        cleared and the seal at T skips them."""
-        now = time.time_ns()
-        asked = ledger.OpRequest(
-            op=ledger.Op.SUSPEND_CANCEL, at_ns=request.at_ns, controller=self.rep.controller.name
-        )
-        _good, results, made = self._plan(grant, request, asked, now)
-        # device -> the T it was armed for
-        disarmed = {e.key: e.at_ns for e in made.events if e.kind == "disarmed"}
-        if disarmed:
-            self.rep.controller.commit_armed(dict.fromkeys(disarmed, 0))
-            for at_ns in sorted(set(disarmed.values())):
-                keys = [key for key, t in disarmed.items() if t == at_ns]
-                self.rep.controller.emit(
-                    EventKind.DISARMED,
-                    f"disarmed suspend at={at_ns} devices={len(keys)}",
-                    at_ns=at_ns,
-                    cause="cancel",
-                    detail={"devices": len(keys), "lss": lss_list(key >> 8 for key in keys)},
-                )
-        by_peer: dict[int, list[DeviceRun]] = {}
-        for key, at_ns in disarmed.items():
-            run = self.rep.runs[key]
-            results.append(result_ok(run.device, at_ns=at_ns))
-            # Writes stamped >= T (a host clock ahead of ours) were change-recorded while
-            # armed: a DUPLEX pair must copy them, or its secondary would lack them.
-            if run.device.pair.state is PairState.DUPLEX and run.changemap.copy_count():
-                by_peer.setdefault(run.device.pair.peer_serial, []).append(run)
-        for serial, runs in by_peer.items():
-            self.rep.spawn(self._resync_disarmed(serial, runs), name=f"resync disarmed {serial}")
-        return PairOpReply(
-            results=tuple(sorted(results, key=lambda r: r.device)),
-            document={"disarmed": len(disarmed)},
-        )
-
-    async def _resync_disarmed(self, serial: int, runs: list[DeviceRun]) -> None:
-        """Copy the tracks recorded while armed: SUSPENDED_ERROR, the secondary follows a
-        resume, PENDING until the copy is done, then DUPLEX."""
-        runs = [r for r in runs if r.device.pair.state is PairState.DUPLEX]
-        self.rep.to_error_all(runs)
-        answers = {r.device: r for r in await self.rep.tell_peer(serial, runs, "resume")}
-        changes: Changes = {}
-        for run in runs:
-            answer = answers.get(run.device.pair.peer_device)
-            if answer is not None and answer.code == 0:
-                changes[run.device.key] = (PairAction.RESUME, None)
-        if changes:
-            await self.rep.controller.commit(changes, cause="resync-after-cancel")
-        for run in runs:
-            if run.device.key in changes:
-                self.rep.start_copier(run)
 
     async def _resume(self, grant: HostGrant, request: PairOpRequest) -> PairOpReply:
         good, results, _plan = self._plan(grant, request, ledger.OpRequest(op=ledger.Op.RESUME))

@@ -8,6 +8,8 @@
 #   copier.py     initial copy, resync, failback copies
 #   restart.py    journal replay, re-arming and resync after a restart
 #   pairops.py    pair operations from hosts (the primary side, and recover/shadow)
+#   suspendops.py the host's suspend at T, its wait and its cancel (hostrequests.py: a
+#                 host's request resolved and planned, for both)
 #   peerops.py    the secondary side: updates and peer operations
 #   seal.py       the seal of a suspend at T (its timer: sealtimer.py, sans-I/O)
 #   freeze.py     the controller-side freeze of a consistency group
