@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 from remcopy import ledger
 from remcopy.controller.core import HostGrant
-from remcopy.controller.pairsteps import pair_view, result_refused
-from remcopy.errors import InputError, RemcopyError
+from remcopy.controller.pairsteps import named_once, pair_view, result_refused
+from remcopy.errors import RemcopyError
 from remcopy.wire.native import PairItem, PairOpRequest, PairResult
 
 if TYPE_CHECKING:
@@ -40,9 +40,7 @@ class HostRequests:
         seen: set[int] = set()
         for item in request.items:
             try:
-                if item.device in seen:
-                    raise InputError(f"device {item.device:04X} is named twice in one request")
-                seen.add(item.device)
+                named_once(item.device, seen)
                 device = self.rep.controller.device_for_host(grant, item.device)
                 run = self.rep.runs[device.key]
             except RemcopyError as exc:

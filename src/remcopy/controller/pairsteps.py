@@ -14,8 +14,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from remcopy import ledger
-from remcopy.controller.core import Device, PairInfo
-from remcopy.errors import RemcopyError
+from remcopy.controller.core import Controller, Device, PairInfo
+from remcopy.errors import InputError, RemcopyError
+from remcopy.events import EventKind, lss_list
 from remcopy.states import PairAction, PairRole
 from remcopy.wire.native import PairItem, PairResult
 
@@ -40,6 +41,27 @@ def result_ok(device: Device, *, at_ns: int = 0, tracks: int = 0) -> PairResult:
         role=device.pair.role,
         at_ns=at_ns or device.pair.suspend_at_ns,
         tracks=tracks,
+    )
+
+
+def named_once(device: int, seen: set[int]) -> None:
+    """Refuse a device named twice in one request (InputError); remember it in `seen`."""
+    if device in seen:
+        raise InputError(f"device {device:04X} is named twice in one request")
+    seen.add(device)
+
+
+def emit_devices(
+    controller: Controller, kind: EventKind, text: str, at_ns: int, cause: str, keys: list[int]
+) -> None:
+    """One event about a batch of devices (armed, disarmed, a seal skipped): their count and
+    LSSs, not one line each."""
+    controller.emit(
+        kind,
+        text,
+        at_ns=at_ns,
+        cause=cause,
+        detail={"devices": len(keys), "lss": lss_list(key >> 8 for key in keys)},
     )
 
 

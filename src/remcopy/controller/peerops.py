@@ -28,6 +28,7 @@ from remcopy.controller.pairsteps import (
     as_secondary,
     decide,
     follow_update,
+    named_once,
     result_ok,
     result_refused,
     suspended_at,
@@ -156,9 +157,7 @@ class PeerOperations:
         seen: set[int] = set()
         for item in request.items:
             try:
-                if item.device in seen:
-                    raise InputError(f"device {item.device:04X} is named twice in one request")
-                seen.add(item.device)
+                named_once(item.device, seen)
                 if request.op is PairOp.PEER_ESTABLISH:
                     device = self.rep.controller.check_offered(peer_serial, item.device)
                 else:

@@ -31,11 +31,12 @@ from remcopy.controller.pairsteps import (
     PREPARE_SUSPEND,
     SEALS_KEPT_MAX,
     as_planned,
+    emit_devices,
     result_ok,
 )
 from remcopy.controller.sealtimer import SealTimer
 from remcopy.errors import IllegalTransition
-from remcopy.events import EventKind, lss_list
+from remcopy.events import EventKind
 from remcopy.states import PairAction, PairState
 from remcopy.wire.native import PairResult
 
@@ -123,12 +124,13 @@ class Seal:
         devices and none changed since (else the commit is computed now)."""
         still_armed = [run for run in runs if run.device.pair.suspend_at_ns == at_ns]
         if not still_armed:
-            self.rep.controller.emit(
+            emit_devices(
+                self.rep.controller,
                 EventKind.DISARMED,
                 f"suspend at={at_ns} skipped: disarmed on all {len(runs)} devices",
-                at_ns=at_ns,
-                cause="skipped",
-                detail={"devices": len(runs), "lss": lss_list(r.device.key >> 8 for r in runs)},
+                at_ns,
+                "skipped",
+                [r.device.key for r in runs],
             )
             if not done.done():
                 done.set_result({"at_ns": at_ns, "disarmed": len(runs)})

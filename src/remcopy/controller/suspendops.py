@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 from remcopy import ledger
 from remcopy.controller.core import HostGrant, StatePlan
 from remcopy.controller.hostrequests import HostRequests
-from remcopy.controller.pairsteps import Changes, result_ok
+from remcopy.controller.pairsteps import Changes, emit_devices, result_ok
 from remcopy.controller.seal import merged_seal
 from remcopy.errors import IllegalTransition, InputError
-from remcopy.events import EventKind, lss_list
+from remcopy.events import EventKind
 from remcopy.states import PairAction, PairState
 from remcopy.wire.native import PairOpReply, PairOpRequest
 
@@ -78,12 +78,13 @@ class SuspendOperations:
                     at_ns=at_ns,
                 )
             arm_ms = (time.perf_counter_ns() - arm_started_ns) / 1e6
-            self.rep.controller.emit(
+            emit_devices(
+                self.rep.controller,
                 EventKind.ARMED,
                 f"armed suspend at={at_ns} devices={len(armed)}",
-                at_ns=at_ns,
-                cause="suspend",
-                detail={"devices": len(armed), "lss": lss_list(r.device.key >> 8 for r in armed)},
+                at_ns,
+                "suspend",
+                [r.device.key for r in armed],
             )
             self.rep.spawn(self.seal.prepare_peers(armed, at_ns), name=f"prepare {at_ns}")
             sealed = self.seal.arm(armed, at_ns, prepared)
@@ -169,12 +170,13 @@ class SuspendOperations:
             self.rep.controller.commit_armed(dict.fromkeys(disarmed, 0))
             for at_ns in sorted(set(disarmed.values())):
                 keys = [key for key, t in disarmed.items() if t == at_ns]
-                self.rep.controller.emit(
+                emit_devices(
+                    self.rep.controller,
                     EventKind.DISARMED,
                     f"disarmed suspend at={at_ns} devices={len(keys)}",
-                    at_ns=at_ns,
-                    cause="cancel",
-                    detail={"devices": len(keys), "lss": lss_list(key >> 8 for key in keys)},
+                    at_ns,
+                    "cancel",
+                    keys,
                 )
         by_peer: dict[int, list[DeviceRun]] = {}
         for key, at_ns in disarmed.items():
