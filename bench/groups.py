@@ -850,6 +850,8 @@ class SuspendCpu:
     parts: dict[str, float]
     """The CPU from T to the answer by who used it: primaries and secondaries (each above its
     own rate before T was chosen) and the command."""
+    whole_s: float
+    """The same from the moment the command chose T (the arm in the margin included)."""
     before_t: tuple[float, float]
     """The command from its start until it chose T: wall and CPU seconds (process start,
     imports, catalog, connections, round trips)."""
@@ -892,6 +894,12 @@ def cpu_of(
         baseline_cpus=baseline,
         cli_s=sampler.at("cli", sampler.samples[-1][0]) if sampler.samples else 0.0,
         per_pair_us=beyond / pairs * 1e6 if pairs else 0.0,
+        whole_s=max(
+            sampler.between("controllers", chosen_ns, end_ns)
+            - baseline * (end_ns - chosen_ns) / 1e9,
+            0.0,
+        )
+        + sampler.between("cli", chosen_ns, end_ns),
         before_t=((chosen_ns - started_ns) / 1e9, sampler.between("cli", started_ns, chosen_ns)),
         after_answer=((exited_ns - end_ns) / 1e9, sampler.between("cli", end_ns, exited_ns)),
     )
@@ -1441,6 +1449,11 @@ def print_cpu(cli: Cli, what: str) -> None:
                     for name, used in c.parts.items()
                 ),
                 (
+                    "the same from the moment T was chosen (s)",
+                    c.whole_s,
+                    f"{c.whole_s / BIG * 1e6:.1f} us/pair: the arm in the margin as well",
+                ),
+                (
                     "least wall time for that CPU (s)",
                     c.floor_s,
                     f"the CPU above on all {os.cpu_count()} CPUs at once",
@@ -1470,6 +1483,7 @@ def cpu_keys(prefix: str, cli: Cli) -> dict[str, float]:
     return {
         f"{prefix}_suspend_cpu_beyond_margin_s": round(c.beyond_margin_s, 4),
         f"{prefix}_suspend_cpu_per_pair_us": round(c.per_pair_us, 2),
+        f"{prefix}_suspend_cpu_whole_s": round(c.whole_s, 4),
         **{f"{prefix}_suspend_cpu_{k}_s": round(v, 4) for k, v in c.parts.items()},
         f"{prefix}_suspend_cpu_floor_s": round(c.floor_s, 4),
         f"{prefix}_busy_cpus_beyond_margin": round(c.busy_cpus, 2),

@@ -345,14 +345,23 @@ def _at_primary(view: PairView, verb: str) -> None:
         )
 
 
-def _steps(view: PairView, steps: list[PairAction], *, role: PairRole | None = None) -> Decision:
-    """Walk `steps` through the table (refused at the first illegal one)."""
+def _steps(
+    view: PairView,
+    steps: list[PairAction],
+    *,
+    role: PairRole | None = None,
+    armed_at_ns: int | None = None,
+) -> Decision:
+    """Walk `steps` through the table (refused at the first illegal one); the pair ends
+    with `role` and `armed_at_ns` when given (one new view: this decides every device of a
+    10,000-pair group's secondaries)."""
     state = view.state
     for step in steps:
         state = next_state(state, step, device=view.device)
-    new = _with(view, state=state, role=role or view.role)
     if state is PairState.SIMPLEX and steps:
-        new = _with(new, role=PairRole.NONE, armed_at_ns=0, group="")
+        new = _with(view, state=state, role=PairRole.NONE, armed_at_ns=0, group="")
+    else:
+        new = _with(view, state=state, role=role or view.role, armed_at_ns=armed_at_ns)
     return Decision(view, tuple(steps), new)
 
 
@@ -366,13 +375,12 @@ def _follow(view: PairView, request: OpRequest, key: int) -> Decision:
     steps = follow_steps(view.state, action)
     if action == "resume" and key in request.empty:
         steps.append(PairAction.COPY_DONE)  # nothing to copy: DUPLEX now
-    decision = _steps(view, steps)
-    assert decision.new is not None
+    armed: int | None = None
     if PairAction.SUSPEND in steps:  # suspended at T
-        return Decision(view, decision.steps, _with(decision.new, armed_at_ns=request.at_ns))
-    if steps and steps[-1] in (PairAction.RESUME, PairAction.COPY_DONE):
-        return Decision(view, decision.steps, _with(decision.new, armed_at_ns=0))
-    return decision
+        armed = request.at_ns
+    elif steps and steps[-1] in (PairAction.RESUME, PairAction.COPY_DONE):
+        armed = 0
+    return _steps(view, steps, armed_at_ns=armed)
 
 
 def _cancel(view: PairView, request: OpRequest, now_ns: int) -> Decision:
