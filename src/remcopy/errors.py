@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
-    from remcopy.states import PairAction, PairState
+    from remcopy.pairenums import PairAction, PairState
 
 
 class RemcopyError(Exception):

@@ -20,17 +20,20 @@
 # which role may do what, armed suspends, following the peer, shadow gating. Controllers and
 # dry runs ask the ledger, which asks this table (docs/ledger.md).
 #
+# The enumerations themselves (PairState, PairAction, CopyMode, FencePolicy, PairRole) are in
+# pairenums.py, which imports nothing: errors.py names them too. Import them from here.
+#
 # Display strings for states live in `DISPLAY_NAMES` and the greppable event line is built by
 # `event_line`, so CLI, TUI and logs say the same thing (DRBD's drbd_strings.c).
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from enum import Enum
 from types import MappingProxyType
 from typing import Final
 
 from remcopy.errors import IllegalTransition
+from remcopy.pairenums import CopyMode, FencePolicy, PairAction, PairRole, PairState
 
 __all__ = [
     "ACTION_VERBS",
@@ -49,53 +52,6 @@ __all__ = [
     "transition_note",
     "transition_rows",
 ]
-
-
-class PairState(Enum):
-    """The state of a copy pair, as its controllers keep it."""
-
-    SIMPLEX = "SIMPLEX"
-    PENDING = "PENDING"
-    DUPLEX = "DUPLEX"
-    SUSPENDED = "SUSPENDED"
-    SUSPENDED_ERROR = "SUSPENDED_ERROR"
-    RECOVERED = "RECOVERED"
-
-
-class PairAction(Enum):
-    """Something that happens to a pair: an operator command or a controller event."""
-
-    ESTABLISH = "establish"
-    COPY_DONE = "copy_done"
-    SUSPEND = "suspend"
-    FAIL = "fail"
-    RESUME = "resume"
-    RECOVER = "recover"
-    FAILBACK = "failback"
-    TERMINATE = "terminate"
-
-
-class CopyMode(Enum):
-    """When a host write is acknowledged, chosen per pair at establish."""
-
-    SYNC = "sync"
-    ASYNC = "async"
-    SEMISYNC = "semisync"
-
-
-class FencePolicy(Enum):
-    """What host writes do while the secondary cannot be updated, chosen at establish."""
-
-    NEVER = "never"
-    DATA = "data"
-
-
-class PairRole(Enum):
-    """Which end of a pair a device is."""
-
-    NONE = "none"
-    PRIMARY = "primary"
-    SECONDARY = "secondary"
 
 
 _S = PairState
