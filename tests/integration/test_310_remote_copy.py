@@ -123,6 +123,21 @@ async def test_suspend_with_T_in_the_past_is_refused_and_changes_nothing(world):
         assert {s.suspend_at_ns for s in await ch.query()} == {0}
 
 
+async def test_a_device_named_twice_in_one_request_is_refused_once_the_first_acts(world):
+    """The second naming of a device is refused ("named twice") and changes nothing; the
+    first naming and the other devices are carried out as if it were not there."""
+    items = world.pair_items(0, CopyMode.SYNC)
+    async with channel(world.primaries[0]) as ch:
+        reply = await ch.pair_op(PairOp.ESTABLISH, (*items, items[0]))
+        assert len(reply.results) == len(items) + 1
+        refused = [r for r in reply.results if r.code]
+        assert [r.device for r in refused] == [items[0].device]
+        assert "named twice in one request" in refused[0].message
+        assert sum(1 for r in reply.results if r.device == items[0].device and not r.code) == 1
+        states = {s.device: s.state for s in await ch.query()}
+        assert all(states[i.device] in (PairState.PENDING, PairState.DUPLEX) for i in items)
+
+
 async def test_changes_while_suspended_survive_kill_9_and_resume_copies_only_them(world):
     """Change-map bits survive kill -9; resume copies about the changed share, then identical."""
     await establish(world, 0, CopyMode.SYNC)
