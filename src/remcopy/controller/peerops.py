@@ -8,6 +8,8 @@
 #
 # Rules this module keeps:
 # - An update batch is checked whole before any update is written.
+# - PEER_STATE and PEER_FAILBACK are decided by the ledger over the whole batch (ledger.plan),
+#   as a host's operations are at the primary.
 # - A device named twice, unknown, or whose other side is not the asking controller is
 #   refused and left as it was; a refusal says nothing of a device not the peer's to know.
 # - Following the primary costs one commit per step for all devices of a request.
@@ -29,6 +31,7 @@ from remcopy.controller.pairsteps import (
     decide,
     follow_update,
     named_once,
+    pair_view,
     result_ok,
     result_refused,
     suspended_at,
@@ -37,7 +40,7 @@ from remcopy.controller.pairsteps import (
 from remcopy.errors import InputError, NotOffered, RemcopyError, WriteProtected
 from remcopy.states import PairAction, PairRole, PairState
 from remcopy.wire import native
-from remcopy.wire.native import PairOp, PairOpReply, PairOpRequest, PairResult
+from remcopy.wire.native import PairItem, PairOp, PairOpReply, PairOpRequest, PairResult
 
 if TYPE_CHECKING:
     from remcopy.controller.consistency import AsyncGroup, Consistency
@@ -147,13 +150,8 @@ class PeerOperations:
         phases: list[dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]]] = []
         cause = "failback" if request.op is PairOp.PEER_FAILBACK else request.op.name.lower()
         cleared: list[DeviceRun] = []  # PEER_FAILBACK: change maps to clear after the commits
-        empty = {int(key) for key in request.options.get("empty", ())}
-        following = ledger.OpRequest(
-            op=ledger.Op.FOLLOW,
-            at_ns=request.at_ns,
-            action=str(request.options.get("action", "")),
-            empty=frozenset(empty),
-        )
+        # PEER_STATE, PEER_FAILBACK: (its place in `results`, item, run) of each device found.
+        following_runs: list[tuple[int, PairItem, DeviceRun]] = []
         seen: set[int] = set()
         for item in request.items:
             try:
@@ -179,20 +177,9 @@ class PeerOperations:
                         f"{device.address}: controller {peer_serial} is not the other side "
                         "of a pair of this device"
                     )
-                elif request.op is PairOp.PEER_STATE:
-                    asked = following
-                    if (
-                        asked.action == "resume"
-                        and run.shadow_running
-                        and self.rep._planted("resume_ignores_shadow")  # PLANTED BUG if set
-                    ):
-                        asked = dataclasses.replace(asked, shadow_gate=False)
-                    decision = self._decide(run, asked)
-                    for phase, step in enumerate(decision.steps):
-                        update = follow_update(step, request.at_ns)
-                        while len(phases) <= phase:
-                            phases.append({})
-                        phases[phase][device.key] = (step, update)
+                elif request.op in (PairOp.PEER_STATE, PairOp.PEER_FAILBACK):
+                    # Decided below, by the ledger over the whole batch.
+                    following_runs.append((len(results), item, run))
                 elif request.op is PairOp.PEER_CHANGEMAP:
                     bitmap = run.changemap.to_bytes()
                     if self.rep._planted("failback_one_side"):  # PLANTED BUG: this side's
@@ -200,16 +187,6 @@ class PeerOperations:
                     chunks.append(bitmap)
                     results.append(result_ok(device, tracks=len(bitmap)))
                     continue
-                elif request.op is PairOp.PEER_FAILBACK:
-                    # Become the secondary: the same phased commits as PEER_STATE (one durable
-                    # write per step for all devices); the map is cleared once they are made.
-                    decision = self._decide(run, ledger.OpRequest(op=ledger.Op.PEER_FAILBACK))
-                    for phase, step in enumerate(decision.steps):
-                        swap = swap_to_secondary(item) if step is PairAction.RESUME else None
-                        while len(phases) <= phase:
-                            phases.append({})
-                        phases[phase][device.key] = (step, swap)
-                    cleared.append(run)
                 else:
                     raise InputError(f"pair operation {request.op.name} is for hosts")
             except NotOffered as exc:  # says nothing of the device: not the peer's to know
@@ -221,6 +198,8 @@ class PeerOperations:
                 results.append(result_refused(item.device, exc, known))
                 continue
             results.append(device)
+        if following_runs:
+            cleared = self._follow(request, following_runs, results, phases)
         if changes:
             phases.insert(0, changes)
         action = str(request.options.get("action", cause))
@@ -239,6 +218,53 @@ class PeerOperations:
             results=tuple(result_ok(r) if isinstance(r, Device) else r for r in results),
             data=b"".join(chunks),
         )
+
+    def _follow(
+        self,
+        request: PairOpRequest,
+        runs: list[tuple[int, PairItem, DeviceRun]],
+        results: list[PairResult | Device],
+        phases: list[dict[int, tuple[PairAction, Callable[[PairInfo], None] | None]]],
+    ) -> list[DeviceRun]:
+        """PEER_STATE (follow the primary's action) or PEER_FAILBACK (become the secondary),
+        decided by the ledger over the batch: a refusal takes the device's place in `results`;
+        each accepted device's steps go into `phases` (one commit per step for all devices).
+        Returns the devices whose change maps a failback clears once the commits are made."""
+        if request.op is PairOp.PEER_FAILBACK:
+            asked = ledger.OpRequest(op=ledger.Op.PEER_FAILBACK)
+        else:
+            asked = ledger.OpRequest(
+                op=ledger.Op.FOLLOW,
+                at_ns=request.at_ns,
+                action=str(request.options.get("action", "")),
+                empty=frozenset(int(key) for key in request.options.get("empty", ())),
+            )
+            if (
+                asked.action == "resume"
+                and any(run.shadow_running for _, _, run in runs)
+                and self.rep._planted("resume_ignores_shadow")  # PLANTED BUG if set
+            ):
+                asked = dataclasses.replace(asked, shadow_gate=False)
+        made = ledger.plan(
+            {run.device.key: pair_view(run, self.freezer) for _, _, run in runs}, asked, 0
+        )
+        cleared: list[DeviceRun] = []
+        for place, item, run in runs:
+            decision = made.decisions[run.device.key]
+            if decision.refusal is not None:
+                results[place] = result_refused(item.device, decision.refusal, run.device)
+                continue
+            for phase, step in enumerate(decision.steps):
+                if request.op is PairOp.PEER_FAILBACK:
+                    update = swap_to_secondary(item) if step is PairAction.RESUME else None
+                else:
+                    update = follow_update(step, request.at_ns)
+                while len(phases) <= phase:
+                    phases.append({})
+                phases[phase][run.device.key] = (step, update)
+            if request.op is PairOp.PEER_FAILBACK:
+                cleared.append(run)  # the map is cleared once the commits are made
+        return cleared
 
     def _prepare_suspend(self, peer_serial: int, request: PairOpRequest) -> PairOpReply:
         """Plan the commit of SUSPENDED at T of these secondaries (PREPARE_SUSPEND), as
