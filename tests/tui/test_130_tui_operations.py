@@ -87,7 +87,9 @@ async def test_plan_establish_suspend_consistent_and_confirmed_terminate(
             pilot, lambda: "suspend PAYROLL: 8 pairs" in said(app, "#result"), "suspend"
         )
         result = said(app, "#result")
-        assert "8 suspended" in result
+        # Each pair's row says why when it is not (a request that reached its controller
+        # after T says so): shown on failure.
+        assert "8 suspended" in result, (result, rows(app, outcomes))
         assert "\nconsistent at T=" in result, result
         at_ns = int(result.split("consistent at T=")[1].split(" ")[0])
         statuses = await group_status(catalog, "PAYROLL", HOST)
