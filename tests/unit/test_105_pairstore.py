@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from remcopy.controller import statefile
-from remcopy.controller.committer import StateWriter
+from remcopy.controller.committer import StateWriter, _merged
 from remcopy.controller.pairstore import COLUMNS, LEGACY_FILE_NAME, PairStore
-from remcopy.errors import ConfigError
+from remcopy.errors import ConfigError, VolumeIOError
 
 
 def _doc(state: str, **fields: object) -> dict[str, object]:
@@ -283,3 +283,42 @@ async def test_StateWriter_commits_what_is_queued_when_cancelled(tmp_path: Path)
     again = PairStore(tmp_path, serial=64015)
     assert set(again.load()[0]) == {0, 1, 2, 3, 4, 9}
     again.close()
+
+
+def test_an_arm_writes_T_alone_and_refuses_a_device_without_a_pair(tmp_path: Path):
+    """An arm changes the armed T of existing rows and nothing else; an arm naming a device
+    with no row (no pair) fails the whole commit: nothing of it is written."""
+    store = PairStore(tmp_path, serial=64015)
+    store.load()
+    store.commit({1: _doc("DUPLEX", peer_device=7), 2: _doc("PENDING", peer_device=8)})
+    store.commit({}, armed={1: 77, 2: 77})
+    store.commit({}, armed={2: 0})  # disarmed
+    with pytest.raises(VolumeIOError, match=r"cannot arm 2 devices at 5: 1 of them have a pair"):
+        store.commit({3: _doc("DUPLEX")}, armed={1: 5, 9: 5})
+    store.close()
+    again = PairStore(tmp_path, serial=64015)
+    assert again.load() == (
+        {
+            1: _doc("DUPLEX", peer_device=7, suspend_at_ns=77),
+            2: _doc("PENDING", peer_device=8, suspend_at_ns=0),
+        },
+        {},
+    )
+    again.close()
+
+
+def test_commits_merged_into_one_transaction_keep_their_order_with_arms():
+    """A later document replaces an earlier arm of its device; a later arm changes the T of an
+    earlier document; an arm of a device with no document in the batch stays an arm."""
+    a, b = _doc("DUPLEX", peer_device=1), _doc("SUSPENDED", peer_device=2)
+    devices, groups, armed = _merged(
+        [
+            ({1: a}, {}, {}),
+            ({}, {"G": [1, 2]}, {1: 5, 2: 5, 3: 5}),
+            ({2: b}, {}, {}),
+            ({}, {}, {4: 6}),
+        ]
+    )
+    assert devices == {1: {**a, "suspend_at_ns": 5}, 2: b}
+    assert groups == {"G": [1, 2]}
+    assert armed == {3: 5, 4: 6}

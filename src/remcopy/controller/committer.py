@@ -9,8 +9,11 @@
 # journals of async consistency groups)
 # - `submit` queues a commit (the changed devices' documents, snapshots taken by the caller)
 #   and returns a future that is done once the commit is durable.
-# - The writer task takes everything queued, merges it into one transaction (a later document
-#   of a device replaces an earlier one) and runs it on the writer thread. Commits that queue
+# - A commit is the changed devices' documents, groups' members, and armed suspend times
+#   (device -> T: an arm changes only that field, so the store writes it alone).
+# - The writer task takes everything queued, merges it into one transaction, in order (a later
+#   document of a device replaces an earlier one and its arm; a later arm changes the T of an
+#   earlier document) and runs it on the writer thread. Commits that queue
 #   while one fsync runs share the next: N commits cost about two fsyncs, not N (group commit).
 # - Futures complete in the order their commits were submitted, and a commit is never
 #   durable before one submitted earlier: after a crash the store holds a prefix of the
@@ -39,7 +42,9 @@ from remcopy.controller.pairstore import PairStore
 log = logging.getLogger("remcopy.controller")
 
 Documents = Mapping[int, dict[str, Any] | None]
-_Commit = tuple[Documents, Mapping[str, list[int]]]
+Armed = Mapping[int, int]
+"""Device -> its armed suspend time T (0: disarmed): the one field an arm changes."""
+_Commit = tuple[Documents, Mapping[str, list[int]], Armed]
 
 
 class StateWriter(GroupCommit[_Commit]):
@@ -53,39 +58,56 @@ class StateWriter(GroupCommit[_Commit]):
         self.pause_dir = pause_dir  # TESTING ONLY
 
     def submit(
-        self, devices: Documents, groups: Mapping[str, list[int]] | None = None
+        self,
+        devices: Documents,
+        groups: Mapping[str, list[int]] | None = None,
+        armed: Armed | None = None,
     ) -> asyncio.Future[None] | None:
         """Queue one commit; its future is done once it is durable (None: done already)."""
-        return self.submit_item((devices, groups or {}))
+        return self.submit_item((devices, groups or {}, armed or {}))
 
     def _write(self, items: list[_Commit]) -> None:
-        devices, groups = _merged(items)
+        devices, groups, armed = _merged(items)
         if self.pause_dir is not None:  # TESTING ONLY
-            _pause(self.pause_dir, devices)
-        self.store.commit(devices, groups)
+            _pause(self.pause_dir, devices, armed)
+        self.store.commit(devices, groups, armed)
 
 
-def _merged(items: list[_Commit]) -> tuple[dict[int, dict[str, Any] | None], dict[str, list[int]]]:
-    """One transaction's content for many commits, later ones winning per device."""
+def _merged(
+    items: list[_Commit],
+) -> tuple[dict[int, dict[str, Any] | None], dict[str, list[int]], dict[int, int]]:
+    """One transaction's content for many commits, in their order: a later document of a
+    device replaces an earlier one and any arm before it; a later arm changes the armed T of
+    an earlier document (or is written as an arm alone)."""
     if len(items) == 1:
-        return dict(items[0][0]), dict(items[0][1])
+        return dict(items[0][0]), dict(items[0][1]), dict(items[0][2])
     devices: dict[int, dict[str, Any] | None] = {}
     groups: dict[str, list[int]] = {}
-    for queued_devices, queued_groups in items:
-        devices.update(queued_devices)
+    armed: dict[int, int] = {}
+    for queued_devices, queued_groups, queued_armed in items:
+        for key, doc in queued_devices.items():
+            devices[key] = doc
+            armed.pop(key, None)
         groups.update(queued_groups)
-    return devices, groups
+        for key, at_ns in queued_armed.items():
+            doc = devices.get(key)
+            if doc is not None:
+                devices[key] = {**doc, "suspend_at_ns": at_ns}
+            else:
+                armed[key] = at_ns
+    return devices, groups, armed
 
 
-def _pause(folder: Path, devices: Documents) -> None:
+def _pause(folder: Path, devices: Documents, armed: Armed) -> None:
     """TESTING ONLY: hold this commit until a test releases it (see the header)."""
     paused = folder / "paused"
     if not paused.exists():
         return
     states = Counter(str(doc["state"]) if doc else "none" for doc in devices.values())
     summary = ",".join(f"{state}:{n}" for state, n in sorted(states.items()))
+    arms = f" armed={len(armed)}" if armed else ""
     with paused.open("w") as fifo:
-        fifo.write(f"devices={len(devices)} states={summary}\n")
+        fifo.write(f"devices={len(devices)} states={summary}{arms}\n")
     with (folder / "release").open() as fifo:
         fifo.readline()
 

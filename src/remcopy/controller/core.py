@@ -412,19 +412,26 @@ class Controller:
             _documents(pairs) if documents is None else documents,
             {name: list(members) for name, members in (groups or {}).items()},
         )
-        if pending is None:
-            self.commit_latency.observe(time.perf_counter() - started)
-        else:  # submitted to durable: what a commit costs whoever waits for it
-            pending.add_done_callback(
-                lambda _: self.commit_latency.observe(time.perf_counter() - started)
-            )
-        self.counters["state_commits"] += 1
-        self.counters["state_rows"] = self.counters.get("state_rows", 0) + len(pairs)
+        self._submitted(started, pending, rows=len(pairs))
         if pending is not None and hold_writes:
             for key in pairs:
                 self.devices[key].committing = pending
             pending.add_done_callback(lambda _: self._committed(pairs, pending))
         return pending
+
+    def _submitted(
+        self, started: float, pending: asyncio.Future[None] | None, *, rows: int
+    ) -> None:
+        """Count a commit and time it from submitted to durable (what it costs whoever waits
+        for it)."""
+        if pending is None:
+            self.commit_latency.observe(time.perf_counter() - started)
+        else:
+            pending.add_done_callback(
+                lambda _: self.commit_latency.observe(time.perf_counter() - started)
+            )
+        self.counters["state_commits"] += 1
+        self.counters["state_rows"] = self.counters.get("state_rows", 0) + rows
 
     def _committed(self, keys: Iterable[int], pending: asyncio.Future[None]) -> None:
         for key in keys:
@@ -702,10 +709,11 @@ class Controller:
         need not wait for it: before T an armed device mirrors a write as an unarmed one
         does, and a write stamped >= T before the arm is durable is change-recorded, which
         a restart finds (a DUPLEX pair with marked tracks is resynced)."""
-        new_pairs = {key: self.devices[key].pair.copy() for key in armed}
-        for key, at_ns in armed.items():
-            new_pairs[key].suspend_at_ns = at_ns
-        pending = self._save_states(new_pairs, hold_writes=False)
+        # Only T changes: the store writes that one field (one statement per T), not each
+        # device's whole document.
+        started = time.perf_counter()
+        pending = self.writer.submit({}, armed=dict(armed))
+        self._submitted(started, pending, rows=len(armed))
         for key, at_ns in armed.items():
             self.devices[key].pair.suspend_at_ns = at_ns
         self.pairs_generation += 1
