@@ -26,7 +26,7 @@ from remcopy.controller.freeze import membership
 from remcopy.controller.hostrequests import HostRequests
 from remcopy.controller.pairsteps import (
     Changes,
-    as_primary,
+    as_end,
     clear_armed,
     decide,
     result_ok,
@@ -204,7 +204,9 @@ class PairOperations:
                 continue
             accepted[run.device.key] = (
                 PairAction.ESTABLISH,
-                as_primary(item, group[0] if group and item.consistency_group else ""),
+                as_end(
+                    PairRole.PRIMARY, item, group[0] if group and item.consistency_group else ""
+                ),
             )
         if accepted:
             await self.rep.controller.commit(

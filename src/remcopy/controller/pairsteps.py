@@ -103,19 +103,12 @@ def as_planned(counters: dict[str, int]) -> None:
     counters["suspends_as_planned"] = counters.get("suspends_as_planned", 0) + 1
 
 
-def as_primary(item: PairItem, group: str) -> Callable[[PairInfo], None]:
+def as_end(role: PairRole, item: PairItem, group: str) -> Callable[[PairInfo], None]:
+    """An establish's update: this device becomes `role` of the pair the item describes
+    (its peer, mode, fence, consistency group), not armed."""
+
     def update(info: PairInfo) -> None:
-        info.role, info.mode, info.fence = PairRole.PRIMARY, item.mode, item.fence
-        info.peer_serial, info.peer_device = item.peer_serial, item.peer_device
-        info.consistency_group, info.suspend_at_ns = item.consistency_group, 0
-        info.group = group
-
-    return update
-
-
-def as_secondary(item: PairItem, group: str) -> Callable[[PairInfo], None]:
-    def update(info: PairInfo) -> None:
-        info.role, info.mode, info.fence = PairRole.SECONDARY, item.mode, item.fence
+        info.role, info.mode, info.fence = role, item.mode, item.fence
         info.peer_serial, info.peer_device = item.peer_serial, item.peer_device
         info.consistency_group, info.suspend_at_ns = item.consistency_group, 0
         info.group = group
@@ -168,8 +161,7 @@ __all__ = [
     "SEALS_KEPT_MAX",
     "Changes",
     "as_planned",
-    "as_primary",
-    "as_secondary",
+    "as_end",
     "clear_armed",
     "decide",
     "follow_update",

@@ -26,8 +26,8 @@ from remcopy.controller.core import Device, PairInfo, StatePlan
 from remcopy.controller.pairsteps import (
     PREPARE_SUSPEND,
     SEALS_KEPT_MAX,
+    as_end,
     as_planned,
-    as_secondary,
     decide,
     follow_update,
     named_once,
@@ -170,7 +170,7 @@ class PeerOperations:
                         )
                     changes[device.key] = (
                         PairAction.ESTABLISH,
-                        as_secondary(item, group if item.consistency_group else ""),
+                        as_end(PairRole.SECONDARY, item, group if item.consistency_group else ""),
                     )
                 elif device.pair.peer_serial != peer_serial:
                     raise NotOffered(
