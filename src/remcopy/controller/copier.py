@@ -123,6 +123,11 @@ class Copier:
                         self.counters["bytes_copied"] += len(data)
                         run.bytes_sent += len(data)
                     confirmed = link.push(update)
+                    # Awaited below (gather), a RemcopyError collected in `failed`, any other
+                    # error raised from here. Not a task group: cancelled with the copy (a seal
+                    # stops it), a track's task not yet started would never run its `finally`
+                    # and the shared copy slots would leak; left alone, each ends once its
+                    # update is confirmed or failed by the link's own deadline.
                     task = asyncio.get_running_loop().create_task(one(track, confirmed, generation))
                     in_flight.add(task)
                     task.add_done_callback(in_flight.discard)
