@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from remcopy.ids import SERIAL_MAX, SERIAL_MIN, DeviceNumber, HardwareAddress, Volser
+from remcopy.ids import (
+    DEVICE_NUMBER_MAX,
+    SERIAL_MAX,
+    SERIAL_MIN,
+    DeviceNumber,
+    HardwareAddress,
+    Volser,
+)
 from remcopy.states import PairAction, PairState
 
 VOLSER_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@#$"
@@ -23,7 +30,7 @@ hardware_addresses = st.builds(
     cca=st.integers(min_value=0, max_value=0xFF),
 )
 
-device_numbers = st.builds(DeviceNumber.of, st.integers(min_value=0, max_value=0xFFFF))
+device_numbers = st.builds(DeviceNumber.of, st.integers(min_value=0, max_value=DEVICE_NUMBER_MAX))
 
 volsers = st.text(alphabet=VOLSER_ALPHABET, min_size=1, max_size=6).map(Volser.parse)
 

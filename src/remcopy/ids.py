@@ -28,7 +28,11 @@ from typing import Final
 from remcopy.errors import InvalidIdentifier
 
 __all__ = [
+    "DEVICE_NUMBER_MAX",
+    "DEVICE_NUMBER_RULE",
     "DeviceNumber",
+    "device_number_order",
+    "device_number_text",
     "HardwareAddress",
     "Volser",
     "parse_serial",
@@ -51,6 +55,10 @@ _HARDWARE_ADDRESS_RULE: Final = "SERIAL:SSID:LSS:CCA (e.g. 64015:1A00:0A:3F)"
 _SERIAL_RE: Final = re.compile(r"[1-9][0-9]{4,5}")
 _HEX2_RE: Final = re.compile(r"[0-9A-Fa-f]{2}")
 _HEX4_RE: Final = re.compile(r"[0-9A-Fa-f]{4}")
+# A device number: 4 hex digits (subchannel set 0), or 5 whose first is the set, 0-3.
+_DEVICE_NUMBER_RE: Final = re.compile(r"[0-3]?[0-9A-Fa-f]{4}")
+DEVICE_NUMBER_RULE: Final = "4 hex digits, or 5 with the subchannel set (0-3) first"
+DEVICE_NUMBER_MAX: Final = 0x3FFFF
 _VOLSER_CHARS: Final = frozenset(string.ascii_letters + string.digits + "@#$")
 # A whole hardware address in one match: the fast path of `HardwareAddress.parse`, which reads
 # tens of thousands of them per group load from the catalog. The same ASCII classes as the four
@@ -242,19 +250,23 @@ def _address(serial: int, ssid: int, lss: int, cca: int) -> HardwareAddress:
 
 @dataclass(frozen=True, slots=True, kw_only=True, order=True, repr=False)
 class DeviceNumber:
-    """A host's name for a device: 4 hex digits, meaningful only on that host."""
+    """A host's name for a device, meaningful only on that host: 4 hex digits in subchannel
+    set 0, or 5 hex digits whose first is the subchannel set (1-3), as z/OS writes them:
+    `1A3F` is device 1A3F of set 0, `21A3F` the same 4 digits in set 2 (docs/hosts-and-scan.md).
+    """
 
     value: int
-    """0..0xFFFF."""
+    """0..0x3FFFF: the subchannel set times 0x10000, plus the 4-digit number within it."""
 
     @classmethod
     def parse(cls, text: object) -> DeviceNumber:
-        """Parse 4 hex digits, e.g. `1A3F`; lower case is accepted."""
+        """Parse 4 hex digits (`1A3F`) or 5 with the subchannel set first (`11A3F`, `01A3F`
+        is `1A3F`); lower case is accepted."""
         kind = "device number"
-        stripped = _text_of(text, kind, "4 hex digits")
-        if _HEX4_RE.fullmatch(stripped) is None:
+        stripped = _text_of(text, kind, DEVICE_NUMBER_RULE)
+        if _DEVICE_NUMBER_RE.fullmatch(stripped) is None:
             raise InvalidIdentifier(
-                f"{_show(stripped)} is not a {kind}: expected 4 hex digits",
+                f"{_show(stripped)} is not a {kind}: expected {DEVICE_NUMBER_RULE}",
                 kind=kind,
                 text=stripped,
             )
@@ -263,13 +275,14 @@ class DeviceNumber:
     @classmethod
     def of(cls, value: int) -> DeviceNumber:
         """Build a device number from an int, checking its range."""
-        return cls(value=_int_in_range(value, "device number", 0, 0xFFFF, "0000..FFFF"))
+        return cls(value=_int_in_range(value, "device number", 0, DEVICE_NUMBER_MAX, "0000..3FFFF"))
 
     @classmethod
     def range_parse(cls, text: object) -> list[DeviceNumber]:
-        """Parse `1A00-1AFF` (inclusive, start <= end) or a single number, in ascending order."""
+        """Parse `1A00-1AFF` (inclusive, start <= end, both in one subchannel set) or a single
+        number, in ascending order."""
         kind = "device number range"
-        rule = "START-END of 4 hex digits each (e.g. 1A00-1AFF)"
+        rule = "START-END of 4 hex digits each, or 5 with the subchannel set first (e.g. 1A00-1AFF)"
         stripped = _text_of(text, kind, rule)
         start_text, dash, end_text = stripped.partition("-")
         if not dash:
@@ -281,19 +294,41 @@ class DeviceNumber:
             raise InvalidIdentifier(
                 f"{_show(stripped)} is not a {kind}: {exc.message}", kind=kind, text=stripped
             ) from None
+        problem = None
         if start > end:
+            problem = f"start {start} is after end {end}"
+        elif start.subchannel_set != end.subchannel_set:
+            problem = (
+                f"start {start} is in subchannel set {start.subchannel_set}, end {end} in set "
+                f"{end.subchannel_set}: a range stays in one set"
+            )
+        if problem is not None:
             raise InvalidIdentifier(
-                f"{_show(stripped)} is not a {kind}: start {start} is after end {end}",
-                kind=kind,
-                text=stripped,
+                f"{_show(stripped)} is not a {kind}: {problem}", kind=kind, text=stripped
             )
         return [cls(value=value) for value in range(start.value, end.value + 1)]
 
+    @property
+    def subchannel_set(self) -> int:
+        return self.value >> 16
+
     def __str__(self) -> str:
-        return f"{self.value:04X}"
+        return device_number_text(self.value)
 
     def __repr__(self) -> str:
         return f"DeviceNumber.parse({str(self)!r})"
+
+
+def device_number_order(text: str) -> tuple[int, str]:
+    """Sort key of a device number as written: its numeric order (a 4-digit number of
+    subchannel set 0 comes before every 5-digit one)."""
+    return len(text), text.upper()
+
+
+def device_number_text(value: int) -> str:
+    """How a device number is written: 4 hex digits in subchannel set 0 (`1A3F`), 5 in sets
+    1-3 (`11A3F`)."""
+    return f"{value:04X}" if value < 0x10000 else f"{value:05X}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, order=True, repr=False)

@@ -271,3 +271,69 @@ async def test_group_edits_are_all_or_nothing_and_operations_are_logged(world, t
     suspend_record = log[1].details
     assert suspend_record["consistent"] is True
     assert suspend_record["at_ns"] > 0
+
+
+async def test_subchannel_sets_number_devices_past_FFFF(world, tmp_path):
+    """Device numbers of subchannel sets 1-3 (5 hex digits, the set first) work like those of
+    set 0 from the host definition to a consistent suspend: scanned, shown in numeric order,
+    named by a group, operated on; a range across two sets is refused, naming both ends."""
+    catalog = tmp_path / "catalog.db"
+    host_path = host_file(tmp_path, world)
+    text = host_path.read_text()
+    host_path.write_text(
+        text.replace('devices = "1B00-1B03"', 'devices = "11B00-11B03"').replace(
+            'devices = "2B00-2B07"', 'devices = "32B00-32B07"'
+        )
+    )
+    cli("host", "add", str(host_path), catalog=catalog)
+    cli("scan", HOST, catalog=catalog)
+    shown = json.loads(cli("map", "show", HOST, "--json", catalog=catalog).stdout)
+    numbers = [e["device"] for e in shown]
+    assert numbers == [
+        *(f"1A0{k}" for k in range(4)),
+        *(f"11B0{k}" for k in range(4)),
+        *(f"32B0{k}" for k in range(8)),
+    ], "set 0 first, then set 1, then set 3, each in order"
+    found = json.loads(
+        cli("map", "show", HOST, "--device", "11b02", "--json", catalog=catalog).stdout
+    )
+    assert [(e["device"], e["address"]) for e in found] == [("11B02", "64016:1A00:0A:02")]
+    group = tmp_path / "sets.toml"
+    group.write_text(f"""
+[group]
+name = "SETS"
+[[pairs]]
+host = "{HOST}"
+devices = "11B00-11B03"
+secondary_devices = "32B04-32B07"
+""")
+    cli("group", "define", str(group), catalog=catalog)
+    est = json.loads(
+        cli(
+            "group", "establish", "SETS", "--host", HOST, "--wait", "--json", catalog=catalog
+        ).stdout
+    )
+    assert est["failed"] == 0 and est["counts"] == {"DUPLEX": 4}
+    susp = json.loads(
+        cli("group", "suspend", "SETS", "--host", HOST, "--json", catalog=catalog).stdout
+    )
+    assert susp["consistent"] is True and susp["failed"] == 0
+    status = json.loads(
+        cli("group", "status", "SETS", "--host", HOST, "--json", catalog=catalog).stdout
+    )
+    assert status["counts"] == {"SUSPENDED": 4}
+    pair = json.loads(
+        cli(
+            "group", "show", "SETS", "--host", HOST, "--pair", "32B05", "--json", catalog=catalog
+        ).stdout
+    )
+    assert pair[0]["primary"] == "64016:1A00:0A:01"
+    across = tmp_path / "across.toml"
+    across.write_text(
+        f'[group]\nname = "ACROSS"\n[[pairs]]\nhost = "{HOST}"\ndevices = "FFFF-10002"\n'
+        'secondary_devices = "32B00-32B03"\n'
+    )
+    run = cli("group", "define", str(across), catalog=catalog, check=False)
+    assert run.returncode == 2
+    assert "start FFFF is in subchannel set 0, end 10002 in set 1" in run.stderr
+    assert "Traceback" not in run.stderr

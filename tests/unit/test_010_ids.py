@@ -9,7 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from remcopy.errors import InputError, InvalidIdentifier
-from remcopy.ids import DeviceNumber, HardwareAddress, Volser, parse_serial
+from remcopy.ids import (
+    DEVICE_NUMBER_MAX,
+    DeviceNumber,
+    HardwareAddress,
+    Volser,
+    device_number_order,
+    parse_serial,
+)
 from strategies import (
     VOLSER_ALPHABET,
     device_numbers,
@@ -32,6 +39,32 @@ def test_HardwareAddress_round_trip(address: HardwareAddress) -> None:
 def test_DeviceNumber_round_trip(number: DeviceNumber) -> None:
     """Parsing the text of any device number gives the same device number back."""
     assert DeviceNumber.parse(str(number)) == number
+
+
+def test_DeviceNumber_subchannel_sets() -> None:
+    """5 hex digits name a device in subchannel set 1-3 (z/OS's spelling); set 0 is written
+    with 4, and a leading 0 of 5 digits is set 0."""
+    number = DeviceNumber.parse("21a3f")
+    assert (number.value, number.subchannel_set, str(number)) == (0x21A3F, 2, "21A3F")
+    assert DeviceNumber.parse("01A3F") == DeviceNumber.parse("1A3F")
+    assert str(DeviceNumber.parse("01A3F")) == "1A3F"
+    assert [str(n) for n in DeviceNumber.range_parse("11AFE-11B01")] == [
+        "11AFE",
+        "11AFF",
+        "11B00",
+        "11B01",
+    ]
+    assert str(DeviceNumber.of(DEVICE_NUMBER_MAX)) == "3FFFF"
+    with pytest.raises(InvalidIdentifier, match=r"must be in 0000\.\.3FFFF \(got 262144\)"):
+        DeviceNumber.of(DEVICE_NUMBER_MAX + 1)
+
+
+@given(st.lists(device_numbers, min_size=2, max_size=8))
+def test_device_number_order_is_numeric(numbers: list[DeviceNumber]) -> None:
+    """Sorting device numbers as written (catalog rows) by device_number_order sorts them by
+    value: every number of set 0 before any of set 1, and so on."""
+    texts = sorted((str(n) for n in numbers), key=device_number_order)
+    assert texts == [str(n) for n in sorted(numbers)]
 
 
 @given(volsers)
@@ -140,22 +173,31 @@ def test_parse_serial_boundaries() -> None:
 
 RULE_HA = "expected SERIAL:SSID:LSS:CCA (e.g. 64015:1A00:0A:3F)"
 RULE_VOLSER = "expected 1-6 characters from A-Z 0-9 @ # $"
+RULE_DEVNO = "4 hex digits, or 5 with the subchannel set (0-3) first"
 
 MESSAGES = [
-    (DeviceNumber.parse, "1A3G", "'1A3G' is not a device number: expected 4 hex digits"),
-    (DeviceNumber.parse, "", "'' is not a device number: expected 4 hex digits"),
-    (DeviceNumber.parse, "1A3", "'1A3' is not a device number: expected 4 hex digits"),
-    (DeviceNumber.parse, "0x1A", "'0x1A' is not a device number: expected 4 hex digits"),
-    (DeviceNumber.parse, "1_A3", "'1_A3' is not a device number: expected 4 hex digits"),
+    (DeviceNumber.parse, "1A3G", f"'1A3G' is not a device number: expected {RULE_DEVNO}"),
+    (DeviceNumber.parse, "", f"'' is not a device number: expected {RULE_DEVNO}"),
+    (DeviceNumber.parse, "1A3", f"'1A3' is not a device number: expected {RULE_DEVNO}"),
+    (DeviceNumber.parse, "0x1A", f"'0x1A' is not a device number: expected {RULE_DEVNO}"),
+    (DeviceNumber.parse, "1_A3", f"'1_A3' is not a device number: expected {RULE_DEVNO}"),
     (
         DeviceNumber.parse,
         "\u0661\u0662\u0663\u0664",
-        "'\u0661\u0662\u0663\u0664' is not a device number: expected 4 hex digits",
+        f"'\u0661\u0662\u0663\u0664' is not a device number: expected {RULE_DEVNO}",
     ),
     (
         DeviceNumber.parse,
         None,
-        "device number must be text (got a NoneType): expected 4 hex digits",
+        f"device number must be text (got a NoneType): expected {RULE_DEVNO}",
+    ),
+    (DeviceNumber.parse, "41A3F", f"'41A3F' is not a device number: expected {RULE_DEVNO}"),
+    (DeviceNumber.parse, "001A3F", f"'001A3F' is not a device number: expected {RULE_DEVNO}"),
+    (
+        DeviceNumber.range_parse,
+        "FF00-10010",
+        "'FF00-10010' is not a device number range: start FF00 is in subchannel set 0, end "
+        "10010 in set 1: a range stays in one set",
     ),
     (
         DeviceNumber.range_parse,
@@ -166,13 +208,13 @@ MESSAGES = [
         DeviceNumber.range_parse,
         "1A00-1AZZ",
         "'1A00-1AZZ' is not a device number range: "
-        "'1AZZ' is not a device number: expected 4 hex digits",
+        f"'1AZZ' is not a device number: expected {RULE_DEVNO}",
     ),
     (
         DeviceNumber.range_parse,
         "1A00-1A01-1A02",
         "'1A00-1A01-1A02' is not a device number range: "
-        "'1A01-1A02' is not a device number: expected 4 hex digits",
+        f"'1A01-1A02' is not a device number: expected {RULE_DEVNO}",
     ),
     (
         HardwareAddress.parse,
@@ -234,7 +276,7 @@ MESSAGES = [
         DeviceNumber.parse,
         "F" * 100_000,
         "'FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF'... (100000 characters) is not a device number: "
-        "too long: expected 4 hex digits",
+        f"too long: expected {RULE_DEVNO}",
     ),
 ]
 
@@ -269,10 +311,11 @@ def test_HardwareAddress_of_refuses_out_of_range(override: dict[str, object], me
 
 
 def test_DeviceNumber_of_refuses_out_of_range() -> None:
-    """DeviceNumber.of accepts 0..0xFFFF only."""
-    assert DeviceNumber.of(0xFFFF).value == 0xFFFF
-    with pytest.raises(InvalidIdentifier, match=r"device number must be in 0000\.\.FFFF"):
-        DeviceNumber.of(0x10000)
+    """DeviceNumber.of accepts 0..0x3FFFF only (subchannel sets 0-3)."""
+    assert DeviceNumber.of(0x3FFFF).value == 0x3FFFF
+    for bad in (0x40000, -1):
+        with pytest.raises(InvalidIdentifier, match=r"device number must be in 0000\.\.3FFFF"):
+            DeviceNumber.of(bad)
 
 
 def test_InvalidIdentifier_carries_kind_and_text() -> None:

@@ -29,6 +29,7 @@ from remcopy.catalog.records import (
     ScanFailure,
     Sighting,
 )
+from remcopy.ids import device_number_order
 
 
 def duplicates(values: Iterable[str]) -> list[str]:
@@ -56,9 +57,11 @@ def diff_maps(
     now = {entry.device_number: entry for entry in current}
     before = {entry.device_number: entry for entry in previous}
     unanswered = {failure.device_number for failure in failures}
-    missing = [before[device] for device in sorted(before.keys() - now.keys())]
+    missing = [
+        before[device] for device in sorted(before.keys() - now.keys(), key=device_number_order)
+    ]
     volser_changed, address_changed = [], []
-    for device in sorted(now.keys() & before.keys()):
+    for device in sorted(now.keys() & before.keys(), key=device_number_order):
         old, new = before[device], now[device]
         if old.volser != new.volser:
             volser_changed.append(MapChange(device, old.volser, new.volser))
@@ -68,7 +71,9 @@ def diff_maps(
         host=host,
         scan_id=scan_id,
         previous_scan_id=previous_scan_id,
-        new=tuple(now[device] for device in sorted(now.keys() - before.keys())),
+        new=tuple(
+            now[device] for device in sorted(now.keys() - before.keys(), key=device_number_order)
+        ),
         gone=tuple(entry for entry in missing if entry.device_number not in unanswered),
         volser_changed=tuple(volser_changed),
         address_changed=tuple(address_changed),
@@ -115,8 +120,8 @@ def _grouped(kind: ConflictKind, rows: Iterable[RowMapping], key_of: Any) -> lis
     ]
 
 
-def _where(sighting: Sighting) -> tuple[str, str]:
-    return sighting.host, sighting.device_number
+def _where(sighting: Sighting) -> tuple[str, tuple[int, str]]:
+    return sighting.host, device_number_order(sighting.device_number)
 
 
 def _sighting(row: RowMapping) -> Sighting:

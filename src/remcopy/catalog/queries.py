@@ -164,17 +164,19 @@ def scan_nth_newest(host: str, n: int) -> Select[Any]:
     )
 
 
+# Device numbers are stored as written (`1A3F`, or `21A3F` in subchannel set 2): shorter
+# first, then as text, is their numeric order (hex digits in upper case, fixed width per set).
 # map_all: the entries of scan :scan_id, by device number
 MAP_ALL = (
     select(*_MAP_ENTRY)
     .where(map_entries.c.scan_id == bindparam("scan_id"))
-    .order_by(map_entries.c.device_number)
+    .order_by(func.length(map_entries.c.device_number), map_entries.c.device_number)
 )
 # failures_all: the failures of scan :scan_id, by device number
 FAILURES_ALL = (
     select(*_SCAN_FAILURE)
     .where(scan_failures.c.scan_id == bindparam("scan_id"))
-    .order_by(scan_failures.c.device_number)
+    .order_by(func.length(scan_failures.c.device_number), scan_failures.c.device_number)
 )
 
 

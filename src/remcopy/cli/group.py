@@ -16,6 +16,7 @@ import click
 
 from remcopy.cli.common import catalog_option, json_option
 from remcopy.errors import InputError, RemcopyError
+from remcopy.ids import device_number_text
 from remcopy.states import PairState
 from remcopy.wire.native import PairOp
 
@@ -358,7 +359,7 @@ def group_show(
     pairs = [lookup(loaded.pairs, key)] if key else list(loaded.pairs)
 
     def num(n: int | None) -> str:
-        return "-" if n is None else f"{n:04X}"
+        return "-" if n is None else device_number_text(n)
 
     if as_json:
         emit_json(

@@ -11,7 +11,7 @@ import click
 
 from remcopy.cli.common import ControllerProgress, catalog_option, json_option, open_catalog
 from remcopy.errors import InvalidIdentifier, RemcopyError
-from remcopy.ids import DeviceNumber, HardwareAddress, Volser
+from remcopy.ids import DeviceNumber, HardwareAddress, Volser, device_number_text
 
 if TYPE_CHECKING:
     from remcopy.catalog import MapEntry
@@ -122,7 +122,7 @@ def host_show(name: str, catalog_location: str, as_json: bool) -> None:
         ["devices", "controller", "ssid", "lss", "cca", "online"],
         [
             (
-                f"{p.devices[0]:04X}-{p.devices[1]:04X}",
+                f"{device_number_text(p.devices[0])}-{device_number_text(p.devices[1])}",
                 p.controller,
                 f"{p.ssid:04X}",
                 f"{p.lss:02X}",

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from remcopy.errors import InputError
+from remcopy.ids import device_number_text
 
 if TYPE_CHECKING:
     from remcopy.groups.pairview import PairEnd, PairRow
@@ -67,7 +68,7 @@ def _num(value: float | int | None, digits: int = 3) -> str:
 
 
 def _dev(end: PairEnd) -> str:
-    return DASH if end.number is None else f"{end.number:04X}"
+    return DASH if end.number is None else device_number_text(end.number)
 
 
 def row_cells(row: PairRow) -> list[str]:

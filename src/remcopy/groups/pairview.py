@@ -29,7 +29,7 @@ from typing import Any
 from remcopy.groups.model import Group, GroupPair
 from remcopy.groups.operations import UNKNOWN, read_states
 from remcopy.host.session import HostSession
-from remcopy.ids import HardwareAddress
+from remcopy.ids import HardwareAddress, device_number_text
 from remcopy.states import PairState
 from remcopy.wire.native import DeviceStatus
 
@@ -54,7 +54,7 @@ class PairEnd:
         s = self.status
         return {
             "controller": self.controller or None,
-            "device_number": None if self.number is None else f"{self.number:04X}",
+            "device_number": None if self.number is None else device_number_text(self.number),
             "address": str(self.address),
             "state": None if s is None else s.state.name,
             "role": None if s is None else s.role.value,

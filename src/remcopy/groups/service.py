@@ -42,7 +42,7 @@ from remcopy.groups.progress import ProgressCallback, copies_started, follow_cop
 from remcopy.host.engine import EngineLimits
 from remcopy.host.service import host_definition
 from remcopy.host.session import HostSession
-from remcopy.ids import HardwareAddress
+from remcopy.ids import HardwareAddress, device_number_text
 from remcopy.states import CopyMode, FencePolicy
 from remcopy.wire.native import PairOp
 
@@ -164,7 +164,7 @@ def load_group(catalog: Catalog, name: str, host: str) -> tuple[Group, list[str]
 
 
 def _hex(number: int | None) -> str | None:
-    return None if number is None else f"{number:04X}"
+    return None if number is None else device_number_text(number)
 
 
 async def operate(

@@ -42,7 +42,7 @@ from remcopy.configfile import format_address
 from remcopy.controller import atrest
 from remcopy.controller.config import Address, Cca, Lss, Secret, Ssid, TlsSection, is_loopback
 from remcopy.errors import InvalidIdentifier
-from remcopy.ids import DeviceNumber
+from remcopy.ids import DeviceNumber, device_number_text
 from remcopy.tls import TlsFiles
 
 
@@ -52,6 +52,10 @@ def _range(value: object) -> tuple[int, int]:
     except InvalidIdentifier as exc:
         raise ValueError(str(exc)) from None
     return numbers[0].value, numbers[-1].value
+
+
+def _text(first: int, last: int) -> str:
+    return f"{device_number_text(first)}-{device_number_text(last)}"
 
 
 DeviceRange = Annotated[tuple[int, int], BeforeValidator(_range)]
@@ -148,7 +152,7 @@ class HostDefinition(_Strict):
             ],
             "paths": [
                 {
-                    "devices": f"{p.devices[0]:04X}-{p.devices[1]:04X}",
+                    "devices": _text(*p.devices),
                     "controller": p.controller,
                     "ssid": f"{p.ssid:04X}",
                     "lss": f"{p.lss:02X}",
@@ -178,7 +182,7 @@ class HostDevice:
 
     @property
     def device_number(self) -> str:
-        return f"{self.number:04X}"
+        return device_number_text(self.number)
 
 
 def _link_checks(definition: HostDefinition, source: str) -> list[str]:
@@ -227,7 +231,7 @@ def _cross_checks(definition: HostDefinition, source: str) -> list[str]:
         for j, (a, b, _k) in enumerate(spans):
             if first <= b and a <= last:
                 problems.append(
-                    f"{where}.devices: {first:04X}-{last:04X} overlaps paths[{j}] ({a:04X}-{b:04X})"
+                    f"{where}.devices: {_text(first, last)} overlaps paths[{j}] ({_text(a, b)})"
                 )
         spans.append((first, last, i))
         for offset in range(count):

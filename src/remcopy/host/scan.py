@@ -23,7 +23,7 @@ from remcopy.host.channel import Channel
 from remcopy.host.definition import HostDefinition, HostDevice
 from remcopy.host.engine import Job, JobResult
 from remcopy.host.session import HostSession
-from remcopy.ids import HardwareAddress
+from remcopy.ids import HardwareAddress, device_number_text
 from remcopy.wire.native import DeviceIdentity
 
 
@@ -40,7 +40,7 @@ class ScannedDevice:
 
     @property
     def device_number(self) -> str:
-        return f"{self.number:04X}"
+        return device_number_text(self.number)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,7 +51,7 @@ class ScanFailure:
 
     @property
     def device_number(self) -> str:
-        return f"{self.number:04X}"
+        return device_number_text(self.number)
 
 
 @dataclass(slots=True, kw_only=True)

@@ -16,6 +16,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
 
 from remcopy.errors import RemcopyError
+from remcopy.ids import device_number_text
 from remcopy.states import DISPLAY_NAMES, PairState
 
 SHOWN_ERRORS = (RemcopyError, OSError)
@@ -32,7 +33,7 @@ def state_name(state: PairState | str) -> str:
 
 def hex4(number: int | None) -> str:
     """A device number as the map shows it, or '-' when the host has none."""
-    return "-" if number is None else f"{number:04X}"
+    return "-" if number is None else device_number_text(number)
 
 
 class Notice(Static):

@@ -20,7 +20,7 @@ from textual.widgets import DataTable, Input, Label
 
 from remcopy.catalog import Catalog, MapDiff, MapEntry
 from remcopy.errors import InvalidIdentifier
-from remcopy.ids import DeviceNumber, HardwareAddress, Volser
+from remcopy.ids import DeviceNumber, HardwareAddress, Volser, device_number_order
 from remcopy.tui.common import SHOWN_ERRORS, Notice, state_name
 
 STYLES = {"new": "bold green", "changed": "bold yellow", "gone": "red strike"}
@@ -118,7 +118,7 @@ class MapPanel(Vertical):
         marks = self._marks()
         if not self.key_text.strip() and self.diff is not None:
             entries += list(self.diff.gone)
-        for entry in sorted(entries, key=lambda e: e.device_number):
+        for entry in sorted(entries, key=lambda e: device_number_order(e.device_number)):
             kind, note = marks.get(entry.device_number, ("", ""))
             if self.changes_only and not kind:
                 continue

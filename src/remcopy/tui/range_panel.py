@@ -26,7 +26,7 @@ from remcopy.errors import InvalidIdentifier
 from remcopy.host.definition import HostDefinition
 from remcopy.host.scan import select
 from remcopy.host.service import host_definition, scan_host
-from remcopy.ids import DeviceNumber
+from remcopy.ids import DeviceNumber, device_number_text
 from remcopy.tui.common import SHOWN_ERRORS, Notice
 from remcopy.tui.scan_progress import ScanProgress
 
@@ -122,7 +122,7 @@ class RangePanel(Vertical):
             return
         for p in self.definition.paths:
             paths.add_row(
-                f"{p.devices[0]:04X}-{p.devices[1]:04X}",
+                f"{device_number_text(p.devices[0])}-{device_number_text(p.devices[1])}",
                 p.controller,
                 f"{p.ssid:04X}",
                 f"{p.lss:02X}",

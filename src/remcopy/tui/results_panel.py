@@ -17,6 +17,7 @@ from textual.reactive import reactive
 from textual.widgets import DataTable, Input, Label, Select
 
 from remcopy.catalog import Catalog, MapEntry
+from remcopy.ids import device_number_order
 from remcopy.tui.common import SHOWN_ERRORS, Notice, state_name
 
 # Column key -> (header, the MapEntry field it shows).
@@ -34,6 +35,12 @@ ALL = "*"
 def _cell(entry: MapEntry, column: str) -> str:
     value = str(getattr(entry, COLUMNS[column][1]))
     return state_name(value) if column == "state" else value
+
+
+def _order(entry: MapEntry, column: str) -> tuple[tuple[int, str], tuple[int, str]]:
+    """Rows by a column, then by device number; device numbers in their numeric order."""
+    device = device_number_order(entry.device_number)
+    return (device if column == "device" else (0, _cell(entry, column))), device
 
 
 class ResultsPanel(Vertical):
@@ -101,7 +108,7 @@ class ResultsPanel(Vertical):
             if (self.controller == ALL or e.controller == self.controller)
             and (not needle or any(needle in _cell(e, c).lower() for c in COLUMNS))
         ]
-        rows.sort(key=lambda e: (_cell(e, self.sort_column), e.device_number))
+        rows.sort(key=lambda e: _order(e, self.sort_column))
         if self.sort_reverse:
             rows.reverse()
         return tuple(rows)
