@@ -11,8 +11,10 @@
 # Numbering (the same in every benchmark, so a device number tells where it is):
 #   controller index c (0..15), volume k (0..count-1) on it:
 #     LSS          = 0x10 + k // 256, CCA = k % 256
-#     SSID         = 0x1000 + c * 0x10 + k // 256
-#     device number on the host = (c * 8 + k // 256) << 8 | CCA   (c <= 15, k < 2048)
+#     SSID         = 0x1000 + c * 0x40 + k // 256
+#     device number on the host = (c * 64 + k // 256) << 8 | CCA   (c <= 15, k < 16,384):
+#       controllers 0-3 in subchannel set 0 (4 hex digits), 4-7 in set 1, 8-11 in set 2,
+#       12-15 in set 3 (5 hex digits, the set first: docs/hosts-and-scan.md)
 #
 # The ideas follow bench/_world.py (two sites, one volume each side); this module scales the
 # same approach to thousands of volumes per controller and does not import from tests/.
@@ -43,6 +45,7 @@ from remcopy.controller.process import (
     write_private,
 )
 from remcopy.host.definition import HostDefinition, parse_host_definition
+from remcopy.ids import device_number_text
 
 T = TypeVar("T")
 
@@ -53,7 +56,9 @@ HOST_SECRET: Final = "bench-fleet-host-secret"
 LINK_SECRET: Final = "bench-fleet-link-secret"
 CCAS_PER_LSS: Final = 256
 LSS_BASE: Final = 0x10
-LSS_PER_CONTROLLER_MAX: Final = 8  # device numbers leave room for 8 LSSs per controller
+# Device numbers leave room for 64 LSSs per controller: 16 x 64 x 256 = the host's 262,144
+# (four subchannel sets).
+LSS_PER_CONTROLLER_MAX: Final = 64
 SERIAL_BASE: Final = 64000
 CONTROLLERS_MAX: Final = 16
 # Controllers started at once (each opens its volumes and change maps at start).
@@ -111,7 +116,7 @@ def device_key(k: int) -> int:
 
 
 def ssid_of(index: int, k: int) -> int:
-    return 0x1000 + index * 0x10 + k // CCAS_PER_LSS
+    return 0x1000 + index * LSS_PER_CONTROLLER_MAX + k // CCAS_PER_LSS
 
 
 def volume_of(lss: int, cca: int) -> int:
@@ -369,7 +374,8 @@ def host_document(fleet: Fleet, *, timeout_s: float = 120.0) -> dict[str, Any]:
             first = device_number(plan.index, first_k)
             paths.append(
                 {
-                    "devices": f"{first:04X}-{first + count - 1:04X}",
+                    "devices": f"{device_number_text(first)}-"
+                    f"{device_number_text(first + count - 1)}",
                     "controller": plan.name,
                     "ssid": f"{ssid_of(plan.index, first_k):04X}",
                     "lss": f"{lss_of(first_k):02X}",

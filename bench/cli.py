@@ -111,14 +111,15 @@ def build_catalog(location: str, root: Path) -> dict[str, float]:
     returns the seconds each step took."""
     from remcopy.catalog import Catalog, GroupMapRow, MapEntry, Pair
     from remcopy.groups.service import load_group
+    from remcopy.ids import device_number_text
 
     steps: dict[str, float] = {}
     started = time.perf_counter()
     with Catalog.open(location) as catalog:
         paths = [
             {
-                "devices": f"{device_number(c, j * CCAS_PER_LSS):04X}-"
-                f"{device_number(c, min(VOLUMES, (j + 1) * CCAS_PER_LSS) - 1):04X}",
+                "devices": f"{device_number_text(device_number(c, j * CCAS_PER_LSS))}-"
+                f"{device_number_text(device_number(c, min(VOLUMES, (j + 1) * CCAS_PER_LSS) - 1))}",
                 "controller": f"c{c}",
                 "ssid": f"{ssid_of(c, j * CCAS_PER_LSS):04X}",
                 "lss": f"{lss_of(j * CCAS_PER_LSS):02X}",
@@ -140,7 +141,7 @@ def build_catalog(location: str, root: Path) -> dict[str, float]:
         catalog.put_host(HOST, document, replace=False)
         entries = [
             MapEntry(
-                device_number=f"{device_number(side * CONTROLLERS + c, k):04X}",
+                device_number=device_number_text(device_number(side * CONTROLLERS + c, k)),
                 hardware_address=address(side, c, k),
                 volser=f"{'PS'[side]}{c:X}{k:04X}",
                 capacity_bytes=64 * 1024,

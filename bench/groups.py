@@ -72,9 +72,10 @@
 #
 # Output: tables, then as the LAST line `RESULT {json}` (DESIGN.md section 7).
 #   --pairs N (with --quick): a group of N pairs instead of 10,000 (N / 8 volumes of each
-#   primary, same fleet); at most 16,280: the one host numbers its devices with 4 hex digits
-#   and the fleet gives each controller 8 LSSs of them, so a 100,000-pair group cannot be
-#   acted on by one host (docs/groups.md). RESULT keys stay the same ("suspend_10000_...");
+#   primary, same fleet); at most 130,968: the one host numbers its 262,144 devices in four
+#   subchannel sets and the fleet gives each controller 64 LSSs of them (docs/groups.md).
+#   With more than ~12,000 pairs the fleet's start, scan and group load take minutes, and the
+#   controllers' memory is printed. RESULT keys stay the same ("suspend_10000_...");
 #   its "pairs" says how many pairs they are for.
 # Usage: python bench/groups.py [--quick] [--seed N] [--pairs N]
 from __future__ import annotations
@@ -156,8 +157,8 @@ WRITE_INTERVAL_S: Final = 0.002  # a writer issues at most one write per interva
 GROUP: Final = "BENCH"
 SIZES_FULL: Final = (1000, 4096, 10000)
 BIG = CONTROLLERS * GROUP_VOLUMES
-# --pairs: a host numbers its devices with 4 hex digits and the fleet gives each controller
-# 8 LSSs of them (2,048 devices), spares included: the most one host can act on.
+# --pairs: a host numbers 262,144 devices (four subchannel sets) and the fleet gives each
+# controller 64 LSSs of them (16,384 devices), spares included: the most one host can act on.
 PAIRS_MAX: Final = CONTROLLERS * (LSS_PER_CONTROLLER_MAX * CCAS_PER_LSS - SPARE_VOLUMES)
 NAIVE_PAIRS_FULL: Final = 100
 NAIVE_PAIRS_QUICK: Final = 25
@@ -1509,9 +1510,9 @@ def set_pairs(parser: argparse.ArgumentParser, pairs: int, *, quick: bool) -> No
     if pairs <= 0 or pairs % CONTROLLERS or pairs > PAIRS_MAX:
         parser.error(
             f"--pairs {pairs}: expected a multiple of {CONTROLLERS} from {CONTROLLERS} to "
-            f"{PAIRS_MAX:,}: one host numbers its devices with 4 hex digits, and the fleet gives "
-            f"each of its {2 * CONTROLLERS} controllers 8 LSSs of them (2,048 devices, "
-            f"{SPARE_VOLUMES} spares included); more pairs need more than one host"
+            f"{PAIRS_MAX:,}: one host numbers 262,144 devices (four subchannel sets), and the "
+            f"fleet gives each of its {2 * CONTROLLERS} controllers 64 LSSs of them (16,384 "
+            f"devices, {SPARE_VOLUMES} spares included)"
         )
     GROUP_VOLUMES = pairs // CONTROLLERS
     BIG = pairs
