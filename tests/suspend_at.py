@@ -1,9 +1,10 @@
 # A suspend at the next T a group operation would choose, for tests that speak to controllers
 # directly. T is never picked by hand ("now + 20 ms" fails on a loaded machine, where the
 # controller rightly refuses a T that has passed): it follows the product's margin rule
-# (remcopy.groups.operations.suspend: the larger of the default margin and four round trips to
-# the slowest controller), and a T that still passed before every controller got the request
-# is chosen again.
+# (remcopy.groups.operations.suspend: the larger of the default margin and the requests'
+# arrival time, four round trips to the slowest controller and a share per device of the
+# largest request), and a T that still passed before every controller got the request is
+# chosen again.
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 
 from remcopy.errors import SuspendTimeInPast
 from remcopy.groups.model import MARGIN_S_DEFAULT
-from remcopy.groups.operations import MARGIN_ROUND_TRIPS_MIN
+from remcopy.groups.operations import arrival_time_s
 from remcopy.host.channel import Channel
 from remcopy.wire.native import PairItem, PairOp, PairOpReply
 
@@ -32,7 +33,8 @@ async def suspend_at_next_t(
     refusal other than "T has passed" is the caller's to see)."""
     for _ in range(ATTEMPTS_MAX):
         round_trip_s = max([await _round_trip_s(ch) for ch, _ in targets])
-        margin_s = max(MARGIN_S_DEFAULT, MARGIN_ROUND_TRIPS_MIN * round_trip_s)
+        largest = max(len(items) for _, items in targets)
+        margin_s = max(MARGIN_S_DEFAULT, arrival_time_s(round_trip_s, largest))
         at_ns = time.time_ns() + int(margin_s * 1e9)
         replies = await asyncio.gather(
             *(ch.pair_op(PairOp.SUSPEND, tuple(items), at_ns=at_ns) for ch, items in targets)

@@ -314,6 +314,12 @@ secondary_devices = "32B04-32B07"
         ).stdout
     )
     assert est["failed"] == 0 and est["counts"] == {"DUPLEX": 4}
+    near = cli(
+        "group", "suspend", "SETS", "--host", HOST, "--in", "0ms", catalog=catalog, check=False
+    )
+    assert near.returncode == 2, near.stderr
+    assert "choose a later time" in near.stderr
+    assert "us for each of the 4 devices of the largest request" in near.stderr
     susp = json.loads(
         cli("group", "suspend", "SETS", "--host", HOST, "--json", catalog=catalog).stdout
     )

@@ -7,6 +7,7 @@ check the codec against the protocol rather than against itself.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -76,6 +77,7 @@ from remcopy.wire.native import (
     WriteReply,
     WriteRequest,
     encode,
+    pack_items,
 )
 from strategies import VOLSER_ALPHABET
 
@@ -1662,6 +1664,19 @@ def test_replication_requests_round_trip_in_parts(msg: Message) -> None:
     """Update batches and pair operations, sent in parts and read in place, decode unchanged."""
     parts = connection_at(Side.CLIENT, 2).send_parts(msg)
     assert read_into(connection_at(Side.SERVER, 2), b"".join(parts)) == [msg]
+
+
+@given(msg=pair_op_requests)
+def test_pair_items_packed_ahead_go_out_the_same(msg: PairOpRequest) -> None:
+    """A request whose items were packed ahead (a suspend packs before it chooses T) is the
+    same bytes as one packed when sent; packed items that do not match are refused."""
+    ahead = dataclasses.replace(msg, packed=pack_items(msg.items))
+    assert encode(ahead) == encode(msg)
+    assert read_into(connection_at(Side.SERVER, 2), encode(ahead)) == [msg]
+    if msg.items:
+        longer = dataclasses.replace(msg, packed=pack_items(msg.items + msg.items[:1]))
+        with pytest.raises(ValueError, match="packed items hold"):
+            encode(longer)
 
 
 def test_a_watermark_and_a_consistency_time_round_trip() -> None:

@@ -41,10 +41,22 @@ from remcopy.host.engine import Job, JobResult
 from remcopy.host.session import HostSession
 from remcopy.ids import HardwareAddress
 from remcopy.states import DISPLAY_NAMES, CopyMode, PairRole, PairState
-from remcopy.wire.native import DeviceStatus, PairItem, PairOp, PairOpReply, PairResult
+from remcopy.wire.native import (
+    DeviceStatus,
+    PairItem,
+    PairOp,
+    PairOpReply,
+    PairResult,
+    pack_items,
+)
 
-# A suspend margin is never below this many measured round trips to the slowest controller.
+# A suspend margin is never below this many measured round trips to the slowest controller,
 MARGIN_ROUND_TRIPS_MIN = 4
+# plus this much per device of the largest request: what a controller does before it arms
+# (read and decode the request: ~2 us a device alone), with room for controllers that share
+# CPUs. Measured (bench/groups.py --pairs 100000: 8 primaries of 12,500 devices on 2 CPUs):
+# with a 50 ms margin every request arrived 126 ms after T (244 ms beside 8 writers).
+ARRIVAL_PER_DEVICE_S = 16e-6
 # A suspend whose T is at most this share of the request timeout away is one request per
 # controller, answered after the seal (the rest of the timeout is left for the seal). A later
 # T is armed first and waited for (see the top of this file).
@@ -58,6 +70,8 @@ class Batch:
     controller: str
     items: tuple[PairItem, ...]
     pairs: tuple[GroupPair, ...]
+    packed: bytes = field(default=b"", compare=False, repr=False)
+    """The items as sent (`native.pack_items`), when packed ahead; else packed when sent."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -224,9 +238,11 @@ def plan(group: Group, op: PairOp) -> tuple[list[Batch], list[PairOutcome]]:
         else:
             item = PairItem(device=pair.secondary.device_key)
         batches.setdefault(controller, []).append((item, pair))
+    # Packed here, not when sent: a suspend plans before it chooses T.
     return [
-        Batch(controller=c, items=tuple(i for i, _ in rows), pairs=tuple(p for _, p in rows))
+        Batch(controller=c, items=items, pairs=tuple(p for _, p in rows), packed=pack_items(items))
         for c, rows in sorted(batches.items())
+        for items in (tuple(i for i, _ in rows),)
     ], refused
 
 
@@ -338,7 +354,9 @@ def _send(
     op: PairOp, batch: Batch, at_ns: int, options: dict[str, Any]
 ) -> Callable[[Channel], Awaitable[PairOpReply]]:
     async def send(channel: Channel) -> PairOpReply:
-        return await channel.pair_op(op, batch.items, at_ns=at_ns, options=options)
+        return await channel.pair_op(
+            op, batch.items, at_ns=at_ns, options=options, packed=batch.packed
+        )
 
     return send
 
@@ -458,6 +476,12 @@ async def swap_home(session: HostSession, group: Group) -> GroupReport:
     return report
 
 
+def arrival_time_s(round_trip_s: float, largest_batch: int) -> float:
+    """The least time ahead a suspend's T may be: every controller must have its request,
+    read and decoded, before T (MARGIN_ROUND_TRIPS_MIN, ARRIVAL_PER_DEVICE_S)."""
+    return MARGIN_ROUND_TRIPS_MIN * round_trip_s + largest_batch * ARRIVAL_PER_DEVICE_S
+
+
 async def measure_round_trip(session: HostSession, controllers: list[str]) -> float:
     """The slowest controller's round trip for a small request, in seconds."""
 
@@ -501,15 +525,18 @@ async def suspend(
     floor_s = group.options.margin_s if margin_s is None else margin_s
     if floor_s < 0:
         raise InputError(f"suspend margin must be >= 0 s (got {floor_s})")
-    margin = max(floor_s, MARGIN_ROUND_TRIPS_MIN * round_trip_s)
+    largest = max((len(b.items) for b in planned[0]), default=0)
+    arrival_s = arrival_time_s(round_trip_s, largest)
     now = time.time_ns()
     if at_ns is None:
-        at_ns = now + int(margin * 1e9)
-    elif at_ns - now < int(MARGIN_ROUND_TRIPS_MIN * round_trip_s * 1e9):
+        at_ns = now + int(max(floor_s, arrival_s) * 1e9)
+    elif at_ns - now < int(arrival_s * 1e9):
         raise InputError(
-            f"suspend time {at_ns} is {(at_ns - now) / 1e6:.3f} ms away: less than "
-            f"{MARGIN_ROUND_TRIPS_MIN} round trips ({round_trip_s * 1e3:.3f} ms each) to the "
-            "slowest controller: choose a later time"
+            f"suspend time {at_ns} is {(at_ns - now) / 1e6:.3f} ms away: less than the "
+            f"{arrival_s * 1e3:.3f} ms its requests may take to arrive ({MARGIN_ROUND_TRIPS_MIN} "
+            f"round trips of {round_trip_s * 1e3:.3f} ms to the slowest controller, and "
+            f"{ARRIVAL_PER_DEVICE_S * 1e6:.0f} us for each of the {largest} devices of the "
+            "largest request): choose a later time"
         )
     one_request_s = ONE_REQUEST_SHARE_MAX * request_timeout_s(session, controllers)
     if dry_run or (wait and at_ns - now <= int(one_request_s * 1e9)):

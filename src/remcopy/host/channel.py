@@ -411,9 +411,13 @@ class Channel:
         at_ns: int = 0,
         options: dict[str, Any] | None = None,
         timeout_s: float | None = None,
+        packed: bytes = b"",
     ) -> native.PairOpReply:
-        """One pair operation on a batch of this controller's devices; results per device."""
-        request = native.PairOpRequest(op=op, items=items, at_ns=at_ns, options=options or {})
+        """One pair operation on a batch of this controller's devices; results per device.
+        `packed`: `native.pack_items(items)` made earlier (else packed here)."""
+        request = native.PairOpRequest(
+            op=op, items=items, at_ns=at_ns, options=options or {}, packed=packed
+        )
         return await self.request(request, native.PairOpReply, timeout_s=timeout_s)
 
     async def status(self) -> dict[str, Any]:

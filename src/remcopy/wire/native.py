@@ -451,6 +451,9 @@ class PairOpRequest(Message):
     items: tuple[PairItem, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
     """Small operation-wide settings (e.g. hold_s, max_lag_s, action for PEER_STATE)."""
+    packed: bytes = field(default=b"", compare=False, repr=False)
+    """`pack_items(items)` made earlier, sent as is (a suspend packs before it chooses T, so
+    the packing of thousands of items does not delay the request's arrival)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -681,18 +684,12 @@ def _encode_body(msg: Message) -> tuple[int, list[bytes]]:
             # Never truncated: half a JSON document is no document.
             return 0, [_json(msg.document)]
         case PairOpRequest():
-            items = b"".join(
-                _PAIR_ITEM.pack(
-                    i.device,
-                    i.peer_serial,
-                    i.peer_device,
-                    _mode_code(i.mode),
-                    _FENCES.index(i.fence),
-                    int(i.consistency_group),
-                    i.size_bytes,
+            items = msg.packed or pack_items(msg.items)
+            if len(items) != len(msg.items) * _PAIR_ITEM.size:
+                raise ValueError(
+                    f"packed items hold {len(items)} bytes: expected {len(msg.items)} items of "
+                    f"{_PAIR_ITEM.size}"
                 )
-                for i in msg.items
-            )
             return 0, [_PAIR_OP.pack(msg.op, msg.at_ns, len(msg.items)), items, _json(msg.options)]
         case PairOpReply():
             messages = {str(r.device): r.message for r in msg.results if r.message}
@@ -921,6 +918,22 @@ def _unjson(raw: memoryview) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise RemoteProtocolError("expected a JSON object")
     return document
+
+
+def pack_items(items: tuple[PairItem, ...]) -> bytes:
+    """The items of a PairOpRequest as they go on the wire."""
+    return b"".join(
+        _PAIR_ITEM.pack(
+            i.device,
+            i.peer_serial,
+            i.peer_device,
+            _mode_code(i.mode),
+            _FENCES.index(i.fence),
+            int(i.consistency_group),
+            i.size_bytes,
+        )
+        for i in items
+    )
 
 
 def _decode_pair_op(rid: int, flags: int, body: memoryview) -> Message:
