@@ -26,6 +26,11 @@ async def test_a_range_is_checked_as_typed_and_scanned_with_progress(catalog: Ca
         assert "start 1A09 is after end 1A00" in said(app, "#range-check")
         await type_into(pilot, "#range", "3000-30FF")
         assert said(app, "#range-check") == "no device number of host hosta is in 3000-30FF"
+        # Subchannel sets 1-3: 5 hex digits, the set first; a range stays in one set.
+        await type_into(pilot, "#range", "FFFF-10002")
+        assert "a range stays in one set" in said(app, "#range-check")
+        await type_into(pilot, "#range", "11A00-11AFF")
+        assert said(app, "#range-check") == "no device number of host hosta is in 11A00-11AFF"
         assert scan_button.disabled
 
         await type_into(pilot, "#range", "1A00-1B03")
