@@ -238,12 +238,19 @@ def plan(group: Group, op: PairOp) -> tuple[list[Batch], list[PairOutcome]]:
         else:
             item = PairItem(device=pair.secondary.device_key)
         batches.setdefault(controller, []).append((item, pair))
-    # Packed here, not when sent: a suspend plans before it chooses T.
-    return [
-        Batch(controller=c, items=items, pairs=tuple(p for _, p in rows), packed=pack_items(items))
-        for c, rows in sorted(batches.items())
-        for items in (tuple(i for i, _ in rows),)
-    ], refused
+    return [_batch(c, rows) for c, rows in sorted(batches.items())], refused
+
+
+def _batch(controller: str, rows: list[tuple[PairItem, GroupPair]]) -> Batch:
+    """One controller's request, its items packed now rather than when sent (a suspend plans
+    before it chooses T)."""
+    items = tuple(item for item, _ in rows)
+    return Batch(
+        controller=controller,
+        items=items,
+        pairs=tuple(pair for _, pair in rows),
+        packed=pack_items(items),
+    )
 
 
 def membership(group: Group) -> dict[str, Any]:
@@ -602,13 +609,7 @@ async def _arm_then_wait(
         report.pairs.extend(p for p in step.pairs if not p.ok)
         kept = [(i, p.pair) for i, p in zip(batch.items, step.pairs, strict=True) if p.ok]
         if kept:
-            armed.append(
-                Batch(
-                    controller=batch.controller,
-                    items=tuple(i for i, _ in kept),
-                    pairs=tuple(p for _, p in kept),
-                )
-            )
+            armed.append(_batch(batch.controller, kept))
         armed_outcomes.extend(p for p in step.pairs if p.ok)
     report.armed = bool(armed)
     report.elapsed_s = time.perf_counter() - started
@@ -869,10 +870,7 @@ async def shadow(
             continue
         item = PairItem(device=pair.secondary.device_key, peer_device=tertiary.device_key)
         batches.setdefault(pair.secondary_controller, []).append((item, pair))
-    planned = [
-        Batch(controller=c, items=tuple(i for i, _ in rows), pairs=tuple(p for _, p in rows))
-        for c, rows in sorted(batches.items())
-    ]
+    planned = [_batch(c, rows) for c, rows in sorted(batches.items())]
     jobs = [
         Job(controller=b.controller, tag=b, run=_send(PairOp.SHADOW, b, 0, {})) for b in planned
     ]
