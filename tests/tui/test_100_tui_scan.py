@@ -29,8 +29,10 @@ async def test_a_range_is_checked_as_typed_and_scanned_with_progress(catalog: Ca
         # Subchannel sets 1-3: 5 hex digits, the set first; a range stays in one set.
         await type_into(pilot, "#range", "FFFF-10002")
         assert "a range stays in one set" in said(app, "#range-check")
-        await type_into(pilot, "#range", "11A00-11AFF")
+        await type_into(pilot, "#range", "11a00-11aff")
         assert said(app, "#range-check") == "no device number of host hosta is in 11A00-11AFF"
+        await type_into(pilot, "#range", "01c00")  # set 0 written with 5 digits
+        assert said(app, "#range-check") == "no device number of host hosta is in 1C00"
         assert scan_button.disabled
 
         await type_into(pilot, "#range", "1A00-1B03")

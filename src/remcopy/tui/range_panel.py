@@ -31,6 +31,15 @@ from remcopy.tui.common import SHOWN_ERRORS, Notice
 from remcopy.tui.scan_progress import ScanProgress
 
 
+def _range_text(numbers: list[int] | None) -> str:
+    """A range as device numbers are written everywhere else (upper case, 4 digits in
+    subchannel set 0): `1A00-1A0F`, `11A00`, or `its definition` for every device."""
+    if not numbers:
+        return "its definition"
+    first, last = device_number_text(numbers[0]), device_number_text(numbers[-1])
+    return first if first == last else f"{first}-{last}"
+
+
 class DeviceRange(Validator):
     """A device-number range as `remcopy scan --range` takes it; empty means every device."""
 
@@ -146,12 +155,15 @@ class RangePanel(Vertical):
         if self.definition is None:
             return
         try:
-            devices = select(self.definition, self._numbers(text))
+            numbers = self._numbers(text)
+            devices = select(self.definition, numbers)
         except InvalidIdentifier as exc:
             notice.say(str(exc), error=True)
             return
         if not devices:
-            notice.say(f"no device number of host {self.host} is in {text.strip()}", error=True)
+            notice.say(
+                f"no device number of host {self.host} is in {_range_text(numbers)}", error=True
+            )
             return
         per: dict[str, int] = {}
         for device in devices:
